@@ -1,0 +1,154 @@
+--[[
+  Shared pieces of every keypool script. Inlined by the script loader where a script says
+  `--- @include "common"`.
+
+  Per-key state lives in pool-wide hashes (field = key id) so that every Redis key a script touches
+  is one of the pool's fixed keys, passed in KEYS: cfg (JSON written by clients), st (msgpack),
+  hl (msgpack health histograms). Times are milliseconds with a microsecond fraction, read from
+  redis TIME, never from a client. msgpack keeps doubles exact (cjson would round to 14 digits).
+]]
+
+local function nowMs()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+
+local function loadCfg(cfgKey, id)
+  local raw = redis.call('HGET', cfgKey, id)
+  if not raw then return nil, nil end
+  return cjson.decode(raw), raw
+end
+
+-- Fresh state for a key that has never been used: full buckets, breaker closed.
+local function newState(cfg, now)
+  return {
+    rt = cfg.rb, tt = cfg.tb, ts = now, -- request and token buckets, last refill
+    inf = 0,                          -- leases in flight
+    adm = 'active',                   -- active | disabled | draining | revoked
+    ret = 0,                          -- retire (remove) when drained
+    cu = 0,                           -- cooling until (429)
+    br = 'closed', bf = 0, bo = 0, bu = 0, bc = 0, -- breaker: state, consecutive failures, opens, open until, closed at
+    bp = '', bd = 0,                  -- half-open probe lease id and its deadline
+    sp = 0, rs = 0, pid = -1,         -- spend and reservations (nano-dollars), budget period id
+    hs = 1, p50 = 0, p99 = 0, er = 0, deg = 0, -- health summary written by release
+    wr = '',                          -- why the key sits in a wait set
+  }
+end
+
+local function loadState(stKey, id, cfg, now)
+  local raw = redis.call('HGET', stKey, id)
+  if not raw then return newState(cfg, now) end
+  return cmsgpack.unpack(raw)
+end
+
+local function saveState(stKey, id, st)
+  redis.call('HSET', stKey, id, cmsgpack.pack(st))
+end
+
+-- Refill the token buckets up to `now` (lazy token-bucket refill; a bucket may be negative after
+-- usage that exceeded its estimate, which delays the next admissions: the debt is paid).
+local function refill(cfg, st, now)
+  local dt = now - st.ts
+  if dt > 0 then
+    if cfg.rpm > 0 then st.rt = math.min(cfg.rb, st.rt + dt * cfg.rpm / 60000) end
+    if cfg.tpm > 0 then st.tt = math.min(cfg.tb, st.tt + dt * cfg.tpm / 60000) end
+    st.ts = now
+  end
+end
+
+-- Days since 1970-01-01 for a civil date (H. Hinnant's algorithm), and back.
+local function daysFromCivil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civilFromDays(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+-- Budget period (UTC) containing `now`: its id and the time it ends (-1: never).
+local function budgetPeriod(per, now)
+  if per == 'day' then
+    local id = math.floor(now / 86400000)
+    return id, (id + 1) * 86400000
+  elseif per == 'month' then
+    local y, m = civilFromDays(math.floor(now / 86400000))
+    local ny, nm = y, m + 1
+    if nm > 12 then ny, nm = y + 1, 1 end
+    return y * 12 + m, daysFromCivil(ny, nm, 1) * 86400000
+  end
+  return 0, -1
+end
+
+-- Start a new budget period when the clock has moved past the stored one.
+local function rollBudget(cfg, st, now)
+  if cfg.bud < 0 then return -1 end
+  local pid, pend = budgetPeriod(cfg.per, now)
+  if st.pid ~= pid then
+    st.pid = pid
+    st.sp = 0
+  end
+  return pend
+end
+
+--[[
+  Can this key take a request of `est` tokens and `estCost` nano-dollars now?
+  Returns kind, untilMs, reason:
+    'ok'   usable now
+    'wait' blocked until untilMs (then moved to the wait set with that score)
+    'park' blocked until an operator or an event acts (disabled, revoked, draining, total budget)
+    'skip' cannot take this particular request (too large for its token bucket); left in place
+  Order matters: the reason reported is the first that blocks.
+]]
+local function evaluate(cfg, st, now, est, estCost, recheckMs)
+  if st.adm ~= 'active' then return 'park', -1, st.adm end
+  if st.br == 'open' then
+    if now < st.bu then return 'wait', st.bu, 'circuit_open' end
+  elseif st.br == 'half_open' then
+    -- exactly one probe fleet-wide: wait for it (its lease deadline bounds the wait)
+    if st.bp ~= '' and st.bd > now then return 'wait', st.bd, 'circuit_open' end
+  end
+  if st.cu > now then return 'wait', st.cu, 'cooling' end
+  local pend = rollBudget(cfg, st, now)
+  if cfg.bud >= 0 and st.sp + st.rs + estCost > cfg.bud then
+    if pend < 0 then return 'park', -1, 'budget' end
+    return 'wait', pend, 'budget'
+  end
+  if cfg.mc > 0 and st.inf >= cfg.mc then return 'wait', now + recheckMs, 'concurrency' end
+  refill(cfg, st, now)
+  if cfg.rpm > 0 and st.rt < 1 then
+    return 'wait', now + (1 - st.rt) * 60000 / cfg.rpm, 'rate_limited'
+  end
+  if cfg.tpm > 0 then
+    if est > cfg.tb then return 'skip', -1, 'too_large' end
+    if st.tt < est then return 'wait', now + (est - st.tt) * 60000 / cfg.tpm, 'rate_limited' end
+  end
+  return 'ok', now, ''
+end
+
+-- Selection weight of a usable key: weight x size x remaining share x health x latency.
+-- Size is the key's RPM (1000 when unlimited) so healthy keys share load in proportion to limits.
+local function score(cfg, st)
+  local frac = 1
+  if cfg.rpm > 0 then frac = math.min(frac, st.rt / cfg.rb) end
+  if cfg.tpm > 0 then frac = math.min(frac, st.tt / cfg.tb) end
+  if cfg.mc > 0 then frac = math.min(frac, (cfg.mc - st.inf) / cfg.mc) end
+  if frac < 0.05 then frac = 0.05 end
+  local size = cfg.rpm > 0 and cfg.rpm or 1000
+  local latency = 1000 / (1000 + (st.p50 or 0))
+  return cfg.w * size * frac * (st.hs or 1) * latency
+end

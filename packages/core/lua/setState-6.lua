@@ -1,0 +1,67 @@
+--[[
+  Operator transitions of one key.
+
+  KEYS[1] cfg  KEYS[2] st  KEYS[3] hl  KEYS[4] avail set of the key's group  KEYS[5] wait zset of
+  the key's group  KEYS[6] meta
+  ARGV[1] key id  ARGV[2] action:
+    disable       no new leases until enabled (in-flight leases finish)
+    enable        active again; also clears a revocation (after a 401/403) and a drain
+    drain         no new leases; in-flight leases finish; the key stays (enable brings it back)
+    retire        drain, then remove the key once its last lease is released
+    remove        remove now (leases in flight are released as unknown)
+    reset         close the breaker, end cooling, forget health history
+    reset_budget  start the budget period again from zero spend
+  Reply: {1, adminState, breakerState, inFlight} or {0, 'not_found'}
+]]
+--- @include "common"
+
+local cfgKey, stKey, hlKey, availKey, waitKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, action = ARGV[1], ARGV[2]
+local now = nowMs()
+local cfg = loadCfg(cfgKey, id)
+if not cfg then return { 0, 'not_found' } end
+local st = loadState(stKey, id, cfg, now)
+
+local function removeNow()
+  redis.call('HDEL', cfgKey, id)
+  redis.call('HDEL', stKey, id)
+  redis.call('HDEL', hlKey, id)
+  redis.call('SREM', availKey, id)
+  redis.call('ZREM', waitKey, id)
+  redis.call('HINCRBY', metaKey, 'v', 1)
+  return { 1, 'removed', st.br, st.inf }
+end
+
+if action == 'remove' then return removeNow() end
+if action == 'disable' or action == 'drain' or action == 'retire' then
+  st.adm = action == 'disable' and 'disabled' or 'draining'
+  st.ret = action == 'retire' and 1 or 0
+  if st.ret == 1 and st.inf == 0 then return removeNow() end
+  redis.call('SREM', availKey, id)
+  redis.call('ZREM', waitKey, id)
+  st.wr = st.adm
+elseif action == 'enable' then
+  st.adm, st.ret, st.wr = 'active', 0, ''
+  redis.call('ZREM', waitKey, id)
+  redis.call('SADD', availKey, id)
+elseif action == 'reset' then
+  st.br, st.bf, st.bo, st.bu, st.bc, st.bp, st.bd, st.cu = 'closed', 0, 0, 0, 0, '', 0, 0
+  st.hs, st.p50, st.p99, st.er, st.deg = 1, 0, 0, 0, 0
+  redis.call('HDEL', hlKey, id)
+  if st.adm == 'active' then
+    st.wr = ''
+    redis.call('ZREM', waitKey, id)
+    redis.call('SADD', availKey, id)
+  end
+elseif action == 'reset_budget' then
+  st.sp = 0
+  if st.adm == 'active' and st.wr == 'budget' then
+    st.wr = ''
+    redis.call('ZREM', waitKey, id)
+    redis.call('SADD', availKey, id)
+  end
+else
+  return redis.error_reply('ERR keypool: unknown action ' .. action)
+end
+saveState(stKey, id, st)
+return { 1, st.adm, st.br, st.inf }

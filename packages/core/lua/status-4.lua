@@ -1,0 +1,40 @@
+--[[
+  Read-only view of every key of the pool, computed with the same rules acquire uses (refill,
+  budget period, breaker) so status never disagrees with selection. O(keys): for operators only.
+
+  KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] meta
+  ARGV: none
+  Reply: JSON {now, version, leases, keys: [{id, cfg, st, state, periodEnd}]}
+  state: active | cooling | open | half_open | revoked | disabled | draining | out_of_budget
+]]
+--- @include "common"
+
+local cfgKey, stKey, leasesKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = nowMs()
+local all = redis.call('HGETALL', cfgKey)
+local keys = {}
+for i = 1, #all, 2 do
+  local id, cfg = all[i], cjson.decode(all[i + 1])
+  local st = loadState(stKey, id, cfg, now)
+  refill(cfg, st, now)
+  local pend = rollBudget(cfg, st, now)
+  local state = 'active'
+  if st.adm ~= 'active' then
+    state = st.adm
+  elseif st.br == 'open' and now < st.bu then
+    state = 'open'
+  elseif st.br ~= 'closed' then
+    state = 'half_open'
+  elseif cfg.bud >= 0 and st.sp + st.rs >= cfg.bud then
+    state = 'out_of_budget'
+  elseif st.cu > now then
+    state = 'cooling'
+  end
+  keys[#keys + 1] = { id = id, cfg = cfg, st = st, state = state, periodEnd = pend }
+end
+return cjson.encode({
+  now = now,
+  version = tonumber(redis.call('HGET', metaKey, 'v') or '0'),
+  leases = redis.call('ZCARD', leasesKey),
+  keys = keys,
+})

@@ -1,0 +1,45 @@
+--[[
+  Add a key or change its configuration (limits, models, budget, weight). Its state (buckets,
+  breaker, spend, admin state) is kept: a fleet restarting with the same keys changes nothing.
+
+  KEYS[1] cfg  KEYS[2] st  KEYS[3] meta  KEYS[4] avail set of the new group  KEYS[5] wait zset of
+  the new group; KEYS[6], KEYS[7] avail and wait of the old group when the group changes
+  ARGV[1] key id  ARGV[2] config JSON  ARGV[3] the config JSON the caller read before ('' = none)
+  Reply: {1, 'created' | 'updated' | 'unchanged'} or {0, 'conflict'} (someone changed it meanwhile:
+  read again and retry)
+]]
+--- @include "common"
+
+local cfgKey, stKey, metaKey, availKey, waitKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, raw, expected = ARGV[1], ARGV[2], ARGV[3]
+local now = nowMs()
+local old = redis.call('HGET', cfgKey, id)
+
+if (old or '') ~= expected then return { 0, 'conflict' } end
+if old == raw then return { 1, 'unchanged' } end
+
+local cfg = cjson.decode(raw)
+redis.call('HSET', cfgKey, id, raw)
+redis.call('HINCRBY', metaKey, 'v', 1)
+if not old then
+  saveState(stKey, id, newState(cfg, now))
+  redis.call('SADD', availKey, id)
+  return { 1, 'created' }
+end
+
+local st = loadState(stKey, id, cfg, now)
+local prev = cjson.decode(old)
+refill(prev, st, now)
+-- new limits apply from now: tokens above the new burst are dropped, a raised burst fills later
+st.rt = math.min(st.rt, cfg.rb)
+st.tt = math.min(st.tt, cfg.tb)
+saveState(stKey, id, st)
+if KEYS[6] then
+  redis.call('SREM', KEYS[6], id)
+  redis.call('ZREM', KEYS[7], id)
+else
+  redis.call('ZREM', waitKey, id)
+end
+-- let the next acquire judge it under the new limits
+if st.adm == 'active' then redis.call('SADD', availKey, id) end
+return { 1, 'updated' }

@@ -1,0 +1,154 @@
+import { z } from 'zod';
+import { ConfigError, type ConfigIssue } from './errors.js';
+
+/** One provider API key and its limits. */
+export const KeySpecSchema = z
+  .object({
+    secret: z
+      .string()
+      .min(8, 'must be the provider API key (8 characters or more)')
+      .describe('The provider API key. Held in process memory only; Redis knows the key by its fingerprint id.'),
+    name: z.string().max(100).optional().describe('A label for people (status, logs). Never the secret.'),
+    provider: z.string().min(1).default('openai').describe('Provider name, for status and metrics (openai, deepseek, groq...).'),
+    baseURL: z.url().default('https://api.openai.com/v1').describe('Base URL of the OpenAI-compatible API this key is for.'),
+    models: z.array(z.string().min(1)).min(1, 'list at least one model this key may serve').describe('Models this key may serve.'),
+    rpm: z.number().int().nonnegative().default(0).describe('Requests per minute (token-bucket rate). 0 = no limit.'),
+    tpm: z.number().int().nonnegative().default(0).describe('Tokens per minute (prompt + completion). 0 = no limit.'),
+    rpmBurst: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe('Request bucket size: requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1).'),
+    tpmBurst: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe('Token bucket size, also the largest request admitted. Default: the larger of 10 s of tpm and min(tpm, 32768).'),
+    maxConcurrent: z.number().int().nonnegative().default(0).describe('Leases in flight at once. 0 = no limit.'),
+    budget: z
+      .object({
+        usd: z.number().positive().describe('Dollars this key may spend per period.'),
+        period: z.enum(['day', 'month', 'total']).default('month').describe('Budget period, UTC calendar day or month, or the whole life of the key.'),
+      })
+      .optional()
+      .describe('Spend cap. Acquire reserves the estimated cost; release charges the real cost.'),
+    weight: z.number().positive().default(1).describe('Relative share of traffic against keys of equal limits.'),
+  })
+  .strict();
+
+const PriceSchema = z.object({
+  input: z.number().nonnegative().describe('USD per million prompt tokens.'),
+  output: z.number().nonnegative().describe('USD per million completion tokens.'),
+});
+
+/** Everything a KeyPool needs besides its Redis connection. */
+export const PoolConfigSchema = z
+  .object({
+    pool: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'use 1-64 letters, digits, "_", "." or "-"')
+      .default('default')
+      .describe('Pool name. Processes with the same pool name and Redis share one pool.'),
+    keys: z.array(KeySpecSchema).default([]).describe('The keys this process holds (secrets stay in memory).'),
+    prices: z.record(z.string(), PriceSchema).default({}).describe('Per-model prices, merged over the built-in defaults.'),
+    leaseTimeoutMs: z
+      .number()
+      .int()
+      .min(1000)
+      .default(300_000)
+      .describe('A lease not released by then (its process died) gives its slot back.'),
+    concurrencyRecheckMs: z
+      .number()
+      .int()
+      .min(5)
+      .default(100)
+      .describe('How soon a key that is full (maxConcurrent) is looked at again when no release has freed it.'),
+    candidates: z.number().int().min(1).max(8).default(2).describe('Keys sampled per acquire (power of k choices).'),
+    breaker: z
+      .object({
+        failures: z.number().int().min(1).default(5).describe('Consecutive failures (5xx, timeout, network, broken stream) that open the circuit.'),
+        errorRate: z.number().gt(0).max(1).default(0.5).describe('Error rate over the health window that opens the circuit...'),
+        minRequests: z.number().int().min(1).default(20).describe('...once the window holds at least this many requests.'),
+        cooldownMs: z.number().int().min(10).default(5000).describe('First open period; doubles on each reopen.'),
+        maxCooldownMs: z.number().int().min(10).default(300_000).describe('Longest open period; also how long a closed circuit must stay closed to forget past opens.'),
+      })
+      .prefault({}),
+    health: z
+      .object({
+        windowMs: z.number().int().min(1000).default(60_000).describe('Rolling window of latency and error statistics (one to two windows are kept).'),
+        degradedP99Ms: z.number().positive().default(800).describe('A key whose p99 latency is above this is degraded.'),
+        degradedErrorRate: z.number().min(0).max(1).default(0.02).describe('A key whose error rate is above this is degraded.'),
+        minRequests: z.number().int().min(1).default(20).describe('Requests in the window before a key can be judged degraded.'),
+        degradedScore: z.number().gt(0).max(1).default(0.25).describe('Selection weight factor of a degraded key (less traffic, not none).'),
+      })
+      .prefault({}),
+    cooling: z
+      .object({
+        defaultMs: z.number().int().min(0).default(1000).describe('Cooling after a 429 whose headers name no time.'),
+        maxMs: z.number().int().min(1).default(600_000).describe('Upper bound on any cooling asked for by a provider.'),
+      })
+      .prefault({}),
+    redisDown: z
+      .object({
+        policy: z
+          .enum(['fail-closed', 'local'])
+          .default('fail-closed')
+          .describe('fail-closed: acquire throws RedisUnavailableError. local: each process enforces limits / fleetSize on its own.'),
+        fleetSize: z.number().int().min(1).default(1).describe('Processes sharing the pool; with policy local each takes 1/fleetSize of every limit.'),
+        timeoutMs: z.number().int().min(10).default(1000).describe('A Redis call slower than this counts as Redis being unavailable.'),
+      })
+      .prefault({}),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.keys.forEach((k, i) => {
+      const first = seen.get(k.secret);
+      if (first !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['keys', i, 'secret'], message: `same secret as keys[${first}]; list each key once` });
+      } else seen.set(k.secret, i);
+      if (k.tpmBurst !== undefined && k.tpm === 0) {
+        ctx.addIssue({ code: 'custom', path: ['keys', i, 'tpmBurst'], message: 'tpmBurst needs tpm' });
+      }
+      if (k.rpmBurst !== undefined && k.rpm === 0) {
+        ctx.addIssue({ code: 'custom', path: ['keys', i, 'rpmBurst'], message: 'rpmBurst needs rpm' });
+      }
+    });
+  });
+
+export type KeySpecInput = z.input<typeof KeySpecSchema>;
+export type KeySpec = z.output<typeof KeySpecSchema>;
+export type PoolConfigInput = z.input<typeof PoolConfigSchema>;
+export type PoolConfig = z.output<typeof PoolConfigSchema>;
+
+/** `keys[2].rpm` from zod's ['keys', 2, 'rpm']. */
+export function formatPath(path: ReadonlyArray<PropertyKey>): string {
+  return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '');
+}
+
+function toIssues(error: z.ZodError, prefix = ''): ConfigIssue[] {
+  return error.issues.map((i) => ({ path: formatPath([...(prefix ? [prefix] : []), ...i.path]), message: i.message }));
+}
+
+/** Validate a pool config; throws ConfigError listing every problem with its path. */
+export function parsePoolConfig(input: unknown, source = 'keypool config'): PoolConfig {
+  const r = PoolConfigSchema.safeParse(input);
+  if (!r.success) throw new ConfigError(toIssues(r.error), source);
+  return r.data;
+}
+
+/** Validate one key spec (for addKey); paths are prefixed with `key`. */
+export function parseKeySpec(input: unknown): KeySpec {
+  const r = KeySpecSchema.safeParse(input);
+  if (!r.success) throw new ConfigError(toIssues(r.error, 'key'), 'key');
+  return r.data;
+}
+
+/** Bucket sizes actually used for a key (see rpmBurst / tpmBurst). */
+export function burstsOf(k: Pick<KeySpec, 'rpm' | 'tpm' | 'rpmBurst' | 'tpmBurst'>): { rb: number; tb: number } {
+  const rb = k.rpm > 0 ? (k.rpmBurst ?? Math.max(1, Math.ceil((k.rpm * 2) / 60))) : 0;
+  const tb = k.tpm > 0 ? (k.tpmBurst ?? Math.max(Math.ceil((k.tpm * 10) / 60), Math.min(k.tpm, 32768))) : 0;
+  return { rb, tb };
+}

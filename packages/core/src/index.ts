@@ -1,0 +1,40 @@
+/**
+ * @keypool/core: a pool of LLM provider API keys shared by a fleet of processes through Redis.
+ *
+ *   const pool = await KeyPool.connect({ redis: process.env.REDIS_URL, config });
+ *   const lease = await pool.acquire({ model: 'gpt-4o-mini', estimatedTokens: 900, maxWaitMs: 2000 });
+ *   if (!lease.ok) return retryLater(lease.retryAfterMs);
+ *   ... call the provider with lease.secret and lease.baseURL ...
+ *   await lease.release({ status: 200, latencyMs, usage: { promptTokens, completionTokens }, headers });
+ */
+export { KeyPool, limitsOf } from './pool.js';
+export type {
+  AcquireRequest,
+  AcquireResult,
+  Exhausted,
+  ExhaustedReason,
+  KeyPoolEvents,
+  KeyPoolOptions,
+  Lease,
+  ReleaseResult,
+} from './pool.js';
+export {
+  KeySpecSchema,
+  PoolConfigSchema,
+  burstsOf,
+  formatPath,
+  parseKeySpec,
+  parsePoolConfig,
+  type KeySpec,
+  type KeySpecInput,
+  type PoolConfig,
+  type PoolConfigInput,
+} from './config.js';
+export * from './errors.js';
+export { hintOf, keyIdOf } from './fingerprint.js';
+export { cooldownFromHeaders, parseDuration, type HeadersLike } from './headers.js';
+export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './outcome.js';
+export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
+export { groupOf, type KeyRecord, type KeySettings } from './records.js';
+export { PoolKeys, scripts } from './scripts.js';
+export type { KeyState, KeyStatus, PoolStatus } from './status.js';

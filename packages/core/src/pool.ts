@@ -1,0 +1,660 @@
+import { EventEmitter } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis, type Cluster } from 'ioredis';
+import { pino, type Logger } from 'pino';
+import { parseKeySpec, parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
+import {
+  ConfigError,
+  InvalidArgumentError,
+  KeyNotFoundError,
+  RedisUnavailableError,
+  RequestTooLargeError,
+  ScriptError,
+  UnknownModelError,
+  isRedisUnavailable,
+} from './errors.js';
+import { cooldownFromHeaders } from './headers.js';
+import { LocalLimiter } from './local-limiter.js';
+import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
+import { NANOS_PER_USD, PriceTable } from './pricing.js';
+import { recordOfSpec, settingsOf, toRecord, type KeyRecord, type KeySettings } from './records.js';
+import { PoolKeys, ScriptRunner, type ScriptName } from './scripts.js';
+import { toPoolStatus, type PoolStatus, type RawStatus } from './status.js';
+import { keyIdOf } from './fingerprint.js';
+
+/** Why acquire could not give a lease now. */
+export type ExhaustedReason =
+  | 'rate_limited'
+  | 'concurrency'
+  | 'cooling'
+  | 'circuit_open'
+  | 'budget'
+  | 'unavailable';
+
+/** Acquire could not give a lease; `retryAfterMs` says when the earliest key becomes usable (null: not by waiting). */
+export interface Exhausted {
+  ok: false;
+  reason: ExhaustedReason;
+  retryAfterMs: number | null;
+}
+
+export interface AcquireRequest {
+  /** Model the request is for; only keys that list it are candidates. */
+  model: string;
+  /** Tokens the request will use (prompt + max output), taken from the TPM bucket now and reconciled at release. */
+  estimatedTokens?: number;
+  /** The part of estimatedTokens that is output (prices differ). Default: all of it, an upper bound on cost. */
+  estimatedOutputTokens?: number;
+  /** Key ids not to use (e.g. keys that just failed this request). */
+  exclude?: Iterable<string>;
+  /** Wait up to this long for the time the pool names instead of returning `{ ok: false }` (default 0). */
+  maxWaitMs?: number;
+  /** Aborts a wait; the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** A key lent for one upstream call. Release it exactly once with what happened. */
+export interface Lease {
+  ok: true;
+  /** Lease id (unique per pool). */
+  id: string;
+  keyId: string;
+  hint: string;
+  name?: string;
+  provider: string;
+  baseURL: string;
+  model: string;
+  /** The API key. Not enumerable: JSON.stringify and console.log of a lease do not show it. */
+  readonly secret: string;
+  estimatedTokens: number;
+  estimatedCostUsd: number;
+  /** Redis time (ms) at which the lease was granted, and its deadline. */
+  acquiredAt: number;
+  deadline: number;
+  /** This lease is the single half-open probe of its key. */
+  probe: boolean;
+  /** Granted by the per-process fallback while Redis was down. */
+  local: boolean;
+  release(outcome: Outcome): Promise<ReleaseResult>;
+}
+
+export type AcquireResult = Lease | Exhausted;
+
+export interface ReleaseResult {
+  /** The lease was known; false when it had expired (deadline passed) or was released before. */
+  released: boolean;
+  keyState?: string;
+  breaker?: string;
+  /** What changed for the key: opened, reopened, closed, revoked, cooling, retired, or ''. */
+  transition: string;
+  costUsd: number;
+}
+
+export interface KeyPoolOptions {
+  /** A Redis URL, or an ioredis Redis or Cluster instance (kept open on close()). */
+  redis: string | Redis | Cluster;
+  /** Pool configuration (validated; a bad one throws ConfigError listing every problem). */
+  config: PoolConfigInput;
+  /** A pino logger; the pool logs under `component: 'keypool'`. Default: pino to stderr at info. */
+  logger?: Logger;
+}
+
+export interface KeyPoolEvents {
+  'redis:down': [error: Error];
+  'redis:up': [];
+  transition: [event: { keyId: string; hint: string; transition: string }];
+}
+
+interface Topology {
+  version: number;
+  keys: Map<string, KeyRecord>;
+  models: Map<string, { groups: string[]; maxTokens: number }>;
+}
+
+type AcquireReply = [1, string, string, string, string, string, number, number] | [0, string, number, number];
+
+const CONNECTION_LOST = /^(LOADING|BUSY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|READONLY)/;
+
+/** Strip credentials from a Redis URL before it appears in a message. */
+function safeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(unparseable REDIS URL)';
+  }
+}
+
+/**
+ * A pool of provider API keys shared by every process that connects to the same Redis and pool
+ * name. All shared state changes through Lua scripts (see lua/), so N processes obey a key's
+ * limits exactly like one. Secrets stay in this process; Redis knows keys by fingerprint id.
+ */
+export class KeyPool extends EventEmitter<KeyPoolEvents> {
+  readonly name: string;
+  readonly config: PoolConfig;
+  readonly keys: PoolKeys;
+  private readonly client: Redis | Cluster;
+  private readonly ownsClient: boolean;
+  private readonly scripts: ScriptRunner;
+  private readonly log: Logger;
+  private readonly prices: PriceTable;
+  private readonly secrets = new Map<string, string>();
+  private readonly local: LocalLimiter;
+  private readonly rawRecords = new Map<string, KeyRecord>();
+  private topology: Topology = { version: -1, keys: new Map(), models: new Map() };
+  private refreshing: Promise<void> | undefined;
+  private down: { since: number; error: string } | undefined;
+  private readonly unpricedWarned = new Set<string>();
+  private readonly releaseArgs: (string | number)[];
+
+  private constructor(client: Redis | Cluster, ownsClient: boolean, config: PoolConfig, logger: Logger) {
+    super();
+    this.client = client;
+    this.ownsClient = ownsClient;
+    this.config = config;
+    this.name = config.pool;
+    this.keys = new PoolKeys(config.pool);
+    this.scripts = new ScriptRunner(client);
+    this.log = logger.child({ component: 'keypool', pool: config.pool });
+    this.prices = new PriceTable(config.prices);
+    this.local = new LocalLimiter(config.redisDown.fleetSize);
+    const b = config.breaker;
+    const h = config.health;
+    this.releaseArgs = [
+      b.failures, b.errorRate, b.minRequests, b.cooldownMs, b.maxCooldownMs,
+      h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
+      config.cooling.defaultMs,
+    ];
+    client.on('error', (e: Error) => this.markDown(e));
+    client.on('ready', () => this.markUp());
+  }
+
+  /**
+   * Validate the config, connect, register this process's keys (their settings, never their
+   * secrets) and load the pool's topology. Keys already in the pool keep their state.
+   */
+  static async connect(options: KeyPoolOptions): Promise<KeyPool> {
+    const config = parsePoolConfig(options.config);
+    const logger =
+      options.logger ??
+      pino(
+        {
+          name: 'keypool',
+          level: process.env.KEYPOOL_LOG_LEVEL ?? 'info',
+          redact: { paths: ['secret', '*.secret', 'apiKey', '*.apiKey', '*.authorization', '*.headers.authorization'], censor: '[redacted]' },
+        },
+        pino.destination(2),
+      );
+    let client: Redis | Cluster;
+    let owns = false;
+    if (typeof options.redis === 'string') {
+      const url = options.redis;
+      client = new Redis(url, {
+        lazyConnect: true,
+        enableAutoPipelining: true,
+        // fail fast while disconnected: a queued acquire that runs minutes later would leak a slot
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 1,
+        connectTimeout: config.redisDown.timeoutMs * 3,
+        retryStrategy: (n) => Math.min(50 * 2 ** n, 2000),
+      });
+      owns = true;
+      try {
+        await client.connect();
+      } catch (e) {
+        if (config.redisDown.policy === 'fail-closed') {
+          client.disconnect();
+          throw new RedisUnavailableError(
+            `cannot reach Redis at ${safeUrl(url)} (${(e as Error).message}); start Redis or set REDIS_URL to a reachable server`,
+            { cause: e },
+          );
+        }
+      }
+    } else {
+      client = options.redis;
+    }
+    const pool = new KeyPool(client, owns, config, logger);
+    for (const k of config.keys) pool.secrets.set(keyIdOf(k.secret), k.secret);
+    try {
+      await pool.upsertRecords(config.keys.map(recordOfSpec));
+      await pool.refreshTopology();
+    } catch (e) {
+      if (!isRedisUnavailable(e) || config.redisDown.policy === 'fail-closed') {
+        if (owns) client.disconnect();
+        throw e;
+      }
+      // policy local: start on the keys this process holds
+      pool.setTopology(0, config.keys.map(recordOfSpec));
+    }
+    return pool;
+  }
+
+  // ---- acquire / release ------------------------------------------------------------------
+
+  /**
+   * Lease a key for one call to `model`. Returns a Lease, or `{ ok: false, reason, retryAfterMs }`
+   * when no key can serve now; with `maxWaitMs` it waits (abortably) for the time the pool names.
+   * Throws UnknownModelError, RequestTooLargeError, or RedisUnavailableError (policy fail-closed).
+   */
+  async acquire(req: AcquireRequest): Promise<AcquireResult> {
+    if (typeof req?.model !== 'string' || req.model === '') throw new InvalidArgumentError('acquire needs a model name');
+    const est = req.estimatedTokens ?? 0;
+    if (!Number.isFinite(est) || est < 0) throw new InvalidArgumentError(`estimatedTokens must be a number >= 0, got ${String(req.estimatedTokens)}`);
+    const out = Math.min(est, req.estimatedOutputTokens ?? est);
+    const estCost = this.priced(req.model) ? this.prices.costNanos(req.model, est - out, out) : 0;
+    const exclude = new Set(req.exclude ?? []);
+    const maxWait = req.maxWaitMs ?? 0;
+    const deadline = Date.now() + maxWait;
+    req.signal?.throwIfAborted();
+    for (let busy = 0; ; ) {
+      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude);
+      if (r.ok) return r;
+      if (r.reason === 'busy' && busy++ < 50) continue;
+      const res: Exhausted = r.reason === 'busy' ? { ok: false, reason: 'rate_limited', retryAfterMs: 1 } : r;
+      const wait = res.retryAfterMs;
+      if (wait === null || Date.now() + wait > deadline) return res;
+      // a little jitter so a crowd of waiters does not arrive in the same millisecond
+      await sleep(wait + Math.random() * Math.min(5, wait / 10 + 1), undefined, req.signal ? { signal: req.signal } : {});
+      busy = 0;
+    }
+  }
+
+  private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>): Promise<Lease | (Exhausted | { ok: false; reason: 'busy'; retryAfterMs: number })> {
+    let entry = this.topology.models.get(model);
+    if (!entry) {
+      await this.refreshTopology().catch(() => undefined);
+      entry = this.topology.models.get(model);
+      if (!entry) throw new UnknownModelError(model, [...this.topology.models.keys()]);
+    }
+    if (est > entry.maxTokens) throw new RequestTooLargeError(model, est, entry.maxTokens);
+    if (this.down && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, exclude);
+
+    const k = this.keys;
+    const keys = [k.cfg, k.st, k.leases, k.li, k.meta];
+    for (const g of entry.groups) keys.push(k.avail(g), k.wait(g));
+    let reply: AcquireReply;
+    try {
+      reply = (await this.run('acquire', keys, [
+        est,
+        estCost,
+        this.config.leaseTimeoutMs,
+        this.config.concurrencyRecheckMs,
+        Math.floor(Math.random() * 2 ** 31),
+        [...exclude].join(','),
+        this.config.candidates,
+        model,
+      ])) as AcquireReply;
+    } catch (e) {
+      if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, exclude);
+      throw e;
+    }
+    if (reply[0] === 0) {
+      this.noteVersion(reply[3]);
+      const [, reason, retry] = reply;
+      if (reason === 'too_large') throw new RequestTooLargeError(model, est, entry.maxTokens);
+      return { ok: false, reason: reason as ExhaustedReason, retryAfterMs: retry < 0 ? null : retry } as Exhausted;
+    }
+    const [, keyId, leaseId, deadline, now, raw, version, probe] = reply;
+    this.noteVersion(version);
+    const rec = this.parseRecord(raw);
+    const secret = this.secrets.get(keyId);
+    if (secret === undefined) {
+      // Another process registered a key this one has no secret for (a rollout in progress):
+      // hand the lease back untouched and try the others.
+      this.log.warn({ keyId, hint: rec.hint }, 'leased a key this process holds no secret for; skipping it');
+      await this.releaseRaw(rec, leaseId, 'aborted', -1, 0, 0, -1).catch(() => undefined);
+      exclude.add(keyId);
+      return { ok: false, reason: 'busy', retryAfterMs: 0 };
+    }
+    return this.makeLease(rec, secret, leaseId, model, est, estCost, Number(now), Number(deadline), probe === 1, false);
+  }
+
+  private acquireLocal(model: string, est: number, exclude: Set<string>): Lease | Exhausted {
+    const candidates = [...this.topology.keys.values()].filter((r) => r.models.includes(model) && this.secrets.has(r.id));
+    const r = this.local.acquire(candidates, est, exclude);
+    if (!r.ok) return r;
+    const now = Date.now();
+    return this.makeLease(r.key, this.secrets.get(r.key.id)!, `local-${now}-${Math.random().toString(36).slice(2)}`, model, est, 0, now, now + this.config.leaseTimeoutMs, false, true);
+  }
+
+  private makeLease(rec: KeyRecord, secret: string, leaseId: string, model: string, est: number, estCost: number, acquiredAt: number, deadline: number, probe: boolean, local: boolean): Lease {
+    let released: Promise<ReleaseResult> | undefined;
+    const lease = {
+      ok: true as const,
+      id: leaseId,
+      keyId: rec.id,
+      hint: rec.hint,
+      ...(rec.name !== undefined ? { name: rec.name } : {}),
+      provider: rec.provider,
+      baseURL: rec.baseURL,
+      model,
+      estimatedTokens: est,
+      estimatedCostUsd: estCost / NANOS_PER_USD,
+      acquiredAt,
+      deadline,
+      probe,
+      local,
+      release: (outcome: Outcome) => (released ??= this.release(lease as Lease, outcome)),
+    };
+    // the secret is reachable by property access only: never serialised, never inspected
+    Object.defineProperty(lease, 'secret', { value: secret, enumerable: false });
+    return lease as Lease;
+  }
+
+  /**
+   * Return a lease with what happened: frees its slot, reconciles tokens and cost with real
+   * usage, records latency and outcome, moves the breaker, cools on 429, revokes on 401/403.
+   * Prefer `lease.release(outcome)`, which makes a second call a no-op.
+   */
+  async release(lease: Lease, outcome: Outcome): Promise<ReleaseResult> {
+    const cls = classify(outcome);
+    const latency = outcome.latencyMs ?? -1;
+    if (!Number.isFinite(latency)) throw new InvalidArgumentError('latencyMs must be a finite number');
+    const real = realTokens(outcome, cls);
+    const realTotal = real ? real.input + real.output : -1;
+    const costNanos = real ? this.prices.costNanos(lease.model, real.input, real.output) : -1;
+    let coolMs = -1;
+    if (cls === 'rate_limited') {
+      const fromHeaders = cooldownFromHeaders(outcome.headers);
+      coolMs = Math.min(this.config.cooling.maxMs, fromHeaders ?? this.config.cooling.defaultMs);
+    }
+    const rec = this.topology.keys.get(lease.keyId) ?? this.rawRecordFor(lease);
+    if (lease.local) {
+      this.local.release(rec, cls, lease.estimatedTokens, real ? realTotal : null, coolMs >= 0 ? coolMs : this.config.cooling.defaultMs);
+      return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd: Math.max(0, costNanos) / NANOS_PER_USD };
+    }
+    return this.releaseRaw(rec, lease.id, cls, latency, realTotal, costNanos, coolMs);
+  }
+
+  private rawRecordFor(lease: Lease): KeyRecord {
+    const r = this.rawRecords.get(lease.keyId);
+    if (r) return r;
+    throw new KeyNotFoundError(lease.keyId);
+  }
+
+  private async releaseRaw(rec: KeyRecord, leaseId: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number): Promise<ReleaseResult> {
+    const k = this.keys;
+    const reply = (await this.run(
+      'release',
+      [k.cfg, k.st, k.hl, k.leases, k.li, k.avail(rec.g), k.wait(rec.g), k.meta],
+      [leaseId, cls, latency, tokens, cost, coolMs, ...this.releaseArgs],
+    )) as [1, string, string, string, string] | [0, string];
+    if (reply[0] === 0) {
+      if (reply[1] === 'unknown_lease') this.log.warn({ keyId: rec.id, hint: rec.hint, leaseId }, 'released a lease that had already expired or been released');
+      return { released: false, transition: '', costUsd: Math.max(0, cost) / NANOS_PER_USD };
+    }
+    const [, keyState, breaker, transition] = reply;
+    if (transition) {
+      this.log.info({ keyId: rec.id, hint: rec.hint, transition, outcome: cls }, `key ${transition}`);
+      this.emit('transition', { keyId: rec.id, hint: rec.hint, transition });
+      if (transition === 'retired') void this.refreshTopology().catch(() => undefined);
+    }
+    return { released: true, keyState, breaker, transition, costUsd: Math.max(0, cost) / NANOS_PER_USD };
+  }
+
+  // ---- keys --------------------------------------------------------------------------------
+
+  /** Add a key (or update its settings if it is already in the pool). Returns its id and hint. */
+  async addKey(spec: KeySpecInput): Promise<{ id: string; hint: string }> {
+    const parsed = parseKeySpec(spec);
+    const rec = recordOfSpec(parsed);
+    this.secrets.set(rec.id, parsed.secret);
+    await this.upsertRecords([rec]);
+    await this.refreshTopology();
+    return { id: rec.id, hint: rec.hint };
+  }
+
+  /** Change a key's settings (limits, models, budget, weight...) while the pool runs. */
+  async updateKey(keyId: string, patch: Partial<KeySettings>): Promise<void> {
+    if ('secret' in (patch as object)) throw new InvalidArgumentError('updateKey cannot change a secret: add the new key and retire the old one');
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const raw = await this.run('hget', [this.keys.cfg], [keyId]);
+      if (raw === null) throw new KeyNotFoundError(keyId);
+      const old = JSON.parse(raw as string) as KeyRecord;
+      const { secret: _ignored, ...checked } = parseKeySpec({ ...settingsOf(old), ...patch, secret: 'placeholder-secret' });
+      const rec = toRecord(old.id, old.hint, checked);
+      if (await this.upsertOne(rec, raw as string)) {
+        await this.refreshTopology();
+        return;
+      }
+    }
+    throw new InvalidArgumentError(`key ${keyId} kept changing while being updated; try again`);
+  }
+
+  /** No new leases until enabled; leases in flight finish. */
+  disableKey(keyId: string) {
+    return this.setState(keyId, 'disable');
+  }
+  /** Active again; also lifts a revocation (401/403) and a drain. */
+  enableKey(keyId: string) {
+    return this.setState(keyId, 'enable');
+  }
+  /** No new leases; leases in flight finish; the key stays in the pool. */
+  drainKey(keyId: string) {
+    return this.setState(keyId, 'drain');
+  }
+  /** Drain, then remove once the last lease in flight is released. */
+  retireKey(keyId: string) {
+    return this.setState(keyId, 'retire');
+  }
+  /** Remove at once; releases of its leases in flight are then ignored. */
+  removeKey(keyId: string) {
+    return this.setState(keyId, 'remove');
+  }
+  /** Close the breaker, end cooling, forget the health history. */
+  resetKey(keyId: string) {
+    return this.setState(keyId, 'reset');
+  }
+  /** Start the budget period again from zero spend. */
+  resetBudget(keyId: string) {
+    return this.setState(keyId, 'reset_budget');
+  }
+
+  private async setState(keyId: string, action: string): Promise<{ state: string; breaker: string; inFlight: number }> {
+    const raw = (await this.run('hget', [this.keys.cfg], [keyId])) as string | null;
+    if (raw === null) throw new KeyNotFoundError(keyId);
+    const rec = JSON.parse(raw) as KeyRecord;
+    const k = this.keys;
+    const reply = (await this.run('setState', [k.cfg, k.st, k.hl, k.avail(rec.g), k.wait(rec.g), k.meta], [keyId, action])) as
+      | [1, string, string, number]
+      | [0, string];
+    if (reply[0] === 0) throw new KeyNotFoundError(keyId);
+    this.log.info({ keyId, hint: rec.hint, action }, `key ${action}`);
+    if (reply[1] === 'removed') await this.refreshTopology().catch(() => undefined);
+    return { state: reply[1], breaker: reply[2], inFlight: reply[3] };
+  }
+
+  private async upsertRecords(recs: KeyRecord[]): Promise<void> {
+    for (const rec of recs) {
+      for (let attempt = 0; ; attempt++) {
+        const raw = (await this.run('hget', [this.keys.cfg], [rec.id])) as string | null;
+        if (await this.upsertOne(rec, raw ?? '')) break;
+        if (attempt >= 5) throw new InvalidArgumentError(`key ${rec.id} kept changing while being registered; try again`);
+      }
+    }
+  }
+
+  private async upsertOne(rec: KeyRecord, expected: string): Promise<boolean> {
+    const k = this.keys;
+    const keys = [k.cfg, k.st, k.meta, k.avail(rec.g), k.wait(rec.g)];
+    if (expected) {
+      const old = JSON.parse(expected) as KeyRecord;
+      if (old.g !== rec.g) keys.push(k.avail(old.g), k.wait(old.g));
+    }
+    const reply = (await this.run('upsertKey', keys, [rec.id, JSON.stringify(rec), expected])) as [number, string];
+    if (reply[0] === 1 && reply[1] !== 'unchanged') this.log.info({ keyId: rec.id, hint: rec.hint, change: reply[1] }, `key ${reply[1]}`);
+    return reply[0] === 1;
+  }
+
+  // ---- status ------------------------------------------------------------------------------
+
+  /** Every key of the pool, fleet-wide from Redis: state, limits and what is left, spend, health. Never a secret. */
+  async status(): Promise<PoolStatus> {
+    const redis = {
+      ok: !this.down,
+      policy: this.config.redisDown.policy,
+      ...(this.down ? { downSince: new Date(this.down.since).toISOString(), lastError: this.down.error } : {}),
+    };
+    try {
+      const k = this.keys;
+      const raw = JSON.parse((await this.run('status', [k.cfg, k.st, k.leases, k.meta], [])) as string) as RawStatus;
+      return toPoolStatus(this.name, { ...redis, ok: true }, raw, this.config.health.minRequests);
+    } catch (e) {
+      if (!isRedisUnavailable(e)) throw e;
+      return {
+        pool: this.name,
+        redis: { ...redis, ok: false },
+        mode: this.config.redisDown.policy === 'local' ? 'local' : 'failing-closed',
+        version: this.topology.version,
+        leasesInFlight: null,
+        keys: [...this.topology.keys.values()].map((r) => ({
+          id: r.id,
+          hint: r.hint,
+          ...(r.name !== undefined ? { name: r.name } : {}),
+          provider: r.provider,
+          baseURL: r.baseURL,
+          models: r.models,
+          state: 'unknown',
+          limits: limitsOf(r),
+          inFlight: this.local.inFlight(r.id),
+        })),
+      } as PoolStatus;
+    }
+  }
+
+  /** True while Redis answers (the last call succeeded). */
+  get redisAvailable(): boolean {
+    return !this.down;
+  }
+
+  /** Stop: closes the Redis connection if the pool opened it. Leases in flight are not released. */
+  async close(): Promise<void> {
+    this.removeAllListeners();
+    if (this.ownsClient) await this.client.quit().catch(() => this.client.disconnect());
+  }
+
+  // ---- internals ---------------------------------------------------------------------------
+
+  private priced(model: string): boolean {
+    if (this.prices.priceOf(model)) return true;
+    if (!this.unpricedWarned.has(model)) {
+      this.unpricedWarned.add(model);
+      this.log.warn({ model }, `no price for model "${model}": its spend counts as 0 against budgets; add it under prices in the config`);
+    }
+    return false;
+  }
+
+  /** Run a script (or a plain HGET) with the Redis-down policy: typed error, logged, visible in status. */
+  private async run(name: ScriptName | 'hget', keys: string[], args: (string | number)[]): Promise<unknown> {
+    const timeoutMs = this.config.redisDown.timeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const call = name === 'hget' ? this.client.hget(keys[0]!, String(args[0])) : this.scripts.call(name, keys, args);
+      const result = await Promise.race([
+        call,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer from Redis within ${timeoutMs} ms`)), timeoutMs);
+        }),
+      ]);
+      if (this.down) this.markUp();
+      return result;
+    } catch (e) {
+      const err = e as Error;
+      if (err.name === 'ReplyError' && !CONNECTION_LOST.test(err.message)) throw new ScriptError(name, { cause: e });
+      this.markDown(err);
+      throw new RedisUnavailableError(
+        `Redis unavailable for pool "${this.name}" (${err.message}); ` +
+          (this.config.redisDown.policy === 'fail-closed'
+            ? 'failing closed (redisDown.policy=fail-closed)'
+            : 'using per-process limits (redisDown.policy=local)'),
+        { cause: e },
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private markDown(e: Error): void {
+    if (this.down) return;
+    this.down = { since: Date.now(), error: e.message };
+    this.log.error(
+      { err: e.message, policy: this.config.redisDown.policy },
+      this.config.redisDown.policy === 'fail-closed'
+        ? 'Redis unavailable: acquire fails with RedisUnavailableError until it is back'
+        : `Redis unavailable: degrading to per-process limits (1/${this.config.redisDown.fleetSize} of each key)`,
+    );
+    this.emit('redis:down', e);
+  }
+
+  private markUp(): void {
+    if (!this.down) return;
+    const downMs = Date.now() - this.down.since;
+    this.down = undefined;
+    this.log.warn({ downMs }, 'Redis available again: shared limits back in force');
+    this.emit('redis:up');
+  }
+
+  private noteVersion(v: number): void {
+    if (v !== this.topology.version) void this.refreshTopology().catch(() => undefined);
+  }
+
+  private parseRecord(raw: string): KeyRecord {
+    // acquire returns the same JSON text for a key until its settings change: parse it once
+    const cached = this.topology.keys.get(JSON.parse(raw).id as string);
+    if (cached && JSON.stringify(cached) === raw) return cached;
+    const rec = JSON.parse(raw) as KeyRecord;
+    this.rawRecords.set(rec.id, rec);
+    return rec;
+  }
+
+  /** Reload every key's settings from Redis (on start and when another process changed them). */
+  async refreshTopology(): Promise<void> {
+    this.refreshing ??= (async () => {
+      try {
+        const [version, all] = await Promise.all([
+          this.run('hget', [this.keys.meta], ['v']),
+          this.client.hgetall(this.keys.cfg),
+        ]);
+        this.setTopology(Number(version ?? 0), Object.values(all).map((raw) => JSON.parse(raw) as KeyRecord));
+      } finally {
+        this.refreshing = undefined;
+      }
+    })();
+    return this.refreshing;
+  }
+
+  private setTopology(version: number, recs: KeyRecord[]): void {
+    const keys = new Map<string, KeyRecord>();
+    const models = new Map<string, { groups: string[]; maxTokens: number }>();
+    for (const r of recs) {
+      keys.set(r.id, r);
+      this.rawRecords.set(r.id, r);
+      for (const m of r.models) {
+        const e = models.get(m) ?? { groups: [], maxTokens: 0 };
+        if (!e.groups.includes(r.g)) e.groups.push(r.g);
+        e.maxTokens = Math.max(e.maxTokens, r.tb > 0 ? r.tb : Infinity);
+        models.set(m, e);
+      }
+    }
+    for (const e of models.values()) e.groups.sort();
+    this.topology = { version, keys, models };
+  }
+}
+
+/** Limits of a key as status shows them. */
+export function limitsOf(r: KeyRecord) {
+  return {
+    rpm: r.rpm,
+    tpm: r.tpm,
+    rpmBurst: r.rb,
+    tpmBurst: r.tb,
+    maxConcurrent: r.mc,
+    budgetUsd: r.bud >= 0 ? r.bud / NANOS_PER_USD : null,
+    budgetPeriod: r.bud >= 0 ? r.per : null,
+    weight: r.w,
+  };
+}
+
+export { ConfigError };

@@ -1,0 +1,97 @@
+import { createHash } from 'node:crypto';
+import { burstsOf, type KeySpec } from './config.js';
+import { hintOf, keyIdOf } from './fingerprint.js';
+import { NANOS_PER_USD } from './pricing.js';
+
+/**
+ * A key as Redis knows it (the `cfg` hash, JSON): everything but the secret. The short fields
+ * (rb, tb, mc, bud, per, w, g) are what the Lua scripts read; the rest is for people.
+ */
+export interface KeyRecord {
+  id: string;
+  hint: string;
+  name?: string;
+  provider: string;
+  baseURL: string;
+  models: string[];
+  rpm: number;
+  tpm: number;
+  rpmBurst?: number;
+  tpmBurst?: number;
+  maxConcurrent: number;
+  budget?: { usd: number; period: 'day' | 'month' | 'total' };
+  weight: number;
+  /** request bucket size */
+  rb: number;
+  /** token bucket size */
+  tb: number;
+  /** max concurrent, 0 = none */
+  mc: number;
+  /** budget in nano-dollars, -1 = none */
+  bud: number;
+  /** budget period */
+  per: 'day' | 'month' | 'total';
+  /** selection weight */
+  w: number;
+  /** key group: keys serving the same set of models share candidate sets */
+  g: string;
+}
+
+/** The group of a model list: keys with the same models share one avail set and one wait zset. */
+export function groupOf(models: readonly string[]): string {
+  const canon = [...new Set(models)].sort().join('\n');
+  return createHash('sha1').update(canon).digest('hex').slice(0, 12);
+}
+
+export type KeySettings = Omit<KeySpec, 'secret'>;
+
+/** Build the record of a key from its settings; `id`/`hint` come from the secret. */
+export function toRecord(id: string, hint: string, s: KeySettings): KeyRecord {
+  const { rb, tb } = burstsOf(s);
+  const models = [...new Set(s.models)].sort();
+  const rec: KeyRecord = {
+    id,
+    hint,
+    ...(s.name !== undefined ? { name: s.name } : {}),
+    provider: s.provider,
+    baseURL: s.baseURL,
+    models,
+    rpm: s.rpm,
+    tpm: s.tpm,
+    ...(s.rpmBurst !== undefined ? { rpmBurst: s.rpmBurst } : {}),
+    ...(s.tpmBurst !== undefined ? { tpmBurst: s.tpmBurst } : {}),
+    maxConcurrent: s.maxConcurrent,
+    ...(s.budget ? { budget: s.budget } : {}),
+    weight: s.weight,
+    rb,
+    tb,
+    mc: s.maxConcurrent,
+    bud: s.budget ? Math.round(s.budget.usd * NANOS_PER_USD) : -1,
+    per: s.budget?.period ?? 'total',
+    w: s.weight,
+    g: groupOf(models),
+  };
+  return rec;
+}
+
+export function recordOfSpec(spec: KeySpec): KeyRecord {
+  const { secret, ...settings } = spec;
+  return toRecord(keyIdOf(secret), hintOf(secret), settings);
+}
+
+/** The settings a record was built from (to apply a patch and rebuild). */
+export function settingsOf(r: KeyRecord): KeySettings {
+  return {
+    ...(r.name !== undefined ? { name: r.name } : {}),
+    provider: r.provider,
+    baseURL: r.baseURL,
+    models: r.models,
+    rpm: r.rpm,
+    tpm: r.tpm,
+    ...(r.rpmBurst !== undefined ? { rpmBurst: r.rpmBurst } : {}),
+    ...(r.tpmBurst !== undefined ? { tpmBurst: r.tpmBurst } : {}),
+    maxConcurrent: r.maxConcurrent,
+    ...(r.budget ? { budget: r.budget } : {}),
+    weight: r.weight,
+  };
+}

@@ -1,0 +1,118 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { Cluster, Redis } from 'ioredis';
+
+/**
+ * The Lua scripts and the one module that calls them. Each script is `lua/<name>-<numKeys>.lua`;
+ * `--- @include "x"` lines pull in `lua/includes/x.lua`. Scripts are registered with ioredis
+ * `defineCommand` under a name carrying a hash of their text, so two versions deployed side by
+ * side never run each other's code; ioredis handles EVALSHA and NOSCRIPT.
+ */
+
+const LUA_DIR = fileURLToPath(new URL('../lua/', import.meta.url));
+
+function loadLua(file: string, seen = new Set<string>()): string {
+  const text = readFileSync(LUA_DIR + file, 'utf8');
+  return text.replace(/^--- @include "([\w-]+)"$/gm, (_, name: string) => {
+    if (seen.has(name)) return '';
+    seen.add(name);
+    return loadLua(`includes/${name}.lua`, seen);
+  });
+}
+
+interface ScriptDef {
+  file: string;
+  /** Fixed number of KEYS, or undefined when the caller passes numkeys (acquire: 5 + 2 per group). */
+  keys: number | undefined;
+}
+
+const DEFS = {
+  acquire: { file: 'acquire-5.lua', keys: undefined },
+  release: { file: 'release-8.lua', keys: 8 },
+  upsertKey: { file: 'upsertKey-5.lua', keys: undefined },
+  setState: { file: 'setState-6.lua', keys: 6 },
+  status: { file: 'status-4.lua', keys: 4 },
+} satisfies Record<string, ScriptDef>;
+
+export type ScriptName = keyof typeof DEFS;
+
+interface Loaded {
+  name: ScriptName;
+  command: string;
+  lua: string;
+  keys: number | undefined;
+}
+
+let loaded: Loaded[] | undefined;
+
+/** Script sources with includes inlined, and their versioned command names. */
+export function scripts(): Loaded[] {
+  loaded ??= (Object.entries(DEFS) as [ScriptName, ScriptDef][]).map(([name, def]) => {
+    const lua = loadLua(def.file);
+    const hash = createHash('sha1').update(lua).digest('hex').slice(0, 10);
+    return { name, command: `kp_${name}_${hash}`, lua, keys: def.keys };
+  });
+  return loaded;
+}
+
+type Client = Redis | Cluster;
+type Caller = (...args: (string | number)[]) => Promise<unknown>;
+
+/** Typed calls of the scripts on one client. */
+export class ScriptRunner {
+  private readonly fns: Record<ScriptName, Caller>;
+
+  constructor(client: Client) {
+    const fns = {} as Record<ScriptName, Caller>;
+    for (const s of scripts()) {
+      const c = client as unknown as Record<string, Caller | undefined>;
+      if (typeof c[s.command] !== 'function') {
+        client.defineCommand(s.command, s.keys === undefined ? { lua: s.lua } : { lua: s.lua, numberOfKeys: s.keys });
+      }
+      fns[s.name] = (...args) => (client as unknown as Record<string, Caller>)[s.command]!(...args);
+    }
+    this.fns = fns;
+  }
+
+  call(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
+    const def = DEFS[name];
+    return def.keys === undefined ? this.fns[name](keys.length, ...keys, ...args) : this.fns[name](...keys, ...args);
+  }
+}
+
+/** Redis key names of one pool. All share the hash tag `{pool}` so every script runs on a Cluster. */
+export class PoolKeys {
+  readonly cfg: string;
+  readonly st: string;
+  readonly hl: string;
+  readonly leases: string;
+  readonly li: string;
+  readonly meta: string;
+  private readonly prefix: string;
+
+  constructor(pool: string) {
+    this.prefix = `kp:{${pool}}:`;
+    this.cfg = `${this.prefix}cfg`;
+    this.st = `${this.prefix}st`;
+    this.hl = `${this.prefix}hl`;
+    this.leases = `${this.prefix}leases`;
+    this.li = `${this.prefix}li`;
+    this.meta = `${this.prefix}meta`;
+  }
+
+  /** Candidate set of a key group (keys serving the same models). */
+  avail(group: string): string {
+    return `${this.prefix}g:${group}:avail`;
+  }
+
+  /** Keys of a group that wait for a time to become usable, scored by that time. */
+  wait(group: string): string {
+    return `${this.prefix}g:${group}:wait`;
+  }
+
+  /** A pattern matching every Redis key of this pool (for tests and tools). */
+  get pattern(): string {
+    return `${this.prefix}*`;
+  }
+}

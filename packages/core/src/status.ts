@@ -1,0 +1,134 @@
+import type { KeyRecord } from './records.js';
+import { NANOS_PER_USD } from './pricing.js';
+
+/** What the status script returns (see lua/status-4.lua). */
+export interface RawStatus {
+  now: number;
+  version: number;
+  leases: number;
+  keys: { id: string; cfg: KeyRecord; st: RawState; state: KeyState; periodEnd: number }[] | Record<string, never>;
+}
+
+interface RawState {
+  rt: number;
+  tt: number;
+  inf: number;
+  adm: string;
+  cu: number;
+  br: string;
+  bf: number;
+  bo: number;
+  bu: number;
+  sp: number;
+  rs: number;
+  hs: number;
+  p50: number;
+  p99: number;
+  er: number;
+  deg: number;
+}
+
+export type KeyState =
+  | 'active'
+  | 'cooling'
+  | 'open'
+  | 'half_open'
+  | 'revoked'
+  | 'disabled'
+  | 'draining'
+  | 'out_of_budget'
+  | 'unknown';
+
+/** One key as operators see it. Never the secret: id (fingerprint) and hint only. */
+export interface KeyStatus {
+  id: string;
+  hint: string;
+  name?: string;
+  provider: string;
+  baseURL: string;
+  models: string[];
+  state: KeyState;
+  /** Judged degraded by health (p99 or error rate over the thresholds): gets less traffic. */
+  degraded?: boolean;
+  limits: {
+    rpm: number;
+    tpm: number;
+    rpmBurst: number;
+    tpmBurst: number;
+    maxConcurrent: number;
+    budgetUsd: number | null;
+    budgetPeriod: string | null;
+    weight: number;
+  };
+  /** What is left now: requests and tokens in the buckets, free slots, budget (null: no limit). */
+  left?: { requests: number | null; tokens: number | null; slots: number | null; budgetUsd: number | null };
+  inFlight: number;
+  spendUsd?: number;
+  reservedUsd?: number;
+  budgetPeriodEndsAt?: string | null;
+  coolingUntil?: string | null;
+  breaker?: { state: string; consecutiveFailures: number; opens: number; openUntil: string | null };
+  latency?: { p50Ms: number; p99Ms: number };
+  errorRate?: number;
+  healthScore?: number;
+}
+
+export interface PoolStatus {
+  pool: string;
+  redis: { ok: boolean; policy: string; downSince?: string; lastError?: string };
+  /** shared: limits enforced fleet-wide in Redis; local: per-process fallback; failing-closed: acquire throws. */
+  mode: 'shared' | 'local' | 'failing-closed';
+  version: number;
+  leasesInFlight: number | null;
+  keys: KeyStatus[];
+}
+
+const iso = (ms: number) => (ms > 0 ? new Date(ms).toISOString() : null);
+
+export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawStatus, _minRequests: number): PoolStatus {
+  const keys = Array.isArray(raw.keys) ? raw.keys : [];
+  return {
+    pool,
+    redis,
+    mode: 'shared',
+    version: raw.version,
+    leasesInFlight: raw.leases,
+    keys: keys
+      .map(({ cfg, st, state, periodEnd }): KeyStatus => ({
+        id: cfg.id,
+        hint: cfg.hint,
+        ...(cfg.name !== undefined ? { name: cfg.name } : {}),
+        provider: cfg.provider,
+        baseURL: cfg.baseURL,
+        models: cfg.models,
+        state,
+        degraded: st.deg === 1,
+        limits: {
+          rpm: cfg.rpm,
+          tpm: cfg.tpm,
+          rpmBurst: cfg.rb,
+          tpmBurst: cfg.tb,
+          maxConcurrent: cfg.mc,
+          budgetUsd: cfg.bud >= 0 ? cfg.bud / NANOS_PER_USD : null,
+          budgetPeriod: cfg.bud >= 0 ? cfg.per : null,
+          weight: cfg.w,
+        },
+        left: {
+          requests: cfg.rpm > 0 ? Math.max(0, Math.floor(st.rt)) : null,
+          tokens: cfg.tpm > 0 ? Math.max(0, Math.floor(st.tt)) : null,
+          slots: cfg.mc > 0 ? Math.max(0, cfg.mc - st.inf) : null,
+          budgetUsd: cfg.bud >= 0 ? Math.max(0, cfg.bud - st.sp - st.rs) / NANOS_PER_USD : null,
+        },
+        inFlight: st.inf,
+        spendUsd: st.sp / NANOS_PER_USD,
+        reservedUsd: st.rs / NANOS_PER_USD,
+        budgetPeriodEndsAt: cfg.bud >= 0 && periodEnd > 0 ? iso(periodEnd) : null,
+        coolingUntil: st.cu > raw.now ? iso(st.cu) : null,
+        breaker: { state: st.br, consecutiveFailures: st.bf, opens: st.bo, openUntil: st.br === 'open' ? iso(st.bu) : null },
+        latency: { p50Ms: Math.round(st.p50), p99Ms: Math.round(st.p99) },
+        errorRate: st.er,
+        healthScore: st.hs,
+      }))
+      .sort((a, b) => (a.name ?? a.id).localeCompare(b.name ?? b.id)),
+  };
+}
