@@ -128,9 +128,7 @@ while #usable == 0 and total > nseen and rounds < 8 do
             redis.call('SREM', avail(g), id)
             sizes[g] = sizes[g] - 1
             total = total - 1
-            if kind == 'wait' then
-              redis.call('ZADD', waitz(g), untilMs, id)
-            end
+            redis.call('ZADD', waitz(g), kind == 'wait' and untilMs or PARKED, id)
             st.wr = reason
             saveState(stKey, id, st)
           end
@@ -164,8 +162,9 @@ if #usable == 0 then
   local raw = redis.call('HGET', stKey, bestId)
   if raw then
     local wr = cmsgpack.unpack(raw).wr
-    if wr and wr ~= '' then reason = wr end
+    if wr and wr ~= '' then reason = REPORTED[wr] and wr or 'unavailable' end
   end
+  if best >= PARKED then return { 0, reason, -1, version } end
   return { 0, reason, math.max(0, math.ceil(best - now)), version }
 end
 

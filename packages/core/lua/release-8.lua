@@ -106,7 +106,7 @@ if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
 end
 if st.adm ~= 'active' then
   redis.call('SREM', availKey, id)
-  redis.call('ZREM', waitKey, id)
+  redis.call('ZADD', waitKey, PARKED, id)
   st.wr = st.adm
 elseif st.br == 'open' then
   redis.call('SREM', availKey, id)

@@ -38,7 +38,7 @@ if action == 'disable' or action == 'drain' or action == 'retire' then
   st.ret = action == 'retire' and 1 or 0
   if st.ret == 1 and st.inf == 0 then return removeNow() end
   redis.call('SREM', availKey, id)
-  redis.call('ZREM', waitKey, id)
+  redis.call('ZADD', waitKey, PARKED, id)
   st.wr = st.adm
 elseif action == 'enable' then
   st.adm, st.ret, st.wr = 'active', 0, ''

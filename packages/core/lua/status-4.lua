@@ -25,7 +25,8 @@ for i = 1, #all, 2 do
     state = 'open'
   elseif st.br ~= 'closed' then
     state = 'half_open'
-  elseif cfg.bud >= 0 and st.sp + st.rs >= cfg.bud then
+  elseif cfg.bud >= 0 and (st.sp + st.rs >= cfg.bud or (st.wr == 'budget')) then
+    -- spent, or the last request it was asked for did not fit in what is left
     state = 'out_of_budget'
   elseif st.cu > now then
     state = 'cooling'

@@ -30,9 +30,10 @@ end
 local st = loadState(stKey, id, cfg, now)
 local prev = cjson.decode(old)
 refill(prev, st, now)
--- new limits apply from now: tokens above the new burst are dropped, a raised burst fills later
-st.rt = math.min(st.rt, cfg.rb)
-st.tt = math.min(st.tt, cfg.tb)
+-- new limits apply from now: tokens above the new burst are dropped, a raised burst fills later;
+-- a limit set where there was none starts with a full bucket
+st.rt = prev.rpm > 0 and math.min(st.rt, cfg.rb) or cfg.rb
+st.tt = prev.tpm > 0 and math.min(st.tt, cfg.tb) or cfg.tb
 saveState(stKey, id, st)
 if KEYS[6] then
   redis.call('SREM', KEYS[6], id)
@@ -41,5 +42,5 @@ else
   redis.call('ZREM', waitKey, id)
 end
 -- let the next acquire judge it under the new limits
-if st.adm == 'active' then redis.call('SADD', availKey, id) end
+if st.adm == 'active' then redis.call('SADD', availKey, id) else redis.call('ZADD', waitKey, PARKED, id) end
 return { 1, 'updated' }

@@ -88,6 +88,8 @@ export interface ReleaseResult {
   /** What changed for the key: opened, reopened, closed, revoked, cooling, retired, or ''. */
   transition: string;
   costUsd: number;
+  /** Redis time (ms) of the release. */
+  releasedAt?: number;
 }
 
 export interface KeyPoolOptions {
@@ -256,7 +258,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       const wait = res.retryAfterMs;
       if (wait === null || Date.now() + wait > deadline) return res;
       // a little jitter so a crowd of waiters does not arrive in the same millisecond
-      await sleep(wait + Math.random() * Math.min(5, wait / 10 + 1), undefined, req.signal ? { signal: req.signal } : {});
+      try {
+        await sleep(wait + Math.random() * Math.min(5, wait / 10 + 1), undefined, req.signal ? { signal: req.signal } : {});
+      } catch (e) {
+        throw req.signal?.aborted ? req.signal.reason : e;
+      }
       busy = 0;
     }
   }
@@ -385,13 +391,13 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       if (reply[1] === 'unknown_lease') this.log.warn({ keyId: rec.id, hint: rec.hint, leaseId }, 'released a lease that had already expired or been released');
       return { released: false, transition: '', costUsd: Math.max(0, cost) / NANOS_PER_USD };
     }
-    const [, keyState, breaker, transition] = reply;
+    const [, keyState, breaker, transition, at] = reply;
     if (transition) {
       this.log.info({ keyId: rec.id, hint: rec.hint, transition, outcome: cls }, `key ${transition}`);
       this.emit('transition', { keyId: rec.id, hint: rec.hint, transition });
       if (transition === 'retired') void this.refreshTopology().catch(() => undefined);
     }
-    return { released: true, keyState, breaker, transition, costUsd: Math.max(0, cost) / NANOS_PER_USD };
+    return { released: true, keyState, breaker, transition, costUsd: Math.max(0, cost) / NANOS_PER_USD, releasedAt: Number(at) };
   }
 
   // ---- keys --------------------------------------------------------------------------------

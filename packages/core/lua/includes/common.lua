@@ -8,6 +8,13 @@
   redis TIME, never from a client. msgpack keeps doubles exact (cjson would round to 14 digits).
 ]]
 
+-- Wait-set score of a key blocked until someone acts (disabled, revoked, draining, total budget):
+-- it never comes due, but it keeps the reason visible to acquire ("why is nothing usable?").
+local PARKED = 9e15
+
+-- Reasons acquire reports; admin states read as 'unavailable'.
+local REPORTED = { rate_limited = true, concurrency = true, cooling = true, circuit_open = true, budget = true }
+
 local function nowMs()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -101,6 +108,7 @@ local function rollBudget(cfg, st, now)
   if st.pid ~= pid then
     st.pid = pid
     st.sp = 0
+    if st.wr == 'budget' then st.wr = '' end
   end
   return pend
 end

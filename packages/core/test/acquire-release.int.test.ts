@@ -1,0 +1,454 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  KeyPool,
+  PoolKeys,
+  RequestTooLargeError,
+  UnknownModelError,
+  isUnknownModel,
+  keyIdOf,
+  type Lease,
+} from '../src/index.js';
+import { dumpPool, fakeSecret, makePool, sleep, type TestPool } from './helpers.js';
+
+const opened: TestPool[] = [];
+async function pool(config: Parameters<typeof makePool>[0]) {
+  const p = await makePool(config);
+  opened.push(p);
+  return p;
+}
+afterAll(async () => {
+  for (const p of opened) {
+    await p.pool.close();
+    p.redis.disconnect();
+  }
+});
+
+function lease(r: Awaited<ReturnType<KeyPool['acquire']>>): Lease {
+  if (!r.ok) throw new Error(`expected a lease, got ${JSON.stringify(r)}`);
+  return r;
+}
+
+describe('acquire and release', () => {
+  it('leases a key with its secret, records the lease in Redis and removes it on release', async () => {
+    const secret = fakeSecret('basic');
+    const { pool: p, redis, name } = await pool({ keys: [{ secret, models: ['gpt-4o-mini'], rpm: 600, tpm: 100_000 }] });
+    const keys = new PoolKeys(name);
+    const l = lease(await p.acquire({ model: 'gpt-4o-mini', estimatedTokens: 500, estimatedOutputTokens: 100 }));
+    expect(l.secret).toBe(secret);
+    expect(l.keyId).toBe(keyIdOf(secret));
+    expect(l.hint).toMatch(/^sk-\.\.\..{4}$/);
+    expect(l.deadline - l.acquiredAt).toBe(300_000);
+    // the lease is in the leases zset scored by its deadline, with a record of what it took
+    expect(Number(await redis.zscore(keys.leases, l.id))).toBeCloseTo(l.deadline, 0);
+    expect(await redis.hexists(keys.li, l.id)).toBe(1);
+    // pool state has no TTL: it must outlive idle periods
+    expect(await redis.pttl(keys.cfg)).toBe(-1);
+    expect(await redis.pttl(keys.st)).toBe(-1);
+    // the secret is not enumerable: it never reaches JSON or logs by accident
+    expect(JSON.stringify(l)).not.toContain(secret);
+
+    let s = (await p.status()).keys[0]!;
+    expect(s.inFlight).toBe(1);
+    // 500 taken; the bucket refills at 100,000/min while we look
+    expect(s.left!.tokens).toBeGreaterThanOrEqual(s.limits.tpmBurst - 500);
+    expect(s.left!.tokens).toBeLessThan(s.limits.tpmBurst - 400);
+    expect(s.reservedUsd).toBeCloseTo(400 * 0.15e-6 + 100 * 0.6e-6, 12);
+
+    const r = await l.release({ status: 200, latencyMs: 80, usage: { promptTokens: 300, completionTokens: 50 } });
+    expect(r).toMatchObject({ released: true, keyState: 'active', breaker: 'closed', transition: '' });
+    expect(r.costUsd).toBeCloseTo(300 * 0.15e-6 + 50 * 0.6e-6, 12);
+    expect(await redis.zscore(keys.leases, l.id)).toBeNull();
+    expect(await redis.hexists(keys.li, l.id)).toBe(0);
+
+    s = (await p.status()).keys[0]!;
+    expect(s.inFlight).toBe(0);
+    expect(s.reservedUsd).toBe(0);
+    expect(s.spendUsd).toBeCloseTo(r.costUsd, 12);
+    // unused estimate (500 - 350) came back to the bucket
+    expect(s.left!.tokens).toBeGreaterThanOrEqual(s.limits.tpmBurst - 350);
+    // a second release is a no-op, not a second refund
+    expect(await l.release({ status: 200, latencyMs: 80 })).toBe(r);
+  });
+
+  it('rejects unknown models and requests larger than any token bucket', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('m'), models: ['gpt-4o'], tpm: 6000, tpmBurst: 2000 }] });
+    const err = await p.acquire({ model: 'gpt-9' }).catch((e) => e);
+    expect(err).toBeInstanceOf(UnknownModelError);
+    expect(isUnknownModel(err)).toBe(true);
+    expect(err.message).toBe('no key in the pool serves model "gpt-9"; models served: gpt-4o');
+    const big = await p.acquire({ model: 'gpt-4o', estimatedTokens: 2001 }).catch((e) => e);
+    expect(big).toBeInstanceOf(RequestTooLargeError);
+    expect(big.message).toContain('raise tpmBurst');
+    expect((await p.acquire({ model: 'gpt-4o', estimatedTokens: 2000 })).ok).toBe(true);
+  });
+
+  it('says when the request bucket refills, and waits for it when asked', async () => {
+    // 60 rpm, burst 2: two at once, then one per second
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('rpm'), models: ['m'], rpm: 60, rpmBurst: 2 }] });
+    lease(await p.acquire({ model: 'm' }));
+    lease(await p.acquire({ model: 'm' }));
+    const no = await p.acquire({ model: 'm' });
+    expect(no).toMatchObject({ ok: false, reason: 'rate_limited' });
+    if (no.ok) return;
+    expect(no.retryAfterMs).toBeGreaterThan(900);
+    expect(no.retryAfterMs).toBeLessThanOrEqual(1000);
+    const t0 = Date.now();
+    const waited = lease(await p.acquire({ model: 'm', maxWaitMs: 3000 }));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    expect(waited.ok).toBe(true);
+    // a wait shorter than the refill returns at once with the same answer
+    const t1 = Date.now();
+    expect(await p.acquire({ model: 'm', maxWaitMs: 100 })).toMatchObject({ ok: false, reason: 'rate_limited' });
+    expect(Date.now() - t1).toBeLessThan(100);
+  });
+
+  it('an aborted wait rejects with the signal reason', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('abort'), models: ['m'], rpm: 6, rpmBurst: 1 }] });
+    lease(await p.acquire({ model: 'm' }));
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(new Error('caller gave up')), 50);
+    await expect(p.acquire({ model: 'm', maxWaitMs: 20_000, signal: ac.signal })).rejects.toThrow('caller gave up');
+  });
+
+  it('concurrency slots: a full key is skipped and comes back as soon as a lease is released', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('mc'), models: ['m'], maxConcurrent: 2 }] });
+    const a = lease(await p.acquire({ model: 'm' }));
+    lease(await p.acquire({ model: 'm' }));
+    expect(await p.acquire({ model: 'm' })).toMatchObject({ ok: false, reason: 'concurrency' });
+    await a.release({ status: 200, latencyMs: 10 });
+    // no waiting for a recheck: the release puts the key back at once
+    expect((await p.acquire({ model: 'm' })).ok).toBe(true);
+  });
+
+  it('excluded keys are not leased (failover to another key)', async () => {
+    const s1 = fakeSecret('x1');
+    const s2 = fakeSecret('x2');
+    const { pool: p } = await pool({ keys: [{ secret: s1, models: ['m'] }, { secret: s2, models: ['m'] }] });
+    for (let i = 0; i < 20; i++) {
+      const l = lease(await p.acquire({ model: 'm', exclude: [keyIdOf(s1)] }));
+      expect(l.keyId).toBe(keyIdOf(s2));
+      await l.release({ status: 200, latencyMs: 5 });
+    }
+    expect(await p.acquire({ model: 'm', exclude: [keyIdOf(s1), keyIdOf(s2)] })).toMatchObject({ ok: false, reason: 'unavailable', retryAfterMs: null });
+  });
+
+  it('keys serving several models are shared between the models, and a model served by two groups sees both', async () => {
+    const a = fakeSecret('ga');
+    const b = fakeSecret('gb');
+    const { pool: p } = await pool({
+      keys: [
+        { secret: a, models: ['gpt-4o', 'gpt-4o-mini'], rpm: 60, rpmBurst: 1 },
+        { secret: b, models: ['gpt-4o-mini'], rpm: 60, rpmBurst: 1 },
+      ],
+    });
+    const l1 = lease(await p.acquire({ model: 'gpt-4o-mini' }));
+    const l2 = lease(await p.acquire({ model: 'gpt-4o-mini' }));
+    expect(new Set([l1.keyId, l2.keyId])).toEqual(new Set([keyIdOf(a), keyIdOf(b)]));
+    // key a spent its only token on gpt-4o-mini: gpt-4o has nothing left either
+    expect(await p.acquire({ model: 'gpt-4o' })).toMatchObject({ ok: false, reason: 'rate_limited' });
+  });
+});
+
+describe('429, 401 and client errors', () => {
+  it('429 cools the key until the latest of Retry-After, x-ratelimit-reset-* and the current deadline', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('cool'), models: ['m'] }] });
+    const l = lease(await p.acquire({ model: 'm' }));
+    const r = await l.release({ status: 429, latencyMs: 5, headers: { 'retry-after': '2', 'x-ratelimit-reset-tokens': '3s', 'x-ratelimit-reset-requests': '500ms' } });
+    expect(r.transition).toBe('cooling');
+    let st = await p.status();
+    expect(st.keys[0]!.state).toBe('cooling');
+    const until = Date.parse(st.keys[0]!.coolingUntil!);
+    expect(until - Date.now()).toBeGreaterThan(2500);
+    expect(until - Date.now()).toBeLessThanOrEqual(3000);
+    const no = await p.acquire({ model: 'm' });
+    expect(no).toMatchObject({ ok: false, reason: 'cooling' });
+    expect(!no.ok && no.retryAfterMs).toBeGreaterThan(2500);
+
+    // a later 429 asking for less does not shorten the deadline already set
+    await p.resetKey(st.keys[0]!.id); // fresh cooling
+    const l2 = lease(await p.acquire({ model: 'm' }));
+    const l3 = lease(await p.acquire({ model: 'm' }));
+    await l2.release({ status: 429, headers: { 'retry-after-ms': '4000' } });
+    await l3.release({ status: 429, headers: { 'retry-after': '1' } });
+    st = await p.status();
+    expect(Date.parse(st.keys[0]!.coolingUntil!) - Date.now()).toBeGreaterThan(3500);
+  });
+
+  it('a 429 without headers cools for cooling.defaultMs and the key comes back after it', async () => {
+    const { pool: p } = await pool({ cooling: { defaultMs: 300 }, keys: [{ secret: fakeSecret('cd'), models: ['m'] }] });
+    await lease(await p.acquire({ model: 'm' })).release({ status: 429 });
+    expect(await p.acquire({ model: 'm' })).toMatchObject({ ok: false, reason: 'cooling' });
+    expect((await p.acquire({ model: 'm', maxWaitMs: 2000 })).ok).toBe(true);
+  });
+
+  it('401/403 revoke the key until an operator enables it', async () => {
+    const { pool: p, logs } = await pool({ keys: [{ secret: fakeSecret('rev'), models: ['m'] }] });
+    const l = lease(await p.acquire({ model: 'm' }));
+    expect((await l.release({ status: 401, latencyMs: 20 })).transition).toBe('revoked');
+    expect((await p.status()).keys[0]!.state).toBe('revoked');
+    expect(await p.acquire({ model: 'm', maxWaitMs: 1000 })).toEqual({ ok: false, reason: 'unavailable', retryAfterMs: null });
+    expect(logs.some((line) => line.includes('"transition":"revoked"'))).toBe(true);
+    await p.enableKey(l.keyId);
+    const again = lease(await p.acquire({ model: 'm' }));
+    expect(again.keyId).toBe(l.keyId);
+    expect((await again.release({ status: 403 })).transition).toBe('revoked');
+  });
+
+  it('400-class client errors do not hurt the key', async () => {
+    const { pool: p } = await pool({ breaker: { failures: 2 }, health: { minRequests: 5 }, keys: [{ secret: fakeSecret('4xx'), models: ['m'] }] });
+    for (const status of [400, 404, 422, 400, 404, 422, 400]) {
+      await lease(await p.acquire({ model: 'm' })).release({ status, latencyMs: 30 });
+    }
+    const s = (await p.status()).keys[0]!;
+    expect(s.state).toBe('active');
+    expect(s.breaker!.state).toBe('closed');
+    expect(s.errorRate).toBe(0);
+    expect(s.degraded).toBe(false);
+  });
+});
+
+describe('circuit breaker', () => {
+  const breaker = { failures: 3, cooldownMs: 400, maxCooldownMs: 10_000, minRequests: 1000 };
+
+  it('opens after N consecutive failures; half-open admits one probe; a failed probe reopens for longer; a good one closes', async () => {
+    const { pool: p } = await pool({ breaker, keys: [{ secret: fakeSecret('br'), models: ['m'] }] });
+    const kinds = [{ status: 500 }, { error: 'timeout' as const }, { error: 'broken_stream' as const }];
+    let last;
+    for (const o of kinds) last = await lease(await p.acquire({ model: 'm' })).release({ ...o, latencyMs: 10 });
+    expect(last!.transition).toBe('opened');
+    const st = (await p.status()).keys[0]!;
+    expect(st.state).toBe('open');
+    expect(st.breaker!.opens).toBe(1);
+    const no = await p.acquire({ model: 'm' });
+    expect(no).toMatchObject({ ok: false, reason: 'circuit_open' });
+    expect(!no.ok && no.retryAfterMs).toBeLessThanOrEqual(400);
+
+    const probe = lease(await p.acquire({ model: 'm', maxWaitMs: 2000 }));
+    expect(probe.probe).toBe(true);
+    // only the probe goes through while it is out
+    expect(await p.acquire({ model: 'm' })).toMatchObject({ ok: false, reason: 'circuit_open' });
+    expect((await probe.release({ status: 502, latencyMs: 10 })).transition).toBe('reopened');
+    const reopened = (await p.status()).keys[0]!;
+    expect(reopened.breaker!.opens).toBe(2);
+    // the cooldown doubled: ~800 ms
+    expect(Date.parse(reopened.breaker!.openUntil!) - Date.now()).toBeGreaterThan(600);
+
+    const probe2 = lease(await p.acquire({ model: 'm', maxWaitMs: 3000 }));
+    expect(probe2.probe).toBe(true);
+    expect((await probe2.release({ status: 200, latencyMs: 10 })).transition).toBe('closed');
+    expect((await p.status()).keys[0]!.state).toBe('active');
+    const normal = lease(await p.acquire({ model: 'm' }));
+    expect(normal.probe).toBe(false);
+  });
+
+  it('exactly one probe is admitted fleet-wide, across many clients at once', async () => {
+    const secret = fakeSecret('probe');
+    const first = await pool({ breaker, keys: [{ secret, models: ['m'] }] });
+    for (let i = 0; i < 3; i++) await lease(await first.pool.acquire({ model: 'm' })).release({ status: 503 });
+    await sleep(450);
+    // eight more processes' worth of clients, each with its own connection
+    const others = await Promise.all(Array.from({ length: 8 }, () => pool({ pool: first.name, breaker, keys: [{ secret, models: ['m'] }] })));
+    const results = await Promise.all([first, ...others].flatMap((o) => [o.pool.acquire({ model: 'm' }), o.pool.acquire({ model: 'm' })]));
+    const leases = results.filter((r) => r.ok);
+    expect(leases).toHaveLength(1);
+    expect((leases[0] as Lease).probe).toBe(true);
+    expect(results.filter((r) => !r.ok).every((r) => !r.ok && r.reason === 'circuit_open')).toBe(true);
+  });
+
+  it('opens on an error rate over the window once it holds minRequests', async () => {
+    const { pool: p } = await pool({ breaker: { failures: 100, errorRate: 0.5, minRequests: 10, cooldownMs: 5000 }, keys: [{ secret: fakeSecret('rate'), models: ['m'] }] });
+    const transitions: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const r = await lease(await p.acquire({ model: 'm' })).release({ status: i % 2 ? 500 : 200, latencyMs: 10 });
+      transitions.push(r.transition);
+    }
+    expect(transitions.slice(0, 9).every((t) => t === '')).toBe(true);
+    expect(transitions[9]).toBe('opened');
+  });
+
+  it('an aborted probe lets another request probe', async () => {
+    const { pool: p } = await pool({ breaker, keys: [{ secret: fakeSecret('ab'), models: ['m'] }] });
+    for (let i = 0; i < 3; i++) await lease(await p.acquire({ model: 'm' })).release({ status: 500 });
+    const probe = lease(await p.acquire({ model: 'm', maxWaitMs: 2000 }));
+    expect(probe.probe).toBe(true);
+    await probe.release({ error: 'aborted' });
+    const next = lease(await p.acquire({ model: 'm' }));
+    expect(next.probe).toBe(true);
+  });
+});
+
+describe('health and selection', () => {
+  it('rolling p50/p99 and error rate; p99 over 800 ms marks a key degraded', async () => {
+    const { pool: p } = await pool({ health: { minRequests: 20 }, keys: [{ secret: fakeSecret('slow'), models: ['m'] }] });
+    for (let i = 0; i < 19; i++) await lease(await p.acquire({ model: 'm' })).release({ status: 200, latencyMs: i < 17 ? 100 : 1500 });
+    let s = (await p.status()).keys[0]!;
+    expect(s.degraded).toBe(false); // 19 < minRequests
+    await lease(await p.acquire({ model: 'm' })).release({ status: 200, latencyMs: 1500 });
+    s = (await p.status()).keys[0]!;
+    expect(s.latency!.p50Ms).toBeGreaterThan(75);
+    expect(s.latency!.p50Ms).toBeLessThanOrEqual(100);
+    expect(s.latency!.p99Ms).toBeGreaterThan(1300);
+    expect(s.degraded).toBe(true);
+    expect(s.healthScore).toBeLessThan(0.25);
+    expect(s.state).toBe('active'); // degraded is not blocked
+  });
+
+  it('an error rate over 2% degrades a key', async () => {
+    const { pool: p } = await pool({ breaker: { failures: 50 }, health: { minRequests: 20 }, keys: [{ secret: fakeSecret('err'), models: ['m'] }] });
+    for (let i = 0; i < 40; i++) await lease(await p.acquire({ model: 'm' })).release({ status: i === 5 ? 500 : 200, latencyMs: 50 });
+    let s = (await p.status()).keys[0]!;
+    expect(s.errorRate).toBeCloseTo(1 / 40, 5);
+    expect(s.degraded).toBe(true);
+    for (let i = 0; i < 20; i++) await lease(await p.acquire({ model: 'm' })).release({ status: 200, latencyMs: 50 });
+    s = (await p.status()).keys[0]!;
+    expect(s.errorRate).toBeCloseTo(1 / 60, 5);
+    expect(s.degraded).toBe(false);
+  });
+
+  it('healthy keys share load in proportion to their limits; degraded keys get less, not none', async () => {
+    const small = fakeSecret('small');
+    const big = fakeSecret('big');
+    const slow = fakeSecret('slowk');
+    // huge bursts so that buckets never block: only the selection weights decide
+    const k = (secret: string, rpm: number) => ({ secret, models: ['m'], rpm, rpmBurst: 1_000_000 });
+    const { pool: p } = await pool({ health: { minRequests: 5 }, keys: [k(small, 100_000), k(big, 300_000)] });
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 1200; i++) {
+      const l = lease(await p.acquire({ model: 'm' }));
+      counts.set(l.keyId, (counts.get(l.keyId) ?? 0) + 1);
+      await l.release({ status: 200, latencyMs: 50 });
+    }
+    const bigShare = (counts.get(keyIdOf(big)) ?? 0) / 1200;
+    expect(bigShare).toBeGreaterThan(0.68);
+    expect(bigShare).toBeLessThan(0.82);
+
+    // a third key of the same size as `big` that turns slow
+    await p.addKey(k(slow, 300_000));
+    const slowId = keyIdOf(slow);
+    const n = 1500;
+    const seen = new Map<string, number>();
+    for (let i = 0; i < n; i++) {
+      const l = lease(await p.acquire({ model: 'm' }));
+      seen.set(l.keyId, (seen.get(l.keyId) ?? 0) + 1);
+      await l.release({ status: 200, latencyMs: l.keyId === slowId ? 2000 : 50 });
+    }
+    const slowStatus = (await p.status()).keys.find((x) => x.id === slowId)!;
+    expect(slowStatus.degraded).toBe(true);
+    const slowShare = (seen.get(slowId) ?? 0) / n;
+    const bigShare2 = (seen.get(keyIdOf(big)) ?? 0) / n;
+    expect(slowShare).toBeGreaterThan(0.003); // less traffic, not none
+    expect(slowShare).toBeLessThan(bigShare2 / 3);
+  });
+});
+
+describe('budgets', () => {
+  it('reserves the estimate, charges real cost, and stops within one estimate of the budget', async () => {
+    // gpt-4o-mini: $0.15 / $0.60 per million; estimate 10,000 output tokens = $0.006
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('bud'), models: ['gpt-4o-mini'], budget: { usd: 0.05, period: 'total' } }] });
+    let spent = 0;
+    let leases = 0;
+    for (;;) {
+      const r = await p.acquire({ model: 'gpt-4o-mini', estimatedTokens: 10_000 });
+      if (!r.ok) {
+        expect(r).toEqual({ ok: false, reason: 'budget', retryAfterMs: null });
+        break;
+      }
+      leases++;
+      const rel = await r.release({ status: 200, usage: { promptTokens: 1000, completionTokens: 9000 } });
+      spent += rel.costUsd;
+    }
+    const s = (await p.status()).keys[0]!;
+    expect(s.state).toBe('out_of_budget');
+    expect(s.spendUsd).toBeCloseTo(spent, 9);
+    expect(spent).toBeLessThanOrEqual(0.05 + 0.006);
+    expect(leases).toBeGreaterThan(5);
+    await p.resetBudget(s.id);
+    expect((await p.acquire({ model: 'gpt-4o-mini', estimatedTokens: 10_000 })).ok).toBe(true);
+  });
+
+  it('a daily budget says to retry at the next UTC midnight', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('day'), models: ['gpt-4o'], budget: { usd: 0.001, period: 'day' } }] });
+    const r = await p.acquire({ model: 'gpt-4o', estimatedTokens: 1000 }); // $0.01 > budget
+    expect(r).toMatchObject({ ok: false, reason: 'budget' });
+    const midnight = Math.ceil(Date.now() / 86_400_000) * 86_400_000;
+    expect(!r.ok && Date.now() + r.retryAfterMs!).toBeGreaterThan(midnight - 2000);
+    expect(!r.ok && Date.now() + r.retryAfterMs!).toBeLessThan(midnight + 2000);
+    const s = (await p.status()).keys[0]!;
+    expect(s.budgetPeriodEndsAt).toBe(new Date(midnight).toISOString());
+  });
+});
+
+describe('operators', () => {
+  it('disable, enable, drain, retire, remove and update a key while the pool runs', async () => {
+    const a = fakeSecret('opa');
+    const b = fakeSecret('opb');
+    const { pool: p, redis, name } = await pool({ keys: [{ secret: a, models: ['m'] }, { secret: b, models: ['m'] }] });
+    const ida = keyIdOf(a);
+    const idb = keyIdOf(b);
+    const only = async (expected: string) => {
+      for (let i = 0; i < 10; i++) {
+        const l = lease(await p.acquire({ model: 'm' }));
+        expect(l.keyId).toBe(expected);
+        await l.release({ status: 200 });
+      }
+    };
+    await p.disableKey(ida);
+    expect((await p.status()).keys.find((k) => k.id === ida)!.state).toBe('disabled');
+    await only(idb);
+    await p.enableKey(ida);
+    await p.disableKey(idb);
+    await only(ida);
+    await p.enableKey(idb);
+
+    // drain: the lease in flight finishes, no new ones
+    const inflight = lease(await p.acquire({ model: 'm', exclude: [ida] }));
+    expect((await p.drainKey(idb)).inFlight).toBe(1);
+    await only(ida);
+    expect((await inflight.release({ status: 200 })).released).toBe(true);
+    expect((await p.status()).keys.find((k) => k.id === idb)!.state).toBe('draining');
+
+    // retire: removed when its last lease is released
+    await p.enableKey(idb);
+    const last = lease(await p.acquire({ model: 'm', exclude: [ida] }));
+    await p.retireKey(idb);
+    expect((await p.status()).keys.map((k) => k.id).sort()).toEqual([ida, idb].sort());
+    expect((await last.release({ status: 200 })).transition).toBe('retired');
+    expect((await p.status()).keys.map((k) => k.id)).toEqual([ida]);
+
+    // update limits in place: state kept, new limits in force
+    await p.updateKey(ida, { rpm: 120, rpmBurst: 1, models: ['m', 'm2'] });
+    const st = (await p.status()).keys[0]!;
+    expect(st.limits).toMatchObject({ rpm: 120, rpmBurst: 1 });
+    expect(st.models).toEqual(['m', 'm2']);
+    expect((await p.acquire({ model: 'm2' })).ok).toBe(true);
+    expect(await p.acquire({ model: 'm' })).toMatchObject({ ok: false, reason: 'rate_limited' });
+
+    await p.removeKey(ida);
+    expect((await p.status()).keys).toEqual([]);
+    await expect(p.acquire({ model: 'm' })).rejects.toBeInstanceOf(UnknownModelError);
+    await expect(p.disableKey(ida)).rejects.toThrow(`no key with id "${ida}" in the pool`);
+    // nothing of the removed keys is left in their group sets
+    const dump = await dumpPool(redis, name);
+    for (const [key, parts] of dump) {
+      if (key.includes(':g:')) expect(parts.slice(1).map(String)).not.toContain(ida);
+    }
+  });
+
+  it('a process restarting with the same keys keeps their state (admin state, spend, buckets)', async () => {
+    const secret = fakeSecret('restart');
+    const first = await pool({ keys: [{ secret, models: ['m'], rpm: 60, rpmBurst: 1 }] });
+    await first.pool.disableKey(keyIdOf(secret));
+    const second = await pool({ pool: first.name, keys: [{ secret, models: ['m'], rpm: 60, rpmBurst: 1 }] });
+    expect((await second.pool.status()).keys[0]!.state).toBe('disabled');
+  });
+
+  it('another process learns of a new key and of a changed one without restarting', async () => {
+    const a = fakeSecret('topo-a');
+    const first = await pool({ keys: [{ secret: a, models: ['m'] }] });
+    const second = await pool({ pool: first.name, keys: [{ secret: a, models: ['m'] }] });
+    await first.pool.addKey({ secret: fakeSecret('topo-b'), models: ['new-model'] });
+    // second has no secret for the new key, but it knows the model is served
+    const r = await second.pool.acquire({ model: 'new-model' }).catch((e) => e);
+    expect(r).not.toBeInstanceOf(UnknownModelError);
+  });
+});
