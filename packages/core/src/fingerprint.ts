@@ -16,6 +16,7 @@ export function keyIdOf(secret: string): string {
  */
 export function hintOf(secret: string): string {
   if (secret.length < 20) return `...${secret.slice(-2)}`;
-  const prefix = /^([a-z]{2,4}-(?:proj-|svcacct-|admin-|or-v1-|ant-api\d\d-)?)/i.exec(secret)?.[1] ?? '';
+  // only providers' published prefixes: anything else could be part of the secret
+  const prefix = /^(sk-(?:proj-|svcacct-|admin-|or-v1-|ant-api\d\d-)?|gsk_|xai-|pplx-|nvapi-)/.exec(secret)?.[1] ?? '';
   return `${prefix}...${secret.slice(-4)}`;
 }

@@ -6,9 +6,14 @@
  */
 export type HeadersLike = Headers | Record<string, string | string[] | undefined> | Map<string, string>;
 
+/** Header names are case-insensitive whatever the container (Headers, Map or plain record). */
 function get(headers: HeadersLike, name: string): string | undefined {
+  if (headers instanceof Map) {
+    for (const [k, v] of headers) if (k.toLowerCase() === name) return String(v);
+    return undefined;
+  }
   if (typeof (headers as Headers).get === 'function') {
-    const v = (headers as Headers | Map<string, string>).get(name);
+    const v = (headers as Headers).get(name);
     return v == null ? undefined : String(v);
   }
   const rec = headers as Record<string, string | string[] | undefined>;

@@ -22,7 +22,7 @@ export interface Outcome {
 export type OutcomeClass = 'ok' | 'client_error' | 'rate_limited' | 'auth' | 'server_error' | 'aborted';
 
 /**
- * 2xx: ok. 429: rate_limited (the key cools). 401/403: auth (the key is revoked).
+ * 1xx-3xx: ok (the provider answered). 429: rate_limited (the key cools). 401/403: auth (the key is revoked).
  * 408, 5xx, timeouts, network errors and broken streams: server_error (feeds the breaker).
  * Other 4xx: client_error (the caller's fault; the key is not hurt). Aborted by the caller: aborted.
  */
@@ -42,8 +42,8 @@ export function classify(outcome: Outcome): OutcomeClass {
 
 /**
  * Tokens to reconcile: the real usage when known; 0 for failures providers do not bill
- * (no usage on a 4xx/5xx/429); -1 (keep the estimate) when unknown and possibly billed:
- * a success without usage, an abort, a broken stream.
+ * (no usage on a 4xx/5xx/429); null (keep the estimate) when unknown and possibly billed:
+ * a success without usage, an abort, a broken stream, a timeout.
  */
 export function realTokens(outcome: Outcome, cls: OutcomeClass): { input: number; output: number } | null {
   const u = outcome.usage;

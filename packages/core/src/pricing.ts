@@ -62,6 +62,7 @@ export class PriceTable {
     const p = this.priceOf(model);
     if (!p) return 0;
     // $/1M tokens x 1e9 nano/$ / 1e6 tokens = 1000 nano-dollars per token per $/1M
-    return Math.ceil(input * p.input * 1000 + output * p.output * 1000);
+    // round up fractions of a nano-dollar, but not float noise (3 x 0.4 x 1000 = 1200.0000000000002)
+    return Math.max(0, Math.ceil(input * p.input * 1000 + output * p.output * 1000 - 1e-6));
   }
 }

@@ -63,7 +63,12 @@ describe('hintOf', () => {
 
   it('shows no prefix when the secret has none', () => {
     expect(hintOf('0123456789abcdef0123456789abcdef')).toBe('...cdef');
-    expect(hintOf('gsk_abcdefghijklmnopqrstuvwxyz12')).toBe('...yz12');
+    expect(hintOf('AbCd-efghijklmnopqrstuvwxyz12')).toBe('...yz12');
+  });
+
+  it('keeps only published provider prefixes (Groq gsk_, xAI, Perplexity)', () => {
+    expect(hintOf('gsk_abcdefghijklmnopqrstuvwxyz12')).toBe('gsk_...yz12');
+    expect(hintOf('xai-abcdefghijklmnopqrstuvwxyz12')).toBe('xai-...yz12');
   });
 
   it('reveals at most the last 2 characters of a short secret (< 20 chars)', () => {
