@@ -143,6 +143,9 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   private readonly log: Logger;
   private readonly prices: PriceTable;
   private readonly secrets = new Map<string, string>();
+  /** Settings of the keys this process registered (config and addKey), to register again after Redis lost them. */
+  private readonly own = new Map<string, KeyRecord>();
+  private closing = false;
   private readonly local: LocalLimiter;
   private readonly rawRecords = new Map<string, KeyRecord>();
   private topology: Topology = { version: -1, keys: new Map(), models: new Map() };
@@ -169,7 +172,9 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
       config.cooling.defaultMs,
     ];
-    client.on('error', (e: Error) => this.markDown(e));
+    client.on('close', () => {
+      if (!this.closing) this.markDown(new Error('connection to Redis closed'));
+    });
     client.on('ready', () => this.markUp());
   }
 
@@ -203,6 +208,9 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         retryStrategy: (n) => Math.min(50 * 2 ** n, 2000),
       });
       owns = true;
+      // until the pool listens, connection errors are reported by the connect() below
+      const quiet = () => undefined;
+      client.on('error', quiet);
       try {
         await client.connect();
       } catch (e) {
@@ -218,9 +226,15 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       client = options.redis;
     }
     const pool = new KeyPool(client, owns, config, logger);
-    for (const k of config.keys) pool.secrets.set(keyIdOf(k.secret), k.secret);
+    if (owns) client.removeAllListeners('error');
+    client.on('error', (e: Error) => pool.markDown(e));
+    for (const k of config.keys) {
+      const rec = recordOfSpec(k);
+      pool.secrets.set(rec.id, k.secret);
+      pool.own.set(rec.id, rec);
+    }
     try {
-      await pool.upsertRecords(config.keys.map(recordOfSpec));
+      await pool.upsertRecords([...pool.own.values()]);
       await pool.refreshTopology();
     } catch (e) {
       if (!isRedisUnavailable(e) || config.redisDown.policy === 'fail-closed') {
@@ -407,6 +421,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const parsed = parseKeySpec(spec);
     const rec = recordOfSpec(parsed);
     this.secrets.set(rec.id, parsed.secret);
+    this.own.set(rec.id, rec);
     await this.upsertRecords([rec]);
     await this.refreshTopology();
     return { id: rec.id, hint: rec.hint };
@@ -537,6 +552,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
 
   /** Stop: closes the Redis connection if the pool opened it. Leases in flight are not released. */
   async close(): Promise<void> {
+    this.closing = true;
     this.removeAllListeners();
     if (this.ownsClient) await this.client.quit().catch(() => this.client.disconnect());
   }
@@ -600,6 +616,19 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     this.down = undefined;
     this.log.warn({ downMs }, 'Redis available again: shared limits back in force');
     this.emit('redis:up');
+    void this.registerMissing().catch((e) => this.log.warn({ err: (e as Error).message }, 'could not re-register keys after Redis came back'));
+  }
+
+  /**
+   * After an outage, Redis may have restarted empty: then register again the keys this process
+   * holds. A pool whose meta hash survived is left alone, so keys an operator removed stay removed.
+   */
+  private async registerMissing(): Promise<void> {
+    if ((await this.run('hget', [this.keys.meta], ['v'])) === null && this.own.size > 0) {
+      this.log.warn({ keys: [...this.own.values()].map((r) => r.hint) }, `Redis lost pool "${this.name}": registering this process's ${this.own.size} key(s) again (their counters start afresh)`);
+      await this.upsertRecords([...this.own.values()]);
+    }
+    await this.refreshTopology();
   }
 
   private noteVersion(v: number): void {

@@ -47,7 +47,7 @@ export async function dumpPool(redis: Redis | Cluster, name: string): Promise<Ma
         const parts: Buffer[] = [Buffer.from(key)];
         if (type === 'hash') parts.push(...Object.entries(await node.hgetallBuffer(key)).flatMap(([f, v]) => [Buffer.from(f), v]));
         else if (type === 'set') parts.push(...(await node.smembersBuffer(key)));
-        else if (type === 'zset') parts.push(...(await node.zrangeBuffer(key, 0, -1, 'WITHSCORES')));
+        else if (type === 'zset') parts.push(...(await node.zrangeBuffer(key, '0', '-1', 'WITHSCORES')));
         else if (type === 'string') parts.push((await node.getBuffer(key)) ?? Buffer.alloc(0));
         else parts.push(Buffer.from(`unexpected type ${type}`));
         out.set(key, parts);

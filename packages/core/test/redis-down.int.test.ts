@@ -1,0 +1,106 @@
+/**
+ * Redis going away: each test runs its own redis-server so it can kill -9 it and start it again.
+ * Standalone only (the cluster project would repeat the same thing).
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { spawnRedisServer, testTarget, type SpawnedRedis } from '@keypool/testkit';
+import { pino } from 'pino';
+import { KeyPool, RedisUnavailableError, isRedisUnavailable, type Lease } from '../src/index.js';
+import { fakeSecret, memoryLogger, sleep } from './helpers.js';
+
+const servers: SpawnedRedis[] = [];
+const pools: KeyPool[] = [];
+afterEach(async () => {
+  for (const p of pools.splice(0)) await p.close();
+  for (const s of servers.splice(0)) await s.stop().catch(() => undefined);
+});
+
+async function until(cond: () => Promise<boolean> | boolean, ms = 10_000) {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await sleep(50);
+  }
+}
+
+describe.skipIf(testTarget() === 'cluster')('Redis unavailable', () => {
+  it('fail-closed: acquire throws a typed error at once, logs it, status shows it; all works again when Redis is back', async () => {
+    const server = await spawnRedisServer();
+    servers.push(server);
+    const secret = fakeSecret('down');
+    const { logger, lines } = memoryLogger();
+    const downs: Error[] = [];
+    const pool = await KeyPool.connect({ redis: server.url, config: { pool: 'down', keys: [{ secret, models: ['m'], rpm: 600 }] }, logger });
+    pools.push(pool);
+    pool.on('redis:down', (e) => downs.push(e));
+    expect((await pool.acquire({ model: 'm' })).ok).toBe(true);
+
+    server.kill9();
+    const t0 = Date.now();
+    const err = await pool.acquire({ model: 'm' }).catch((e) => e);
+    expect(Date.now() - t0).toBeLessThan(1500);
+    expect(err).toBeInstanceOf(RedisUnavailableError);
+    expect(isRedisUnavailable(err)).toBe(true);
+    expect(err.message).toMatch(/^Redis unavailable for pool "down" \(.+\); failing closed \(redisDown.policy=fail-closed\)$/);
+    expect(downs.length).toBe(1);
+    expect(lines.some((l) => l.includes('"level":50') && l.includes('Redis unavailable'))).toBe(true);
+    const st = await pool.status();
+    expect(st.redis.ok).toBe(false);
+    expect(st.mode).toBe('failing-closed');
+    expect(st.redis.downSince).toBeDefined();
+    expect(st.keys[0]!.state).toBe('unknown');
+
+    // Redis comes back empty on the same port: keys are registered again, leases flow
+    servers.push(await spawnRedisServer({ port: server.port }));
+    await until(async () => (await pool.acquire({ model: 'm' }).then((r) => r.ok, () => false)));
+    expect(pool.redisAvailable).toBe(true);
+    expect((await pool.status()).redis.ok).toBe(true);
+    expect(lines.some((l) => l.includes('Redis available again'))).toBe(true);
+    for (const l of lines) expect(l).not.toContain(secret.slice(8));
+  });
+
+  it('connect fails with a message that says how to provide Redis', async () => {
+    const server = await spawnRedisServer();
+    await server.stop();
+    const err = await KeyPool.connect({
+      redis: `redis://user:hunter2secret@127.0.0.1:${server.port}`,
+      config: { keys: [{ secret: fakeSecret('c'), models: ['m'] }] },
+      logger: pino({ level: 'silent' }),
+    }).catch((e) => e);
+    expect(err).toBeInstanceOf(RedisUnavailableError);
+    expect(err.message).toContain(`cannot reach Redis at redis://user:***@127.0.0.1:${server.port}`);
+    expect(err.message).toContain('start Redis or set REDIS_URL');
+    expect(err.message).not.toContain('hunter2secret');
+  });
+
+  it('policy local: each process takes 1/fleetSize of the limits while Redis is down, and goes back to shared limits after', async () => {
+    const server = await spawnRedisServer();
+    servers.push(server);
+    const { logger, lines } = memoryLogger();
+    const pool = await KeyPool.connect({
+      redis: server.url,
+      config: { pool: 'local', redisDown: { policy: 'local', fleetSize: 2 }, keys: [{ secret: fakeSecret('loc'), models: ['m'], rpm: 60, rpmBurst: 4 }] },
+      logger,
+    });
+    pools.push(pool);
+    server.kill9();
+    await until(() => !pool.redisAvailable);
+    const a = (await pool.acquire({ model: 'm' })) as Lease;
+    const b = (await pool.acquire({ model: 'm' })) as Lease;
+    expect(a.ok && b.ok).toBe(true);
+    expect(a.local && b.local).toBe(true);
+    // burst 4 shared by a fleet of 2: this process gets 2
+    expect(await pool.acquire({ model: 'm' })).toMatchObject({ ok: false, reason: 'rate_limited' });
+    expect((await pool.status()).mode).toBe('local');
+    expect(lines.some((l) => l.includes('degrading to per-process limits (1/2 of each key)'))).toBe(true);
+    await a.release({ status: 200 });
+
+    servers.push(await spawnRedisServer({ port: server.port }));
+    await until(() => pool.redisAvailable);
+    await until(async () => {
+      const r = await pool.acquire({ model: 'm' });
+      return r.ok && !r.local;
+    });
+    expect((await pool.status()).mode).toBe('shared');
+  });
+});
