@@ -55,6 +55,8 @@ const USAGE = `Usage: tsx scripts/bench/pool.ts [options]   (npm run bench:pool 
   --eval-requests N      requests per redis-benchmark run (default 200000)
   --passes N             passes over the pool sizes, alternating order (default 2)
   --only LIST            comma-separated subset of: eval,main,sizes (default all)
+  --no-autopipeline      what-if: give KeyPool its own ioredis client with enableAutoPipelining
+                         off (default: KeyPool.connect({ redis: url }), as applications do)
   -h, --help             this text
 Redis: REDIS_URL if set (only this run's pool keys are deleted), else a private redis-server.`;
 
@@ -68,6 +70,7 @@ function parseCli() {
       'eval-requests': { type: 'string', default: '200000' },
       passes: { type: 'string', default: '2' },
       only: { type: 'string', default: 'eval,main,sizes' },
+      'no-autopipeline': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -92,12 +95,18 @@ function parseCli() {
     evalRequests: num('eval-requests', values['eval-requests'], 1000, true),
     passes: num('passes', values.passes, 1, true),
     only,
+    noAutopipeline: values['no-autopipeline'],
   };
 }
 
 type Options = ReturnType<typeof parseCli>;
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
+
+/** Aborted on SIGINT/SIGTERM: windows end early, redis-benchmark is killed, later runs are skipped. */
+const interrupt = new AbortController();
+/** A sleep that ends early (without throwing) on interrupt. */
+const pause = (ms: number) => sleep(ms, undefined, { signal: interrupt.signal }).catch(() => undefined);
 
 // ---- Redis target ----------------------------------------------------------------------------
 
@@ -189,11 +198,13 @@ interface EvalResult {
   /** Redis CPU over the run, in cores (1 = one core busy), and server usec per EVAL. */
   redisCpuCores: number;
   redisUsecPerEval: number | null;
+  /** CPU of this Node process while redis-benchmark ran (should be ~0: it only waits) */
+  nodeCpuCores: number;
 }
 
 function runProcess(cmd: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], signal: interrupt.signal });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -206,11 +217,13 @@ function runProcess(cmd: string, args: string[]): Promise<{ code: number | null;
 async function evalBenchmark(target: Target, admin: Redis, requests: number): Promise<EvalResult> {
   const args = [...target.benchArgs, '-n', String(requests), '-c', String(EVAL_CLIENTS), '--csv', 'eval', 'return 1', '0'];
   const before = await sampleRedis(admin);
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   const r = await runProcess('redis-benchmark', args).catch((e: Error) => {
     throw new Error(`could not run redis-benchmark (${e.message}); install redis-tools`);
   });
   const wall = (performance.now() - t0) / 1000;
+  const c1 = process.cpuUsage(c0);
   const after = await sampleRedis(admin);
   // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   const row = r.stdout
@@ -228,9 +241,10 @@ async function evalBenchmark(target: Target, admin: Redis, requests: number): Pr
     avgLatencyMs: cells[2]!,
     p50LatencyMs: cells[4]!,
     p99LatencyMs: cells[6]!,
-    wallSeconds: wall,
-    redisCpuCores: d.cpuSeconds / wall,
-    redisUsecPerEval: ev ? ev.usec / ev.calls : null,
+    wallSeconds: round(wall, 3),
+    redisCpuCores: round(d.cpuSeconds / wall, 3),
+    redisUsecPerEval: ev ? round(ev.usec / ev.calls, 3) : null,
+    nodeCpuCores: round((c1.user + c1.system) / 1e6 / wall, 3),
   };
 }
 
@@ -294,7 +308,7 @@ async function deletePoolKeys(admin: Redis, pattern: string): Promise<number> {
 }
 
 async function leaseRun(
-  ctx: { target: Target; admin: Redis; logger: Logger; runId: string; opts: Options; stopping: () => boolean },
+  ctx: { target: Target; admin: Redis; logger: Logger; runId: string; opts: Options },
   label: string,
   keys: number,
   recordLatency: boolean,
@@ -303,7 +317,18 @@ async function leaseRun(
   const poolName = `bench-${ctx.runId}-${label}`;
   const pattern = new PoolKeys(poolName).pattern;
   const t0 = performance.now();
-  const pool = await KeyPool.connect({ redis: ctx.target.url, config: { pool: poolName, keys: keySpecs(keys, `${ctx.runId}-${label}`) }, logger: ctx.logger });
+  // --no-autopipeline: the options KeyPool.connect uses for its own client, minus auto-pipelining
+  // (a KeyPool never closes a client it was given: closed in finally below)
+  let own: Redis | undefined;
+  if (opts.noAutopipeline) {
+    own = new Redis(ctx.target.url, { lazyConnect: true, enableAutoPipelining: false, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 3000 });
+    own.on('error', (e: Error) => log(`${label}: redis client: ${e.message}`));
+    await own.connect();
+  }
+  const pool = await KeyPool.connect({ redis: own ?? ctx.target.url, config: { pool: poolName, keys: keySpecs(keys, `${ctx.runId}-${label}`) }, logger: ctx.logger }).catch((e: unknown) => {
+    own?.disconnect();
+    throw e;
+  });
   const setupSeconds = (performance.now() - t0) / 1000;
   try {
     let phase: 'warmup' | 'measure' | 'stop' = 'warmup';
@@ -315,7 +340,7 @@ async function leaseRun(
     let nSamples = 0;
 
     const worker = async () => {
-      while (phase !== 'stop' && !ctx.stopping()) {
+      while (phase !== 'stop') {
         try {
           const a = performance.now();
           const lease = await pool.acquire(ACQUIRE);
@@ -346,12 +371,12 @@ async function leaseRun(
     };
 
     const workers = Array.from({ length: opts.concurrency }, worker);
-    await sleep(opts.warmup * 1000);
+    await pause(opts.warmup * 1000);
     const r0 = await sampleRedis(ctx.admin);
     const c0 = process.cpuUsage();
     const m0 = performance.now();
     phase = 'measure';
-    await sleep(opts.seconds * 1000);
+    await pause(opts.seconds * 1000);
     phase = 'stop';
     const m1 = performance.now();
     const c1 = process.cpuUsage(c0);
@@ -407,6 +432,7 @@ async function leaseRun(
     return run;
   } finally {
     await pool.close();
+    own?.disconnect();
     await deletePoolKeys(ctx.admin, pattern).catch((e: Error) => log(`could not delete ${pattern}: ${e.message}`));
   }
 }
@@ -436,7 +462,7 @@ async function main() {
   const runId = randomBytes(4).toString('hex');
   const logger = pino({ level: 'warn', name: 'keypool-bench' }, pino.destination(2));
 
-  let interrupted = false;
+  const interrupted = () => interrupt.signal.aborted;
   const target = await openTarget();
   const admin = new Redis(target.url, { maxRetriesPerRequest: 1, lazyConnect: true });
   admin.on('error', () => {}); // failures surface through the rejected commands
@@ -451,33 +477,42 @@ async function main() {
       admin.disconnect();
       await target.stop();
     })());
+  // First signal: stop gracefully (runs end, pools close, this run's keys are deleted, Redis stops).
+  // Second signal: clean up at once and exit.
   const onSignal = (sig: NodeJS.Signals) => {
-    if (interrupted) return;
-    interrupted = true;
-    log(`${sig}: stopping, cleaning up`);
+    if (!interrupted()) {
+      log(`${sig}: stopping after cleanup (again to force)`);
+      interrupt.abort();
+      return;
+    }
     void cleanup().finally(() => process.exit(130));
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
 
   try {
     await admin.connect();
     const server = await admin.info('server');
     const redisVersion = /redis_version:(\S+)/.exec(server)?.[1] ?? 'unknown';
-    log(`redis ${redisVersion} (${target.kind}) at ${target.display}; run id ${runId}; ${opts.concurrency} callers, ${opts.warmup}s warm-up + ${opts.seconds}s per run`);
+    log(`redis ${redisVersion} (${target.kind}) at ${target.display}; run id ${runId}; ${opts.concurrency} callers, ${opts.warmup}s warm-up + ${opts.seconds}s per run${opts.noAutopipeline ? '; what-if: auto-pipelining off' : ''}`);
 
-    const ctx = { target, admin, logger, runId, opts, stopping: () => interrupted };
+    const ctx = { target, admin, logger, runId, opts };
     const evals: EvalResult[] = [];
     const sizeRuns = new Map<number, LeaseRun[]>();
     let mainRun: LeaseRun | undefined;
 
     const runEval = async (when: string) => {
-      const r = await evalBenchmark(target, admin, opts.evalRequests);
+      const r = await evalBenchmark(target, admin, opts.evalRequests).catch((e: unknown) => {
+        if (interrupted()) return undefined; // redis-benchmark was killed on purpose
+        throw e;
+      });
+      if (!r) return;
       log(`redis-benchmark eval (${when}): ${fmt(r.opsPerSec)} ops/s, p50 ${r.p50LatencyMs} ms`);
       evals.push(r);
     };
     const runSize = async (n: number, pass: number) => {
       const r = await leaseRun(ctx, `n${n}-p${pass}`, n, false);
+      if (interrupted()) return;
       log(`pool of ${n} key(s), pass ${pass}: ${fmt(r.leasesPerSec)} leases/s${r.exhausted || r.errors ? ` (${r.exhausted} exhausted, ${r.errors} errors)` : ''}`);
       sizeRuns.set(n, [...(sizeRuns.get(n) ?? []), r]);
     };
@@ -486,13 +521,13 @@ async function main() {
 
     // eval, sizes (first half of the passes), 4-key run, sizes (second half), eval
     if (opts.only.has('eval')) await runEval('before');
-    if (opts.only.has('sizes')) for (let p = 1; p <= half; p++) for (const n of orderOf(p)) if (!interrupted) await runSize(n, p);
-    if (opts.only.has('main') && !interrupted) {
+    if (opts.only.has('sizes')) for (let p = 1; p <= half; p++) for (const n of orderOf(p)) if (!interrupted()) await runSize(n, p);
+    if (opts.only.has('main') && !interrupted()) {
       mainRun = await leaseRun(ctx, 'main', MAIN_KEYS, true);
-      log(`main run, ${MAIN_KEYS} keys: ${fmt(mainRun.leasesPerSec)} leases/s, acquire p50 ${mainRun.latency?.p50Ms} ms p99 ${mainRun.latency?.p99Ms} ms`);
+      if (!interrupted()) log(`main run, ${MAIN_KEYS} keys: ${fmt(mainRun.leasesPerSec)} leases/s, acquire p50 ${mainRun.latency?.p50Ms} ms p99 ${mainRun.latency?.p99Ms} ms`);
     }
-    if (opts.only.has('sizes')) for (let p = half + 1; p <= opts.passes; p++) for (const n of orderOf(p)) if (!interrupted) await runSize(n, p);
-    if (opts.only.has('eval') && !interrupted) await runEval('after');
+    if (opts.only.has('sizes')) for (let p = half + 1; p <= opts.passes; p++) for (const n of orderOf(p)) if (!interrupted()) await runSize(n, p);
+    if (opts.only.has('eval') && !interrupted()) await runEval('after');
 
     // ---- figures
     const evalOpsPerSec = evals.length ? mean(evals.map((e) => e.opsPerSec)) : null;
@@ -535,15 +570,18 @@ async function main() {
       durationSeconds: opts.seconds,
       warmupSeconds: opts.warmup,
       concurrency: opts.concurrency,
+      client: opts.noAutopipeline ? 'own ioredis client, enableAutoPipelining: false (what-if)' : 'KeyPool.connect({ redis: url })',
       mainKeys: MAIN_KEYS,
       passes: opts.passes,
       evalBenchmark: { requests: opts.evalRequests, clients: EVAL_CLIENTS, command: 'eval "return 1" 0', runs: evals },
       runs: [...(mainRun ? [mainRun] : []), ...[...sizeRuns.values()].flat()],
       totalWallSeconds: round((performance.now() - started) / 1000, 1),
-      interrupted,
     };
 
-    if (opts.json) {
+    if (interrupted()) {
+      log('interrupted: no results printed');
+      process.exitCode = 130;
+    } else if (opts.json) {
       process.stdout.write(JSON.stringify(result) + '\n');
     } else {
       process.stdout.write(render(result, mainRun, sizeRuns, evals) + '\n');
@@ -567,6 +605,7 @@ function render(
   out.push(
     `keypool lease benchmark: node ${r.node}, ${r.cores} cores (${r.cpuModel}), redis ${r.redisVersion} (${r.redisKind}), ` +
       `${r.concurrency} callers, ${r.warmupSeconds}s warm-up + ${r.durationSeconds}s windows, ${r.timestamp}`,
+    `client: ${r.client}`,
     '',
   );
   const t = r.targets;
@@ -617,7 +656,7 @@ function render(
       out.push(
         '',
         'redis-benchmark eval "return 1": ' +
-          evals.map((e, i) => `${i === 0 ? 'before' : 'after'} ${fmt(e.redisCpuCores, 2)} redis cores, ${fmt(e.redisUsecPerEval, 2)} us/eval`).join('; '),
+          evals.map((e, i) => `${i === 0 ? 'before' : 'after'} ${fmt(e.redisCpuCores, 2)} redis cores, ${fmt(e.redisUsecPerEval, 2)} us/eval, bench process ${fmt(e.nodeCpuCores, 2)} cores`).join('; '),
       );
     }
     if (main) {
