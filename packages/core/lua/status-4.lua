@@ -15,9 +15,9 @@ local all = redis.call('HGETALL', cfgKey)
 local keys = {}
 for i = 1, #all, 2 do
   local id, cfg = all[i], cjson.decode(all[i + 1])
-  local st = loadState(stKey, id, cfg, now)
-  refill(cfg, st, now)
-  local pend = rollBudget(cfg, st, now)
+  local st = loadState(stKey, id) or newState(cfg, now)
+  refill(st, now)
+  local pend = rollBudget(st, now)
   local state = 'active'
   if st.adm ~= 'active' then
     state = st.adm
@@ -25,12 +25,14 @@ for i = 1, #all, 2 do
     state = 'open'
   elseif st.br ~= 'closed' then
     state = 'half_open'
-  elseif cfg.bud >= 0 and (st.sp + st.rs >= cfg.bud or (st.wr == 'budget')) then
+  elseif st.bud >= 0 and (st.sp + st.rs >= st.bud or st.wr == 'budget') then
     -- spent, or the last request it was asked for did not fit in what is left
     state = 'out_of_budget'
   elseif st.cu > now then
     state = 'cooling'
   end
+  -- binary histograms are not JSON: the summary fields carry what they say
+  st.hc, st.hp = nil, nil
   keys[#keys + 1] = { id = id, cfg = cfg, st = st, state = state, periodEnd = pend }
 end
 return cjson.encode({

@@ -1,6 +1,7 @@
 --[[
   Add a key or change its configuration (limits, models, budget, weight). Its state (buckets,
   breaker, spend, admin state) is kept: a fleet restarting with the same keys changes nothing.
+  The limits the scripts enforce are copied into the state, so the hot path never reads cfg.
 
   KEYS[1] cfg  KEYS[2] st  KEYS[3] meta  KEYS[4] avail set of the new group  KEYS[5] wait zset of
   the new group; KEYS[6], KEYS[7] avail and wait of the old group when the group changes
@@ -27,13 +28,13 @@ if not old then
   return { 1, 'created' }
 end
 
-local st = loadState(stKey, id, cfg, now)
-local prev = cjson.decode(old)
-refill(prev, st, now)
+local st = loadState(stKey, id) or newState(cfg, now)
+refill(st, now)
 -- new limits apply from now: tokens above the new burst are dropped, a raised burst fills later;
 -- a limit set where there was none starts with a full bucket
-st.rt = prev.rpm > 0 and math.min(st.rt, cfg.rb) or cfg.rb
-st.tt = prev.tpm > 0 and math.min(st.tt, cfg.tb) or cfg.tb
+st.rt = st.rpm > 0 and math.min(st.rt, cfg.rb) or cfg.rb
+st.tt = st.tpm > 0 and math.min(st.tt, cfg.tb) or cfg.tb
+applyLimits(st, cfg)
 saveState(stKey, id, st)
 if KEYS[6] then
   redis.call('SREM', KEYS[6], id)

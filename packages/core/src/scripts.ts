@@ -23,15 +23,15 @@ function loadLua(file: string, seen = new Set<string>()): string {
 
 interface ScriptDef {
   file: string;
-  /** Fixed number of KEYS, or undefined when the caller passes numkeys (acquire: 5 + 2 per group). */
+  /** Fixed number of KEYS, or undefined when the caller passes numkeys (acquire: 3 + 2 per group). */
   keys: number | undefined;
 }
 
 const DEFS = {
-  acquire: { file: 'acquire-5.lua', keys: undefined },
-  release: { file: 'release-8.lua', keys: 8 },
+  acquire: { file: 'acquire-3.lua', keys: undefined },
+  release: { file: 'release-6.lua', keys: 6 },
   upsertKey: { file: 'upsertKey-5.lua', keys: undefined },
-  setState: { file: 'setState-6.lua', keys: 6 },
+  setState: { file: 'setState-5.lua', keys: 5 },
   status: { file: 'status-4.lua', keys: 4 },
 } satisfies Record<string, ScriptDef>;
 
@@ -85,9 +85,7 @@ export class ScriptRunner {
 export class PoolKeys {
   readonly cfg: string;
   readonly st: string;
-  readonly hl: string;
   readonly leases: string;
-  readonly li: string;
   readonly meta: string;
   private readonly prefix: string;
 
@@ -95,9 +93,7 @@ export class PoolKeys {
     this.prefix = `kp:{${pool}}:`;
     this.cfg = `${this.prefix}cfg`;
     this.st = `${this.prefix}st`;
-    this.hl = `${this.prefix}hl`;
     this.leases = `${this.prefix}leases`;
-    this.li = `${this.prefix}li`;
     this.meta = `${this.prefix}meta`;
   }
 

@@ -66,7 +66,9 @@ describe.skipIf(testTarget() === 'cluster')('acquire cost does not grow with the
     // 999 of 1000 keys disabled, or rate-limited into the wait set: still no scan
     const disabled = await perLease(1000, 'disabled');
     expect(disabled).toBeLessThanOrEqual(small + 0.5);
+    // rate-limited keys refill and come back: each lease that lands on one pays for moving it back
+    // and out again (a handful of commands), a constant, where a scan would cost ~1000
     const limited = await perLease(1000, 'rate');
-    expect(limited).toBeLessThanOrEqual(small + 4);
+    expect(limited).toBeLessThanOrEqual(small + 8);
   }, 120_000);
 });

@@ -3,9 +3,14 @@
   `--- @include "common"`.
 
   Per-key state lives in pool-wide hashes (field = key id) so that every Redis key a script touches
-  is one of the pool's fixed keys, passed in KEYS: cfg (JSON written by clients), st (msgpack),
-  hl (msgpack health histograms). Times are milliseconds with a microsecond fraction, read from
-  redis TIME, never from a client. msgpack keeps doubles exact (cjson would round to 14 digits).
+  is one of the pool's fixed keys, passed in KEYS: cfg (JSON settings for people and tools, written
+  by clients, read only by upsert and status) and st (msgpack: the limits the scripts enforce,
+  copied from cfg at upsert, plus the live state). One HGET and one unpack per candidate is the
+  whole read cost of a key on the hot path. Times are milliseconds with a microsecond fraction,
+  read from redis TIME, never from a client; msgpack keeps doubles exact (cjson would round).
+
+  A lease is one member of the leases zset, scored by its deadline. The member carries what the
+  lease took, "<seq>:<keyId>:<tokens>:<nano-dollars>", so release and the reaper need no lookup.
 ]]
 
 -- Wait-set score of a key blocked until someone acts (disabled, revoked, draining, total budget):
@@ -20,31 +25,33 @@ local function nowMs()
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
-local function loadCfg(cfgKey, id)
-  local raw = redis.call('HGET', cfgKey, id)
-  if not raw then return nil, nil end
-  return cjson.decode(raw), raw
+-- The limits the scripts enforce, from a key's settings (cfg JSON).
+local function applyLimits(st, cfg)
+  st.rpm, st.tpm, st.rb, st.tb, st.mc = cfg.rpm, cfg.tpm, cfg.rb, cfg.tb, cfg.mc
+  st.bud, st.per, st.w, st.g = cfg.bud, cfg.per, cfg.w, cfg.g
 end
 
 -- Fresh state for a key that has never been used: full buckets, breaker closed.
 local function newState(cfg, now)
-  return {
+  local st = {
     rt = cfg.rb, tt = cfg.tb, ts = now, -- request and token buckets, last refill
     inf = 0,                          -- leases in flight
     adm = 'active',                   -- active | disabled | draining | revoked
     ret = 0,                          -- retire (remove) when drained
     cu = 0,                           -- cooling until (429)
     br = 'closed', bf = 0, bo = 0, bu = 0, bc = 0, -- breaker: state, consecutive failures, opens, open until, closed at
-    bp = '', bd = 0,                  -- half-open probe lease id and its deadline
+    bp = '', bd = 0,                  -- half-open probe lease and its deadline
     sp = 0, rs = 0, pid = -1,         -- spend and reservations (nano-dollars), budget period id
     hs = 1, p50 = 0, p99 = 0, er = 0, deg = 0, -- health summary written by release
     wr = '',                          -- why the key sits in a wait set
   }
+  applyLimits(st, cfg)
+  return st
 end
 
-local function loadState(stKey, id, cfg, now)
+local function loadState(stKey, id)
   local raw = redis.call('HGET', stKey, id)
-  if not raw then return newState(cfg, now) end
+  if not raw then return nil end
   return cmsgpack.unpack(raw)
 end
 
@@ -52,13 +59,19 @@ local function saveState(stKey, id, st)
   redis.call('HSET', stKey, id, cmsgpack.pack(st))
 end
 
+-- "<seq>:<keyId>:<tokens>:<nano-dollars>" -> keyId, tokens, cost
+local function parseLease(member)
+  local id, t, c = string.match(member, '^%d+:([^:]+):(%d+):(%d+)$')
+  return id, tonumber(t), tonumber(c)
+end
+
 -- Refill the token buckets up to `now` (lazy token-bucket refill; a bucket may be negative after
 -- usage that exceeded its estimate, which delays the next admissions: the debt is paid).
-local function refill(cfg, st, now)
+local function refill(st, now)
   local dt = now - st.ts
   if dt > 0 then
-    if cfg.rpm > 0 then st.rt = math.min(cfg.rb, st.rt + dt * cfg.rpm / 60000) end
-    if cfg.tpm > 0 then st.tt = math.min(cfg.tb, st.tt + dt * cfg.tpm / 60000) end
+    if st.rpm > 0 then st.rt = math.min(st.rb, st.rt + dt * st.rpm / 60000) end
+    if st.tpm > 0 then st.tt = math.min(st.tb, st.tt + dt * st.tpm / 60000) end
     st.ts = now
   end
 end
@@ -102,9 +115,9 @@ local function budgetPeriod(per, now)
 end
 
 -- Start a new budget period when the clock has moved past the stored one.
-local function rollBudget(cfg, st, now)
-  if cfg.bud < 0 then return -1 end
-  local pid, pend = budgetPeriod(cfg.per, now)
+local function rollBudget(st, now)
+  if st.bud < 0 then return -1 end
+  local pid, pend = budgetPeriod(st.per, now)
   if st.pid ~= pid then
     st.pid = pid
     st.sp = 0
@@ -122,7 +135,7 @@ end
     'skip' cannot take this particular request (too large for its token bucket); left in place
   Order matters: the reason reported is the first that blocks.
 ]]
-local function evaluate(cfg, st, now, est, estCost, recheckMs)
+local function evaluate(st, now, est, estCost, recheckMs)
   if st.adm ~= 'active' then return 'park', -1, st.adm end
   if st.br == 'open' then
     if now < st.bu then return 'wait', st.bu, 'circuit_open' end
@@ -131,32 +144,39 @@ local function evaluate(cfg, st, now, est, estCost, recheckMs)
     if st.bp ~= '' and st.bd > now then return 'wait', st.bd, 'circuit_open' end
   end
   if st.cu > now then return 'wait', st.cu, 'cooling' end
-  local pend = rollBudget(cfg, st, now)
-  if cfg.bud >= 0 and st.sp + st.rs + estCost > cfg.bud then
-    if pend < 0 then return 'park', -1, 'budget' end
-    return 'wait', pend, 'budget'
+  if st.bud >= 0 then
+    local pend = rollBudget(st, now)
+    if st.sp + st.rs + estCost > st.bud then
+      if pend < 0 then return 'park', -1, 'budget' end
+      return 'wait', pend, 'budget'
+    end
   end
-  if cfg.mc > 0 and st.inf >= cfg.mc then return 'wait', now + recheckMs, 'concurrency' end
-  refill(cfg, st, now)
-  if cfg.rpm > 0 and st.rt < 1 then
-    return 'wait', now + (1 - st.rt) * 60000 / cfg.rpm, 'rate_limited'
+  if st.mc > 0 and st.inf >= st.mc then return 'wait', now + recheckMs, 'concurrency' end
+  refill(st, now)
+  if st.rpm > 0 and st.rt < 1 then
+    return 'wait', now + (1 - st.rt) * 60000 / st.rpm, 'rate_limited'
   end
-  if cfg.tpm > 0 then
-    if est > cfg.tb then return 'skip', -1, 'too_large' end
-    if st.tt < est then return 'wait', now + (est - st.tt) * 60000 / cfg.tpm, 'rate_limited' end
+  if st.tpm > 0 then
+    if est > st.tb then return 'skip', -1, 'too_large' end
+    if st.tt < est then return 'wait', now + (est - st.tt) * 60000 / st.tpm, 'rate_limited' end
   end
   return 'ok', now, ''
 end
 
 -- Selection weight of a usable key: weight x size x remaining share x health x latency.
 -- Size is the key's RPM (1000 when unlimited) so healthy keys share load in proportion to limits.
-local function score(cfg, st)
+local function score(st)
   local frac = 1
-  if cfg.rpm > 0 then frac = math.min(frac, st.rt / cfg.rb) end
-  if cfg.tpm > 0 then frac = math.min(frac, st.tt / cfg.tb) end
-  if cfg.mc > 0 then frac = math.min(frac, (cfg.mc - st.inf) / cfg.mc) end
+  if st.rpm > 0 then frac = math.min(frac, st.rt / st.rb) end
+  if st.tpm > 0 then frac = math.min(frac, st.tt / st.tb) end
+  if st.mc > 0 then frac = math.min(frac, (st.mc - st.inf) / st.mc) end
   if frac < 0.05 then frac = 0.05 end
-  local size = cfg.rpm > 0 and cfg.rpm or 1000
-  local latency = 1000 / (1000 + (st.p50 or 0))
-  return cfg.w * size * frac * (st.hs or 1) * latency
+  local size = st.rpm > 0 and st.rpm or 1000
+  return st.w * size * frac * st.hs * 1000 / (1000 + st.p50)
+end
+
+-- Integer ms and the microseconds past it: integer replies, cheaper than formatting a float.
+local function timeReply(ms)
+  local whole = math.floor(ms)
+  return whole, math.floor((ms - whole) * 1000 + 0.5)
 end

@@ -1,8 +1,8 @@
 --[[
   Operator transitions of one key.
 
-  KEYS[1] cfg  KEYS[2] st  KEYS[3] hl  KEYS[4] avail set of the key's group  KEYS[5] wait zset of
-  the key's group  KEYS[6] meta
+  KEYS[1] cfg  KEYS[2] st  KEYS[3] avail set of the key's group  KEYS[4] wait zset of the key's
+  group  KEYS[5] meta
   ARGV[1] key id  ARGV[2] action:
     disable       no new leases until enabled (in-flight leases finish)
     enable        active again; also clears a revocation (after a 401/403) and a drain
@@ -15,17 +15,14 @@
 ]]
 --- @include "common"
 
-local cfgKey, stKey, hlKey, availKey, waitKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local cfgKey, stKey, availKey, waitKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, action = ARGV[1], ARGV[2]
-local now = nowMs()
-local cfg = loadCfg(cfgKey, id)
-if not cfg then return { 0, 'not_found' } end
-local st = loadState(stKey, id, cfg, now)
+local st = loadState(stKey, id)
+if not st then return { 0, 'not_found' } end
 
 local function removeNow()
   redis.call('HDEL', cfgKey, id)
   redis.call('HDEL', stKey, id)
-  redis.call('HDEL', hlKey, id)
   redis.call('SREM', availKey, id)
   redis.call('ZREM', waitKey, id)
   redis.call('HINCRBY', metaKey, 'v', 1)
@@ -47,7 +44,7 @@ elseif action == 'enable' then
 elseif action == 'reset' then
   st.br, st.bf, st.bo, st.bu, st.bc, st.bp, st.bd, st.cu = 'closed', 0, 0, 0, 0, '', 0, 0
   st.hs, st.p50, st.p99, st.er, st.deg = 1, 0, 0, 0, 0
-  redis.call('HDEL', hlKey, id)
+  st.hw, st.hc, st.hp, st.hn, st.he, st.hpn, st.hpe = nil, nil, nil, 0, 0, 0, 0
   if st.adm == 'active' then
     st.wr = ''
     redis.call('ZREM', waitKey, id)
