@@ -16,7 +16,7 @@ it('the README quickstart is two commands: the demo and the test suite that .ci/
   const commands = block.split('\n').filter(Boolean).map((l) => l.replace(/\s+#.*$/, '').trim());
   expect(commands).toEqual(['npm ci && npm run demo', 'npm test']);
   const ci = readFileSync(new URL('../.ci/run', import.meta.url), 'utf8');
-  expect(ci).toMatch(/^npm test \|\| status=\$\?$/m);
+  expect(ci).toMatch(/^npm test 2>&1 \| tee "\$out" \|\| status=\$\?$/m);
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
   expect(pkg.scripts.demo).toBeDefined();
 });
