@@ -8,8 +8,11 @@
   ARGV[3] latency ms (-1: none)  ARGV[4] real tokens (-1: unknown, the estimate stands)
   ARGV[5] real cost, nano-dollars (-1: unknown, the estimate stands)  ARGV[6] cool ms for a 429
   (-1: use the default)  ARGV[7..17] breaker and health settings, in the order read below
+  ARGV[18] the key's group as the caller knows it
   Reply: {1, adminState, breakerState, transition, nowMs, nowMicros} or {0, 'unknown_lease' | 'removed'}
-  transition: '' | opened | reopened | closed | revoked | cooling | retired
+      or {0, 'moved', group}: the key's models changed since the caller looked; nothing was done,
+      call again with the sets of that group
+  transition: '' | opened | reopened | closed | revoked | cooling | retired | probe_aborted
 ]]
 --- @include "common"
 --- @include "health"
@@ -19,11 +22,14 @@ local lease, outcome = ARGV[1], ARGV[2]
 local latency, realTokens, realCost, coolMs =
   tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
+local seq, id, estTokens, estCost = parseLease(lease)
+if not seq then return redis.error_reply('ERR keypool: malformed lease') end
+local st = loadState(stKey, id)
+if st and st.g ~= ARGV[18] then return { 0, 'moved', st.g } end
 -- an unknown lease expired (the reaper charged its estimate) or was released already
 if redis.call('ZREM', leasesKey, lease) == 0 then return { 0, 'unknown_lease' } end
-local id, estTokens, estCost = parseLease(lease)
-local st = loadState(stKey, id)
-if not st then return { 0, 'removed' } end
+-- the key was removed (and maybe added again: then this lease is not the new key's)
+if not st or seq <= st.cs then return { 0, 'removed' } end
 local now = nowMs()
 local brk = {
   failures = tonumber(ARGV[7]), errorRate = tonumber(ARGV[8]), minRequests = tonumber(ARGV[9]),
@@ -82,7 +88,10 @@ elseif outcome == 'auth' then
   transition = 'revoked'
 elseif outcome == 'aborted' then
   -- the caller gave up: not the key's fault; a probe that was aborted lets another one probe
-  if isProbe then st.bp, st.bd = '', 0 end
+  if isProbe then
+    st.bp, st.bd = '', 0
+    transition = 'probe_aborted'
+  end
 end
 if st.hc then summarizeHealth(st, hopts) end
 
@@ -108,8 +117,8 @@ elseif outcome == 'rate_limited' then
   redis.call('SREM', availKey, id)
   redis.call('ZADD', waitKey, math.ceil(st.cu), id)
   st.wr = 'cooling'
-elseif transition == 'closed' or st.wr == 'concurrency' then
-  -- a slot (or the whole key) just came back: make it a candidate again at once
+elseif transition == 'closed' or transition == 'probe_aborted' or st.wr == 'concurrency' or st.wr == 'budget' then
+  -- a slot, money held by this lease, or the whole key just came back: a candidate again at once
   redis.call('ZREM', waitKey, id)
   redis.call('SADD', availKey, id)
   st.wr = ''

@@ -11,7 +11,9 @@
     remove        remove now (leases in flight are released as unknown)
     reset         close the breaker, end cooling, forget health history
     reset_budget  start the budget period again from zero spend
-  Reply: {1, adminState, breakerState, inFlight} or {0, 'not_found'}
+  ARGV[3] the key's group as the caller knows it
+  Reply: {1, adminState, breakerState, inFlight} or {0, 'not_found'} or {0, 'moved', group} (the
+  key's models changed: call again with the sets of that group)
 ]]
 --- @include "common"
 
@@ -19,6 +21,7 @@ local cfgKey, stKey, availKey, waitKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEY
 local id, action = ARGV[1], ARGV[2]
 local st = loadState(stKey, id)
 if not st then return { 0, 'not_found' } end
+if st.g ~= ARGV[3] then return { 0, 'moved', st.g } end
 
 local function removeNow()
   redis.call('HDEL', cfgKey, id)

@@ -6,8 +6,10 @@
   KEYS[1] cfg  KEYS[2] st  KEYS[3] meta  KEYS[4] avail set of the new group  KEYS[5] wait zset of
   the new group; KEYS[6], KEYS[7] avail and wait of the old group when the group changes
   ARGV[1] key id  ARGV[2] config JSON  ARGV[3] the config JSON the caller read before ('' = none)
-  Reply: {1, 'created' | 'updated' | 'unchanged'} or {0, 'conflict'} (someone changed it meanwhile:
-  read again and retry)
+  ARGV[4] a random epoch, kept only if the pool has none: a Redis that lost its data gets a new one,
+  which tells every process to register its keys again
+  Reply: {1, 'created' | 'updated' | 'unchanged', epoch} or {0, 'conflict'} (someone changed it
+  meanwhile: read again and retry)
 ]]
 --- @include "common"
 
@@ -17,18 +19,20 @@ local now = nowMs()
 local old = redis.call('HGET', cfgKey, id)
 
 if (old or '') ~= expected then return { 0, 'conflict' } end
-if old == raw then return { 1, 'unchanged' } end
+redis.call('HSETNX', metaKey, 'epoch', ARGV[4])
+local epoch = redis.call('HGET', metaKey, 'epoch')
+if old == raw then return { 1, 'unchanged', epoch } end
 
 local cfg = cjson.decode(raw)
 redis.call('HSET', cfgKey, id, raw)
 redis.call('HINCRBY', metaKey, 'v', 1)
 if not old then
-  saveState(stKey, id, newState(cfg, now))
+  saveState(stKey, id, newState(cfg, now, tonumber(redis.call('HGET', metaKey, 'seq') or '0')))
   redis.call('SADD', availKey, id)
-  return { 1, 'created' }
+  return { 1, 'created', epoch }
 end
 
-local st = loadState(stKey, id) or newState(cfg, now)
+local st = loadState(stKey, id) or newState(cfg, now, tonumber(redis.call('HGET', metaKey, 'seq') or '0'))
 refill(st, now)
 -- new limits apply from now: tokens above the new burst are dropped, a raised burst fills later;
 -- a limit set where there was none starts with a full bucket
@@ -44,4 +48,4 @@ else
 end
 -- let the next acquire judge it under the new limits
 if st.adm == 'active' then redis.call('SADD', availKey, id) else redis.call('ZADD', waitKey, PARKED, id) end
-return { 1, 'updated' }
+return { 1, 'updated', epoch }

@@ -17,8 +17,10 @@ export type LocalAcquire =
 /**
  * Per-process limits used only while Redis is unreachable and `redisDown.policy` is `local`:
  * each process takes 1/fleetSize of every key's rpm, tpm, bursts and concurrency, so a fleet
- * of that size stays within the key's limits without talking to each other. No breaker, no
- * budgets (spend cannot be shared without Redis), no health: this is a degraded mode.
+ * of that size stays within the key's rates without talking to each other. Each process keeps at
+ * least one request of burst and one concurrency slot per key, so a fleet larger than a key's
+ * burst or maxConcurrent can exceed those two while Redis is down. No breaker, no budgets (spend
+ * cannot be shared without Redis), no health: this is a degraded mode, and it says so.
  */
 export class LocalLimiter {
   private readonly state = new Map<string, LocalState>();
@@ -52,6 +54,8 @@ export class LocalLimiter {
       if (exclude.has(k.id)) continue;
       const s = this.stateOf(k, now);
       if (s.revoked) continue;
+      // this process's share of the token bucket can never hold the request: not this key
+      if (k.tpm > 0 && est > this.share(k.tb)) continue;
       let until = now;
       let why: 'rate_limited' | 'concurrency' | 'cooling' = 'rate_limited';
       if (s.coolUntil > now) [until, why] = [s.coolUntil, 'cooling'];

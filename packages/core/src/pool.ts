@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis, type Cluster } from 'ioredis';
@@ -119,11 +120,32 @@ interface ModelEntry {
   maxTokens: number;
   /** KEYS of the acquire script for this model, built once per topology. */
   scriptKeys: string[];
+  /** Ids of keys serving the model that this process holds no secret for, comma-separated ('' none). */
+  foreign: string;
 }
 
 type AcquireReply = [1, string, string, number, number, number, number, number] | [0, string, number, number];
 
-const CONNECTION_LOST = /^(LOADING|BUSY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|READONLY)/;
+/** Errors from a Redis that answers but cannot serve the pool: treated like Redis being down. */
+const CONNECTION_LOST = /^(LOADING|BUSY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|READONLY|OOM|MISCONF|NOAUTH|WRONGPASS|NOPERM)/;
+/** While down under policy local, how often acquire tries Redis again (a timeout alone does not reconnect). */
+const REDIS_RETRY_MS = 1000;
+
+/** Wait for a client someone else created to be connected (bounded): commands are never queued. */
+function waitReady(client: Redis | Cluster, ms: number): Promise<void> {
+  if (client.status === 'wait') return client.connect().then(() => undefined);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      client.off('ready', onReady);
+      reject(new Error(`Redis not ready after ${ms} ms`));
+    }, ms);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    client.once('ready', onReady);
+  });
+}
 
 /** Strip credentials from a Redis URL before it appears in a message. */
 function safeUrl(url: string): string {
@@ -159,6 +181,10 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   private topology: Topology = { version: -1, keys: new Map(), models: new Map() };
   private refreshing: Promise<void> | undefined;
   private down: { since: number; error: string } | undefined;
+  private lastRedisTry = 0;
+  /** The pool's epoch in Redis when this process registered its keys (a new one means Redis lost them). */
+  private epoch: string | undefined;
+  private readonly clientListeners: [string, (...args: never[]) => void][] = [];
   private readonly unpricedWarned = new Set<string>();
   private readonly releaseArgs: (string | number)[];
 
@@ -180,10 +206,16 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
       config.cooling.defaultMs,
     ];
-    client.on('close', () => {
+    this.listen('close', () => {
       if (!this.closing) this.markDown(new Error('connection to Redis closed'));
     });
-    client.on('ready', () => this.markUp());
+    this.listen('ready', () => this.markUp());
+    this.listen('error', (e: Error) => this.markDown(e));
+  }
+
+  private listen(event: string, fn: (...args: never[]) => void): void {
+    (this.client as unknown as EventEmitter).on(event, fn as (...args: unknown[]) => void);
+    this.clientListeners.push([event, fn]);
   }
 
   /**
@@ -235,10 +267,10 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       }
     } else {
       client = options.redis;
+      if (client.status !== 'ready') await waitReady(client, config.redisDown.timeoutMs * 3).catch(() => undefined);
     }
-    const pool = new KeyPool(client, owns, config, logger);
     if (owns) client.removeAllListeners('error');
-    client.on('error', (e: Error) => pool.markDown(e));
+    const pool = new KeyPool(client, owns, config, logger);
     for (const k of config.keys) {
       const rec = recordOfSpec(k);
       pool.secrets.set(rec.id, k.secret);
@@ -300,7 +332,14 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       if (!entry) throw new UnknownModelError(model, [...this.topology.models.keys()]);
     }
     if (est > entry.maxTokens) throw new RequestTooLargeError(model, est, entry.maxTokens);
-    if (this.down && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, exclude);
+    if (this.down && this.config.redisDown.policy === 'local') {
+      // stay local, but try Redis again now and then: a timeout alone never brings a 'ready' event
+      if (Date.now() - this.lastRedisTry < REDIS_RETRY_MS) return this.acquireLocal(model, est, exclude);
+      this.lastRedisTry = Date.now();
+    }
+    // keys this process holds no secret for (another process's rollout) are not ours to lease
+    let excluded = exclude.size ? [...exclude].join(',') : '';
+    if (entry.foreign) excluded = excluded ? `${excluded},${entry.foreign}` : entry.foreign;
 
     let reply: AcquireReply;
     try {
@@ -310,7 +349,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         this.config.leaseTimeoutMs,
         this.config.concurrencyRecheckMs,
         Math.random(),
-        exclude.size ? [...exclude].join(',') : '',
+        excluded,
         this.config.candidates,
         Math.floor(Math.random() * 2 ** 31),
       ])) as AcquireReply;
@@ -329,8 +368,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const rec = this.topology.keys.get(keyId) ?? (await this.recordOf(keyId));
     const secret = this.secrets.get(keyId);
     if (secret === undefined) {
-      // Another process registered a key this one has no secret for (a rollout in progress):
-      // hand the lease back untouched and try the others.
+      // A key added since this process last read the topology, with a secret it does not hold:
+      // hand the lease back (the request token stays spent) and try the others.
       this.log.warn({ keyId, hint: rec.hint }, 'leased a key this process holds no secret for; skipping it');
       await this.releaseRaw(rec, leaseId, 'aborted', -1, 0, 0, -1).catch(() => undefined);
       exclude.add(keyId);
@@ -365,7 +404,12 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       deadline,
       probe,
       local,
-      release: (outcome: Outcome) => (released ??= this.release(lease as Lease, outcome)),
+      // once released, a second call is a no-op; a release that failed (Redis away) may be retried
+      release: (outcome: Outcome) =>
+        (released ??= this.release(lease as Lease, outcome).catch((e: unknown) => {
+          released = undefined;
+          throw e;
+        })),
     };
     // the secret is reachable by property access only: never serialised, never inspected
     Object.defineProperty(lease, 'secret', { value: secret, enumerable: false });
@@ -405,11 +449,22 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
 
   private async releaseRaw(rec: KeyRecord, leaseId: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number): Promise<ReleaseResult> {
     const k = this.keys;
-    const reply = (await this.run(
-      'release',
-      [k.cfg, k.st, k.leases, k.avail(rec.g), k.wait(rec.g), k.meta],
-      [leaseId, cls, latency, tokens, cost, coolMs, ...this.releaseArgs],
-    )) as [1, string, string, string, number, number] | [0, string];
+    let group = rec.g;
+    let reply: [1, string, string, string, number, number] | [0, string, string?];
+    for (let attempt = 0; ; attempt++) {
+      reply = (await this.run(
+        'release',
+        [k.cfg, k.st, k.leases, k.avail(group), k.wait(group), k.meta],
+        [leaseId, cls, latency, tokens, cost, coolMs, ...this.releaseArgs, group],
+      )) as typeof reply;
+      // the key's models changed under us: its candidate sets are another group's now
+      if (reply[0] === 0 && reply[1] === 'moved' && attempt < 3) {
+        group = reply[2]!;
+        void this.refreshTopology().catch(() => undefined);
+        continue;
+      }
+      break;
+    }
     if (reply[0] === 0) {
       if (reply[1] === 'unknown_lease') this.log.warn({ keyId: rec.id, hint: rec.hint, leaseId }, 'released a lease that had already expired or been released');
       return { released: false, transition: '', costUsd: Math.max(0, cost) / NANOS_PER_USD };
@@ -485,13 +540,20 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   private async setState(keyId: string, action: string): Promise<{ state: string; breaker: string; inFlight: number }> {
     const raw = (await this.run('hget', [this.keys.cfg], [keyId])) as string | null;
     if (raw === null) throw new KeyNotFoundError(keyId);
-    const rec = JSON.parse(raw) as KeyRecord;
     const k = this.keys;
-    const reply = (await this.run('setState', [k.cfg, k.st, k.avail(rec.g), k.wait(rec.g), k.meta], [keyId, action])) as
-      | [1, string, string, number]
-      | [0, string];
+    let group = (JSON.parse(raw) as KeyRecord).g;
+    const hint = (JSON.parse(raw) as KeyRecord).hint;
+    let reply: [1, string, string, number] | [0, string, string?];
+    for (let attempt = 0; ; attempt++) {
+      reply = (await this.run('setState', [k.cfg, k.st, k.avail(group), k.wait(group), k.meta], [keyId, action, group])) as typeof reply;
+      if (reply[0] === 0 && reply[1] === 'moved' && attempt < 3) {
+        group = reply[2]!;
+        continue;
+      }
+      break;
+    }
     if (reply[0] === 0) throw new KeyNotFoundError(keyId);
-    this.log.info({ keyId, hint: rec.hint, action }, `key ${action}`);
+    this.log.info({ keyId, hint, action }, `key ${action}`);
     if (reply[1] === 'removed') await this.refreshTopology().catch(() => undefined);
     return { state: reply[1], breaker: reply[2], inFlight: reply[3] };
   }
@@ -513,8 +575,9 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       const old = JSON.parse(expected) as KeyRecord;
       if (old.g !== rec.g) keys.push(k.avail(old.g), k.wait(old.g));
     }
-    const reply = (await this.run('upsertKey', keys, [rec.id, JSON.stringify(rec), expected])) as [number, string];
+    const reply = (await this.run('upsertKey', keys, [rec.id, JSON.stringify(rec), expected, randomUUID()])) as [number, string, string?];
     if (reply[0] === 1 && reply[1] !== 'unchanged') this.log.info({ keyId: rec.id, hint: rec.hint, change: reply[1] }, `key ${reply[1]}`);
+    if (reply[0] === 1 && this.own.has(rec.id)) this.epoch = reply[2];
     return reply[0] === 1;
   }
 
@@ -563,6 +626,9 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   async close(): Promise<void> {
     this.closing = true;
     this.removeAllListeners();
+    for (const [event, fn] of this.clientListeners) (this.client as unknown as EventEmitter).off(event, fn as (...args: unknown[]) => void);
+    // a client we made may still report a failed reconnect: nobody is listening any more
+    if (this.ownsClient) this.client.on('error', () => undefined);
     if (this.ownsClient) await this.client.quit().catch(() => this.client.disconnect());
   }
 
@@ -582,6 +648,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const timeoutMs = this.config.redisDown.timeoutMs;
     let timer: NodeJS.Timeout | undefined;
     try {
+      // a client that is not connected would queue the command and run it later (a lease nobody holds)
+      if (this.client.status !== 'ready') throw new Error(`connection is ${this.client.status}`);
       const call = name === 'hget' ? this.client.hget(keys[0]!, String(args[0])) : this.scripts.call(name, keys, args);
       // a client we made has ioredis' commandTimeout; one we were given may not
       const result = this.ownsClient
@@ -632,12 +700,17 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   }
 
   /**
-   * After an outage, Redis may have restarted empty: then register again the keys this process
-   * holds. A pool whose meta hash survived is left alone, so keys an operator removed stay removed.
+   * After an outage, Redis may have restarted empty. The pool's epoch (set with the first key)
+   * tells: a missing or different epoch means the keys this process registered are gone, so it
+   * registers them again; the same epoch means nothing was lost (keys an operator removed stay
+   * removed). A process that started while Redis was down registers its keys now.
    */
   private async registerMissing(): Promise<void> {
-    if ((await this.run('hget', [this.keys.meta], ['v'])) === null && this.own.size > 0) {
-      this.log.warn({ keys: [...this.own.values()].map((r) => r.hint) }, `Redis lost pool "${this.name}": registering this process's ${this.own.size} key(s) again (their counters start afresh)`);
+    const epoch = (await this.run('hget', [this.keys.meta], ['epoch'])) as string | null;
+    if (this.own.size > 0 && (epoch === null || epoch !== this.epoch)) {
+      if (this.epoch !== undefined) {
+        this.log.warn({ keys: [...this.own.values()].map((r) => r.hint) }, `Redis lost pool "${this.name}": registering this process's ${this.own.size} key(s) again (their counters start afresh)`);
+      }
       await this.upsertRecords([...this.own.values()]);
     }
     await this.refreshTopology();
@@ -682,7 +755,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       keys.set(r.id, r);
       this.rawRecords.set(r.id, r);
       for (const m of r.models) {
-        const e = models.get(m) ?? { groups: [], maxTokens: 0, scriptKeys: [] };
+        const e = models.get(m) ?? { groups: [], maxTokens: 0, scriptKeys: [], foreign: '' };
+        if (!this.secrets.has(r.id)) e.foreign = e.foreign ? `${e.foreign},${r.id}` : r.id;
         if (!e.groups.includes(r.g)) e.groups.push(r.g);
         e.maxTokens = Math.max(e.maxTokens, r.tb > 0 ? r.tb : Infinity);
         models.set(m, e);
@@ -691,7 +765,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const k = this.keys;
     for (const e of models.values()) {
       e.groups.sort();
-      e.scriptKeys = [k.st, k.leases, k.meta, ...e.groups.flatMap((g) => [k.avail(g), k.wait(g)])];
+      e.scriptKeys = [k.cfg, k.st, k.leases, k.meta, ...e.groups.flatMap((g) => [k.avail(g), k.wait(g)])];
     }
     this.topology = { version, keys, models };
   }

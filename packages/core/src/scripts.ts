@@ -23,12 +23,12 @@ function loadLua(file: string, seen = new Set<string>()): string {
 
 interface ScriptDef {
   file: string;
-  /** Fixed number of KEYS, or undefined when the caller passes numkeys (acquire: 3 + 2 per group). */
+  /** Fixed number of KEYS, or undefined when the caller passes numkeys (acquire: 4 + 2 per group). */
   keys: number | undefined;
 }
 
 const DEFS = {
-  acquire: { file: 'acquire-3.lua', keys: undefined },
+  acquire: { file: 'acquire-4.lua', keys: undefined },
   release: { file: 'release-6.lua', keys: 6 },
   upsertKey: { file: 'upsertKey-5.lua', keys: undefined },
   setState: { file: 'setState-5.lua', keys: 5 },

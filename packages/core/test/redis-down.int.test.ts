@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnRedisServer, testTarget, type SpawnedRedis } from '@keypool/testkit';
+import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { KeyPool, RedisUnavailableError, isRedisUnavailable, type Lease } from '../src/index.js';
 import { fakeSecret, memoryLogger, sleep } from './helpers.js';
@@ -57,6 +58,78 @@ describe.skipIf(testTarget() === 'cluster')('Redis unavailable', () => {
     expect((await pool.status()).redis.ok).toBe(true);
     expect(lines.some((l) => l.includes('Redis available again'))).toBe(true);
     for (const l of lines) expect(l).not.toContain(secret.slice(8));
+  });
+
+  it('after Redis restarts empty, every process registers its own keys again', async () => {
+    const server = await spawnRedisServer();
+    servers.push(server);
+    const quiet = pino({ level: 'silent' });
+    const connect = (secret: string, model: string) =>
+      KeyPool.connect({ redis: server.url, config: { pool: 'epoch', keys: [{ secret, models: [model] }] }, logger: quiet });
+    const a = await connect(fakeSecret('ea'), 'm1');
+    const b = await connect(fakeSecret('eb'), 'm2');
+    pools.push(a, b);
+    server.kill9();
+    await until(() => !a.redisAvailable && !b.redisAvailable);
+    servers.push(await spawnRedisServer({ port: server.port }));
+    await until(() => a.redisAvailable && b.redisAvailable);
+    await until(async () => (await a.status()).keys.length === 2);
+    expect((await a.acquire({ model: 'm1' })).ok).toBe(true);
+    expect((await b.acquire({ model: 'm2' })).ok).toBe(true);
+  });
+
+  it('policy local: a Redis that only timed out is tried again and the shared limits come back', async () => {
+    const server = await spawnRedisServer({ args: ['--enable-debug-command', 'yes'] });
+    servers.push(server);
+    const pool = await KeyPool.connect({
+      redis: server.url,
+      config: { pool: 'slow', redisDown: { policy: 'local', timeoutMs: 200 }, keys: [{ secret: fakeSecret('slow'), models: ['m'] }] },
+      logger: pino({ level: 'silent' }),
+    });
+    pools.push(pool);
+    const admin = new Redis(server.url);
+    await admin.ping();
+    void admin.debug('SLEEP', '0.6').catch(() => undefined);
+    await sleep(30);
+    const during = (await pool.acquire({ model: 'm' })) as Lease;
+    expect(during.local).toBe(true);
+    await sleep(1200);
+    await until(async () => {
+      const r = await pool.acquire({ model: 'm' });
+      return r.ok && !r.local;
+    }, 3000);
+    expect(pool.redisAvailable).toBe(true);
+    admin.disconnect();
+  });
+
+  it('a Redis that answers but cannot write (OOM) counts as unavailable, not as a bug', async () => {
+    const server = await spawnRedisServer();
+    servers.push(server);
+    const pool = await KeyPool.connect({ redis: server.url, config: { pool: 'oom', keys: [{ secret: fakeSecret('oom'), models: ['m'] }] }, logger: pino({ level: 'silent' }) });
+    pools.push(pool);
+    const admin = new Redis(server.url);
+    await admin.config('SET', 'maxmemory', '1');
+    const err = await pool.acquire({ model: 'm' }).catch((e) => e);
+    expect(err).toBeInstanceOf(RedisUnavailableError);
+    expect(err.message).toContain('OOM');
+    await admin.config('SET', 'maxmemory', '0');
+    admin.disconnect();
+  });
+
+  it('a release that failed while the connection was down can be retried', async () => {
+    const server = await spawnRedisServer();
+    servers.push(server);
+    const pool = await KeyPool.connect({ redis: server.url, config: { pool: 'retry', keys: [{ secret: fakeSecret('rr'), models: ['m'], maxConcurrent: 1 }] }, logger: pino({ level: 'silent' }) });
+    pools.push(pool);
+    const l = (await pool.acquire({ model: 'm' })) as Lease;
+    const admin = new Redis(server.url);
+    await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    await until(() => !pool.redisAvailable);
+    await expect(l.release({ status: 200 })).rejects.toBeInstanceOf(RedisUnavailableError);
+    await until(() => pool.redisAvailable);
+    expect((await l.release({ status: 200 })).released).toBe(true);
+    expect((await pool.acquire({ model: 'm' })).ok).toBe(true); // the slot came back
+    admin.disconnect();
   });
 
   it('connect fails with a message that says how to provide Redis', async () => {

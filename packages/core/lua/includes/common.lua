@@ -11,6 +11,8 @@
 
   A lease is one member of the leases zset, scored by its deadline. The member carries what the
   lease took, "<seq>:<keyId>:<tokens>:<nano-dollars>", so release and the reaper need no lookup.
+  A key's state remembers the lease sequence at its creation (cs): a lease of an earlier key with
+  the same id (removed, then added again) never touches the new one's counters.
 ]]
 
 -- Wait-set score of a key blocked until someone acts (disabled, revoked, draining, total budget):
@@ -32,8 +34,9 @@ local function applyLimits(st, cfg)
 end
 
 -- Fresh state for a key that has never been used: full buckets, breaker closed.
-local function newState(cfg, now)
+local function newState(cfg, now, seq)
   local st = {
+    cs = seq or 0,                    -- lease sequence when the key was created
     rt = cfg.rb, tt = cfg.tb, ts = now, -- request and token buckets, last refill
     inf = 0,                          -- leases in flight
     adm = 'active',                   -- active | disabled | draining | revoked
@@ -59,10 +62,10 @@ local function saveState(stKey, id, st)
   redis.call('HSET', stKey, id, cmsgpack.pack(st))
 end
 
--- "<seq>:<keyId>:<tokens>:<nano-dollars>" -> keyId, tokens, cost
+-- "<seq>:<keyId>:<tokens>:<nano-dollars>" -> seq, keyId, tokens, cost
 local function parseLease(member)
-  local id, t, c = string.match(member, '^%d+:([^:]+):(%d+):(%d+)$')
-  return id, tonumber(t), tonumber(c)
+  local seq, id, t, c = string.match(member, '^(%d+):([^:]+):(%d+):(%d+)$')
+  return tonumber(seq), id, tonumber(t), tonumber(c)
 end
 
 -- Refill the token buckets up to `now` (lazy token-bucket refill; a bucket may be negative after
@@ -132,7 +135,8 @@ end
     'ok'   usable now
     'wait' blocked until untilMs (then moved to the wait set with that score)
     'park' blocked until an operator or an event acts (disabled, revoked, draining, total budget)
-    'skip' cannot take this particular request (too large for its token bucket); left in place
+    'skip' cannot take this particular request (too large for its token bucket, or for what is
+           left of its budget: then untilMs is when the budget period ends, -1 never); left in place
   Order matters: the reason reported is the first that blocks.
 ]]
 local function evaluate(st, now, est, estCost, recheckMs)
@@ -147,6 +151,12 @@ local function evaluate(st, now, est, estCost, recheckMs)
   if st.bud >= 0 then
     local pend = rollBudget(st, now)
     if st.sp + st.rs + estCost > st.bud then
+      if st.sp < st.bud then
+        -- money is left: held by leases in flight (a release wakes the key at once), or less than
+        -- this request needs while smaller ones still fit (left in place for them)
+        if st.rs > 0 then return 'wait', now + recheckMs, 'budget' end
+        return 'skip', pend, 'budget'
+      end
       if pend < 0 then return 'park', -1, 'budget' end
       return 'wait', pend, 'budget'
     end

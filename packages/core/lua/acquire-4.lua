@@ -2,8 +2,8 @@
   Pick a usable key for a model and take, atomically: one request token, the estimated tokens,
   a concurrency slot with a deadline, and the estimated cost from the budget.
 
-  KEYS[1] st  KEYS[2] leases (zset lease -> deadline)  KEYS[3] meta; then two per key group that
-  serves the model: KEYS[2+2i] avail set, KEYS[3+2i] wait zset
+  KEYS[1] cfg  KEYS[2] st  KEYS[3] leases (zset lease -> deadline)  KEYS[4] meta; then two per key
+  group that serves the model: KEYS[3+2i] avail set, KEYS[4+2i] wait zset
   ARGV[1] estimated tokens  ARGV[2] estimated cost (nano-dollars)  ARGV[3] lease timeout ms
   ARGV[4] concurrency recheck ms  ARGV[5] random number in [0,1) for the final choice
   ARGV[6] excluded key ids, comma-separated  ARGV[7] candidates per round (power of k choices)
@@ -17,7 +17,7 @@
 ]]
 --- @include "common"
 
-local stKey, leasesKey, metaKey = KEYS[1], KEYS[2], KEYS[3]
+local cfgKey, stKey, leasesKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local est = tonumber(ARGV[1])
 local estCost = tonumber(ARGV[2])
 local recheckMs = tonumber(ARGV[4])
@@ -28,18 +28,18 @@ end
 local k = tonumber(ARGV[7])
 local now = nowMs()
 
-local ngroups = (#KEYS - 3) / 2
-local function avail(i) return KEYS[2 + 2 * i] end
-local function waitz(i) return KEYS[3 + 2 * i] end
+local ngroups = (#KEYS - 4) / 2
+local function avail(i) return KEYS[3 + 2 * i] end
+local function waitz(i) return KEYS[4 + 2 * i] end
 
 -- 1. Give back the slots of a few leases whose holder never released them (process killed).
 -- scores are whole ms: formatting a float argument for redis.call costs more than the command
 local nowInt = math.floor(now)
 local expired = redis.call('ZRANGEBYSCORE', leasesKey, '-inf', nowInt, 'LIMIT', 0, 8)
 for _, lease in ipairs(expired) do
-  local id, _, cost = parseLease(lease)
+  local seq, id, _, cost = parseLease(lease)
   local st = id and loadState(stKey, id)
-  if st then
+  if st and seq > st.cs then
     st.inf = math.max(0, st.inf - 1)
     -- usage unknown: the estimate stays spent, charged once
     st.rs = math.max(0, st.rs - cost)
@@ -48,7 +48,15 @@ for _, lease in ipairs(expired) do
       -- the probe died with its process: let another request probe
       st.bp, st.bd = '', 0
     end
-    saveState(stKey, id, st)
+    if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
+      -- retired and its last lease is gone: remove it (an id left in its group's sets is dropped
+      -- by the acquire that meets it)
+      redis.call('HDEL', cfgKey, id)
+      redis.call('HDEL', stKey, id)
+      redis.call('HINCRBY', metaKey, 'v', 1)
+    else
+      saveState(stKey, id, st)
+    end
   end
   redis.call('ZREM', leasesKey, lease)
 end
@@ -99,6 +107,7 @@ local function sample(n)
 end
 
 local seen, usable, nseen = {}, {}, 0
+local budgetSkip = nil -- a key skipped because this request exceeds what is left of its budget: when that ends
 local rounds = 0
 while #usable == 0 and total > nseen and rounds < 8 do
   rounds = rounds + 1
@@ -123,6 +132,10 @@ while #usable == 0 and total > nseen and rounds < 8 do
             usable[#usable + 1] = { id = id, st = st, s = score(st) }
           elseif kind == 'skip' then
             nseen = nseen + 1
+            if reason == 'budget' then
+              local t = untilMs < 0 and PARKED or untilMs
+              if budgetSkip == nil or t < budgetSkip then budgetSkip = t end
+            end
           else
             redis.call('SREM', avail(g), id)
             sizes[g] = sizes[g] - 1
@@ -145,20 +158,28 @@ if #usable == 0 then
     return { 0, 'busy', 0, version }
   end
   -- Nothing usable: say when the earliest waiting key becomes usable, and why it waits.
-  local best, bestId = nil, nil
+  local best, bestSt = nil, nil
   for i = 1, ngroups do
-    local first = redis.call('ZRANGE', waitz(i), 0, 0, 'WITHSCORES')
-    if first[1] and (best == nil or tonumber(first[2]) < best) then
-      best, bestId = tonumber(first[2]), first[1]
+    for _ = 1, 8 do
+      local first = redis.call('ZRANGE', waitz(i), 0, 0, 'WITHSCORES')
+      if not first[1] then break end
+      local st = loadState(stKey, first[1])
+      if st then
+        if best == nil or tonumber(first[2]) < best then best, bestSt = tonumber(first[2]), st end
+        break
+      end
+      redis.call('ZREM', waitz(i), first[1]) -- a removed key
     end
+  end
+  if budgetSkip and (best == nil or best >= PARKED or (bestSt.wr == 'budget' and budgetSkip < best)) then
+    return { 0, 'budget', budgetSkip >= PARKED and -1 or math.max(0, math.ceil(budgetSkip - now)), version }
   end
   if best == nil then
     if nseen > 0 and next(excluded) == nil then return { 0, 'too_large', -1, version } end
     return { 0, 'unavailable', -1, version }
   end
   local reason = 'rate_limited'
-  local st = loadState(stKey, bestId)
-  if st and st.wr ~= '' then reason = REPORTED[st.wr] and st.wr or 'unavailable' end
+  if bestSt.wr ~= '' then reason = REPORTED[bestSt.wr] and bestSt.wr or 'unavailable' end
   if best >= PARKED then return { 0, reason, -1, version } end
   return { 0, reason, math.max(0, math.ceil(best - now)), version }
 end
