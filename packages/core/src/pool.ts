@@ -77,6 +77,11 @@ export interface Lease {
   /** Granted by the per-process fallback while Redis was down. */
   local: boolean;
   release(outcome: Outcome): Promise<ReleaseResult>;
+  /**
+   * Push the deadline to `ms` from now (default leaseTimeoutMs), for calls that outlive it (long
+   * streams). False when the lease had already expired or been released.
+   */
+  extend(ms?: number): Promise<boolean>;
 }
 
 export type AcquireResult = Lease | Exhausted;
@@ -405,6 +410,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       probe,
       local,
       // once released, a second call is a no-op; a release that failed (Redis away) may be retried
+      extend: (ms?: number) => this.extend(lease as Lease, ms ?? this.config.leaseTimeoutMs),
       release: (outcome: Outcome) =>
         (released ??= this.release(lease as Lease, outcome).catch((e: unknown) => {
           released = undefined;
@@ -439,6 +445,18 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd: Math.max(0, costNanos) / NANOS_PER_USD };
     }
     return this.releaseRaw(rec, lease.id, cls, latency, realTotal, costNanos, coolMs);
+  }
+
+  private async extend(lease: Lease, ms: number): Promise<boolean> {
+    if (!Number.isFinite(ms) || ms < 1) throw new InvalidArgumentError(`extend takes a positive number of ms, got ${String(ms)}`);
+    if (lease.local) {
+      lease.deadline = Date.now() + ms;
+      return true;
+    }
+    const reply = (await this.run('extend', [this.keys.leases, this.keys.st], [lease.id, Math.ceil(ms)])) as [1, number] | [0];
+    if (reply[0] === 0) return false;
+    lease.deadline = reply[1];
+    return true;
   }
 
   private rawRecordFor(lease: Lease): KeyRecord {

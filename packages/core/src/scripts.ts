@@ -33,6 +33,7 @@ const DEFS = {
   upsertKey: { file: 'upsertKey-5.lua', keys: undefined },
   setState: { file: 'setState-5.lua', keys: 5 },
   status: { file: 'status-4.lua', keys: 4 },
+  extend: { file: 'extend-2.lua', keys: 2 },
 } satisfies Record<string, ScriptDef>;
 
 export type ScriptName = keyof typeof DEFS;

@@ -72,6 +72,18 @@ describe('acquire and release', () => {
     expect(await l.release({ status: 200, latencyMs: 80 })).toBe(r);
   });
 
+  it('extend keeps the lease of a long call from being reaped', async () => {
+    const { pool: p } = await pool({ leaseTimeoutMs: 1000, keys: [{ secret: fakeSecret('ext'), models: ['m'], maxConcurrent: 1 }] });
+    const l = lease(await p.acquire({ model: 'm' }));
+    await sleep(600);
+    expect(await l.extend(1500)).toBe(true);
+    await sleep(700); // past the first deadline
+    expect(await p.acquire({ model: 'm' })).toMatchObject({ ok: false, reason: 'concurrency' });
+    expect((await l.release({ status: 200 })).released).toBe(true);
+    expect(await l.extend()).toBe(false);
+    expect((await p.acquire({ model: 'm' })).ok).toBe(true);
+  });
+
   it('rejects unknown models and requests larger than any token bucket', async () => {
     const { pool: p } = await pool({ keys: [{ secret: fakeSecret('m'), models: ['gpt-4o'], tpm: 6000, tpmBurst: 2000 }] });
     const err = await p.acquire({ model: 'gpt-9' }).catch((e) => e);
