@@ -14,12 +14,12 @@ import { startRedis } from '@keypool/testkit';
 import { KeyPool, type KeySpecInput, type Lease, type PoolStatus } from '@keypool/core';
 
 const SECONDS = Number(process.env.DEMO_SECONDS ?? 8);
-const CALLERS = 8;
+const CALLERS = 3;
 const POOL = process.argv[2] === '--worker' ? process.argv[4]! : `demo-${process.pid}`;
 
 // Fake secrets: the demo never calls a provider. Real ones come from the environment or a secret store.
 const KEYS: KeySpecInput[] = [
-  { name: 'openai-tier2', secret: 'sk-demo-0000000000000000000000000000a1b2', models: ['gpt-4o-mini'], rpm: 3000, tpm: 1_000_000, maxConcurrent: 16 },
+  { name: 'openai-tier2', secret: 'sk-demo-0000000000000000000000000000a1b2', models: ['gpt-4o-mini'], rpm: 3000, tpm: 1_000_000, maxConcurrent: 32 },
   { name: 'openai-tier1', secret: 'sk-demo-1111111111111111111111111111c3d4', models: ['gpt-4o-mini'], rpm: 1500, tpm: 500_000, maxConcurrent: 8, budget: { usd: 0.01, period: 'day' } },
   { name: 'openai-slow', secret: 'sk-demo-2222222222222222222222222222e5f6', models: ['gpt-4o-mini'], rpm: 3000, tpm: 1_000_000 },
   { name: 'openai-flaky', secret: 'sk-demo-3333333333333333333333333333a7b8', models: ['gpt-4o-mini'], rpm: 3000, tpm: 1_000_000 },
@@ -30,7 +30,7 @@ function simulate(name: string | undefined, elapsedMs: number): { latencyMs: num
   const base = 60 + Math.random() * 120;
   if (name === 'openai-slow') return { latencyMs: base + (Math.random() < 0.1 ? 1200 : 600), status: 200 };
   if (name === 'openai-flaky' && elapsedMs > 2000 && elapsedMs < 4500) return { latencyMs: 30, status: 503 };
-  if (name === 'openai-tier2' && Math.random() < 0.01) return { latencyMs: 20, status: 429, retryAfterS: 1 };
+  if (name === 'openai-tier2' && Math.random() < 0.003) return { latencyMs: 20, status: 429, retryAfterS: 1 };
   return { latencyMs: base, status: 200 };
 }
 
@@ -122,8 +122,9 @@ async function main(): Promise<void> {
   const all = KEYS.reduce((a, k) => a + leases(k.name!), 0);
   console.log('\nShare of leases: ' + KEYS.map((k) => `${k.name} ${((100 * leases(k.name!)) / all).toFixed(0)}%`).join(', '));
   console.log('What to look for: openai-slow (p99 > 800 ms) and openai-flaky (a 503 outage from t+2s to t+4.5s, which');
-  console.log('opened its breaker until a probe succeeded) are degraded and get less traffic, not none;');
-  console.log('openai-tier1 is half the size of the others and stops at its $0.01 daily budget. Keys appear by hint only.');
+  console.log('opened its breaker until a probe succeeded) are degraded and get less traffic, not none; a 429 on');
+  console.log('openai-tier2 cools it for the second its Retry-After asks; openai-tier1 is half the size of the others');
+  console.log('and stops at its $0.01 daily budget. Keys appear by hint only.');
   await pool.close();
   await redis.stop();
 }

@@ -109,7 +109,10 @@ end
 local seen, usable, nseen = {}, {}, 0
 local budgetSkip = nil -- a key skipped because this request exceeds what is left of its budget: when that ends
 local rounds = 0
-while #usable == 0 and total > nseen and rounds < 8 do
+-- Sample until k usable candidates are in hand (or none is left unexamined): a blocked candidate
+-- must not hand the choice to the other one by default, or a degraded key would win every time
+-- its partner happens to be blocked.
+while #usable < k and total > nseen + #usable and rounds < 8 do
   rounds = rounds + 1
   local ids, from = sample(k)
   if #ids == 0 then break end
@@ -135,6 +138,11 @@ while #usable == 0 and total > nseen and rounds < 8 do
             if reason == 'budget' then
               local t = untilMs < 0 and PARKED or untilMs
               if budgetSkip == nil or t < budgetSkip then budgetSkip = t end
+              if st.wr ~= 'budget' then
+                -- status shows it out of budget until a request fits again
+                st.wr = 'budget'
+                saveState(stKey, id, st)
+              end
             end
           else
             redis.call('SREM', avail(g), id)

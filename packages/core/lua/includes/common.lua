@@ -175,14 +175,17 @@ end
 
 -- Selection weight of a usable key: weight x size x remaining share x health x latency.
 -- Size is the key's RPM (1000 when unlimited) so healthy keys share load in proportion to limits.
+-- The remaining share (of its buckets and slots) only halves the weight of a nearly drained key:
+-- a small burst drains and refills all the time, and at full weight that noise would outweigh
+-- health (a busy healthy key would lose its traffic to an idle degraded one).
 local function score(st)
   local frac = 1
   if st.rpm > 0 then frac = math.min(frac, st.rt / st.rb) end
   if st.tpm > 0 then frac = math.min(frac, st.tt / st.tb) end
   if st.mc > 0 then frac = math.min(frac, (st.mc - st.inf) / st.mc) end
-  if frac < 0.05 then frac = 0.05 end
+  if frac < 0 then frac = 0 end
   local size = st.rpm > 0 and st.rpm or 1000
-  return st.w * size * frac * st.hs * 1000 / (1000 + st.p50)
+  return st.w * size * (0.5 + 0.5 * frac) * st.hs * 1000 / (1000 + st.p50)
 end
 
 -- Integer ms and the microseconds past it: integer replies, cheaper than formatting a float.
