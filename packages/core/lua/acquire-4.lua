@@ -33,9 +33,10 @@ local function avail(i) return KEYS[3 + 2 * i] end
 local function waitz(i) return KEYS[4 + 2 * i] end
 
 -- 1. Give back the slots of a few leases whose holder never released them (process killed).
--- scores are whole ms: formatting a float argument for redis.call costs more than the command
-local nowInt = math.floor(now)
-local expired = redis.call('ZRANGEBYSCORE', leasesKey, '-inf', nowInt, 'LIMIT', 0, 8)
+-- Arguments to redis.call are strings made once: converting a Lua number costs more than most of
+-- the commands here (scores are whole ms for the same reason).
+local nowStr = tostring(math.floor(now))
+local expired = redis.call('ZRANGEBYSCORE', leasesKey, '-inf', nowStr, 'LIMIT', '0', '8')
 for _, lease in ipairs(expired) do
   local seq, id, _, cost = parseLease(lease)
   local st = id and loadState(stKey, id)
@@ -63,7 +64,7 @@ end
 
 -- 2. Keys whose wait is over become candidates again.
 for i = 1, ngroups do
-  local due = redis.call('ZRANGEBYSCORE', waitz(i), '-inf', nowInt, 'LIMIT', 0, 32)
+  local due = redis.call('ZRANGEBYSCORE', waitz(i), '-inf', nowStr, 'LIMIT', '0', '32')
   if #due > 0 then
     redis.call('SADD', avail(i), unpack(due))
     redis.call('ZREM', waitz(i), unpack(due))
@@ -73,7 +74,8 @@ end
 -- 3. Sample candidates; move the blocked ones out of the avail sets.
 local sizes, total = {}, 0
 if ngroups == 1 then
-  total = redis.call('SCARD', avail(1))
+  -- the size is learnt from SRANDMEMBER (it returns fewer than asked only when the set is smaller)
+  total = math.huge
   sizes[1] = total
 else
   math.randomseed(tonumber(ARGV[8]))
@@ -84,7 +86,11 @@ else
 end
 
 local function sample(n)
-  if ngroups == 1 then return redis.call('SRANDMEMBER', avail(1), n), nil end
+  if ngroups == 1 then
+    local ids = redis.call('SRANDMEMBER', avail(1), ARGV[7])
+    if #ids < n then total = #ids end
+    return ids, nil
+  end
   local ids, from = {}, {}
   for _ = 1, n do
     if total <= 0 then break end
@@ -116,8 +122,10 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
   rounds = rounds + 1
   local ids, from = sample(k)
   if #ids == 0 then break end
+  local fresh = 0
   for j, id in ipairs(ids) do
     if not seen[id] then
+      fresh = fresh + 1
       seen[id] = true
       local g = from and from[j] or 1
       if excluded[id] then
@@ -156,6 +164,8 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
       end
     end
   end
+  -- nothing new in this sample: a small set, maybe all seen; learn its size
+  if fresh == 0 and total == math.huge then total = redis.call('SCARD', avail(1)) end
 end
 
 local version = tonumber(redis.call('HGET', metaKey, 'v') or '0')
