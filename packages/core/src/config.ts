@@ -146,6 +146,13 @@ export function parseKeySpec(input: unknown): KeySpec {
   return r.data;
 }
 
+/** Validate a key's settings without its secret (for updateKey); paths are prefixed with `key`. */
+export function parseKeySettings(input: unknown): Omit<KeySpec, 'secret'> {
+  const r = KeySpecSchema.omit({ secret: true }).safeParse(input);
+  if (!r.success) throw new ConfigError(toIssues(r.error, 'key'), 'key');
+  return r.data;
+}
+
 /** Bucket sizes actually used for a key (see rpmBurst / tpmBurst). */
 export function burstsOf(k: Pick<KeySpec, 'rpm' | 'tpm' | 'rpmBurst' | 'tpmBurst'>): { rb: number; tb: number } {
   const rb = k.rpm > 0 ? (k.rpmBurst ?? Math.max(1, Math.ceil((k.rpm * 2) / 60))) : 0;

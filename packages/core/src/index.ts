@@ -23,6 +23,7 @@ export {
   PoolConfigSchema,
   burstsOf,
   formatPath,
+  parseKeySettings,
   parseKeySpec,
   parsePoolConfig,
   type KeySpec,

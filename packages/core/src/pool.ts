@@ -3,9 +3,8 @@ import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis, type Cluster } from 'ioredis';
 import { pino, type Logger } from 'pino';
-import { parseKeySpec, parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
+import { parseKeySettings, parseKeySpec, parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
 import {
-  ConfigError,
   InvalidArgumentError,
   KeyNotFoundError,
   RedisUnavailableError,
@@ -182,6 +181,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   private readonly own = new Map<string, KeyRecord>();
   private closing = false;
   private readonly local: LocalLimiter;
+  /** Every key record this process has seen, removed ones included: their leases can still be released. */
   private readonly rawRecords = new Map<string, KeyRecord>();
   private topology: Topology = { version: -1, keys: new Map(), models: new Map() };
   private refreshing: Promise<void> | undefined;
@@ -516,8 +516,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       const raw = await this.run('hget', [this.keys.cfg], [keyId]);
       if (raw === null) throw new KeyNotFoundError(keyId);
       const old = JSON.parse(raw as string) as KeyRecord;
-      const { secret: _ignored, ...checked } = parseKeySpec({ ...settingsOf(old), ...patch, secret: 'placeholder-secret' });
-      const rec = toRecord(old.id, old.hint, checked);
+      const rec = toRecord(old.id, old.hint, parseKeySettings({ ...settingsOf(old), ...patch }));
       if (await this.upsertOne(rec, raw as string)) {
         await this.refreshTopology();
         return;
@@ -611,7 +610,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     try {
       const k = this.keys;
       const raw = JSON.parse((await this.run('status', [k.cfg, k.st, k.leases, k.meta], [])) as string) as RawStatus;
-      return toPoolStatus(this.name, { ...redis, ok: true }, raw, this.config.health.minRequests);
+      return toPoolStatus(this.name, { ...redis, ok: true }, raw);
     } catch (e) {
       if (!isRedisUnavailable(e)) throw e;
       return {
@@ -803,4 +802,3 @@ export function limitsOf(r: KeyRecord) {
   };
 }
 
-export { ConfigError };

@@ -85,7 +85,7 @@ export interface PoolStatus {
 
 const iso = (ms: number) => (ms > 0 ? new Date(ms).toISOString() : null);
 
-export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawStatus, _minRequests: number): PoolStatus {
+export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawStatus): PoolStatus {
   const keys = Array.isArray(raw.keys) ? raw.keys : [];
   return {
     pool,
