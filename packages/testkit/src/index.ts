@@ -1,5 +1,6 @@
 /**
- * @keypool/testkit: real Redis for keypool tests (never a mock).
+ * @keypool/testkit: real Redis for keypool tests (never a mock), and a fake OpenAI-compatible
+ * upstream (./fake-openai, also `@keypool/testkit/fake-openai` without vitest).
  *
  * Integration tests (`*.int.test.ts`) run in the vitest projects "redis" and
  * "cluster", whose global setup starts the servers; `KEYPOOL_TEST_TARGET`
@@ -13,6 +14,7 @@ import './provided.js';
 
 export * from './child-connect.js';
 export * from './redis-server.js';
+export * from './fake-openai/index.js';
 
 /** Which Redis deployment the current vitest project tests against. */
 export type TestTarget = 'standalone' | 'cluster';
