@@ -12,7 +12,8 @@ export type KeyPoolErrorCode =
   | 'REQUEST_TOO_LARGE'
   | 'KEY_NOT_FOUND'
   | 'INVALID_ARGUMENT'
-  | 'SCRIPT_FAILED';
+  | 'SCRIPT_FAILED'
+  | 'POOL_EXHAUSTED';
 
 /** Base class of every keypool error. */
 export class KeyPoolError extends Error {
@@ -98,6 +99,20 @@ export class ScriptError extends KeyPoolError {
   }
 }
 
+/**
+ * No key could serve within the caller's deadline (clients that must return an error rather than
+ * a `{ ok: false }` result throw this): carries the reason and when to try again.
+ */
+export class PoolExhaustedError extends KeyPoolError {
+  readonly reason: string;
+  readonly retryAfterMs: number | null;
+  constructor(model: string, reason: string, retryAfterMs: number | null) {
+    super('POOL_EXHAUSTED', `no key could serve "${model}" in time (${reason}${retryAfterMs !== null ? `; retry in ${retryAfterMs} ms` : ''})`);
+    this.reason = reason;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
 const guard =
   <T extends KeyPoolError>(code: KeyPoolErrorCode) =>
   (e: unknown): e is T =>
@@ -109,3 +124,4 @@ export const isRedisUnavailable = guard<RedisUnavailableError>('REDIS_UNAVAILABL
 export const isUnknownModel = guard<UnknownModelError>('UNKNOWN_MODEL');
 export const isRequestTooLarge = guard<RequestTooLargeError>('REQUEST_TOO_LARGE');
 export const isKeyNotFound = guard<KeyNotFoundError>('KEY_NOT_FOUND');
+export const isPoolExhausted = guard<PoolExhaustedError>('POOL_EXHAUSTED');

@@ -1,0 +1,153 @@
+/**
+ * The pooled client end to end: the official `openai` package against the fake upstream (real
+ * HTTP), a real Redis behind the pool.
+ */
+import OpenAI from 'openai';
+import { pino } from 'pino';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
+import { KeyPool, PoolExhaustedError, keyIdOf, type KeySpecInput } from '@keypool/core';
+import { PooledOpenAI } from '../src/index.js';
+
+const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa1111';
+const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb2222';
+const redis = connectTestRedis();
+const fakes: FakeOpenAI[] = [];
+const pools: KeyPool[] = [];
+afterEach(async () => {
+  for (const p of pools.splice(0)) await p.close();
+  for (const f of fakes.splice(0)) await f.stop();
+});
+afterAll(() => redis.disconnect());
+
+async function setup(fakeKeys: Parameters<typeof startFakeOpenAI>[0] extends infer O ? O extends { keys?: infer K } ? K : never : never, poolKeys: Omit<KeySpecInput, 'baseURL'>[], extra: object = {}) {
+  const fake = await startFakeOpenAI({ keys: fakeKeys, models: ['gpt-4o-mini', 'text-embedding-3-small'], latency: 5 });
+  fakes.push(fake);
+  const pool = await KeyPool.connect({
+    redis,
+    config: { pool: uniqueName('client'), breaker: { failures: 3, cooldownMs: 60_000 }, keys: poolKeys.map((k) => ({ ...k, baseURL: fake.url })), ...extra },
+    logger: pino({ level: 'silent' }),
+  });
+  pools.push(pool);
+  return { fake, pool, openai: new PooledOpenAI({ pool, backoff: { baseMs: 5, maxMs: 50 } }) };
+}
+const both = (extra: Partial<KeySpecInput> = {}) => [
+  { secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small', 'no-such-model'], ...extra },
+  { secret: B, name: 'b', models: ['gpt-4o-mini', 'text-embedding-3-small', 'no-such-model'], ...extra },
+];
+const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;
+const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
+
+describe('PooledOpenAI', () => {
+  it('chat, embeddings and responses go through the pool; usage is reconciled and priced', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small'], tpm: 6000 }]);
+    const reply = await openai.chat.completions.create(ask);
+    expect(reply.choices[0].message.content.length).toBeGreaterThan(0);
+    expect(reply.usage.completion_tokens).toBe(8);
+    const emb = await openai.embeddings.create({ model: 'text-embedding-3-small', input: ['one', 'two'] });
+    expect(emb.data).toHaveLength(2);
+    const resp = await openai.responses.create({ model: 'gpt-4o-mini', input: 'hi', max_output_tokens: 5 });
+    expect(resp.usage.output_tokens).toBe(5);
+    const s = await keyStatus(pool, A);
+    expect(s.inFlight).toBe(0);
+    expect(s.reservedUsd).toBe(0);
+    // real usage was charged: prompt and completion tokens the upstream counted, at gpt-4o-mini's price
+    const c = fake.counters().a!;
+    expect(c.served).toBe(3);
+    expect(s.spendUsd).toBeGreaterThan(0);
+    // the estimate was an upper bound and the unused part came back to the token bucket
+    // (which refills at 100 tokens/s meanwhile)
+    const used = c.promptTokens + c.completionTokens;
+    expect(s.left!.tokens).toBeGreaterThanOrEqual(s.limits.tpmBurst - used);
+    expect(s.left!.tokens).toBeLessThan(s.limits.tpmBurst - used + 30);
+  });
+
+  it('fails over on 5xx to another key; the failing key feeds its breaker', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }, { key: B, name: 'b' }], both());
+    fake.setFault({ kind: 'error', status: 503, key: 'a', count: 100 });
+    for (let i = 0; i < 10; i++) await openai.chat.completions.create(ask);
+    expect(fake.counters().b!.served).toBe(10);
+    expect((await keyStatus(pool, A)).state).toBe('open');
+  });
+
+  it('a 429 cools the key and the call is served by another key', async () => {
+    // the provider allows key a 1 request a minute; the pool does not know and prefers a (weight)
+    const [ka, kb] = both();
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a', rpm: 1 }, { key: B, name: 'b' }], [{ ...ka!, weight: 20 }, kb!]);
+    for (let i = 0; i < 8; i++) await openai.chat.completions.create(ask);
+    expect(fake.counters().a!.rate429).toBeGreaterThan(0);
+    expect(fake.counters().a!.served + fake.counters().b!.served).toBe(8);
+    expect((await keyStatus(pool, A)).state).toBe('cooling');
+  });
+
+  it('401 revokes the key and moves on', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a', revoked: true }, { key: B, name: 'b' }], both());
+    for (let i = 0; i < 5; i++) await openai.chat.completions.create(ask);
+    expect((await keyStatus(pool, A)).state).toBe('revoked');
+    expect(fake.counters().b!.served).toBe(5);
+  });
+
+  it('client errors come back unchanged at once and do not hurt the key', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini', 'no-such-model'] }]);
+    const err = await openai.chat.completions.create({ ...ask, model: 'no-such-model' }).catch((e) => e);
+    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(fake.counters().a!.requests).toBe(1);
+    const s = await keyStatus(pool, A);
+    expect(s.breaker!.consecutiveFailures).toBe(0);
+    expect(s.errorRate).toBe(0);
+  });
+
+  it('streams pass chunks through and reconcile the usage of the final chunk', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'], tpm: 6000 }]);
+    const stream = await openai.chat.completions.create({ ...ask, stream: true });
+    let text = '';
+    let usageChunks = 0;
+    for await (const chunk of stream) {
+      if (chunk.usage) usageChunks++;
+      text += chunk.choices[0]?.delta?.content ?? '';
+    }
+    expect(text.length).toBeGreaterThan(0);
+    expect(usageChunks).toBe(0); // the caller did not ask for usage: the pool's usage chunk is not passed on
+    const s = await keyStatus(pool, A);
+    expect(s.inFlight).toBe(0);
+    const c = fake.counters().a!;
+    const used = c.promptTokens + c.completionTokens;
+    expect(s.left!.tokens).toBeGreaterThanOrEqual(s.limits.tpmBurst - used);
+    expect(s.left!.tokens).toBeLessThan(s.limits.tpmBurst - used + 30);
+  });
+
+  it('a stream that breaks midway throws to the caller and counts as a failure of the key', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }]);
+    fake.setFault({ kind: 'break-stream', key: 'a', afterChunks: 2 });
+    const stream = await openai.chat.completions.create({ ...ask, stream: true });
+    await expect((async () => {
+      for await (const _ of stream) void _;
+    })()).rejects.toThrow();
+    const s = await keyStatus(pool, A);
+    expect(s.inFlight).toBe(0);
+    expect(s.breaker!.consecutiveFailures).toBe(1);
+  });
+
+  it('the caller aborting cancels the upstream call and releases the lease', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }]);
+    fake.setFault({ kind: 'hang', key: 'a' });
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 100);
+    await expect(openai.chat.completions.create(ask, { signal: ac.signal })).rejects.toThrow();
+    const s = await keyStatus(pool, A);
+    expect(s.inFlight).toBe(0);
+    expect(s.breaker!.consecutiveFailures).toBe(0); // the caller's choice, not the key's fault
+  });
+
+  it('when every key is busy past the deadline, a typed error says when to retry', async () => {
+    const { pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'], rpm: 60, rpmBurst: 1 }]);
+    await openai.chat.completions.create(ask);
+    const t0 = Date.now();
+    const err = await openai.chat.completions.create(ask, { timeout: 200 }).catch((e) => e);
+    expect(err).toBeInstanceOf(PoolExhaustedError);
+    expect(err.reason).toBe('rate_limited');
+    expect(err.retryAfterMs).toBeGreaterThan(500);
+    expect(Date.now() - t0).toBeLessThan(400);
+    expect((await keyStatus(pool, A)).inFlight).toBe(0);
+  });
+});
