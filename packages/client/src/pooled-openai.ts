@@ -2,8 +2,22 @@ import OpenAI from 'openai';
 import { PoolExhaustedError, cooldownFromHeaders, type KeyPool, type Lease, type Outcome } from '@keypool/core';
 import { estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Estimate } from './estimate.js';
 
+/** A named list of models, strongest first, possibly across providers. */
+export interface Route {
+  models: string[];
+}
+
+/**
+ * critical: the route's models in their order (strongest first), waiting for the strongest that can
+ * serve. normal: cheapest first, falling back to dearer ones when the cheap one has no key free.
+ * low: cheapest first like normal, but never waits: it yields when capacity is short.
+ */
+export type Priority = 'critical' | 'normal' | 'low';
+
 export interface PooledOpenAIOptions {
   pool: KeyPool;
+  /** Named routes: `model: '<route>'` in a request uses them (a plain model name still works). */
+  routes?: Record<string, Route>;
   /** Attempts per call across keys (default 4). */
   maxAttempts?: number;
   /** Overall deadline of a call, waiting for a key included (default 60 s; a per-call `timeout` overrides). */
@@ -20,11 +34,13 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** Overall deadline of this call, ms. */
   timeout?: number;
+  /** How a route picks its model (default normal). */
+  priority?: Priority;
 }
 
 interface Attempt<T> {
-  /** Run the upstream call on a client bound to one key. */
-  call: (client: OpenAI, signal: AbortSignal) => Promise<{ data: T; response: Response }>;
+  /** Run the upstream call on a client bound to one key, for one model of the route. */
+  call: (client: OpenAI, signal: AbortSignal, model: string) => Promise<{ data: T; response: Response }>;
   /** Usage of a finished non-stream result. */
   usage: (data: T) => Outcome['usage'];
 }
@@ -43,6 +59,11 @@ const sleep = (ms: number, signal?: AbortSignal) =>
  * Retry-After) within maxAttempts and the call's deadline; 401/403 revoke the key and move on;
  * other 4xx are returned unchanged at once. Streams are reconciled when they end.
  */
+/**
+ * Requests may name a route instead of a model: `routes: { smart: { models: ['gpt-4o', 'deepseek-chat',
+ * 'gpt-4o-mini'] } }` then `model: 'smart'` with `{ priority }` picks the model (see Priority);
+ * every call's cost is charged to its key, its model and its route (pool.status().spend).
+ */
 export class PooledOpenAI {
   readonly chat: { completions: { create: (params: OpenAI.Chat.ChatCompletionCreateParams, options?: CallOptions) => Promise<any> } };
   readonly completions: { create: (params: OpenAI.CompletionCreateParams, options?: CallOptions) => Promise<any> };
@@ -57,9 +78,16 @@ export class PooledOpenAI {
   private readonly maxMs: number;
   private readonly defaultOut: number;
   private readonly attemptTimeoutMs: number;
+  private readonly routes: Record<string, Route>;
 
   constructor(opts: PooledOpenAIOptions) {
     this.pool = opts.pool;
+    this.routes = opts.routes ?? {};
+    for (const [name, r] of Object.entries(this.routes)) {
+      if (!Array.isArray(r?.models) || r.models.length === 0 || !r.models.every((m) => typeof m === 'string' && m)) {
+        throw new TypeError(`routes.${name}.models must list at least one model name`);
+      }
+    }
     this.maxAttempts = opts.maxAttempts ?? 4;
     this.deadlineMs = opts.deadlineMs ?? 60_000;
     this.baseMs = opts.backoff?.baseMs ?? 100;
@@ -73,7 +101,7 @@ export class PooledOpenAI {
           const est = estimateChat(p, this.defaultOut);
           if (p.stream) return this.stream(params.model, est, params, options, (c, body, signal) => c.chat.completions.create(body as never, { signal }).withResponse() as never);
           return this.run(params.model, est, options, {
-            call: (c, signal) => c.chat.completions.create({ ...params, stream: false }, { signal }).withResponse(),
+            call: (c, signal, model) => c.chat.completions.create({ ...params, model, stream: false }, { signal }).withResponse(),
             usage: (d) => ({ promptTokens: d.usage?.prompt_tokens, completionTokens: d.usage?.completion_tokens }),
           });
         },
@@ -85,7 +113,7 @@ export class PooledOpenAI {
         const est = estimateCompletion(p, this.defaultOut);
         if (p.stream) return this.stream(params.model, est, params, options, (c, body, signal) => c.completions.create(body as never, { signal }).withResponse() as never);
         return this.run(params.model, est, options, {
-          call: (c, signal) => c.completions.create({ ...params, stream: false }, { signal }).withResponse(),
+          call: (c, signal, model) => c.completions.create({ ...params, model, stream: false }, { signal }).withResponse(),
           usage: (d) => ({ promptTokens: d.usage?.prompt_tokens, completionTokens: d.usage?.completion_tokens }),
         });
       },
@@ -93,7 +121,7 @@ export class PooledOpenAI {
     this.embeddings = {
       create: (params, options) =>
         this.run(params.model, estimateEmbedding(params as never), options, {
-          call: (c, signal) => c.embeddings.create(params, { signal }).withResponse(),
+          call: (c, signal, model) => c.embeddings.create({ ...params, model }, { signal }).withResponse(),
           usage: (d) => ({ promptTokens: d.usage?.prompt_tokens, completionTokens: 0 }),
         }),
     };
@@ -101,7 +129,7 @@ export class PooledOpenAI {
       create: (params, options) => {
         if ((params as { stream?: boolean }).stream) throw new TypeError('PooledOpenAI: streaming responses.create is not supported yet; use chat.completions with stream: true');
         return this.run(params.model as string, estimateResponse(params as never, this.defaultOut), options, {
-          call: (c, signal) => c.responses.create({ ...params, stream: false } as never, { signal }).withResponse() as never,
+          call: (c, signal, model) => c.responses.create({ ...params, model, stream: false } as never, { signal }).withResponse() as never,
           usage: (d: OpenAI.Responses.Response) => ({ promptTokens: d.usage?.input_tokens, completionTokens: d.usage?.output_tokens }),
         });
       },
@@ -118,17 +146,38 @@ export class PooledOpenAI {
     return c;
   }
 
-  private async lease(model: string, est: Estimate, exclude: Set<string>, deadline: number, signal: AbortSignal | undefined): Promise<Lease> {
-    const r = await this.pool.acquire({
-      model,
-      estimatedTokens: est.total,
-      estimatedOutputTokens: est.output,
-      exclude,
-      maxWaitMs: Math.max(0, deadline - Date.now()),
-      ...(signal ? { signal } : {}),
-    });
-    if (!r.ok) throw new PoolExhaustedError(model, r.reason, r.retryAfterMs);
-    return r;
+  /** The models a request names, in the order its priority tries them, and its route if any. */
+  private plan(name: string, priority: Priority): { models: string[]; route?: string } {
+    const route = this.routes[name];
+    if (!route) return { models: [name] };
+    if (priority === 'critical') return { models: route.models, route: name };
+    const cost = (m: string) => {
+      const p = this.pool.priceOf(m);
+      return p ? p.input + p.output : Number.POSITIVE_INFINITY;
+    };
+    // a stable sort: models of equal price keep the route's order
+    return { models: [...route.models].sort((a, b) => cost(a) - cost(b)), route: name };
+  }
+
+  /** A lease on the first model of the plan that can serve: only the last one is waited for. */
+  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal | undefined): Promise<{ lease: Lease; model: string }> {
+    let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
+    for (let i = 0; i < plan.models.length; i++) {
+      const model = plan.models[i]!;
+      const waitable = i === plan.models.length - 1 && priority !== 'low';
+      const r = await this.pool.acquire({
+        model,
+        estimatedTokens: est.total,
+        estimatedOutputTokens: est.output,
+        exclude,
+        maxWaitMs: waitable ? Math.max(0, deadline - Date.now()) : 0,
+        ...(plan.route !== undefined ? { route: plan.route } : {}),
+        ...(signal ? { signal } : {}),
+      });
+      if (r.ok) return { lease: r, model };
+      if (!last || (r.retryAfterMs ?? Infinity) < (last.retryAfterMs ?? Infinity)) last = { model, reason: r.reason, retryAfterMs: r.retryAfterMs };
+    }
+    throw new PoolExhaustedError(plan.route ?? last!.model, last!.reason, last!.retryAfterMs);
   }
 
   /** What a failed attempt means: release outcome, whether to try another key, and how long to wait first. */
@@ -157,20 +206,30 @@ export class PooledOpenAI {
    * still held: the caller releases it with the real usage.
    */
   private async attempt<T>(
-    model: string,
+    name: string,
     est: Estimate,
     options: CallOptions | undefined,
-    call: (client: OpenAI, signal: AbortSignal) => Promise<{ data: T; response: Response }>,
+    call: (client: OpenAI, signal: AbortSignal, model: string) => Promise<{ data: T; response: Response }>,
   ): Promise<{ lease: Lease; data: T; response: Response; started: number }> {
     const signal = options?.signal;
     const deadline = Date.now() + (options?.timeout ?? this.deadlineMs);
+    const priority = options?.priority ?? 'normal';
+    const plan = this.plan(name, priority);
     const exclude = new Set<string>();
     let lastError: unknown;
     for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
-      const lease = await this.lease(model, est, exclude, deadline, signal);
+      let leased: { lease: Lease; model: string };
+      try {
+        leased = await this.lease(plan, est, exclude, deadline, priority, signal);
+      } catch (e) {
+        // every key left was tried and failed: the upstream's own error says more than "exhausted"
+        if (lastError !== undefined && (e as PoolExhaustedError).reason === 'unavailable') throw lastError;
+        throw e;
+      }
+      const { lease, model } = leased;
       const started = Date.now();
       try {
-        const { data, response } = await call(this.clientFor(lease), signal ?? new AbortController().signal);
+        const { data, response } = await call(this.clientFor(lease), signal ?? new AbortController().signal, model);
         return { lease, data, response, started };
       } catch (e) {
         const j = this.judge(e, signal);
@@ -211,7 +270,7 @@ export class PooledOpenAI {
     const body = { ...p, stream: true, stream_options: { ...(p.stream_options as object), include_usage: true } };
     const controller = new AbortController();
     options?.signal?.addEventListener('abort', () => controller.abort(options.signal!.reason), { once: true });
-    const r = await this.attempt(model, est, { ...options, signal: controller.signal }, (c, signal) => open(c, body, signal));
+    const r = await this.attempt(model, est, { ...options, signal: controller.signal }, (c, signal, chosen) => open(c, { ...body, model: chosen }, signal));
     let released = false;
     const release = async (o: Outcome) => {
       if (released) return;

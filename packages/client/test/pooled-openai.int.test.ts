@@ -20,8 +20,8 @@ afterEach(async () => {
 });
 afterAll(() => redis.disconnect());
 
-async function setup(fakeKeys: Parameters<typeof startFakeOpenAI>[0] extends infer O ? O extends { keys?: infer K } ? K : never : never, poolKeys: Omit<KeySpecInput, 'baseURL'>[], extra: object = {}) {
-  const fake = await startFakeOpenAI({ keys: fakeKeys, models: ['gpt-4o-mini', 'text-embedding-3-small'], latency: 5 });
+async function setup(fakeKeys: Parameters<typeof startFakeOpenAI>[0] extends infer O ? O extends { keys?: infer K } ? K : never : never, poolKeys: Omit<KeySpecInput, 'baseURL'>[], extra: object = {}, clientOptions: object = {}) {
+  const fake = await startFakeOpenAI({ keys: fakeKeys, models: ['gpt-4o', 'gpt-4o-mini', 'text-embedding-3-small'], latency: 5 });
   fakes.push(fake);
   const pool = await KeyPool.connect({
     redis,
@@ -29,7 +29,7 @@ async function setup(fakeKeys: Parameters<typeof startFakeOpenAI>[0] extends inf
     logger: pino({ level: 'silent' }),
   });
   pools.push(pool);
-  return { fake, pool, openai: new PooledOpenAI({ pool, backoff: { baseMs: 5, maxMs: 50 } }) };
+  return { fake, pool, openai: new PooledOpenAI({ pool, backoff: { baseMs: 5, maxMs: 50 }, ...clientOptions }) };
 }
 const both = (extra: Partial<KeySpecInput> = {}) => [
   { secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small', 'no-such-model'], ...extra },
@@ -63,7 +63,9 @@ describe('PooledOpenAI', () => {
   });
 
   it('fails over on 5xx to another key; the failing key feeds its breaker', async () => {
-    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }, { key: B, name: 'b' }], both());
+    const [ka, kb] = both();
+    // the pool prefers a (weight), so a is tried first nearly every time
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }, { key: B, name: 'b' }], [{ ...ka!, weight: 20 }, kb!]);
     fake.setFault({ kind: 'error', status: 503, key: 'a', count: 100 });
     for (let i = 0; i < 10; i++) await openai.chat.completions.create(ask);
     expect(fake.counters().b!.served).toBe(10);
@@ -81,7 +83,8 @@ describe('PooledOpenAI', () => {
   });
 
   it('401 revokes the key and moves on', async () => {
-    const { fake, pool, openai } = await setup([{ key: A, name: 'a', revoked: true }, { key: B, name: 'b' }], both());
+    const [ka, kb] = both();
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a', revoked: true }, { key: B, name: 'b' }], [{ ...ka!, weight: 20 }, kb!]);
     for (let i = 0; i < 5; i++) await openai.chat.completions.create(ask);
     expect((await keyStatus(pool, A)).state).toBe('revoked');
     expect(fake.counters().b!.served).toBe(5);
@@ -149,5 +152,54 @@ describe('PooledOpenAI', () => {
     expect(err.retryAfterMs).toBeGreaterThan(500);
     expect(Date.now() - t0).toBeLessThan(400);
     expect((await keyStatus(pool, A)).inFlight).toBe(0);
+  });
+
+  it('routes: critical traffic gets the strongest model, the rest the cheapest, with fallback; spend per model and route', async () => {
+    const routes = { smart: { models: ['gpt-4o', 'gpt-4o-mini'] } };
+    const { fake, pool, openai } = await setup(
+      [{ key: A, name: 'strong' }, { key: B, name: 'cheap' }],
+      [
+        { secret: A, name: 'strong', models: ['gpt-4o'] },
+        { secret: B, name: 'cheap', models: ['gpt-4o-mini'], rpm: 60, rpmBurst: 2 },
+      ],
+      {},
+      { routes },
+    );
+    const viaRoute = { ...ask, model: 'smart' };
+    const critical = await openai.chat.completions.create(viaRoute, { priority: 'critical' });
+    expect(critical.model).toBe('gpt-4o');
+    const normal = await openai.chat.completions.create(viaRoute);
+    expect(normal.model).toBe('gpt-4o-mini');
+    await openai.chat.completions.create(viaRoute); // the cheap key's burst is now spent
+    // normal falls back to the dearer model rather than wait; low does the same while it can
+    expect((await openai.chat.completions.create(viaRoute)).model).toBe('gpt-4o');
+    expect((await openai.chat.completions.create(viaRoute, { priority: 'low' })).model).toBe('gpt-4o');
+    expect(fake.counters().strong!.served).toBe(3);
+    expect(fake.counters().cheap!.served).toBe(2);
+    const { spend } = await pool.status();
+    expect(spend!.byRoute.smart!.requests).toBe(5);
+    expect(spend!.byModel['gpt-4o']!.requests).toBe(3);
+    expect(spend!.byModel['gpt-4o-mini']!.requests).toBe(2);
+    expect(spend!.byRoute.smart!.usd).toBeCloseTo(spend!.byModel['gpt-4o']!.usd + spend!.byModel['gpt-4o-mini']!.usd, 12);
+    expect(spend!.byModel['gpt-4o']!.usd).toBeGreaterThan(spend!.byModel['gpt-4o-mini']!.usd);
+  });
+
+  it('low priority yields at once when no model of its route has a key free', async () => {
+    const { openai } = await setup([{ key: B, name: 'cheap' }], [{ secret: B, name: 'cheap', models: ['gpt-4o-mini'], rpm: 60, rpmBurst: 1 }], {}, { routes: { r: { models: ['gpt-4o-mini'] } } });
+    await openai.chat.completions.create({ ...ask, model: 'r' });
+    const t0 = Date.now();
+    const err = await openai.chat.completions.create({ ...ask, model: 'r' }, { priority: 'low', timeout: 5000 }).catch((e) => e);
+    expect(err).toBeInstanceOf(PoolExhaustedError);
+    expect(Date.now() - t0).toBeLessThan(200);
+    // normal priority waits for the key instead
+    expect((await openai.chat.completions.create({ ...ask, model: 'r' }, { timeout: 3000 })).model).toBe('gpt-4o-mini');
+  });
+
+  it('a 5xx on the only key comes back as the upstream error once every key was tried', async () => {
+    const { fake, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }]);
+    fake.setFault({ kind: 'error', status: 502, key: 'a', count: 10 });
+    const err = await openai.chat.completions.create(ask).catch((e) => e);
+    expect(err).toBeInstanceOf(OpenAI.APIError);
+    expect(err.status).toBe(502);
   });
 });

@@ -38,4 +38,4 @@ export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './out
 export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 export { groupOf, type KeyRecord, type KeySettings } from './records.js';
 export { PoolKeys, scripts } from './scripts.js';
-export type { KeyState, KeyStatus, PoolStatus } from './status.js';
+export type { KeyState, KeyStatus, PoolStatus, SpendLine } from './status.js';

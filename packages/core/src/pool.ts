@@ -16,7 +16,7 @@ import {
 import { cooldownFromHeaders } from './headers.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
-import { NANOS_PER_USD, PriceTable } from './pricing.js';
+import { NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 import { recordOfSpec, settingsOf, toRecord, type KeyRecord, type KeySettings } from './records.js';
 import { PoolKeys, ScriptRunner, type ScriptName } from './scripts.js';
 import { toPoolStatus, type PoolStatus, type RawStatus } from './status.js';
@@ -47,6 +47,8 @@ export interface AcquireRequest {
   estimatedOutputTokens?: number;
   /** Key ids not to use (e.g. keys that just failed this request). */
   exclude?: Iterable<string>;
+  /** The route (a named list of models) this request came through, for spend per route. */
+  route?: string;
   /** Wait up to this long for the time the pool names instead of returning `{ ok: false }` (default 0). */
   maxWaitMs?: number;
   /** Aborts a wait; the promise rejects with the signal's reason. */
@@ -64,6 +66,8 @@ export interface Lease {
   provider: string;
   baseURL: string;
   model: string;
+  /** The route given to acquire, if any. */
+  route?: string;
   /** The API key. Not enumerable: JSON.stringify and console.log of a lease do not show it. */
   readonly secret: string;
   estimatedTokens: number;
@@ -314,7 +318,10 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     req.signal?.throwIfAborted();
     for (let busy = 0; ; ) {
       const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude);
-      if (r.ok) return r;
+      if (r.ok) {
+        if (req.route !== undefined) r.route = req.route;
+        return r;
+      }
       if (r.reason === 'busy' && busy++ < 50) continue;
       const res: Exhausted = r.reason === 'busy' ? { ok: false, reason: 'rate_limited', retryAfterMs: 1 } : r;
       const wait = res.retryAfterMs;
@@ -376,7 +383,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       // A key added since this process last read the topology, with a secret it does not hold:
       // hand the lease back (the request token stays spent) and try the others.
       this.log.warn({ keyId, hint: rec.hint }, 'leased a key this process holds no secret for; skipping it');
-      await this.releaseRaw(rec, leaseId, 'aborted', -1, 0, 0, -1).catch(() => undefined);
+      await this.releaseRaw(rec, leaseId, model, '', 'aborted', -1, 0, 0, -1).catch(() => undefined);
       exclude.add(keyId);
       return { ok: false, reason: 'busy', retryAfterMs: 0 };
     }
@@ -444,7 +451,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       this.local.release(rec, cls, lease.estimatedTokens, real ? realTotal : null, coolMs >= 0 ? coolMs : this.config.cooling.defaultMs);
       return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd: Math.max(0, costNanos) / NANOS_PER_USD };
     }
-    return this.releaseRaw(rec, lease.id, cls, latency, realTotal, costNanos, coolMs);
+    return this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs);
   }
 
   private async extend(lease: Lease, ms: number): Promise<boolean> {
@@ -465,15 +472,15 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     throw new KeyNotFoundError(lease.keyId);
   }
 
-  private async releaseRaw(rec: KeyRecord, leaseId: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number): Promise<ReleaseResult> {
+  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number): Promise<ReleaseResult> {
     const k = this.keys;
     let group = rec.g;
     let reply: [1, string, string, string, number, number] | [0, string, string?];
     for (let attempt = 0; ; attempt++) {
       reply = (await this.run(
         'release',
-        [k.cfg, k.st, k.leases, k.avail(group), k.wait(group), k.meta],
-        [leaseId, cls, latency, tokens, cost, coolMs, ...this.releaseArgs, group],
+        [k.cfg, k.st, k.leases, k.avail(group), k.wait(group), k.meta, k.spend],
+        [leaseId, cls, latency, tokens, cost, coolMs, ...this.releaseArgs, group, model, route],
       )) as typeof reply;
       // the key's models changed under us: its candidate sets are another group's now
       if (reply[0] === 0 && reply[1] === 'moved' && attempt < 3) {
@@ -609,7 +616,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     };
     try {
       const k = this.keys;
-      const raw = JSON.parse((await this.run('status', [k.cfg, k.st, k.leases, k.meta], [])) as string) as RawStatus;
+      const raw = JSON.parse((await this.run('status', [k.cfg, k.st, k.leases, k.meta, k.spend], [])) as string) as RawStatus;
       return toPoolStatus(this.name, { ...redis, ok: true }, raw);
     } catch (e) {
       if (!isRedisUnavailable(e)) throw e;
@@ -650,6 +657,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   }
 
   // ---- internals ---------------------------------------------------------------------------
+
+  /** The price of a model from this pool's table (defaults merged with `prices`), or null. */
+  priceOf(model: string): ModelPrice | null {
+    return this.prices.priceOf(model);
+  }
 
   private priced(model: string): boolean {
     if (this.prices.priceOf(model)) return true;

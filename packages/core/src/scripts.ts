@@ -29,10 +29,10 @@ interface ScriptDef {
 
 const DEFS = {
   acquire: { file: 'acquire-4.lua', keys: undefined },
-  release: { file: 'release-6.lua', keys: 6 },
+  release: { file: 'release-7.lua', keys: 7 },
   upsertKey: { file: 'upsertKey-5.lua', keys: undefined },
   setState: { file: 'setState-5.lua', keys: 5 },
-  status: { file: 'status-4.lua', keys: 4 },
+  status: { file: 'status-5.lua', keys: 5 },
   extend: { file: 'extend-2.lua', keys: 2 },
 } satisfies Record<string, ScriptDef>;
 
@@ -88,6 +88,7 @@ export class PoolKeys {
   readonly st: string;
   readonly leases: string;
   readonly meta: string;
+  readonly spend: string;
   private readonly prefix: string;
 
   constructor(pool: string) {
@@ -96,6 +97,7 @@ export class PoolKeys {
     this.st = `${this.prefix}st`;
     this.leases = `${this.prefix}leases`;
     this.meta = `${this.prefix}meta`;
+    this.spend = `${this.prefix}spend`;
   }
 
   /** Candidate set of a key group (keys serving the same models). */

@@ -1,11 +1,13 @@
 import type { KeyRecord } from './records.js';
 import { NANOS_PER_USD } from './pricing.js';
 
-/** What the status script returns (see lua/status-4.lua). */
+/** What the status script returns (see lua/status-5.lua). */
 export interface RawStatus {
   now: number;
   version: number;
   leases: number;
+  /** HGETALL of the spend hash: m:<model>, mn:<model>, r:<route>, rn:<route> (nano-dollars, requests) */
+  spend: string[] | Record<string, never>;
   keys: { id: string; cfg: KeyRecord; st: RawState; state: KeyState; periodEnd: number }[] | Record<string, never>;
 }
 
@@ -80,7 +82,29 @@ export interface PoolStatus {
   mode: 'shared' | 'local' | 'failing-closed';
   version: number;
   leasesInFlight: number | null;
+  /** Fleet-wide spend and requests since the pool was created, per model and per route. */
+  spend?: { byModel: Record<string, SpendLine>; byRoute: Record<string, SpendLine> };
   keys: KeyStatus[];
+}
+
+export interface SpendLine {
+  usd: number;
+  requests: number;
+}
+
+function spendOf(flat: string[]): NonNullable<PoolStatus['spend']> {
+  const byModel: Record<string, SpendLine> = {};
+  const byRoute: Record<string, SpendLine> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    const [kind, ...rest] = flat[i]!.split(':');
+    const name = rest.join(':');
+    const v = Number(flat[i + 1]);
+    const table = kind === 'm' || kind === 'mn' ? byModel : byRoute;
+    const line = (table[name] ??= { usd: 0, requests: 0 });
+    if (kind === 'm' || kind === 'r') line.usd = v / NANOS_PER_USD;
+    else line.requests = v;
+  }
+  return { byModel, byRoute };
 }
 
 const iso = (ms: number) => (ms > 0 ? new Date(ms).toISOString() : null);
@@ -93,6 +117,7 @@ export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawS
     mode: 'shared',
     version: raw.version,
     leasesInFlight: raw.leases,
+    spend: spendOf(Array.isArray(raw.spend) ? raw.spend : []),
     keys: keys
       .map(({ cfg, st, state, periodEnd }): KeyStatus => ({
         id: cfg.id,

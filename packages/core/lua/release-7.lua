@@ -3,12 +3,12 @@
   outcome, move the circuit breaker, cool on 429, revoke on 401/403.
 
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] avail set of the key's group  KEYS[5] wait zset
-  of the key's group  KEYS[6] meta
+  of the key's group  KEYS[6] meta  KEYS[7] spend (hash: nano-dollars and requests per model, per route)
   ARGV[1] lease  ARGV[2] outcome: ok | client_error | rate_limited | auth | server_error | aborted
   ARGV[3] latency ms (-1: none)  ARGV[4] real tokens (-1: unknown, the estimate stands)
   ARGV[5] real cost, nano-dollars (-1: unknown, the estimate stands)  ARGV[6] cool ms for a 429
   (-1: use the default)  ARGV[7..17] breaker and health settings, in the order read below
-  ARGV[18] the key's group as the caller knows it
+  ARGV[18] the key's group as the caller knows it  ARGV[19] model  ARGV[20] route ('' = none)
   Reply: {1, adminState, breakerState, transition, nowMs, nowMicros} or {0, 'unknown_lease' | 'removed'}
       or {0, 'moved', group}: the key's models changed since the caller looked; nothing was done,
       call again with the sets of that group
@@ -17,7 +17,7 @@
 --- @include "common"
 --- @include "health"
 
-local cfgKey, stKey, leasesKey, availKey, waitKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local cfgKey, stKey, leasesKey, availKey, waitKey, metaKey, spendKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local lease, outcome = ARGV[1], ARGV[2]
 local latency, realTokens, realCost, coolMs =
   tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -48,7 +48,15 @@ if st.tpm > 0 and realTokens >= 0 then
 end
 rollBudget(st, now)
 st.rs = math.max(0, st.rs - estCost)
-st.sp = st.sp + (realCost >= 0 and realCost or estCost)
+local charged = realCost >= 0 and realCost or estCost
+st.sp = st.sp + charged
+-- fleet-wide spend per model and per route (a route is a named list of models, see the client)
+redis.call('HINCRBY', spendKey, 'm:' .. ARGV[19], charged)
+redis.call('HINCRBY', spendKey, 'mn:' .. ARGV[19], 1)
+if ARGV[20] ~= '' then
+  redis.call('HINCRBY', spendKey, 'r:' .. ARGV[20], charged)
+  redis.call('HINCRBY', spendKey, 'rn:' .. ARGV[20], 1)
+end
 
 -- breaker
 local isProbe = st.bp == lease

@@ -2,14 +2,14 @@
   Read-only view of every key of the pool, computed with the same rules acquire uses (refill,
   budget period, breaker) so status never disagrees with selection. O(keys): for operators only.
 
-  KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] meta
+  KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] meta  KEYS[5] spend
   ARGV: none
-  Reply: JSON {now, version, leases, keys: [{id, cfg, st, state, periodEnd}]}
+  Reply: JSON {now, version, leases, spend: [field, value, ...], keys: [{id, cfg, st, state, periodEnd}]}
   state: active | cooling | open | half_open | revoked | disabled | draining | out_of_budget
 ]]
 --- @include "common"
 
-local cfgKey, stKey, leasesKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cfgKey, stKey, leasesKey, metaKey, spendKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = nowMs()
 local all = redis.call('HGETALL', cfgKey)
 local keys = {}
@@ -39,5 +39,6 @@ return cjson.encode({
   now = now,
   version = tonumber(redis.call('HGET', metaKey, 'v') or '0'),
   leases = redis.call('ZCARD', leasesKey),
+  spend = redis.call('HGETALL', spendKey),
   keys = keys,
 })
