@@ -40,7 +40,7 @@ const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content:
 
 describe('PooledOpenAI', () => {
   it('chat, embeddings and responses go through the pool; usage is reconciled and priced', async () => {
-    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small'], tpm: 6000 }]);
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small'], tpm: 6000, tpmCounts: 'usage' }]);
     const reply = await openai.chat.completions.create(ask);
     expect(reply.choices[0].message.content.length).toBeGreaterThan(0);
     expect(reply.usage.completion_tokens).toBe(8);
@@ -101,7 +101,7 @@ describe('PooledOpenAI', () => {
   });
 
   it('streams pass chunks through and reconcile the usage of the final chunk', async () => {
-    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'], tpm: 6000 }]);
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'], tpm: 6000, tpmCounts: 'usage' }]);
     const stream = await openai.chat.completions.create({ ...ask, stream: true });
     let text = '';
     let usageChunks = 0;

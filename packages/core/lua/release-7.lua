@@ -44,7 +44,13 @@ local hopts = {
 st.inf = math.max(0, st.inf - 1)
 refill(st, now)
 if st.tpm > 0 and realTokens >= 0 then
-  st.tt = math.min(st.tb, st.tt + estTokens - realTokens)
+  if st.tc == 'estimate' then
+    -- the provider counted the estimate at admission (OpenAI counts max_tokens): nothing comes
+    -- back; usage beyond the estimate is still a debt
+    if realTokens > estTokens then st.tt = st.tt - (realTokens - estTokens) end
+  else
+    st.tt = math.min(st.tb, st.tt + estTokens - realTokens)
+  end
 end
 rollBudget(st, now)
 st.rs = math.max(0, st.rs - estCost)

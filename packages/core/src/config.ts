@@ -27,6 +27,12 @@ export const KeySpecSchema = z
       .optional()
       .describe('Token bucket size, also the largest request admitted. Default: the larger of 10 s of tpm and min(tpm, 32768).'),
     maxConcurrent: z.number().int().nonnegative().default(0).describe('Leases in flight at once. 0 = no limit.'),
+    tpmCounts: z
+      .enum(['estimate', 'usage'])
+      .optional()
+      .describe(
+        'What the provider counts against TPM. estimate: prompt + max_tokens at admission, as OpenAI does, so unused tokens are not given back. usage: the real usage (unused tokens come back when the call is released). Default: estimate for provider openai or azure, usage otherwise.',
+      ),
     budget: z
       .object({
         usd: z.number().positive().describe('Dollars this key may spend per period.'),

@@ -35,6 +35,9 @@ export interface KeyRecord {
   w: number;
   /** key group: keys serving the same set of models share candidate sets */
   g: string;
+  /** what TPM counts: 'estimate' (no refund of unused tokens) or 'usage' */
+  tc: 'estimate' | 'usage';
+  tpmCounts?: 'estimate' | 'usage';
 }
 
 /** The group of a model list: keys with the same models share one avail set and one wait zset. */
@@ -70,6 +73,8 @@ export function toRecord(id: string, hint: string, s: KeySettings): KeyRecord {
     per: s.budget?.period ?? 'total',
     w: s.weight,
     g: groupOf(models),
+    ...(s.tpmCounts !== undefined ? { tpmCounts: s.tpmCounts } : {}),
+    tc: s.tpmCounts ?? (s.provider === 'openai' || s.provider === 'azure' ? 'estimate' : 'usage'),
   };
   return rec;
 }
@@ -93,5 +98,6 @@ export function settingsOf(r: KeyRecord): KeySettings {
     maxConcurrent: r.maxConcurrent,
     ...(r.budget ? { budget: r.budget } : {}),
     weight: r.weight,
+    ...(r.tpmCounts !== undefined ? { tpmCounts: r.tpmCounts } : {}),
   };
 }

@@ -32,7 +32,7 @@ function lease(r: Awaited<ReturnType<KeyPool['acquire']>>): Lease {
 describe('acquire and release', () => {
   it('leases a key with its secret, records the lease in Redis and removes it on release', async () => {
     const secret = fakeSecret('basic');
-    const { pool: p, redis, name } = await pool({ keys: [{ secret, models: ['gpt-4o-mini'], rpm: 600, tpm: 100_000 }] });
+    const { pool: p, redis, name } = await pool({ keys: [{ secret, models: ['gpt-4o-mini'], rpm: 600, tpm: 100_000, tpmCounts: 'usage' }] });
     const keys = new PoolKeys(name);
     const l = lease(await p.acquire({ model: 'gpt-4o-mini', estimatedTokens: 500, estimatedOutputTokens: 100 }));
     expect(l.secret).toBe(secret);
@@ -82,6 +82,15 @@ describe('acquire and release', () => {
     expect((await l.release({ status: 200 })).released).toBe(true);
     expect(await l.extend()).toBe(false);
     expect((await p.acquire({ model: 'm' })).ok).toBe(true);
+  });
+
+  it('tpmCounts: estimate (OpenAI, the default for provider openai) gives nothing back; usage beyond it is a debt', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('est'), models: ['m'], tpm: 6, tpmBurst: 1000 }] });
+    expect((await p.status()).keys[0]!.left!.tokens).toBe(1000);
+    await lease(await p.acquire({ model: 'm', estimatedTokens: 500 })).release({ status: 200, usage: { promptTokens: 50, completionTokens: 50 } });
+    expect((await p.status()).keys[0]!.left!.tokens).toBe(500); // refill is 1 token per 10 s
+    await lease(await p.acquire({ model: 'm', estimatedTokens: 100 })).release({ status: 200, usage: { promptTokens: 150, completionTokens: 50 } });
+    expect((await p.status()).keys[0]!.left!.tokens).toBe(300);
   });
 
   it('rejects unknown models and requests larger than any token bucket', async () => {

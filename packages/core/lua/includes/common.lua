@@ -30,7 +30,7 @@ end
 -- The limits the scripts enforce, from a key's settings (cfg JSON).
 local function applyLimits(st, cfg)
   st.rpm, st.tpm, st.rb, st.tb, st.mc = cfg.rpm, cfg.tpm, cfg.rb, cfg.tb, cfg.mc
-  st.bud, st.per, st.w, st.g = cfg.bud, cfg.per, cfg.w, cfg.g
+  st.bud, st.per, st.w, st.g, st.tc = cfg.bud, cfg.per, cfg.w, cfg.g, cfg.tc or 'usage'
 end
 
 -- Fresh state for a key that has never been used: full buckets, breaker closed.
