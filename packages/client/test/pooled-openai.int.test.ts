@@ -82,6 +82,18 @@ describe('PooledOpenAI', () => {
     expect((await keyStatus(pool, A)).state).toBe('cooling');
   });
 
+  it('a hung upstream times out and the call is served by another key; the timeout counts against the key', async () => {
+    const [ka, kb] = both();
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }, { key: B, name: 'b' }], [{ ...ka!, weight: 1000 }, kb!], {}, { attemptTimeoutMs: 200 });
+    fake.setFault({ kind: 'hang', key: 'a' });
+    const reply = await openai.chat.completions.create(ask);
+    expect(reply.choices.length).toBe(1);
+    expect(fake.counters().b!.served).toBe(1);
+    const s = await keyStatus(pool, A);
+    expect(s.inFlight).toBe(0);
+    expect(s.breaker!.consecutiveFailures).toBe(1);
+  });
+
   it('401 revokes the key and moves on', async () => {
     const [ka, kb] = both();
     const { fake, pool, openai } = await setup([{ key: A, name: 'a', revoked: true }, { key: B, name: 'b' }], [{ ...ka!, weight: 20 }, kb!]);
