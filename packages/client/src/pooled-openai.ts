@@ -1,5 +1,5 @@
 import OpenAI from 'openai';
-import { PoolExhaustedError, cooldownFromHeaders, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import { PoolExhaustedError, cooldownFromHeaders, type KeyPool, type Lease, type Outcome, type SpendLine } from '@keypool/core';
 import { estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Estimate } from './estimate.js';
 
 /** A named list of models, strongest first, possibly across providers. */
@@ -134,6 +134,21 @@ export class PooledOpenAI {
         });
       },
     };
+  }
+
+  /**
+   * Fleet-wide spend (every process of the pool, from Redis): per key (id, hint, name; in the
+   * current budget period for keys with a periodic budget), per model and per route, in USD.
+   */
+  async spend(): Promise<{
+    byKey: Record<string, { hint: string; name?: string; usd: number }>;
+    byModel: Record<string, SpendLine>;
+    byRoute: Record<string, SpendLine>;
+  }> {
+    const st = await this.pool.status();
+    const byKey: Record<string, { hint: string; name?: string; usd: number }> = {};
+    for (const k of st.keys) byKey[k.id] = { hint: k.hint, ...(k.name !== undefined ? { name: k.name } : {}), usd: k.spendUsd ?? 0 };
+    return { byKey, byModel: st.spend?.byModel ?? {}, byRoute: st.spend?.byRoute ?? {} };
   }
 
   /** The official client of one key, created once: SDK retries off, the pool decides. */

@@ -194,6 +194,11 @@ describe('PooledOpenAI', () => {
     expect(spend!.byModel['gpt-4o-mini']!.requests).toBe(2);
     expect(spend!.byRoute.smart!.usd).toBeCloseTo(spend!.byModel['gpt-4o']!.usd + spend!.byModel['gpt-4o-mini']!.usd, 12);
     expect(spend!.byModel['gpt-4o']!.usd).toBeGreaterThan(spend!.byModel['gpt-4o-mini']!.usd);
+    // the client's view is the same fleet-wide numbers, plus per key
+    const mine = await openai.spend();
+    expect(mine.byRoute).toEqual(spend!.byRoute);
+    expect(mine.byKey[keyIdOf(A)]!.usd).toBeCloseTo(spend!.byModel['gpt-4o']!.usd, 12);
+    expect(mine.byKey[keyIdOf(B)]!.name).toBe('cheap');
   });
 
   it('low priority yields at once when no model of its route has a key free', async () => {
