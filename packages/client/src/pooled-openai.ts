@@ -153,10 +153,12 @@ export class PooledOpenAI {
 
   /** The official client of one key, created once: SDK retries off, the pool decides. */
   private clientFor(lease: Lease): OpenAI {
-    let c = this.clients.get(lease.keyId);
+    // keyed by the base URL too: an operator may point a key at another endpoint while we run
+    const id = `${lease.keyId} ${lease.baseURL}`;
+    let c = this.clients.get(id);
     if (!c) {
       c = new OpenAI({ apiKey: lease.secret, baseURL: lease.baseURL, maxRetries: 0, timeout: this.attemptTimeoutMs });
-      this.clients.set(lease.keyId, c);
+      this.clients.set(id, c);
     }
     return c;
   }
