@@ -131,6 +131,19 @@ describe('PooledOpenAI', () => {
     expect(s.left!.tokens).toBeLessThan(s.limits.tpmBurst - used + 30);
   });
 
+  it('a consumer that stops reading a stream early releases the lease without hurting the key', async () => {
+    const { pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }]);
+    const stream = await openai.chat.completions.create({ ...ask, stream: true, stream_options: { include_usage: true } });
+    for await (const chunk of stream) {
+      void chunk;
+      break;
+    }
+    const s = await keyStatus(pool, A);
+    expect(s.inFlight).toBe(0);
+    expect(s.breaker!.consecutiveFailures).toBe(0);
+    expect(s.reservedUsd).toBe(0);
+  });
+
   it('a stream that breaks midway throws to the caller and counts as a failure of the key', async () => {
     const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }]);
     fake.setFault({ kind: 'break-stream', key: 'a', afterChunks: 2 });
