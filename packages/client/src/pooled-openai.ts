@@ -1,5 +1,5 @@
 import OpenAI from 'openai';
-import { PoolExhaustedError, cooldownFromHeaders, type KeyPool, type Lease, type Outcome, type SpendLine } from '@keypool/core';
+import { PoolExhaustedError, type KeyPool, type Lease, type Outcome, type SpendLine } from '@keypool/core';
 import { estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Estimate } from './estimate.js';
 
 /** A named list of models, strongest first, possibly across providers. */
@@ -205,7 +205,8 @@ export class PooledOpenAI {
     if (e instanceof OpenAI.APIError && typeof e.status === 'number') {
       const headers = e.headers ?? undefined;
       const outcome: Outcome = { status: e.status, ...(headers ? { headers } : {}) };
-      if (e.status === 429) return { outcome, retry: true, waitMs: Math.min(this.maxMs, cooldownFromHeaders(headers) ?? -1) };
+      // the pool now cools this key as long as the provider says; another key can serve at once
+      if (e.status === 429) return { outcome, retry: true, waitMs: 0 };
       if (e.status === 401 || e.status === 403) return { outcome, retry: true, waitMs: 0 };
       if (e.status === 408 || e.status >= 500) return { outcome, retry: true, waitMs: -1 };
       return { outcome, retry: false, waitMs: 0 };
