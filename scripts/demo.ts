@@ -1,69 +1,66 @@
 /**
  * `npm run demo`: the key pool at work, in one command.
  *
- * Starts Redis (REDIS_URL if set, else Docker if it answers, else a private redis-server), puts
- * four keys with different limits in a pool, and runs three OS processes that each push traffic
- * through it for a few seconds. The upstream provider is simulated inside each process (latency,
- * a key that turns slow, a key that answers 429, a key whose provider has an outage), because the
- * real fake OpenAI server comes with the pooled client. At the end: the fleet-wide status table.
+ * Starts Redis (REDIS_URL if set, else Docker if it answers, else a private redis-server) and the
+ * fake OpenAI upstream (real HTTP on 127.0.0.1), puts four keys in a pool, and runs three OS
+ * processes that call the upstream through PooledOpenAI (the official openai SDK, one client per
+ * key) for a few seconds. The upstream has a slow key, a key whose provider has an outage, and a
+ * key the provider limits harder than its config says (so it answers 429). At the end: what the
+ * upstream saw per key, and the fleet-wide status table from Redis.
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { startRedis } from '@keypool/testkit';
-import { KeyPool, type KeySpecInput, type Lease, type PoolStatus } from '@keypool/core';
+import { startFakeOpenAI } from '@keypool/testkit/fake-openai';
+import { KeyPool, type KeySpecInput, type PoolStatus } from '@keypool/core';
+import { PooledOpenAI } from '@keypool/client';
 
-const SECONDS = Number(process.env.DEMO_SECONDS ?? 8);
+const SECONDS = Number(process.env.DEMO_SECONDS ?? 10);
 const CALLERS = 3;
-const POOL = process.argv[2] === '--worker' ? process.argv[4]! : `demo-${process.pid}`;
+const role = process.argv[2];
 
-// Fake secrets: the demo never calls a provider. Real ones come from the environment or a secret store.
-const KEYS: KeySpecInput[] = [
-  { name: 'openai-tier2', secret: 'sk-demo-0000000000000000000000000000a1b2', models: ['gpt-4o-mini'], rpm: 3000, tpm: 1_000_000, maxConcurrent: 32 },
-  { name: 'openai-tier1', secret: 'sk-demo-1111111111111111111111111111c3d4', models: ['gpt-4o-mini'], rpm: 1500, tpm: 500_000, maxConcurrent: 8, budget: { usd: 0.01, period: 'day' } },
-  { name: 'openai-slow', secret: 'sk-demo-2222222222222222222222222222e5f6', models: ['gpt-4o-mini'], rpm: 3000, tpm: 1_000_000 },
-  { name: 'openai-flaky', secret: 'sk-demo-3333333333333333333333333333a7b8', models: ['gpt-4o-mini'], rpm: 3000, tpm: 1_000_000 },
-];
+// Made-up secrets, known only to the fake upstream. Real ones come from the environment or a secret store.
+const SECRETS = {
+  'openai-tier2': 'sk-demo-0000000000000000000000000000a1b2',
+  'openai-tier1': 'sk-demo-1111111111111111111111111111c3d4',
+  'openai-slow': 'sk-demo-2222222222222222222222222222e5f6',
+  'openai-flaky': 'sk-demo-3333333333333333333333333333a7b8',
+} as const;
 
-/** What the simulated provider does for a key: latency, and sometimes a 429 or a 5xx. */
-function simulate(name: string | undefined, elapsedMs: number): { latencyMs: number; status: number; retryAfterS?: number } {
-  const base = 60 + Math.random() * 120;
-  if (name === 'openai-slow') return { latencyMs: base + (Math.random() < 0.1 ? 1200 : 600), status: 200 };
-  if (name === 'openai-flaky' && elapsedMs > 2000 && elapsedMs < 4500) return { latencyMs: 30, status: 503 };
-  if (name === 'openai-tier2' && Math.random() < 0.003) return { latencyMs: 20, status: 429, retryAfterS: 1 };
-  return { latencyMs: base, status: 200 };
+function keys(baseURL: string): KeySpecInput[] {
+  const k = (name: keyof typeof SECRETS, extra: Partial<KeySpecInput>): KeySpecInput => ({ name, secret: SECRETS[name], baseURL, models: ['gpt-4o-mini'], ...extra });
+  return [
+    k('openai-tier2', { rpm: 3000, tpm: 1_000_000, maxConcurrent: 32 }),
+    k('openai-tier1', { rpm: 1500, tpm: 500_000, maxConcurrent: 8, budget: { usd: 0.002, period: 'day' } }),
+    k('openai-slow', { rpm: 3000, tpm: 1_000_000 }),
+    k('openai-flaky', { rpm: 3000, tpm: 1_000_000 }),
+  ];
 }
 
-async function worker(url: string): Promise<void> {
-  const pool = await KeyPool.connect({ redis: url, config: { pool: POOL, keys: KEYS }, logger: pino({ level: 'warn' }, pino.destination(2)) });
+async function worker(redisUrl: string, pool: string, baseURL: string): Promise<void> {
+  const kp = await KeyPool.connect({ redis: redisUrl, config: { pool, keys: keys(baseURL) }, logger: pino({ level: 'warn' }, pino.destination(2)) });
+  const openai = new PooledOpenAI({ pool: kp, deadlineMs: 5000 });
   const start = Date.now();
   const counts: Record<string, number> = {};
-  const names = new Map<string, string>();
   const bump = (k: string) => (counts[k] = (counts[k] ?? 0) + 1);
-  async function caller() {
-    while (Date.now() - start < SECONDS * 1000) {
-      const r = await pool.acquire({ model: 'gpt-4o-mini', estimatedTokens: 400, estimatedOutputTokens: 200, maxWaitMs: 2000 });
-      if (!r.ok) {
-        bump(`refused:${r.reason}`);
-        continue;
+  async function caller(i: number) {
+    for (let n = 0; Date.now() - start < SECONDS * 1000; n++) {
+      try {
+        await openai.chat.completions.create({
+          model: 'gpt-4o-mini',
+          messages: [{ role: 'user', content: `Caller ${i} asks question ${n}: what is a key pool for?` }],
+          max_tokens: 120,
+        });
+        bump('answered');
+      } catch (e) {
+        bump(`failed: ${(e as { code?: string }).code ?? (e as Error).name}`);
       }
-      const lease = r as Lease;
-      // a real caller would now call lease.baseURL with lease.secret
-      const sim = simulate(lease.name, Date.now() - start);
-      await new Promise((res) => setTimeout(res, sim.latencyMs));
-      await lease.release({
-        status: sim.status,
-        latencyMs: sim.latencyMs,
-        ...(sim.status === 200 ? { usage: { promptTokens: 200, completionTokens: 50 + Math.floor(Math.random() * 150) } } : {}),
-        ...(sim.retryAfterS ? { headers: { 'retry-after': String(sim.retryAfterS) } } : {}),
-      });
-      bump(`${lease.name ?? lease.hint}:${sim.status}`);
-      names.set(lease.keyId, lease.name ?? lease.hint);
     }
   }
-  await Promise.all(Array.from({ length: CALLERS }, caller));
+  await Promise.all(Array.from({ length: CALLERS }, (_, i) => caller(i)));
   process.stdout.write(JSON.stringify(counts) + '\n');
-  await pool.close();
+  await kp.close();
 }
 
 function table(st: PoolStatus): string {
@@ -89,43 +86,63 @@ function table(st: PoolStatus): string {
 }
 
 async function main(): Promise<void> {
-  if (process.argv[2] === '--worker') return worker(process.argv[3]!);
+  if (role === '--worker') return worker(process.argv[3]!, process.argv[4]!, process.argv[5]!);
   const redis = await startRedis();
-  console.log(`Redis: ${redis.kind === 'env' ? 'REDIS_URL' : redis.kind === 'container' ? 'a Docker container' : 'a private redis-server'}`);
-  const pool = await KeyPool.connect({ redis: redis.url, config: { pool: POOL, keys: KEYS }, logger: pino({ level: 'warn' }) });
-  console.log(`Pool "${POOL}": ${KEYS.length} keys; 3 processes x ${CALLERS} callers for ${SECONDS} s (upstream simulated)\n`);
+  const fake = await startFakeOpenAI({
+    models: ['gpt-4o-mini'],
+    latency: { p50Ms: 120, p99Ms: 250 },
+    keys: [
+      // the provider allows tier2 far less than its config says: it will answer 429
+      { key: SECRETS['openai-tier2'], name: 'openai-tier2', rpm: 100 },
+      { key: SECRETS['openai-tier1'], name: 'openai-tier1' },
+      { key: SECRETS['openai-slow'], name: 'openai-slow', latency: { p50Ms: 700, p99Ms: 1500 } },
+      { key: SECRETS['openai-flaky'], name: 'openai-flaky' },
+    ],
+  });
+  const poolName = `demo-${process.pid}`;
+  console.log(`Redis: ${redis.kind === 'env' ? 'REDIS_URL' : redis.kind === 'container' ? 'a Docker container' : 'a private redis-server'}; fake OpenAI upstream at ${fake.url}`);
+  const pool = await KeyPool.connect({ redis: redis.url, config: { pool: poolName, keys: keys(fake.url) }, logger: pino({ level: 'warn' }) });
+  console.log(`Pool "${poolName}": 4 keys; 3 processes x ${CALLERS} callers through PooledOpenAI for ${SECONDS} s\n`);
   const self = fileURLToPath(import.meta.url);
   const procs = Array.from({ length: 3 }, () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', self, '--worker', redis.url, POOL], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', self, '--worker', redis.url, poolName, fake.url], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     return new Promise<Record<string, number>>((resolve, reject) =>
       child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as Record<string, number>) : reject(new Error(`worker exited ${code}`)))),
     );
   });
+  const t0 = Date.now();
+  // the flaky key's provider has an outage from t+3s: its next 5 requests fail with 503
+  const outage = setTimeout(() => fake.setFault({ kind: 'error', status: 503, key: 'openai-flaky', count: 5 }), 3000);
   const timer = setInterval(async () => {
     const st = await pool.status();
     const states = st.keys.map((k) => `${k.name}=${k.state}${k.degraded ? '(degraded)' : ''}`).join(' ');
-    console.log(`  t+${Math.round((Date.now() - t0) / 1000)}s  leases in flight ${st.leasesInFlight}  ${states}`);
+    console.log(`  t+${Math.round((Date.now() - t0) / 1000)}s  in flight ${st.leasesInFlight}  ${states}`);
   }, 1000);
-  const t0 = Date.now();
   const results = await Promise.all(procs);
   clearInterval(timer);
+  clearTimeout(outage);
   const total: Record<string, number> = {};
   for (const r of results) for (const [k, v] of Object.entries(r)) total[k] = (total[k] ?? 0) + v;
-  console.log('\nOutcomes across the fleet (key:status, refused:reason):');
-  for (const [k, v] of Object.entries(total).sort()) console.log(`  ${k.padEnd(28)} ${v}`);
+  console.log('\nCalls made by the fleet: ' + Object.entries(total).map(([k, v]) => `${k} ${v}`).join(', '));
+  const c = fake.counters();
+  const served = Object.values(c).reduce((a, k) => a + k.served, 0);
+  console.log('What the upstream saw, per key:');
+  for (const name of Object.keys(SECRETS)) {
+    const k = c[name]!;
+    const errors = Object.entries(k.status).filter(([s]) => Number(s) >= 500).reduce((a, [, v]) => a + v, 0);
+    console.log(`  ${name.padEnd(14)} served ${String(k.served).padStart(4)} (${((100 * k.served) / served).toFixed(0).padStart(2)}%)  429s ${k.rate429}  5xx ${errors}`);
+  }
   console.log('\nFleet-wide status from Redis:\n');
-  const st = await pool.status();
-  console.log(table(st));
-  const leases = (name: string) => Object.entries(total).filter(([k]) => k.startsWith(`${name}:`)).reduce((a, [, v]) => a + v, 0);
-  const all = KEYS.reduce((a, k) => a + leases(k.name!), 0);
-  console.log('\nShare of leases: ' + KEYS.map((k) => `${k.name} ${((100 * leases(k.name!)) / all).toFixed(0)}%`).join(', '));
-  console.log('What to look for: openai-slow (p99 > 800 ms) and openai-flaky (a 503 outage from t+2s to t+4.5s, which');
-  console.log('opened its breaker until a probe succeeded) are degraded and get less traffic, not none; a 429 on');
-  console.log('openai-tier2 cools it for the second its Retry-After asks; openai-tier1 is half the size of the others');
-  console.log('and stops at its $0.01 daily budget. Keys appear by hint only.');
+  console.log(table(await pool.status()));
+  console.log('\nWhat to look for: openai-slow (p99 > 800 ms) is degraded and gets less traffic, not none;');
+  console.log('openai-flaky had an outage at t+3s: its breaker opened, a single probe after the cooldown closed it;');
+  console.log('openai-tier2 answered 429 when its provider limit ran out and cools until the provider says it is');
+  console.log('free; openai-tier1 stops at its $0.002 daily budget. Failed calls: none expected, each 429 or 503');
+  console.log('was retried on another key. Keys appear by hint only.');
   await pool.close();
+  await fake.stop();
   await redis.stop();
 }
 
