@@ -1,5 +1,5 @@
 import OpenAI from 'openai';
-import { PoolExhaustedError, type KeyPool, type Lease, type Outcome, type SpendLine } from '@keypool/core';
+import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, type KeyPool, type Lease, type Outcome, type SpendLine } from '@keypool/core';
 import { estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Estimate } from './estimate.js';
 
 /** A named list of models, strongest first, possibly across providers. */
@@ -45,20 +45,60 @@ interface Attempt<T> {
   usage: (data: T) => Outcome['usage'];
 }
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
+/** Wait ms, or reject with the signal's reason; the listener is removed either way. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** Why a call's own controller aborted it (as opposed to the caller's signal). */
+class TimedOut extends Error {
+  constructor(readonly what: 'deadline' | 'attempt' | 'idle', ms: number) {
+    super(`${what === 'deadline' ? 'call deadline' : what === 'attempt' ? 'attempt timeout' : 'stream idle timeout'} of ${ms} ms passed`);
+  }
+}
+
+/** The call ran out of time: say so with the SDK's own timeout error, whatever noticed it first. */
+function asTimeout(e: unknown, signal: AbortSignal): unknown {
+  const why = signal.reason;
+  if (why instanceof TimedOut && (e === why || e instanceof OpenAI.APIUserAbortError || e instanceof TimedOut)) {
+    return new OpenAI.APIConnectionTimeoutError({ message: why.message });
+  }
+  return e;
+}
 
 /**
- * The `openai` SDK surface (chat.completions.create, completions.create, embeddings.create,
- * responses.create) backed by a KeyPool: one official client per key, created once, SDK retries
- * off; each call estimates its tokens, leases a key, calls, and releases with real usage. 429,
- * 5xx, timeouts and connection errors retry on another key with full-jitter backoff (honouring
- * Retry-After) within maxAttempts and the call's deadline; 401/403 revoke the key and move on;
- * other 4xx are returned unchanged at once. Streams are reconciled when they end.
+ * One AbortController per call, linked to the caller's signal (already aborted included) and armed
+ * with the call's deadline; the SDK only ever sees this controller's signal, so nothing is left
+ * listening on a long-lived caller signal once the call is over.
  */
+function callController(parent: AbortSignal | undefined, deadlineMs: number, what: 'deadline' | 'attempt' = 'deadline') {
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(parent!.reason);
+  if (parent?.aborted) controller.abort(parent.reason);
+  else parent?.addEventListener('abort', onAbort, { once: true });
+  const timer = setTimeout(() => controller.abort(new TimedOut(what, deadlineMs)), Math.max(0, deadlineMs));
+  return {
+    controller,
+    /** Stop the deadline (a stream that started keeps running under its idle timeout). */
+    disarm: () => clearTimeout(timer),
+    done: () => {
+      clearTimeout(timer);
+      parent?.removeEventListener('abort', onAbort);
+    },
+  };
+}
+
 /**
  * Requests may name a route instead of a model: `routes: { smart: { models: ['gpt-4o', 'deepseek-chat',
  * 'gpt-4o-mini'] } }` then `model: 'smart'` with `{ priority }` picks the model (see Priority);
@@ -176,42 +216,70 @@ export class PooledOpenAI {
     return { models: [...route.models].sort((a, b) => cost(a) - cost(b)), route: name };
   }
 
-  /** A lease on the first model of the plan that can serve: only the last one is waited for. */
-  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal | undefined): Promise<{ lease: Lease; model: string }> {
+  /**
+   * A lease on the first model of the plan that can serve. Only one model is waited for: the
+   * strongest for critical traffic, the last resort (the dearest) for normal; low never waits.
+   * A model no key serves (or too small for the request) is skipped.
+   */
+  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal): Promise<{ lease: Lease; model: string }> {
     let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
+    let fault: unknown;
+    const waitOn = priority === 'low' ? -1 : priority === 'critical' ? 0 : plan.models.length - 1;
     for (let i = 0; i < plan.models.length; i++) {
       const model = plan.models[i]!;
-      const waitable = i === plan.models.length - 1 && priority !== 'low';
-      const r = await this.pool.acquire({
-        model,
-        estimatedTokens: est.total,
-        estimatedOutputTokens: est.output,
-        exclude,
-        maxWaitMs: waitable ? Math.max(0, deadline - Date.now()) : 0,
-        ...(plan.route !== undefined ? { route: plan.route } : {}),
-        ...(signal ? { signal } : {}),
-      });
+      let r: Awaited<ReturnType<KeyPool['acquire']>>;
+      try {
+        r = await this.pool.acquire({
+          model,
+          estimatedTokens: est.total,
+          estimatedOutputTokens: est.output,
+          exclude,
+          // stop waiting a little before the deadline fires, so the answer is 'exhausted', not 'aborted'
+          maxWaitMs: i === waitOn ? Math.max(0, deadline - Date.now() - 10) : 0,
+          ...(plan.route !== undefined ? { route: plan.route } : {}),
+          signal,
+        });
+      } catch (e) {
+        if (plan.models.length > 1 && (isUnknownModel(e) || isRequestTooLarge(e))) {
+          fault ??= e;
+          continue;
+        }
+        // the deadline passed while waiting for a key: that is exhaustion, not a fault
+        if (signal.reason instanceof TimedOut) throw new PoolExhaustedError(plan.route ?? model, last?.reason ?? 'deadline', last?.retryAfterMs ?? null);
+        throw e;
+      }
       if (r.ok) return { lease: r, model };
       if (!last || (r.retryAfterMs ?? Infinity) < (last.retryAfterMs ?? Infinity)) last = { model, reason: r.reason, retryAfterMs: r.retryAfterMs };
     }
-    throw new PoolExhaustedError(plan.route ?? last!.model, last!.reason, last!.retryAfterMs);
+    if (!last) throw fault;
+    throw new PoolExhaustedError(plan.route ?? last.model, last.reason, last.retryAfterMs);
   }
 
-  /** What a failed attempt means: release outcome, whether to try another key, and how long to wait first. */
-  private judge(e: unknown, signal: AbortSignal | undefined): { outcome: Outcome; retry: boolean; waitMs: number } {
-    if (signal?.aborted || e instanceof OpenAI.APIUserAbortError) return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
+  private judge(e: unknown, signal: AbortSignal): { outcome: Outcome; retry: boolean; waitMs: number } {
+    if (signal.aborted) {
+      const why = signal.reason;
+      if (why instanceof TimedOut && why.what === 'attempt') return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
+      if (why instanceof TimedOut) return { outcome: { error: 'timeout' }, retry: false, waitMs: 0 };
+      return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
+    }
+    if (e instanceof OpenAI.APIUserAbortError) return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
     if (e instanceof OpenAI.APIConnectionTimeoutError) return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
     if (e instanceof OpenAI.APIConnectionError) return { outcome: { error: 'network' }, retry: true, waitMs: -1 };
     if (e instanceof OpenAI.APIError && typeof e.status === 'number') {
       const headers = e.headers ?? undefined;
       const outcome: Outcome = { status: e.status, ...(headers ? { headers } : {}) };
-      // the pool now cools this key as long as the provider says; another key can serve at once
-      if (e.status === 429) return { outcome, retry: true, waitMs: 0 };
+      if (e.status === 429) {
+        // "Request too large": no key of this size will ever take it; not the key's fault either
+        if (!headers?.get('retry-after') && /too large/i.test(e.message)) return { outcome: { status: 413 }, retry: false, waitMs: 0 };
+        // the pool now cools this key as long as the provider says; another key can serve at once
+        return { outcome, retry: true, waitMs: 0 };
+      }
       if (e.status === 401 || e.status === 403) return { outcome, retry: true, waitMs: 0 };
       if (e.status === 408 || e.status >= 500) return { outcome, retry: true, waitMs: -1 };
       return { outcome, retry: false, waitMs: 0 };
     }
-    return { outcome: { error: 'network' }, retry: false, waitMs: 0 };
+    // not an answer from the provider (a bug, a local SDK error): the key is not to blame
+    return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
   }
 
   private backoffMs(attempt: number): number {
@@ -220,61 +288,80 @@ export class PooledOpenAI {
 
   /**
    * Lease a key and make the call, failing over to another key on 429, 5xx, timeouts, connection
-   * errors and 401/403, within maxAttempts and the deadline. On success the lease is returned
-   * still held: the caller releases it with the real usage.
+   * errors and 401/403, within maxAttempts and the call's deadline (the controller's). On success
+   * the lease is returned still held: the caller releases it with the real usage.
    */
   private async attempt<T>(
     name: string,
     est: Estimate,
     options: CallOptions | undefined,
+    signal: AbortSignal,
+    deadline: number,
     call: (client: OpenAI, signal: AbortSignal, model: string) => Promise<{ data: T; response: Response }>,
   ): Promise<{ lease: Lease; data: T; response: Response; started: number }> {
-    const signal = options?.signal;
-    const deadline = Date.now() + (options?.timeout ?? this.deadlineMs);
     const priority = options?.priority ?? 'normal';
     const plan = this.plan(name, priority);
     const exclude = new Set<string>();
     let lastError: unknown;
     for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
+      signal.throwIfAborted();
       let leased: { lease: Lease; model: string };
       try {
         leased = await this.lease(plan, est, exclude, deadline, priority, signal);
       } catch (e) {
         // every key left was tried and failed: the upstream's own error says more than "exhausted"
-        if (lastError !== undefined && (e as PoolExhaustedError).reason === 'unavailable') throw lastError;
+        if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;
         throw e;
       }
       const { lease, model } = leased;
       const started = Date.now();
+      // this attempt's own timeout, inside the call's deadline
+      const attemptMs = Math.min(this.attemptTimeoutMs, deadline - started);
+      const ac = callController(signal, attemptMs, 'attempt');
       try {
-        const { data, response } = await call(this.clientFor(lease), signal ?? new AbortController().signal, model);
+        const { data, response } = await call(this.clientFor(lease), ac.controller.signal, model);
         return { lease, data, response, started };
       } catch (e) {
-        const j = this.judge(e, signal);
+        const j = this.judge(e, ac.controller.signal);
         await lease.release({ ...j.outcome, latencyMs: Date.now() - started }).catch(() => undefined);
-        lastError = e;
-        if (!j.retry || Date.now() >= deadline) throw e;
+        lastError = ac.controller.signal.reason instanceof TimedOut && !(e instanceof OpenAI.APIError && typeof e.status === 'number')
+          ? new OpenAI.APIConnectionTimeoutError({ message: ac.controller.signal.reason.message })
+          : e;
+        if (!j.retry || Date.now() >= deadline) throw lastError;
         exclude.add(lease.keyId);
         const wait = j.waitMs >= 0 ? j.waitMs : this.backoffMs(attempt);
-        if (Date.now() + wait >= deadline) throw e;
+        if (Date.now() + wait >= deadline) throw lastError;
         if (wait > 0) await sleep(wait, signal);
+      } finally {
+        ac.done();
       }
     }
     throw lastError;
   }
 
   private async run<T>(model: string, est: Estimate, options: CallOptions | undefined, a: Attempt<T>): Promise<T> {
-    const r = await this.attempt(model, est, options, a.call);
-    await r.lease.release({ status: r.response.status, latencyMs: Date.now() - r.started, usage: a.usage(r.data), headers: r.response.headers });
-    return r.data;
+    const deadlineMs = options?.timeout ?? this.deadlineMs;
+    const call = callController(options?.signal, deadlineMs);
+    try {
+      const r = await this.attempt(model, est, options, call.controller.signal, Date.now() + deadlineMs, a.call);
+      // the answer is paid for: a release that fails (Redis away) must not turn it into an error
+      await r.lease.release({ status: r.response.status, latencyMs: Date.now() - r.started, usage: a.usage(r.data), headers: r.response.headers }).catch(() => undefined);
+      return r.data;
+    } catch (e) {
+      throw asTimeout(e, call.controller.signal);
+    } finally {
+      call.done();
+    }
   }
 
   /**
-   * Streams: failover happens before the first chunk (the status arrives with the headers).
-   * Usage is asked for in the final chunk (stream_options.include_usage) and reconciled when the
-   * stream ends; a stream that breaks midway (an error, or an end without finish_reason) counts as
-   * a failure of the key; a consumer that stops early aborts the upstream call and releases the
-   * lease as aborted. The usage chunk is passed on only if the caller asked for it.
+   * Streams: failover happens before the first chunk (the status arrives with the headers), within
+   * the call's deadline; once streaming, a stream idle for attemptTimeoutMs (no chunk from the
+   * upstream, or a consumer that stopped reading) is aborted. Usage is asked for in the final chunk
+   * (stream_options.include_usage) and reconciled when the stream ends; a stream that breaks midway
+   * (an error, or an end without finish_reason) counts as a failure of the key; a consumer that stops
+   * early aborts the upstream call and releases the lease as aborted. The usage chunk is passed on
+   * only if the caller asked for it. The lease is extended while a long stream runs.
    */
   private async stream(
     model: string,
@@ -286,25 +373,59 @@ export class PooledOpenAI {
     const p = params as Record<string, unknown>;
     const wantsUsage = Boolean((p.stream_options as { include_usage?: boolean } | undefined)?.include_usage);
     const body = { ...p, stream: true, stream_options: { ...(p.stream_options as object), include_usage: true } };
-    const controller = new AbortController();
-    options?.signal?.addEventListener('abort', () => controller.abort(options.signal!.reason), { once: true });
-    const r = await this.attempt(model, est, { ...options, signal: controller.signal }, (c, signal, chosen) => open(c, { ...body, model: chosen }, signal));
+    const deadlineMs = options?.timeout ?? this.deadlineMs;
+    const call = callController(options?.signal, deadlineMs);
+    const controller = call.controller;
+    let r: { lease: Lease; data: AsyncIterable<any> & { controller: AbortController }; response: Response; started: number };
+    try {
+      r = await this.attempt(model, est, options, controller.signal, Date.now() + deadlineMs, (c, signal, chosen) => open(c, { ...body, model: chosen }, signal));
+    } catch (e) {
+      call.done();
+      throw asTimeout(e, controller.signal);
+    }
+    // streaming from here on: the idle timeout takes over from the deadline
+    call.disarm();
     let released = false;
     const release = async (o: Outcome) => {
       if (released) return;
       released = true;
+      idle.stop();
+      call.done();
       await r.lease.release({ ...o, latencyMs: Date.now() - r.started, headers: r.response.headers }).catch(() => undefined);
     };
+    const idleMs = this.attemptTimeoutMs;
+    const idle = {
+      timer: undefined as NodeJS.Timeout | undefined,
+      /** who we are waiting for: the upstream (its fault) or the consumer (not the key's) */
+      arm(waitingFor: 'upstream' | 'consumer') {
+        clearTimeout(this.timer);
+        this.timer = setTimeout(() => {
+          controller.abort(new TimedOut('idle', idleMs));
+          void release(waitingFor === 'upstream' ? { error: 'timeout' } : { error: 'aborted' });
+        }, idleMs);
+      },
+      stop() {
+        clearTimeout(this.timer);
+      },
+    };
+    const leaseTimeoutMs = this.pool.config.leaseTimeoutMs;
+    idle.arm('consumer'); // a stream nobody reads does not hold its key for ever
     async function* chunks() {
       let usage: Outcome['usage'];
       let finished = false;
+      const iter = r.data[Symbol.asyncIterator]();
       try {
-        for await (const chunk of r.data) {
+        for (;;) {
+          idle.arm('upstream');
+          const { value: chunk, done } = await iter.next();
+          if (done) break;
+          if (r.lease.deadline - Date.now() < leaseTimeoutMs / 2) void r.lease.extend().catch(() => undefined);
           if (chunk?.choices?.some((c: { finish_reason?: string | null }) => c.finish_reason)) finished = true;
           if (chunk?.usage) {
             usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
             if (!wantsUsage && (!chunk.choices || chunk.choices.length === 0)) continue;
           }
+          idle.arm('consumer');
           yield chunk;
         }
         if (!finished) {

@@ -33,20 +33,25 @@ it('3 processes x 4 callers: the upstream sees no key exceed its RPM or TPM (no 
       let err = '';
       child.stdout.on('data', (d) => (out += d));
       child.stderr.on('data', (d) => (err += d));
-      return new Promise<{ ok: number; exhausted: number; failed: number }>((resolve, reject) =>
-        child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`caller exited ${code}: ${err}`)))),
+      return new Promise<{ ok: number; exhausted: number; timedOut: number; failed: number; errors: string }>((resolve, reject) =>
+        child.on('exit', (code) => (code === 0 ? resolve({ ...JSON.parse(out), errors: err }) : reject(new Error(`caller exited ${code}: ${err}`)))),
       );
     }),
   );
-  const total = outs.reduce((t, o) => ({ ok: t.ok + o.ok, exhausted: t.exhausted + o.exhausted, failed: t.failed + o.failed }), { ok: 0, exhausted: 0, failed: 0 });
+  const total = outs.reduce(
+    (t, o) => ({ ok: t.ok + o.ok, exhausted: t.exhausted + o.exhausted, timedOut: t.timedOut + o.timedOut, failed: t.failed + o.failed }),
+    { ok: 0, exhausted: 0, timedOut: 0, failed: 0 },
+  );
   const c = fake.counters();
   expect({ a: c.a!.rate429, b: c.b!.rate429 }).toEqual({ a: 0, b: 0 });
   expect(c.a!.rate429).toBe(0);
   expect(c.b!.rate429).toBe(0);
-  expect(total.failed).toBe(0);
+  expect(total.failed, outs.map((o) => o.errors).join('')).toBe(0);
   // the limits were reached (callers were refused by the pool), so they were tested, not idle
   expect(total.exhausted).toBeGreaterThan(0);
   expect(c.a!.served).toBeGreaterThanOrEqual(55);
-  expect(c.b!.promptTokens + c.b!.completionTokens).toBeGreaterThan(1000);
-  expect(c.a!.served + c.b!.served).toBe(total.ok);
+  expect(c.b!.promptTokens + c.b!.completionTokens).toBeGreaterThan(800);
+  // calls cut by their deadline may have been served upstream after the caller gave up
+  expect(c.a!.served + c.b!.served).toBeGreaterThanOrEqual(total.ok);
+  expect(c.a!.served + c.b!.served).toBeLessThanOrEqual(total.ok + total.timedOut);
 }, 60_000);

@@ -2,6 +2,7 @@
  * The pooled client end to end: the official `openai` package against the fake upstream (real
  * HTTP), a real Redis behind the pool.
  */
+import { getEventListeners } from 'node:events';
 import OpenAI from 'openai';
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -40,7 +41,7 @@ const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content:
 
 describe('PooledOpenAI', () => {
   it('chat, embeddings and responses go through the pool; usage is reconciled and priced', async () => {
-    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small'], tpm: 6000, tpmCounts: 'usage' }]);
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small'], tpm: 600, tpmCounts: 'usage' }]);
     const reply = await openai.chat.completions.create(ask);
     expect(reply.choices[0].message.content.length).toBeGreaterThan(0);
     expect(reply.usage.completion_tokens).toBe(8);
@@ -56,7 +57,7 @@ describe('PooledOpenAI', () => {
     expect(c.served).toBe(3);
     expect(s.spendUsd).toBeGreaterThan(0);
     // the estimate was an upper bound and the unused part came back to the token bucket
-    // (which refills at 100 tokens/s meanwhile)
+    // (which refills at 10 tokens/s meanwhile)
     const used = c.promptTokens + c.completionTokens;
     expect(s.left!.tokens).toBeGreaterThanOrEqual(s.limits.tpmBurst - used);
     expect(s.left!.tokens).toBeLessThan(s.limits.tpmBurst - used + 30);
@@ -113,7 +114,7 @@ describe('PooledOpenAI', () => {
   });
 
   it('streams pass chunks through and reconcile the usage of the final chunk', async () => {
-    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'], tpm: 6000, tpmCounts: 'usage' }]);
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'], tpm: 600, tpmCounts: 'usage' }]);
     const stream = await openai.chat.completions.create({ ...ask, stream: true });
     let text = '';
     let usageChunks = 0;
@@ -232,4 +233,53 @@ describe('PooledOpenAI', () => {
     expect(err).toBeInstanceOf(OpenAI.APIError);
     expect(err.status).toBe(502);
   });
+
+  it('the call deadline bounds the upstream call too, and the error is the SDK timeout error', async () => {
+    const { pool, openai } = await setup([{ key: A, name: 'a', latency: 1500 }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }]);
+    const t0 = Date.now();
+    const err = await openai.chat.completions.create(ask, { timeout: 300 }).catch((e) => e);
+    expect(err).toBeInstanceOf(OpenAI.APIConnectionTimeoutError);
+    expect(Date.now() - t0).toBeLessThan(800);
+    expect((await keyStatus(pool, A)).inFlight).toBe(0);
+  });
+
+  it('an already aborted signal stops a stream before any request; calls leave no listener on a long-lived signal', async () => {
+    const { fake, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }]);
+    const gone = new AbortController();
+    gone.abort();
+    await expect(openai.chat.completions.create({ ...ask, stream: true }, { signal: gone.signal })).rejects.toThrow();
+    expect(fake.counters().a?.requests ?? 0).toBe(0);
+    const long = new AbortController();
+    for (let i = 0; i < 10; i++) {
+      await openai.chat.completions.create(ask, { signal: long.signal });
+      for await (const c of await openai.chat.completions.create({ ...ask, stream: true }, { signal: long.signal })) void c;
+    }
+    expect(getEventListeners(long.signal, 'abort')).toHaveLength(0);
+  });
+
+  it('a stream nobody reads gives its lease back after the idle timeout', async () => {
+    const { pool, openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o-mini'] }], {}, { attemptTimeoutMs: 200 });
+    const stream = await openai.chat.completions.create({ ...ask, stream: true });
+    expect((await keyStatus(pool, A)).inFlight).toBe(1);
+    await new Promise((r) => setTimeout(r, 400));
+    const s = await keyStatus(pool, A);
+    expect(s.inFlight).toBe(0);
+    expect(s.breaker!.consecutiveFailures).toBe(0); // the reader's doing, not the key's
+    void stream;
+  });
+
+  it('a route skips a model no key serves', async () => {
+    const { openai } = await setup([{ key: A, name: 'a' }], [{ secret: A, name: 'a', models: ['gpt-4o'] }], {}, { routes: { r: { models: ['gpt-4o', 'gpt-4o-mini'] } } });
+    expect((await openai.chat.completions.create({ ...ask, model: 'r' })).model).toBe('gpt-4o');
+  });
+
+  it("a provider's 'request too large' 429 is not retried on every key and does not cool the key", async () => {
+    const [ka, kb] = both();
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a', tpm: 100 }, { key: B, name: 'b', tpm: 100 }], [ka!, kb!]);
+    const err = await openai.chat.completions.create({ ...ask, max_tokens: 500 }).catch((e) => e);
+    expect(err).toBeInstanceOf(OpenAI.RateLimitError);
+    expect((fake.counters().a?.requests ?? 0) + (fake.counters().b?.requests ?? 0)).toBe(1);
+    expect((await pool.status()).keys.every((k) => k.state === 'active')).toBe(true);
+  });
 });
+
