@@ -20,7 +20,6 @@ import { NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 import { recordOfSpec, settingsOf, toRecord, type KeyRecord, type KeySettings } from './records.js';
 import { PoolKeys, ScriptRunner, type ScriptName } from './scripts.js';
 import { toPoolStatus, type PoolStatus, type RawStatus } from './status.js';
-import { keyIdOf } from './fingerprint.js';
 
 /** Why acquire could not give a lease now. */
 export type ExhaustedReason =
