@@ -1,18 +1,9 @@
 import OpenAI from 'openai';
-import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, type KeyPool, type Lease, type Outcome, type SpendLine } from '@keypool/core';
+import type { KeyPool, Lease, Outcome, SpendLine } from '@keypool/core';
+import { Dispatcher, TimedOut, callController, type Failure, type Priority, type Route } from './dispatch.js';
 import { estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Estimate } from './estimate.js';
 
-/** A named list of models, strongest first, possibly across providers. */
-export interface Route {
-  models: string[];
-}
-
-/**
- * critical: the route's models in their order (strongest first), waiting for the strongest that can
- * serve. normal: cheapest first, falling back to dearer ones when the cheap one has no key free.
- * low: cheapest first like normal, but never waits: it yields when capacity is short.
- */
-export type Priority = 'critical' | 'normal' | 'low';
+export type { Priority, Route } from './dispatch.js';
 
 export interface PooledOpenAIOptions {
   pool: KeyPool;
@@ -45,29 +36,6 @@ interface Attempt<T> {
   usage: (data: T) => Outcome['usage'];
 }
 
-/** Wait ms, or reject with the signal's reason; the listener is removed either way. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** Why a call's own controller aborted it (as opposed to the caller's signal). */
-class TimedOut extends Error {
-  constructor(readonly what: 'deadline' | 'attempt' | 'idle', ms: number) {
-    super(`${what === 'deadline' ? 'call deadline' : what === 'attempt' ? 'attempt timeout' : 'stream idle timeout'} of ${ms} ms passed`);
-  }
-}
-
 /** The call ran out of time: say so with the SDK's own timeout error, whatever noticed it first. */
 function asTimeout(e: unknown, signal: AbortSignal): unknown {
   const why = signal.reason;
@@ -77,27 +45,19 @@ function asTimeout(e: unknown, signal: AbortSignal): unknown {
   return e;
 }
 
-/**
- * One AbortController per call, linked to the caller's signal (already aborted included) and armed
- * with the call's deadline; the SDK only ever sees this controller's signal, so nothing is left
- * listening on a long-lived caller signal once the call is over.
- */
-function callController(parent: AbortSignal | undefined, deadlineMs: number, what: 'deadline' | 'attempt' = 'deadline') {
-  const controller = new AbortController();
-  const onAbort = () => controller.abort(parent!.reason);
-  if (parent?.aborted) controller.abort(parent.reason);
-  else parent?.addEventListener('abort', onAbort, { once: true });
-  const timer = setTimeout(() => controller.abort(new TimedOut(what, deadlineMs)), Math.max(0, deadlineMs));
-  return {
-    controller,
-    /** Stop the deadline (a stream that started keeps running under its idle timeout). */
-    disarm: () => clearTimeout(timer),
-    done: () => {
-      clearTimeout(timer);
-      parent?.removeEventListener('abort', onAbort);
-    },
-  };
+/** What an SDK error means for the key. */
+function classify(e: unknown): Failure {
+  if (e instanceof OpenAI.APIUserAbortError) return { kind: 'aborted' };
+  if (e instanceof OpenAI.APIConnectionTimeoutError) return { kind: 'timeout' };
+  if (e instanceof OpenAI.APIConnectionError) return { kind: 'network' };
+  if (e instanceof OpenAI.APIError && typeof e.status === 'number') {
+    return { kind: 'status', status: e.status, ...(e.headers ? { headers: e.headers } : {}), message: e.message };
+  }
+  // not an answer from the provider (a bug, a local SDK error): the key is not to blame
+  return { kind: 'aborted' };
 }
+
+const timeoutError = (message: string) => new OpenAI.APIConnectionTimeoutError({ message });
 
 /**
  * Requests may name a route instead of a model: `routes: { smart: { models: ['gpt-4o', 'deepseek-chat',
@@ -111,29 +71,18 @@ export class PooledOpenAI {
   readonly responses: { create: (params: OpenAI.Responses.ResponseCreateParams, options?: CallOptions) => Promise<any> };
 
   private readonly pool: KeyPool;
+  private readonly dispatcher: Dispatcher;
   private readonly clients = new Map<string, OpenAI>();
-  private readonly maxAttempts: number;
   private readonly deadlineMs: number;
-  private readonly baseMs: number;
-  private readonly maxMs: number;
   private readonly defaultOut: number;
   private readonly attemptTimeoutMs: number;
-  private readonly routes: Record<string, Route>;
 
   constructor(opts: PooledOpenAIOptions) {
     this.pool = opts.pool;
-    this.routes = opts.routes ?? {};
-    for (const [name, r] of Object.entries(this.routes)) {
-      if (!Array.isArray(r?.models) || r.models.length === 0 || !r.models.every((m) => typeof m === 'string' && m)) {
-        throw new TypeError(`routes.${name}.models must list at least one model name`);
-      }
-    }
-    this.maxAttempts = opts.maxAttempts ?? 4;
+    this.dispatcher = new Dispatcher(opts);
     this.deadlineMs = opts.deadlineMs ?? 60_000;
-    this.baseMs = opts.backoff?.baseMs ?? 100;
-    this.maxMs = opts.backoff?.maxMs ?? 5000;
     this.defaultOut = opts.defaultMaxOutputTokens ?? 1024;
-    this.attemptTimeoutMs = opts.attemptTimeoutMs ?? 60_000;
+    this.attemptTimeoutMs = this.dispatcher.attemptTimeoutMs;
     this.chat = {
       completions: {
         create: (params, options) => {
@@ -203,140 +152,18 @@ export class PooledOpenAI {
     return c;
   }
 
-  /** The models a request names, in the order its priority tries them, and its route if any. */
-  private plan(name: string, priority: Priority): { models: string[]; route?: string } {
-    const route = this.routes[name];
-    if (!route) return { models: [name] };
-    if (priority === 'critical') return { models: route.models, route: name };
-    const cost = (m: string) => {
-      const p = this.pool.priceOf(m);
-      return p ? p.input + p.output : Number.POSITIVE_INFINITY;
-    };
-    // a stable sort: models of equal price keep the route's order
-    return { models: [...route.models].sort((a, b) => cost(a) - cost(b)), route: name };
-  }
-
-  /**
-   * A lease on the first model of the plan that can serve. Only one model is waited for: the
-   * strongest for critical traffic, the last resort (the dearest) for normal; low never waits.
-   * A model no key serves (or too small for the request) is skipped.
-   */
-  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal): Promise<{ lease: Lease; model: string }> {
-    let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
-    let fault: unknown;
-    const waitOn = priority === 'low' ? -1 : priority === 'critical' ? 0 : plan.models.length - 1;
-    for (let i = 0; i < plan.models.length; i++) {
-      const model = plan.models[i]!;
-      let r: Awaited<ReturnType<KeyPool['acquire']>>;
-      try {
-        r = await this.pool.acquire({
-          model,
-          estimatedTokens: est.total,
-          estimatedOutputTokens: est.output,
-          exclude,
-          // stop waiting a little before the deadline fires, so the answer is 'exhausted', not 'aborted'
-          maxWaitMs: i === waitOn ? Math.max(0, deadline - Date.now() - 10) : 0,
-          ...(plan.route !== undefined ? { route: plan.route } : {}),
-          signal,
-        });
-      } catch (e) {
-        if (plan.models.length > 1 && (isUnknownModel(e) || isRequestTooLarge(e))) {
-          fault ??= e;
-          continue;
-        }
-        // the deadline passed while waiting for a key: that is exhaustion, not a fault
-        if (signal.reason instanceof TimedOut) throw new PoolExhaustedError(plan.route ?? model, last?.reason ?? 'deadline', last?.retryAfterMs ?? null);
-        throw e;
-      }
-      if (r.ok) return { lease: r, model };
-      if (!last || (r.retryAfterMs ?? Infinity) < (last.retryAfterMs ?? Infinity)) last = { model, reason: r.reason, retryAfterMs: r.retryAfterMs };
-    }
-    if (!last) throw fault;
-    throw new PoolExhaustedError(plan.route ?? last.model, last.reason, last.retryAfterMs);
-  }
-
-  private judge(e: unknown, signal: AbortSignal): { outcome: Outcome; retry: boolean; waitMs: number } {
-    if (signal.aborted) {
-      const why = signal.reason;
-      if (why instanceof TimedOut && why.what === 'attempt') return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
-      if (why instanceof TimedOut) return { outcome: { error: 'timeout' }, retry: false, waitMs: 0 };
-      return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
-    }
-    if (e instanceof OpenAI.APIUserAbortError) return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
-    if (e instanceof OpenAI.APIConnectionTimeoutError) return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
-    if (e instanceof OpenAI.APIConnectionError) return { outcome: { error: 'network' }, retry: true, waitMs: -1 };
-    if (e instanceof OpenAI.APIError && typeof e.status === 'number') {
-      const headers = e.headers ?? undefined;
-      const outcome: Outcome = { status: e.status, ...(headers ? { headers } : {}) };
-      if (e.status === 429) {
-        // "Request too large": no key of this size will ever take it; not the key's fault either
-        if (!headers?.get('retry-after') && /too large/i.test(e.message)) return { outcome: { status: 413 }, retry: false, waitMs: 0 };
-        // the pool now cools this key as long as the provider says; another key can serve at once
-        return { outcome, retry: true, waitMs: 0 };
-      }
-      if (e.status === 401 || e.status === 403) return { outcome, retry: true, waitMs: 0 };
-      if (e.status === 408 || e.status >= 500) return { outcome, retry: true, waitMs: -1 };
-      return { outcome, retry: false, waitMs: 0 };
-    }
-    // not an answer from the provider (a bug, a local SDK error): the key is not to blame
-    return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
-  }
-
-  private backoffMs(attempt: number): number {
-    return Math.random() * Math.min(this.maxMs, this.baseMs * 2 ** attempt);
-  }
-
-  /**
-   * Lease a key and make the call, failing over to another key on 429, 5xx, timeouts, connection
-   * errors and 401/403, within maxAttempts and the call's deadline (the controller's). On success
-   * the lease is returned still held: the caller releases it with the real usage.
-   */
-  private async attempt<T>(
-    name: string,
-    est: Estimate,
-    options: CallOptions | undefined,
-    signal: AbortSignal,
-    deadline: number,
-    call: (client: OpenAI, signal: AbortSignal, model: string) => Promise<{ data: T; response: Response }>,
-  ): Promise<{ lease: Lease; data: T; response: Response; started: number }> {
-    const priority = options?.priority ?? 'normal';
-    const plan = this.plan(name, priority);
-    const exclude = new Set<string>();
-    let lastError: unknown;
-    for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
-      signal.throwIfAborted();
-      let leased: { lease: Lease; model: string };
-      try {
-        leased = await this.lease(plan, est, exclude, deadline, priority, signal);
-      } catch (e) {
-        // every key left was tried and failed: the upstream's own error says more than "exhausted"
-        if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;
-        throw e;
-      }
-      const { lease, model } = leased;
-      const started = Date.now();
-      // this attempt's own timeout, inside the call's deadline
-      const attemptMs = Math.min(this.attemptTimeoutMs, deadline - started);
-      const ac = callController(signal, attemptMs, 'attempt');
-      try {
-        const { data, response } = await call(this.clientFor(lease), ac.controller.signal, model);
-        return { lease, data, response, started };
-      } catch (e) {
-        const j = this.judge(e, ac.controller.signal);
-        await lease.release({ ...j.outcome, latencyMs: Date.now() - started }).catch(() => undefined);
-        lastError = ac.controller.signal.reason instanceof TimedOut && !(e instanceof OpenAI.APIError && typeof e.status === 'number')
-          ? new OpenAI.APIConnectionTimeoutError({ message: ac.controller.signal.reason.message })
-          : e;
-        if (!j.retry || Date.now() >= deadline) throw lastError;
-        exclude.add(lease.keyId);
-        const wait = j.waitMs >= 0 ? j.waitMs : this.backoffMs(attempt);
-        if (Date.now() + wait >= deadline) throw lastError;
-        if (wait > 0) await sleep(wait, signal);
-      } finally {
-        ac.done();
-      }
-    }
-    throw lastError;
+  /** Failover across keys (see Dispatcher) with the SDK client of each leased key. */
+  private attempt<T>(name: string, est: Estimate, options: CallOptions | undefined, signal: AbortSignal, deadline: number, call: (client: OpenAI, signal: AbortSignal, model: string) => Promise<{ data: T; response: Response }>) {
+    return this.dispatcher.dispatch({
+      name,
+      est,
+      priority: options?.priority ?? 'normal',
+      signal,
+      deadline,
+      call: (lease, s, model) => call(this.clientFor(lease), s, model),
+      classify,
+      timeoutError,
+    });
   }
 
   private async run<T>(model: string, est: Estimate, options: CallOptions | undefined, a: Attempt<T>): Promise<T> {
@@ -344,9 +171,10 @@ export class PooledOpenAI {
     const call = callController(options?.signal, deadlineMs);
     try {
       const r = await this.attempt(model, est, options, call.controller.signal, Date.now() + deadlineMs, a.call);
+      const { data, response } = r.value;
       // the answer is paid for: a release that fails (Redis away) must not turn it into an error
-      await r.lease.release({ status: r.response.status, latencyMs: Date.now() - r.started, usage: a.usage(r.data), headers: r.response.headers }).catch(() => undefined);
-      return r.data;
+      await r.lease.release({ status: response.status, latencyMs: Date.now() - r.started, usage: a.usage(data), headers: response.headers }).catch(() => undefined);
+      return data;
     } catch (e) {
       throw asTimeout(e, call.controller.signal);
     } finally {
@@ -378,7 +206,8 @@ export class PooledOpenAI {
     const controller = call.controller;
     let r: { lease: Lease; data: AsyncIterable<any> & { controller: AbortController }; response: Response; started: number };
     try {
-      r = await this.attempt(model, est, options, controller.signal, Date.now() + deadlineMs, (c, signal, chosen) => open(c, { ...body, model: chosen }, signal));
+      const d = await this.attempt(model, est, options, controller.signal, Date.now() + deadlineMs, (c, signal, chosen) => open(c, { ...body, model: chosen }, signal));
+      r = { lease: d.lease, data: d.value.data, response: d.value.response, started: d.started };
     } catch (e) {
       call.done();
       throw asTimeout(e, controller.signal);

@@ -6,8 +6,8 @@
  */
 export type HeadersLike = Headers | Record<string, string | string[] | undefined> | Map<string, string>;
 
-/** Header names are case-insensitive whatever the container (Headers, Map or plain record). */
-function get(headers: HeadersLike, name: string): string | undefined {
+/** A header's value; names are case-insensitive whatever the container (Headers, Map or plain record). */
+export function headerValue(headers: HeadersLike, name: string): string | undefined {
   if (headers instanceof Map) {
     for (const [k, v] of headers) if (k.toLowerCase() === name) return String(v);
     return undefined;
@@ -41,9 +41,9 @@ export function parseDuration(text: string): number | undefined {
 export function cooldownFromHeaders(headers: HeadersLike | undefined, nowMs = Date.now()): number | undefined {
   if (!headers) return undefined;
   const candidates: number[] = [];
-  const ms = get(headers, 'retry-after-ms');
+  const ms = headerValue(headers, 'retry-after-ms');
   if (ms && Number.isFinite(Number(ms))) candidates.push(Number(ms));
-  const ra = get(headers, 'retry-after');
+  const ra = headerValue(headers, 'retry-after');
   if (ra) {
     if (/^\d+(\.\d+)?$/.test(ra.trim())) candidates.push(Number(ra) * 1000);
     else {
@@ -52,7 +52,7 @@ export function cooldownFromHeaders(headers: HeadersLike | undefined, nowMs = Da
     }
   }
   for (const name of ['x-ratelimit-reset-requests', 'x-ratelimit-reset-tokens']) {
-    const v = get(headers, name);
+    const v = headerValue(headers, name);
     const d = v === undefined ? undefined : parseDuration(v);
     if (d !== undefined) candidates.push(d);
   }

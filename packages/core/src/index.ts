@@ -33,7 +33,7 @@ export {
 } from './config.js';
 export * from './errors.js';
 export { hintOf, keyIdOf } from './fingerprint.js';
-export { cooldownFromHeaders, parseDuration, type HeadersLike } from './headers.js';
+export { cooldownFromHeaders, headerValue, parseDuration, type HeadersLike } from './headers.js';
 export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './outcome.js';
 export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 export { groupOf, type KeyRecord, type KeySettings } from './records.js';

@@ -1,0 +1,284 @@
+import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, headerValue, type HeadersLike, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import type { Estimate } from './estimate.js';
+
+/**
+ * The failover loop shared by the pooled client (the official SDK per key) and the gateway (raw
+ * HTTP pass-through): pick the route's model, lease a key, run one upstream attempt, judge its
+ * failure, release the lease with that outcome, back off and try another key. How an attempt is
+ * made and how its errors look is the caller's business; it hands over a `classify` that turns its
+ * errors into a {@link Failure}.
+ */
+
+/** A named list of models, strongest first, possibly across providers. */
+export interface Route {
+  models: string[];
+}
+
+/**
+ * critical: the route's models in their order (strongest first), waiting for the strongest that can
+ * serve. normal: cheapest first, falling back to dearer ones when the cheap one has no key free.
+ * low: cheapest first like normal, but never waits: it yields when capacity is short.
+ */
+export type Priority = 'critical' | 'normal' | 'low';
+
+/** What went wrong with one attempt, as far as the pool cares. */
+export type Failure =
+  /** The provider answered with an error status. `message` is its error message (for "too large"). */
+  | { kind: 'status'; status: number; headers?: HeadersLike; message: string }
+  | { kind: 'timeout' }
+  | { kind: 'network' }
+  /** Cancelled by the caller, or a local fault that is not the key's doing. */
+  | { kind: 'aborted' };
+
+export interface DispatchOptions {
+  pool: KeyPool;
+  routes?: Record<string, Route>;
+  /** Attempts per call across keys (default 4). */
+  maxAttempts?: number;
+  /** Full-jitter exponential backoff between attempts: base and cap (default 100 ms, 5 s). */
+  backoff?: { baseMs?: number; maxMs?: number };
+  /** Timeout of one upstream attempt (default 60 s). */
+  attemptTimeoutMs?: number;
+}
+
+/** Why a call's own controller aborted it (as opposed to the caller's signal). */
+export class TimedOut extends Error {
+  constructor(
+    readonly what: 'deadline' | 'attempt' | 'idle',
+    readonly ms: number,
+  ) {
+    super(`${what === 'deadline' ? 'call deadline' : what === 'attempt' ? 'attempt timeout' : 'stream idle timeout'} of ${ms} ms passed`);
+  }
+}
+
+/** Wait ms, or reject with the signal's reason; the listener is removed either way. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * One AbortController per call, linked to the caller's signal (already aborted included) and armed
+ * with the call's deadline; the upstream only ever sees this controller's signal, so nothing is left
+ * listening on a long-lived caller signal once the call is over.
+ */
+export function callController(parent: AbortSignal | undefined, deadlineMs: number, what: 'deadline' | 'attempt' = 'deadline') {
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(parent!.reason);
+  if (parent?.aborted) controller.abort(parent.reason);
+  else parent?.addEventListener('abort', onAbort, { once: true });
+  const timer = setTimeout(() => controller.abort(new TimedOut(what, deadlineMs)), Math.max(0, deadlineMs));
+  return {
+    controller,
+    /** Stop the deadline (a stream that started keeps running under its idle timeout). */
+    disarm: () => clearTimeout(timer),
+    done: () => {
+      clearTimeout(timer);
+      parent?.removeEventListener('abort', onAbort);
+    },
+  };
+}
+
+/** One call's failover: what to try and within which limits. */
+export interface DispatchCall<T> {
+  /** A model or a route name. */
+  name: string;
+  est: Estimate;
+  priority: Priority;
+  /** The call's controller signal (aborts on the caller's cancel and on the deadline). */
+  signal: AbortSignal;
+  /** Epoch ms at which the call's deadline passes. */
+  deadline: number;
+  /** One upstream attempt with the leased key, for one model of the route. */
+  call: (lease: Lease, signal: AbortSignal, model: string) => Promise<T>;
+  /** What an error of `call` means for the key. */
+  classify: (e: unknown) => Failure;
+  /** The error to report when an attempt ran out of time without a provider answer. */
+  timeoutError: (message: string) => unknown;
+}
+
+export interface Dispatched<T> {
+  /** Still held: the caller releases it with the real usage. */
+  lease: Lease;
+  value: T;
+  model: string;
+  /** Epoch ms at which the successful attempt started. */
+  started: number;
+  /** Keys tried before this one. */
+  failovers: number;
+}
+
+export class Dispatcher {
+  readonly pool: KeyPool;
+  readonly routes: Record<string, Route>;
+  readonly maxAttempts: number;
+  readonly attemptTimeoutMs: number;
+  private readonly baseMs: number;
+  private readonly maxMs: number;
+
+  constructor(opts: DispatchOptions) {
+    this.pool = opts.pool;
+    this.routes = opts.routes ?? {};
+    for (const [name, r] of Object.entries(this.routes)) {
+      if (!Array.isArray(r?.models) || r.models.length === 0 || !r.models.every((m) => typeof m === 'string' && m)) {
+        throw new TypeError(`routes.${name}.models must list at least one model name`);
+      }
+    }
+    this.maxAttempts = opts.maxAttempts ?? 4;
+    this.baseMs = opts.backoff?.baseMs ?? 100;
+    this.maxMs = opts.backoff?.maxMs ?? 5000;
+    this.attemptTimeoutMs = opts.attemptTimeoutMs ?? 60_000;
+  }
+
+  /** The models a request names, in the order its priority tries them, and its route if any. */
+  plan(name: string, priority: Priority): { models: string[]; route?: string } {
+    const route = this.routes[name];
+    if (!route) return { models: [name] };
+    if (priority === 'critical') return { models: route.models, route: name };
+    const cost = (m: string) => {
+      const p = this.pool.priceOf(m);
+      return p ? p.input + p.output : Number.POSITIVE_INFINITY;
+    };
+    // a stable sort: models of equal price keep the route's order
+    return { models: [...route.models].sort((a, b) => cost(a) - cost(b)), route: name };
+  }
+
+  /** The dearest estimate of a call over the models its route may use (USD), for caller budgets. */
+  estimateCostUsd(name: string, est: Estimate): number {
+    let worst = 0;
+    for (const m of this.plan(name, 'critical').models) {
+      const p = this.pool.priceOf(m);
+      if (p) worst = Math.max(worst, ((est.total - est.output) * p.input + est.output * p.output) / 1e6);
+    }
+    return worst;
+  }
+
+  /**
+   * A lease on the first model of the plan that can serve. Only one model is waited for: the
+   * strongest for critical traffic, the last resort (the dearest) for normal; low never waits.
+   * A model no key serves (or too small for the request) is skipped.
+   */
+  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal): Promise<{ lease: Lease; model: string }> {
+    let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
+    let fault: unknown;
+    const waitOn = priority === 'low' ? -1 : priority === 'critical' ? 0 : plan.models.length - 1;
+    for (let i = 0; i < plan.models.length; i++) {
+      const model = plan.models[i]!;
+      let r: Awaited<ReturnType<KeyPool['acquire']>>;
+      try {
+        r = await this.pool.acquire({
+          model,
+          estimatedTokens: est.total,
+          estimatedOutputTokens: est.output,
+          exclude,
+          // stop waiting a little before the deadline fires, so the answer is 'exhausted', not 'aborted'
+          maxWaitMs: i === waitOn ? Math.max(0, deadline - Date.now() - 10) : 0,
+          ...(plan.route !== undefined ? { route: plan.route } : {}),
+          signal,
+        });
+      } catch (e) {
+        if (plan.models.length > 1 && (isUnknownModel(e) || isRequestTooLarge(e))) {
+          fault ??= e;
+          continue;
+        }
+        // the deadline passed while waiting for a key: that is exhaustion, not a fault
+        if (signal.reason instanceof TimedOut) throw new PoolExhaustedError(plan.route ?? model, last?.reason ?? 'deadline', last?.retryAfterMs ?? null);
+        throw e;
+      }
+      if (r.ok) return { lease: r, model };
+      if (!last || (r.retryAfterMs ?? Infinity) < (last.retryAfterMs ?? Infinity)) last = { model, reason: r.reason, retryAfterMs: r.retryAfterMs };
+    }
+    if (!last) throw fault;
+    throw new PoolExhaustedError(plan.route ?? last.model, last.reason, last.retryAfterMs);
+  }
+
+  /** What a failed attempt means: the outcome for the key, whether another key may serve, and after how long (-1: backoff). */
+  judge(failure: Failure, signal: AbortSignal): { outcome: Outcome; retry: boolean; waitMs: number } {
+    if (signal.aborted) {
+      const why = signal.reason;
+      if (why instanceof TimedOut && why.what === 'attempt') return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
+      if (why instanceof TimedOut) return { outcome: { error: 'timeout' }, retry: false, waitMs: 0 };
+      return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
+    }
+    switch (failure.kind) {
+      case 'aborted':
+        return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
+      case 'timeout':
+        return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
+      case 'network':
+        return { outcome: { error: 'network' }, retry: true, waitMs: -1 };
+      case 'status': {
+        const { status, headers } = failure;
+        const outcome: Outcome = { status, ...(headers ? { headers } : {}) };
+        if (status === 429) {
+          // "Request too large": no key of this size will ever take it; not the key's fault either
+          if (!(headers && headerValue(headers, 'retry-after')) && /too large/i.test(failure.message)) return { outcome: { status: 413 }, retry: false, waitMs: 0 };
+          // the pool now cools this key as long as the provider says; another key can serve at once
+          return { outcome, retry: true, waitMs: 0 };
+        }
+        if (status === 401 || status === 403) return { outcome, retry: true, waitMs: 0 };
+        if (status === 408 || status >= 500) return { outcome, retry: true, waitMs: -1 };
+        return { outcome, retry: false, waitMs: 0 };
+      }
+    }
+  }
+
+  private backoffMs(attempt: number): number {
+    return Math.random() * Math.min(this.maxMs, this.baseMs * 2 ** attempt);
+  }
+
+  /**
+   * Lease a key and make the call, failing over to another key on 429, 5xx, timeouts, connection
+   * errors and 401/403, within maxAttempts and the call's deadline. On success the lease is
+   * returned still held: the caller releases it with the real usage.
+   */
+  async dispatch<T>(c: DispatchCall<T>): Promise<Dispatched<T>> {
+    const { signal, deadline } = c;
+    const plan = this.plan(c.name, c.priority);
+    const exclude = new Set<string>();
+    let lastError: unknown;
+    for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
+      signal.throwIfAborted();
+      let leased: { lease: Lease; model: string };
+      try {
+        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal);
+      } catch (e) {
+        // every key left was tried and failed: the upstream's own error says more than "exhausted"
+        if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;
+        throw e;
+      }
+      const { lease, model } = leased;
+      const started = Date.now();
+      // this attempt's own timeout, inside the call's deadline
+      const ac = callController(signal, Math.min(this.attemptTimeoutMs, deadline - started), 'attempt');
+      try {
+        const value = await c.call(lease, ac.controller.signal, model);
+        return { lease, value, model, started, failovers: attempt };
+      } catch (e) {
+        const failure = c.classify(e);
+        const j = this.judge(failure, ac.controller.signal);
+        await lease.release({ ...j.outcome, latencyMs: Date.now() - started }).catch(() => undefined);
+        const why = ac.controller.signal.reason;
+        lastError = why instanceof TimedOut && failure.kind !== 'status' ? c.timeoutError(why.message) : e;
+        if (!j.retry || Date.now() >= deadline) throw lastError;
+        exclude.add(lease.keyId);
+        const wait = j.waitMs >= 0 ? j.waitMs : this.backoffMs(attempt);
+        if (Date.now() + wait >= deadline) throw lastError;
+        if (wait > 0) await sleep(wait, signal);
+      } finally {
+        ac.done();
+      }
+    }
+    throw lastError;
+  }
+}
