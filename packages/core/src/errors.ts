@@ -104,10 +104,13 @@ export class ScriptError extends KeyPoolError {
  * a `{ ok: false }` result throw this): carries the reason and when to try again.
  */
 export class PoolExhaustedError extends KeyPoolError {
+  /** The model or route asked for. */
+  readonly model: string;
   readonly reason: string;
   readonly retryAfterMs: number | null;
   constructor(model: string, reason: string, retryAfterMs: number | null) {
     super('POOL_EXHAUSTED', `no key could serve "${model}" in time (${reason}${retryAfterMs !== null ? `; retry in ${retryAfterMs} ms` : ''})`);
+    this.model = model;
     this.reason = reason;
     this.retryAfterMs = retryAfterMs;
   }
@@ -125,3 +128,4 @@ export const isUnknownModel = guard<UnknownModelError>('UNKNOWN_MODEL');
 export const isRequestTooLarge = guard<RequestTooLargeError>('REQUEST_TOO_LARGE');
 export const isKeyNotFound = guard<KeyNotFoundError>('KEY_NOT_FOUND');
 export const isPoolExhausted = guard<PoolExhaustedError>('POOL_EXHAUSTED');
+export const isInvalidArgument = guard<InvalidArgumentError>('INVALID_ARGUMENT');

@@ -39,3 +39,16 @@ export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pr
 export { groupOf, type KeyRecord, type KeySettings } from './records.js';
 export { PoolKeys, scripts } from './scripts.js';
 export type { KeyState, KeyStatus, PoolStatus, SpendLine } from './status.js';
+export {
+  GatewayTokenSpecSchema,
+  GatewayTokens,
+  budgetPeriodEnd,
+  parseGatewayTokenSpec,
+  tokenHintOf,
+  tokenIdOf,
+  type GatewayTokenInfo,
+  type GatewayTokenSpec,
+  type TokenAdmission,
+  type TokenBackend,
+  type TokenRefusal,
+} from './tokens.js';

@@ -20,6 +20,7 @@ import { NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 import { recordOfSpec, settingsOf, toRecord, type KeyRecord, type KeySettings } from './records.js';
 import { PoolKeys, ScriptRunner, type ScriptName } from './scripts.js';
 import { toPoolStatus, type PoolStatus, type RawStatus } from './status.js';
+import { GatewayTokens } from './tokens.js';
 
 /** Why acquire could not give a lease now. */
 export type ExhaustedReason =
@@ -129,6 +130,8 @@ interface ModelEntry {
   scriptKeys: string[];
   /** Ids of keys serving the model that this process holds no secret for, comma-separated ('' none). */
   foreign: string;
+  /** Keys serving the model that this process holds the secret of. */
+  held: number;
 }
 
 type AcquireReply = [1, string, string, number, number, number, number, number] | [0, string, number, number];
@@ -174,6 +177,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   readonly name: string;
   readonly config: PoolConfig;
   readonly keys: PoolKeys;
+  /** Gateway tokens (virtual keys) of this pool, enforced fleet-wide like keys. */
+  readonly tokens: GatewayTokens;
   private readonly client: Redis | Cluster;
   private readonly ownsClient: boolean;
   private readonly scripts: ScriptRunner;
@@ -207,6 +212,14 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     this.log = logger.child({ component: 'keypool', pool: config.pool });
     this.prices = new PriceTable(config.prices);
     this.local = new LocalLimiter(config.redisDown.fleetSize);
+    // same runner, same Redis-down policy (events, logs, typed errors) as acquire
+    this.tokens = new GatewayTokens({
+      keys: this.keys,
+      config,
+      log: logger.child({ component: 'keypool-tokens', pool: config.pool }),
+      run: (name, keys, args) => this.run(name, keys, args),
+      redisAvailable: () => !this.down,
+    });
     const b = config.breaker;
     const h = config.health;
     this.releaseArgs = [
@@ -645,6 +658,16 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return !this.down;
   }
 
+  /** Whether this process holds a key that serves `model` (as of the last topology it read). */
+  servesModel(model: string): boolean {
+    return (this.topology.models.get(model)?.held ?? 0) > 0;
+  }
+
+  /** The keys of the pool as this process last read them (settings only, never a secret). */
+  knownKeys(): { id: string; hint: string; name?: string; provider: string; models: string[] }[] {
+    return [...this.topology.keys.values()].map((r) => ({ id: r.id, hint: r.hint, ...(r.name !== undefined ? { name: r.name } : {}), provider: r.provider, models: r.models }));
+  }
+
   /** Stop: closes the Redis connection if the pool opened it. Leases in flight are not released. */
   async close(): Promise<void> {
     this.closing = true;
@@ -783,7 +806,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       keys.set(r.id, r);
       this.rawRecords.set(r.id, r);
       for (const m of r.models) {
-        const e = models.get(m) ?? { groups: [], maxTokens: 0, scriptKeys: [], foreign: '' };
+        const e = models.get(m) ?? { groups: [], maxTokens: 0, scriptKeys: [], foreign: '', held: 0 };
+        if (this.secrets.has(r.id)) e.held++;
         if (!this.secrets.has(r.id)) e.foreign = e.foreign ? `${e.foreign},${r.id}` : r.id;
         if (!e.groups.includes(r.g)) e.groups.push(r.g);
         e.maxTokens = Math.max(e.maxTokens, r.tb > 0 ? r.tb : Infinity);

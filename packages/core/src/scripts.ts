@@ -34,6 +34,11 @@ const DEFS = {
   setState: { file: 'setState-5.lua', keys: 5 },
   status: { file: 'status-5.lua', keys: 5 },
   extend: { file: 'extend-2.lua', keys: 2 },
+  tokenAdmit: { file: 'tokenAdmit-3.lua', keys: 3 },
+  tokenSettle: { file: 'tokenSettle-2.lua', keys: 2 },
+  tokenCreate: { file: 'tokenCreate-3.lua', keys: 3 },
+  tokenRevoke: { file: 'tokenRevoke-1.lua', keys: 1 },
+  tokenInfo: { file: 'tokenInfo-4.lua', keys: 4 },
 } satisfies Record<string, ScriptDef>;
 
 export type ScriptName = keyof typeof DEFS;
@@ -89,6 +94,14 @@ export class PoolKeys {
   readonly leases: string;
   readonly meta: string;
   readonly spend: string;
+  /** Gateway tokens: sha256 hex -> settings JSON (see lua/includes/tokens.lua). */
+  readonly tok: string;
+  /** Gateway token id -> sha256 hex. */
+  readonly tokId: string;
+  /** Gateway token id -> state (msgpack). */
+  readonly tokSt: string;
+  /** Gateway token reservations, scored by expiry. */
+  readonly tokRes: string;
   private readonly prefix: string;
 
   constructor(pool: string) {
@@ -98,6 +111,10 @@ export class PoolKeys {
     this.leases = `${this.prefix}leases`;
     this.meta = `${this.prefix}meta`;
     this.spend = `${this.prefix}spend`;
+    this.tok = `${this.prefix}tok`;
+    this.tokId = `${this.prefix}tok:id`;
+    this.tokSt = `${this.prefix}tok:st`;
+    this.tokRes = `${this.prefix}tok:res`;
   }
 
   /** Candidate set of a key group (keys serving the same models). */

@@ -1,0 +1,513 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { formatPath, type PoolConfig } from './config.js';
+import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.js';
+import { NANOS_PER_USD } from './pricing.js';
+import type { PoolKeys, ScriptName } from './scripts.js';
+
+/**
+ * Gateway tokens (virtual keys): what callers of the HTTP gateway present instead of a provider
+ * key. Each carries its own limits (requests per minute, a budget, the models it may ask for),
+ * enforced fleet-wide by Lua scripts on Redis time exactly like the limits of provider keys.
+ * Redis knows a token only by sha256(token); the token itself is shown once, by `create`.
+ */
+
+/** A gateway token's settings, as given to `create`. */
+export const GatewayTokenSpecSchema = z
+  .object({
+    name: z.string().min(1, 'give the token a name (who or what uses it)').max(100).describe('A label for people (lists, logs). Never the token.'),
+    rpm: z.number().int().nonnegative().default(0).describe('Requests per minute, fleet-wide (token-bucket rate). 0 = no limit.'),
+    rpmBurst: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe('Request bucket size: requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1).'),
+    budget: z
+      .object({
+        usd: z.number().positive().describe('Dollars the token may spend per period.'),
+        period: z.enum(['day', 'month', 'total']).default('month').describe('Budget period: UTC calendar day or month, or the whole life of the token.'),
+      })
+      .strict()
+      .optional()
+      .describe('Spend cap. Admission reserves the estimated cost; settle charges the real cost.'),
+    models: z
+      .array(z.string().min(1))
+      .default([])
+      .describe('Model (or route) names the token may ask for. Empty: all.'),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (s.rpmBurst !== undefined && s.rpm === 0) ctx.addIssue({ code: 'custom', path: ['rpmBurst'], message: 'rpmBurst needs rpm' });
+  });
+
+export type GatewayTokenSpec = z.input<typeof GatewayTokenSpecSchema>;
+
+/** A gateway token as operators see it. Never the token: its id and hint only. */
+export interface GatewayTokenInfo {
+  /** Stable short id (12 hex chars of the token's sha256), for admin operations. */
+  id: string;
+  /** `kpt_...` and the last 4 characters. */
+  hint: string;
+  name: string;
+  /** 0: no limit. */
+  rpm: number;
+  /** 0 when rpm is 0. */
+  rpmBurst: number;
+  budget: { usd: number; period: string } | null;
+  /** Names the token may ask for; empty: all. */
+  models: string[];
+  createdAt: string;
+  revokedAt: string | null;
+  lastUsedAt: string | null;
+  /** Requests settled (requests given back with refundRequest are not counted). */
+  requests: number;
+  /** Spent in the current budget period (since creation when the budget is 'total' or there is none). */
+  spendUsd: number;
+  /** Held by admitted requests not settled yet. */
+  reservedUsd: number;
+  /** What is left now (null: no limit). */
+  left: { requests: number | null; budgetUsd: number | null };
+  budgetPeriodEndsAt: string | null;
+}
+
+/** Why a token was refused. */
+export type TokenRefusal = 'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted';
+
+/**
+ * The answer of `admit`. Refusals are results, not exceptions; `retryAfterMs` says when trying
+ * again can succeed (null: not by waiting). `id` is set when the token is known.
+ */
+export type TokenAdmission =
+  | { ok: true; id: string; name: string; reservation: string }
+  | { ok: false; reason: TokenRefusal; retryAfterMs: number | null; id?: string };
+
+/** What the tokens need from the pool: its script runner (with the Redis-down policy), keys and config. */
+export interface TokenBackend {
+  keys: PoolKeys;
+  config: Pick<PoolConfig, 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'redisDown'>;
+  log: Logger;
+  /** Run a script; throws RedisUnavailableError when Redis is down (and marks the pool down). */
+  run(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown>;
+  redisAvailable(): boolean;
+  /** Process clock, used only by the per-process fallback while Redis is down. */
+  now?: () => number;
+}
+
+/** The settings JSON in Redis (`tok` hash). Short fields are what the scripts read. */
+interface TokenRecord {
+  id: string;
+  hint: string;
+  name: string;
+  rpm: number;
+  /** request bucket size */
+  rb: number;
+  /** budget in nano-dollars, -1 = none */
+  bud: number;
+  /** budget period */
+  per: 'day' | 'month' | 'total';
+  models: string[];
+  budget?: { usd: number; period: 'day' | 'month' | 'total' };
+}
+
+/** One token from the tokenInfo / tokenCreate scripts (see lua/includes/tokens.lua, tokenView). */
+interface RawView {
+  cfg: string;
+  rt: number;
+  n: number;
+  sp: string;
+  rs: string;
+  ca: number;
+  lu: number;
+  rv: number;
+  pend: number;
+}
+
+type AdmitReply = [1, string, string, string, number, number, number] | [0, TokenRefusal, number, string];
+type SettleReply = [1] | [0, 'unknown_token' | 'unknown_reservation'];
+
+/** What this process remembers of a token Redis admitted, for policy local while Redis is down. */
+interface Seen {
+  rec: TokenRecord;
+  /** process time of the last admission by Redis */
+  at: number;
+  /** spent + reserved (nano-dollars) in Redis at that admission, and the end of its period */
+  known: number;
+  pend: number;
+  /** nano-dollars admitted by this process alone since */
+  local: number;
+  /** this process's share of the request bucket, made at the first local admission */
+  bucket?: { level: number; ts: number };
+}
+
+const TOKEN_RE = /^kpt_[A-Za-z0-9_-]{43}$/;
+const ID_RE = /^[0-9a-f]{12}$/;
+const RESERVATION_RE = /^([0-9a-f]{12}):\d+:(\d+)$/;
+const LOCAL_RESERVATION_RE = /^local:([0-9a-f]{12}):[0-9a-f]+:(\d+)$/;
+/** A token this process saw Redis admit this recently is admitted locally while Redis is down. */
+const SEEN_MS = 10 * 60_000;
+/** Remembered tokens beyond which old ones are forgotten. */
+const SEEN_MAX = 10_000;
+/** While down under policy local, how often admit and settle try Redis again (as acquire does). */
+const REDIS_RETRY_MS = 1000;
+/** At most one warning per this long about settles dropped while Redis is down. */
+const DROP_LOG_MS = 10_000;
+
+/** sha256 hex of a token: the only form in which Redis knows it. */
+function hashOf(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+/** The id of a gateway token (12 hex chars of its sha256), e.g. to log which token made a request. */
+export function tokenIdOf(token: string): string {
+  return hashOf(token).slice(0, 12);
+}
+
+/** `kpt_...` and the last four characters of a token. */
+export function tokenHintOf(token: string): string {
+  return `kpt_...${token.slice(-4)}`;
+}
+
+/** Validate a token spec; throws ConfigError listing every problem with its path (`token.rpm`). */
+export function parseGatewayTokenSpec(input: unknown): z.output<typeof GatewayTokenSpecSchema> {
+  const r = GatewayTokenSpecSchema.safeParse(input);
+  if (!r.success) {
+    throw new ConfigError(
+      r.error.issues.map((i) => ({ path: formatPath(['token', ...i.path]), message: i.message })),
+      'gateway token',
+    );
+  }
+  return r.data;
+}
+
+/** USD to whole nano-dollars, rounding fractions up but not float noise (as PriceTable does). */
+function toNanos(usd: number): number {
+  return Math.max(0, Math.ceil(usd * NANOS_PER_USD - 1e-6));
+}
+
+/** Largest amount admit and settle take: nano-dollar sums must stay exact integers (about 9 million USD). */
+const MAX_USD = Math.floor(Number.MAX_SAFE_INTEGER / NANOS_PER_USD);
+
+function checkUsd(what: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > MAX_USD) {
+    throw new InvalidArgumentError(`${what} must be a number from 0 to ${MAX_USD}, got ${typeof v === 'number' ? v : typeof v}`);
+  }
+  return v;
+}
+
+/** End (ms) of the UTC budget period containing `now`; -1 for 'total'. Mirrors budgetPeriod in common.lua. */
+export function budgetPeriodEnd(period: 'day' | 'month' | 'total', now: number): number {
+  if (period === 'day') return (Math.floor(now / 86_400_000) + 1) * 86_400_000;
+  if (period === 'month') {
+    const d = new Date(now);
+    return Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1);
+  }
+  return -1;
+}
+
+const iso = (ms: number) => (ms > 0 ? new Date(ms).toISOString() : null);
+
+function toInfo(v: RawView): GatewayTokenInfo {
+  const rec = JSON.parse(v.cfg) as TokenRecord;
+  const sp = Number(v.sp);
+  const rs = Number(v.rs);
+  return {
+    id: rec.id,
+    hint: rec.hint,
+    name: rec.name,
+    rpm: rec.rpm,
+    rpmBurst: rec.rb,
+    budget: rec.budget ? { usd: rec.budget.usd, period: rec.budget.period } : null,
+    models: rec.models,
+    createdAt: iso(v.ca)!,
+    revokedAt: iso(v.rv),
+    lastUsedAt: iso(v.lu),
+    requests: v.n,
+    spendUsd: sp / NANOS_PER_USD,
+    reservedUsd: rs / NANOS_PER_USD,
+    left: {
+      requests: rec.rpm > 0 ? Math.max(0, Math.floor(v.rt)) : null,
+      budgetUsd: rec.bud >= 0 ? Math.max(0, rec.bud - sp - rs) / NANOS_PER_USD : null,
+    },
+    budgetPeriodEndsAt: rec.bud >= 0 && v.pend > 0 ? iso(v.pend) : null,
+  };
+}
+
+/**
+ * The gateway tokens of a pool; reach them as `pool.tokens`. Admission and settlement are one
+ * script call each, atomic and fleet-wide. With `redisDown.policy: local` a process keeps
+ * admitting, while Redis is down, the tokens it saw Redis admit in the last 10 minutes, with
+ * 1/fleetSize of their rate and of what was left of their budget; other tokens are refused.
+ */
+export class GatewayTokens {
+  private readonly b: TokenBackend;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  /** sha256 hex -> what this process knows of the token (never the token itself). */
+  private readonly seen = new Map<string, Seen>();
+  private lastRedisTry = 0;
+  private dropped = 0;
+  private lastDropLog = 0;
+
+  constructor(backend: TokenBackend) {
+    this.b = backend;
+    this.log = backend.log;
+    this.now = backend.now ?? Date.now;
+  }
+
+  /**
+   * Make a new token. The token is in the answer and nowhere else: Redis keeps its sha256, logs
+   * and the info show its id and hint. Throws ConfigError listing every problem of a bad spec.
+   */
+  async create(spec: GatewayTokenSpec): Promise<{ token: string; info: GatewayTokenInfo }> {
+    const s = parseGatewayTokenSpec(spec);
+    const rb = s.rpm > 0 ? (s.rpmBurst ?? Math.max(1, Math.ceil((s.rpm * 2) / 60))) : 0;
+    const k = this.b.keys;
+    // 48-bit ids of random tokens do not collide in practice; the script checks anyway
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const token = `kpt_${randomBytes(32).toString('base64url')}`;
+      const hash = hashOf(token);
+      const rec: TokenRecord = {
+        id: hash.slice(0, 12),
+        hint: tokenHintOf(token),
+        name: s.name,
+        rpm: s.rpm,
+        rb,
+        bud: s.budget ? Math.round(s.budget.usd * NANOS_PER_USD) : -1,
+        per: s.budget?.period ?? 'total',
+        models: [...new Set(s.models)].sort(),
+        ...(s.budget ? { budget: s.budget } : {}),
+      };
+      const reply = (await this.b.run('tokenCreate', [k.tok, k.tokId, k.tokSt], [hash, rec.id, JSON.stringify(rec)])) as [1, string] | [0, string];
+      if (reply[0] === 1) {
+        this.log.info({ tokenId: rec.id, hint: rec.hint, name: rec.name }, 'gateway token created');
+        return { token, info: toInfo(JSON.parse(reply[1]) as RawView) };
+      }
+    }
+    throw new InvalidArgumentError('could not give the new token a unique id; try again');
+  }
+
+  /** Refuse the token from now on, in every process. False when no token has this id. */
+  async revoke(id: string): Promise<boolean> {
+    if (typeof id !== 'string' || !ID_RE.test(id)) return false;
+    const reply = (await this.b.run('tokenRevoke', [this.b.keys.tokSt], [id])) as [1, number] | [0];
+    if (reply[0] === 0) return false;
+    for (const [hash, s] of this.seen) if (s.rec.id === id) this.seen.delete(hash);
+    this.log.info({ tokenId: id }, 'gateway token revoked');
+    return true;
+  }
+
+  /** Every token of the pool, oldest first. */
+  async list(): Promise<GatewayTokenInfo[]> {
+    return (await this.info('')).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  /** One token by id, or null. */
+  async get(id: string): Promise<GatewayTokenInfo | null> {
+    if (typeof id !== 'string' || !ID_RE.test(id)) return null;
+    return (await this.info(id))[0] ?? null;
+  }
+
+  /**
+   * Who a presented token is, without taking a request or money (e.g. to list the models it may
+   * use): the token's info, or null when it is unknown or revoked. While Redis is down under
+   * policy local, a token this process saw admitted in the last 10 minutes is known by what it
+   * remembers: settings and budget as of then; createdAt (epoch), requests (0) and left.requests
+   * (null) are not known.
+   */
+  async verify(token: string): Promise<GatewayTokenInfo | null> {
+    if (typeof token !== 'string' || !TOKEN_RE.test(token)) return null;
+    const hash = hashOf(token);
+    const local = this.b.config.redisDown.policy === 'local';
+    let found: GatewayTokenInfo[];
+    try {
+      if (local && !this.b.redisAvailable() && this.now() - this.lastRedisTry < REDIS_RETRY_MS) return this.verifyLocal(hash);
+      found = await this.info(hash.slice(0, 12), hash);
+    } catch (e) {
+      if (local && isRedisUnavailable(e)) return this.verifyLocal(hash);
+      throw e;
+    }
+    const info = found[0];
+    if (!info || info.revokedAt !== null) {
+      this.seen.delete(hash);
+      return null;
+    }
+    return info;
+  }
+
+  private verifyLocal(hash: string): GatewayTokenInfo | null {
+    const s = this.seen.get(hash);
+    if (!s || this.now() - s.at > SEEN_MS) return null;
+    const { rec } = s;
+    const spent = s.known + s.local;
+    return {
+      id: rec.id,
+      hint: rec.hint,
+      name: rec.name,
+      rpm: rec.rpm,
+      rpmBurst: rec.rb,
+      budget: rec.budget ? { usd: rec.budget.usd, period: rec.budget.period } : null,
+      models: rec.models,
+      // not known without Redis
+      createdAt: new Date(0).toISOString(),
+      revokedAt: null,
+      lastUsedAt: new Date(s.at).toISOString(),
+      requests: 0,
+      spendUsd: spent / NANOS_PER_USD,
+      reservedUsd: 0,
+      left: { requests: null, budgetUsd: rec.bud >= 0 ? Math.max(0, rec.bud - spent) / NANOS_PER_USD : null },
+      budgetPeriodEndsAt: s.pend > 0 ? new Date(s.pend).toISOString() : null,
+    };
+  }
+
+  private async info(id: string, hash = ''): Promise<GatewayTokenInfo[]> {
+    const k = this.b.keys;
+    const raw = JSON.parse((await this.b.run('tokenInfo', [k.tok, k.tokId, k.tokSt, k.tokRes], [id, hash])) as string) as { tokens: RawView[] | Record<string, never> };
+    return Array.isArray(raw.tokens) ? raw.tokens.map(toInfo) : [];
+  }
+
+  /**
+   * Admit one request of the token holder for `model` (or a route name): checks the token, its
+   * models, takes one request from its bucket and reserves `estimatedCostUsd` of its budget, in
+   * one script call. Settle every admitted request exactly once; an unsettled reservation expires
+   * after leaseTimeoutMs and is then charged its estimate. Throws RedisUnavailableError only
+   * under redisDown.policy fail-closed.
+   */
+  async admit(token: string, model: string, estimatedCostUsd: number): Promise<TokenAdmission> {
+    if (typeof model !== 'string' || model === '') throw new InvalidArgumentError('admit needs a model name');
+    const est = toNanos(checkUsd('estimatedCostUsd', estimatedCostUsd));
+    if (typeof token !== 'string' || !TOKEN_RE.test(token)) return { ok: false, reason: 'unknown', retryAfterMs: null };
+    const hash = hashOf(token);
+    const local = this.b.config.redisDown.policy === 'local';
+    if (local && !this.b.redisAvailable()) {
+      // stay local, but try Redis again now and then (as acquire does)
+      if (this.now() - this.lastRedisTry < REDIS_RETRY_MS) return this.admitLocal(hash, model, est);
+      this.lastRedisTry = this.now();
+    }
+    const seen = this.seen.get(hash);
+    const k = this.b.keys;
+    let reply: AdmitReply;
+    try {
+      reply = (await this.b.run('tokenAdmit', [k.tok, k.tokSt, k.tokRes], [
+        hash,
+        model,
+        est,
+        this.b.config.leaseTimeoutMs,
+        this.b.config.concurrencyRecheckMs,
+        seen ? '0' : '1',
+      ])) as AdmitReply;
+    } catch (e) {
+      if (local && isRedisUnavailable(e)) return this.admitLocal(hash, model, est);
+      throw e;
+    }
+    if (reply[0] === 0) {
+      const [, reason, retry, id] = reply;
+      if (reason === 'unknown' || reason === 'revoked') this.seen.delete(hash);
+      return { ok: false, reason, retryAfterMs: retry < 0 ? null : retry, ...(id ? { id } : {}) };
+    }
+    const [, id, reservation, raw, sp, rs, pend] = reply;
+    const rec = raw ? (JSON.parse(raw) as TokenRecord) : seen!.rec;
+    this.remember(hash, rec, sp + rs, pend);
+    return { ok: true, id, name: rec.name, reservation };
+  }
+
+  /**
+   * Settle an admitted request: frees its reservation, charges `costUsd` to the current budget
+   * period, counts the request. `refundRequest` gives the request back to the token's bucket
+   * (and does not count it): for a request no provider key could serve. While Redis is down
+   * the settle is dropped with a warning (the reservation then expires and is charged its estimate).
+   */
+  async settle(id: string, reservation: string, costUsd: number, opts: { refundRequest?: boolean } = {}): Promise<void> {
+    const cost = toNanos(checkUsd('costUsd', costUsd));
+    // neither argument is echoed in the message: a confused caller may pass the token itself
+    if (typeof id !== 'string' || !ID_RE.test(id)) throw new InvalidArgumentError('settle needs the id of a gateway token (12 hex characters), as admit returned it');
+    const m = typeof reservation === 'string' ? (LOCAL_RESERVATION_RE.exec(reservation) ?? RESERVATION_RE.exec(reservation)) : null;
+    if (!m || m[1] !== id) throw new InvalidArgumentError(`settle needs a reservation that admit returned for gateway token ${id}`);
+    const isLocal = reservation.startsWith('local:');
+    const refund = opts.refundRequest === true;
+    if (isLocal) this.settleLocal(id, Number(m[2]), cost, refund);
+    if (this.b.config.redisDown.policy === 'local' && !this.b.redisAvailable()) {
+      if (this.now() - this.lastRedisTry < REDIS_RETRY_MS) return this.drop(id, 'Redis unavailable');
+      this.lastRedisTry = this.now();
+    }
+    let reply: SettleReply;
+    try {
+      reply = (await this.b.run('tokenSettle', [this.b.keys.tokSt, this.b.keys.tokRes], [id, isLocal ? '' : reservation, cost, refund ? '1' : '0'])) as SettleReply;
+    } catch (e) {
+      if (isRedisUnavailable(e)) return this.drop(id, (e as Error).message);
+      throw e;
+    }
+    if (reply[0] === 0) {
+      this.log.warn(
+        { tokenId: id, reservation },
+        reply[1] === 'unknown_token'
+          ? 'settled a request of a gateway token that no longer exists'
+          : 'settled a gateway token reservation that had expired (its estimate was charged) or was settled before',
+      );
+    }
+  }
+
+  private remember(hash: string, rec: TokenRecord, known: number, pend: number): void {
+    const now = this.now();
+    const s = this.seen.get(hash);
+    if (s) Object.assign(s, { rec, at: now, known, pend, local: 0 });
+    else {
+      if (this.seen.size >= SEEN_MAX) {
+        for (const [h, o] of this.seen) if (now - o.at > SEEN_MS) this.seen.delete(h);
+        // all recent: forget the oldest (Map order is insertion order)
+        if (this.seen.size >= SEEN_MAX) this.seen.delete(this.seen.keys().next().value!);
+      }
+      this.seen.set(hash, { rec, at: now, known, pend, local: 0 });
+    }
+  }
+
+  /** Admission by this process alone (Redis down, policy local): 1/fleetSize of rate and of budget left. */
+  private admitLocal(hash: string, model: string, est: number): TokenAdmission {
+    const now = this.now();
+    const s = this.seen.get(hash);
+    if (!s || now - s.at > SEEN_MS) return { ok: false, reason: 'unknown', retryAfterMs: null };
+    const { rec } = s;
+    const fleet = this.b.config.redisDown.fleetSize;
+    if (rec.models.length > 0 && !rec.models.includes(model)) return { ok: false, reason: 'model_not_allowed', retryAfterMs: null, id: rec.id };
+    if (rec.bud >= 0) {
+      if (s.pend >= 0 && now >= s.pend) [s.known, s.local, s.pend] = [0, 0, budgetPeriodEnd(rec.per, now)];
+      if (s.local + est > Math.max(0, rec.bud - s.known) / fleet) {
+        return { ok: false, reason: 'budget_exhausted', retryAfterMs: s.pend < 0 ? null : Math.max(0, Math.ceil(s.pend - now)), id: rec.id };
+      }
+    }
+    if (rec.rpm > 0) {
+      const size = Math.max(1, rec.rb / fleet);
+      const perMs = rec.rpm / fleet / 60_000;
+      const b = (s.bucket ??= { level: size, ts: now });
+      b.level = Math.min(size, b.level + Math.max(0, now - b.ts) * perMs);
+      b.ts = now;
+      if (b.level < 1) return { ok: false, reason: 'rate_limited', retryAfterMs: Math.max(1, Math.ceil((1 - b.level) / perMs)), id: rec.id };
+      b.level -= 1;
+    }
+    s.local += est;
+    return { ok: true, id: rec.id, name: rec.name, reservation: `local:${rec.id}:${randomBytes(6).toString('hex')}:${est}` };
+  }
+
+  /** A locally admitted request settles in this process's view too (its Redis record is best effort). */
+  private settleLocal(id: string, est: number, cost: number, refund: boolean): void {
+    for (const s of this.seen.values()) {
+      if (s.rec.id !== id) continue;
+      s.local = Math.max(0, s.local - est + cost);
+      if (refund && s.bucket) s.bucket.level = Math.min(Math.max(1, s.rec.rb / this.b.config.redisDown.fleetSize), s.bucket.level + 1);
+      return;
+    }
+  }
+
+  private drop(id: string, why: string): void {
+    this.dropped++;
+    const now = this.now();
+    if (now - this.lastDropLog < DROP_LOG_MS) return;
+    this.log.warn(
+      { tokenId: id, dropped: this.dropped, err: why },
+      'gateway token settle dropped: Redis unavailable (reservations held in Redis expire and are charged their estimate; costs of local admissions are not recorded)',
+    );
+    this.lastDropLog = now;
+    this.dropped = 0;
+  }
+}
