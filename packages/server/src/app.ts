@@ -1,0 +1,133 @@
+import { readFileSync } from 'node:fs';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
+import type { KeyPool } from '@keypool/core';
+import { Dispatcher, type Route } from '@keypool/client';
+import { adminRouter } from './admin.js';
+import { HttpError, sendError } from './errors.js';
+import { Inflight } from './inflight.js';
+import { GatewayMetrics } from './metrics.js';
+import { proxyRouter } from './proxy.js';
+
+/** What the gateway needs from the `server` config section (see config.ts for each field). */
+export interface GatewaySettings {
+  adminToken?: string | undefined;
+  bodyLimit: number | string;
+  deadlineMs: number;
+  attemptTimeoutMs: number;
+  maxAttempts: number;
+  backoff: { baseMs: number; maxMs: number };
+  defaultMaxOutputTokens: number;
+}
+
+export interface GatewayOptions {
+  pool: KeyPool;
+  logger: Logger;
+  settings: GatewaySettings;
+  routes?: Record<string, Route>;
+}
+
+export interface Gateway {
+  app: express.Express;
+  metrics: GatewayMetrics;
+  inflight: Inflight;
+  dispatcher: Dispatcher;
+  startedAt: Date;
+}
+
+const DASHBOARD = new URL('./dashboard.html', import.meta.url);
+
+/**
+ * The express app of one gateway process: /v1 (the OpenAI-compatible proxy), /status, /healthz,
+ * /readyz, /metrics, /admin and the dashboard. No listening here (see runner.ts).
+ */
+export function createGateway(opts: GatewayOptions): Gateway {
+  const { pool, logger, settings } = opts;
+  const inflight = new Inflight();
+  const metrics = new GatewayMetrics(pool, () => inflight.size);
+  const dispatcher = new Dispatcher({ pool, routes: opts.routes ?? {}, maxAttempts: settings.maxAttempts, backoff: settings.backoff, attemptTimeoutMs: settings.attemptTimeoutMs });
+  const startedAt = new Date();
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.set('trust proxy', 'loopback');
+
+  pool.on('redis:down', () => metrics.redisErrors.inc({ operation: 'pool' }));
+  pool.on('transition', (t) => metrics.transitions.inc({ key_id: t.keyId, transition: t.transition }));
+
+  // path tricks (dot segments, encoded slashes or dots, empty segments) are refused, not resolved
+  app.use((req, res, next) => {
+    const path = (req.originalUrl ?? req.url).split('?')[0]!;
+    if (!/(^|\/)\.{1,2}(\/|$)|%2e|%2f|%5c|\\|\/\//i.test(path)) return next();
+    sendError(res, new HttpError(400, 'The request path holds dot segments, encoded slashes or empty segments; send a plain path such as /v1/chat/completions.', 'invalid_request_error', 'invalid_path'));
+  });
+  // draining: a keep-alive connection may still bring a request; send it elsewhere
+  app.use('/v1', (_req, res, next) => {
+    if (!inflight.closing) return next();
+    res.setHeader('connection', 'close');
+    sendError(res, new HttpError(503, 'The gateway is shutting down; retry on another instance.', 'server_error', 'shutting_down', null, 1));
+  });
+  app.use('/v1', proxyRouter({ pool, dispatcher, metrics, logger, inflight, settings }));
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok', uptimeSeconds: Math.round((Date.now() - startedAt.getTime()) / 1000) });
+  });
+
+  app.get('/readyz', async (_req, res) => {
+    try {
+      const st = await pool.status();
+      if (!st.redis.ok) return void res.status(503).json({ status: 'unavailable', redis: st.redis });
+      res.json({ status: 'ready', redis: st.redis, keys: st.keys.length });
+    } catch (e) {
+      res.status(503).json({ status: 'unavailable', error: (e as Error).message });
+    }
+  });
+
+  app.get('/status', async (_req, res) => {
+    try {
+      const st = await pool.status();
+      res.json({
+        ...st,
+        routes: dispatcher.routes,
+        gateway: { pid: process.pid, startedAt: startedAt.toISOString(), inFlight: inflight.size, version: VERSION },
+      });
+    } catch (e) {
+      logger.warn({ err: (e as Error).message }, 'status failed');
+      sendError(res, new HttpError(503, 'Status cannot be read now (Redis?); the gateway log has the details.', 'server_error', 'status_unavailable'));
+    }
+  });
+
+  app.get('/metrics', async (_req, res) => {
+    res.setHeader('content-type', metrics.registry.contentType);
+    res.end(await metrics.registry.metrics());
+  });
+
+  app.use('/admin', adminRouter({ pool, adminToken: settings.adminToken, logger, metrics }));
+
+  let page: string | undefined;
+  app.get('/dashboard', (_req, res) => {
+    page ??= readFileSync(DASHBOARD, 'utf8');
+    res.setHeader('content-type', 'text/html; charset=utf-8');
+    res.setHeader('cache-control', 'no-cache');
+    res.setHeader('content-security-policy', "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'");
+    res.end(page);
+  });
+  app.get('/', (_req, res) => res.redirect('/dashboard'));
+
+  app.use((req, res) => {
+    sendError(res, new HttpError(404, `No such endpoint: ${req.method} ${req.path.slice(0, 200)}. The gateway serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models.`, 'invalid_request_error', 'unknown_url'));
+  });
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const e = err as { type?: string; status?: number; limit?: number };
+    if (e?.type === 'entity.too.large' || e?.status === 413) {
+      return sendError(res, new HttpError(413, `The request body is larger than this gateway accepts (${e.limit ?? settings.bodyLimit} bytes; server.bodyLimit).`, 'invalid_request_error', 'body_too_large'));
+    }
+    if (e?.status === 400) return sendError(res, new HttpError(400, 'The request body could not be read.', 'invalid_request_error', 'invalid_body'));
+    logger.error({ err, path: req.path }, 'unexpected error');
+    sendError(res, new HttpError(500, 'Internal error in the gateway; its log has the details.', 'server_error', 'internal_error'));
+  });
+
+  return { app, metrics, inflight, dispatcher, startedAt };
+}
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;

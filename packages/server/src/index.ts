@@ -1,0 +1,12 @@
+/**
+ * @keypool/server: the keypool gateway. An express app in front of a KeyPool: an OpenAI-compatible
+ * proxy (/v1), status, health, Prometheus metrics, the admin API and a dashboard.
+ *
+ *   const config = loadGatewayConfig({ file: 'keypool.yaml' });
+ *   const serving = await serve(config);          // listens; serving.close() drains and stops
+ */
+export { createGateway, type Gateway, type GatewayOptions, type GatewaySettings } from './app.js';
+export { loadGatewayConfig, type GatewayConfig, type LoadGatewayConfigOptions } from './config.js';
+export { startEmbeddedRedis } from './embedded-redis.js';
+export { GatewayMetrics } from './metrics.js';
+export { REDACT, rootLogger, serve, type Serving } from './runner.js';

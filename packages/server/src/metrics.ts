@@ -1,0 +1,89 @@
+import client from 'prom-client';
+import type { KeyPool, KeyState } from '@keypool/core';
+
+/**
+ * Prometheus metrics of one gateway process (prom-client, a registry per gateway so that tests can
+ * run several). Counters and histograms count what this process did; the key gauges are read
+ * fleet-wide from Redis at scrape time. Labels carry key ids (fingerprints) and names, never a
+ * secret.
+ */
+const STATES: KeyState[] = ['active', 'cooling', 'open', 'half_open', 'revoked', 'disabled', 'draining', 'out_of_budget', 'unknown'];
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1];
+
+export class GatewayMetrics {
+  readonly registry = new client.Registry();
+  readonly requests: client.Counter<'endpoint' | 'route' | 'model' | 'status'>;
+  readonly duration: client.Histogram<'endpoint'>;
+  readonly overhead: client.Histogram<'endpoint'>;
+  readonly upstream: client.Counter<'key_id' | 'key_name' | 'status'>;
+  readonly tokens: client.Counter<'key_id' | 'model' | 'kind'>;
+  readonly spend: client.Counter<'key_id' | 'model'>;
+  readonly transitions: client.Counter<'key_id' | 'transition'>;
+  readonly acquire: client.Histogram<'result'>;
+  readonly redisErrors: client.Counter<'operation'>;
+  readonly tokenRejections: client.Counter<'reason'>;
+  readonly adminActions: client.Counter<'action'>;
+  readonly inFlight: client.Gauge;
+
+  constructor(pool: KeyPool, inFlight: () => number) {
+    const registers = [this.registry];
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'keypool_process_' });
+    this.requests = new client.Counter({ name: 'keypool_gateway_requests_total', help: 'Requests answered by the gateway, by endpoint, route (empty: a plain model), model asked for and HTTP status.', labelNames: ['endpoint', 'route', 'model', 'status'], registers });
+    this.duration = new client.Histogram({ name: 'keypool_gateway_request_duration_seconds', help: 'Whole request time seen by the gateway (streams: until the last byte).', labelNames: ['endpoint'], buckets: LATENCY_BUCKETS, registers });
+    this.overhead = new client.Histogram({ name: 'keypool_gateway_overhead_seconds', help: 'Time the gateway adds: request time minus the time spent in upstream attempts.', labelNames: ['endpoint'], buckets: OVERHEAD_BUCKETS, registers });
+    this.upstream = new client.Counter({ name: 'keypool_upstream_responses_total', help: 'Upstream attempts by key and result (HTTP status, or timeout/network/aborted/broken_stream).', labelNames: ['key_id', 'key_name', 'status'], registers });
+    this.tokens = new client.Counter({ name: 'keypool_tokens_total', help: 'Tokens reported by the provider, by key, model and kind (prompt, completion).', labelNames: ['key_id', 'model', 'kind'], registers });
+    this.spend = new client.Counter({ name: 'keypool_spend_usd_total', help: 'Dollars spent through this gateway process, by key and model.', labelNames: ['key_id', 'model'], registers });
+    this.transitions = new client.Counter({ name: 'keypool_key_transitions_total', help: 'Key state changes caused by this process (opened, reopened, closed, revoked, cooling, retired).', labelNames: ['key_id', 'transition'], registers });
+    this.acquire = new client.Histogram({ name: 'keypool_acquire_duration_seconds', help: 'Time to get a key (or learn there is none), waiting included.', labelNames: ['result'], buckets: LATENCY_BUCKETS, registers });
+    this.redisErrors = new client.Counter({ name: 'keypool_redis_errors_total', help: 'Redis calls that failed (Redis down or too slow), by operation.', labelNames: ['operation'], registers });
+    this.tokenRejections = new client.Counter({ name: 'keypool_gateway_token_rejections_total', help: 'Requests refused because of the gateway token: unknown, revoked, model_not_allowed, rate_limited, budget_exhausted.', labelNames: ['reason'], registers });
+    this.adminActions = new client.Counter({ name: 'keypool_admin_actions_total', help: 'Admin API actions, by action.', labelNames: ['action'], registers });
+    this.inFlight = new client.Gauge({ name: 'keypool_gateway_in_flight_requests', help: 'Requests this process is serving now.', registers, collect() {
+      this.set(inFlight());
+    } });
+
+    // fleet-wide gauges, read from Redis when scraped
+    const keyState = new client.Gauge({ name: 'keypool_key_state', help: 'One per key and state: 1 for the state the key is in (fleet-wide, from Redis).', labelNames: ['key_id', 'key_name', 'provider', 'state'], registers });
+    const keyInFlight = new client.Gauge({ name: 'keypool_key_in_flight', help: 'Leases held on the key across the fleet.', labelNames: ['key_id', 'key_name'], registers });
+    const keyLeft = new client.Gauge({ name: 'keypool_key_remaining', help: 'What is left now in the key limits: requests, tokens, slots, budget_usd (absent: no limit).', labelNames: ['key_id', 'key_name', 'limit'], registers });
+    const keySpend = new client.Gauge({ name: 'keypool_key_spend_usd', help: 'Spend of the key in its current budget period (fleet-wide).', labelNames: ['key_id', 'key_name'], registers });
+    const keyLatency = new client.Gauge({ name: 'keypool_key_latency_seconds', help: 'Rolling latency percentiles of the key (fleet-wide).', labelNames: ['key_id', 'key_name', 'quantile'], registers });
+    const keyErrors = new client.Gauge({ name: 'keypool_key_error_rate', help: 'Rolling error rate of the key (fleet-wide).', labelNames: ['key_id', 'key_name'], registers });
+    const redisUp = new client.Gauge({ name: 'keypool_redis_up', help: '1 when this process reaches Redis, 0 when it does not (see the redisDown policy).', registers });
+    const redisErrors = this.redisErrors;
+    new client.Gauge({
+      name: 'keypool_status_scrape_ok',
+      help: '1 when the fleet-wide key gauges could be read from Redis at this scrape.',
+      registers,
+      async collect() {
+        for (const g of [keyState, keyInFlight, keyLeft, keySpend, keyLatency, keyErrors]) g.reset();
+        redisUp.set(pool.redisAvailable ? 1 : 0);
+        try {
+          const st = await pool.status();
+          for (const k of st.keys) {
+            const id = { key_id: k.id, key_name: k.name ?? '' };
+            for (const s of STATES) keyState.set({ ...id, provider: k.provider, state: s }, k.state === s ? 1 : 0);
+            keyInFlight.set(id, k.inFlight);
+            if (k.left) {
+              for (const [limit, v] of [['requests', k.left.requests], ['tokens', k.left.tokens], ['slots', k.left.slots], ['budget_usd', k.left.budgetUsd]] as const) {
+                if (v !== null) keyLeft.set({ ...id, limit }, v);
+              }
+            }
+            if (k.spendUsd !== undefined) keySpend.set(id, k.spendUsd);
+            if (k.latency) {
+              keyLatency.set({ ...id, quantile: '0.5' }, k.latency.p50Ms / 1000);
+              keyLatency.set({ ...id, quantile: '0.99' }, k.latency.p99Ms / 1000);
+            }
+            if (k.errorRate !== undefined) keyErrors.set(id, k.errorRate);
+          }
+          this.set(st.redis.ok ? 1 : 0);
+        } catch {
+          redisErrors.inc({ operation: 'status' });
+          this.set(0);
+        }
+      },
+    });
+  }
+}

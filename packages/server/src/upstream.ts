@@ -1,0 +1,147 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { Failure } from '@keypool/client';
+
+/**
+ * Raw HTTP to an OpenAI-compatible provider: the request body goes out as the caller sent it and
+ * the answer comes back as a byte stream, so the gateway can pass both through unchanged. One
+ * keep-alive agent per protocol; node:http keeps a pool of sockets per origin inside it.
+ */
+
+/** The provider answered with an error status; its body is kept (bounded) to pass on. */
+export class UpstreamStatusError extends Error {
+  constructor(
+    readonly status: number,
+    readonly headers: http.IncomingHttpHeaders,
+    readonly body: Buffer,
+  ) {
+    super(upstreamMessage(status, body));
+    this.name = 'UpstreamStatusError';
+  }
+}
+
+/** No answer: connection refused or reset, DNS, TLS. */
+export class UpstreamNetworkError extends Error {
+  constructor(
+    readonly code: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`upstream unreachable (${code})`, options);
+    this.name = 'UpstreamNetworkError';
+  }
+}
+
+/** The message of an OpenAI-shaped error body, or the status alone. */
+function upstreamMessage(status: number, body: Buffer): string {
+  try {
+    const j = JSON.parse(body.toString('utf8')) as { error?: { message?: unknown } };
+    if (typeof j?.error?.message === 'string') return `${status} ${j.error.message}`;
+  } catch {
+    // not JSON: the status says enough
+  }
+  return `${status} status code (no body)`;
+}
+
+/** What a failed forward means for the key (see Dispatcher). */
+export function classifyUpstream(e: unknown): Failure {
+  if (e instanceof UpstreamStatusError) return { kind: 'status', status: e.status, headers: e.headers as Record<string, string | string[] | undefined>, message: e.message };
+  if (e instanceof UpstreamNetworkError) return { kind: 'network' };
+  return { kind: 'aborted' };
+}
+
+export interface ForwardRequest {
+  baseURL: string;
+  secret: string;
+  /** Path under the base URL, e.g. `/chat/completions`. */
+  path: string;
+  method: 'GET' | 'POST';
+  body?: Buffer;
+  /** Extra request headers passed on from the caller (already filtered). */
+  headers?: Record<string, string>;
+  signal: AbortSignal;
+}
+
+/** The largest error body kept from a provider. */
+const MAX_ERROR_BODY = 1 << 20;
+
+const agents = {
+  'http:': new http.Agent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 256, scheduling: 'lifo' }),
+  'https:': new https.Agent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 256, scheduling: 'lifo' }),
+};
+
+/**
+ * Send one request upstream. Resolves once a 2xx status and headers arrive, with the body still
+ * streaming; rejects with UpstreamStatusError (body read), UpstreamNetworkError, or the signal's
+ * reason when aborted. Aborting the signal later also destroys the response stream.
+ */
+export function forward(req: ForwardRequest): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    if (req.signal.aborted) return reject(req.signal.reason);
+    const url = new URL(joinPath(req.baseURL, req.path));
+    const mod = url.protocol === 'https:' ? https : http;
+    const headers: Record<string, string | number> = {
+      ...req.headers,
+      authorization: `Bearer ${req.secret}`,
+      accept: req.headers?.accept ?? 'application/json',
+      'user-agent': 'keypool-gateway',
+    };
+    if (req.body) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = req.body.length;
+    }
+    let settled = false;
+    const out = mod.request(url, { method: req.method, headers, agent: agents[url.protocol as 'http:' | 'https:'] });
+    const onAbort = () => {
+      out.destroy(req.signal.reason instanceof Error ? req.signal.reason : new Error('aborted'));
+      if (!settled) {
+        settled = true;
+        reject(req.signal.reason);
+      }
+    };
+    req.signal.addEventListener('abort', onAbort, { once: true });
+    out.on('error', (e: NodeJS.ErrnoException) => {
+      req.signal.removeEventListener('abort', onAbort);
+      if (settled) return;
+      settled = true;
+      reject(req.signal.aborted ? req.signal.reason : new UpstreamNetworkError(e.code ?? e.message, { cause: e }));
+    });
+    out.on('response', (res) => {
+      // the response (and its body) is the caller's from here; the abort listener stays until it ends
+      res.once('close', () => req.signal.removeEventListener('abort', onAbort));
+      const status = res.statusCode ?? 0;
+      if (status >= 200 && status < 300) {
+        settled = true;
+        return resolve(res);
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        if (size < MAX_ERROR_BODY) chunks.push(c);
+        size += c.length;
+      });
+      res.on('end', () => {
+        if (settled) return;
+        settled = true;
+        reject(new UpstreamStatusError(status, res.headers, Buffer.concat(chunks)));
+      });
+      res.on('error', (e: NodeJS.ErrnoException) => {
+        if (settled) return;
+        settled = true;
+        reject(req.signal.aborted ? req.signal.reason : new UpstreamNetworkError(e.code ?? e.message, { cause: e }));
+      });
+    });
+    out.end(req.body);
+  });
+}
+
+/** `https://x/v1` + `/chat/completions`, whatever slashes either side has. */
+function joinPath(base: string, path: string): string {
+  return base.replace(/\/+$/, '') + '/' + path.replace(/^\/+/, '');
+}
+
+/** Read a whole (2xx) response body. */
+export async function readBody(res: http.IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,314 @@
+/**
+ * The gateway end to end: the official `openai` package as the caller, real HTTP, the fake
+ * upstream behind, a real Redis under the pool.
+ */
+import { createServer, request, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import OpenAI from 'openai';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { keyIdOf } from '@keypool/core';
+import { startGateway, testRedis, type TestGateway } from './helpers.js';
+
+const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa1111';
+const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb2222';
+const MODELS = ['gpt-4o-mini', 'gpt-4o', 'text-embedding-3-small'];
+const gateways: TestGateway[] = [];
+afterEach(async () => {
+  for (const g of gateways.splice(0)) await g.stop();
+});
+afterAll(() => testRedis.disconnect());
+
+async function gw(opts: Partial<Parameters<typeof startGateway>[0]> = {}) {
+  const g = await startGateway({
+    fakeKeys: [
+      { key: A, name: 'a' },
+      { key: B, name: 'b' },
+    ],
+    keys: [
+      { secret: A, name: 'a', models: MODELS },
+      { secret: B, name: 'b', models: MODELS },
+    ],
+    ...opts,
+  });
+  gateways.push(g);
+  return g;
+}
+const sdk = (g: TestGateway, apiKey = g.token) => new OpenAI({ apiKey, baseURL: `${g.url}/v1`, maxRetries: 0 });
+const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
+const served = (g: TestGateway) => Object.values(g.fake.counters()).reduce((n, c) => n + c.requests, 0);
+const keyOf = async (g: TestGateway, secret: string) => (await g.pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;
+
+/** POST raw bytes to the gateway; the answer as status, headers and text. */
+function post(url: string, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<{ status: number; headers: IncomingMessage['headers']; text: string; json: any }> {
+  return new Promise((resolve, reject) => {
+    // host/port/path given apart: a URL string would resolve dot segments before sending
+    const u = new URL(url);
+    const req = request({ host: u.hostname, port: u.port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (res) => {
+      let text = '';
+      res.on('data', (c) => (text += c));
+      res.on('end', () => {
+        let json: unknown;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode!, headers: res.headers, text, json });
+      });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+describe('gateway: the official SDK through /v1', () => {
+  it('chat, completions, embeddings and responses are served, priced and reconciled', async () => {
+    const g = await gw();
+    const openai = sdk(g);
+    const { data: chat, response } = await openai.chat.completions.create(ask).withResponse();
+    expect(chat.choices[0]!.message.content!.length).toBeGreaterThan(0);
+    expect(chat.usage!.completion_tokens).toBe(8);
+    expect(response.headers.get('x-keypool-model')).toBe('gpt-4o-mini');
+    expect([keyIdOf(A), keyIdOf(B)]).toContain(response.headers.get('x-keypool-key-id'));
+    const cost = Number(response.headers.get('x-keypool-cost-usd'));
+    // gpt-4o-mini: $0.15 / $0.60 per million tokens
+    expect(cost).toBeCloseTo((chat.usage!.prompt_tokens * 0.15 + 8 * 0.6) / 1e6, 10);
+
+    const comp = await openai.completions.create({ model: 'gpt-4o-mini', prompt: 'say hi', max_tokens: 4 });
+    expect(comp.usage!.completion_tokens).toBe(4);
+    const emb = await openai.embeddings.create({ model: 'text-embedding-3-small', input: ['one', 'two'] });
+    expect(emb.data).toHaveLength(2);
+    const resp = await openai.responses.create({ model: 'gpt-4o-mini', input: 'hi', max_output_tokens: 5 });
+    expect(resp.usage!.output_tokens).toBe(5);
+
+    const st = await g.pool.status();
+    expect(st.keys.reduce((n, k) => n + k.inFlight, 0)).toBe(0);
+    expect(st.spend!.byModel['gpt-4o-mini']!.requests).toBe(3);
+    // the token was charged what the keys spent
+    await new Promise((r) => setTimeout(r, 50));
+    const [tok] = await g.pool.tokens.list();
+    expect(tok!.requests).toBe(4);
+    expect(tok!.spendUsd).toBeCloseTo(st.keys.reduce((n, k) => n + (k.spendUsd ?? 0), 0), 9);
+  });
+
+  it('streams chat through the SDK; the usage chunk is passed only when asked for; the lease is released with the usage', async () => {
+    const g = await gw({ fake: { latency: 2, chunkDelayMs: 5 } });
+    const openai = sdk(g);
+    const chunks: OpenAI.Chat.ChatCompletionChunk[] = [];
+    for await (const c of await openai.chat.completions.create({ ...ask, stream: true })) chunks.push(c);
+    expect(chunks.at(-1)!.choices[0]!.finish_reason).toBe('length');
+    expect(chunks.some((c) => c.usage)).toBe(false);
+    expect(chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('').trim().split(/\s+/)).toHaveLength(8);
+
+    const withUsage: OpenAI.Chat.ChatCompletionChunk[] = [];
+    for await (const c of await openai.chat.completions.create({ ...ask, stream: true, stream_options: { include_usage: true } })) withUsage.push(c);
+    expect(withUsage.at(-1)!.usage!.completion_tokens).toBe(8);
+
+    const st = await g.pool.status();
+    expect(st.keys.reduce((n, k) => n + k.inFlight, 0)).toBe(0);
+    expect(st.spend!.byModel['gpt-4o-mini']!.requests).toBe(2);
+    // both streams were charged their real usage (8 completion tokens each)
+    const counted = Object.values(g.fake.counters()).reduce((n, c) => n + c.completionTokens, 0);
+    expect(counted).toBe(16);
+  });
+
+  it('stream bytes arrive as the upstream sends them, not at the end', async () => {
+    const g = await gw({ fake: { latency: 2, chunkDelayMs: 60 } });
+    const t0 = Date.now();
+    const times: number[] = [];
+    for await (const _ of await sdk(g).chat.completions.create({ ...ask, max_tokens: 6, stream: true })) times.push(Date.now() - t0);
+    // 8 chunks 60 ms apart: the first must not wait for the last
+    expect(times.length).toBeGreaterThanOrEqual(7);
+    expect(times.at(-1)! - times[0]!).toBeGreaterThan(250);
+  });
+
+  it('a request body goes upstream byte for byte, unknown fields included', async () => {
+    const seen: { path: string; body: string; auth: string }[] = [];
+    const capture: Server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        seen.push({ path: req.url!, body, auth: String(req.headers.authorization) });
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 } }));
+      });
+    });
+    await new Promise<void>((r) => capture.listen(0, '127.0.0.1', r));
+    try {
+      const up = `http://127.0.0.1:${(capture.address() as AddressInfo).port}/v1`;
+      const g = await gw({ upstreamURL: up });
+      const raw = '{"model":"gpt-4o-mini",  "messages":[{"role":"user","content":"hi"}],"x_vendor_field":{"a":[1,2.50]},"temperature":1.0}';
+      const r = await post(g.url, '/v1/chat/completions', raw, { authorization: `Bearer ${g.token}` });
+      expect(r.status).toBe(200);
+      expect(r.json.choices[0].message.content).toBe('ok');
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.path).toBe('/v1/chat/completions');
+      expect(seen[0]!.body).toBe(raw);
+      // the provider sees a pool key, never the caller's gateway token
+      expect([`Bearer ${A}`, `Bearer ${B}`]).toContain(seen[0]!.auth);
+    } finally {
+      capture.close();
+    }
+  });
+
+  it('a route picks a model; the answer says which route and model served it', async () => {
+    const g = await gw({ routes: { smart: { models: ['gpt-4o', 'gpt-4o-mini'] } } });
+    const { data, response } = await sdk(g).chat.completions.create({ ...ask, model: 'smart' }).withResponse();
+    expect(data.model).toBe('gpt-4o-mini'); // normal priority: cheapest first
+    expect(response.headers.get('x-keypool-route')).toBe('smart');
+    expect(response.headers.get('x-keypool-model')).toBe('gpt-4o-mini');
+    const critical = await sdk(g).chat.completions.create({ ...ask, model: 'smart' }, { headers: { 'x-keypool-priority': 'critical' } });
+    expect(critical.model).toBe('gpt-4o');
+    const models = await sdk(g).models.list();
+    expect(models.data.map((m) => m.id).sort()).toEqual(['gpt-4o', 'gpt-4o-mini', 'smart', 'text-embedding-3-small']);
+  });
+
+  it('fails over: a key the provider rate-limits is skipped and the caller sees no error', async () => {
+    const g = await gw({
+      fakeKeys: [
+        { key: A, name: 'a', rpm: 1 },
+        { key: B, name: 'b' },
+      ],
+    });
+    const openai = sdk(g);
+    // every call succeeds, also the one(s) that met key a's 429
+    for (let i = 0; i < 60 && !(g.fake.counters().a?.rate429 ?? 0); i++) await openai.chat.completions.create(ask);
+    expect(g.fake.counters().a!.rate429).toBe(1);
+    // after its 429 the pool cooled key a instead of sending it more
+    expect((await keyOf(g, A)).state).toBe('cooling');
+    const text = await (await fetch(`${g.url}/metrics`)).text();
+    expect(text).toMatch(new RegExp(`keypool_upstream_responses_total\\{key_id="${keyIdOf(A)}",key_name="a",status="429"\\} [1-9]`));
+  });
+
+  it('fails over: 5xx answers are retried on another key with backoff', async () => {
+    const g = await gw();
+    g.fake.setFault({ kind: 'error', status: 503, count: 3, key: 'a' });
+    const openai = sdk(g);
+    // every call succeeds while key a answers 503 three times (whichever calls land on it)
+    let calls = 0;
+    while ((g.fake.counters().a?.status['503'] ?? 0) < 3 && calls < 60) {
+      await openai.chat.completions.create(ask);
+      calls++;
+    }
+    const c = g.fake.counters();
+    expect(c.a!.status['503']).toBe(3);
+    expect(c.b!.served + c.a!.served).toBe(calls);
+    const text = await (await fetch(`${g.url}/metrics`)).text();
+    expect(text).toMatch(/keypool_upstream_responses_total\{key_id="[^"]+",key_name="a",status="503"\} 3/);
+    expect(text).toContain(`keypool_gateway_requests_total{endpoint="chat.completions",route="",model="gpt-4o-mini",status="200"} ${calls}`);
+  });
+
+  it('a stream the client drops stops the upstream call and releases the lease', async () => {
+    const g = await gw({ fake: { latency: 2, chunkDelayMs: 50 } });
+    const ac = new AbortController();
+    const stream = await sdk(g).chat.completions.create({ ...ask, max_tokens: 100, stream: true }, { signal: ac.signal });
+    let n = 0;
+    try {
+      for await (const _ of stream) if (++n === 3) ac.abort();
+    } catch {
+      // the SDK may end the loop or throw when aborted: either way the gateway sees the client go
+    }
+    expect(n).toBe(3);
+    await expect.poll(async () => (await g.pool.status()).keys.reduce((s, k) => s + k.inFlight, 0), { timeout: 3000 }).toBe(0);
+    // far fewer than 100 tokens went out
+    const c = Object.values(g.fake.counters());
+    expect(c.reduce((s, x) => s + x.requests, 0)).toBe(1);
+    const text = await (await fetch(`${g.url}/metrics`)).text();
+    expect(text).toMatch(/keypool_gateway_requests_total\{endpoint="chat.completions",route="",model="gpt-4o-mini",status="499"\} 1/);
+  });
+
+  it('a stream the provider breaks ends with an error event the SDK raises, and counts against the key', async () => {
+    const g = await gw({ fake: { latency: 2, chunkDelayMs: 5 } });
+    g.fake.setFault({ kind: 'break-stream', afterChunks: 3, count: 1 });
+    const stream = await sdk(g).chat.completions.create({ ...ask, stream: true });
+    await expect(
+      (async () => {
+        for await (const _ of stream);
+      })(),
+    ).rejects.toThrow(/broke the stream|ended the stream/);
+    await expect.poll(async () => (await g.pool.status()).keys.reduce((s, k) => s + k.inFlight, 0)).toBe(0);
+  });
+});
+
+describe('gateway: bad input never reaches a key', () => {
+  it('answers each kind of bad request with the right OpenAI-shaped error, and the upstream sees none of them', async () => {
+    const g = await gw({ settings: { bodyLimit: 1024 } });
+    const auth = { authorization: `Bearer ${g.token}` };
+    const cases: [string, string | Buffer, Record<string, string>, number, string | null][] = [
+      ['/v1/chat/completions', JSON.stringify(ask), {}, 401, 'missing_api_key'],
+      ['/v1/chat/completions', JSON.stringify(ask), { authorization: 'Bearer kpt_not_a_real_token' }, 401, 'invalid_api_key'],
+      ['/v1/chat/completions', JSON.stringify(ask), { authorization: `Bearer ${A}` }, 401, 'invalid_api_key'],
+      ['/v1/chat/completions', '{"model": "gpt-4o-mini", "messages": [', auth, 400, 'invalid_json'],
+      ['/v1/chat/completions', '[1,2]', auth, 400, 'invalid_json'],
+      ['/v1/chat/completions', '', auth, 400, null],
+      ['/v1/chat/completions', JSON.stringify({ messages: ask.messages }), auth, 400, null],
+      ['/v1/chat/completions', JSON.stringify({ model: 'gpt-4o-mini', messages: 'hi' }), auth, 400, null],
+      ['/v1/chat/completions', JSON.stringify({ ...ask, stream: 'yes' }), auth, 400, null],
+      ['/v1/embeddings', JSON.stringify({ model: 'text-embedding-3-small' }), auth, 400, null],
+      ['/v1/chat/completions', JSON.stringify({ ...ask, model: 'gpt-9-ultra' }), auth, 404, 'model_not_found'],
+      ['/v1/chat/completions', JSON.stringify({ ...ask, messages: [{ role: 'user', content: 'x'.repeat(5000) }] }), auth, 413, 'body_too_large'],
+      ['/v1/chat/completions', Buffer.from([0xff, 0xfe, 0x00, 0x7b]), auth, 400, 'invalid_json'],
+      ['/v1/../admin/tokens', '{"name":"evil"}', auth, 400, 'invalid_path'],
+      ['/v1/%2e%2e/admin/tokens', '{"name":"evil"}', auth, 400, 'invalid_path'],
+      ['/v1/chat/completions/../../admin/tokens', '{"name":"evil"}', auth, 400, 'invalid_path'],
+      ['/v1/chat%2Fcompletions', JSON.stringify(ask), auth, 400, 'invalid_path'],
+      ['/v1/./chat/completions', JSON.stringify(ask), auth, 400, 'invalid_path'],
+      ['/v1/files', '{}', auth, 404, 'unknown_url'],
+      ['//v1/chat/completions', JSON.stringify(ask), auth, 400, 'invalid_path'],
+    ];
+    for (const [path, body, headers, status, code] of cases) {
+      const r = await post(g.url, path, body, headers);
+      expect.soft(r.status, `${path} ${String(body).slice(0, 40)}`).toBe(status);
+      expect.soft(r.json?.error?.message, path).toEqual(expect.any(String));
+      if (code) expect.soft(r.json?.error?.code, path).toBe(code);
+      expect.soft(r.text).not.toMatch(/at .*\.ts:\d+/); // no stack traces
+    }
+    expect(served(g)).toBe(0);
+    expect((await g.pool.tokens.list()).map((t) => t.name)).toEqual(['tests']);
+  });
+
+  it('gateway tokens: revoked, limited to models, rate-limited and budgeted, fleet-wide', async () => {
+    const g = await gw();
+    const { token: limited } = await g.pool.tokens.create({ name: 'limited', rpm: 60, rpmBurst: 2, models: ['gpt-4o-mini'] });
+    const openai = sdk(g, limited);
+    await openai.chat.completions.create(ask);
+    await openai.chat.completions.create(ask);
+    const third = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { authorization: `Bearer ${limited}` });
+    expect(third.status).toBe(429);
+    expect(third.json.error.code).toBe('token_rate_limited');
+    expect(Number(third.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    const other = await post(g.url, '/v1/chat/completions', JSON.stringify({ ...ask, model: 'gpt-4o' }), { authorization: `Bearer ${limited}` });
+    expect(other.status).toBe(403);
+    expect(other.json.error.code).toBe('model_not_allowed');
+
+    const { token: t2, info } = await g.pool.tokens.create({ name: 'to-revoke' });
+    await sdk(g, t2).chat.completions.create(ask);
+    await g.pool.tokens.revoke(info.id);
+    await expect(sdk(g, t2).chat.completions.create(ask)).rejects.toMatchObject({ status: 401 });
+    expect(served(g)).toBe(3);
+  });
+
+  it('429 with Retry-After when no key can serve within the deadline', async () => {
+    const g = await gw({
+      keys: [{ secret: A, name: 'a', models: MODELS, rpm: 60, rpmBurst: 1 }],
+      settings: { deadlineMs: 300 },
+    });
+    await sdk(g).chat.completions.create(ask);
+    const r = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { authorization: `Bearer ${g.token}` });
+    expect(r.status).toBe(429);
+    expect(r.json.error.code).toBe('pool_exhausted');
+    expect(Number(r.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    // the token got its request back: no key served it
+    const [tok] = await g.pool.tokens.list();
+    await expect.poll(async () => (await g.pool.tokens.list())[0]!.requests).toBe(1);
+    expect(tok).toBeDefined();
+  });
+
+  it('an upstream 400 about a parameter is passed on as the provider wrote it, without retries', async () => {
+    const g = await gw();
+    const r = await post(g.url, '/v1/chat/completions', JSON.stringify({ ...ask, max_tokens: -3 }), { authorization: `Bearer ${g.token}` });
+    expect(r.status).toBe(400);
+    expect(r.json.error.message).toMatch(/max_tokens/);
+    expect(served(g)).toBe(1);
+  });
+});
