@@ -113,6 +113,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
     res.end(page);
   });
   app.get('/', (_req, res) => res.redirect('/dashboard'));
+  app.get('/favicon.ico', (_req, res) => res.status(204).end());
 
   app.use((req, res) => {
     sendError(res, new HttpError(404, `No such endpoint: ${req.method} ${req.path.slice(0, 200)}. The gateway serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models.`, 'invalid_request_error', 'unknown_url'));

@@ -1,0 +1,203 @@
+/**
+ * The ops dashboard (GET /dashboard) in a real browser: Debian's chromium driven by playwright-core,
+ * against a gateway on the test Redis with the fake upstream. The page must load with no console
+ * error, show the pool and its keys, follow changes without a reload (an operator disables a key,
+ * traffic is spent), say so loudly when Redis is down or /status cannot be read, and never put
+ * a string from the status into the page as HTML.
+ *
+ * The browser: KEYPOOL_CHROMIUM, else /usr/bin/chromium (`apt-get install -y chromium`; .ci/run
+ * installs it). Without one the tests are skipped, saying why. Screenshots go to the OS temp dir
+ * (keypool-dashboard-<target>*.png) for a person to look at.
+ */
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { keyIdOf } from '@keypool/core';
+import { testTarget } from '@keypool/testkit';
+import { ADMIN, startGateway, testRedis, type TestGateway } from './helpers.js';
+
+const CHROMIUM = process.env.KEYPOOL_CHROMIUM || '/usr/bin/chromium';
+const haveBrowser = existsSync(CHROMIUM);
+if (!haveBrowser) console.warn(`dashboard tests skipped: no browser at ${CHROMIUM} (apt-get install -y chromium, or set KEYPOOL_CHROMIUM)`);
+
+const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa1111';
+const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb2222';
+const C = 'sk-test-cccccccccccccccccccccccc3333';
+const MODELS = ['gpt-4o-mini', 'gpt-4o'];
+// a name that would be markup if the page ever used innerHTML with data
+const EVIL = '<img src=x id=pwned onerror="window.__pwned=1">gamma';
+const NAMES = ['alpha', 'beta', EVIL];
+const IDS = [A, B, C].map(keyIdOf);
+const SHOTS = join(tmpdir(), `keypool-dashboard-${testTarget()}`);
+
+describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
+  let g: TestGateway;
+  let stopped = false;
+  let browser: Browser;
+  let context: BrowserContext;
+  let page: Page;
+  const consoleErrors: string[] = [];
+
+  beforeAll(async () => {
+    g = await startGateway({
+      fakeKeys: [
+        { key: A, name: 'a' },
+        { key: B, name: 'b' },
+        { key: C, name: 'c' },
+      ],
+      keys: [
+        { secret: A, name: NAMES[0], models: MODELS, rpm: 600, tpm: 200_000, maxConcurrent: 20, budget: { usd: 5, period: 'day' } },
+        { secret: B, name: NAMES[1], models: MODELS, rpm: 3000, maxConcurrent: 50 },
+        { secret: C, name: NAMES[2], models: ['gpt-4o-mini'] },
+      ],
+      routes: { fast: { models: ['gpt-4o-mini', 'gpt-4o'] } },
+    });
+    // playwright gives the browser a fresh profile of its own (a temp dir it removes on close)
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    page = await context.newPage();
+    page.on('console', (m) => {
+      // the browser's own request for /favicon.ico is not the page's doing (the gateway has none:
+      // a 404; CSP default-src 'self' forbids a data: icon)
+      if (m.type() === 'error' && !m.location().url.endsWith('/favicon.ico')) consoleErrors.push(`${m.text()} @ ${m.location().url}`);
+    });
+    page.on('requestfailed', (r) => consoleErrors.push(`request failed: ${r.url()}`));
+    page.on('response', (r) => {
+      if (r.status() >= 400) consoleErrors.push(`HTTP ${r.status()}: ${r.url()}`);
+    });
+    page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    if (g && !stopped) await g.stop();
+    testRedis.disconnect();
+  });
+
+  const row = (id: string) => page.locator(`tr[data-key-id="${id}"]`);
+  const stateOf = (id: string) => row(id).locator('td[data-col="state"] .badge').textContent();
+  const cell = (id: string, col: string) => row(id).locator(`td[data-col="${col}"]`).innerText();
+
+  it('loads with no console error and shows the pool, every key by name and its state', async () => {
+    const res = await page.goto(`${g.url}/dashboard`);
+    expect(res!.status()).toBe(200);
+    expect(res!.headers()['content-security-policy']).toContain("default-src 'self'");
+    await expect.poll(() => page.getByTestId('pool').textContent()).toBe(g.pool.name);
+    for (const [i, id] of IDS.entries()) {
+      await expect.poll(() => stateOf(id)).toBe('active');
+      expect(await row(id).locator('.kname').textContent()).toBe(NAMES[i]);
+    }
+    expect(await page.getByTestId('redis').textContent()).toContain('ok');
+    expect(await page.locator('#states [data-state="active"] .n').textContent()).toBe('3');
+    // the full id is in a tooltip, the hint on show; limits as "left / bucket"
+    expect(await row(IDS[0]!).locator(`[title="Key id: ${IDS[0]}"]`).count()).toBe(1);
+    expect(await cell(IDS[0]!, 'requests')).toMatch(/20 \/ 20\s+600 rpm/);
+    expect(await cell(IDS[0]!, 'budget')).toMatch(/\$5\.00 \/ \$5\.00\s+per day/);
+    expect(await cell(IDS[2]!, 'budget')).toBe('no budget');
+    // the name is text, not markup
+    expect(await page.locator('#pwned').count()).toBe(0);
+    expect(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
+    expect(await page.getByTestId('banner').isHidden()).toBe(true);
+    expect(consoleErrors).toEqual([]);
+  });
+
+  it('follows an operator disabling a key and traffic being spent, without a reload', async () => {
+    const nav = await page.evaluate(() => performance.getEntriesByType('navigation').length);
+    // through the admin API, as an operator would
+    const res = await fetch(`${g.url}/admin/keys/${IDS[1]}/disable`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
+    expect(res.status).toBe(200);
+    await expect.poll(() => stateOf(IDS[1]!), { timeout: 5000 }).toBe('disabled');
+    expect(await page.locator('#states [data-state="disabled"] .n').textContent()).toBe('1');
+
+    const ask = (model: string) =>
+      fetch(`${g.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${g.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hello there' }], max_tokens: 8 }),
+      }).then(async (r) => {
+        expect(r.status, await r.clone().text()).toBe(200);
+        return r.json();
+      });
+    await Promise.all([ask('gpt-4o-mini'), ask('gpt-4o-mini'), ask('gpt-4o'), ask('fast'), ask('fast')]);
+    const st = await g.pool.status();
+    const mini = st.spend!.byModel['gpt-4o-mini']!.requests;
+    expect(mini).toBeGreaterThanOrEqual(4);
+
+    const byModel = page.getByTestId('spend-by-model');
+    await expect.poll(() => byModel.locator('tr[data-name="gpt-4o-mini"] td').nth(1).textContent(), { timeout: 5000 }).toBe(String(mini));
+    expect(await byModel.locator('tr[data-name="gpt-4o"] td').nth(1).textContent()).toBe(String(st.spend!.byModel['gpt-4o']!.requests));
+    expect(await page.getByTestId('spend-by-route').locator('tr[data-name="fast"] td').nth(1).textContent()).toBe('2');
+    expect(await page.getByTestId('spend-total').textContent()).toMatch(/^\$0\.0\d+ · 5 req$/);
+    // the keys that served show their spend; the disabled one served nothing
+    const spent = st.keys.filter((k) => (k.spendUsd ?? 0) > 0).map((k) => k.id);
+    expect(spent.length).toBeGreaterThan(0);
+    expect(spent).not.toContain(IDS[1]);
+    for (const id of spent) expect(await cell(id, 'spend')).toMatch(/^\$0\.0\d+$/);
+    expect(await cell(IDS[1]!, 'spend')).toBe('$0');
+    // the budget of alpha went down if it served
+    if (spent.includes(IDS[0]!)) expect(await row(IDS[0]!).locator('td[data-col="budget"] .t').getAttribute('title')).toMatch(/^\$4\.99\d+ left of \$5 per day/);
+
+    // sorting by a header keeps its order across refreshes
+    await page.locator('th[data-col="state"] button').click();
+    const order = () => page.locator('#rows tr').evaluateAll((trs) => trs.map((t) => (t as HTMLElement).dataset.keyId));
+    expect((await order())[0]).toBe(IDS[1]); // by state: problems first, active last
+    await page.locator('th[data-col="state"] button').click();
+    const desc = await order();
+    expect(desc.at(-1)).toBe(IDS[1]);
+    await page.waitForTimeout(2300);
+    expect(await order()).toEqual(desc);
+    expect(await page.locator('th[data-col="state"]').getAttribute('aria-sort')).toBe('descending');
+
+    expect(await page.evaluate(() => performance.getEntriesByType('navigation').length)).toBe(nav);
+    expect(consoleErrors).toEqual([]);
+    await page.locator('th[data-col="key"] button').click();
+    await page.screenshot({ path: `${SHOTS}.png`, fullPage: true });
+    await page.setViewportSize({ width: 420, height: 900 });
+    await page.screenshot({ path: `${SHOTS}-narrow.png`, fullPage: true });
+    await page.setViewportSize({ width: 1280, height: 900 });
+  });
+
+  it('shows a red banner when Redis is down (status says so)', async () => {
+    // the gateway answers /status with redis.ok false when the pool cannot reach Redis; fake that answer
+    await page.route('**/status', async (route) => {
+      const res = await route.fetch();
+      const st = await res.json();
+      st.redis = { ok: false, policy: 'fail-closed', downSince: new Date(Date.now() - 42_000).toISOString(), lastError: 'connect ECONNREFUSED 10.0.0.5:6379' };
+      st.mode = 'failing-closed';
+      st.leasesInFlight = null;
+      delete st.spend;
+      for (const k of st.keys) {
+        k.state = 'unknown';
+        for (const f of ['left', 'spendUsd', 'reservedUsd', 'coolingUntil', 'breaker', 'latency', 'errorRate', 'healthScore', 'degraded']) delete k[f];
+      }
+      await route.fulfill({ response: res, json: st });
+    });
+    const banner = page.getByTestId('banner');
+    await expect.poll(() => banner.isVisible(), { timeout: 5000 }).toBe(true);
+    expect(await banner.textContent()).toMatch(/Redis is down since .*ECONNREFUSED.*fail-closed.*refuses new requests \(503\)/);
+    expect(await page.getByTestId('redis').textContent()).toContain('DOWN');
+    await expect.poll(() => stateOf(IDS[0]!)).toBe('unknown');
+    await page.screenshot({ path: `${SHOTS}-redis-down.png`, fullPage: true });
+    await page.unroute('**/status');
+    await expect.poll(() => banner.isHidden(), { timeout: 5000 }).toBe(true);
+    expect(consoleErrors).toEqual([]);
+  });
+
+  it('shows a red banner when /status cannot be read, and keeps the last numbers, marked stale', async () => {
+    await g.stop();
+    stopped = true;
+    const banner = page.getByTestId('banner');
+    await expect.poll(() => banner.isVisible(), { timeout: 5000 }).toBe(true);
+    expect(await banner.textContent()).toMatch(/cannot read \/status.*stale/);
+    expect(await stateOf(IDS[1]!)).toBe('disabled');
+    await page.screenshot({ path: `${SHOTS}-down.png`, fullPage: true });
+    // the only console errors are the failed fetches of /status
+    expect(consoleErrors.length).toBeGreaterThan(0);
+    for (const e of consoleErrors) expect(e).toMatch(/Failed to load resource|ERR_CONNECTION_REFUSED|\/status/);
+  });
+});
