@@ -20,6 +20,8 @@ import { ADMIN, startGateway, testRedis, type TestGateway } from './helpers.js';
 
 const CHROMIUM = process.env.KEYPOOL_CHROMIUM || '/usr/bin/chromium';
 const haveBrowser = existsSync(CHROMIUM);
+// CI (.ci/run) installs chromium: there a missing browser is a failure, not a skip
+if (!haveBrowser && process.env.CI) throw new Error(`no browser at ${CHROMIUM}: .ci/run should have installed chromium`);
 if (!haveBrowser) console.warn(`dashboard tests skipped: no browser at ${CHROMIUM} (apt-get install -y chromium, or set KEYPOOL_CHROMIUM)`);
 
 const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa1111';
