@@ -8,7 +8,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { PoolConfigSchema } from '../packages/core/src/config.js';
+import { GatewayFileSchema } from '../packages/server/src/config.js';
 
 interface JsonSchema {
   type?: string | string[];
@@ -50,7 +50,7 @@ function rows(s: JsonSchema, prefix: string, required: boolean, out: string[][])
 }
 
 export function configReference(): string {
-  const schema = z.toJSONSchema(PoolConfigSchema, { io: 'input' }) as JsonSchema;
+  const schema = z.toJSONSchema(GatewayFileSchema, { io: 'input', unrepresentable: 'any' }) as JsonSchema;
   const out: string[][] = [];
   rows(schema, '', true, out);
   return ['| field | type | default | meaning |', '| --- | --- | --- | --- |', ...out.map((r) => `| \`${r[0]}\` | ${r[1]} | ${r[2]} | ${r[3]} |`)].join('\n');

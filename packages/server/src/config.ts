@@ -77,7 +77,7 @@ export const RedisSectionSchema = z
 export const BackoffSchema = z
   .object({
     baseMs: z.number().int().min(0).default(100).describe('Pause before the second attempt; doubles with each further attempt (with jitter).'),
-    maxMs: z.number().int().min(0).default(5000).describe('Longest pause between two attempts. A provider\'s Retry-After is honoured up to the deadline.'),
+    maxMs: z.number().int().min(0).default(5000).describe('Longest pause between two attempts after a 5xx, a timeout or a network error. A 429 is not waited out: the pool cools that key as long as the provider says and the next attempt goes to another key at once.'),
   })
   .strict()
   .superRefine((b, ctx) => {
@@ -98,7 +98,7 @@ export const ServerSectionSchema = z
     adminToken: z
       .preprocess((v) => (v === '' ? undefined : v), z.string().min(24, ADMIN_TOKEN_MESSAGE).optional())
       .describe(
-        'Bearer token of the admin API (status, add/remove keys). Keep it out of the file: write ${KEYPOOL_ADMIN_TOKEN} or set the env var, ' +
+        'Bearer token of the admin API (key actions, gateway tokens). Keep it out of the file: write ${KEYPOOL_ADMIN_TOKEN} or set the env var, ' +
           'which overrides it. Absent or empty: the admin API is disabled.',
       ),
     bodyLimit: z
