@@ -59,6 +59,54 @@ function classify(e: unknown): Failure {
 
 const timeoutError = (message: string) => new OpenAI.APIConnectionTimeoutError({ message });
 
+/** How one kind of stream asks for its usage, carries it and says that it is over. */
+interface StreamShape {
+  /** The request body as sent upstream (the model is set per attempt). */
+  body: Record<string, unknown>;
+  /** What one event says: its usage, whether it ends the stream properly, and whether the caller gets it. */
+  read: (event: any) => { usage?: Outcome['usage']; finished: boolean; pass: boolean };
+  /** What a whole stream ends with, named in the error of one that ended without it. */
+  end: string;
+}
+
+/**
+ * Chat and legacy completions: the usage is asked for (stream_options.include_usage) and comes in a
+ * last chunk with no choices, passed on only if the caller asked for it too; a finish_reason ends
+ * the stream.
+ */
+function chunkShape(params: Record<string, unknown>): StreamShape {
+  const wantsUsage = Boolean((params.stream_options as { include_usage?: boolean } | undefined)?.include_usage);
+  return {
+    body: { ...params, stream: true, stream_options: { ...(params.stream_options as object), include_usage: true } },
+    read: (chunk) => {
+      const finished = Boolean(chunk?.choices?.some((c: { finish_reason?: string | null }) => c.finish_reason));
+      if (!chunk?.usage) return { finished, pass: true };
+      const usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
+      return { usage, finished, pass: wantsUsage || (chunk.choices?.length ?? 0) > 0 };
+    },
+    end: 'no finish_reason',
+  };
+}
+
+const RESPONSE_ENDS = new Set(['response.completed', 'response.incomplete', 'response.failed']);
+
+/**
+ * The Responses API: typed events, the last of which (response.completed, .incomplete or .failed)
+ * holds the whole response with its usage. Nothing is to be asked for (its stream_options has no
+ * include_usage) and every event reaches the caller.
+ */
+function responseShape(params: Record<string, unknown>): StreamShape {
+  return {
+    body: { ...params, stream: true },
+    read: (event) => {
+      if (!RESPONSE_ENDS.has(event?.type)) return { finished: false, pass: true };
+      const u = event.response?.usage;
+      return { ...(u ? { usage: { promptTokens: u.input_tokens, completionTokens: u.output_tokens } } : {}), finished: true, pass: true };
+    },
+    end: 'no response.completed, response.incomplete or response.failed',
+  };
+}
+
 /**
  * Requests may name a route instead of a model: `routes: { smart: { models: ['gpt-4o', 'deepseek-chat',
  * 'gpt-4o-mini'] } }` then `model: 'smart'` with `{ priority }` picks the model (see Priority);
@@ -88,7 +136,7 @@ export class PooledOpenAI {
         create: (params, options) => {
           const p = params as unknown as Record<string, unknown>;
           const est = estimateChat(p, this.defaultOut);
-          if (p.stream) return this.stream(params.model, est, params, options, (c, body, signal) => c.chat.completions.create(body as never, { signal }).withResponse() as never);
+          if (p.stream) return this.stream(params.model, est, chunkShape(p), options, (c, body, signal) => c.chat.completions.create(body as never, { signal }).withResponse() as never);
           return this.run(params.model, est, options, {
             call: (c, signal, model) => c.chat.completions.create({ ...params, model, stream: false }, { signal }).withResponse(),
             usage: (d) => ({ promptTokens: d.usage?.prompt_tokens, completionTokens: d.usage?.completion_tokens }),
@@ -100,7 +148,7 @@ export class PooledOpenAI {
       create: (params, options) => {
         const p = params as unknown as Record<string, unknown>;
         const est = estimateCompletion(p, this.defaultOut);
-        if (p.stream) return this.stream(params.model, est, params, options, (c, body, signal) => c.completions.create(body as never, { signal }).withResponse() as never);
+        if (p.stream) return this.stream(params.model, est, chunkShape(p), options, (c, body, signal) => c.completions.create(body as never, { signal }).withResponse() as never);
         return this.run(params.model, est, options, {
           call: (c, signal, model) => c.completions.create({ ...params, model, stream: false }, { signal }).withResponse(),
           usage: (d) => ({ promptTokens: d.usage?.prompt_tokens, completionTokens: d.usage?.completion_tokens }),
@@ -116,8 +164,10 @@ export class PooledOpenAI {
     };
     this.responses = {
       create: (params, options) => {
-        if ((params as { stream?: boolean }).stream) throw new TypeError('PooledOpenAI: streaming responses.create is not supported yet; use chat.completions with stream: true');
-        return this.run(params.model as string, estimateResponse(params as never, this.defaultOut), options, {
+        const p = params as unknown as Record<string, unknown>;
+        const est = estimateResponse(p, this.defaultOut);
+        if (p.stream) return this.stream(params.model as string, est, responseShape(p), options, (c, body, signal) => c.responses.create(body as never, { signal }).withResponse() as never);
+        return this.run(params.model as string, est, options, {
           call: (c, signal, model) => c.responses.create({ ...params, model, stream: false } as never, { signal }).withResponse() as never,
           usage: (d: OpenAI.Responses.Response) => ({ promptTokens: d.usage?.input_tokens, completionTokens: d.usage?.output_tokens }),
         });
@@ -183,30 +233,27 @@ export class PooledOpenAI {
   }
 
   /**
-   * Streams: failover happens before the first chunk (the status arrives with the headers), within
-   * the call's deadline; once streaming, a stream idle for attemptTimeoutMs (no chunk from the
-   * upstream, or a consumer that stopped reading) is aborted. Usage is asked for in the final chunk
-   * (stream_options.include_usage) and reconciled when the stream ends; a stream that breaks midway
-   * (an error, or an end without finish_reason) counts as a failure of the key; a consumer that stops
-   * early aborts the upstream call and releases the lease as aborted. The usage chunk is passed on
-   * only if the caller asked for it. The lease is extended while a long stream runs.
+   * Streams (chat, completions and responses; `shape` says how each carries its usage and its end):
+   * failover happens before the first event (the status arrives with the headers), within the
+   * call's deadline; once streaming, a stream idle for attemptTimeoutMs (no event from the upstream,
+   * or a consumer that stopped reading) is aborted. The usage of the final event is reconciled when
+   * the stream ends; a stream that breaks midway (an error, or an end without its finishing event)
+   * counts as a failure of the key; a consumer that stops early aborts the upstream call and
+   * releases the lease as aborted. The lease is extended while a long stream runs.
    */
   private async stream(
     model: string,
     est: Estimate,
-    params: object,
+    shape: StreamShape,
     options: CallOptions | undefined,
     open: (c: OpenAI, body: object, signal: AbortSignal) => Promise<{ data: AsyncIterable<any> & { controller: AbortController }; response: Response }>,
   ): Promise<AsyncIterable<any> & { controller: AbortController }> {
-    const p = params as Record<string, unknown>;
-    const wantsUsage = Boolean((p.stream_options as { include_usage?: boolean } | undefined)?.include_usage);
-    const body = { ...p, stream: true, stream_options: { ...(p.stream_options as object), include_usage: true } };
     const deadlineMs = options?.timeout ?? this.deadlineMs;
     const call = callController(options?.signal, deadlineMs);
     const controller = call.controller;
     let r: { lease: Lease; data: AsyncIterable<any> & { controller: AbortController }; response: Response; started: number };
     try {
-      const d = await this.attempt(model, est, options, controller.signal, Date.now() + deadlineMs, (c, signal, chosen) => open(c, { ...body, model: chosen }, signal));
+      const d = await this.attempt(model, est, options, controller.signal, Date.now() + deadlineMs, (c, signal, chosen) => open(c, { ...shape.body, model: chosen }, signal));
       r = { lease: d.lease, data: d.value.data, response: d.value.response, started: d.started };
     } catch (e) {
       call.done();
@@ -214,6 +261,11 @@ export class PooledOpenAI {
     }
     // streaming from here on: the idle timeout takes over from the deadline
     call.disarm();
+    // the attempt's signal no longer follows the call's once dispatch has returned: a caller's abort,
+    // the idle timeout or a consumer that stops early must cut the upstream stream here
+    const cut = () => r.data.controller.abort(controller.signal.reason);
+    if (controller.signal.aborted) cut();
+    else controller.signal.addEventListener('abort', cut, { once: true });
     let released = false;
     const release = async (o: Outcome) => {
       if (released) return;
@@ -249,22 +301,27 @@ export class PooledOpenAI {
           const { value: chunk, done } = await iter.next();
           if (done) break;
           if (r.lease.deadline - Date.now() < leaseTimeoutMs / 2) void r.lease.extend().catch(() => undefined);
-          if (chunk?.choices?.some((c: { finish_reason?: string | null }) => c.finish_reason)) finished = true;
-          if (chunk?.usage) {
-            usage = { promptTokens: chunk.usage.prompt_tokens, completionTokens: chunk.usage.completion_tokens };
-            if (!wantsUsage && (!chunk.choices || chunk.choices.length === 0)) continue;
-          }
+          const seen = shape.read(chunk);
+          if (seen.finished) finished = true;
+          if (seen.usage) usage = seen.usage;
+          if (!seen.pass) continue;
           idle.arm('consumer');
           yield chunk;
         }
+        // the SDK ends a stream whose signal aborted without an error
+        if (controller.signal.aborted) {
+          await release({ error: 'aborted' }); // the idle timer released it already, as a timeout if the upstream was silent
+          if (controller.signal.reason instanceof TimedOut) throw asTimeout(controller.signal.reason, controller.signal);
+          return;
+        }
         if (!finished) {
           await release({ error: 'broken_stream', ...(usage ? { usage } : {}) });
-          throw new Error(`stream from ${r.lease.hint} ended before it finished (no finish_reason)`);
+          throw new Error(`stream from ${r.lease.hint} ended before it finished (${shape.end})`);
         }
         await release({ status: r.response.status, ...(usage ? { usage } : {}) });
       } catch (e) {
         await release(controller.signal.aborted ? { error: 'aborted' } : { error: 'broken_stream', ...(usage ? { usage } : {}) });
-        throw e;
+        throw asTimeout(e, controller.signal);
       } finally {
         if (!released) {
           // the consumer stopped early: stop the upstream call too

@@ -17,8 +17,15 @@
  * chunk per token, a finish chunk, with `stream_options.include_usage` a last chunk with `usage` and
  * no choices, then `data: [DONE]`), POST /v1/completions (also streams), POST /v1/embeddings (a
  * string, strings, or token arrays; unit vectors of 8 dimensions by default, `dimensions` honoured,
- * `encoding_format: "base64"` as the SDK asks by default), POST /v1/responses (no streaming),
- * GET /v1/models, GET /v1/models/:id.
+ * `encoding_format: "base64"` as the SDK asks by default), POST /v1/responses (JSON, or with
+ * `stream: true` OpenAI's typed events, each an `event: <type>` line and a `data:` line whose JSON
+ * repeats the `type` and has a `sequence_number` from 0: response.created, response.in_progress,
+ * response.output_item.added, response.content_part.added, one response.output_text.delta per
+ * token, response.output_text.done, response.content_part.done, response.output_item.done, then
+ * response.completed whose `response` is the whole response with its `usage`; a reply cut by
+ * max_output_tokens ends, as on OpenAI, with response.incomplete instead (status `incomplete`,
+ * `incomplete_details: { reason: "max_output_tokens" }`, the message item `incomplete` too); no
+ * `data: [DONE]`), GET /v1/models, GET /v1/models/:id.
  *
  * **Tokens.** A text counts ceil(length / 4) tokens; a chat message 4 + its text's tokens (string
  * content or the `text` of its parts); a completions / embeddings input its text's tokens (a token
@@ -45,11 +52,13 @@
  *
  * **Latency** (key, else model, else server setting): fixed ms or log-normal `{ p50Ms, p99Ms }`,
  * waited before the answer (for a stream before the first chunk; `chunkDelayMs` then comes before
- * each token chunk and the finish chunk). 4xx answers come at once.
+ * each token chunk and the finish chunk; on a responses stream before each output_text.delta and
+ * the output_text.done). 4xx answers come at once.
  *
  * **Faults** (`faults` option, `setFault`, `POST /_fake/faults`): `error` (a 5xx burst of `count`
  * answers, for one key, one model or all), `hang` (never answers), `break-stream` (the socket is
- * closed after `afterChunks` SSE events, without [DONE]); they apply after admission. Revocation
+ * closed after `afterChunks` SSE events, without [DONE] or, on a responses stream, its final
+ * event); they apply after admission, to every streaming endpoint alike. Revocation
  * and slow keys are key settings (`setKey`, `POST /_fake/keys/:key`).
  *
  * **Control over HTTP** (same port, no auth): GET /_fake/counters, POST /_fake/reset

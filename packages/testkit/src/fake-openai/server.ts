@@ -514,8 +514,11 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
     ctx.counters.completionTokens += completionTokens;
   }
 
-  /** Writes SSE events; `timed[i]` says whether event i waits chunkDelayMs first. */
-  async function stream(ctx: Ctx, chunkDelayMs: number, events: Array<{ data: string; timed: boolean }>, onDone: () => void) {
+  /**
+   * Writes SSE events; `timed[i]` says whether event i waits chunkDelayMs first. `end` is written
+   * after the last event of a whole stream (chat and completions: `data: [DONE]`).
+   */
+  async function stream(ctx: Ctx, chunkDelayMs: number, events: Array<{ data: string; timed: boolean }>, onDone: () => void, end = 'data: [DONE]\n\n') {
     const { res, counters: c, breakAfter } = ctx;
     res.setHeader('openai-processing-ms', String(Math.round(performance.now() - ctx.started)));
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
@@ -528,12 +531,12 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
       res.write(ev.data);
     }
     if (breakAfter === undefined) {
-      res.end('data: [DONE]\n\n');
+      res.end(end);
       onDone();
       return;
     }
     // broken stream: what was written reaches the client, then the connection drops mid-body
-    // (no [DONE], no terminating chunk)
+    // (no [DONE] nor final event, no terminating chunk)
     ctx.deliberate = true;
     c.broken++;
     await new Promise<void>((resolve) => {
@@ -676,7 +679,6 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
 
   async function responses(ctx: Ctx, k: KeyState, body: Record<string, unknown>) {
     const m = model(k, body, 'chat', 'v1/responses');
-    if (body.stream === true) throw invalid('This fake does not implement streaming for /v1/responses.', 'stream', 'unsupported_value');
     const input = body.input;
     let messages: Array<{ content?: unknown }>;
     if (typeof input === 'string') messages = [{ content: input }];
@@ -684,43 +686,69 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
     else throw invalid("Invalid 'input': expected a string or a non-empty array of input items.", 'input', 'invalid_value');
     if (typeof body.instructions === 'string') messages = [{ content: body.instructions }, ...messages];
     const cap = maxParam(body, 'max_output_tokens');
-    const g = generation(m, messagesTokens(messages), messages.map((x) => contentText(x.content)).join('\n'), cap, 1, { stream: false, includeUsage: false });
-    await serve(ctx, k, g, () => {
-      const text = g.perChoice[0]!.join('');
-      const truncated = g.finish === 'length';
-      send(ctx, 200, {
-        id: `resp_${randomBytes(16).toString('hex')}`,
-        object: 'response',
-        created_at: Math.floor(Date.now() / 1000),
-        status: truncated ? 'incomplete' : 'completed',
-        error: null,
-        incomplete_details: truncated ? { reason: 'max_output_tokens' } : null,
-        instructions: typeof body.instructions === 'string' ? body.instructions : null,
-        max_output_tokens: cap ?? null,
-        model: m.id,
-        output: [
-          {
-            type: 'message',
-            id: `msg_${randomBytes(16).toString('hex')}`,
-            status: truncated ? 'incomplete' : 'completed',
-            role: 'assistant',
-            content: [{ type: 'output_text', text, annotations: [] }],
-          },
-        ],
-        parallel_tool_calls: true,
-        temperature: 1,
-        tool_choice: 'auto',
-        tools: [],
-        top_p: 1,
-        usage: {
-          input_tokens: g.promptTokens,
-          input_tokens_details: { cached_tokens: 0 },
-          output_tokens: g.completionTokens,
-          output_tokens_details: { reasoning_tokens: 0 },
-          total_tokens: g.promptTokens + g.completionTokens,
-        },
-      });
-      served(ctx, g.promptTokens, g.completionTokens);
+    // the Responses API has no include_usage: the usage always comes in the final event
+    const { stream: streaming } = streamFlags(body);
+    const g = generation(m, messagesTokens(messages), messages.map((x) => contentText(x.content)).join('\n'), cap, 1, { stream: streaming, includeUsage: false });
+    const id = `resp_${randomBytes(16).toString('hex')}`;
+    const itemId = `msg_${randomBytes(16).toString('hex')}`;
+    const createdAt = Math.floor(Date.now() / 1000);
+    const tokens = g.perChoice[0]!;
+    const text = tokens.join('');
+    // a reply cut by max_output_tokens is `incomplete`, as OpenAI answers (and streams: response.incomplete)
+    const final = g.finish === 'length' ? 'incomplete' : 'completed';
+    const usage = {
+      input_tokens: g.promptTokens,
+      input_tokens_details: { cached_tokens: 0 },
+      output_tokens: g.completionTokens,
+      output_tokens_details: { reasoning_tokens: 0 },
+      total_tokens: g.promptTokens + g.completionTokens,
+    };
+    const part = (t: string) => ({ type: 'output_text', text: t, annotations: [], logprobs: [] });
+    const message = (status: string, content: object[]) => ({ id: itemId, type: 'message', status, role: 'assistant', content });
+    const response = (status: string, output: object[], u: typeof usage | null) => ({
+      id,
+      object: 'response',
+      created_at: createdAt,
+      status,
+      error: null,
+      incomplete_details: status === 'incomplete' ? { reason: 'max_output_tokens' } : null,
+      instructions: typeof body.instructions === 'string' ? body.instructions : null,
+      max_output_tokens: cap ?? null,
+      metadata: {},
+      model: m.id,
+      output,
+      parallel_tool_calls: true,
+      temperature: 1,
+      tool_choice: 'auto',
+      tools: [],
+      top_p: 1,
+      usage: u,
+    });
+    const done = () => response(final, [message(final, [part(text)])], usage);
+    await serve(ctx, k, g, async () => {
+      if (!g.stream) {
+        send(ctx, 200, done());
+        served(ctx, g.promptTokens, g.completionTokens);
+        return;
+      }
+      // OpenAI's event sequence for one text message; each event names its type twice (the SSE
+      // `event:` line and the JSON `type`) and carries a sequence_number from 0
+      let seq = 0;
+      const event = (type: string, data: object, timed = false) => ({ data: `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...data })}\n\n`, timed });
+      const at = { item_id: itemId, output_index: 0, content_index: 0 };
+      const events = [
+        event('response.created', { response: response('in_progress', [], null) }),
+        event('response.in_progress', { response: response('in_progress', [], null) }),
+        event('response.output_item.added', { output_index: 0, item: message('in_progress', []) }),
+        event('response.content_part.added', { ...at, part: part('') }),
+        ...tokens.map((t) => event('response.output_text.delta', { ...at, delta: t, logprobs: [] }, true)),
+        event('response.output_text.done', { ...at, text, logprobs: [] }, true),
+        event('response.content_part.done', { ...at, part: part(text) }),
+        event('response.output_item.done', { output_index: 0, item: message(final, [part(text)]) }),
+        event(`response.${final}`, { response: done() }),
+      ];
+      // no `data: [DONE]`: a responses stream ends with its last event
+      await stream(ctx, chunkDelay(k, m), events, () => served(ctx, g.promptTokens, g.completionTokens), '');
     });
   }
 

@@ -74,7 +74,7 @@ export interface FakeFault {
    * `error`: answer `status` (default 500) with an OpenAI server_error body, after the usual latency.
    * `hang`: read the request and never answer, until the client goes away (or the server stops).
    * `break-stream`: streaming requests only; send `afterChunks` SSE events, then destroy the socket
-   * (no `[DONE]`, an unterminated chunked body).
+   * (no `[DONE]` nor response.completed, an unterminated chunked body).
    */
   kind: 'error' | 'hang' | 'break-stream';
   /** Key (secret or counters name) the fault is for. Absent: every key. */
@@ -85,7 +85,10 @@ export interface FakeFault {
   status?: number;
   /** Requests the fault affects, then it is gone. Absent: until cleared. */
   count?: number;
-  /** `break-stream`: SSE events (`data:` lines, the role chunk included) sent before the socket is closed. Default 2. */
+  /**
+   * `break-stream`: SSE events sent before the socket is closed (chat: `data:` chunks, the role chunk
+   * included; responses: whole `event:` + `data:` events, response.created included). Default 2.
+   */
   afterChunks?: number;
 }
 
@@ -117,7 +120,7 @@ export interface FakeOpenAIOptions {
 export interface FakeKeyCounters {
   /** Every /v1 request that presented this key (any outcome, /v1/models included). */
   requests: number;
-  /** 2xx answered in full (a JSON body sent, or a stream up to `[DONE]`). */
+  /** 2xx answered in full (a JSON body sent, or a stream up to `[DONE]` / its final responses event). */
   served: number;
   /** 429 answers. */
   rate429: number;
