@@ -55,7 +55,7 @@ export async function startEmbeddedRedis(opts: EmbeddedRedisOptions): Promise<Em
     const workDir = dir ?? (await mkdtemp(join(tmpdir(), 'keypool-redis-')));
     try {
       const started = await startOnce(await freePort(), workDir, dir !== undefined, log);
-      log.info({ port: started.port, pid: started.pid, dir: dir ?? null }, 'embedded redis-server started');
+      log.info({ port: started.port, redisPid: started.pid, dir: dir ?? null }, 'embedded redis-server started');
       return started;
     } catch (err) {
       if (!dir) await rm(workDir, { recursive: true, force: true });
@@ -66,7 +66,8 @@ export async function startEmbeddedRedis(opts: EmbeddedRedisOptions): Promise<Em
 
 async function startOnce(port: number, workDir: string, persistent: boolean, log: Logger): Promise<EmbeddedRedis> {
   const args = ['--port', String(port), '--bind', HOST, '--save', '', '--dir', workDir, '--appendonly', persistent ? 'yes' : 'no'];
-  const child = spawn('redis-server', args, { cwd: workDir, stdio: ['ignore', 'pipe', 'pipe'] });
+  // its own process group: a Ctrl-C in the terminal reaches the gateway, which drains and then stops Redis
+  const child = spawn('redis-server', args, { cwd: workDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   // Drain both pipes for the child's whole life (a full pipe blocks redis-server); keep the tail,
   // where Redis explains why it could not start or why it died.
   let output = '';
@@ -96,7 +97,7 @@ async function startOnce(port: number, workDir: string, persistent: boolean, log
         clearTimeout(escalate);
       }
       if (!persistent) await rm(workDir, { recursive: true, force: true });
-      if (ready) log.info({ port, pid: child.pid }, 'embedded redis-server stopped');
+      if (ready) log.info({ port, redisPid: child.pid }, 'embedded redis-server stopped');
     })());
 
   const deadline = Date.now() + READY_TIMEOUT_MS;

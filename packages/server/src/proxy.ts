@@ -206,6 +206,26 @@ export function proxyRouter(deps: ProxyDeps): Router {
       res.off('close', onClose);
       end();
     };
+    /**
+     * Release the lease with the outcome (in the background: the answer is out already), then
+     * charge the token what the pool charged the key (the estimate for a stream that broke before
+     * its usage came, as core does), or the usage priced here when Redis could not say.
+     */
+    function releaseAndSettle(lease: Lease, model: string, outcome: Outcome, localCost: number) {
+      const usage = outcome.usage;
+      if (usage?.promptTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'prompt' }, usage.promptTokens);
+      if (usage?.completionTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'completion' }, usage.completionTokens);
+      inflight.track(
+        lease.release(outcome).then(
+          (r) => {
+            const cost = r.released ? r.costUsd : localCost;
+            if (cost > 0) metrics.spend.inc({ key_id: lease.keyId, model }, cost);
+            settle(cost, false);
+          },
+          () => settle(localCost, false),
+        ),
+      );
+    }
     try {
       const token = bearer(req);
       const body = parseBody(req);
@@ -305,19 +325,14 @@ export function proxyRouter(deps: ProxyDeps): Router {
         res.setHeader('x-keypool-cost-usd', usd(cost));
         res.setHeader('content-type', value.up.headers['content-type'] ?? 'application/json');
         res.status(value.up.statusCode ?? 200).end(data);
-        countUsage(lease, model, usage, cost);
-        inflight.track(lease.release({ status: value.up.statusCode ?? 200, latencyMs: Date.now() - d.started, usage, headers: value.up.headers as Record<string, string> }).catch(() => undefined));
-        settle(cost, false);
+        releaseAndSettle(lease, model, { status: value.up.statusCode ?? 200, latencyMs: Date.now() - d.started, usage, headers: value.up.headers as Record<string, string> }, cost);
         finish(value.up.statusCode ?? 200);
         return;
       }
 
       // streaming: the deadline is over, an idle timeout takes over
       call.disarm();
-      const ended = await pipeStream(ep, res, value.up, lease, model, d.started, abort, !wantsUsage && inject, (ms) => (upstreamMs += ms), (usage, cost) => {
-        countUsage(lease, model, usage, cost);
-        settle(cost, false);
-      });
+      const ended = await pipeStream(ep, res, value.up, lease, model, d.started, abort, !wantsUsage && inject, (ms) => (upstreamMs += ms), (outcome, cost) => releaseAndSettle(lease, model, outcome, cost));
       // the status went out as 200; the metric tells how the stream really ended
       finish(ended);
     } catch (e) {
@@ -337,11 +352,6 @@ export function proxyRouter(deps: ProxyDeps): Router {
     }
   }
 
-  function countUsage(lease: Lease, model: string, usage: Outcome['usage'], cost: number) {
-    if (usage?.promptTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'prompt' }, usage.promptTokens);
-    if (usage?.completionTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'completion' }, usage.completionTokens);
-    if (cost > 0) metrics.spend.inc({ key_id: lease.keyId, model }, cost);
-  }
 
   /**
    * Pass a provider's event stream on, event by event, with backpressure (a slow reader pauses the
@@ -359,7 +369,7 @@ export function proxyRouter(deps: ProxyDeps): Router {
     abort: AbortController,
     dropUsage: boolean,
     addUpstream: (ms: number) => void,
-    done: (usage: Outcome['usage'], cost: number) => void,
+    done: (outcome: Outcome, cost: number) => void,
   ): Promise<number> {
     const tap = new SseTap(ep.stream!, dropUsage);
     const s0 = performance.now();
@@ -384,11 +394,11 @@ export function proxyRouter(deps: ProxyDeps): Router {
         clearTimeout(idle);
         abort.signal.removeEventListener('abort', onAbort);
         addUpstream(performance.now() - s0);
-        const cost = costOf(model, tap.usage);
-        done(tap.usage, cost);
-        inflight.track(lease.release({ ...o, ...(tap.usage ? { usage: tap.usage } : {}), latencyMs: Date.now() - started, headers: up.headers as Record<string, string> }).catch(() => undefined));
+        done({ ...o, ...(tap.usage ? { usage: tap.usage } : {}), latencyMs: Date.now() - started, headers: up.headers as Record<string, string> }, costOf(model, tap.usage));
         if (brokenMessage && !res.destroyed) {
-          res.write(`data: ${JSON.stringify({ error: { message: brokenMessage, type: 'api_error', param: null, code: 'upstream_stream_broken' } })}\n\n`);
+          const error = { message: brokenMessage, type: 'api_error', param: null, code: 'upstream_stream_broken' };
+          // chat streams carry errors as data; the Responses API as a typed `error` event (with `error` too, which the SDKs raise)
+          res.write(ep.stream === 'responses' ? `event: error\ndata: ${JSON.stringify({ ...error, type: 'error', error })}\n\n` : `data: ${JSON.stringify({ error })}\n\n`);
         }
         if (!res.destroyed) res.end();
         if (!up.destroyed) up.destroy();

@@ -1,3 +1,4 @@
+import { StringDecoder } from 'node:string_decoder';
 import type { Outcome } from '@keypool/core';
 
 /**
@@ -16,6 +17,8 @@ export class SseTap {
   usage: Outcome['usage'];
   finished = false;
   private rest = '';
+  /** Keeps a UTF-8 character split between two chunks whole. */
+  private readonly decoder = new StringDecoder('utf8');
 
   constructor(
     private readonly kind: StreamKind,
@@ -25,7 +28,7 @@ export class SseTap {
 
   /** Whole events in `chunk` (with what was left over before), to forward as they are. */
   push(chunk: Buffer): string {
-    const text = this.rest + chunk.toString('utf8');
+    const text = this.rest + this.decoder.write(chunk);
     let out = '';
     let from = 0;
     for (;;) {
@@ -45,7 +48,7 @@ export class SseTap {
 
   /** Whatever is left when the upstream ends (an event without its blank line). */
   flush(): string {
-    const last = this.rest;
+    const last = this.rest + this.decoder.end();
     this.rest = '';
     return last && this.inspect(last) ? last : '';
   }

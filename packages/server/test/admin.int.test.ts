@@ -105,6 +105,8 @@ describe('admin API', () => {
     const openai = new OpenAI({ apiKey: made.json.token, baseURL: `${g.url}/v1`, maxRetries: 0 });
     await openai.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 });
 
+    // the token is settled in the background once the answer is out
+    await expect.poll(async () => (await admin('GET', '/tokens')).json.tokens.find((t: { id: string }) => t.id === made.json.id)?.requests).toBe(1);
     const list = await admin('GET', '/tokens');
     const listed = list.json.tokens.find((t: { id: string }) => t.id === made.json.id);
     expect(listed).toMatchObject({ name: 'team-a', requests: 1, revokedAt: null });

@@ -85,7 +85,7 @@ describe.skipIf(testTarget() === 'cluster')('startEmbeddedRedis', () => {
     expect(appendonly).toBe('no');
     expect(existsSync(dir)).toBe(true);
     expect(lines).toContainEqual(
-      expect.objectContaining({ msg: 'embedded redis-server started', component: 'embedded-redis', port: redis.port, pid: redis.pid }),
+      expect.objectContaining({ msg: 'embedded redis-server started', component: 'embedded-redis', port: redis.port, redisPid: redis.pid }),
     );
 
     await redis.stop();
