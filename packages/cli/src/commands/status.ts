@@ -1,0 +1,105 @@
+/**
+ * `keypool status`: the pool as a running gateway sees it (GET /status, no token needed), as a
+ * table or as the JSON the gateway answered.
+ */
+import type { Command } from 'commander';
+import type { KeyStatus } from '@keypool/core';
+import type { Context } from '../context.js';
+import { count, duration, NONE, paint, percent, table, until, usd, type Cell, type Style } from '../format.js';
+import type { GatewayStatus } from '../gateway-client.js';
+import { addGatewayOptions, examples, gatewayClient, paragraphs, type GatewayOptions } from '../options.js';
+
+export function registerStatus(program: Command, ctx: Context): void {
+  const cmd = program
+    .command('status')
+    .description('show the pool of a running gateway: Redis, and per key its state, limits left, spend, latency and errors')
+    .addHelpText(
+      'after',
+      paragraphs(
+        'Reads GET <url>/status, which needs no token. Columns: requests and tokens left in the buckets of the rate limits, budget left in the current period, spend, latency percentiles and error rate over the health window; - means no limit.',
+        'A state followed by (degraded) is a key slower or failing more than health.degradedP99Ms / health.degradedErrorRate allow: it gets less traffic. Colours only when stdout is a terminal (and NO_COLOR is not set).',
+      ) +
+        examples('keypool status', 'keypool status --url http://gateway.internal:8080', 'KEYPOOL_URL=http://10.0.0.5:8080 keypool status --json | jq .keys'),
+    );
+  addGatewayOptions(cmd).action(async (opts: GatewayOptions) => {
+    const status = await gatewayClient(opts).status();
+    ctx.out(opts.json ? `${JSON.stringify(status, null, 2)}\n` : renderStatus(status, { color: ctx.color, now: Date.now() }));
+  });
+}
+
+/** The whole status: a few summary lines, then one row per key. */
+export function renderStatus(st: GatewayStatus, opts: { color: boolean; now: number }): string {
+  const lines: [string, Cell][] = [['pool', st.pool]];
+  const r = st.redis;
+  lines.push([
+    'redis',
+    r.ok
+      ? { text: `ok, mode ${st.mode}`, style: 'green' }
+      : {
+          text: `DOWN, mode ${st.mode} (policy ${r.policy}${r.downSince ? `, down for ${duration(opts.now - Date.parse(r.downSince))}` : ''}${r.lastError ? `: ${r.lastError}` : ''})`,
+          style: 'red',
+        },
+  ]);
+  if (st.gateway) {
+    const up = duration(opts.now - Date.parse(st.gateway.startedAt));
+    lines.push(['gateway', `v${st.gateway.version}, pid ${st.gateway.pid}, up ${up}, ${st.gateway.inFlight} request(s) in flight`]);
+  }
+  if (st.leasesInFlight !== null && st.leasesInFlight !== undefined) lines.push(['leases', `${st.leasesInFlight} in flight (whole fleet)`]);
+  const routes = Object.entries(st.routes ?? {});
+  if (routes.length > 0) lines.push(['routes', routes.map(([name, r]) => `${name} -> ${r.models.join(', ')}`).join('; ')]);
+  if (st.spend) {
+    const models = Object.values(st.spend.byModel);
+    const total = models.reduce((n, m) => n + m.usd, 0);
+    const requests = models.reduce((n, m) => n + m.requests, 0);
+    lines.push(['spend', `${usd(total)} over ${requests} request(s)`]);
+  }
+  const label = Math.max(...lines.map(([l]) => l.length)) + 1;
+  const head = lines.map(([l, v]) => `${`${l}:`.padEnd(label)}  ${typeof v === 'string' ? v : paint(v.text, v.style, opts.color)}`).join('\n');
+  const body = st.keys.length === 0 ? 'no keys in this pool\n' : keysTable(st.keys, opts);
+  return `${head}\n\n${body}`;
+}
+
+const KEY_HEADER = ['NAME', 'ID', 'HINT', 'STATE', 'IN FLIGHT', 'REQ LEFT/RPM', 'TOK LEFT/TPM', 'BUDGET LEFT', 'SPEND', 'P50/P99 MS', 'ERRORS'];
+
+/** One row per key (also `keypool keys list`). */
+export function keysTable(keys: KeyStatus[], opts: { color: boolean; now: number }): string {
+  const rows = keys.map((k): Cell[] => {
+    const l = k.limits;
+    const left = k.left;
+    return [
+      k.name ?? NONE,
+      k.id,
+      k.hint,
+      stateCell(k, opts.now),
+      `${k.inFlight}/${l.maxConcurrent > 0 ? l.maxConcurrent : NONE}`,
+      l.rpm > 0 ? `${count(left?.requests)}/${l.rpm}` : NONE,
+      l.tpm > 0 ? `${count(left?.tokens)}/${l.tpm}` : NONE,
+      l.budgetUsd !== null ? `${usd(left?.budgetUsd)} of ${usd(l.budgetUsd)}/${l.budgetPeriod}` : NONE,
+      usd(k.spendUsd ?? 0),
+      k.latency && (k.latency.p50Ms > 0 || k.latency.p99Ms > 0) ? `${k.latency.p50Ms}/${k.latency.p99Ms}` : NONE,
+      percent(k.errorRate),
+    ];
+  });
+  return table(KEY_HEADER, rows, { color: opts.color, right: [8, 9, 10] });
+}
+
+const STATE_STYLE: Record<string, Style> = {
+  active: 'green',
+  cooling: 'yellow',
+  half_open: 'yellow',
+  draining: 'yellow',
+  open: 'red',
+  revoked: 'red',
+  disabled: 'red',
+  out_of_budget: 'red',
+  unknown: 'dim',
+};
+
+function stateCell(k: KeyStatus, now: number): Cell {
+  let text: string = k.state;
+  const left = k.state === 'cooling' ? until(k.coolingUntil, now) : k.state === 'open' ? until(k.breaker?.openUntil, now) : undefined;
+  if (left) text += ` ${left}`;
+  if (k.degraded) text += ' (degraded)';
+  const style = k.degraded && k.state === 'active' ? 'yellow' : STATE_STYLE[k.state];
+  return { text, style };
+}

@@ -1,0 +1,137 @@
+/** The text output, in process: tables, numbers, the status summary, colours only when asked. */
+import { describe, expect, it } from 'vitest';
+import type { GatewayTokenInfo, KeyStatus } from '@keypool/core';
+import { renderStatus } from '../src/commands/status.js';
+import { tokensTable } from '../src/commands/tokens.js';
+import { duration, table, usd } from '../src/format.js';
+import type { GatewayStatus } from '../src/gateway-client.js';
+
+const NOW = Date.parse('2026-01-01T12:00:00Z');
+
+function key(over: Partial<KeyStatus> & Pick<KeyStatus, 'id'>): KeyStatus {
+  return {
+    hint: 'sk-...abcd',
+    provider: 'openai',
+    baseURL: 'https://api.openai.com/v1',
+    models: ['gpt-4o-mini'],
+    state: 'active',
+    degraded: false,
+    limits: { rpm: 0, tpm: 0, rpmBurst: 0, tpmBurst: 0, maxConcurrent: 0, budgetUsd: null, budgetPeriod: null, weight: 1 },
+    left: { requests: null, tokens: null, slots: null, budgetUsd: null },
+    inFlight: 0,
+    spendUsd: 0,
+    latency: { p50Ms: 0, p99Ms: 0 },
+    errorRate: 0,
+    ...over,
+  };
+}
+
+const STATUS: GatewayStatus = {
+  pool: 'prod',
+  redis: { ok: true, policy: 'fail-closed' },
+  mode: 'shared',
+  version: 3,
+  leasesInFlight: 2,
+  spend: { byModel: { 'gpt-4o-mini': { usd: 0.5, requests: 40 }, 'gpt-4o': { usd: 1.25, requests: 2 } }, byRoute: {} },
+  routes: { smart: { models: ['gpt-4o', 'gpt-4o-mini'] } },
+  gateway: { pid: 42, startedAt: '2026-01-01T09:30:00Z', inFlight: 1, version: '0.1.0' },
+  keys: [
+    key({
+      id: '1111111111111111',
+      name: 'openai-1',
+      hint: 'sk-...1111',
+      limits: { rpm: 500, tpm: 200000, rpmBurst: 16, tpmBurst: 32768, maxConcurrent: 50, budgetUsd: 200, budgetPeriod: 'month', weight: 1 },
+      left: { requests: 14, tokens: 31000, slots: 48, budgetUsd: 198.25 },
+      inFlight: 2,
+      spendUsd: 1.75,
+      latency: { p50Ms: 120, p99Ms: 950 },
+      errorRate: 0.031,
+      degraded: true,
+    }),
+    key({ id: '2222222222222222', name: 'groq-1', state: 'cooling', coolingUntil: '2026-01-01T12:00:04Z' }),
+    key({ id: '3333333333333333', state: 'open', breaker: { state: 'open', consecutiveFailures: 5, opens: 1, openUntil: '2026-01-01T12:01:30Z' } }),
+  ],
+};
+
+describe('renderStatus', () => {
+  it('summary lines, then one row per key with limits left, spend, latency and errors', () => {
+    expect(renderStatus(STATUS, { color: false, now: NOW })).toBe(
+      [
+        'pool:     prod',
+        'redis:    ok, mode shared',
+        'gateway:  v0.1.0, pid 42, up 2h30m, 1 request(s) in flight',
+        'leases:   2 in flight (whole fleet)',
+        'routes:   smart -> gpt-4o, gpt-4o-mini',
+        'spend:    $1.75 over 42 request(s)',
+        '',
+        'NAME      ID                HINT        STATE              IN FLIGHT  REQ LEFT/RPM  TOK LEFT/TPM  BUDGET LEFT               SPEND  P50/P99 MS  ERRORS',
+        'openai-1  1111111111111111  sk-...1111  active (degraded)  2/50       14/500        31000/200000  $198.25 of $200.00/month  $1.75     120/950    3.1%',
+        'groq-1    2222222222222222  sk-...abcd  cooling 4s         0/-        -             -             -                            $0           -    0.0%',
+        '-         3333333333333333  sk-...abcd  open 1m30s         0/-        -             -             -                            $0           -    0.0%',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('Redis down shows in the summary; no keys says so', () => {
+    const down: GatewayStatus = { ...STATUS, redis: { ok: false, policy: 'local', downSince: '2026-01-01T11:59:00Z', lastError: 'ECONNREFUSED' }, mode: 'local', keys: [] };
+    const text = renderStatus(down, { color: false, now: NOW });
+    expect(text).toContain('redis:    DOWN, mode local (policy local, down for 1m: ECONNREFUSED)\n');
+    expect(text.endsWith('\n\nno keys in this pool\n')).toBe(true);
+  });
+
+  it('colours only when asked: the state and the header, widths unchanged', () => {
+    const plain = renderStatus(STATUS, { color: false, now: NOW });
+    const colored = renderStatus(STATUS, { color: true, now: NOW });
+    expect(plain).not.toContain('\u001b[');
+    expect(colored).toContain('\u001b[33mactive (degraded)\u001b[39m');
+    expect(colored).toContain('\u001b[33mcooling 4s\u001b[39m');
+    expect(colored).toContain('\u001b[31mopen 1m30s\u001b[39m');
+    expect(colored).toContain('\u001b[1mNAME\u001b[22m');
+    // eslint-disable-next-line no-control-regex
+    expect(colored.replace(/\u001b\[\d+m/g, '')).toBe(plain);
+  });
+});
+
+describe('tokensTable', () => {
+  it('never the token: id, hint, limits, spend, revoked', () => {
+    const t = (over: Partial<GatewayTokenInfo>): GatewayTokenInfo => ({
+      id: 'aaaaaaaaaaaa',
+      hint: 'kpt_...wxyz',
+      name: 'ci',
+      rpm: 0,
+      rpmBurst: 0,
+      budget: null,
+      models: [],
+      createdAt: '2026-01-01T00:00:00Z',
+      revokedAt: null,
+      lastUsedAt: null,
+      requests: 0,
+      spendUsd: 0,
+      reservedUsd: 0,
+      left: { requests: null, budgetUsd: null },
+      budgetPeriodEndsAt: null,
+      ...over,
+    });
+    expect(
+      tokensTable([t({}), t({ id: 'bbbbbbbbbbbb', name: 'batch', rpm: 60, rpmBurst: 2, budget: { usd: 5, period: 'day' }, models: ['gpt-4o-mini'], requests: 1234, spendUsd: 0.0042, revokedAt: '2026-01-02T03:04:05.678Z' })], false),
+    ).toBe(
+      [
+        'ID            NAME   HINT         RPM           BUDGET     MODELS         SPEND  REQUESTS  REVOKED',
+        'aaaaaaaaaaaa  ci     kpt_...wxyz  -             -          all               $0         0  no',
+        'bbbbbbbbbbbb  batch  kpt_...wxyz  60 (burst 2)  $5.00/day  gpt-4o-mini  $0.0042      1234  yes, 2026-01-02 03:04:05 UTC',
+        '',
+      ].join('\n'),
+    );
+  });
+});
+
+describe('format', () => {
+  it('table: columns as wide as their content, right-aligned where asked, no trailing spaces', () => {
+    expect(table(['A', 'NUM', 'Z'], [['xx', '1', ''], ['y', '1000', 'end']], { color: false, right: [1] })).toBe('A    NUM  Z\nxx     1\ny   1000  end\n');
+  });
+  it('usd and duration', () => {
+    expect([usd(0), usd(0.00042), usd(3), usd(1234.5), usd(null)]).toEqual(['$0', '$0.0004', '$3.00', '$1234.50', '-']);
+    expect([duration(850), duration(42_000), duration(310_000), duration(3_600_000 * 3 + 60_000 * 12), duration(86_400_000 * 3)]).toEqual(['850ms', '42s', '5m10s', '3h12m', '3d']);
+  });
+});
