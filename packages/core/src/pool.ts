@@ -273,15 +273,18 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       });
       owns = true;
       // until the pool listens, connection errors are reported by the connect() below
-      const quiet = () => undefined;
+      let cause: Error | undefined;
+      const quiet = (e: Error) => void (cause ??= e);
       client.on('error', quiet);
       try {
         await client.connect();
       } catch (e) {
         if (config.redisDown.policy === 'fail-closed') {
           client.disconnect();
+          // ioredis rejects with "Connection is closed."; the error event said why (ECONNREFUSED...)
+          const why = cause?.message ?? (e as Error).message;
           throw new RedisUnavailableError(
-            `cannot reach Redis at ${safeUrl(url)} (${(e as Error).message}); start Redis or set REDIS_URL to a reachable server`,
+            `cannot reach Redis at ${safeUrl(url)} (${why}); start Redis or set REDIS_URL to a reachable server`,
             { cause: e },
           );
         }
