@@ -23,7 +23,7 @@ export const REDIS_SERVER_MISSING =
 
 /** Options of {@link startEmbeddedRedis}. */
 export interface EmbeddedRedisOptions {
-  /** Data directory (created if needed): the data is kept in an append-only file. Absent: a temp dir, nothing kept. */
+  /** Data directory (created if needed), kept after stop. Absent: a temp dir, removed at stop. Either way an append-only file keeps the data across a crash and restart. */
   dir?: string;
   logger: Logger;
 }
@@ -56,7 +56,7 @@ export async function startEmbeddedRedis(opts: EmbeddedRedisOptions): Promise<Em
     try {
       const started = await startOnce(await freePort(), workDir, dir !== undefined, log);
       log.info({ port: started.port, redisPid: started.pid, dir: dir ?? null }, 'embedded redis-server started');
-      return started;
+      return supervise(started, workDir, dir !== undefined, log);
     } catch (err) {
       if (!dir) await rm(workDir, { recursive: true, force: true });
       if (attempt >= 3 || !String((err as Error).message).includes('Address already in use')) throw err;
@@ -64,8 +64,57 @@ export async function startEmbeddedRedis(opts: EmbeddedRedisOptions): Promise<Em
   }
 }
 
-async function startOnce(port: number, workDir: string, persistent: boolean, log: Logger): Promise<EmbeddedRedis> {
-  const args = ['--port', String(port), '--bind', HOST, '--save', '', '--dir', workDir, '--appendonly', persistent ? 'yes' : 'no'];
+/**
+ * Keep the embedded Redis up: if it dies (killed, OOM), start it again on the same port and data
+ * dir, with a growing pause between tries (0.5 s to 5 s), so the pool reconnects by itself instead
+ * of failing every request until the gateway is restarted.
+ */
+function supervise(first: Instance, workDir: string, persistent: boolean, log: Logger): EmbeddedRedis {
+  let current = first;
+  let stopped = false;
+  const watch = (inst: Instance) => {
+    void inst.exited.then(async () => {
+      let pause = 500;
+      while (!stopped && !inst.stopping()) {
+        await new Promise((r) => setTimeout(r, pause));
+        if (stopped) return;
+        try {
+          current = await startOnce(inst.port, workDir, persistent, log);
+          log.warn({ port: current.port, redisPid: current.pid }, 'embedded redis-server restarted on the same port with its data (append-only file)');
+          watch(current);
+          return;
+        } catch (e) {
+          log.error({ err: (e as Error).message, retryInMs: Math.min(pause * 2, 5000) }, 'embedded redis-server could not be restarted');
+          pause = Math.min(pause * 2, 5000);
+        }
+      }
+    });
+  };
+  watch(first);
+  return {
+    url: first.url,
+    port: first.port,
+    get pid() {
+      return current.pid;
+    },
+    stop: async () => {
+      stopped = true;
+      await current.stop();
+    },
+  };
+}
+
+interface Instance extends EmbeddedRedis {
+  /** Resolves when the process has exited (for whatever reason). */
+  exited: Promise<void>;
+  /** True once stop() was called. */
+  stopping: () => boolean;
+}
+
+async function startOnce(port: number, workDir: string, persistent: boolean, log: Logger): Promise<Instance> {
+  // always an append-only file, in the temp dir when no dir is given: a crash and restart loses nothing;
+  // without a dir the file goes when the gateway stops
+  const args = ['--port', String(port), '--bind', HOST, '--save', '', '--dir', workDir, '--appendonly', 'yes'];
   // its own process group: a Ctrl-C in the terminal reaches the gateway, which drains and then stops Redis
   const child = spawn('redis-server', args, { cwd: workDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   // Drain both pipes for the child's whole life (a full pipe blocks redis-server); keep the tail,
@@ -110,7 +159,7 @@ async function startOnce(port: number, workDir: string, persistent: boolean, log
     await new Promise((r) => setTimeout(r, 50));
   }
   ready = true;
-  return { url: `redis://${HOST}:${port}`, port, pid: child.pid!, stop };
+  return { url: `redis://${HOST}:${port}`, port, pid: child.pid!, stop, exited: exit, stopping: () => stopping !== undefined };
 }
 
 /** True once the server on `port` is process `pid` and has finished loading its data. */

@@ -52,6 +52,7 @@ async function eventually(check: () => boolean, ms = 5000): Promise<boolean> {
 
 async function withClient<T>(url: string, fn: (r: Redis) => Promise<T>): Promise<T> {
   const r = new Redis(url, { maxRetriesPerRequest: 1 });
+  r.on('error', () => undefined); // a refused connection rejects the command; no unhandled event noise
   try {
     return await fn(r);
   } finally {
@@ -82,7 +83,7 @@ describe.skipIf(testTarget() === 'cluster')('startEmbeddedRedis', () => {
     }));
     expect(pong).toBe('PONG');
     expect(info).toContain(`process_id:${redis.pid}\r\n`);
-    expect(appendonly).toBe('no');
+    expect(appendonly).toBe('yes'); // a crash and restart loses nothing; the temp dir goes at stop
     expect(existsSync(dir)).toBe(true);
     expect(lines).toContainEqual(
       expect.objectContaining({ msg: 'embedded redis-server started', component: 'embedded-redis', port: redis.port, redisPid: redis.pid }),
@@ -93,6 +94,22 @@ describe.skipIf(testTarget() === 'cluster')('startEmbeddedRedis', () => {
     expect(existsSync(dir)).toBe(false); // the temp dir goes with it
     await redis.stop(); // idempotent
     expect(lines.filter((l) => l.msg === 'embedded redis-server exited unexpectedly')).toEqual([]);
+  });
+
+  it('starts again on the same port when it dies, and says so', async () => {
+    const { logger, lines } = capture();
+    const redis = await startEmbeddedRedis({ logger });
+    started.push(redis);
+    const first = redis.pid;
+    await withClient(redis.url, (r) => r.set('survives', 'yes'));
+    process.kill(first, 'SIGKILL');
+    const answering = () => withClient(redis.url, async (r) => Number((await r.info('server')).match(/process_id:(\d+)/)?.[1])).catch(() => first);
+    await expect.poll(answering, { timeout: 10_000, interval: 100 }).not.toBe(first);
+    expect(await answering()).toBe(redis.pid);
+    expect(await withClient(redis.url, (r) => r.get('survives'))).toBe('yes');
+    expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['embedded redis-server exited unexpectedly', expect.stringMatching(/restarted on the same port with its data/)]));
+    await redis.stop();
+    expect(alive(redis.pid)).toBe(false);
   });
 
   it('starts several side by side on different ports', async () => {
