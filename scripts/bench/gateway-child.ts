@@ -1,0 +1,347 @@
+/**
+ * The child processes of scripts/bench/gateway.ts, one role each (started by it with
+ * `node --import tsx scripts/bench/gateway-child.ts <role>` and an IPC channel; not meant to be run
+ * by hand):
+ *
+ *   fake     the fake OpenAI upstream (packages/testkit fake-openai), fixed latency, no rate limits;
+ *   gateway  ONE keypool gateway: serve() from packages/server with a config object built here
+ *            (the given keys without limits, pointing at the fake; logLevel warn; the given Redis),
+ *            and a gateway token made with pool.tokens.create;
+ *   bare     a baseline, not keypool: the least a Node proxy hop does (node:http server, read the
+ *            body, forward it with one fixed key through a keep-alive agent like the gateway's,
+ *            pipe the answer back). Gateway minus bare = what keypool's own work costs.
+ *
+ * The configuration comes base64-encoded JSON in argv; the child answers `{ type: 'ready', ... }` on
+ * the IPC channel once it serves. Requests from the parent, each `{ id, type }`, answered
+ * `{ id, ok, value | error }`:
+ *
+ *   stats      (gateway) Redis-bound calls on the request path timed in this process since the last
+ *              `stats` (tokens.admit and pool.acquire: the two round trips a request waits for;
+ *              lease.release and tokens.settle: after the answer, off the request path), as
+ *              percentiles in ms;
+ *   profile-start / profile-stop { file }   (gateway) a V8 CPU profile of this process (node:inspector),
+ *              written to `file` (positions mapped back to the TypeScript sources);
+ *   alloc-start / alloc-stop { file }   (gateway) V8's sampling heap profile, objects collected by GC
+ *              included (so: what was allocated, not what survived), written to `file`;
+ *   counters   (fake) the fake's counters;
+ *   stop       close everything and exit 0.
+ *
+ * A child whose IPC channel closes (the parent died or exited) shuts down by itself, so no child
+ * outlives the benchmark; SIGINT / SIGTERM (Ctrl-C reaches the whole process group) do the same.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Session } from 'node:inspector/promises';
+import { writeFile } from 'node:fs/promises';
+import { SourceMap } from 'node:module';
+import { performance } from 'node:perf_hooks';
+import { parsePoolConfig } from '@keypool/core';
+import { serve, type GatewayConfig } from '@keypool/server';
+import { startFakeOpenAI } from '@keypool/testkit/fake-openai';
+// the server section's schema fills in every default, as loadGatewayConfig would
+import { ServerSectionSchema } from '../../packages/server/src/config.js';
+
+export interface FakeChildConfig {
+  keys: { key: string; name: string }[];
+  model: string;
+  latencyMs: number;
+  chunkDelayMs: number;
+}
+
+export interface GatewayChildConfig {
+  redisUrl: string;
+  fakeUrl: string;
+  pool: string;
+  model: string;
+  keys: { secret: string; name: string }[];
+  adminToken: string;
+}
+
+export interface BareChildConfig {
+  fakeUrl: string;
+  key: string;
+}
+
+export interface CallTimings {
+  calls: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  meanMs: number;
+}
+
+export type GatewayChildStats = Record<'admit' | 'acquire' | 'release' | 'settle', CallTimings> & {
+  /** share of the time the event loop was busy (not waiting for I/O) since the last `stats` */
+  eventLoopUtilization: number;
+};
+
+type Request = { id: number; type: string; file?: string };
+type Handler = (req: Request) => Promise<unknown>;
+
+function send(msg: unknown): void {
+  if (process.connected) process.send!(msg);
+}
+
+function serveRequests(handlers: Record<string, Handler>, shutdown: () => Promise<void>): void {
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    const force = setTimeout(() => process.exit(1), 5000);
+    force.unref();
+    void shutdown()
+      .catch((e: unknown) => process.stderr.write(`[bench child] shutdown: ${(e as Error)?.message ?? String(e)}\n`))
+      .finally(() => process.exit(0));
+  };
+  process.on('message', (raw) => {
+    const req = raw as Request;
+    if (req.type === 'stop') {
+      send({ id: req.id, ok: true, value: null });
+      return stop();
+    }
+    const h = handlers[req.type];
+    if (!h) return send({ id: req.id, ok: false, error: `unknown request ${req.type}` });
+    h(req).then(
+      (value) => send({ id: req.id, ok: true, value }),
+      (e: unknown) => send({ id: req.id, ok: false, error: (e as Error)?.message ?? String(e) }),
+    );
+  });
+  process.on('disconnect', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
+async function fakeRole(cfg: FakeChildConfig): Promise<void> {
+  const fake = await startFakeOpenAI({
+    host: '127.0.0.1',
+    port: 0,
+    keys: cfg.keys.map((k) => ({ key: k.key, name: k.name })),
+    models: [cfg.model],
+    latency: cfg.latencyMs,
+    chunkDelayMs: cfg.chunkDelayMs,
+  });
+  serveRequests({ counters: async () => fake.counters() }, () => fake.stop());
+  send({ type: 'ready', url: fake.url, origin: fake.origin, pid: process.pid });
+}
+
+async function bareRole(cfg: BareChildConfig): Promise<void> {
+  // the gateway's upstream agent settings (packages/server/src/upstream.ts)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 256, scheduling: 'lifo' });
+  const up = new URL(cfg.fakeUrl);
+  const base = up.pathname.replace(/\/+$/, '');
+  const authorization = `Bearer ${cfg.key}`;
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const out = http.request(
+        {
+          host: up.hostname,
+          port: up.port,
+          path: base + (req.url ?? '/').replace(/^\/v1/, ''),
+          method: req.method,
+          agent,
+          headers: { authorization, 'content-type': 'application/json', 'content-length': body.length, accept: req.headers.accept ?? 'application/json' },
+        },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, { 'content-type': answer.headers['content-type'] ?? 'application/json' });
+          answer.pipe(res);
+        },
+      );
+      out.on('error', () => {
+        if (!res.headersSent) res.writeHead(502);
+        res.end();
+      });
+      out.end(body);
+    });
+  });
+  server.keepAliveTimeout = 65_000;
+  server.requestTimeout = 0;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  serveRequests({}, async () => {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+    agent.destroy();
+  });
+  send({ type: 'ready', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, pid: process.pid });
+}
+
+/** Durations (ms) of one kind of call, kept until the next `stats`. */
+class Timer {
+  private xs: number[] = [];
+  add(ms: number): void {
+    this.xs.push(ms);
+  }
+  take(): CallTimings {
+    const xs = this.xs.sort((a, b) => a - b);
+    this.xs = [];
+    const q = (p: number) => (xs.length ? xs[Math.min(xs.length - 1, Math.max(0, Math.ceil(p * xs.length) - 1))]! : NaN);
+    const r3 = (x: number) => Math.round(x * 1000) / 1000;
+    return {
+      calls: xs.length,
+      p50Ms: r3(q(0.5)),
+      p90Ms: r3(q(0.9)),
+      p99Ms: r3(q(0.99)),
+      maxMs: r3(xs[xs.length - 1] ?? NaN),
+      meanMs: r3(xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN),
+    };
+  }
+}
+
+/** Wrap obj[name] (an async method) so each call's duration goes to `timer`; `after` sees the result. */
+function timeMethod<T extends object>(obj: T, name: string, timer: Timer, after?: (result: unknown) => void): void {
+  const target = obj as Record<string, unknown>;
+  const original = target[name] as (...args: unknown[]) => Promise<unknown>;
+  if (typeof original !== 'function') throw new Error(`cannot time ${name}: not a method`);
+  target[name] = function timed(this: unknown, ...args: unknown[]) {
+    const t0 = performance.now();
+    return original.apply(this, args).then(
+      (r) => {
+        timer.add(performance.now() - t0);
+        after?.(r);
+        return r;
+      },
+      (e: unknown) => {
+        timer.add(performance.now() - t0);
+        throw e;
+      },
+    );
+  };
+}
+
+/**
+ * The repo's TypeScript runs as tsx's transform (one long line per file): map each profile frame of
+ * a transformed file back to its TypeScript line and column with the inline source map of the script
+ * V8 actually ran (Debugger.getScriptSource), so hot spots read `proxy.ts:178`, not `proxy.ts:1`.
+ */
+async function toSourcePositions(session: Session, profile: { nodes: { callFrame: { scriptId: string; url: string; lineNumber: number; columnNumber: number } }[] }): Promise<void> {
+  const maps = new Map<string, SourceMap | null>();
+  await session.post('Debugger.enable');
+  try {
+    for (const { callFrame: cf } of profile.nodes) {
+      if (!cf.url.startsWith('file://') || cf.url.includes('/node_modules/') || cf.lineNumber < 0) continue;
+      let map = maps.get(cf.scriptId);
+      if (map === undefined) {
+        map = null;
+        try {
+          const { scriptSource } = await session.post('Debugger.getScriptSource', { scriptId: cf.scriptId });
+          const m = /\/\/# sourceMappingURL=data:application\/json(?:;charset=[^;,]+)?;base64,([A-Za-z0-9+/=]+)\s*$/.exec(scriptSource);
+          if (m) map = new SourceMap(JSON.parse(Buffer.from(m[1]!, 'base64').toString('utf8')));
+        } catch {
+          map = null;
+        }
+        maps.set(cf.scriptId, map);
+      }
+      const e = map?.findEntry(cf.lineNumber, cf.columnNumber) as { originalLine?: number; originalColumn?: number } | undefined;
+      if (e && typeof e.originalLine === 'number') {
+        cf.lineNumber = e.originalLine;
+        cf.columnNumber = e.originalColumn ?? 0;
+      }
+    }
+  } finally {
+    await session.post('Debugger.disable');
+  }
+}
+
+async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
+  const config: GatewayConfig = {
+    redis: { url: cfg.redisUrl },
+    server: ServerSectionSchema.parse({ host: '127.0.0.1', port: 0, adminToken: cfg.adminToken, drainMs: 2000 }),
+    logLevel: 'warn',
+    routes: {},
+    pool: parsePoolConfig({
+      pool: cfg.pool,
+      keys: cfg.keys.map((k) => ({ secret: k.secret, name: k.name, provider: 'openai', baseURL: cfg.fakeUrl, models: [cfg.model] })),
+    }),
+  };
+  const serving = await serve(config);
+  const { token } = await serving.pool.tokens.create({ name: 'bench-gateway' });
+
+  // the Redis-bound calls of a request, timed from outside the server code (a method wrapper each)
+  const timers = { admit: new Timer(), acquire: new Timer(), release: new Timer(), settle: new Timer() };
+  timeMethod(serving.pool.tokens, 'admit', timers.admit);
+  timeMethod(serving.pool.tokens, 'settle', timers.settle);
+  timeMethod(serving.pool, 'acquire', timers.acquire, (r) => {
+    const lease = r as { ok?: boolean };
+    if (lease?.ok) timeMethod(lease, 'release', timers.release);
+  });
+
+  let session: Session | undefined;
+  let elu = performance.eventLoopUtilization();
+  serveRequests(
+    {
+      stats: async (): Promise<GatewayChildStats> => {
+        const now = performance.eventLoopUtilization();
+        const u = performance.eventLoopUtilization(now, elu).utilization;
+        elu = now;
+        return { admit: timers.admit.take(), acquire: timers.acquire.take(), release: timers.release.take(), settle: timers.settle.take(), eventLoopUtilization: Math.round(u * 1000) / 1000 };
+      },
+      'profile-start': async () => {
+        session = new Session();
+        session.connect();
+        await session.post('Profiler.enable');
+        await session.post('Profiler.setSamplingInterval', { interval: 200 });
+        await session.post('Profiler.start');
+        return null;
+      },
+      'alloc-start': async () => {
+        session = new Session();
+        session.connect();
+        await session.post('HeapProfiler.enable');
+        // protocol flags newer than @types/node's copy of the protocol
+        await session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } as object);
+        return null;
+      },
+      'alloc-stop': async (req) => {
+        if (!session) throw new Error('no allocation profile running');
+        const { profile } = await session.post('HeapProfiler.stopSampling');
+        await session.post('HeapProfiler.disable');
+        type HeapNode = { callFrame: { scriptId: string; url: string; lineNumber: number; columnNumber: number }; children: HeapNode[] };
+        const nodes: HeapNode[] = [];
+        const walk = (n: HeapNode) => {
+          nodes.push(n);
+          for (const c of n.children) walk(c);
+        };
+        walk(profile.head as unknown as HeapNode);
+        await toSourcePositions(session, { nodes });
+        session.disconnect();
+        session = undefined;
+        await writeFile(req.file!, JSON.stringify(profile));
+        return req.file;
+      },
+      'profile-stop': async (req) => {
+        if (!session) throw new Error('no profile running');
+        const { profile } = await session.post('Profiler.stop');
+        await session.post('Profiler.disable');
+        await toSourcePositions(session, profile);
+        session.disconnect();
+        session = undefined;
+        await writeFile(req.file!, JSON.stringify(profile));
+        return req.file;
+      },
+    },
+    async () => {
+      await serving.close();
+    },
+  );
+  send({ type: 'ready', url: serving.url, token, pid: process.pid });
+}
+
+const [role, encoded] = process.argv.slice(2);
+const cfg: unknown = JSON.parse(Buffer.from(encoded ?? '', 'base64').toString('utf8') || 'null');
+if (!process.send) {
+  process.stderr.write('gateway-child: started without an IPC channel; run scripts/bench/gateway.ts instead\n');
+  process.exit(2);
+}
+const roles: Record<string, (c: never) => Promise<void>> = { fake: fakeRole, gateway: gatewayRole, bare: bareRole };
+const run = role ? roles[role] : undefined;
+const started = run ? run(cfg as never) : Promise.reject(new Error(`unknown role ${role}`));
+started.catch((e: unknown) => {
+  process.stderr.write(`[bench ${role}] failed to start: ${(e as Error)?.stack ?? String(e)}\n`);
+  process.exit(1);
+});
