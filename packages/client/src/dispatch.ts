@@ -1,4 +1,4 @@
-import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, headerValue, type HeadersLike, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, headerValue, type HeadersLike, type KeyPool, type Lease, type Outcome, type ReleaseResult } from '@keypool/core';
 import type { Estimate } from './estimate.js';
 
 /**
@@ -99,12 +99,21 @@ export interface DispatchCall<T> {
   signal: AbortSignal;
   /** Epoch ms at which the call's deadline passes. */
   deadline: number;
+  /**
+   * Epoch ms the deadline would be had the caller not chosen a shorter one (the gateway's own
+   * deadline when a request asks for less). An attempt cut by the caller's shorter deadline before
+   * this and before attemptTimeoutMs is released as aborted, not as the key's timeout: a caller
+   * must not be able to open a key's breaker by asking for 1 ms. Default: `deadline`.
+   */
+  keyDeadline?: number;
   /** One upstream attempt with the leased key, for one model of the route. */
   call: (lease: Lease, signal: AbortSignal, model: string) => Promise<T>;
   /** What an error of `call` means for the key. */
   classify: (e: unknown) => Failure;
   /** The error to report when an attempt ran out of time without a provider answer. */
   timeoutError: (message: string) => unknown;
+  /** Told of each failed attempt once its lease is released (the result is undefined when the release failed). */
+  released?: (lease: Lease, outcome: Outcome, result: ReleaseResult | undefined) => void;
 }
 
 export interface Dispatched<T> {
@@ -140,9 +149,14 @@ export class Dispatcher {
     this.attemptTimeoutMs = opts.attemptTimeoutMs ?? 60_000;
   }
 
+  /** The route of that name, if any (an own property only: 'constructor' or '__proto__' are no routes). */
+  route(name: string): Route | undefined {
+    return Object.hasOwn(this.routes, name) ? this.routes[name] : undefined;
+  }
+
   /** The models a request names, in the order its priority tries them, and its route if any. */
   plan(name: string, priority: Priority): { models: string[]; route?: string } {
-    const route = this.routes[name];
+    const route = this.route(name);
     if (!route) return { models: [name] };
     if (priority === 'critical') return { models: route.models, route: name };
     const cost = (m: string) => {
@@ -261,13 +275,17 @@ export class Dispatcher {
       const started = Date.now();
       // this attempt's own timeout, inside the call's deadline
       const ac = callController(signal, Math.min(this.attemptTimeoutMs, deadline - started), 'attempt');
+      const callersCut = c.keyDeadline !== undefined && deadline < Math.min(started + this.attemptTimeoutMs, c.keyDeadline);
       try {
         const value = await c.call(lease, ac.controller.signal, model);
         return { lease, value, model, started, failovers: attempt };
       } catch (e) {
         const failure = c.classify(e);
         const j = this.judge(failure, ac.controller.signal);
-        await lease.release({ ...j.outcome, latencyMs: Date.now() - started }).catch(() => undefined);
+        if (callersCut && j.outcome.error === 'timeout') j.outcome = { error: 'aborted' };
+        const outcome: Outcome = { ...j.outcome, latencyMs: Date.now() - started };
+        const released = await lease.release(outcome).catch(() => undefined);
+        c.released?.(lease, outcome, released);
         const why = ac.controller.signal.reason;
         lastError = why instanceof TimedOut && failure.kind !== 'status' ? c.timeoutError(why.message) : e;
         if (!j.retry || Date.now() >= deadline) throw lastError;

@@ -96,6 +96,10 @@ export interface ReleaseResult {
   breaker?: string;
   /** What changed for the key: opened, reopened, closed, revoked, cooling, retired, or ''. */
   transition: string;
+  /**
+   * What the key was charged (USD): the real usage priced, or the lease's estimate when the usage
+   * is unknown and the estimate stands (an abort, a broken stream, a timeout, a success without usage).
+   */
   costUsd: number;
   /** Redis time (ms) of the release. */
   releasedAt?: number;
@@ -462,11 +466,13 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       coolMs = Math.min(this.config.cooling.maxMs, fromHeaders ?? this.config.cooling.defaultMs);
     }
     const rec = this.topology.keys.get(lease.keyId) ?? this.rawRecordFor(lease);
+    // unknown usage: the release script keeps the estimate as the charge, so that is the cost
+    const costUsd = real ? Math.max(0, costNanos) / NANOS_PER_USD : lease.estimatedCostUsd;
     if (lease.local) {
       this.local.release(rec, cls, lease.estimatedTokens, real ? realTotal : null, coolMs >= 0 ? coolMs : this.config.cooling.defaultMs);
-      return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd: Math.max(0, costNanos) / NANOS_PER_USD };
+      return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd };
     }
-    return this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs);
+    return { ...(await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs)), costUsd };
   }
 
   private async extend(lease: Lease, ms: number): Promise<boolean> {

@@ -74,6 +74,8 @@ export function createGateway(opts: GatewayOptions): Gateway {
   });
 
   app.get('/readyz', async (_req, res) => {
+    // draining: new requests get 503 shutting_down, so this gateway is not ready for them
+    if (inflight.closing) return void res.status(503).json({ status: 'draining', inFlight: inflight.size });
     try {
       const st = await pool.status();
       if (!st.redis.ok) return void res.status(503).json({ status: 'unavailable', redis: st.redis });

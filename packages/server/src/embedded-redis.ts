@@ -72,6 +72,8 @@ export async function startEmbeddedRedis(opts: EmbeddedRedisOptions): Promise<Em
 function supervise(first: Instance, workDir: string, persistent: boolean, log: Logger): EmbeddedRedis {
   let current = first;
   let stopped = false;
+  /** A restart under way: stop() must stop what it starts too. */
+  let starting: Promise<Instance> | undefined;
   const watch = (inst: Instance) => {
     void inst.exited.then(async () => {
       let pause = 500;
@@ -79,7 +81,10 @@ function supervise(first: Instance, workDir: string, persistent: boolean, log: L
         await new Promise((r) => setTimeout(r, pause));
         if (stopped) return;
         try {
-          current = await startOnce(inst.port, workDir, persistent, log);
+          starting = startOnce(inst.port, workDir, persistent, log);
+          const next = await starting.finally(() => (starting = undefined));
+          if (stopped) return void (await next.stop());
+          current = next;
           log.warn({ port: current.port, redisPid: current.pid }, 'embedded redis-server restarted on the same port with its data (append-only file)');
           watch(current);
           return;
@@ -99,7 +104,10 @@ function supervise(first: Instance, workDir: string, persistent: boolean, log: L
     },
     stop: async () => {
       stopped = true;
+      const restart = starting;
       await current.stop();
+      // stop() during a restart: `current` is the dead one, the one starting must go too (stop is idempotent)
+      if (restart) await (await restart.catch(() => undefined))?.stop();
     },
   };
 }

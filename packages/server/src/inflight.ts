@@ -9,6 +9,8 @@ export class Inflight {
   private idle: (() => void) | undefined;
   /** Set when a drain starts: new requests are refused from then on. */
   closing = false;
+  /** Set when the drain period is over and requests are cut: why. */
+  private cut: { why: unknown } | undefined;
 
   get size(): number {
     return this.requests.size;
@@ -17,6 +19,8 @@ export class Inflight {
   /** A request starts; `abort` cuts it short at the end of a drain. Returns its end(). */
   begin(abort: (why: unknown) => void): () => void {
     this.requests.add(abort);
+    // it got past the door before the drain (its body was still arriving) but starts after the cut
+    if (this.cut) abort(this.cut.why);
     let ended = false;
     return () => {
       if (ended) return;
@@ -49,6 +53,7 @@ export class Inflight {
       this.idle = undefined;
     }
     const cut = this.requests.size;
+    this.cut = { why };
     for (const abort of [...this.requests]) abort(why);
     // the aborted requests release their leases as they unwind
     const deadline = Date.now() + settleMs;

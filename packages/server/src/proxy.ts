@@ -4,12 +4,13 @@ import { performance } from 'node:perf_hooks';
 import type { Request, Response, Router } from 'express';
 import express from 'express';
 import type { Logger } from 'pino';
-import { isPoolExhausted, isRedisUnavailable, isRequestTooLarge, isUnknownModel, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import { NANOS_PER_USD, isPoolExhausted, isRedisUnavailable, isRequestTooLarge, isUnknownModel, type KeyPool, type Lease, type Outcome } from '@keypool/core';
 import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
 import { HttpError, badRequest, sendError } from './errors.js';
 import type { Inflight } from './inflight.js';
+import { spliceMembers } from './json-splice.js';
 import type { GatewayMetrics } from './metrics.js';
-import { SseTap, type StreamKind } from './sse.js';
+import { SseTap, usageOf, type StreamKind } from './sse.js';
 import { UpstreamNetworkError, UpstreamStatusError, classifyUpstream, forward, readBody } from './upstream.js';
 
 /**
@@ -48,7 +49,8 @@ interface Endpoint {
   usage: (data: Record<string, any>) => Outcome['usage'];
 }
 
-const chatUsage = (d: Record<string, any>) => ({ promptTokens: d.usage?.prompt_tokens, completionTokens: d.usage?.completion_tokens });
+// only whole counts >= 0 are usage: anything else from a provider would throw in the metrics (or poison the accounting)
+const chatUsage = (d: Record<string, any>) => usageOf(d.usage?.prompt_tokens, d.usage?.completion_tokens);
 
 const ENDPOINTS: Endpoint[] = [
   {
@@ -81,7 +83,10 @@ const ENDPOINTS: Endpoint[] = [
       if (typeof b.input === 'string' ? b.input.length === 0 : !Array.isArray(b.input) || b.input.length === 0) return ["'input' must be a non-empty string or array", 'input'];
       return null;
     },
-    usage: (d) => ({ promptTokens: d.usage?.prompt_tokens, completionTokens: 0 }),
+    usage: (d) => {
+      const u = usageOf(d.usage?.prompt_tokens, undefined);
+      return u && { ...u, completionTokens: 0 };
+    },
   },
   {
     name: 'responses',
@@ -93,7 +98,7 @@ const ENDPOINTS: Endpoint[] = [
       if (b.input !== undefined && typeof b.input !== 'string' && !Array.isArray(b.input)) return ["'input' must be a string or an array", 'input'];
       return null;
     },
-    usage: (d) => ({ promptTokens: d.usage?.input_tokens, completionTokens: d.usage?.output_tokens }),
+    usage: (d) => usageOf(d.usage?.input_tokens, d.usage?.output_tokens),
   },
 ];
 
@@ -139,6 +144,9 @@ function parseBody(req: Request): Record<string, unknown> {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw badRequest('The request body must be a JSON object.', null, 'invalid_json');
   return body as Record<string, unknown>;
 }
+
+/** The largest cost an estimate may have: the token scripts count nano-dollars in exact integers. */
+const MAX_ESTIMATE_USD = Math.floor(Number.MAX_SAFE_INTEGER / NANOS_PER_USD);
 
 function usd(n: number): string {
   return n.toFixed(8).replace(/\.?0+$/, '') || '0';
@@ -189,6 +197,8 @@ export function proxyRouter(deps: ProxyDeps): Router {
     res.on('close', onClose);
     const end = inflight.begin((why) => abort.abort(why));
     let admission: { id: string; reservation: string } | undefined;
+    /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
+    const aborted: number[] = [];
     let settled = false;
     const settle = (costUsd: number, refundRequest: boolean) => {
       if (!admission || settled) return;
@@ -231,7 +241,8 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const body = parseBody(req);
       if (typeof body.model !== 'string' || body.model.length === 0) throw badRequest("'model' is required: a model name or a route name (GET /v1/models lists them).", 'model');
       const name = body.model;
-      labels.model = name;
+      // a name the gateway serves, else '': callers' strings must not grow the metric series
+      if (dispatcher.route(name) || pool.servesModel(name)) labels.model = name;
       if (body.stream !== undefined && typeof body.stream !== 'boolean') throw badRequest("'stream' must be true or false", 'stream');
       const problem = ep.check(body);
       if (problem) throw badRequest(problem[0], problem[1]);
@@ -245,10 +256,20 @@ export function proxyRouter(deps: ProxyDeps): Router {
         if (!Number.isInteger(n) || n < 1 || n > settings.deadlineMs) throw badRequest(`x-keypool-timeout-ms must be an integer from 1 to ${settings.deadlineMs}`, null, 'invalid_timeout');
         deadlineMs = n;
       }
-      if (dispatcher.routes[name]) labels.route = name;
-      const est = ep.estimate(body, settings.defaultMaxOutputTokens);
+      if (dispatcher.route(name)) labels.route = name;
+      let est: Estimate;
+      try {
+        est = ep.estimate(body, settings.defaultMaxOutputTokens);
+      } catch {
+        // the estimate walks the body recursively: valid JSON nested thousands deep overflows the stack
+        throw badRequest('The request body is nested too deeply to be read.', null, 'invalid_body');
+      }
+      const estUsd = dispatcher.estimateCostUsd(name, est);
+      if (!Number.isSafeInteger(est.total) || !(estUsd <= MAX_ESTIMATE_USD)) {
+        throw badRequest('The request asks for more tokens than any key can serve (max_tokens, max_completion_tokens or max_output_tokens, times n); ask for fewer.', null, 'request_too_large');
+      }
 
-      const adm = await pool.tokens.admit(token, name, dispatcher.estimateCostUsd(name, est));
+      const adm = await pool.tokens.admit(token, name, estUsd);
       if (!adm.ok) {
         metrics.tokenRejections.inc({ reason: adm.reason });
         throw tokenRefusal(adm.reason, name, adm.retryAfterMs);
@@ -261,13 +282,16 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const wantsUsage = Boolean((body.stream_options as { include_usage?: unknown } | undefined)?.include_usage);
       const inject = stream && ep.stream === 'chat' && !wantsUsage;
       const raw = req.body as Buffer;
+      // only these members change; every other byte goes as the caller sent it
+      const streamOptions = inject ? JSON.stringify({ ...(body.stream_options as object), include_usage: true }) : undefined;
       const bodyFor = (model: string): Buffer =>
-        model === name && !inject ? raw : Buffer.from(JSON.stringify({ ...body, model, ...(inject ? { stream_options: { ...(body.stream_options as object), include_usage: true } } : {}) }));
+        model === name && !inject ? raw : spliceMembers(raw, { ...(model !== name ? { model: JSON.stringify(model) } : {}), ...(streamOptions ? { stream_options: streamOptions } : {}) });
       const passHeaders: Record<string, string> = {};
       for (const h of PASS_HEADERS) if (typeof req.headers[h] === 'string') passHeaders[h] = req.headers[h] as string;
       if (stream) passHeaders.accept = 'text/event-stream';
 
       const a0 = performance.now();
+      const now = Date.now();
       let d;
       try {
         d = await dispatcher.dispatch({
@@ -275,7 +299,8 @@ export function proxyRouter(deps: ProxyDeps): Router {
           est,
           priority,
           signal: abort.signal,
-          deadline: Date.now() + deadlineMs,
+          deadline: now + deadlineMs,
+          keyDeadline: now + settings.deadlineMs,
           call: async (lease, signal, model) => {
             const s = performance.now();
             try {
@@ -297,12 +322,18 @@ export function proxyRouter(deps: ProxyDeps): Router {
           },
           classify: classifyUpstream,
           timeoutError: (message) => new GatewayTimeout(message),
+          released: (l, outcome, r) => {
+            const cost = r?.costUsd ?? 0;
+            if (cost > 0) metrics.spend.inc({ key_id: l.keyId, model: l.model }, cost);
+            if (outcome.error === 'aborted') aborted.push(r ? cost : l.estimatedCostUsd);
+          },
         });
       } finally {
         metrics.acquire.observe({ result: d ? 'ok' : 'failed' }, (performance.now() - a0 - upstreamMs) / 1000);
       }
       const { lease, model, value } = d;
-      metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: String(value.up.statusCode) });
+      // a stream's result is known when it ends (200, broken_stream, timeout, aborted): counted then
+      if (!stream) metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: String(value.up.statusCode) });
       labels.model = model;
       res.setHeader('x-keypool-model', model);
       if (labels.route) res.setHeader('x-keypool-route', labels.route);
@@ -337,16 +368,20 @@ export function proxyRouter(deps: ProxyDeps): Router {
       finish(ended);
     } catch (e) {
       const why = abort.signal.reason;
+      // attempts the caller cut short cost the keys their estimate: the token pays that, as for a dropped stream
+      const charged = why instanceof ShuttingDown ? [] : aborted;
+      const chargedUsd = charged.reduce((a, b) => a + b, 0);
       if (why instanceof ClientClosed) {
-        settle(0, true);
+        settle(chargedUsd, charged.length === 0);
         labels.status = '499';
         log.debug({ requestId }, 'client closed the connection before the answer');
         finish(499);
         return;
       }
+      if (isRedisUnavailable(e)) metrics.redisErrors.inc({ operation: 'proxy' });
       const err = toHttpError(why instanceof ShuttingDown ? why : e, log, requestId);
       // no key served it (or the request was refused before): the token gets its request back
-      settle(0, !(e instanceof UpstreamStatusError || e instanceof UpstreamNetworkError || e instanceof GatewayTimeout));
+      settle(chargedUsd, charged.length === 0 && !(e instanceof UpstreamStatusError || e instanceof UpstreamNetworkError || e instanceof GatewayTimeout));
       sendError(res, err);
       finish(err.status);
     }
@@ -384,19 +419,24 @@ export function proxyRouter(deps: ProxyDeps): Router {
     return new Promise<number>((resolve) => {
       let over = false;
       let idle: NodeJS.Timeout | undefined;
+      /** One extension at a time: every chunk while one is on its way would pile calls on a slow Redis. */
+      let extending = false;
+      /** Waiting for the caller to read (backpressure), not for the provider. */
+      let paused = false;
       const arm = () => {
         clearTimeout(idle);
         idle = setTimeout(() => abort.abort(new TimedOut('idle', settings.attemptTimeoutMs)), settings.attemptTimeoutMs);
       };
-      const close = (o: Outcome, brokenMessage?: string, status = 200) => {
+      const close = (o: Outcome, brokenMessage?: string, status = 200, code = 'upstream_stream_broken') => {
         if (over) return;
         over = true;
         clearTimeout(idle);
         abort.signal.removeEventListener('abort', onAbort);
         addUpstream(performance.now() - s0);
+        metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: o.error ?? String(up.statusCode ?? 200) });
         done({ ...o, ...(tap.usage ? { usage: tap.usage } : {}), latencyMs: Date.now() - started, headers: up.headers as Record<string, string> }, costOf(model, tap.usage));
         if (brokenMessage && !res.destroyed) {
-          const error = { message: brokenMessage, type: 'api_error', param: null, code: 'upstream_stream_broken' };
+          const error = { message: brokenMessage, type: 'api_error', param: null, code };
           // chat streams carry errors as data; the Responses API as a typed `error` event (with `error` too, which the SDKs raise)
           res.write(ep.stream === 'responses' ? `event: error\ndata: ${JSON.stringify({ ...error, type: 'error', error })}\n\n` : `data: ${JSON.stringify({ error })}\n\n`);
         }
@@ -407,19 +447,35 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const onAbort = () => {
         const why = abort.signal.reason;
         if (why instanceof ClientClosed) return close({ error: 'aborted' }, undefined, 499);
-        if (why instanceof ShuttingDown) return close({ error: 'aborted' }, 'the gateway is shutting down; the stream was cut', 503);
-        return close({ error: 'timeout' }, `the provider sent nothing for ${settings.attemptTimeoutMs} ms; the stream was cut`, 504);
+        if (why instanceof ShuttingDown) return close({ error: 'aborted' }, 'the gateway is shutting down; the stream was cut', 503, 'shutting_down');
+        if (paused) {
+          // the caller stopped reading: not the key's doing (as in the pooled client), and a caller
+          // that does not read gets no error event either: its socket is let go
+          res.destroy();
+          return close({ error: 'aborted' }, undefined, 504);
+        }
+        return close({ error: 'timeout' }, `the provider sent nothing for ${settings.attemptTimeoutMs} ms; the stream was cut`, 504, 'upstream_timeout');
       };
       abort.signal.addEventListener('abort', onAbort, { once: true });
       if (abort.signal.aborted) return onAbort();
       arm();
       up.on('data', (chunk: Buffer) => {
         arm();
-        if (lease.deadline - Date.now() < leaseTimeoutMs / 2) void lease.extend().catch(() => undefined);
+        if (!extending && lease.deadline - Date.now() < leaseTimeoutMs / 2) {
+          extending = true;
+          void lease
+            .extend()
+            .catch(() => undefined)
+            .finally(() => (extending = false));
+        }
         const out = tap.push(chunk);
         if (out && !res.write(out)) {
           up.pause();
-          res.once('drain', () => up.resume());
+          paused = true;
+          res.once('drain', () => {
+            paused = false;
+            up.resume();
+          });
         }
       });
       up.on('end', () => {

@@ -63,8 +63,8 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
     if (err.code === 'EADDRINUSE') throw new Error(`port ${config.server.port} on ${config.server.host} is in use: set server.port (or KEYPOOL_PORT) to a free port, or 0 for any`, { cause: e });
     throw e;
   }
-  // long streams are bounded by the idle timeout, not by node's request timeout
-  server.requestTimeout = 0;
+  // node's requestTimeout (default 5 min) bounds receiving a request, headers and body, not the
+  // answer: long streams are unaffected, and a body that trickles in never holds a socket forever
   server.keepAliveTimeout = 65_000;
   const { port } = server.address() as AddressInfo;
   const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;

@@ -13,6 +13,19 @@ const FINISH = /"finish_reason"\s*:\s*"/;
 const USAGE = /"usage"\s*:\s*\{/;
 const RESPONSE_END = /"type"\s*:\s*"response\.(completed|incomplete|failed)"/;
 
+/** A token count as a provider reports it, when it is one (a whole number >= 0); else undefined. */
+export function tokenCount(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+}
+
+/** Usage from a provider's prompt and completion counts; undefined when neither is a count. */
+export function usageOf(prompt: unknown, completion: unknown): Outcome['usage'] {
+  const promptTokens = tokenCount(prompt);
+  const completionTokens = tokenCount(completion);
+  if (promptTokens === undefined && completionTokens === undefined) return undefined;
+  return { ...(promptTokens !== undefined ? { promptTokens } : {}), ...(completionTokens !== undefined ? { completionTokens } : {}) };
+}
+
 export class SseTap {
   usage: Outcome['usage'];
   finished = false;
@@ -59,7 +72,7 @@ export class SseTap {
       if (!RESPONSE_END.test(event)) return true;
       const data = dataOf(event) as { response?: { usage?: { input_tokens?: number; output_tokens?: number } } } | undefined;
       const u = data?.response?.usage;
-      if (u) this.usage = { promptTokens: u.input_tokens, completionTokens: u.output_tokens };
+      if (u) this.usage = usageOf(u.input_tokens, u.output_tokens);
       this.finished = true;
       return true;
     }
@@ -67,7 +80,7 @@ export class SseTap {
     if (!USAGE.test(event)) return true;
     const data = dataOf(event) as { usage?: { prompt_tokens?: number; completion_tokens?: number } | null; choices?: unknown[] } | undefined;
     if (!data?.usage) return true;
-    this.usage = { promptTokens: data.usage.prompt_tokens, completionTokens: data.usage.completion_tokens };
+    this.usage = usageOf(data.usage.prompt_tokens, data.usage.completion_tokens);
     return !(this.dropUsageChunk && (!data.choices || data.choices.length === 0));
   }
 }

@@ -64,9 +64,12 @@ export interface ForwardRequest {
 /** The largest error body kept from a provider. */
 const MAX_ERROR_BODY = 1 << 20;
 
+// No cap on sockets per origin: every key of a provider shares one origin, so a cap would queue
+// requests inside the agent, where their attempt timeouts run and count against healthy keys. The
+// pool's own limits (maxConcurrent, rpm) are what bound the calls in flight.
 const agents = {
-  'http:': new http.Agent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 256, scheduling: 'lifo' }),
-  'https:': new https.Agent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 256, scheduling: 'lifo' }),
+  'http:': new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo' }),
+  'https:': new https.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo' }),
 };
 
 /**

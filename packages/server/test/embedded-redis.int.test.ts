@@ -105,11 +105,27 @@ describe.skipIf(testTarget() === 'cluster')('startEmbeddedRedis', () => {
     process.kill(first, 'SIGKILL');
     const answering = () => withClient(redis.url, async (r) => Number((await r.info('server')).match(/process_id:(\d+)/)?.[1])).catch(() => first);
     await expect.poll(answering, { timeout: 10_000, interval: 100 }).not.toBe(first);
+    // the new server may answer a moment before the supervisor's own readiness check sees it
+    await expect.poll(() => redis.pid, { timeout: 5000, interval: 20 }).not.toBe(first);
     expect(await answering()).toBe(redis.pid);
     expect(await withClient(redis.url, (r) => r.get('survives'))).toBe('yes');
     expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['embedded redis-server exited unexpectedly', expect.stringMatching(/restarted on the same port with its data/)]));
     await redis.stop();
     expect(alive(redis.pid)).toBe(false);
+  });
+
+  it('stop() during a restart leaves no redis-server behind', async () => {
+    const redis = await startEmbeddedRedis({ logger: pino({ level: 'silent' }) });
+    started.push(redis);
+    const first = redis.pid;
+    process.kill(first, 'SIGKILL');
+    // the new server answers; the supervisor may still be checking that it is ready
+    const answering = () => withClient(redis.url, async (r) => Number((await r.info('server')).match(/process_id:(\d+)/)?.[1])).catch(() => first);
+    let second = first;
+    await expect.poll(async () => (second = await answering()), { timeout: 10_000, interval: 5 }).not.toBe(first);
+    await redis.stop();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(alive(second)).toBe(false);
   });
 
   it('starts several side by side on different ports', async () => {

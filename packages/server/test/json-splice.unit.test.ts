@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { spliceMembers } from '../src/json-splice.js';
+
+const splice = (text: string, values: Record<string, string>) => spliceMembers(Buffer.from(text), values).toString('utf8');
+
+describe('spliceMembers: top-level members changed, every other byte kept', () => {
+  it('replaces a value in place and keeps numbers, escapes and spacing as sent', () => {
+    const raw = '{ "model" : "smart", "seed":12345678901234567891, "t":1.0, "s":"caf\\u00e9 \\"model\\": x", "n":{"model":"inner"} }';
+    expect(splice(raw, { model: '"gpt-4o"' })).toBe(raw.replace('"smart"', '"gpt-4o"'));
+  });
+
+  it('appends a member that is not there, and replaces one of any JSON type', () => {
+    expect(splice('{"model":"m","stream":true}', { stream_options: '{"include_usage":true}' })).toBe('{"model":"m","stream":true,"stream_options":{"include_usage":true}}');
+    expect(splice('{"model":"m",\n "stream_options": null\n}', { stream_options: '{"include_usage":true}' })).toBe('{"model":"m",\n "stream_options": {"include_usage":true}\n}');
+    expect(splice('{"a":[1,{"b":"]}"}],"model":"m"}', { model: '"x"', stream_options: '{}' })).toBe('{"a":[1,{"b":"]}"}],"model":"x","stream_options":{}}');
+    expect(splice('{}', { model: '"x"' })).toBe('{"model":"x"}');
+  });
+
+  it('replaces every occurrence of a duplicated key', () => {
+    expect(splice('{"model":"a","model":"b"}', { model: '"c"' })).toBe('{"model":"c","model":"c"}');
+  });
+
+  it('keeps bytes outside the edits even when they are not valid UTF-8 text', () => {
+    const body = Buffer.concat([Buffer.from('{"model":"a","x":"'), Buffer.from([0xc3, 0xa9, 0xe2, 0x82, 0xac]), Buffer.from('"}')]);
+    const out = spliceMembers(body, { model: '"b"' });
+    expect(out.subarray(out.indexOf('"x":')).equals(body.subarray(body.indexOf('"x":')))).toBe(true);
+  });
+
+  it('agrees with JSON.parse on random documents', () => {
+    const rnd = (n: number) => Math.floor(Math.random() * n);
+    const value = (depth: number): unknown => {
+      switch (rnd(depth > 2 ? 4 : 6)) {
+        case 0:
+          return rnd(1e6) / 7;
+        case 1:
+          return ['', 'a"b', '}]{[', '\\', 'é\n', ','][rnd(6)];
+        case 2:
+          return [true, false, null][rnd(3)];
+        case 3:
+          return -1 - rnd(100);
+        case 4:
+          return Array.from({ length: rnd(4) }, () => value(depth + 1));
+        default:
+          return Object.fromEntries(Array.from({ length: rnd(4) }, (_, i) => [`k${i}`, value(depth + 1)]));
+      }
+    };
+    for (let n = 0; n < 300; n++) {
+      const doc: Record<string, unknown> = Object.fromEntries(Array.from({ length: 1 + rnd(5) }, (_, i) => [['model', 'stream_options', 'x', 'y', 'z'][rnd(5)]! + (i > 2 ? i : ''), value(0)]));
+      const text = JSON.stringify(doc, null, rnd(2) ? 2 : undefined);
+      const out = JSON.parse(splice(text, { model: '"m2"', stream_options: '{"include_usage":true}' }));
+      expect(out).toEqual({ ...doc, model: 'm2', stream_options: { include_usage: true } });
+    }
+  });
+});
