@@ -155,6 +155,7 @@ function usd(n: number): string {
 export function proxyRouter(deps: ProxyDeps): Router {
   const { pool, dispatcher, metrics, logger, inflight, settings } = deps;
   const log = logger.child({ component: 'proxy' });
+  const known = new RecentTokens();
   const router = express.Router();
   const raw = express.raw({ type: () => true, limit: settings.bodyLimit });
 
@@ -197,6 +198,7 @@ export function proxyRouter(deps: ProxyDeps): Router {
     res.on('close', onClose);
     const end = inflight.begin((why) => abort.abort(why));
     let admission: { id: string; reservation: string } | undefined;
+    let gate: Promise<void> | undefined;
     /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
     const aborted: number[] = [];
     let settled = false;
@@ -269,12 +271,21 @@ export function proxyRouter(deps: ProxyDeps): Router {
         throw badRequest('The request asks for more tokens than any key can serve (max_tokens, max_completion_tokens or max_output_tokens, times n); ask for fewer.', null, 'request_too_large');
       }
 
-      const adm = await pool.tokens.admit(token, name, estUsd);
-      if (!adm.ok) {
-        metrics.tokenRejections.inc({ reason: adm.reason });
-        throw tokenRefusal(adm.reason, name, adm.retryAfterMs);
-      }
-      admission = adm;
+      // A token this process saw admitted lately is admitted while the first key is acquired (one
+      // round trip on the path instead of two); an unknown one first, so that garbage tokens never
+      // take a key's request. A refusal then gives the key back and forgets the token.
+      const admit = pool.tokens.admit(token, name, estUsd).then((adm) => {
+        if (!adm.ok) {
+          known.delete(token);
+          metrics.tokenRejections.inc({ reason: adm.reason });
+          throw tokenRefusal(adm.reason, name, adm.retryAfterMs);
+        }
+        admission = adm;
+        known.add(token);
+      });
+      gate = known.seen(token) ? admit : undefined;
+      if (gate) gate.catch(() => undefined); // awaited by dispatch or below; never unhandled
+      else await admit;
       if (!dispatcher.plan(name, 'critical').models.some((m) => pool.servesModel(m))) {
         throw new HttpError(404, `The model '${name}' does not exist or no key of this gateway serves it (GET /v1/models lists what is served).`, 'invalid_request_error', 'model_not_found', 'model');
       }
@@ -298,6 +309,7 @@ export function proxyRouter(deps: ProxyDeps): Router {
           name,
           est,
           priority,
+          ...(gate ? { gate } : {}),
           signal: abort.signal,
           deadline: now + deadlineMs,
           keyDeadline: now + settings.deadlineMs,
@@ -366,7 +378,11 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const ended = await pipeStream(ep, res, value.up, lease, model, d.started, abort, !wantsUsage && inject, (ms) => (upstreamMs += ms), (outcome, cost) => releaseAndSettle(lease, model, outcome, cost));
       // the status went out as 200; the metric tells how the stream really ended
       finish(ended);
-    } catch (e) {
+    } catch (thrown) {
+      let e = thrown;
+      // an admission run beside the acquire: wait for it (its reservation must be settled), and a
+      // refusal of the token says more than whatever else went wrong
+      if (gate) e = (await gate.then(() => undefined, (refusal: unknown) => refusal)) ?? e;
       const why = abort.signal.reason;
       // attempts the caller cut short cost the keys their estimate: the token pays that, as for a dropped stream
       const charged = why instanceof ShuttingDown ? [] : aborted;
@@ -545,5 +561,29 @@ export class PassThroughError extends HttpError {
       body: upstream.body,
       contentType: typeof ct === 'string' ? ct : 'application/json',
     });
+  }
+}
+
+/**
+ * Gateway tokens this process saw admitted in the last minute (in memory only, like the request
+ * headers they came in): their next admission may run beside the acquire. Bounded; the oldest go first.
+ */
+class RecentTokens {
+  private readonly until = new Map<string, number>();
+  constructor(
+    private readonly ttlMs = 60_000,
+    private readonly max = 10_000,
+  ) {}
+  seen(token: string): boolean {
+    const t = this.until.get(token);
+    return t !== undefined && t > Date.now();
+  }
+  add(token: string): void {
+    this.until.delete(token);
+    this.until.set(token, Date.now() + this.ttlMs);
+    if (this.until.size > this.max) this.until.delete(this.until.keys().next().value!);
+  }
+  delete(token: string): void {
+    this.until.delete(token);
   }
 }

@@ -284,8 +284,22 @@ describe('gateway: bad input never reaches a key', () => {
     const { token: t2, info } = await g.pool.tokens.create({ name: 'to-revoke' });
     await sdk(g, t2).chat.completions.create(ask);
     await g.pool.tokens.revoke(info.id);
+    // this process saw t2 admitted a moment ago, so its admission ran beside the acquire: the key
+    // leased meanwhile goes back at once
     await expect(sdk(g, t2).chat.completions.create(ask)).rejects.toMatchObject({ status: 401 });
     expect(served(g)).toBe(3);
+    expect((await g.pool.status()).keys.reduce((n, k) => n + k.inFlight, 0)).toBe(0);
+    expect((await g.pool.status()).leasesInFlight).toBe(0);
+  });
+
+  it('unknown tokens never take a request from a key (their admission comes before any acquire)', async () => {
+    const g = await gw({ keys: [{ secret: A, name: 'a', models: MODELS, rpm: 60, rpmBurst: 5 }] });
+    const before = (await keyOf(g, A)).left!.requests;
+    for (let i = 0; i < 20; i++) {
+      const r = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { authorization: `Bearer kpt_${'x'.repeat(43)}` });
+      expect(r.status).toBe(401);
+    }
+    expect((await keyOf(g, A)).left!.requests).toBe(before);
   });
 
   it('429 with Retry-After when no key can serve within the deadline', async () => {
