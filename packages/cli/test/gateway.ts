@@ -5,11 +5,9 @@
  */
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Writable } from 'node:stream';
-import { pino, type Logger } from 'pino';
 import { KeyPool, type KeySpecInput } from '@keypool/core';
 import { createGateway, REDACT, type Gateway, type GatewaySettings } from '@keypool/server';
-import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
+import { LogSink as BaseLogSink, connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
 
 export const ADMIN = 'admin-token-for-cli-tests-0123456789abcdef';
 
@@ -23,21 +21,10 @@ const SETTINGS: GatewaySettings = {
   defaultMaxOutputTokens: 64,
 };
 
-/** Every log line the gateway wrote (the admin audit lines among them). */
-export class LogSink {
-  lines: string[] = [];
-  readonly logger: Logger;
+/** Every log line the gateway wrote, redacted as in production. */
+export class LogSink extends BaseLogSink {
   constructor() {
-    const stream = new Writable({
-      write: (chunk, _enc, cb) => {
-        this.lines.push(String(chunk));
-        cb();
-      },
-    });
-    this.logger = pino({ level: 'debug', redact: { paths: REDACT, censor: '[redacted]' } }, stream);
-  }
-  get text(): string {
-    return this.lines.join('');
+    super(REDACT);
   }
 }
 

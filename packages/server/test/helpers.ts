@@ -1,8 +1,6 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pino, type Logger } from 'pino';
-import { Writable } from 'node:stream';
-import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
+import { LogSink as BaseLogSink, connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
 import { KeyPool, type KeySpecInput, type PoolConfigInput } from '@keypool/core';
 import type { Route } from '@keypool/client';
 import { createGateway, type Gateway, type GatewaySettings } from '../src/index.js';
@@ -20,21 +18,10 @@ export const DEFAULT_SETTINGS: GatewaySettings = {
   defaultMaxOutputTokens: 64,
 };
 
-/** Every log line the gateway wrote, as text (to check that no secret is in it). */
-export class LogSink {
-  lines: string[] = [];
-  readonly logger: Logger;
+/** Every log line the gateway wrote, redacted as in production. */
+export class LogSink extends BaseLogSink {
   constructor() {
-    const stream = new Writable({
-      write: (chunk, _enc, cb) => {
-        this.lines.push(String(chunk));
-        cb();
-      },
-    });
-    this.logger = pino({ level: 'debug', redact: { paths: REDACT, censor: '[redacted]' } }, stream);
-  }
-  get text(): string {
-    return this.lines.join('');
+    super(REDACT);
   }
 }
 

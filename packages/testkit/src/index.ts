@@ -15,6 +15,7 @@ import './provided.js';
 export * from './child-connect.js';
 export * from './redis-server.js';
 export * from './fake-openai/index.js';
+export { LogSink } from './log-sink.js';
 
 /** Which Redis deployment the current vitest project tests against. */
 export type TestTarget = 'standalone' | 'cluster';
