@@ -6,27 +6,15 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { KeyPool, type KeySpecInput } from '@keypool/core';
-import { createGateway, REDACT, type Gateway, type GatewaySettings } from '@keypool/server';
-import { LogSink as BaseLogSink, connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
+import { LogSink, testSettings } from '../../server/test/shared.js';
+import { createGateway, type Gateway, type GatewaySettings } from '@keypool/server';
+import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
 
 export const ADMIN = 'admin-token-for-cli-tests-0123456789abcdef';
 
-const SETTINGS: GatewaySettings = {
-  adminToken: ADMIN,
-  bodyLimit: 64 * 1024,
-  deadlineMs: 5000,
-  attemptTimeoutMs: 2000,
-  maxAttempts: 4,
-  backoff: { baseMs: 5, maxMs: 50 },
-  defaultMaxOutputTokens: 64,
-};
+const SETTINGS: GatewaySettings = testSettings(ADMIN);
 
-/** Every log line the gateway wrote, redacted as in production. */
-export class LogSink extends BaseLogSink {
-  constructor() {
-    super(REDACT);
-  }
-}
+export { LogSink };
 
 export interface TestGateway {
   url: string;

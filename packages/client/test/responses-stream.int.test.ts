@@ -7,7 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import OpenAI from 'openai';
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeKeyOptions, type FakeOpenAI } from '@keypool/testkit';
+import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeKeyOptions } from '@keypool/testkit';
 import { KeyPool, keyIdOf, type KeySpecInput } from '@keypool/core';
 import { PooledOpenAI } from '../src/index.js';
 

@@ -95,7 +95,7 @@ export function adminRouter(opts: { pool: KeyPool; adminToken: string | undefine
     }),
   );
 
-  router.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+  router.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
     sendError(res, adminError(err, ''));
   });
   return router;

@@ -1,29 +1,16 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { LogSink as BaseLogSink, connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
+import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
 import { KeyPool, type KeySpecInput, type PoolConfigInput } from '@keypool/core';
 import type { Route } from '@keypool/client';
 import { createGateway, type Gateway, type GatewaySettings } from '../src/index.js';
-import { REDACT } from '../src/runner.js';
+import { LogSink, testSettings } from './shared.js';
 
 export const ADMIN = 'admin-token-for-tests-0123456789abcdef';
 
-export const DEFAULT_SETTINGS: GatewaySettings = {
-  adminToken: ADMIN,
-  bodyLimit: 64 * 1024,
-  deadlineMs: 5000,
-  attemptTimeoutMs: 2000,
-  maxAttempts: 4,
-  backoff: { baseMs: 5, maxMs: 50 },
-  defaultMaxOutputTokens: 64,
-};
+export const DEFAULT_SETTINGS: GatewaySettings = testSettings(ADMIN);
 
-/** Every log line the gateway wrote, redacted as in production. */
-export class LogSink extends BaseLogSink {
-  constructor() {
-    super(REDACT);
-  }
-}
+export { LogSink };
 
 export interface TestGateway {
   url: string;
