@@ -16,6 +16,7 @@ export type {
   KeyPoolEvents,
   KeyPoolOptions,
   Lease,
+  ProbeTarget,
   ReleaseResult,
 } from './pool.js';
 export {

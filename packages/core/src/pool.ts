@@ -105,6 +105,16 @@ export interface ReleaseResult {
   releasedAt?: number;
 }
 
+/** A key to probe: what the call needs (the secret stays in this process, as with a lease). */
+export interface ProbeTarget {
+  keyId: string;
+  hint: string;
+  provider: string;
+  baseURL: string;
+  secret: string;
+  reason: 'open' | 'half_open' | 'revoked' | 'degraded';
+}
+
 export interface KeyPoolOptions {
   /** A Redis URL, or an ioredis Redis or Cluster instance (kept open on close()). */
   redis: string | Redis | Cluster;
@@ -191,6 +201,10 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   private readonly secrets = new Map<string, string>();
   /** Settings of the keys this process registered (config and addKey), to register again after Redis lost them. */
   private readonly own = new Map<string, KeyRecord>();
+  /** Keys from the config (never dropped by a secret source). */
+  private readonly configIds = new Set<string>();
+  /** Keys this process holds from secret sources (setSourceKeys). */
+  private readonly sourced = new Map<string, KeyRecord>();
   private closing = false;
   private readonly local: LocalLimiter;
   /** Every key record this process has seen, removed ones included: their leases can still be released. */
@@ -303,6 +317,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       const rec = recordOfSpec(k);
       pool.secrets.set(rec.id, k.secret);
       pool.own.set(rec.id, rec);
+      pool.configIds.add(rec.id);
     }
     try {
       await pool.upsertRecords([...pool.own.values()]);
@@ -580,6 +595,134 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   /** Start the budget period again from zero spend. */
   resetBudget(keyId: string) {
     return this.setState(keyId, 'reset_budget');
+  }
+
+  // ---- keys from a secret source, probes, upkeep (the scheduler's side) ------------------
+
+  /**
+   * Make the keys this process holds from secret sources exactly `specs` (config keys are not
+   * touched). New keys are registered and used at once; keys whose settings changed are updated;
+   * keys that are no longer given are dropped by this process only: it stops leasing them (leases
+   * in flight keep their secret and finish), while the other processes, which may not have loaded
+   * the new set yet, go on using them. Retiring them from the pool is the coordinator's job (see
+   * the secret refresh in @keypool/worker), once every process has the new set. Keys whose id
+   * (their secret) did not change keep all their state.
+   */
+  async setSourceKeys(specs: readonly KeySpecInput[]): Promise<{ added: string[]; changed: string[]; dropped: string[] }> {
+    const parsed = specs.map((s) => parseKeySpec(s));
+    const next = new Map<string, { rec: KeyRecord; secret: string }>();
+    for (const spec of parsed) {
+      const rec = recordOfSpec(spec);
+      next.set(rec.id, { rec, secret: spec.secret });
+    }
+    const added: string[] = [];
+    const changed: string[] = [];
+    const dropped: string[] = [];
+    const upserts: KeyRecord[] = [];
+    for (const [id, { rec, secret }] of next) {
+      const old = this.sourced.get(id) ?? this.own.get(id);
+      if (!old) added.push(id);
+      else if (JSON.stringify(old) !== JSON.stringify(rec)) changed.push(id);
+      if (!old || JSON.stringify(old) !== JSON.stringify(rec)) upserts.push(rec);
+      this.secrets.set(id, secret);
+      this.own.set(id, rec);
+      this.sourced.set(id, rec);
+    }
+    for (const id of [...this.sourced.keys()]) {
+      if (next.has(id)) continue;
+      this.sourced.delete(id);
+      if (this.configIds.has(id)) continue;
+      this.own.delete(id);
+      this.secrets.delete(id);
+      dropped.push(id);
+    }
+    if (upserts.length > 0) await this.upsertRecords(upserts);
+    if (added.length || changed.length || dropped.length) {
+      this.log.info({ added, changed, dropped }, 'keys from secret sources applied');
+    }
+    await this.refreshTopology();
+    return { added, changed, dropped };
+  }
+
+  /**
+   * Keys that want a health probe: open or half-open breaker, revoked, or degraded; never healthy,
+   * disabled or draining ones. Only keys this process holds the secret of (it makes the call).
+   * For the scheduler: reads every key (O(keys)), never on the request path.
+   */
+  async probeTargets(): Promise<ProbeTarget[]> {
+    const status = await this.status();
+    const out: ProbeTarget[] = [];
+    for (const k of status.keys) {
+      const secret = this.secrets.get(k.id);
+      if (!secret) continue;
+      const why: ProbeTarget['reason'] | undefined =
+        k.state === 'open' || k.state === 'half_open' || k.state === 'revoked' ? k.state : k.state === 'active' && k.degraded ? 'degraded' : undefined;
+      if (why) out.push({ keyId: k.id, hint: k.hint, provider: k.provider, baseURL: k.baseURL, secret, reason: why });
+    }
+    return out;
+  }
+
+  /**
+   * Record a health probe's result (see lua/probe-3.lua): a success closes the breaker and clears
+   * a revocation; a failure reopens an open breaker for longer; 401/403 revokes.
+   */
+  async reportProbe(keyId: string, outcome: Pick<Outcome, 'status' | 'error' | 'latencyMs' | 'headers'>): Promise<{ state: string; breaker: string; transition: string }> {
+    let cls = classify(outcome);
+    if (cls === 'client_error') cls = 'ok'; // a 404 on /models still proves the key and the host answer
+    if (cls === 'aborted') cls = 'server_error';
+    const latency = outcome.latencyMs ?? -1;
+    let coolMs = -1;
+    if (cls === 'rate_limited') coolMs = Math.min(this.config.cooling.maxMs, cooldownFromHeaders(outcome.headers) ?? this.config.cooling.defaultMs);
+    const raw = (await this.run('hget', [this.keys.cfg], [keyId])) as string | null;
+    if (raw === null) throw new KeyNotFoundError(keyId);
+    let group = (JSON.parse(raw) as KeyRecord).g;
+    const hint = (JSON.parse(raw) as KeyRecord).hint;
+    const b = this.config.breaker;
+    const h = this.config.health;
+    const k = this.keys;
+    for (let attempt = 0; ; attempt++) {
+      const reply = (await this.run('probe', [k.st, k.avail(group), k.wait(group)], [
+        keyId, cls, latency, group,
+        b.failures, b.errorRate, b.minRequests, b.cooldownMs, b.maxCooldownMs,
+        h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
+        coolMs, this.config.cooling.defaultMs,
+      ])) as [1, string, string, string] | [0, string, string?];
+      if (reply[0] === 0 && reply[1] === 'moved' && attempt < 3) {
+        group = reply[2]!;
+        continue;
+      }
+      if (reply[0] === 0) throw new KeyNotFoundError(keyId);
+      const [, state, breaker, transition] = reply;
+      if (transition && transition !== 'skipped') {
+        this.log.info({ keyId, hint, transition, outcome: cls }, `key ${transition} by health probe`);
+        this.emit('transition', { keyId, hint, transition });
+      }
+      return { state, breaker, transition };
+    }
+  }
+
+  /**
+   * Upkeep of the whole pool (see lua/housekeep-4.lua): expired leases back, next budget periods
+   * started, stale health windows forgotten. Idempotent; the scheduler runs it periodically.
+   */
+  async housekeep(): Promise<{ leasesReaped: number; periodsStarted: { keyId: string; previousSpendUsd: number }[]; healthWindowsCleared: number }> {
+    await this.refreshTopology();
+    const groups = [...new Set([...this.topology.keys.values()].map((r) => r.g))].sort();
+    const k = this.keys;
+    const h = this.config.health;
+    const reply = (await this.run('housekeep', [k.cfg, k.st, k.leases, k.meta, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])], [
+      groups.join(','), h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
+    ])) as [number, string[], number];
+    const periodsStarted = reply[1].map((line) => {
+      const [keyId, nanos] = line.split(':') as [string, string];
+      return { keyId, previousSpendUsd: Number(nanos) / NANOS_PER_USD };
+    });
+    for (const p of periodsStarted) {
+      this.log.info({ keyId: p.keyId, hint: this.topology.keys.get(p.keyId)?.hint, previousSpendUsd: p.previousSpendUsd }, 'budget period started');
+    }
+    if (reply[0] > 0) this.log.info({ leases: reply[0] }, 'expired leases given back');
+    await this.refreshTopology();
+    return { leasesReaped: reply[0], periodsStarted, healthWindowsCleared: reply[2] };
   }
 
   private async setState(keyId: string, action: string): Promise<{ state: string; breaker: string; inFlight: number }> {

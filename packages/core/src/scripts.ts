@@ -34,6 +34,8 @@ const DEFS = {
   setState: { file: 'setState-5.lua', keys: 5 },
   status: { file: 'status-5.lua', keys: 5 },
   extend: { file: 'extend-2.lua', keys: 2 },
+  probe: { file: 'probe-3.lua', keys: 3 },
+  housekeep: { file: 'housekeep-4.lua', keys: undefined },
   tokenAdmit: { file: 'tokenAdmit-3.lua', keys: 3 },
   tokenSettle: { file: 'tokenSettle-2.lua', keys: 2 },
   tokenCreate: { file: 'tokenCreate-3.lua', keys: 3 },
