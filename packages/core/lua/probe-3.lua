@@ -59,7 +59,9 @@ else
     if st.bc > 0 and now - st.bc > brk.maxCooldownMs then st.bo = 0 end
     st.bo = st.bo + 1
     local cool = math.min(brk.maxCooldownMs, brk.cooldownMs * 2 ^ (st.bo - 1))
-    st.br, st.bu, st.bp, st.bd, st.bf = 'open', now + cool, '', 0, 0
+    st.br, st.bu, st.bf = 'open', now + cool, 0
+    -- a half-open probe lease in flight keeps its place: its own outcome still counts
+    if not (st.bp ~= '' and st.bd > now) then st.bp, st.bd = '', 0 end
     transition = 'reopened'
   end
 end

@@ -11,6 +11,8 @@
     remove        remove now (leases in flight are released as unknown)
     reset         close the breaker, end cooling, forget health history
     reset_budget  start the budget period again from zero spend
+    unretire      undo a retire that has not completed yet (the key came back to its secret source);
+                  any other state is left as it is
   ARGV[3] the key's group as the caller knows it
   Reply: {1, adminState, breakerState, inFlight} or {0, 'not_found'} or {0, 'moved', group} (the
   key's models changed: call again with the sets of that group)
@@ -44,6 +46,12 @@ elseif action == 'enable' then
   st.adm, st.ret, st.wr = 'active', 0, ''
   redis.call('ZREM', waitKey, id)
   redis.call('SADD', availKey, id)
+elseif action == 'unretire' then
+  if st.adm == 'draining' and st.ret == 1 then
+    st.adm, st.ret, st.wr = 'active', 0, ''
+    redis.call('ZREM', waitKey, id)
+    redis.call('SADD', availKey, id)
+  end
 elseif action == 'reset' then
   st.br, st.bf, st.bo, st.bu, st.bc, st.bp, st.bd, st.cu = 'closed', 0, 0, 0, 0, '', 0, 0
   st.hs, st.p50, st.p99, st.er, st.deg = 1, 0, 0, 0, 0

@@ -17,6 +17,7 @@ export type {
   KeyPoolOptions,
   Lease,
   ProbeTarget,
+  ScheduledJobStatus,
   ReleaseResult,
 } from './pool.js';
 export {

@@ -105,6 +105,18 @@ export interface ReleaseResult {
   releasedAt?: number;
 }
 
+/** One periodic job of the scheduler, as /status and /metrics show it. */
+export interface ScheduledJobStatus {
+  name: string;
+  /** Interval in ms, or a cron pattern (UTC). */
+  every?: number;
+  pattern?: string;
+  /** When the next run is due (ISO), as the worker that ran the last one computed it. */
+  nextRunAt?: string;
+  lastRun?: { startedAt: string; durationMs: number; ok: boolean; worker: string; jobId: string; error?: string; summary?: Record<string, unknown> };
+  runs: { completed: number; failed: number };
+}
+
 /** A key to probe: what the call needs (the secret stays in this process, as with a lease). */
 export interface ProbeTarget {
   keyId: string;
@@ -617,13 +629,23 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     }
     const added: string[] = [];
     const changed: string[] = [];
-    const dropped: string[] = [];
     const upserts: KeyRecord[] = [];
-    for (const [id, { rec, secret }] of next) {
+    for (const [id, { rec }] of next) {
       const old = this.sourced.get(id) ?? this.own.get(id);
       if (!old) added.push(id);
       else if (JSON.stringify(old) !== JSON.stringify(rec)) changed.push(id);
       if (!old || JSON.stringify(old) !== JSON.stringify(rec)) upserts.push(rec);
+    }
+    const dropped = [...this.sourced.keys()].filter((id) => !next.has(id) && !this.configIds.has(id));
+    // Redis first: if it fails, nothing here changed and the same call can be made again
+    if (upserts.length > 0) await this.upsertRecords(upserts);
+    // a key that comes back to its source while it was being retired (drained, not yet removed)
+    for (const id of added) {
+      await this.setState(id, 'unretire').catch((e) => {
+        if (!(e instanceof KeyNotFoundError)) throw e;
+      });
+    }
+    for (const [id, { rec, secret }] of next) {
       this.secrets.set(id, secret);
       this.own.set(id, rec);
       this.sourced.set(id, rec);
@@ -634,14 +656,22 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       if (this.configIds.has(id)) continue;
       this.own.delete(id);
       this.secrets.delete(id);
-      dropped.push(id);
     }
-    if (upserts.length > 0) await this.upsertRecords(upserts);
     if (added.length || changed.length || dropped.length) {
       this.log.info({ added, changed, dropped }, 'keys from secret sources applied');
     }
     await this.refreshTopology();
     return { added, changed, dropped };
+  }
+
+  /** Ids of the keys this process holds the secret of (config, secret sources, addKey). */
+  heldKeyIds(): string[] {
+    return [...this.secrets.keys()];
+  }
+
+  /** Whether `keyId` is one of this process's config keys (a secret source never drops those). */
+  isConfigKey(keyId: string): boolean {
+    return this.configIds.has(keyId);
   }
 
   /**
@@ -668,8 +698,9 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    */
   async reportProbe(keyId: string, outcome: Pick<Outcome, 'status' | 'error' | 'latencyMs' | 'headers'>): Promise<{ state: string; breaker: string; transition: string }> {
     let cls = classify(outcome);
-    if (cls === 'client_error') cls = 'ok'; // a 404 on /models still proves the key and the host answer
-    if (cls === 'aborted') cls = 'server_error';
+    // only a 2xx (or a 429, which proves the key valid) is a good probe: a 404 on /models is a wrong
+    // baseURL more likely than a healthy provider
+    if (cls === 'client_error' || cls === 'aborted') cls = 'server_error';
     const latency = outcome.latencyMs ?? -1;
     let coolMs = -1;
     if (cls === 'rate_limited') coolMs = Math.min(this.config.cooling.maxMs, cooldownFromHeaders(outcome.headers) ?? this.config.cooling.defaultMs);
@@ -803,6 +834,20 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         })),
       } as PoolStatus;
     }
+  }
+
+  /**
+   * The scheduler's jobs as the workers last recorded them (fleet-wide, from Redis): schedule,
+   * next and last run, run counts. Empty when no `keypool worker` runs for this pool.
+   */
+  async scheduleStatus(): Promise<ScheduledJobStatus[]> {
+    const [jobs, runs] = await Promise.all([this.client.hgetall(this.keys.sched), this.client.hgetall(this.keys.schedRuns)]);
+    return Object.entries(jobs)
+      .map(([name, raw]) => {
+        const j = JSON.parse(raw) as Omit<ScheduledJobStatus, 'name' | 'runs'>;
+        return { name, ...j, runs: { completed: Number(runs[`${name}:completed`] ?? 0), failed: Number(runs[`${name}:failed`] ?? 0) } };
+      })
+      .sort((a, b) => a.name.localeCompare(b.name));
   }
 
   /** True while Redis answers (the last call succeeded). */

@@ -104,6 +104,12 @@ export class PoolKeys {
   readonly tokSt: string;
   /** Gateway token reservations, scored by expiry. */
   readonly tokRes: string;
+  /** Scheduler: job name -> JSON of its schedule and last run (written by @keypool/worker). */
+  readonly sched: string;
+  /** Scheduler: job name:outcome -> runs (counters). */
+  readonly schedRuns: string;
+  /** Scheduler: a capped stream of run events (started / completed / failed), for ops and tests. */
+  readonly schedLog: string;
   private readonly prefix: string;
 
   constructor(pool: string) {
@@ -117,6 +123,9 @@ export class PoolKeys {
     this.tokId = `${this.prefix}tok:id`;
     this.tokSt = `${this.prefix}tok:st`;
     this.tokRes = `${this.prefix}tok:res`;
+    this.sched = `${this.prefix}sched`;
+    this.schedRuns = `${this.prefix}sched:runs`;
+    this.schedLog = `${this.prefix}sched:log`;
   }
 
   /** Candidate set of a key group (keys serving the same models). */
