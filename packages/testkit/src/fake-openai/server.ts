@@ -5,6 +5,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { delay, readBody } from '../http-util.js';
 import { performance } from 'node:perf_hooks';
 import { checkLatency, sampleLatency, seededRandom } from './latency.js';
 import { formatDuration, MinuteWindow, TokenBucket } from './limits.js';
@@ -202,35 +203,6 @@ interface Ctx {
   breakAfter?: number;
 }
 
-/** Resolves true after `ms`, false as soon as `signal` aborts. */
-function delay(ms: number, signal: AbortSignal): Promise<boolean> {
-  if (signal.aborted) return Promise.resolve(false);
-  if (ms <= 0) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      resolve(false);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve(true);
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-function readBody(req: IncomingMessage): Promise<Buffer | null> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
-    });
-    req.on('end', () => resolve(size > MAX_BODY_BYTES ? null : Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
-}
 
 /** Integer >= 1 or absent; else a 400 like OpenAI's. */
 function maxParam(body: Record<string, unknown>, name: string): number | undefined {
@@ -776,7 +748,7 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
     const started = performance.now();
     res.setHeader('x-request-id', `req_${randomBytes(16).toString('hex')}`);
     res.setHeader('openai-version', '2020-10-01');
-    const raw = await readBody(req);
+    const raw = await readBody(req, MAX_BODY_BYTES);
 
     const controller = new AbortController();
     // identify the key first: every request is counted under its key
@@ -888,7 +860,7 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
   };
 
   async function handleControl(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
-    const raw = await readBody(req);
+    const raw = await readBody(req, MAX_BODY_BYTES);
     const reply = (status: number, body: unknown) => {
       const data = JSON.stringify(body);
       res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) });
