@@ -15,7 +15,7 @@ export default defineConfig({
     projects: [
       {
         extends: true,
-        test: { name: 'unit', include: ['packages/*/test/**/*.unit.test.ts', 'test/**/*.unit.test.ts'] },
+        test: { name: 'unit', include: ['packages/*/test/**/*.unit.test.ts', 'packages/*/test/**/*.wire.test.ts', 'test/**/*.unit.test.ts'] },
       },
       {
         extends: true,
