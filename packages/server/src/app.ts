@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import type { KeyPool } from '@keypool/core';
+import type { SecretSync } from '@keypool/secrets';
 import { Dispatcher, type Route } from '@keypool/client';
 import { adminRouter } from './admin.js';
 import { HttpError, sendError } from './errors.js';
@@ -25,6 +26,8 @@ export interface GatewayOptions {
   logger: Logger;
   settings: GatewaySettings;
   routes?: Record<string, Route>;
+  /** This process's secret sync, when keys come from secret sources (shown in /status and /metrics). */
+  sync?: SecretSync;
 }
 
 export interface Gateway {
@@ -44,7 +47,7 @@ const DASHBOARD = new URL('./dashboard.html', import.meta.url);
 export function createGateway(opts: GatewayOptions): Gateway {
   const { pool, logger, settings } = opts;
   const inflight = new Inflight();
-  const metrics = new GatewayMetrics(pool, () => inflight.size);
+  const metrics = new GatewayMetrics(pool, () => inflight.size, opts.sync);
   const dispatcher = new Dispatcher({ pool, routes: opts.routes ?? {}, maxAttempts: settings.maxAttempts, backoff: settings.backoff, attemptTimeoutMs: settings.attemptTimeoutMs });
   const startedAt = new Date();
   const app = express();
@@ -87,10 +90,12 @@ export function createGateway(opts: GatewayOptions): Gateway {
 
   app.get('/status', async (_req, res) => {
     try {
-      const st = await pool.status();
+      const [st, scheduler, fleet] = await Promise.all([pool.status(), pool.scheduleStatus().catch(() => null), opts.sync?.fleet().catch(() => null)]);
       res.json({
         ...st,
         routes: dispatcher.routes,
+        scheduler,
+        ...(opts.sync ? { secrets: { ...opts.sync.status(), fleet } } : {}),
         gateway: { pid: process.pid, startedAt: startedAt.toISOString(), inFlight: inflight.size, version: VERSION },
       });
     } catch (e) {
@@ -101,7 +106,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
 
   app.get('/metrics', async (_req, res) => {
     res.setHeader('content-type', metrics.registry.contentType);
-    res.end(await metrics.registry.metrics());
+    res.end(await metrics.scrape());
   });
 
   app.use('/admin', adminRouter({ pool, adminToken: settings.adminToken, logger, metrics }));

@@ -17,6 +17,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { ConfigError, KeySpecSchema, PoolConfigSchema, formatPath, type ConfigIssue, type PoolConfig } from '@keypool/core';
+import { SecretsSectionSchema, type SecretsSection } from '@keypool/secrets';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 
@@ -154,6 +155,31 @@ export const RouteSchema = z
 
 export const LogLevelSchema = z.enum(LOG_LEVELS, { error: LOG_LEVEL_MESSAGE }).default('info').describe('pino log level. Env KEYPOOL_LOG_LEVEL overrides it.');
 
+/** `scheduler`: what `keypool worker` runs, and how often. */
+export const SchedulerSectionSchema = z
+  .object({
+    secretRefreshMs: z.number().int().min(1000).default(60_000).describe('Secret refresh: reload the sources, publish the new set to the fleet, retire keys that disappeared.'),
+    probeMs: z.number().int().min(500).default(15_000).describe('Health probes (GET /models) of keys that are open, half-open, revoked or degraded.'),
+    probeTimeoutMs: z.number().int().min(100).default(5000).describe('A probe call slower than this is a failure.'),
+    budgetPattern: z.string().min(1).default('0 0 * * *').describe('When budget periods start, a cron pattern in UTC (BullMQ syntax; the default is midnight UTC, which starts days and months).'),
+    housekeepingMs: z.number().int().min(1000).default(60_000).describe('Housekeeping: expired leases of idle keys back, budget periods started, stale health windows cleared.'),
+    rotationGraceMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(30_000)
+      .describe('How long one secret refresh waits for live processes to let go of keys that left the sources; keys still held then are kept in service and tried again at the next refresh. Shorter than secretRefreshMs.'),
+    lockMs: z.number().int().min(1000).default(30_000).describe('A job whose worker stopped renewing its lock for this long (the worker died) runs again on another worker.'),
+    stalledCheckMs: z.number().int().min(500).default(15_000).describe('How often workers look for such jobs.'),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    // a run longer than its interval overlaps the next one (two coordinators, probes doubled)
+    if (s.rotationGraceMs >= s.secretRefreshMs) ctx.addIssue({ code: 'custom', path: ['rotationGraceMs'], message: `must be shorter than secretRefreshMs (${s.secretRefreshMs})` });
+    if (s.probeTimeoutMs >= s.probeMs) ctx.addIssue({ code: 'custom', path: ['probeTimeoutMs'], message: `must be shorter than probeMs (${s.probeMs})` });
+  });
+export type SchedulerSection = z.output<typeof SchedulerSectionSchema>;
+
 export const RoutesSchema = z
   .record(z.string().min(1), RouteSchema)
   .default({})
@@ -181,6 +207,8 @@ export const GatewayFileSchema = z
     server: ServerSectionSchema.prefault({}).describe('HTTP listener, deadlines and retries.'),
     logLevel: LogLevelSchema,
     routes: RoutesSchema,
+    secrets: SecretsSectionSchema.optional().describe('Secret sources (env, encrypted file, AWS Secrets Manager, Vault) whose keys join the pool, refreshed and rotated without restarts.'),
+    scheduler: SchedulerSectionSchema.prefault({}).describe('The periodic jobs of `keypool worker`.'),
   })
   .strict();
 
@@ -196,6 +224,9 @@ export interface GatewayConfig {
   server: ServerSection;
   logLevel: LogLevel;
   routes: Record<string, Route>;
+  /** Secret sources; absent: only the keys of the file. */
+  secrets?: SecretsSection;
+  scheduler: SchedulerSection;
   /** Core's parsed pool config, secrets filled in. */
   pool: PoolConfig;
 }
@@ -208,7 +239,14 @@ export interface LoadGatewayConfigOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-const GATEWAY_SECTIONS = { redis: RedisSectionSchema.optional(), server: ServerSectionSchema.prefault({}), logLevel: LogLevelSchema, routes: RoutesSchema };
+const GATEWAY_SECTIONS = {
+  redis: RedisSectionSchema.optional(),
+  server: ServerSectionSchema.prefault({}),
+  logLevel: LogLevelSchema,
+  routes: RoutesSchema,
+  secrets: SecretsSectionSchema.optional(),
+  scheduler: SchedulerSectionSchema.prefault({}),
+};
 type Section = keyof typeof GATEWAY_SECTIONS;
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type JsonObject = { [k: string]: Json };
@@ -236,8 +274,8 @@ export function loadGatewayConfig(opts: LoadGatewayConfigOptions = {}): GatewayC
   const interpolationIssues = issues.length;
   const failedPaths = new Set(issues.map((i) => i.path));
 
-  const { redis, server, logLevel, routes, ...poolPart } = doc;
-  const sections: Record<Section, Json | undefined> = { redis, server, logLevel, routes };
+  const { redis, server, logLevel, routes, secrets, scheduler, ...poolPart } = doc;
+  const sections: Record<Section, Json | undefined> = { redis, server, logLevel, routes, secrets, scheduler };
   applyEnvOverrides(sections, poolPart, env, issues);
 
   const out: Partial<Record<Section, unknown>> = {};
@@ -249,7 +287,8 @@ export function loadGatewayConfig(opts: LoadGatewayConfigOptions = {}): GatewayC
 
   const pool = parsePool(poolPart, env, issues);
   issues.push(...unknownFields(poolPart, GatewayFileSchema, []));
-  checkRoutes(sections.routes, poolPart.keys, issues);
+  // with secret sources, keys (and the models they serve) are only known once the sources are read
+  if (sections.secrets === undefined) checkRoutes(sections.routes, poolPart.keys, issues);
 
   const all = issues.filter((issue, n) => n < interpolationIssues || !failedPaths.has(issue.path));
   if (all.length > 0) throw new ConfigError(all, source);
@@ -260,6 +299,8 @@ export function loadGatewayConfig(opts: LoadGatewayConfigOptions = {}): GatewayC
     server: out.server as ServerSection,
     logLevel: out.logLevel as LogLevel,
     routes: out.routes as Record<string, Route>,
+    ...(out.secrets ? { secrets: out.secrets as SecretsSection } : {}),
+    scheduler: out.scheduler as SchedulerSection,
     pool: pool!,
   };
 }

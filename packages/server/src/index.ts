@@ -6,7 +6,7 @@
  *   const serving = await serve(config);          // listens; serving.close() drains and stops
  */
 export { createGateway, type Gateway, type GatewayOptions, type GatewaySettings } from './app.js';
-export { loadGatewayConfig, type GatewayConfig, type LoadGatewayConfigOptions } from './config.js';
+export { loadGatewayConfig, SchedulerSectionSchema, type GatewayConfig, type LoadGatewayConfigOptions, type SchedulerSection } from './config.js';
 export { startEmbeddedRedis } from './embedded-redis.js';
 export { GatewayMetrics } from './metrics.js';
 export { REDACT, rootLogger, serve, type Serving } from './runner.js';

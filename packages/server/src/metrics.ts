@@ -1,5 +1,6 @@
 import client from 'prom-client';
 import type { KeyPool, KeyState } from '@keypool/core';
+import type { SecretSync } from '@keypool/secrets';
 
 /**
  * Prometheus metrics of one gateway process (prom-client, a registry per gateway so that tests can
@@ -25,8 +26,15 @@ export class GatewayMetrics {
   readonly tokenRejections: client.Counter<'reason'>;
   readonly adminActions: client.Counter<'action'>;
   readonly inFlight: client.Gauge;
+  private readonly collectFleet: () => Promise<void>;
 
-  constructor(pool: KeyPool, inFlight: () => number) {
+  /** The exposition text: fleet-wide gauges read from Redis first, then every metric. */
+  async scrape(): Promise<string> {
+    await this.collectFleet();
+    return this.registry.metrics();
+  }
+
+  constructor(pool: KeyPool, inFlight: () => number, sync?: SecretSync) {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry, prefix: 'keypool_process_' });
     this.requests = new client.Counter({ name: 'keypool_gateway_requests_total', help: 'Requests answered by the gateway, by endpoint, route (empty: a plain model), model asked for and HTTP status.', labelNames: ['endpoint', 'route', 'model', 'status'], registers });
@@ -44,6 +52,49 @@ export class GatewayMetrics {
       this.set(inFlight());
     } });
 
+    const redisErrors = this.redisErrors;
+    // the scheduler (fleet-wide, as the workers recorded it in Redis)
+    const schedLast = new client.Gauge({ name: 'keypool_scheduler_last_run_timestamp_seconds', help: 'When the last run of each scheduled job started (any worker).', labelNames: ['job'], registers });
+    const schedOk = new client.Gauge({ name: 'keypool_scheduler_last_run_success', help: '1 when the last run of the job succeeded, 0 when it failed.', labelNames: ['job'], registers });
+    const schedDur = new client.Gauge({ name: 'keypool_scheduler_last_run_duration_seconds', help: 'How long the last run of the job took.', labelNames: ['job'], registers });
+    const schedNext = new client.Gauge({ name: 'keypool_scheduler_next_run_timestamp_seconds', help: 'When the next run of the job is due.', labelNames: ['job'], registers });
+    const schedRuns = new client.Gauge({ name: 'keypool_scheduler_runs_total', help: 'Runs of each scheduled job across all workers, by outcome (completed, failed). A counter kept in Redis.', labelNames: ['job', 'outcome'], registers });
+    const collectSchedule = async () => {
+        for (const g of [schedRuns, schedLast, schedOk, schedDur, schedNext]) g.reset();
+        try {
+          for (const j of await pool.scheduleStatus()) {
+            schedRuns.set({ job: j.name, outcome: 'completed' }, j.runs.completed);
+            schedRuns.set({ job: j.name, outcome: 'failed' }, j.runs.failed);
+            if (j.lastRun) {
+              schedLast.set({ job: j.name }, Date.parse(j.lastRun.startedAt) / 1000);
+              schedOk.set({ job: j.name }, j.lastRun.ok ? 1 : 0);
+              schedDur.set({ job: j.name }, j.lastRun.durationMs / 1000);
+            }
+            if (j.nextRunAt) schedNext.set({ job: j.name }, Date.parse(j.nextRunAt) / 1000);
+          }
+        } catch {
+          redisErrors.inc({ operation: 'status' });
+        }
+    };
+    if (sync) {
+      // this process's secret sources
+      const refreshes = new client.Counter({ name: 'keypool_secret_refresh_total', help: 'Secret source loads by this process, by source and outcome (ok, or the failure code: unavailable, throttled, denied, not_found, invalid...). A failed refresh keeps the last good set.', labelNames: ['source', 'outcome'], registers });
+      const lastOk = new client.Gauge({ name: 'keypool_secret_last_success_timestamp_seconds', help: 'When each source was last read successfully by this process.', labelNames: ['source'], registers });
+      const keys = new client.Gauge({ name: 'keypool_secret_keys', help: 'Keys each source gives (its last good set).', labelNames: ['source'], registers });
+      for (const l of sync.loaders) {
+        const source = l.source.describe;
+        l.on('refresh', (r) => {
+          refreshes.inc({ source, outcome: r.ok ? 'ok' : r.error.code });
+          if (r.ok) lastOk.set({ source }, Date.now() / 1000);
+          if (r.set) keys.set({ source }, r.set.keys.length);
+        });
+        if (l.current) {
+          lastOk.set({ source }, Date.now() / 1000);
+          keys.set({ source }, l.current.keys.length);
+        }
+      }
+    }
+
     // fleet-wide gauges, read from Redis when scraped
     const keyState = new client.Gauge({ name: 'keypool_key_state', help: 'One per key and state: 1 for the state the key is in (fleet-wide, from Redis).', labelNames: ['key_id', 'key_name', 'provider', 'state'], registers });
     const keyInFlight = new client.Gauge({ name: 'keypool_key_in_flight', help: 'Leases held on the key across the fleet.', labelNames: ['key_id', 'key_name'], registers });
@@ -52,13 +103,12 @@ export class GatewayMetrics {
     const keyLatency = new client.Gauge({ name: 'keypool_key_latency_seconds', help: 'Rolling latency percentiles of the key (fleet-wide).', labelNames: ['key_id', 'key_name', 'quantile'], registers });
     const keyErrors = new client.Gauge({ name: 'keypool_key_error_rate', help: 'Rolling error rate of the key (fleet-wide).', labelNames: ['key_id', 'key_name'], registers });
     const redisUp = new client.Gauge({ name: 'keypool_redis_up', help: '1 when this process reaches Redis, 0 when it does not (see the redisDown policy).', registers });
-    const redisErrors = this.redisErrors;
-    new client.Gauge({
-      name: 'keypool_status_scrape_ok',
-      help: '1 when the fleet-wide key gauges could be read from Redis at this scrape.',
-      registers,
-      async collect() {
-        for (const g of [keyState, keyInFlight, keyLeft, keySpend, keyLatency, keyErrors]) g.reset();
+    const scrapeOk = new client.Gauge({ name: 'keypool_status_scrape_ok', help: '1 when the fleet-wide key gauges could be read from Redis at this scrape.', registers });
+    // prom-client serialises every metric at once, so a collect() that awaits Redis would fill the
+    // gauges after they were written out (a scrape late): the Redis reads happen before, in scrape()
+    this.collectFleet = async () => {
+      await collectSchedule();
+      for (const g of [keyState, keyInFlight, keyLeft, keySpend, keyLatency, keyErrors]) g.reset();
         redisUp.set(pool.redisAvailable ? 1 : 0);
         try {
           const st = await pool.status();
@@ -78,12 +128,11 @@ export class GatewayMetrics {
             }
             if (k.errorRate !== undefined) keyErrors.set(id, k.errorRate);
           }
-          this.set(st.redis.ok ? 1 : 0);
+          scrapeOk.set(st.redis.ok ? 1 : 0);
         } catch {
           redisErrors.inc({ operation: 'status' });
-          this.set(0);
+          scrapeOk.set(0);
         }
-      },
-    });
+    };
   }
 }

@@ -1,7 +1,9 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
+import { Redis } from 'ioredis';
 import { KeyPool } from '@keypool/core';
+import { createSources, SecretSync, SYNC_REDIS_OPTIONS } from '@keypool/secrets';
 import { createGateway, type Gateway } from './app.js';
 import type { GatewayConfig } from './config.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
@@ -27,6 +29,8 @@ export interface Serving {
   pool: KeyPool;
   gateway: Gateway;
   server: Server;
+  /** Keys from secret sources, when the config has a secrets section. */
+  sync: SecretSync | undefined;
   /** The embedded Redis, when one was started. */
   redisUrl: string;
   /** Shut down as on SIGTERM; resolves when everything is closed. Returns requests cut short. */
@@ -49,7 +53,34 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
     await embedded?.stop();
     throw e;
   }
-  const gateway = createGateway({ pool, logger, settings: config.server, routes: config.routes });
+  // keys from secret sources: loaded before the first request, kept in step with the fleet
+  let sync: SecretSync | undefined;
+  let syncRedis: Redis | undefined;
+  if (config.secrets) {
+    const s = config.secrets;
+    syncRedis = new Redis(redis, { ...SYNC_REDIS_OPTIONS, lazyConnect: true });
+    syncRedis.on('error', (e: Error) => logger.warn({ err: e.message }, 'secret sync: Redis connection error'));
+    await syncRedis.connect().catch(() => undefined);
+    sync = new SecretSync({
+      pool,
+      redis: syncRedis,
+      sources: createSources(s, { logger }),
+      loader: { timeoutMs: s.timeoutMs, attempts: s.attempts, backoffMs: s.backoffMs },
+      heartbeatMs: s.heartbeatMs,
+      allowEmpty: s.allowEmpty,
+      logger,
+    });
+    try {
+      await sync.start();
+    } catch (e) {
+      await sync.close().catch(() => undefined);
+      syncRedis.disconnect();
+      await pool.close();
+      await embedded?.stop();
+      throw e;
+    }
+  }
+  const gateway = createGateway({ pool, logger, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}) });
   const server = gateway.app.listen(config.server.port, config.server.host);
   try {
     await new Promise<void>((resolve, reject) => {
@@ -57,6 +88,8 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
       server.once('error', reject);
     });
   } catch (e) {
+    await sync?.close().catch(() => undefined);
+    syncRedis?.disconnect();
     await pool.close();
     await embedded?.stop();
     const err = e as NodeJS.ErrnoException;
@@ -70,7 +103,7 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
   const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
   const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
   logger.info(
-    { url, pool: pool.name, keys: config.pool.keys.length, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', admin: Boolean(config.server.adminToken) },
+    { url, pool: pool.name, keys: config.pool.keys.length, sourcedKeys: sync?.status().keys ?? 0, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', admin: Boolean(config.server.adminToken) },
     `keypool gateway listening on ${url} (dashboard ${url}/dashboard)`,
   );
 
@@ -84,10 +117,12 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
       if (cut > 0) logger.warn({ cut }, `drain period over: ${cut} request(s) cut short; their leases were released`);
       server.closeAllConnections();
       await stopped;
+      await sync?.close().catch(() => undefined);
+      await syncRedis?.quit().catch(() => syncRedis?.disconnect());
       await pool.close();
       await embedded?.stop();
       logger.info('gateway stopped');
       return cut;
     })());
-  return { url, port, pool, gateway, server, redisUrl: redis, close };
+  return { url, port, pool, gateway, server, redisUrl: redis, sync, close };
 }

@@ -94,6 +94,11 @@ describe('admin API', () => {
     expect(log.every((l) => l.actor === 'alice@ops-laptop' && l.target)).toBe(true);
     const metrics = await (await fetch(`${g.url}/metrics`)).text();
     expect(metrics).toMatch(/keypool_admin_actions_total\{action="key-disable"\} 1/);
+    // the fleet gauges of ONE scrape are read from Redis before being written out (they once lagged a scrape)
+    const idB = (await admin('GET', '/keys')).json.keys[0].id as string;
+    expect((await admin('POST', `/keys/${idB}/disable`)).status).toBe(200);
+    const once = await (await fetch(`${g.url}/metrics`)).text();
+    expect(once).toMatch(new RegExp(`keypool_key_state\\{key_id="${idB}",key_name="b",provider="[a-z]+",state="disabled"\\} 1`));
   });
 
   it('creates, lists and revokes gateway tokens; a token is shown once and works at once on the proxy', async () => {

@@ -592,3 +592,67 @@ describe('keypool.example.yaml', () => {
     for (const name of ['logLevel', 'routes', 'keys']) expect(schema.properties![name]!.description, name).toBeTruthy();
   });
 });
+
+describe('secrets and scheduler sections', () => {
+  it('loads secret sources with their defaults, and the scheduler with its defaults', () => {
+    const cfg = load(
+      [
+        'secrets:',
+        '  sources:',
+        '    - type: env',
+        '      prefix: KEYPOOL_OPENAI_KEY',
+        '      defaults: { models: [gpt-4o-mini], rpm: 500 }',
+        '    - type: vault',
+        '      endpoint: http://vault:8200',
+        '      path: keypool/openai',
+        '      auth: { method: approle, roleId: "${ROLE}", secretId: "${SECRET_ID}" }',
+        'scheduler: { probeMs: 6000 }',
+        'routes: { smart: { models: [gpt-4o] } }',
+      ].join('\n'),
+      { ROLE: 'r-1', SECRET_ID: 's-1' },
+    );
+    expect(cfg.secrets!.sources.map((s) => s.type)).toEqual(['env', 'vault']);
+    expect(cfg.secrets!.timeoutMs).toBe(5000);
+    expect(cfg.secrets!.heartbeatMs).toBe(5000);
+    expect(cfg.scheduler).toMatchObject({ probeMs: 6000, secretRefreshMs: 60_000, budgetPattern: '0 0 * * *', rotationGraceMs: 30_000 });
+    // with secret sources the routes cannot be checked against keys: they come later
+    expect(cfg.routes.smart!.models).toEqual(['gpt-4o']);
+  });
+
+  it('without a secrets section the scheduler still has its defaults', () => {
+    expect(load('logLevel: warn').scheduler.housekeepingMs).toBe(60_000);
+    expect(load('logLevel: warn').secrets).toBeUndefined();
+  });
+
+  it('reports each bad source and scheduler field with its path', () => {
+    const { lines } = problems(
+      [
+        'secrets:',
+        '  sources:',
+        '    - type: consul',
+        '    - type: file',
+        '  timeoutMs: 5',
+        'scheduler: { probeMs: 10, lockMs: fast, cron: x }',
+      ].join('\n'),
+    );
+    expect(lines).toEqual([
+      "secrets.sources[0].type: Invalid discriminator value. Expected 'env' | 'file' | 'aws' | 'vault'",
+      'secrets.sources[1].path: Invalid input: expected string, received undefined',
+      'secrets.timeoutMs: Too small: expected number to be >=100',
+      'scheduler.probeMs: Too small: expected number to be >=500',
+      'scheduler.lockMs: Invalid input: expected number, received string',
+      "scheduler: unknown field 'cron'",
+    ]);
+  });
+
+  it('a run may not outlast its interval', () => {
+    expect(problems('scheduler: { secretRefreshMs: 10000, rotationGraceMs: 10000, probeMs: 1000, probeTimeoutMs: 5000 }').lines).toEqual([
+      'scheduler.rotationGraceMs: must be shorter than secretRefreshMs (10000)',
+      'scheduler.probeTimeoutMs: must be shorter than probeMs (1000)',
+    ]);
+  });
+
+  it('an empty source list says what to write', () => {
+    expect(problems('secrets: { sources: [] }').lines).toEqual(['secrets.sources: list at least one source (type: env, file, aws or vault)']);
+  });
+});
