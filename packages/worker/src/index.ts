@@ -1,0 +1,7 @@
+/**
+ * @keypool/worker: the scheduler of a keypool fleet on BullMQ job schedulers (secret refresh,
+ * health probes, budget periods, housekeeping), each run once per interval across all workers.
+ */
+export * from './scheduler.js';
+export * from './probe.js';
+export * from './run.js';
