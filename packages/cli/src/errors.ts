@@ -28,7 +28,9 @@ export type CliErrorCode =
   /** `keypool serve` could not start (port in use, no Redis...) or failed while stopping. */
   | 'SERVE_FAILED'
   /** The config file is invalid. */
-  | 'CONFIG_INVALID';
+  | 'CONFIG_INVALID'
+  /** The encrypted secrets file could not be read or written (integrity check, missing, conflict, I/O). */
+  | 'SECRETS_FAILED';
 
 const EXIT_OF: Record<CliErrorCode, ExitCode> = {
   GATEWAY_UNREACHABLE: EXIT.failure,
@@ -37,6 +39,7 @@ const EXIT_OF: Record<CliErrorCode, ExitCode> = {
   USAGE: EXIT.usage,
   SERVE_FAILED: EXIT.failure,
   CONFIG_INVALID: EXIT.usage,
+  SECRETS_FAILED: EXIT.failure,
 };
 
 /** A failure to report to the user; the message is what they read, the exit code follows from `code`. */

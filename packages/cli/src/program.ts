@@ -5,9 +5,11 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { registerKeys } from './commands/keys.js';
+import { registerSecrets } from './commands/secrets.js';
 import { registerServe } from './commands/serve.js';
 import { registerStatus } from './commands/status.js';
 import { registerTokens } from './commands/tokens.js';
+import { registerWorker } from './commands/worker.js';
 import { processContext, type Context } from './context.js';
 import { EXIT, isCliError, type ExitCode } from './errors.js';
 import { DEFAULT_URL, examples, paragraphs } from './options.js';
@@ -25,11 +27,12 @@ export function buildProgram(ctx: Context): Command {
     .addHelpText(
       'after',
       paragraphs(
-        `The commands other than serve talk to a running gateway at --url (env KEYPOOL_URL, default ${DEFAULT_URL}); keys and tokens use its admin API with KEYPOOL_ADMIN_TOKEN (or --admin-token).`,
-        'Exit codes: 0 done; 1 failed (gateway unreachable, admin token refused, API error, serve could not start); 2 usage error (unknown command or option, bad argument, invalid config file).',
+        `serve runs a gateway and worker the scheduler, both from a config file; secrets manages an encrypted secrets file, offline. status, keys and tokens talk to a running gateway at --url (env KEYPOOL_URL, default ${DEFAULT_URL}); keys and tokens use its admin API with KEYPOOL_ADMIN_TOKEN (or --admin-token).`,
+        'Exit codes: 0 done; 1 failed (gateway unreachable, admin token refused, API error, serve or worker could not start, secrets file unreadable); 2 usage error (unknown command or option, bad argument, invalid config file).',
       ) +
         examples(
           'keypool serve --config keypool.yaml',
+          'keypool worker --config keypool.yaml',
           'keypool status',
           'export KEYPOOL_ADMIN_TOKEN=...; keypool keys disable openai-1',
           'keypool tokens create --name my-service --rpm 600',
@@ -40,6 +43,8 @@ export function buildProgram(ctx: Context): Command {
   registerStatus(program, ctx);
   registerKeys(program, ctx);
   registerTokens(program, ctx);
+  registerWorker(program, ctx);
+  registerSecrets(program, ctx);
   return program;
 }
 

@@ -35,18 +35,23 @@ export function registerServe(program: Command, _ctx: Context): void {
     .action((opts: ServeOptions) => runServe(opts));
 }
 
-async function runServe(opts: ServeOptions): Promise<void> {
+/** The config file of serve and worker (exit 2 with every problem when it is invalid), and the root logger. */
+export async function loadConfigFile(file: string | undefined): Promise<{ config: GatewayConfig; logger: Logger }> {
   // loaded here, not at the top: the other commands need none of the gateway's dependencies
-  const [{ loadGatewayConfig, rootLogger, serve }, { isConfigError }] = await Promise.all([import('@keypool/server'), import('@keypool/core')]);
-
+  const [{ loadGatewayConfig, rootLogger }, { isConfigError }] = await Promise.all([import('@keypool/server'), import('@keypool/core')]);
   let config: GatewayConfig;
   try {
-    config = loadGatewayConfig(opts.config !== undefined ? { file: opts.config } : {});
+    config = loadGatewayConfig(file !== undefined ? { file } : {});
   } catch (e) {
     if (isConfigError(e)) throw new CliError('CONFIG_INVALID', e.message, { cause: e });
     throw e;
   }
-  const logger = rootLogger(config.logLevel);
+  return { config, logger: rootLogger(config.logLevel) };
+}
+
+async function runServe(opts: ServeOptions): Promise<void> {
+  const { serve } = await import('@keypool/server');
+  const { config, logger } = await loadConfigFile(opts.config);
   if (opts.config === undefined) logger.warn('no config file (--config or KEYPOOL_CONFIG): the gateway has no keys of its own');
 
   const stop = waitForSignals(logger);
