@@ -1,4 +1,4 @@
-# keypool: the gateway (`keypool serve`) and, later, the worker, from source (tsx runs the TypeScript).
+# keypool: the gateway (`keypool serve`) and the worker (`keypool worker`), from source (tsx runs the TypeScript).
 FROM node:20-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production

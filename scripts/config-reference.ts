@@ -19,6 +19,8 @@ interface JsonSchema {
   items?: JsonSchema;
   required?: string[];
   anyOf?: JsonSchema[];
+  oneOf?: JsonSchema[];
+  const?: unknown;
   additionalProperties?: JsonSchema | boolean;
 }
 
@@ -27,6 +29,17 @@ function typeOf(s: JsonSchema): string {
   if (s.type === 'array') return `${s.items ? typeOf(s.items) : 'any'}[]`;
   if (s.type === 'object' && s.additionalProperties && typeof s.additionalProperties === 'object') return 'map';
   return String(s.type ?? 'any');
+}
+
+/** The variants of a discriminated union (objects told apart by a field holding a constant), labelled `field=value`. */
+function variants(s: JsonSchema): { label: string; schema: JsonSchema }[] | undefined {
+  const list = s.oneOf ?? s.anyOf;
+  if (!list || !list.every((v) => v.type === 'object' && v.properties)) return undefined;
+  const out = list.map((v) => {
+    const tag = Object.entries(v.properties!).find(([, p]) => p.const !== undefined);
+    return tag ? { label: `${tag[0]}=${String(tag[1].const)}`, schema: v } : undefined;
+  });
+  return out.every((v) => v !== undefined) ? out : undefined;
 }
 
 function rows(s: JsonSchema, prefix: string, required: boolean, out: string[][]): void {
@@ -41,6 +54,18 @@ function rows(s: JsonSchema, prefix: string, required: boolean, out: string[][])
     if (p.type === 'array' && p.items?.type === 'object' && p.items.properties) {
       out.push([path, 'list', '', p.description ?? '']);
       rows(p.items, `${path}[].`, req, out);
+      continue;
+    }
+    // a list of one of several kinds (secret sources), or a field that is one of several shapes (auth)
+    const kinds = p.type === 'array' && p.items ? variants(p.items) : variants(p);
+    if (kinds) {
+      out.push([path, p.type === 'array' ? 'list' : 'one of', req ? '**required**' : '', (p.description ?? '').replace(/\|/g, '\\|')]);
+      for (const k of kinds) {
+        const tag = k.label.split('=')[0]!;
+        const { [tag]: tagSchema, ...rest } = k.schema.properties!;
+        out.push([`${path}[${k.label}]`, '', '', (tagSchema?.description ?? '').replace(/\|/g, '\\|')]);
+        rows({ ...k.schema, properties: rest }, `${path}[${k.label}].`, req, out);
+      }
       continue;
     }
     const def = p.default === undefined ? (req ? '**required**' : '') : `\`${JSON.stringify(p.default)}\``;
