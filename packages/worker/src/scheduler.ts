@@ -28,6 +28,8 @@ export interface SchedulerSettings {
   stalledCheckMs: number;
   /** Run events kept in the run log stream. */
   logLength: number;
+  /** How often a worker checks that the job schedulers are still in Redis (ms). Default 30000. */
+  ensureMs?: number;
 }
 
 export const DEFAULT_SCHEDULER: SchedulerSettings = {
@@ -74,6 +76,7 @@ export class Scheduler {
   private readonly keys: PoolKeys;
   private queue: Queue | undefined;
   private worker: Worker | undefined;
+  private ensureTimer: NodeJS.Timeout | undefined;
   private readonly prefix: string;
 
   constructor(opts: SchedulerOptions) {
@@ -105,8 +108,13 @@ export class Scheduler {
     this.queue = new Queue('scheduler', { connection: this.connection, prefix: this.prefix });
     for (const j of this.schedules()) {
       await this.upsert(j);
-      await this.connection.hset(this.keys.sched, j.name, JSON.stringify({ ...(await this.record(j.name)), ...(j.every ? { every: j.every } : { pattern: j.pattern }) }));
+      await this.connection.hset(this.keys.sched, j.name, JSON.stringify({ ...(await this.record(j.name)), ...this.scheduleOf(j.name) }));
     }
+    // a Redis that comes back empty (restarted without persistence) has lost the schedulers: every
+    // worker puts back any that is missing, at once after a reconnect and every ensureMs anyway
+    this.ensureTimer = setInterval(() => void this.ensure(), s.ensureMs ?? 30_000);
+    this.ensureTimer.unref();
+    this.connection.on('ready', this.onReady);
     this.worker = new Worker('scheduler', (job) => this.run(job), {
       connection: this.connection,
       prefix: this.prefix,
@@ -120,6 +128,30 @@ export class Scheduler {
     this.worker.on('stalled', (jobId) => this.log?.warn({ jobId }, 'a scheduled job lost its worker: running it again'));
     await this.worker.waitUntilReady();
     this.log?.info({ worker: this.workerId, schedules: this.schedules() }, 'scheduler started');
+  }
+
+  private readonly onReady = () => void this.ensure();
+
+  /** Upsert the schedulers Redis no longer has. Never throws (Redis may be away again). */
+  async ensure(): Promise<string[]> {
+    const restored: string[] = [];
+    try {
+      for (const j of this.schedules()) {
+        if (await this.queue!.getJobScheduler(j.name)) continue;
+        await this.upsert(j);
+        await this.connection.hset(this.keys.sched, j.name, JSON.stringify({ ...(await this.record(j.name)), ...this.scheduleOf(j.name) }));
+        restored.push(j.name);
+      }
+      if (restored.length > 0) this.log?.warn({ restored }, 'job schedulers were missing from Redis (restarted empty?): put back');
+    } catch (e) {
+      this.log?.warn({ err: (e as Error).message }, 'could not check the job schedulers (Redis?)');
+    }
+    return restored;
+  }
+
+  private scheduleOf(name: JobName): { every: number } | { pattern: string } {
+    const j = this.schedules().find((x) => x.name === name)!;
+    return j.every ? { every: j.every } : { pattern: j.pattern! };
   }
 
   /**
@@ -167,10 +199,12 @@ export class Scheduler {
       error = e as Error;
     }
     const durationMs = Date.now() - started;
-    const every = this.schedules().find((j) => j.name === name)?.every;
+    // BullMQ scheduled the next iteration when this one was taken
+    const next = (await this.queue?.getJobScheduler(name).catch(() => undefined))?.next;
     const rec = {
       ...(await this.record(name)),
-      ...(every ? { nextRunAt: new Date(started + every).toISOString() } : {}),
+      ...this.scheduleOf(name),
+      ...(typeof next === 'number' ? { nextRunAt: new Date(next).toISOString() } : {}),
       lastRun: {
         startedAt: new Date(started).toISOString(),
         durationMs,
@@ -219,6 +253,8 @@ export class Scheduler {
 
   /** Stop taking jobs (a job in progress finishes first), close BullMQ's connections. */
   async close(): Promise<void> {
+    clearInterval(this.ensureTimer);
+    this.connection.off('ready', this.onReady);
     await this.worker?.close();
     await this.queue?.close();
   }

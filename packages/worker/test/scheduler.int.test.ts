@@ -43,7 +43,7 @@ function startWorker(spec: object, workerId: string): Promise<ChildProcess> {
   });
 }
 
-async function runLog(redis: ReturnType<typeof connectTestRedis>, pool: string): Promise<RunEvent[]> {
+async function runLog(redis: import('ioredis').Redis | import('ioredis').Cluster, pool: string): Promise<RunEvent[]> {
   const entries = await redis.xrange(new PoolKeys(pool).schedLog, '-', '+');
   return entries.map(([entryId, fields]) => {
     const o: Record<string, string | number> = { at: Number(entryId.split('-')[0]) };
@@ -78,6 +78,31 @@ describe('scheduler: BullMQ job schedulers across worker processes', () => {
     expect(started).toHaveLength(5);
     const reader = parts[0]!.p;
     expect((await reader.scheduleStatus()).map((j) => j.name)).toEqual(['budget-period', 'health-probe', 'housekeeping']);
+  });
+
+  it('a Redis that lost the schedulers (restarted empty) gets them back from the running workers', async () => {
+    const pool = uniqueName('sched');
+    const connection = connectTo(connectionForChild(), { maxRetriesPerRequest: null });
+    const p = await KeyPool.connect({ redis: connection, config: { pool }, logger: new LogSink().logger });
+    const s = new Scheduler({ pool: p, connection, settings: { probeMs: 600, probeTimeoutMs: 500, housekeepingMs: 60_000 }, workerId: 'solo' });
+    cleanups.push(async () => {
+      await s.close();
+      await p.close();
+      await connection.quit();
+    });
+    await s.start();
+    expect(await s.ensure()).toEqual([]);
+    // what a restart without persistence leaves: none of the pool's keys
+    const nodes = 'nodes' in connection && (connection as { isCluster?: boolean }).isCluster ? (connection as import('ioredis').Cluster).nodes('master') : [connection as import('ioredis').Redis];
+    for (const node of nodes) {
+      const found = await node.keys(`kp:{${pool}}:*`);
+      if (found.length > 0) await node.del(...found);
+    }
+    expect(await p.scheduleStatus()).toEqual([]);
+    expect((await s.ensure()).sort()).toEqual(['budget-period', 'health-probe', 'housekeeping']);
+    // and the jobs run again
+    await expect.poll(async () => (await runLog(connection, pool)).some((e) => e.event === 'completed' && e.job === 'health-probe'), { timeout: 5000 }).toBe(true);
+    expect((await p.scheduleStatus()).find((j) => j.name === 'health-probe')).toMatchObject({ every: 600, lastRun: { ok: true } });
   });
 
   it('three workers: each iteration of each job runs exactly once, and the work is shared', async () => {
