@@ -3,13 +3,22 @@
  * Every failure becomes a CliError whose message says what to do; no message ever carries the
  * admin token.
  */
-import type { GatewayTokenInfo, KeyStatus, PoolStatus } from '@keypool/core';
+import type { GatewayTokenInfo, KeyStatus, PoolStatus, ScheduledJobStatus } from '@keypool/core';
 import { CliError } from './errors.js';
 
 /** What GET /status answers: the pool's status plus the gateway's own. */
 export type GatewayStatus = PoolStatus & {
   routes?: Record<string, { models: string[] }>;
   gateway?: { pid: number; startedAt: string; inFlight: number; version: string };
+  /** The scheduler's jobs (null: not readable now; [] or absent: no worker has run). */
+  scheduler?: ScheduledJobStatus[] | null;
+  /** This gateway's secret sources, and what the fleet holds. */
+  secrets?: {
+    version?: string;
+    keys: number;
+    sources: { source: string; kind: string; keys?: number; lastError?: { code: string; message: string } }[];
+    fleet: { published: string | null; processes: { id: string; version: string }[] } | null;
+  };
 };
 
 /** What a key action answers (POST /admin/keys/:id/<action>, DELETE /admin/keys/:id). */

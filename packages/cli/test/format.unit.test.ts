@@ -80,6 +80,30 @@ describe('renderStatus', () => {
     expect(text.endsWith('\n\nno keys in this pool\n')).toBe(true);
   });
 
+  it('the secrets and the scheduler, when the gateway reports them', () => {
+    const withJobs: GatewayStatus = {
+      ...STATUS,
+      secrets: {
+        version: 'v2',
+        keys: 3,
+        sources: [
+          { source: 'vault kv2 secret/keypool at http://vault:8200', kind: 'vault', keys: 3, lastError: { code: 'unavailable', message: 'x' } },
+          { source: 'env KEYPOOL_KEY', kind: 'env', keys: 0 },
+        ],
+        fleet: { published: 'v2', processes: [{ id: 'a', version: 'v2' }, { id: 'b', version: 'v1' }] },
+      },
+      scheduler: [
+        { name: 'health-probe', every: 15000, runs: { completed: 3, failed: 0 }, lastRun: { startedAt: '2026-01-01T11:59:50Z', durationMs: 5, ok: true, worker: 'w', jobId: 'j' } },
+        { name: 'secret-refresh', every: 60000, runs: { completed: 1, failed: 1 }, lastRun: { startedAt: '2026-01-01T11:59:00Z', durationMs: 5, ok: false, worker: 'w', jobId: 'k', error: 'down' } },
+        { name: 'housekeeping', every: 60000, runs: { completed: 0, failed: 0 } },
+      ],
+    };
+    const text = renderStatus(withJobs, { color: false, now: NOW });
+    expect(text).toContain('secrets:    set v2, 3 key(s) from vault, env; 2 process(es), 1 behind; FAILING: vault kv2 secret/keypool at http://vault:8200 (unavailable), last good set kept\n');
+    expect(text).toContain('scheduler:  health-probe ok 10s ago, secret-refresh FAILED 1m ago, housekeeping never run\n');
+    expect(renderStatus({ ...STATUS, scheduler: [] }, { color: false, now: NOW })).toContain('scheduler:  no worker has run (keypool worker --config ...)\n');
+  });
+
   it('colours only when asked: the state and the header, widths unchanged', () => {
     const plain = renderStatus(STATUS, { color: false, now: NOW });
     const colored = renderStatus(STATUS, { color: true, now: NOW });

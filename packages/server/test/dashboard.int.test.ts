@@ -105,6 +105,9 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     expect(await page.locator('#pwned').count()).toBe(0);
     expect(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
     expect(await page.getByTestId('banner').isHidden()).toBe(true);
+    // no worker runs for this pool: the scheduler panel says how to start one
+    expect(await page.locator('#nosched').isVisible()).toBe(true);
+    expect(await page.locator('#nosched').textContent()).toContain('keypool worker --config');
     expect(consoleErrors).toEqual([]);
   });
 

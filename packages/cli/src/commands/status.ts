@@ -53,6 +53,35 @@ export function renderStatus(st: GatewayStatus, opts: { color: boolean; now: num
     const requests = models.reduce((n, m) => n + m.requests, 0);
     lines.push(['spend', `${usd(total)} over ${requests} request(s)`]);
   }
+  const sec = st.secrets;
+  if (sec) {
+    const failing = sec.sources.filter((x) => x.lastError);
+    const fleet = sec.fleet;
+    const behind = fleet && fleet.published !== null ? fleet.processes.filter((p) => p.version !== fleet.published).length : 0;
+    lines.push([
+      'secrets',
+      {
+        text:
+          `set ${sec.version ?? '?'}, ${sec.keys} key(s) from ${sec.sources.map((x) => x.kind).join(', ')}` +
+          (fleet ? `; ${fleet.processes.length} process(es)${behind ? `, ${behind} behind` : ''}` : '') +
+          (failing.length ? `; FAILING: ${failing.map((x) => `${x.source} (${x.lastError!.code}), last good set kept`).join('; ')}` : ''),
+        style: failing.length || behind ? 'yellow' : 'green',
+      },
+    ]);
+  }
+  if (Array.isArray(st.scheduler)) {
+    lines.push([
+      'scheduler',
+      st.scheduler.length === 0
+        ? { text: 'no worker has run (keypool worker --config ...)', style: 'yellow' }
+        : {
+            text: st.scheduler
+              .map((j) => `${j.name} ${j.lastRun ? `${j.lastRun.ok ? 'ok' : 'FAILED'} ${duration(opts.now - Date.parse(j.lastRun.startedAt))} ago` : 'never run'}`)
+              .join(', '),
+            style: st.scheduler.some((j) => j.lastRun && !j.lastRun.ok) ? 'red' : 'green',
+          },
+    ]);
+  }
   const label = Math.max(...lines.map(([l]) => l.length)) + 1;
   const head = lines.map(([l, v]) => `${`${l}:`.padEnd(label)}  ${typeof v === 'string' ? v : paint(v.text, v.style, opts.color)}`).join('\n');
   const body = st.keys.length === 0 ? 'no keys in this pool\n' : keysTable(st.keys, opts);
