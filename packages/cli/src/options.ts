@@ -97,3 +97,16 @@ function wrap(text: string, width: number): string {
   if (line) lines.push(line);
   return lines.join('\n');
 }
+
+/** The options that set a key's limits (keys set, secrets add). */
+export interface KeyLimitOptions {
+  rpm?: number;
+  tpm?: number;
+  rpmBurst?: number;
+  tpmBurst?: number;
+  maxConcurrent?: number;
+  weight?: number;
+  budgetUsd?: number;
+  budgetPeriod?: 'day' | 'month' | 'total';
+  tpmCounts?: 'estimate' | 'usage';
+}

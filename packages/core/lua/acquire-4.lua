@@ -38,28 +38,8 @@ local function waitz(i) return KEYS[4 + 2 * i] end
 local nowStr = tostring(math.floor(now))
 local expired = redis.call('ZRANGEBYSCORE', leasesKey, '-inf', nowStr, 'LIMIT', '0', '8')
 for _, lease in ipairs(expired) do
-  local seq, id, _, cost = parseLease(lease)
-  local st = id and loadState(stKey, id)
-  if st and seq > st.cs then
-    st.inf = math.max(0, st.inf - 1)
-    -- usage unknown: the estimate stays spent, charged once
-    st.rs = math.max(0, st.rs - cost)
-    st.sp = st.sp + cost
-    if st.bp == lease then
-      -- the probe died with its process: let another request probe
-      st.bp, st.bd = '', 0
-    end
-    if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
-      -- retired and its last lease is gone: remove it (an id left in its group's sets is dropped
-      -- by the acquire that meets it)
-      redis.call('HDEL', cfgKey, id)
-      redis.call('HDEL', stKey, id)
-      redis.call('HINCRBY', metaKey, 'v', 1)
-    else
-      saveState(stKey, id, st)
-    end
-  end
-  redis.call('ZREM', leasesKey, lease)
+  -- a retired key removed here may leave its id in its group's sets: the acquire that meets it drops it
+  reapLease(cfgKey, stKey, leasesKey, metaKey, lease)
 end
 
 -- 2. Keys whose wait is over become candidates again.

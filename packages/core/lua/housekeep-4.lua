@@ -32,27 +32,12 @@ local now = nowMs()
 local reaped = 0
 local expired = redis.call('ZRANGEBYSCORE', leasesKey, '-inf', tostring(math.floor(now)))
 for _, lease in ipairs(expired) do
-  local seq, id, _, cost = parseLease(lease)
-  local st = id and loadState(stKey, id)
-  if st and seq > st.cs then
-    st.inf = math.max(0, st.inf - 1)
-    st.rs = math.max(0, st.rs - cost)
-    st.sp = st.sp + cost
-    if st.bp == lease then st.bp, st.bd = '', 0 end
-    if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
-      redis.call('HDEL', cfgKey, id)
-      redis.call('HDEL', stKey, id)
-      redis.call('HINCRBY', metaKey, 'v', 1)
-      local gidx = groups[st.g]
-      if gidx then
-        redis.call('SREM', KEYS[3 + 2 * gidx], id)
-        redis.call('ZREM', KEYS[4 + 2 * gidx], id)
-      end
-    else
-      saveState(stKey, id, st)
-    end
+  local removed = reapLease(cfgKey, stKey, leasesKey, metaKey, lease)
+  local gidx = removed and groups[removed.g]
+  if gidx then
+    redis.call('SREM', KEYS[3 + 2 * gidx], removed.id)
+    redis.call('ZREM', KEYS[4 + 2 * gidx], removed.id)
   end
-  redis.call('ZREM', leasesKey, lease)
   reaped = reaped + 1
 end
 

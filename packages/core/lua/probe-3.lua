@@ -68,22 +68,6 @@ end
 if st.hc then summarizeHealth(st, hopts) end
 
 -- where the key sits now
-if st.adm ~= 'active' then
-  redis.call('SREM', availKey, id)
-  redis.call('ZADD', waitKey, PARKED, id)
-  st.wr = st.adm
-elseif st.br == 'open' then
-  redis.call('SREM', availKey, id)
-  redis.call('ZADD', waitKey, math.ceil(st.bu), id)
-  st.wr = 'circuit_open'
-elseif st.cu > now then
-  redis.call('SREM', availKey, id)
-  redis.call('ZADD', waitKey, math.ceil(st.cu), id)
-  st.wr = 'cooling'
-elseif transition == 'closed' or transition == 'unrevoked' then
-  redis.call('ZREM', waitKey, id)
-  redis.call('SADD', availKey, id)
-  st.wr = ''
-end
+placeKey(st, id, availKey, waitKey, st.cu > now, transition == 'closed' or transition == 'unrevoked')
 saveState(stKey, id, st)
 return { 1, st.adm, st.br, transition }

@@ -119,23 +119,8 @@ if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
   redis.call('HINCRBY', metaKey, 'v', 1)
   return { 1, 'retired', st.br, 'retired', nowWhole, nowMicros }
 end
-if st.adm ~= 'active' then
-  redis.call('SREM', availKey, id)
-  redis.call('ZADD', waitKey, PARKED, id)
-  st.wr = st.adm
-elseif st.br == 'open' then
-  redis.call('SREM', availKey, id)
-  redis.call('ZADD', waitKey, math.ceil(st.bu), id)
-  st.wr = 'circuit_open'
-elseif outcome == 'rate_limited' then
-  redis.call('SREM', availKey, id)
-  redis.call('ZADD', waitKey, math.ceil(st.cu), id)
-  st.wr = 'cooling'
-elseif transition == 'closed' or transition == 'probe_aborted' or st.wr == 'concurrency' or st.wr == 'budget' then
-  -- a slot, money held by this lease, or the whole key just came back: a candidate again at once
-  redis.call('ZREM', waitKey, id)
-  redis.call('SADD', availKey, id)
-  st.wr = ''
-end
+-- a slot, money held by this lease, or the whole key just came back: a candidate again at once
+placeKey(st, id, availKey, waitKey, outcome == 'rate_limited',
+  transition == 'closed' or transition == 'probe_aborted' or st.wr == 'concurrency' or st.wr == 'budget')
 saveState(stKey, id, st)
 return { 1, st.adm, st.br, transition, nowWhole, nowMicros }

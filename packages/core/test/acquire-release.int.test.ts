@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   KeyPool,
   PoolKeys,
@@ -9,20 +9,9 @@ import {
   keyIdOf,
   type Lease,
 } from '../src/index.js';
-import { dumpPool, fakeSecret, makePool, sleep, type TestPool } from './helpers.js';
+import { dumpPool, fakeSecret, sleep, poolsClosedAfterAll } from './helpers.js';
 
-const opened: TestPool[] = [];
-async function pool(config: Parameters<typeof makePool>[0]) {
-  const p = await makePool(config);
-  opened.push(p);
-  return p;
-}
-afterAll(async () => {
-  for (const p of opened) {
-    await p.pool.close();
-    p.redis.disconnect();
-  }
-});
+const pool = poolsClosedAfterAll();
 
 function lease(r: Awaited<ReturnType<KeyPool['acquire']>>): Lease {
   if (!r.ok) throw new Error(`expected a lease, got ${JSON.stringify(r)}`);

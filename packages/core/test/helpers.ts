@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import { afterAll } from 'vitest';
 import type { Cluster, Redis } from 'ioredis';
 import { pino } from 'pino';
 import { connectTestRedis, uniqueName } from '@keypool/testkit';
@@ -30,6 +31,25 @@ export async function makePool(config: Omit<PoolConfigInput, 'pool'> & { pool?: 
   const { logger, lines } = memoryLogger();
   const pool = await KeyPool.connect({ redis: client, config: { ...config, pool: name }, logger });
   return { pool, redis: client, name, logs: lines };
+}
+
+/**
+ * A `pool(config)` for a test file: each pool it makes is closed (and its client disconnected) after
+ * all the file's tests.
+ */
+export function poolsClosedAfterAll(): (config?: Parameters<typeof makePool>[0]) => Promise<TestPool> {
+  const opened: TestPool[] = [];
+  afterAll(async () => {
+    for (const p of opened) {
+      await p.pool.close();
+      p.redis.disconnect();
+    }
+  });
+  return async (config = {}) => {
+    const p = await makePool(config);
+    opened.push(p);
+    return p;
+  };
 }
 
 /** Every Redis key of a pool with its full contents as raw bytes (works on a Cluster too). */

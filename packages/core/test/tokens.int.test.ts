@@ -4,7 +4,7 @@
  * budget periods, reservations that expire, and that Redis never holds a token.
  */
 import { createHash } from 'node:crypto';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { spawnRedisServer, testTarget, type SpawnedRedis } from '@keypool/testkit';
 import {
   ConfigError,
@@ -15,20 +15,9 @@ import {
   type GatewayTokenInfo,
   type TokenAdmission,
 } from '../src/index.js';
-import { dumpPool, makePool, memoryLogger, secretFragments, sleep, type TestPool } from './helpers.js';
+import { dumpPool, memoryLogger, secretFragments, sleep, poolsClosedAfterAll, type TestPool } from './helpers.js';
 
-const opened: TestPool[] = [];
-async function pool(config: Parameters<typeof makePool>[0] = {}) {
-  const p = await makePool(config);
-  opened.push(p);
-  return p;
-}
-afterAll(async () => {
-  for (const p of opened) {
-    await p.pool.close();
-    p.redis.disconnect();
-  }
-});
+const pool = poolsClosedAfterAll();
 
 type Admitted = Extract<TokenAdmission, { ok: true }>;
 function admitted(a: TokenAdmission): Admitted {

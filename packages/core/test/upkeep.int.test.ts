@@ -1,19 +1,8 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { KeyPoolEvents } from '../src/index.js';
-import { fakeSecret, makePool, sleep, type TestPool } from './helpers.js';
+import { fakeSecret, sleep, poolsClosedAfterAll } from './helpers.js';
 
-const opened: TestPool[] = [];
-async function pool(config: Parameters<typeof makePool>[0]) {
-  const p = await makePool(config);
-  opened.push(p);
-  return p;
-}
-afterAll(async () => {
-  for (const p of opened) {
-    await p.pool.close();
-    await p.redis.quit();
-  }
-});
+const pool = poolsClosedAfterAll();
 
 const breaker = { failures: 2, cooldownMs: 60_000, maxCooldownMs: 600_000 };
 

@@ -7,7 +7,7 @@ import type { KeyStatus } from '@keypool/core';
 import type { Context } from '../context.js';
 import { usageError } from '../errors.js';
 import type { GatewayClient, KeyActionResult } from '../gateway-client.js';
-import { addAdminOptions, examples, gatewayClient, integer, list, paragraphs, positive, type GatewayOptions } from '../options.js';
+import { addAdminOptions, examples, gatewayClient, integer, list, paragraphs, positive, type GatewayOptions, type KeyLimitOptions } from '../options.js';
 import { keysTable } from './status.js';
 
 /** The key actions of the admin API (POST /admin/keys/:id/<action>, remove is DELETE). */
@@ -23,18 +23,9 @@ const ACTIONS = {
 
 type Action = keyof typeof ACTIONS;
 
-interface SetOptions extends GatewayOptions {
-  rpm?: number;
-  tpm?: number;
-  rpmBurst?: number;
-  tpmBurst?: number;
-  maxConcurrent?: number;
-  weight?: number;
-  budgetUsd?: number;
-  budgetPeriod?: 'day' | 'month' | 'total';
+interface SetOptions extends GatewayOptions, KeyLimitOptions {
   models?: string[];
   name?: string;
-  tpmCounts?: 'estimate' | 'usage';
 }
 
 export function registerKeys(program: Command, ctx: Context): void {

@@ -15,7 +15,7 @@ import type { SecretsCredentials, SecretsFileContents } from '@keypool/secrets/l
 import type { Context } from '../context.js';
 import { CliError, usageError } from '../errors.js';
 import { count, NONE, table, usd, type Cell } from '../format.js';
-import { examples, httpUrl, integer, list, paragraphs, positive } from '../options.js';
+import { examples, httpUrl, integer, list, paragraphs, positive, type KeyLimitOptions } from '../options.js';
 
 /**
  * The file's code (and @keypool/core, zod) is loaded when a secrets command runs, not when the CLI
@@ -46,20 +46,11 @@ interface FileOptions {
   file?: string;
 }
 
-interface KeyOptions extends FileOptions {
+interface KeyOptions extends FileOptions, KeyLimitOptions {
   name: string;
   models: string[];
   provider?: string;
   baseUrl?: string;
-  rpm?: number;
-  tpm?: number;
-  rpmBurst?: number;
-  tpmBurst?: number;
-  maxConcurrent?: number;
-  weight?: number;
-  budgetUsd?: number;
-  budgetPeriod?: 'day' | 'month' | 'total';
-  tpmCounts?: 'estimate' | 'usage';
 }
 
 /** Spec fields and the option that sets each (for messages). */

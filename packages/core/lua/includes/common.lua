@@ -68,6 +68,55 @@ local function parseLease(member)
   return tonumber(seq), id, tonumber(t), tonumber(c)
 end
 
+-- Give back what an expired lease took (its holder never released it: process killed). Usage is
+-- unknown, so its estimated cost stays spent, charged once; a half-open probe it held is freed; a
+-- retired key whose last lease this was is removed (returns its state and group so the caller can
+-- drop it from the group's sets, or nil). Always removes the lease.
+local function reapLease(cfgKey, stKey, leasesKey, metaKey, lease)
+  local seq, id, _, cost = parseLease(lease)
+  local st = id and loadState(stKey, id)
+  local removed
+  if st and seq > st.cs then
+    st.inf = math.max(0, st.inf - 1)
+    st.rs = math.max(0, st.rs - cost)
+    st.sp = st.sp + cost
+    if st.bp == lease then st.bp, st.bd = '', 0 end
+    if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
+      redis.call('HDEL', cfgKey, id)
+      redis.call('HDEL', stKey, id)
+      redis.call('HINCRBY', metaKey, 'v', 1)
+      removed = { id = id, g = st.g }
+    else
+      saveState(stKey, id, st)
+    end
+  end
+  redis.call('ZREM', leasesKey, lease)
+  return removed
+end
+
+-- Put a key where its state says, after a release or a probe: parked (an admin state: disabled,
+-- draining, revoked), waiting for its breaker or its cooling to end, or, when `wake`, back among
+-- the candidates at once. Otherwise it stays where it is.
+local function placeKey(st, id, availKey, waitKey, cooling, wake)
+  if st.adm ~= 'active' then
+    redis.call('SREM', availKey, id)
+    redis.call('ZADD', waitKey, PARKED, id)
+    st.wr = st.adm
+  elseif st.br == 'open' then
+    redis.call('SREM', availKey, id)
+    redis.call('ZADD', waitKey, math.ceil(st.bu), id)
+    st.wr = 'circuit_open'
+  elseif cooling then
+    redis.call('SREM', availKey, id)
+    redis.call('ZADD', waitKey, math.ceil(st.cu), id)
+    st.wr = 'cooling'
+  elseif wake then
+    redis.call('ZREM', waitKey, id)
+    redis.call('SADD', availKey, id)
+    st.wr = ''
+  end
+end
+
 -- Refill the token buckets up to `now` (lazy token-bucket refill; a bucket may be negative after
 -- usage that exceeded its estimate, which delays the next admissions: the debt is paid).
 local function refill(st, now)
