@@ -39,7 +39,7 @@ import { parsePoolConfig } from '@keypool/core';
 import { serve, type GatewayConfig } from '@keypool/server';
 import { startFakeOpenAI } from '@keypool/testkit/fake-openai';
 // the server section's schema fills in every default, as loadGatewayConfig would
-import { SchedulerSectionSchema, ServerSectionSchema } from '../../packages/server/src/config.js';
+import { QueueSectionSchema, SchedulerSectionSchema, ServerSectionSchema } from '../../packages/server/src/config.js';
 
 export interface FakeChildConfig {
   keys: { key: string; name: string }[];
@@ -255,6 +255,7 @@ async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
     logLevel: 'warn',
     routes: {},
     scheduler: SchedulerSectionSchema.parse({}),
+    queue: QueueSectionSchema.parse({}),
     pool: parsePoolConfig({
       pool: cfg.pool,
       keys: cfg.keys.map((k) => ({ secret: k.secret, name: k.name, provider: 'openai', baseURL: cfg.fakeUrl, models: [cfg.model] })),

@@ -30,7 +30,9 @@ export type CliErrorCode =
   /** The config file is invalid. */
   | 'CONFIG_INVALID'
   /** The encrypted secrets file could not be read or written (integrity check, missing, conflict, I/O). */
-  | 'SECRETS_FAILED';
+  | 'SECRETS_FAILED'
+  /** `keypool queue`: Redis unreachable, a job that failed or was not done in time, no such job, not retryable. */
+  | 'QUEUE_FAILED';
 
 const EXIT_OF: Record<CliErrorCode, ExitCode> = {
   GATEWAY_UNREACHABLE: EXIT.failure,
@@ -40,6 +42,7 @@ const EXIT_OF: Record<CliErrorCode, ExitCode> = {
   SERVE_FAILED: EXIT.failure,
   CONFIG_INVALID: EXIT.usage,
   SECRETS_FAILED: EXIT.failure,
+  QUEUE_FAILED: EXIT.failure,
 };
 
 /** A failure to report to the user; the message is what they read, the exit code follows from `code`. */

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { registerKeys } from './commands/keys.js';
+import { registerQueue } from './commands/queue.js';
 import { registerSecrets } from './commands/secrets.js';
 import { registerServe } from './commands/serve.js';
 import { registerStatus } from './commands/status.js';
@@ -27,12 +28,13 @@ export function buildProgram(ctx: Context): Command {
     .addHelpText(
       'after',
       paragraphs(
-        `serve runs a gateway and worker the scheduler, both from a config file; secrets manages an encrypted secrets file, offline. status, keys and tokens talk to a running gateway at --url (env KEYPOOL_URL, default ${DEFAULT_URL}); keys and tokens use its admin API with KEYPOOL_ADMIN_TOKEN (or --admin-token).`,
+        `serve runs a gateway and worker the scheduler and the LLM job queue, both from a config file; queue adds and reads LLM jobs through Redis (--config or --redis); secrets manages an encrypted secrets file, offline. status, keys and tokens talk to a running gateway at --url (env KEYPOOL_URL, default ${DEFAULT_URL}); keys and tokens use its admin API with KEYPOOL_ADMIN_TOKEN (or --admin-token).`,
         'Exit codes: 0 done; 1 failed (gateway unreachable, admin token refused, API error, serve or worker could not start, secrets file unreadable); 2 usage error (unknown command or option, bad argument, invalid config file).',
       ) +
         examples(
           'keypool serve --config keypool.yaml',
           'keypool worker --config keypool.yaml',
+          'keypool queue add --config keypool.yaml --model gpt-4o-mini --prompt "Summarise: ..." --wait',
           'keypool status',
           'export KEYPOOL_ADMIN_TOKEN=...; keypool keys disable openai-1',
           'keypool tokens create --name my-service --rpm 600',
@@ -45,6 +47,7 @@ export function buildProgram(ctx: Context): Command {
   registerTokens(program, ctx);
   registerWorker(program, ctx);
   registerSecrets(program, ctx);
+  registerQueue(program, ctx);
   return program;
 }
 

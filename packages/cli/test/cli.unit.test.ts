@@ -29,6 +29,11 @@ const COMMANDS = [
   ['tokens', 'create'],
   ['tokens', 'list'],
   ['tokens', 'revoke'],
+  ['worker'],
+  ['secrets'],
+  ...['init', 'add', 'remove', 'list', 'rotate'].map((a) => ['secrets', a]),
+  ['queue'],
+  ...['add', 'add-batch', 'get', 'wait', 'failed', 'retry', 'counts'].map((a) => ['queue', a]),
 ];
 
 describe('help', () => {

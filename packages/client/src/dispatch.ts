@@ -106,6 +106,12 @@ export interface DispatchCall<T> {
    * must not be able to open a key's breaker by asking for 1 ms. Default: `deadline`.
    */
   keyDeadline?: number;
+  /**
+   * Longest wait for a key before giving up with PoolExhaustedError (its retryAfterMs says when one
+   * frees), within the deadline. Default: the whole deadline. The job queue waits briefly here and
+   * hands longer waits back to BullMQ.
+   */
+  keyWaitMs?: number;
   /** One upstream attempt with the leased key, for one model of the route. */
   call: (lease: Lease, signal: AbortSignal, model: string) => Promise<T>;
   /** What an error of `call` means for the key. */
@@ -188,7 +194,7 @@ export class Dispatcher {
    * strongest for critical traffic, the last resort (the dearest) for normal; low never waits.
    * A model no key serves (or too small for the request) is skipped.
    */
-  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal): Promise<{ lease: Lease; model: string }> {
+  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal, keyWaitMs = Infinity): Promise<{ lease: Lease; model: string }> {
     let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
     let fault: unknown;
     const waitOn = priority === 'low' ? -1 : priority === 'critical' ? 0 : plan.models.length - 1;
@@ -202,7 +208,7 @@ export class Dispatcher {
           estimatedOutputTokens: est.output,
           exclude,
           // stop waiting a little before the deadline fires, so the answer is 'exhausted', not 'aborted'
-          maxWaitMs: i === waitOn ? Math.max(0, deadline - Date.now() - 10) : 0,
+          maxWaitMs: i === waitOn ? Math.max(0, Math.min(keyWaitMs, deadline - Date.now() - 10)) : 0,
           ...(plan.route !== undefined ? { route: plan.route } : {}),
           signal,
         });
@@ -271,7 +277,7 @@ export class Dispatcher {
       signal.throwIfAborted();
       let leased: { lease: Lease; model: string };
       try {
-        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal);
+        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs);
       } catch (e) {
         // every key left was tried and failed: the upstream's own error says more than "exhausted"
         if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;

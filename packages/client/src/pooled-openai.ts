@@ -27,6 +27,14 @@ export interface CallOptions {
   timeout?: number;
   /** How a route picks its model (default normal). */
   priority?: Priority;
+  /** Longest wait for a free key (default: the whole timeout); then PoolExhaustedError with its retryAfterMs. */
+  keyWaitMs?: number;
+  /**
+   * Told, for a plain (non-stream) call that succeeded, which key and model served it, what it cost
+   * (the real usage priced, or the estimate when the provider sent none) and how many keys were tried
+   * before (the job queue keeps this on its jobs).
+   */
+  onServed?: (info: { keyId: string; model: string; costUsd: number; failovers: number }) => void;
 }
 
 interface Attempt<T> {
@@ -210,6 +218,7 @@ export class PooledOpenAI {
       priority: options?.priority ?? 'normal',
       signal,
       deadline,
+      ...(options?.keyWaitMs !== undefined ? { keyWaitMs: options.keyWaitMs } : {}),
       call: (lease, s, model) => call(this.clientFor(lease), s, model),
       classify,
       timeoutError,
@@ -223,7 +232,8 @@ export class PooledOpenAI {
       const r = await this.attempt(model, est, options, call.controller.signal, Date.now() + deadlineMs, a.call);
       const { data, response } = r.value;
       // the answer is paid for: a release that fails (Redis away) must not turn it into an error
-      await r.lease.release({ status: response.status, latencyMs: Date.now() - r.started, usage: a.usage(data), headers: response.headers }).catch(() => undefined);
+      const released = await r.lease.release({ status: response.status, latencyMs: Date.now() - r.started, usage: a.usage(data), headers: response.headers }).catch(() => undefined);
+      options?.onServed?.({ keyId: r.lease.keyId, model: r.model, costUsd: released?.costUsd ?? r.lease.estimatedCostUsd, failovers: r.failovers });
       return data;
     } catch (e) {
       throw asTimeout(e, call.controller.signal);

@@ -110,6 +110,10 @@ export class PoolKeys {
   readonly schedRuns: string;
   /** Scheduler: a capped stream of run events (started / completed / failed), for ops and tests. */
   readonly schedLog: string;
+  /** LLM queue: finished jobs and their waits (completed, failed, waitMs, c:<epoch minute>). */
+  readonly queueStats: string;
+  /** Prefix of the pool's BullMQ queues (scheduler, llm): the pool's hash tag, so its Cluster slot. */
+  readonly bull: string;
   private readonly prefix: string;
 
   constructor(pool: string) {
@@ -126,6 +130,8 @@ export class PoolKeys {
     this.sched = `${this.prefix}sched`;
     this.schedRuns = `${this.prefix}sched:runs`;
     this.schedLog = `${this.prefix}sched:log`;
+    this.queueStats = `${this.prefix}queue:stats`;
+    this.bull = `${this.prefix}bull`;
   }
 
   /** Candidate set of a key group (keys serving the same models). */

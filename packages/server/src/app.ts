@@ -8,6 +8,7 @@ import { adminRouter } from './admin.js';
 import { HttpError, sendError } from './errors.js';
 import { Inflight } from './inflight.js';
 import { GatewayMetrics } from './metrics.js';
+import type { QueueStatus } from './queue-status.js';
 import { proxyRouter } from './proxy.js';
 
 /** What the gateway needs from the `server` config section (see config.ts for each field). */
@@ -28,6 +29,8 @@ export interface GatewayOptions {
   routes?: Record<string, Route>;
   /** This process's secret sync, when keys come from secret sources (shown in /status and /metrics). */
   sync?: SecretSync;
+  /** The LLM job queue's state (shown in /status, /metrics and the dashboard). */
+  queueStatus?: () => Promise<QueueStatus | null>;
 }
 
 export interface Gateway {
@@ -47,7 +50,7 @@ const DASHBOARD = new URL('./dashboard.html', import.meta.url);
 export function createGateway(opts: GatewayOptions): Gateway {
   const { pool, logger, settings } = opts;
   const inflight = new Inflight();
-  const metrics = new GatewayMetrics(pool, () => inflight.size, opts.sync);
+  const metrics = new GatewayMetrics(pool, () => inflight.size, opts.sync, opts.queueStatus);
   const dispatcher = new Dispatcher({ pool, routes: opts.routes ?? {}, maxAttempts: settings.maxAttempts, backoff: settings.backoff, attemptTimeoutMs: settings.attemptTimeoutMs });
   const startedAt = new Date();
   const app = express();
@@ -90,11 +93,17 @@ export function createGateway(opts: GatewayOptions): Gateway {
 
   app.get('/status', async (_req, res) => {
     try {
-      const [st, scheduler, fleet] = await Promise.all([pool.status(), pool.scheduleStatus().catch(() => null), opts.sync?.fleet().catch(() => null)]);
+      const [st, scheduler, fleet, queue] = await Promise.all([
+        pool.status(),
+        pool.scheduleStatus().catch(() => null),
+        opts.sync?.fleet().catch(() => null),
+        opts.queueStatus?.() ?? null,
+      ]);
       res.json({
         ...st,
         routes: dispatcher.routes,
         scheduler,
+        queue,
         ...(opts.sync ? { secrets: { ...opts.sync.status(), fleet } } : {}),
         gateway: { pid: process.pid, startedAt: startedAt.toISOString(), inFlight: inflight.size, version: VERSION },
       });

@@ -180,6 +180,29 @@ export const SchedulerSectionSchema = z
   });
 export type SchedulerSection = z.output<typeof SchedulerSectionSchema>;
 
+/** `queue`: the LLM job queue `keypool worker` consumes. */
+export const QueueSectionSchema = z
+  .object({
+    enabled: z.boolean().default(true).describe('Consume the LLM job queue in keypool worker (false: the worker only runs the scheduler).'),
+    concurrency: z.number().int().min(1).max(1000).default(16).describe('Jobs one worker runs at once.'),
+    keyWaitMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(2000)
+      .describe('Longest wait inside a worker for a free key; a longer wait is handed back to BullMQ as a delay of the time the pool names (no attempt spent).'),
+    attemptTimeoutMs: z.number().int().min(100).default(60_000).describe('One upstream call of a job.'),
+    attempts: z.number().int().min(1).max(50).default(5).describe('Attempts of a job for transient failures (5xx, timeouts, network), with exponential backoff.'),
+    backoffMs: z.number().int().min(1).default(2000).describe('First backoff between attempts; doubles each time.'),
+    keepCompletedS: z.number().int().min(0).default(86_400).describe('Done jobs and their results are kept this long (s); an idempotency key dedupes within it.'),
+    keepCompleted: z.number().int().min(0).default(10_000).describe('...and at most this many.'),
+    keepFailedS: z.number().int().min(0).default(7 * 86_400).describe('Failed jobs are kept this long (s) for operators to read and retry.'),
+    lockMs: z.number().int().min(1000).default(30_000).describe('A job whose worker stopped renewing its lock this long ago (killed) runs again on another worker.'),
+    stalledCheckMs: z.number().int().min(500).default(15_000).describe('How often workers look for such jobs.'),
+  })
+  .strict();
+export type QueueSection = z.output<typeof QueueSectionSchema>;
+
 export const RoutesSchema = z
   .record(z.string().min(1), RouteSchema)
   .default({})
@@ -209,6 +232,7 @@ export const GatewayFileSchema = z
     routes: RoutesSchema,
     secrets: SecretsSectionSchema.optional().describe('Secret sources (env, encrypted file, AWS Secrets Manager, Vault) whose keys join the pool, refreshed and rotated without restarts.'),
     scheduler: SchedulerSectionSchema.prefault({}).describe('The periodic jobs of `keypool worker`.'),
+    queue: QueueSectionSchema.prefault({}).describe('The LLM job queue `keypool worker` consumes.'),
   })
   .strict();
 
@@ -227,6 +251,7 @@ export interface GatewayConfig {
   /** Secret sources; absent: only the keys of the file. */
   secrets?: SecretsSection;
   scheduler: SchedulerSection;
+  queue: QueueSection;
   /** Core's parsed pool config, secrets filled in. */
   pool: PoolConfig;
 }
@@ -246,6 +271,7 @@ const GATEWAY_SECTIONS = {
   routes: RoutesSchema,
   secrets: SecretsSectionSchema.optional(),
   scheduler: SchedulerSectionSchema.prefault({}),
+  queue: QueueSectionSchema.prefault({}),
 };
 type Section = keyof typeof GATEWAY_SECTIONS;
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
@@ -274,8 +300,8 @@ export function loadGatewayConfig(opts: LoadGatewayConfigOptions = {}): GatewayC
   const interpolationIssues = issues.length;
   const failedPaths = new Set(issues.map((i) => i.path));
 
-  const { redis, server, logLevel, routes, secrets, scheduler, ...poolPart } = doc;
-  const sections: Record<Section, Json | undefined> = { redis, server, logLevel, routes, secrets, scheduler };
+  const { redis, server, logLevel, routes, secrets, scheduler, queue, ...poolPart } = doc;
+  const sections: Record<Section, Json | undefined> = { redis, server, logLevel, routes, secrets, scheduler, queue };
   applyEnvOverrides(sections, poolPart, env, issues);
 
   const out: Partial<Record<Section, unknown>> = {};
@@ -301,6 +327,7 @@ export function loadGatewayConfig(opts: LoadGatewayConfigOptions = {}): GatewayC
     routes: out.routes as Record<string, Route>,
     ...(out.secrets ? { secrets: out.secrets as SecretsSection } : {}),
     scheduler: out.scheduler as SchedulerSection,
+    queue: out.queue as QueueSection,
     pool: pool!,
   };
 }

@@ -6,7 +6,8 @@
  *   const serving = await serve(config);          // listens; serving.close() drains and stops
  */
 export { createGateway, type Gateway, type GatewayOptions, type GatewaySettings } from './app.js';
-export { loadGatewayConfig, SchedulerSectionSchema, type GatewayConfig, type LoadGatewayConfigOptions, type SchedulerSection } from './config.js';
+export { loadGatewayConfig, QueueSectionSchema, SchedulerSectionSchema, type GatewayConfig, type LoadGatewayConfigOptions, type QueueSection, type SchedulerSection } from './config.js';
 export { startEmbeddedRedis } from './embedded-redis.js';
 export { GatewayMetrics } from './metrics.js';
 export { REDACT, rootLogger, serve, type Serving } from './runner.js';
+export { QueueStatusReader, type QueueStatus } from './queue-status.js';

@@ -1,6 +1,7 @@
 import client from 'prom-client';
 import type { KeyPool, KeyState } from '@keypool/core';
 import type { SecretSync } from '@keypool/secrets';
+import type { QueueStatus } from './queue-status.js';
 
 /**
  * Prometheus metrics of one gateway process (prom-client, a registry per gateway so that tests can
@@ -34,7 +35,7 @@ export class GatewayMetrics {
     return this.registry.metrics();
   }
 
-  constructor(pool: KeyPool, inFlight: () => number, sync?: SecretSync) {
+  constructor(pool: KeyPool, inFlight: () => number, sync?: SecretSync, queueStatus?: () => Promise<QueueStatus | null>) {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry, prefix: 'keypool_process_' });
     this.requests = new client.Counter({ name: 'keypool_gateway_requests_total', help: 'Requests answered by the gateway, by endpoint, route (empty: a plain model), model asked for and HTTP status.', labelNames: ['endpoint', 'route', 'model', 'status'], registers });
@@ -106,8 +107,23 @@ export class GatewayMetrics {
     const scrapeOk = new client.Gauge({ name: 'keypool_status_scrape_ok', help: '1 when the fleet-wide key gauges could be read from Redis at this scrape.', registers });
     // prom-client serialises every metric at once, so a collect() that awaits Redis would fill the
     // gauges after they were written out (a scrape late): the Redis reads happen before, in scrape()
+    // the LLM job queue (fleet-wide, from Redis)
+    const queueJobs = new client.Gauge({ name: 'keypool_queue_jobs', help: 'LLM queue jobs by state now (waiting, prioritized, delayed, active; completed and failed: those retained).', labelNames: ['state'], registers });
+    const queueFinished = new client.Gauge({ name: 'keypool_queue_finished_total', help: 'LLM queue jobs finished across all workers, by outcome (completed, failed). A counter kept in Redis.', labelNames: ['outcome'], registers });
+    const queueWait = new client.Gauge({ name: 'keypool_queue_wait_seconds_avg', help: 'Mean time from enqueue to the start of the attempt that succeeded.', registers });
+    const queueRate = new client.Gauge({ name: 'keypool_queue_completed_last_minute', help: 'LLM queue jobs completed in the last whole minute (throughput).', registers });
+    const collectQueue = async () => {
+      for (const g of [queueJobs, queueFinished, queueWait, queueRate]) g.reset();
+      const q = queueStatus ? await queueStatus() : null;
+      if (!q) return;
+      for (const [state, n] of Object.entries(q.counts)) queueJobs.set({ state }, n);
+      queueFinished.set({ outcome: 'completed' }, q.completed);
+      queueFinished.set({ outcome: 'failed' }, q.failed);
+      if (q.avgWaitMs !== null) queueWait.set(q.avgWaitMs / 1000);
+      queueRate.set(q.completedLastMinute);
+    };
     this.collectFleet = async () => {
-      await collectSchedule();
+      await Promise.all([collectSchedule(), collectQueue()]);
       for (const g of [keyState, keyInFlight, keyLeft, keySpend, keyLatency, keyErrors]) g.reset();
         redisUp.set(pool.redisAvailable ? 1 : 0);
         try {

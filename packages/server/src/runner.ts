@@ -8,6 +8,7 @@ import { createGateway, type Gateway } from './app.js';
 import type { GatewayConfig } from './config.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
 import { ShuttingDown } from './proxy.js';
+import { QueueStatusReader } from './queue-status.js';
 
 /**
  * `keypool serve`: wire the parts of one gateway process. Redis from the config (or an embedded
@@ -80,7 +81,8 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
       throw e;
     }
   }
-  const gateway = createGateway({ pool, logger, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}) });
+  const queueReader = new QueueStatusReader(redis, pool.name);
+  const gateway = createGateway({ pool, logger, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}), queueStatus: () => queueReader.read() });
   const server = gateway.app.listen(config.server.port, config.server.host);
   try {
     await new Promise<void>((resolve, reject) => {
@@ -88,6 +90,7 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
       server.once('error', reject);
     });
   } catch (e) {
+    await queueReader.close();
     await sync?.close().catch(() => undefined);
     syncRedis?.disconnect();
     await pool.close();
@@ -117,6 +120,7 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
       if (cut > 0) logger.warn({ cut }, `drain period over: ${cut} request(s) cut short; their leases were released`);
       server.closeAllConnections();
       await stopped;
+      await queueReader.close();
       await sync?.close().catch(() => undefined);
       await syncRedis?.quit().catch(() => syncRedis?.disconnect());
       await pool.close();

@@ -5,3 +5,5 @@
 export * from './scheduler.js';
 export * from './probe.js';
 export * from './run.js';
+export * from './queue.js';
+export * from './llm-worker.js';

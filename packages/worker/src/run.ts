@@ -3,11 +3,14 @@ import { ConfigError, KeyPool } from '@keypool/core';
 import { createSources, SecretSync, SYNC_REDIS_OPTIONS } from '@keypool/secrets';
 import type { GatewayConfig } from '@keypool/server';
 import type { Logger } from 'pino';
+import { LlmWorker } from './llm-worker.js';
 import { Scheduler } from './scheduler.js';
 
 export interface RunningWorker {
   pool: KeyPool;
   scheduler: Scheduler;
+  /** The LLM queue consumer (absent with queue.enabled false). */
+  queue: LlmWorker | undefined;
   sync: SecretSync | undefined;
   /** Stop taking jobs (the ones in progress finish), leave the fleet, close connections. */
   close(): Promise<void>;
@@ -53,15 +56,22 @@ export async function startWorker(config: GatewayConfig, opts: { logger: Logger;
     }
     const scheduler = new Scheduler({ pool, connection, ...(sync ? { sync } : {}), settings: config.scheduler, logger: log, ...(opts.workerId ? { workerId: opts.workerId } : {}) });
     await scheduler.start();
+    let queue: LlmWorker | undefined;
+    if (config.queue.enabled) {
+      queue = new LlmWorker({ pool, connection, settings: config.queue, routes: config.routes, logger: log, ...(opts.workerId ? { workerId: opts.workerId } : {}) });
+      await queue.start();
+    }
     const p = pool;
     const sy = sync;
     let closing: Promise<void> | undefined;
     return {
       pool: p,
       scheduler,
+      queue,
       sync: sy,
       close: () =>
         (closing ??= (async () => {
+          await queue?.close();
           await scheduler.close();
           await sy?.close();
           syncRedis?.disconnect();

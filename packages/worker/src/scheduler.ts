@@ -88,7 +88,7 @@ export class Scheduler {
     this.workerId = opts.workerId ?? `${hostname()}:${process.pid}`;
     this.keys = new PoolKeys(opts.pool.name);
     // the pool's hash tag: BullMQ's keys land in the pool's Cluster slot, beside its own keys
-    this.prefix = `kp:{${opts.pool.name}}:bull`;
+    this.prefix = this.keys.bull;
   }
 
   /** The schedules this worker upserts. */

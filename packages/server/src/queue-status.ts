@@ -1,0 +1,70 @@
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { PoolKeys } from '@keypool/core';
+
+/** The LLM job queue of the pool as /status, /metrics and the dashboard show it (fleet-wide, from Redis). */
+export interface QueueStatus {
+  /** Jobs by state now: waiting, prioritized, delayed, active, completed (retained), failed (retained). */
+  counts: Record<string, number>;
+  /** Jobs finished since the stats began, across all workers. */
+  completed: number;
+  failed: number;
+  /** Mean time from enqueue to the start of the attempt that succeeded. */
+  avgWaitMs: number | null;
+  /** Jobs completed in the last whole minute. */
+  completedLastMinute: number;
+}
+
+/**
+ * Reads the queue's counts with BullMQ (on its own fail-fast connection, opened at the first read)
+ * and the workers' finished-job counters. Never throws: null when Redis does not answer.
+ */
+export class QueueStatusReader {
+  private queue: Queue | undefined;
+  private client: Redis | undefined;
+  private readonly keys: PoolKeys;
+
+  constructor(
+    private readonly redisUrl: string,
+    pool: string,
+  ) {
+    this.keys = new PoolKeys(pool);
+  }
+
+  async read(): Promise<QueueStatus | null> {
+    try {
+      if (!this.client || !this.queue) {
+        const client = new Redis(this.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, lazyConnect: true });
+        client.on('error', () => undefined);
+        try {
+          await client.connect();
+        } catch (e) {
+          client.disconnect();
+          throw e;
+        }
+        this.client = client;
+        this.queue = new Queue('llm', { connection: client, prefix: this.keys.bull });
+      }
+      const [counts, stats] = await Promise.all([
+        this.queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed'),
+        this.client.hgetall(this.keys.queueStats),
+      ]);
+      const completed = Number(stats.completed ?? 0);
+      const minute = Math.floor(Date.now() / 60_000) - 1;
+      return {
+        counts,
+        completed,
+        failed: Number(stats.failed ?? 0),
+        avgWaitMs: completed > 0 ? Math.round(Number(stats.waitMs ?? 0) / completed) : null,
+        completedLastMinute: Number(stats[`c:${minute}`] ?? 0),
+      };
+    } catch {
+      return null;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.queue?.close().catch(() => undefined);
+    this.client?.disconnect();
+  }
+}
