@@ -108,6 +108,8 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     // no worker runs for this pool: the scheduler panel says how to start one
     expect(await page.locator('#nosched').isVisible()).toBe(true);
     expect(await page.locator('#nosched').textContent()).toContain('keypool worker --config');
+    // the queue line is there (this test's gateway has no reader: "not readable")
+    expect(await page.getByTestId('queue').textContent()).toMatch(/^LLM job queue: /);
     expect(consoleErrors).toEqual([]);
   });
 
