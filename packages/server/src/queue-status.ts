@@ -22,6 +22,7 @@ export interface QueueStatus {
 export class QueueStatusReader {
   private queue: Queue | undefined;
   private client: Redis | undefined;
+  private connecting: Promise<void> | undefined;
   private readonly keys: PoolKeys;
 
   constructor(
@@ -34,20 +35,26 @@ export class QueueStatusReader {
   async read(): Promise<QueueStatus | null> {
     try {
       if (!this.client || !this.queue) {
-        const client = new Redis(this.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, lazyConnect: true });
-        client.on('error', () => undefined);
-        try {
-          await client.connect();
-        } catch (e) {
-          client.disconnect();
-          throw e;
-        }
-        this.client = client;
-        this.queue = new Queue('llm', { connection: client, prefix: this.keys.bull });
+        // concurrent first reads (a scrape and a /status) share one connection
+        this.connecting ??= (async () => {
+          const client = new Redis(this.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, lazyConnect: true });
+          client.on('error', () => undefined);
+          try {
+            await client.connect();
+          } catch (e) {
+            client.disconnect();
+            throw e;
+          }
+          this.client = client;
+          this.queue = new Queue('llm', { connection: client, prefix: this.keys.bull });
+        })().finally(() => {
+          this.connecting = undefined;
+        });
+        await this.connecting;
       }
       const [counts, stats] = await Promise.all([
-        this.queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed'),
-        this.client.hgetall(this.keys.queueStats),
+        this.queue!.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed'),
+        this.client!.hgetall(this.keys.queueStats),
       ]);
       const completed = Number(stats.completed ?? 0);
       const minute = Math.floor(Date.now() / 60_000) - 1;

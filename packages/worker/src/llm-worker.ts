@@ -54,7 +54,7 @@ export class LlmWorker {
 
   async start(): Promise<void> {
     const s = this.opts.settings;
-    this.worker = new Worker<LlmJobData, LlmJobResult>(LLM_QUEUE, (job, token) => this.run(job, token), {
+    this.worker = new Worker<LlmJobData, LlmJobResult>(LLM_QUEUE, (job, token, signal) => this.run(job, token, signal), {
       connection: this.opts.connection,
       prefix: queuePrefix(this.opts.pool.name),
       concurrency: s.concurrency,
@@ -64,16 +64,16 @@ export class LlmWorker {
     });
     this.worker.on('error', (e) => this.log?.warn({ err: e.message }, 'queue worker error'));
     const stats = new PoolKeys(this.opts.pool.name).queueStats;
-    const count = (fields: [string, number][]) => {
+    const count = (fields: [string, number][], drop: string[] = []) => {
       const m = this.opts.connection.multi();
       for (const [f, n] of fields) m.hincrby(stats, f, n);
+      if (drop.length > 0) m.hdel(stats, ...drop);
       void m.exec().catch(() => undefined);
     };
     this.worker.on('completed', (job) => {
       const minute = Math.floor(Date.now() / 60_000);
-      count([['completed', 1], ['waitMs', Math.max(0, job.returnvalue?.waitedMs ?? 0)], [`c:${minute}`, 1]]);
-      // minute buckets older than two minutes are of no use: drop one now and then
-      if (Math.random() < 0.01) void this.opts.connection.hdel(stats, `c:${minute - 2}`, `c:${minute - 3}`).catch(() => undefined);
+      // per-minute buckets older than the last whole minute are of no use: dropped as we go
+      count([['completed', 1], ['waitMs', Math.max(0, job.returnvalue?.waitedMs ?? 0)], [`c:${minute}`, 1]], [`c:${minute - 2}`, `c:${minute - 3}`]);
     });
     this.worker.on('failed', (job, e) => {
       if (!job || e instanceof DelayedError || e.name === 'DelayedError') return;
@@ -84,7 +84,7 @@ export class LlmWorker {
     await this.worker.waitUntilReady();
   }
 
-  private async run(job: Job<LlmJobData, LlmJobResult>, token?: string): Promise<LlmJobResult> {
+  private async run(job: Job<LlmJobData, LlmJobResult>, token?: string, signal?: AbortSignal): Promise<LlmJobResult> {
     const d = job.data;
     const now = Date.now();
     if (d.deadline !== undefined && now >= d.deadline) {
@@ -93,6 +93,8 @@ export class LlmWorker {
     const started = now;
     let served: { keyId: string; model: string; costUsd: number; failovers: number } | undefined;
     const options = {
+      // BullMQ aborts it when this worker lost the job's lock (another worker may run it): stop paying
+      ...(signal ? { signal } : {}),
       priority: d.priority,
       keyWaitMs: this.opts.settings.keyWaitMs,
       ...(d.deadline !== undefined ? { timeout: Math.max(1, d.deadline - now) } : {}),
@@ -105,16 +107,30 @@ export class LlmWorker {
       else if (d.kind === 'embeddings') response = await this.client.embeddings.create(body, options);
       else response = await this.client.responses.create(body, options);
     } catch (e) {
+      if (d.deadline !== undefined && Date.now() >= d.deadline) {
+        throw new UnrecoverableError(`deadline passed at ${new Date(d.deadline).toISOString()} while the job ran (${(e as Error).message})`);
+      }
       if (isPoolExhausted(e)) {
-        // no key can serve now: not a failure, no attempt spent; come back when the pool says
-        const wait = e.retryAfterMs ?? 5000;
+        if (e.retryAfterMs === null) {
+          // no key can serve by waiting (all disabled, draining, revoked...): an attempt, with backoff
+          throw new Error(`no key of the pool can serve ${String(d.request.model)} (${e.reason}); the job is retried with backoff`);
+        }
+        // no key free now: not a failure, no attempt spent; back when the pool says. A floor (and
+        // jitter) so that jobs that never wait (low) or a key full of slow calls do not spin
+        const floor = d.priority === 'low' ? 1000 : 250;
+        const wait = Math.max(e.retryAfterMs, floor) * (0.9 + Math.random() * 0.2);
         if (d.deadline !== undefined && Date.now() + wait >= d.deadline) {
           throw new UnrecoverableError(`deadline: no key can serve ${String(d.request.model)} before ${new Date(d.deadline).toISOString()} (${e.reason})`);
         }
-        await job.moveToDelayed(Date.now() + wait, token);
+        await job.moveToDelayed(Math.round(Date.now() + wait), token);
         throw new DelayedError();
       }
       if (isUnknownModel(e) || isRequestTooLarge(e)) throw new UnrecoverableError(`${(e as Error).name}: ${(e as Error).message}`);
+      if (e instanceof OpenAI.APIError && (e.status === 401 || e.status === 403)) {
+        // every key tried was refused: a key problem (revoked until probed or fixed), not the
+        // request's; the provider's message may quote a key hint, so it is not kept
+        throw new Error(`the provider refused every key tried (${e.status}); retried with backoff`);
+      }
       if (e instanceof OpenAI.APIError && typeof e.status === 'number' && e.status >= 400 && e.status < 500 && ![408, 409, 429].includes(e.status)) {
         // the request itself is wrong: retrying cannot help; keep what the provider said
         throw new UnrecoverableError(JSON.stringify({ status: e.status, type: e.type ?? null, code: e.code ?? null, message: e.message }));

@@ -145,13 +145,19 @@ export class LlmQueue {
           attempts: j.attempts ?? this.opts.attempts ?? 5,
           backoff: { type: 'exponential', delay: this.opts.backoffMs ?? 2000 },
           removeOnComplete: { age: this.opts.keepCompletedS ?? 86_400, count: this.opts.keepCompleted ?? 10_000 },
-          removeOnFail: { age: this.opts.keepFailedS ?? 7 * 86_400 },
+          removeOnFail: { age: this.opts.keepFailedS ?? 7 * 86_400, count: 100_000 },
           ...(j.idempotencyKey ? { jobId: jobIdOf(j.idempotencyKey) } : {}),
         },
       };
     });
     const added = await this.queue.addBulk(jobs);
-    return Promise.all(added.map(async (job) => infoOf(job, await job.getState())));
+    // read back: a job already there under the idempotency key is shown as it is, not as asked
+    return Promise.all(
+      added.map(async (job) => {
+        const stored = (await this.queue.getJob(job.id!)) ?? job;
+        return infoOf(stored, await stored.getState());
+      }),
+    );
   }
 
   /** A job by id, or undefined (never added, or no longer retained). */
@@ -173,7 +179,27 @@ export class LlmQueue {
     // finished already (or while the events connection was starting): the stored outcome
     const done = await this.finished(id);
     if (done) return done;
-    return job.waitUntilFinished(this.events, timeoutMs);
+    // the events stream is read from "now": a job that finished between the check above and the
+    // first read would be missed, so its state is also looked at every half second
+    let timer: NodeJS.Timeout | undefined;
+    let stopped = false;
+    const poll = new Promise<LlmJobResult>((resolve, reject) => {
+      const tick = () =>
+        this.finished(id).then(
+          (r) => {
+            if (r) resolve(r);
+            else if (!stopped) timer = setTimeout(tick, 500);
+          },
+          (e) => reject(e),
+        );
+      timer = setTimeout(tick, 500);
+    });
+    try {
+      return await Promise.race([job.waitUntilFinished(this.events, timeoutMs), poll]);
+    } finally {
+      stopped = true;
+      clearTimeout(timer);
+    }
   }
 
   private async finished(id: string): Promise<LlmJobResult | undefined> {
@@ -191,13 +217,15 @@ export class LlmQueue {
     return jobs.map((j) => infoOf(j, 'failed'));
   }
 
-  /** Run a failed job again (its attempts start over). */
+  /** Run a failed job again: its attempts start over (and a job failed for stalling may run again). */
   async retry(id: string): Promise<LlmJobInfo> {
     const job = await this.queue.getJob(id);
     if (!job) throw new InvalidJobError(`no job ${id} (never added, or no longer retained)`);
     const state = await job.getState();
     if (state !== 'failed') throw new InvalidJobError(`job ${id} is ${state}: only a failed job can be retried`);
-    await job.retry('failed');
+    // BullMQ keeps a job's stall count and its "stalled too often" mark across a retry: clear them
+    await this.opts.connection.hdel(`${queuePrefix(this.opts.pool)}:${LLM_QUEUE}:${id}`, 'stc', 'defa');
+    await job.retry('failed', { resetAttemptsMade: true, resetAttemptsStarted: true });
     return infoOf(job, await job.getState());
   }
 

@@ -60,6 +60,9 @@ describe('LLM job queue', () => {
     await queue.wait(a.id, 10_000);
     const c = await queue.add({ ...chat('once'), idempotencyKey: 'order-42' });
     expect(c).toMatchObject({ id: a.id, state: 'completed' });
+    // the job as it is stored, not as the second add asked
+    const d = await queue.add({ kind: 'embeddings', request: { model: 'other', input: 'x' }, priority: 'critical', idempotencyKey: 'order-42' });
+    expect(d).toMatchObject({ id: a.id, kind: 'chat', model: 'gpt-4o-mini', priority: 'normal' });
     expect(fake.counters().a!.served).toBe(1);
   });
 
@@ -83,6 +86,13 @@ describe('LLM job queue', () => {
     fake.clearFaults();
     await queue.retry(down.id);
     expect((await queue.wait(down.id, 10_000)).model).toBe('gpt-4o-mini');
+    // a retried job gets all its attempts again (BullMQ alone would give it one more)
+    fake.setFault({ kind: 'error', status: 503, count: 2 });
+    const twice = await queue.add({ ...chat('twice'), attempts: 2 });
+    await expect(queue.wait(twice.id, 15_000)).rejects.toThrow(/503|server/i);
+    fake.setFault({ kind: 'error', status: 503, count: 1 });
+    await queue.retry(twice.id);
+    expect(await queue.wait(twice.id, 15_000)).toMatchObject({ attempts: 2 });
     await expect(queue.retry(down.id)).rejects.toThrow(/is completed: only a failed job can be retried/);
   });
 
