@@ -194,7 +194,7 @@ export const QueueSectionSchema = z
     attemptTimeoutMs: z.number().int().min(100).default(60_000).describe('One upstream call of a job.'),
     attempts: z.number().int().min(1).max(50).default(5).describe('Attempts of a job for transient failures (5xx, timeouts, network), with exponential backoff.'),
     backoffMs: z.number().int().min(1).default(2000).describe('First backoff between attempts; doubles each time.'),
-    keepCompletedS: z.number().int().min(0).default(86_400).describe('Done jobs and their results are kept this long (s); an idempotency key dedupes within it.'),
+    keepCompletedS: z.number().int().min(0).default(86_400).describe('Done jobs and their results are kept this long (s); an idempotency key dedupes only while its job is kept (this long, and among the last keepCompleted).'),
     keepCompleted: z.number().int().min(0).default(10_000).describe('...and at most this many.'),
     keepFailedS: z.number().int().min(0).default(7 * 86_400).describe('Failed jobs are kept this long (s) for operators to read and retry.'),
     lockMs: z.number().int().min(1000).default(30_000).describe('A job whose worker stopped renewing its lock this long ago (killed) runs again on another worker.'),
