@@ -154,16 +154,19 @@ export class LlmQueue {
     // read back: a job already there under the idempotency key is shown as it is, not as asked
     return Promise.all(
       added.map(async (job) => {
+        const state = await this.queue.getJobState(job.id!);
         const stored = (await this.queue.getJob(job.id!)) ?? job;
-        return infoOf(stored, await stored.getState());
+        return infoOf(stored, state);
       }),
     );
   }
 
   /** A job by id, or undefined (never added, or no longer retained). */
   async get(id: string): Promise<LlmJobInfo | undefined> {
-    const job = await this.queue.getJob(id);
-    return job ? infoOf(job, await job.getState()) : undefined;
+    // the state first: a job read before it finished would say "completed" with no result
+    const state = await this.queue.getJobState(id);
+    const job = state === 'unknown' ? undefined : await this.queue.getJob(id);
+    return job ? infoOf(job, state) : undefined;
   }
 
   /** Wait for a job to finish: its result, or a rejection with the reason it failed. */

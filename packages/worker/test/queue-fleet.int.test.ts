@@ -1,39 +1,20 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KeyPool } from '@keypool/core';
-import { childEnv, connectionForChild, connectTo, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
+import { connectionForChild, connectTo, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
 import { LogSink } from '@keypool/testkit/log-sink';
+import { workerProcesses } from './fixtures/processes.js';
 import { LlmQueue, type LlmJobInfo } from '../src/index.js';
 
 /**
  * The LLM queue with real worker processes (`startWorker`, as `keypool worker` runs it) on the test
  * Redis and the fake upstream, which enforces the same per-key limits the pool has.
  */
-const fixture = fileURLToPath(new URL('./fixtures/worker-child.ts', import.meta.url));
-const children: ChildProcess[] = [];
-const cleanups: (() => Promise<unknown>)[] = [];
-afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  for (const f of cleanups.reverse()) await f().catch(() => undefined);
-});
+const { startWorker: worker, cleanups } = workerProcesses();
 
 const S = (t: string) => `sk-qfleet-${t}-0123456789abcdefghij`;
 const SCHEDULER = { probeMs: 600_000, housekeepingMs: 600_000, secretRefreshMs: 600_000 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function worker(spec: object, workerId: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', fixture], {
-    env: { ...process.env, ...childEnv(), WORKER: JSON.stringify({ ...spec, workerId }) },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(child);
-  return new Promise((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`worker ${workerId} exited with ${code} before it was ready`)));
-    createInterface({ input: child.stdout! }).once('line', () => resolve(child));
-  });
-}
 
 async function producer(pool: string) {
   const connection = connectTo(connectionForChild(), { maxRetriesPerRequest: null });

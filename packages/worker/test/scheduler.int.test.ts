@@ -1,26 +1,18 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KeyPool, PoolKeys } from '@keypool/core';
-import { childEnv, connectionForChild, connectTestRedis, connectTo, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
+import { connectionForChild, connectTestRedis, connectTo, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
 import { Scheduler } from '../src/index.js';
 import { LogSink } from '@keypool/testkit/log-sink';
+import { workerProcesses } from './fixtures/processes.js';
 
 /**
  * The scheduler across real worker processes (each its own BullMQ Worker and Redis connections)
  * on the test Redis: every iteration of every job runs once, whatever the number of workers, and
  * a worker killed with SIGKILL in the middle of a job is replaced by another.
  */
-const fixture = fileURLToPath(new URL('./fixtures/worker-child.ts', import.meta.url));
-const children: ChildProcess[] = [];
-const cleanups: (() => Promise<unknown>)[] = [];
-afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  for (const f of cleanups.reverse()) await f().catch(() => undefined);
-});
+const { startWorker: startWorker, cleanups } = workerProcesses();
 
 interface RunEvent {
   /** ms, from the stream entry id */
@@ -31,17 +23,6 @@ interface RunEvent {
   worker: string;
 }
 
-function startWorker(spec: object, workerId: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', fixture], {
-    env: { ...process.env, ...childEnv(), WORKER: JSON.stringify({ ...spec, workerId }) },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(child);
-  return new Promise((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`worker ${workerId} exited with ${code} before it was ready`)));
-    createInterface({ input: child.stdout! }).once('line', () => resolve(child));
-  });
-}
 
 async function runLog(redis: import('ioredis').Redis | import('ioredis').Cluster, pool: string): Promise<RunEvent[]> {
   const entries = await redis.xrange(new PoolKeys(pool).schedLog, '-', '+');
@@ -93,13 +74,14 @@ describe('scheduler: BullMQ job schedulers across worker processes', () => {
     });
     await s.start();
     expect(await s.ensure()).toEqual([]);
+    // the first iteration of an `every` scheduler runs at once: let it finish before the wipe
+    await expect.poll(async () => (await p.scheduleStatus()).filter((j) => j.lastRun).length, { timeout: 5000 }).toBe(2);
     // what a restart without persistence leaves: none of the pool's keys
     const nodes = 'nodes' in connection && (connection as { isCluster?: boolean }).isCluster ? (connection as import('ioredis').Cluster).nodes('master') : [connection as import('ioredis').Redis];
     for (const node of nodes) {
       const found = await node.keys(`kp:{${pool}}:*`);
       if (found.length > 0) await node.del(...found);
     }
-    expect(await p.scheduleStatus()).toEqual([]);
     expect((await s.ensure()).sort()).toEqual(['budget-period', 'health-probe', 'housekeeping']);
     // BullMQ has them again (with their next iteration), and /status its records
     expect((await p.scheduleStatus()).map((j) => [j.name, j.every ?? j.pattern])).toEqual([
