@@ -40,6 +40,7 @@ import { serve, type GatewayConfig } from '@keypool/server';
 import { startFakeOpenAI } from '@keypool/testkit/fake-openai';
 // the server section's schema fills in every default, as loadGatewayConfig would
 import { QueueSectionSchema, SchedulerSectionSchema, ServerSectionSchema } from '../../packages/server/src/config.js';
+import { send, serveRequests } from './child-ipc.js';
 
 export interface FakeChildConfig {
   keys: { key: string; name: string }[];
@@ -76,41 +77,6 @@ export type GatewayChildStats = Record<'admit' | 'acquire' | 'release' | 'settle
   eventLoopUtilization: number;
 };
 
-type Request = { id: number; type: string; file?: string };
-type Handler = (req: Request) => Promise<unknown>;
-
-function send(msg: unknown): void {
-  if (process.connected) process.send!(msg);
-}
-
-function serveRequests(handlers: Record<string, Handler>, shutdown: () => Promise<void>): void {
-  let stopping = false;
-  const stop = () => {
-    if (stopping) return;
-    stopping = true;
-    const force = setTimeout(() => process.exit(1), 5000);
-    force.unref();
-    void shutdown()
-      .catch((e: unknown) => process.stderr.write(`[bench child] shutdown: ${(e as Error)?.message ?? String(e)}\n`))
-      .finally(() => process.exit(0));
-  };
-  process.on('message', (raw) => {
-    const req = raw as Request;
-    if (req.type === 'stop') {
-      send({ id: req.id, ok: true, value: null });
-      return stop();
-    }
-    const h = handlers[req.type];
-    if (!h) return send({ id: req.id, ok: false, error: `unknown request ${req.type}` });
-    h(req).then(
-      (value) => send({ id: req.id, ok: true, value }),
-      (e: unknown) => send({ id: req.id, ok: false, error: (e as Error)?.message ?? String(e) }),
-    );
-  });
-  process.on('disconnect', stop);
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
-}
 
 async function fakeRole(cfg: FakeChildConfig): Promise<void> {
   const fake = await startFakeOpenAI({

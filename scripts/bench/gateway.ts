@@ -69,7 +69,6 @@
  * cores plus whatever else runs. The output says how busy the machine was and how many cores other
  * processes took in every slice; figures move from run to run.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
@@ -77,7 +76,6 @@ import http from 'node:http';
 import os from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -86,6 +84,7 @@ import { scripts } from '@keypool/core';
 // Not the testkit index: it imports vitest's inject(), which only works inside a vitest run.
 import { spawnRedisServer, type SpawnedRedis } from '../../packages/testkit/src/redis-server.js';
 import type { BareChildConfig, FakeChildConfig, GatewayChildConfig, GatewayChildStats } from './gateway-child.js';
+import { BenchChild, children } from './child-ipc.js';
 
 const MODEL = 'gpt-4o-mini';
 const MAX_TOKENS = 16;
@@ -216,12 +215,6 @@ const interrupted = () => interrupt.signal.aborted;
 
 // ---- child processes -------------------------------------------------------------------------
 
-/** Every child process this run started: killed on the way out, whatever the way. */
-const children = new Set<ChildProcess>();
-process.once('exit', () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
 interface Ready {
   type: 'ready';
   url: string;
@@ -230,82 +223,14 @@ interface Ready {
   origin?: string;
 }
 
-/** A child of gateway-child.ts with its IPC channel: request/answer by id. */
-class Child {
-  readonly proc: ChildProcess;
-  readonly ready: Promise<Ready>;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private nextId = 1;
-  private readonly exited: Promise<void>;
-  private stopping = false;
-
+/** A child of gateway-child.ts with its IPC channel (see child-ipc.ts). */
+class Child extends BenchChild<Ready> {
   constructor(
     readonly role: 'fake' | 'gateway' | 'bare',
     config: FakeChildConfig | GatewayChildConfig | BareChildConfig,
     nodeFlags: string[] = [],
   ) {
-    const arg = Buffer.from(JSON.stringify(config)).toString('base64');
-    this.proc = spawn(process.execPath, [...nodeFlags, '--import', 'tsx', CHILD, role, arg], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
-    children.add(this.proc);
-    // stdout must stay ours (--json): whatever a child prints goes to stderr, prefixed
-    for (const s of [this.proc.stdout!, this.proc.stderr!]) createInterface({ input: s }).on('line', (l) => process.stderr.write(`[${role}] ${l}\n`));
-    let exitInfo = '';
-    this.exited = new Promise((resolve) =>
-      this.proc.once('exit', (code, signal) => {
-        children.delete(this.proc);
-        exitInfo = `${code ?? signal}`;
-        if (!this.stopping && !interrupted()) log(`the ${role} process (pid ${this.proc.pid}) exited unexpectedly (${exitInfo})`);
-        for (const p of this.pending.values()) p.reject(new Error(`${role} process exited (${exitInfo})`));
-        this.pending.clear();
-        resolve();
-      }),
-    );
-    this.ready = new Promise<Ready>((resolve, reject) => {
-      const onMessage = (m: unknown) => {
-        const msg = m as { type?: string; id?: number; ok?: boolean; value?: unknown; error?: string };
-        if (msg.type === 'ready') return resolve(msg as Ready);
-        const p = msg.id === undefined ? undefined : this.pending.get(msg.id);
-        if (!p) return;
-        this.pending.delete(msg.id!);
-        if (msg.ok) p.resolve(msg.value);
-        else p.reject(new Error(`${role}: ${msg.error}`));
-      };
-      this.proc.on('message', onMessage);
-      void this.exited.then(() => reject(new Error(`${role} process exited (${exitInfo}) before it was ready`)));
-    });
-  }
-
-  get pid(): number {
-    return this.proc.pid!;
-  }
-
-  request<T>(type: string, extra: Record<string, unknown> = {}, timeoutMs = 30_000): Promise<T> {
-    if (!this.proc.connected) return Promise.reject(new Error(`${this.role} process is gone`));
-    const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`${this.role}: no answer to ${type} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, {
-        resolve: (v) => (clearTimeout(timer), resolve(v as T)),
-        reject: (e) => (clearTimeout(timer), reject(e)),
-      });
-      this.proc.send({ id, type, ...extra });
-    });
-  }
-
-  /** Ask it to close and exit; SIGTERM after 5 s, SIGKILL after 8 s. */
-  async stop(): Promise<void> {
-    this.stopping = true;
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
-    const term = setTimeout(() => this.proc.kill('SIGTERM'), 5000);
-    const kill = setTimeout(() => this.proc.kill('SIGKILL'), 8000);
-    if (this.proc.connected) this.proc.send({ id: 0, type: 'stop' });
-    else this.proc.kill('SIGTERM');
-    await this.exited;
-    clearTimeout(term);
-    clearTimeout(kill);
+    super({ script: CHILD, role, config, nodeFlags, onUnexpectedExit: (m) => void (interrupted() || log(m)) });
   }
 }
 

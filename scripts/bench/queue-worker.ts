@@ -36,6 +36,10 @@ import { startFakeOpenAI, type LatencySpec } from '@keypool/testkit/fake-openai'
 // the sections' schemas fill in every default, as loadGatewayConfig would
 import { QueueSectionSchema, SchedulerSectionSchema, ServerSectionSchema } from '../../packages/server/src/config.js';
 import { startWorker } from '../../packages/worker/src/index.js';
+import { send, serveRequests, type Handler } from './child-ipc.js';
+
+/** The parent's requests; a worker's shutdown (BullMQ close) may take a little longer. */
+const serveQueueRequests = (handlers: Record<string, Handler>, shutdown: () => Promise<void>) => serveRequests(handlers, shutdown, { label: 'queue bench child', forceExitMs: 6000 });
 
 export interface FakeChildConfig {
   keys: { secret: string; name: string; rpm: number }[];
@@ -107,41 +111,6 @@ export interface WorkerChildStats {
   eventLoopUtilization: number;
 }
 
-type Request = { id: number; type: string; [k: string]: unknown };
-type Handler = (req: Request) => Promise<unknown>;
-
-function send(msg: unknown): void {
-  if (process.connected) process.send!(msg);
-}
-
-function serveRequests(handlers: Record<string, Handler>, shutdown: () => Promise<void>): void {
-  let stopping = false;
-  const stop = () => {
-    if (stopping) return;
-    stopping = true;
-    const force = setTimeout(() => process.exit(1), 6000);
-    force.unref();
-    void shutdown()
-      .catch((e: unknown) => process.stderr.write(`[queue bench child] shutdown: ${(e as Error)?.message ?? String(e)}\n`))
-      .finally(() => process.exit(0));
-  };
-  process.on('message', (raw) => {
-    const req = raw as Request;
-    if (req.type === 'stop') {
-      send({ id: req.id, ok: true, value: null });
-      return stop();
-    }
-    const h = handlers[req.type];
-    if (!h) return send({ id: req.id, ok: false, error: `unknown request ${req.type}` });
-    h(req).then(
-      (value) => send({ id: req.id, ok: true, value }),
-      (e: unknown) => send({ id: req.id, ok: false, error: (e as Error)?.message ?? String(e) }),
-    );
-  });
-  process.on('disconnect', stop);
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
-}
 
 function distOf(xs: number[]): Dist {
   const s = [...xs].sort((a, b) => a - b);
@@ -164,7 +133,7 @@ async function fakeRole(cfg: FakeChildConfig): Promise<void> {
     seed: cfg.seed,
   });
   const rpmOf = new Map(cfg.keys.map((k) => [k.name, k.rpm]));
-  serveRequests(
+  serveQueueRequests(
     {
       counters: async () => fake.counters(),
       'reset-counters': async () => {
@@ -329,7 +298,7 @@ async function workerRole(cfg: WorkerChildConfig): Promise<void> {
 
   const cpu0 = process.cpuUsage();
   const elu0 = performance.eventLoopUtilization();
-  serveRequests(
+  serveQueueRequests(
     {
       stats: async (): Promise<WorkerChildStats> => {
         const cpu = process.cpuUsage(cpu0);

@@ -68,11 +68,10 @@
  * Exit status: 0 when the benchmark ran (targets met or not: it is a measurement), 1 when it broke
  * (a child process died, Redis or the fake failed), 130 when interrupted.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -85,6 +84,7 @@ import { spawnRedisServer, type SpawnedRedis } from '../../packages/testkit/src/
 import { QueueSectionSchema } from '../../packages/server/src/config.js';
 import { LlmQueue, type LlmJobData, type LlmJobInput, type LlmJobResult } from '../../packages/worker/src/queue.js';
 import type { Dist, FakeChildConfig, WorkerChildConfig, WorkerChildStats } from './queue-worker.js';
+import { BenchChild } from './child-ipc.js';
 
 const MODEL = 'gpt-4o-mini';
 const TARGETS = { capacityShareMin: 0.9, upstream429ShareMax: 0.005, lostJobsMax: 0, duplicateRunsMax: 0 } as const;
@@ -272,94 +272,25 @@ async function redisInfo(admin: Redis): Promise<{ cpu: number; commands: number;
 
 // ---- child processes -------------------------------------------------------------------------
 
-/** Every child process this run started: killed on the way out, whatever the way. */
-const children = new Set<ChildProcess>();
-process.once('exit', () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-});
-
 /** Set when a child died unexpectedly: the run is broken. */
 let childDied: Error | undefined;
 const interrupt = new AbortController();
 
-/** A child of queue-worker.ts with its IPC channel: request/answer by id. */
-class Child {
-  readonly proc: ChildProcess;
-  readonly ready: Promise<{ type: 'ready'; pid: number; url?: string }>;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private nextId = 1;
-  private readonly exited: Promise<void>;
-  private stopping = false;
-
-  constructor(
-    readonly label: string,
-    role: 'fake' | 'worker',
-    config: FakeChildConfig | WorkerChildConfig,
-  ) {
-    const arg = Buffer.from(JSON.stringify(config)).toString('base64');
-    this.proc = spawn(process.execPath, ['--import', 'tsx', CHILD, role, arg], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
-    children.add(this.proc);
-    // stdout must stay ours (--json): whatever a child prints goes to stderr, prefixed
-    for (const s of [this.proc.stdout!, this.proc.stderr!]) createInterface({ input: s }).on('line', (l) => process.stderr.write(`[${label}] ${l}\n`));
-    let exitInfo = '';
-    this.exited = new Promise((resolve) =>
-      this.proc.once('exit', (code, signal) => {
-        children.delete(this.proc);
-        exitInfo = `${code ?? signal}`;
-        if (!this.stopping && !interrupt.signal.aborted) {
-          childDied ??= new Error(`the ${label} process (pid ${this.proc.pid}) exited unexpectedly (${exitInfo})`);
-          log(childDied.message);
-        }
-        for (const p of this.pending.values()) p.reject(new Error(`${label} process exited (${exitInfo})`));
-        this.pending.clear();
-        resolve();
-      }),
-    );
-    this.ready = new Promise((resolve, reject) => {
-      this.proc.on('message', (m: unknown) => {
-        const msg = m as { type?: string; id?: number; ok?: boolean; value?: unknown; error?: string; pid: number; url?: string };
-        if (msg.type === 'ready') return resolve(msg as { type: 'ready'; pid: number; url?: string });
-        const p = msg.id === undefined ? undefined : this.pending.get(msg.id);
-        if (!p) return;
-        this.pending.delete(msg.id!);
-        if (msg.ok) p.resolve(msg.value);
-        else p.reject(new Error(`${label}: ${msg.error}`));
-      });
-      void this.exited.then(() => reject(new Error(`${label} process exited (${exitInfo}) before it was ready`)));
+/** A child of queue-worker.ts with its IPC channel (see child-ipc.ts). */
+class Child extends BenchChild<{ type: 'ready'; pid: number; url?: string }> {
+  constructor(label: string, role: 'fake' | 'worker', config: FakeChildConfig | WorkerChildConfig) {
+    super({
+      script: CHILD,
+      role,
+      label,
+      config,
+      stopAfterMs: [8000, 12_000],
+      onUnexpectedExit: (m) => {
+        if (interrupt.signal.aborted) return;
+        childDied ??= new Error(m);
+        log(m);
+      },
     });
-  }
-
-  get pid(): number | undefined {
-    return this.proc.pid;
-  }
-
-  request<T>(type: string, extra: Record<string, unknown> = {}, timeoutMs = 30_000): Promise<T> {
-    if (!this.proc.connected) return Promise.reject(new Error(`${this.label} process is gone`));
-    const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`${this.label}: no answer to ${type} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, {
-        resolve: (v) => (clearTimeout(timer), resolve(v as T)),
-        reject: (e) => (clearTimeout(timer), reject(e)),
-      });
-      this.proc.send({ id, type, ...extra });
-    });
-  }
-
-  /** Ask it to close and exit; SIGTERM after 8 s, SIGKILL after 12 s. */
-  async stop(): Promise<void> {
-    this.stopping = true;
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
-    const term = setTimeout(() => this.proc.kill('SIGTERM'), 8000);
-    const kill = setTimeout(() => this.proc.kill('SIGKILL'), 12_000);
-    if (this.proc.connected) this.proc.send({ id: 0, type: 'stop' });
-    else this.proc.kill('SIGTERM');
-    await this.exited;
-    clearTimeout(term);
-    clearTimeout(kill);
   }
 }
 
