@@ -1,4 +1,6 @@
 import type { Server } from 'node:http';
+import OpenAI from 'openai';
+import { afterAll, afterEach } from 'vitest';
 import type { AddressInfo } from 'node:net';
 import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
 import { KeyPool, type KeySpecInput, type PoolConfigInput } from '@keypool/core';
@@ -68,3 +70,38 @@ export async function startGateway(opts: {
 }
 
 export { uniqueName };
+
+/** The models the two-key test gateways serve. */
+export const MODELS = ['gpt-4o-mini', 'gpt-4o', 'text-embedding-3-small'];
+
+type StartOptions = Parameters<typeof startGateway>[0];
+
+/**
+ * `gw(opts)` for a test file: a gateway whose two keys (`a`, `b`: the given secrets) serve MODELS,
+ * stopped after each test; the test Redis is disconnected after the file.
+ */
+export function twoKeyGateways(a: string, b: string): (opts?: Partial<StartOptions>) => Promise<TestGateway> {
+  const gateways: TestGateway[] = [];
+  afterEach(async () => {
+    for (const g of gateways.splice(0)) await g.stop();
+  });
+  afterAll(() => testRedis.disconnect());
+  return async (opts = {}) => {
+    const g = await startGateway({
+      fakeKeys: [
+        { key: a, name: 'a' },
+        { key: b, name: 'b' },
+      ],
+      keys: [
+        { secret: a, name: 'a', models: MODELS },
+        { secret: b, name: 'b', models: MODELS },
+      ],
+      ...opts,
+    });
+    gateways.push(g);
+    return g;
+  };
+}
+
+/** The official SDK against a test gateway (its token unless another is given), no SDK retries. */
+export const sdkFor = (g: TestGateway, apiKey = g.token) => new OpenAI({ apiKey, baseURL: `${g.url}/v1`, maxRetries: 0 });

@@ -5,35 +5,15 @@
 import { createServer, request, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { keyIdOf } from '@keypool/core';
-import { startGateway, testRedis, type TestGateway } from './helpers.js';
+import { MODELS, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
 
 const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa1111';
 const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb2222';
-const MODELS = ['gpt-4o-mini', 'gpt-4o', 'text-embedding-3-small'];
-const gateways: TestGateway[] = [];
-afterEach(async () => {
-  for (const g of gateways.splice(0)) await g.stop();
-});
-afterAll(() => testRedis.disconnect());
 
-async function gw(opts: Partial<Parameters<typeof startGateway>[0]> = {}) {
-  const g = await startGateway({
-    fakeKeys: [
-      { key: A, name: 'a' },
-      { key: B, name: 'b' },
-    ],
-    keys: [
-      { secret: A, name: 'a', models: MODELS },
-      { secret: B, name: 'b', models: MODELS },
-    ],
-    ...opts,
-  });
-  gateways.push(g);
-  return g;
-}
-const sdk = (g: TestGateway, apiKey = g.token) => new OpenAI({ apiKey, baseURL: `${g.url}/v1`, maxRetries: 0 });
+const gw = twoKeyGateways(A, B);
+const sdk = sdkFor;
 const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
 const served = (g: TestGateway) => Object.values(g.fake.counters()).reduce((n, c) => n + c.requests, 0);
 const keyOf = async (g: TestGateway, secret: string) => (await g.pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;

@@ -3,36 +3,17 @@
  * HTTP, the fake upstream behind, a real Redis under the pool.
  */
 import OpenAI from 'openai';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { estimateResponse } from '@keypool/client';
-import { DEFAULT_SETTINGS, startGateway, testRedis, type TestGateway } from './helpers.js';
+import { DEFAULT_SETTINGS, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
 
 const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa1111';
 const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb2222';
 const MODEL = 'gpt-4o-mini';
-const MODELS = ['gpt-4o-mini', 'gpt-4o', 'text-embedding-3-small'];
-const gateways: TestGateway[] = [];
-afterEach(async () => {
-  for (const g of gateways.splice(0)) await g.stop();
-});
-afterAll(() => testRedis.disconnect());
 
-async function gw(fake: { chunkDelayMs?: number; replyTokens?: number } = {}) {
-  const g = await startGateway({
-    fakeKeys: [
-      { key: A, name: 'a' },
-      { key: B, name: 'b' },
-    ],
-    keys: [
-      { secret: A, name: 'a', models: MODELS },
-      { secret: B, name: 'b', models: MODELS },
-    ],
-    fake: { latency: 2, ...fake },
-  });
-  gateways.push(g);
-  return g;
-}
-const sdk = (g: TestGateway) => new OpenAI({ apiKey: g.token, baseURL: `${g.url}/v1`, maxRetries: 0 });
+const twoKeys = twoKeyGateways(A, B);
+const gw = (fake: { chunkDelayMs?: number; replyTokens?: number } = {}) => twoKeys({ fake: { latency: 2, ...fake } });
+const sdk = (g: TestGateway) => sdkFor(g);
 const inFlight = async (g: TestGateway) => (await g.pool.status()).keys.reduce((n, k) => n + k.inFlight, 0);
 const modelSpend = async (g: TestGateway) => (await g.pool.status()).spend?.byModel[MODEL]?.usd ?? 0;
 const tokenSpend = async (g: TestGateway) => (await g.pool.tokens.list())[0]!.spendUsd;

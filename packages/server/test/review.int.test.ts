@@ -9,42 +9,24 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { keyIdOf } from '@keypool/core';
 import { connectionForChild, startFakeOpenAI, testTarget, uniqueName } from '@keypool/testkit';
 import { loadGatewayConfig, serve } from '../src/index.js';
-import { LogSink, startGateway, testRedis, type TestGateway } from './helpers.js';
+import { LogSink, MODELS, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
 
 const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa3333';
 const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb4444';
-const MODELS = ['gpt-4o-mini', 'gpt-4o', 'text-embedding-3-small'];
-const gateways: TestGateway[] = [];
 const servers: Server[] = [];
 afterEach(async () => {
-  for (const g of gateways.splice(0)) await g.stop();
   for (const s of servers.splice(0)) {
     s.closeAllConnections();
     await new Promise((r) => s.close(r));
   }
 });
-afterAll(() => testRedis.disconnect());
 
-async function gw(opts: Partial<Parameters<typeof startGateway>[0]> = {}) {
-  const g = await startGateway({
-    fakeKeys: [
-      { key: A, name: 'a' },
-      { key: B, name: 'b' },
-    ],
-    keys: [
-      { secret: A, name: 'a', models: MODELS },
-      { secret: B, name: 'b', models: MODELS },
-    ],
-    ...opts,
-  });
-  gateways.push(g);
-  return g;
-}
-const sdk = (g: TestGateway, apiKey = g.token) => new OpenAI({ apiKey, baseURL: `${g.url}/v1`, maxRetries: 0 });
+const gw = twoKeyGateways(A, B);
+const sdk = sdkFor;
 const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
 const inFlight = async (g: TestGateway) => (await g.pool.status()).keys.reduce((n, k) => n + k.inFlight, 0);
 const keySpend = async (g: TestGateway) => (await g.pool.status()).keys.reduce((n, k) => n + (k.spendUsd ?? 0), 0);
