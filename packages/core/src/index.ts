@@ -34,6 +34,7 @@ export {
   type PoolConfigInput,
 } from './config.js';
 export * from './errors.js';
+export { ManualClock, systemClock, type Clock } from './clock.js';
 export { hintOf, keyIdOf } from './fingerprint.js';
 export { cooldownFromHeaders, headerValue, parseDuration, type HeadersLike } from './headers.js';
 export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './outcome.js';
