@@ -8,7 +8,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { GatewayFileSchema } from '../packages/server/src/config.js';
+import { GatewayFileSchema } from '@keypool/config';
 
 interface JsonSchema {
   type?: string | string[];

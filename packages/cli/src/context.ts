@@ -3,6 +3,7 @@
  * tests: output streams and whether to use colours. (Options read the environment through commander.)
  */
 import { hostname, userInfo } from 'node:os';
+import type { Clock } from '@keypool/core';
 
 export interface Context {
   /** Write to stdout (results: tables, JSON, the new token). */
@@ -11,6 +12,12 @@ export interface Context {
   err(text: string): void;
   /** ANSI colours in tables: stdout is a terminal and NO_COLOR is not set. */
   color: boolean;
+  /**
+   * "Now" of the commands' time decisions (a --deadline of +5m, "cooling for 12 s"); tests inject a
+   * ManualClock. processContext reads Date.now: core's systemClock would cost every command the
+   * load of @keypool/core, which the commands load only when they need it.
+   */
+  clock: Pick<Clock, 'now'>;
 }
 
 export function processContext(): Context {
@@ -19,6 +26,7 @@ export function processContext(): Context {
     out: (text) => void process.stdout.write(text),
     err: (text) => void process.stderr.write(text),
     color: Boolean(process.stdout.isTTY) && !('NO_COLOR' in env) && env.TERM !== 'dumb',
+    clock: { now: () => Date.now() },
   };
 }
 

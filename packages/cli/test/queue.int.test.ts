@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KeyPool } from '@keypool/core';
+import { KeyPool, systemClock } from '@keypool/core';
 import { connectionForChild, connectTo, startFakeOpenAI, testTarget, uniqueName, type FakeOpenAI } from '@keypool/testkit';
 import { LogSink } from '@keypool/testkit/log-sink';
 import { jobIdOf, LlmQueue, LlmWorker } from '@keypool/worker';
@@ -44,7 +44,7 @@ async function kp(args: string[], opts: { env?: Record<string, string>; stdin?: 
   let stdout = '';
   let stderr = '';
   try {
-    const code = await run(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s), color: false });
+    const code = await run(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s), color: false, clock: systemClock });
     const r = { code, stdout, stderr };
     outputs.push(r);
     return r;

@@ -9,7 +9,7 @@ import { chmodSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { hintOf, keyIdOf } from '@keypool/core';
+import { hintOf, keyIdOf, systemClock } from '@keypool/core';
 import { FileSource } from '@keypool/secrets';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readSecretLine } from '../src/commands/secrets.js';
@@ -61,7 +61,7 @@ async function secrets(args: string[], opts: { env?: Record<string, string>; std
   let stdout = '';
   let stderr = '';
   try {
-    const code = await run(['secrets', ...args], { out: (s) => void (stdout += s), err: (s) => void (stderr += s), color: false });
+    const code = await run(['secrets', ...args], { out: (s) => void (stdout += s), err: (s) => void (stderr += s), color: false, clock: systemClock });
     transcript.push(stdout, stderr);
     return { code, stdout, stderr };
   } finally {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
-import type { KeyPool } from '@keypool/core';
+import { systemClock, type Clock, type KeyPool } from '@keypool/core';
 import type { SecretSync } from '@keypool/secrets';
 import { Dispatcher, type Route } from '@keypool/client';
 import { adminRouter } from './admin.js';
@@ -11,7 +11,7 @@ import { GatewayMetrics } from './metrics.js';
 import type { QueueStatus } from './queue-status.js';
 import { proxyRouter } from './proxy.js';
 
-/** What the gateway needs from the `server` config section (see config.ts for each field). */
+/** What the gateway needs from the `server` config section (see @keypool/config's sections/server.ts for each field). */
 export interface GatewaySettings {
   adminToken?: string | undefined;
   bodyLimit: number | string;
@@ -31,6 +31,8 @@ export interface GatewayOptions {
   sync?: SecretSync;
   /** The LLM job queue's state (shown in /status, /metrics and the dashboard). */
   queueStatus?: () => Promise<QueueStatus | null>;
+  /** The time of the gateway's own decisions: drain deadlines, uptime, token memory. Default systemClock. */
+  clock?: Clock;
 }
 
 export interface Gateway {
@@ -49,10 +51,11 @@ const DASHBOARD = new URL('./dashboard.html', import.meta.url);
  */
 export function createGateway(opts: GatewayOptions): Gateway {
   const { pool, logger, settings } = opts;
-  const inflight = new Inflight();
+  const clock = opts.clock ?? systemClock;
+  const inflight = new Inflight(clock);
   const metrics = new GatewayMetrics(pool, () => inflight.size, opts.sync, opts.queueStatus);
   const dispatcher = new Dispatcher({ pool, routes: opts.routes ?? {}, maxAttempts: settings.maxAttempts, backoff: settings.backoff, attemptTimeoutMs: settings.attemptTimeoutMs });
-  const startedAt = new Date();
+  const startedAt = new Date(clock.now());
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -73,10 +76,10 @@ export function createGateway(opts: GatewayOptions): Gateway {
     res.setHeader('connection', 'close');
     sendError(res, new HttpError(503, 'The gateway is shutting down; retry on another instance.', 'server_error', 'shutting_down', null, 1));
   });
-  app.use('/v1', proxyRouter({ pool, dispatcher, metrics, logger, inflight, settings }));
+  app.use('/v1', proxyRouter({ pool, dispatcher, metrics, logger, inflight, settings, clock }));
 
   app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok', uptimeSeconds: Math.round((Date.now() - startedAt.getTime()) / 1000) });
+    res.json({ status: 'ok', uptimeSeconds: Math.round((clock.now() - startedAt.getTime()) / 1000) });
   });
 
   app.get('/readyz', async (_req, res) => {

@@ -10,6 +10,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { Redis } from 'ioredis';
+import { systemClock, type Clock } from '@keypool/core';
 import type { Logger } from 'pino';
 
 const HOST = '127.0.0.1';
@@ -26,6 +27,8 @@ export interface EmbeddedRedisOptions {
   /** Data directory (created if needed), kept after stop. Absent: a temp dir, removed at stop. Either way an append-only file keeps the data across a crash and restart. */
   dir?: string;
   logger: Logger;
+  /** Times the wait for the server to answer (READY_TIMEOUT_MS). Default systemClock. */
+  clock?: Clock;
 }
 
 /** A running embedded redis-server. */
@@ -48,15 +51,16 @@ export interface EmbeddedRedis {
 export async function startEmbeddedRedis(opts: EmbeddedRedisOptions): Promise<EmbeddedRedis> {
   if (!onPath('redis-server')) throw new Error(REDIS_SERVER_MISSING);
   const log = opts.logger.child({ component: 'embedded-redis' });
+  const clock = opts.clock ?? systemClock;
   const dir = opts.dir === undefined ? undefined : resolve(opts.dir);
   if (dir) await mkdir(dir, { recursive: true });
   // The free port is released before redis-server binds it: another process may take it in between.
   for (let attempt = 1; ; attempt++) {
     const workDir = dir ?? (await mkdtemp(join(tmpdir(), 'keypool-redis-')));
     try {
-      const started = await startOnce(await freePort(), workDir, dir !== undefined, log);
+      const started = await startOnce(await freePort(), workDir, dir !== undefined, log, clock);
       log.info({ port: started.port, redisPid: started.pid, dir: dir ?? null }, 'embedded redis-server started');
-      return supervise(started, workDir, dir !== undefined, log);
+      return supervise(started, workDir, dir !== undefined, log, clock);
     } catch (err) {
       if (!dir) await rm(workDir, { recursive: true, force: true });
       if (attempt >= 3 || !String((err as Error).message).includes('Address already in use')) throw err;
@@ -69,7 +73,7 @@ export async function startEmbeddedRedis(opts: EmbeddedRedisOptions): Promise<Em
  * dir, with a growing pause between tries (0.5 s to 5 s), so the pool reconnects by itself instead
  * of failing every request until the gateway is restarted.
  */
-function supervise(first: Instance, workDir: string, persistent: boolean, log: Logger): EmbeddedRedis {
+function supervise(first: Instance, workDir: string, persistent: boolean, log: Logger, clock: Clock): EmbeddedRedis {
   let current = first;
   let stopped = false;
   /** A restart under way: stop() must stop what it starts too. */
@@ -78,10 +82,10 @@ function supervise(first: Instance, workDir: string, persistent: boolean, log: L
     void inst.exited.then(async () => {
       let pause = 500;
       while (!stopped && !inst.stopping()) {
-        await new Promise((r) => setTimeout(r, pause));
+        await clock.sleep(pause);
         if (stopped) return;
         try {
-          starting = startOnce(inst.port, workDir, persistent, log);
+          starting = startOnce(inst.port, workDir, persistent, log, clock);
           const next = await starting.finally(() => (starting = undefined));
           if (stopped) return void (await next.stop());
           current = next;
@@ -119,7 +123,7 @@ interface Instance extends EmbeddedRedis {
   stopping: () => boolean;
 }
 
-async function startOnce(port: number, workDir: string, persistent: boolean, log: Logger): Promise<Instance> {
+async function startOnce(port: number, workDir: string, persistent: boolean, log: Logger, clock: Clock): Promise<Instance> {
   // always an append-only file, in the temp dir when no dir is given: a crash and restart loses nothing;
   // without a dir the file goes when the gateway stops
   const args = ['--port', String(port), '--bind', HOST, '--save', '', '--dir', workDir, '--appendonly', 'yes'];
@@ -157,14 +161,14 @@ async function startOnce(port: number, workDir: string, persistent: boolean, log
       if (ready) log.info({ port, redisPid: child.pid }, 'embedded redis-server stopped');
     })());
 
-  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const deadline = clock.now() + READY_TIMEOUT_MS;
   while (!(await answers(port, child.pid))) {
-    if (exited || Date.now() > deadline) {
+    if (exited || clock.now() > deadline) {
       const why = exited ? `exited (code ${child.exitCode}, signal ${child.signalCode})` : `did not answer within ${READY_TIMEOUT_MS / 1000} s`;
       await stop();
       throw new Error(`embedded redis-server on port ${port} ${why}. Its output:\n${output.trim()}`);
     }
-    await new Promise((r) => setTimeout(r, 50));
+    await clock.sleep(50);
   }
   ready = true;
   return { url: `redis://${HOST}:${port}`, port, pid: child.pid!, stop, exited: exit, stopping: () => stopping !== undefined };

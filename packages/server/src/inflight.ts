@@ -1,9 +1,14 @@
+import { systemClock, type Clock } from '@keypool/core';
+
 /**
  * Requests in flight and the background work they leave (lease releases, token settlements), so a
  * shutdown can wait for them: stop taking requests, let those in flight finish within the drain
  * period, abort the rest (their leases are released as aborted), then wait for the releases.
  */
 export class Inflight {
+  /** `clock` times the drain period and the wait for background work (tests drive a ManualClock). */
+  constructor(private readonly clock: Clock = systemClock) {}
+
   private readonly requests = new Set<(why: unknown) => void>();
   private readonly background = new Set<Promise<unknown>>();
   private idle: (() => void) | undefined;
@@ -43,10 +48,11 @@ export class Inflight {
   async drain(ms: number, why: unknown, settleMs = 5000): Promise<number> {
     this.closing = true;
     if (this.requests.size > 0) {
+      const period = new AbortController();
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, ms);
+        this.clock.sleep(ms, period.signal).then(resolve, () => undefined);
         this.idle = () => {
-          clearTimeout(t);
+          period.abort();
           resolve();
         };
       });
@@ -56,9 +62,11 @@ export class Inflight {
     this.cut = { why };
     for (const abort of [...this.requests]) abort(why);
     // the aborted requests release their leases as they unwind
-    const deadline = Date.now() + settleMs;
-    while ((this.requests.size > 0 || this.background.size > 0) && Date.now() < deadline) {
-      await Promise.race([Promise.allSettled([...this.background]), new Promise((r) => setTimeout(r, 20))]);
+    const deadline = this.clock.now() + settleMs;
+    while ((this.requests.size > 0 || this.background.size > 0) && this.clock.now() < deadline) {
+      const tick = new AbortController();
+      await Promise.race([Promise.allSettled([...this.background]), this.clock.sleep(20, tick.signal).catch(() => undefined)]);
+      tick.abort();
     }
     return cut;
   }

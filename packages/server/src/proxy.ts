@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import type { Request, Response, Router } from 'express';
 import express from 'express';
 import type { Logger } from 'pino';
-import { NANOS_PER_USD, isPoolExhausted, isRedisUnavailable, isRequestTooLarge, isUnknownModel, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import { NANOS_PER_USD, isPoolExhausted, isRedisUnavailable, isRequestTooLarge, isUnknownModel, systemClock, type Clock, type KeyPool, type Lease, type Outcome } from '@keypool/core';
 import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
 import { HttpError, badRequest, sendError } from './errors.js';
 import type { Inflight } from './inflight.js';
@@ -37,6 +37,8 @@ export interface ProxyDeps {
   logger: Logger;
   inflight: Inflight;
   settings: ProxySettings;
+  /** The time of the gateway's own decisions (default systemClock). Deadlines handed to the Dispatcher stay on Date.now(), the clock it reads. */
+  clock?: Clock;
 }
 
 interface Endpoint {
@@ -155,7 +157,7 @@ function usd(n: number): string {
 export function proxyRouter(deps: ProxyDeps): Router {
   const { pool, dispatcher, metrics, logger, inflight, settings } = deps;
   const log = logger.child({ component: 'proxy' });
-  const known = new RecentTokens();
+  const known = new RecentTokens(deps.clock ?? systemClock);
   const router = express.Router();
   const raw = express.raw({ type: () => true, limit: settings.bodyLimit });
 
@@ -571,16 +573,17 @@ export class PassThroughError extends HttpError {
 class RecentTokens {
   private readonly until = new Map<string, number>();
   constructor(
+    private readonly clock: Clock,
     private readonly ttlMs = 60_000,
     private readonly max = 10_000,
   ) {}
   seen(token: string): boolean {
     const t = this.until.get(token);
-    return t !== undefined && t > Date.now();
+    return t !== undefined && t > this.clock.now();
   }
   add(token: string): void {
     this.until.delete(token);
-    this.until.set(token, Date.now() + this.ttlMs);
+    this.until.set(token, this.clock.now() + this.ttlMs);
     if (this.until.size > this.max) this.until.delete(this.until.keys().next().value!);
   }
   delete(token: string): void {

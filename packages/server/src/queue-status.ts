@@ -1,6 +1,7 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { PoolKeys } from '@keypool/core';
+import { PoolKeys, systemClock, type Clock } from '@keypool/core';
+import { LLM_QUEUE } from '@keypool/config';
 
 /** The LLM job queue of the pool as /status, /metrics and the dashboard show it (fleet-wide, from Redis). */
 export interface QueueStatus {
@@ -24,12 +25,16 @@ export class QueueStatusReader {
   private client: Redis | undefined;
   private connecting: Promise<void> | undefined;
   private readonly keys: PoolKeys;
+  /** Names "the last whole minute" of the stats. */
+  private readonly clock: Clock;
 
   constructor(
     private readonly redisUrl: string,
     pool: string,
+    opts: { clock?: Clock } = {},
   ) {
     this.keys = new PoolKeys(pool);
+    this.clock = opts.clock ?? systemClock;
   }
 
   async read(): Promise<QueueStatus | null> {
@@ -46,7 +51,7 @@ export class QueueStatusReader {
             throw e;
           }
           this.client = client;
-          this.queue = new Queue('llm', { connection: client, prefix: this.keys.bull });
+          this.queue = new Queue(LLM_QUEUE, { connection: client, prefix: this.keys.bull });
         })().finally(() => {
           this.connecting = undefined;
         });
@@ -57,7 +62,7 @@ export class QueueStatusReader {
         this.client!.hgetall(this.keys.queueStats),
       ]);
       const completed = Number(stats.completed ?? 0);
-      const minute = Math.floor(Date.now() / 60_000) - 1;
+      const minute = Math.floor(this.clock.now() / 60_000) - 1;
       return {
         counts,
         completed,

@@ -1,11 +1,10 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pino, type Logger } from 'pino';
-import { Redis } from 'ioredis';
-import { KeyPool } from '@keypool/core';
-import { createSources, SecretSync, SYNC_REDIS_OPTIONS } from '@keypool/secrets';
+import type { Logger } from 'pino';
+import { KeyPool, systemClock, type Clock } from '@keypool/core';
+import { rootLogger, startSecretSync, type GatewayConfig, type StartedSecretSync } from '@keypool/config';
+import type { SecretSync } from '@keypool/secrets';
 import { createGateway, type Gateway } from './app.js';
-import type { GatewayConfig } from './config.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
 import { ShuttingDown } from './proxy.js';
 import { QueueStatusReader } from './queue-status.js';
@@ -17,11 +16,32 @@ import { QueueStatusReader } from './queue-status.js';
  * leases are released as aborted), wait for the releases, close the pool, stop the embedded Redis.
  */
 
-/** Paths pino removes from every log line: whatever may carry a secret or a token. */
-export const REDACT = ['req.headers.authorization', 'headers.authorization', 'authorization', 'secret', 'apiKey', 'token', '*.secret', '*.apiKey', '*.token', 'keys[*].secret', 'adminToken', '*.adminToken'];
+// moved to @keypool/config (the worker needs them without the gateway); re-exported for callers of this module
+export { REDACT, rootLogger } from '@keypool/config';
 
-export function rootLogger(level: string): Logger {
-  return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
+/**
+ * What was opened so far, closed in reverse order: by a failed start and by close() alike, so the
+ * three ways down cannot drift apart. Every step runs even when one fails; the first error is thrown.
+ */
+class Teardown {
+  private readonly steps: (() => Promise<unknown> | unknown)[] = [];
+
+  add(step: () => Promise<unknown> | unknown): void {
+    this.steps.push(step);
+  }
+
+  async run(): Promise<void> {
+    let first: unknown;
+    let failed = false;
+    for (const step of this.steps.splice(0).reverse()) {
+      try {
+        await step();
+      } catch (e) {
+        if (!failed) (first = e), (failed = true);
+      }
+    }
+    if (failed) throw first;
+  }
 }
 
 export interface Serving {
@@ -38,12 +58,25 @@ export interface Serving {
   close(): Promise<number>;
 }
 
-export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {}): Promise<Serving> {
+/** Options of {@link serve}. */
+export interface ServeOptions {
+  /** Defaults to a root logger at the config's logLevel. */
+  logger?: Logger;
+  /** The time of the gateway's own decisions (deadlines, drain); defaults to systemClock. */
+  clock?: Clock;
+}
+
+export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Promise<Serving> {
   const logger = opts.logger ?? rootLogger(config.logLevel);
+  const clock = opts.clock ?? systemClock;
+  const teardown = new Teardown();
+  // a failed start leaves nothing running; the error that stopped it is the one thrown
+  const abandon = (e: unknown) => teardown.run().then(() => Promise.reject(e), () => Promise.reject(e));
   let redisUrl: string | undefined = config.redis.url;
   let embedded: Awaited<ReturnType<typeof startEmbeddedRedis>> | undefined;
   if (!redisUrl) {
-    embedded = await startEmbeddedRedis({ ...(config.redis.embeddedDir ? { dir: config.redis.embeddedDir } : {}), logger });
+    embedded = await startEmbeddedRedis({ ...(config.redis.embeddedDir ? { dir: config.redis.embeddedDir } : {}), logger, clock });
+    teardown.add(() => embedded!.stop());
     redisUrl = embedded.url;
   }
   const redis: string = redisUrl!;
@@ -51,38 +84,23 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
   try {
     pool = await KeyPool.connect({ redis, config: config.pool, logger });
   } catch (e) {
-    await embedded?.stop();
-    throw e;
+    return abandon(e);
   }
+  teardown.add(() => pool.close());
   // keys from secret sources: loaded before the first request, kept in step with the fleet
-  let sync: SecretSync | undefined;
-  let syncRedis: Redis | undefined;
+  let secrets: StartedSecretSync | undefined;
   if (config.secrets) {
-    const s = config.secrets;
-    syncRedis = new Redis(redis, { ...SYNC_REDIS_OPTIONS, lazyConnect: true });
-    syncRedis.on('error', (e: Error) => logger.warn({ err: e.message }, 'secret sync: Redis connection error'));
-    await syncRedis.connect().catch(() => undefined);
-    sync = new SecretSync({
-      pool,
-      redis: syncRedis,
-      sources: createSources(s, { logger }),
-      loader: { timeoutMs: s.timeoutMs, attempts: s.attempts, backoffMs: s.backoffMs },
-      heartbeatMs: s.heartbeatMs,
-      allowEmpty: s.allowEmpty,
-      logger,
-    });
     try {
-      await sync.start();
+      secrets = await startSecretSync(config.secrets, { pool, redis, logger });
     } catch (e) {
-      await sync.close().catch(() => undefined);
-      syncRedis.disconnect();
-      await pool.close();
-      await embedded?.stop();
-      throw e;
+      return abandon(e);
     }
+    teardown.add(() => secrets!.close());
   }
-  const queueReader = new QueueStatusReader(redis, pool.name);
-  const gateway = createGateway({ pool, logger, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}), queueStatus: () => queueReader.read() });
+  const sync: SecretSync | undefined = secrets?.sync;
+  const queueReader = new QueueStatusReader(redis, pool.name, { clock });
+  teardown.add(() => queueReader.close());
+  const gateway = createGateway({ pool, logger, clock, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}), queueStatus: () => queueReader.read() });
   const server = gateway.app.listen(config.server.port, config.server.host);
   try {
     await new Promise<void>((resolve, reject) => {
@@ -90,14 +108,9 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
       server.once('error', reject);
     });
   } catch (e) {
-    await queueReader.close();
-    await sync?.close().catch(() => undefined);
-    syncRedis?.disconnect();
-    await pool.close();
-    await embedded?.stop();
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'EADDRINUSE') throw new Error(`port ${config.server.port} on ${config.server.host} is in use: set server.port (or KEYPOOL_PORT) to a free port, or 0 for any`, { cause: e });
-    throw e;
+    if (err.code === 'EADDRINUSE') return abandon(new Error(`port ${config.server.port} on ${config.server.host} is in use: set server.port (or KEYPOOL_PORT) to a free port, or 0 for any`, { cause: e }));
+    return abandon(e);
   }
   // node's requestTimeout (default 5 min) bounds receiving a request, headers and body, not the
   // answer: long streams are unaffected, and a body that trickles in never holds a socket forever
@@ -120,11 +133,7 @@ export async function serve(config: GatewayConfig, opts: { logger?: Logger } = {
       if (cut > 0) logger.warn({ cut }, `drain period over: ${cut} request(s) cut short; their leases were released`);
       server.closeAllConnections();
       await stopped;
-      await queueReader.close();
-      await sync?.close().catch(() => undefined);
-      await syncRedis?.quit().catch(() => syncRedis?.disconnect());
-      await pool.close();
-      await embedded?.stop();
+      await teardown.run();
       logger.info('gateway stopped');
       return cut;
     })());

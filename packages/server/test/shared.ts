@@ -4,7 +4,7 @@
  */
 import { LogSink as BaseLogSink } from '@keypool/testkit/log-sink';
 import type { GatewaySettings } from '../src/index.js';
-import { REDACT } from '../src/runner.js';
+import { REDACT } from '@keypool/config';
 
 /** Short deadlines and backoff, a small body limit, and the given admin token. */
 export function testSettings(adminToken: string): GatewaySettings {

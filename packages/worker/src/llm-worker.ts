@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { DelayedError, UnrecoverableError, Worker, type Job } from 'bullmq';
 import OpenAI from 'openai';
 import type { Cluster, Redis } from 'ioredis';
-import { isPoolExhausted, isUnknownModel, isRequestTooLarge, PoolKeys, type KeyPool } from '@keypool/core';
+import { isPoolExhausted, isUnknownModel, isRequestTooLarge, PoolKeys, systemClock, type Clock, type KeyPool } from '@keypool/core';
 import { PooledOpenAI, type Route } from '@keypool/client';
 import type { Logger } from 'pino';
 import { LLM_QUEUE, queuePrefix, type LlmJobData, type LlmJobResult } from './queue.js';
@@ -26,6 +26,8 @@ export interface LlmWorkerOptions {
   routes?: Record<string, Route>;
   logger?: Logger;
   workerId?: string;
+  /** Job deadlines, delays and the per-minute stats buckets. Default systemClock. */
+  clock?: Clock;
 }
 
 /**
@@ -40,8 +42,10 @@ export class LlmWorker {
   private readonly client: PooledOpenAI;
   private readonly log: Logger | undefined;
   readonly workerId: string;
+  private readonly clock: Clock;
 
   constructor(private readonly opts: LlmWorkerOptions) {
+    this.clock = opts.clock ?? systemClock;
     this.client = new PooledOpenAI({
       pool: opts.pool,
       routes: opts.routes ?? {},
@@ -71,7 +75,7 @@ export class LlmWorker {
       void m.exec().catch(() => undefined);
     };
     this.worker.on('completed', (job) => {
-      const minute = Math.floor(Date.now() / 60_000);
+      const minute = Math.floor(this.clock.now() / 60_000);
       // per-minute buckets older than the last whole minute are of no use: dropped as we go
       count([['completed', 1], ['waitMs', Math.max(0, job.returnvalue?.waitedMs ?? 0)], [`c:${minute}`, 1]], [`c:${minute - 2}`, `c:${minute - 3}`]);
     });
@@ -86,7 +90,7 @@ export class LlmWorker {
 
   private async run(job: Job<LlmJobData, LlmJobResult>, token?: string, signal?: AbortSignal): Promise<LlmJobResult> {
     const d = job.data;
-    const now = Date.now();
+    const now = this.clock.now();
     if (d.deadline !== undefined && now >= d.deadline) {
       throw new UnrecoverableError(`deadline passed at ${new Date(d.deadline).toISOString()} before the job could run`);
     }
@@ -107,7 +111,7 @@ export class LlmWorker {
       else if (d.kind === 'embeddings') response = await this.client.embeddings.create(body, options);
       else response = await this.client.responses.create(body, options);
     } catch (e) {
-      if (d.deadline !== undefined && Date.now() >= d.deadline) {
+      if (d.deadline !== undefined && this.clock.now() >= d.deadline) {
         throw new UnrecoverableError(`deadline passed at ${new Date(d.deadline).toISOString()} while the job ran (${(e as Error).message})`);
       }
       if (isPoolExhausted(e)) {
@@ -119,10 +123,10 @@ export class LlmWorker {
         // jitter) so that jobs that never wait (low) or a key full of slow calls do not spin
         const floor = d.priority === 'low' ? 1000 : 250;
         const wait = Math.max(e.retryAfterMs, floor) * (0.9 + Math.random() * 0.2);
-        if (d.deadline !== undefined && Date.now() + wait >= d.deadline) {
+        if (d.deadline !== undefined && this.clock.now() + wait >= d.deadline) {
           throw new UnrecoverableError(`deadline: no key can serve ${String(d.request.model)} before ${new Date(d.deadline).toISOString()} (${e.reason})`);
         }
-        await job.moveToDelayed(Math.round(Date.now() + wait), token);
+        await job.moveToDelayed(Math.round(this.clock.now() + wait), token);
         throw new DelayedError();
       }
       if (isUnknownModel(e) || isRequestTooLarge(e)) throw new UnrecoverableError(`${(e as Error).name}: ${(e as Error).message}`);
@@ -146,7 +150,7 @@ export class LlmWorker {
       failovers: served.failovers,
       attempts: job.attemptsMade + 1,
       waitedMs: started - d.enqueuedAt,
-      finishedAt: new Date().toISOString(),
+      finishedAt: new Date(this.clock.now()).toISOString(),
     };
   }
 

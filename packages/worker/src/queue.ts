@@ -1,11 +1,14 @@
 import { createHash } from 'node:crypto';
 import { Queue, QueueEvents, type Job } from 'bullmq';
 import type { Cluster, Redis } from 'ioredis';
-import { PoolKeys } from '@keypool/core';
+import { PoolKeys, systemClock, type Clock } from '@keypool/core';
+// the section module alone (zod only): producers must not load the secret backends with the config
+import { LLM_QUEUE } from '@keypool/config/queue';
 import { z } from 'zod';
 
-/** The LLM job queue of a pool: BullMQ queue `llm` under the pool's prefix (its Cluster slot). */
-export const LLM_QUEUE = 'llm';
+/** The LLM job queue of a pool: BullMQ queue {@link LLM_QUEUE} under the pool's prefix (its Cluster slot). */
+export { LLM_QUEUE };
+/** The BullMQ prefix of a pool's queues: its hash tag, so they share the pool's Cluster slot. */
 export const queuePrefix = (pool: string): string => new PoolKeys(pool).bull;
 
 /** BullMQ priorities (lower runs first). */
@@ -99,6 +102,8 @@ export interface LlmQueueOptions {
   keepCompleted?: number;
   /** Keep failed jobs this long, s (default 7 days). */
   keepFailedS?: number;
+  /** Stamps enqueuedAt (the worker's waitedMs counts from it). Default systemClock. */
+  clock?: Clock;
 }
 
 /**
@@ -135,7 +140,7 @@ export class LlmQueue {
         request: j.request,
         priority: j.priority,
         ...(j.deadline !== undefined ? { deadline: typeof j.deadline === 'number' ? j.deadline : Date.parse(j.deadline) } : {}),
-        enqueuedAt: Date.now(),
+        enqueuedAt: (this.opts.clock ?? systemClock).now(),
       };
       return {
         name: j.kind,

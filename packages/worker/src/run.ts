@@ -1,7 +1,7 @@
 import { Redis, type Cluster } from 'ioredis';
-import { ConfigError, KeyPool } from '@keypool/core';
-import { createSources, SecretSync, SYNC_REDIS_OPTIONS } from '@keypool/secrets';
-import type { GatewayConfig } from '@keypool/server';
+import { ConfigError, KeyPool, systemClock, type Clock } from '@keypool/core';
+import { startSecretSync, type GatewayConfig, type StartedSecretSync } from '@keypool/config';
+import type { SecretSync } from '@keypool/secrets';
 import type { Logger } from 'pino';
 import { LlmWorker } from './llm-worker.js';
 import { Scheduler } from './scheduler.js';
@@ -16,13 +16,24 @@ export interface RunningWorker {
   close(): Promise<void>;
 }
 
+/** Options of {@link startWorker}. */
+export interface StartWorkerOptions {
+  logger: Logger;
+  /** A connection to use instead of one to config.redis.url (tests); it is not closed by close(). */
+  redis?: Redis | Cluster;
+  workerId?: string;
+  /** The time of the scheduler's and the queue consumer's decisions. Default systemClock. */
+  clock?: Clock;
+}
+
 /**
  * `keypool worker`: the pool (with the file's keys and the secret sources' keys, which probes need),
  * the secret sync, and the scheduler, on the Redis the gateways share. No embedded Redis: a worker
  * alone on a private Redis would schedule for nobody.
  */
-export async function startWorker(config: GatewayConfig, opts: { logger: Logger; redis?: Redis | Cluster; workerId?: string }): Promise<RunningWorker> {
+export async function startWorker(config: GatewayConfig, opts: StartWorkerOptions): Promise<RunningWorker> {
   const log = opts.logger;
+  const clock = opts.clock ?? systemClock;
   if (!opts.redis && !config.redis.url) {
     throw new ConfigError([{ path: 'redis.url', message: 'keypool worker needs the Redis its gateways use: set redis.url in the file or REDIS_URL' }], 'worker config');
   }
@@ -31,58 +42,40 @@ export async function startWorker(config: GatewayConfig, opts: { logger: Logger;
   connection.on('error', (e: Error) => log.warn({ err: e.message }, 'worker Redis connection error'));
   const owns = !opts.redis;
   let pool: KeyPool | undefined;
-  let sync: SecretSync | undefined;
-  // the secret protocol's own connection: BullMQ's waits for Redis forever, this one must fail fast
-  let syncRedis: Redis | undefined;
+  let secrets: StartedSecretSync | undefined;
   try {
     pool = await KeyPool.connect({ redis: opts.redis ?? config.redis.url!, config: config.pool, logger: log });
-    if (config.secrets) {
-      const s = config.secrets;
-      if (!opts.redis) {
-        syncRedis = new Redis(config.redis.url!, { ...SYNC_REDIS_OPTIONS, lazyConnect: true });
-        syncRedis.on('error', (e: Error) => log.warn({ err: e.message }, 'secret sync: Redis connection error'));
-        await syncRedis.connect().catch(() => undefined);
-      }
-      sync = new SecretSync({
-        pool,
-        redis: syncRedis ?? connection,
-        sources: createSources(s, { logger: log }),
-        loader: { timeoutMs: s.timeoutMs, attempts: s.attempts, backoffMs: s.backoffMs },
-        heartbeatMs: s.heartbeatMs,
-        allowEmpty: s.allowEmpty,
-        logger: log,
-      });
-      await sync.start();
-    }
-    const scheduler = new Scheduler({ pool, connection, ...(sync ? { sync } : {}), settings: config.scheduler, logger: log, ...(opts.workerId ? { workerId: opts.workerId } : {}) });
+    // the secret protocol gets a fail-fast connection of its own (BullMQ's waits for Redis forever)
+    if (config.secrets) secrets = await startSecretSync(config.secrets, { pool, redis: opts.redis ?? config.redis.url!, logger: log });
+    const sync = secrets?.sync;
+    const workerId = opts.workerId ? { workerId: opts.workerId } : {};
+    const scheduler = new Scheduler({ pool, connection, ...(sync ? { sync } : {}), settings: config.scheduler, logger: log, clock, ...workerId });
     await scheduler.start();
     let queue: LlmWorker | undefined;
     if (config.queue.enabled) {
-      queue = new LlmWorker({ pool, connection, settings: config.queue, routes: config.routes, logger: log, ...(opts.workerId ? { workerId: opts.workerId } : {}) });
+      queue = new LlmWorker({ pool, connection, settings: config.queue, routes: config.routes, logger: log, clock, ...workerId });
       await queue.start();
     }
     const p = pool;
-    const sy = sync;
+    const s = secrets;
     let closing: Promise<void> | undefined;
     return {
       pool: p,
       scheduler,
       queue,
-      sync: sy,
+      sync,
       close: () =>
         (closing ??= (async () => {
           await queue?.close();
           await scheduler.close();
-          await sy?.close();
-          syncRedis?.disconnect();
+          await s?.close();
           await p.close();
           if (owns) await connection.quit().catch(() => connection.disconnect());
           log.info('worker stopped');
         })()),
     };
   } catch (e) {
-    await sync?.close().catch(() => undefined);
-    syncRedis?.disconnect();
+    await secrets?.close();
     await pool?.close().catch(() => undefined);
     if (owns) connection.disconnect();
     throw e;

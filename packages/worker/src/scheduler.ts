@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { Queue, Worker, type Job } from 'bullmq';
 import type { Cluster, Redis } from 'ioredis';
-import { PoolKeys, type KeyPool } from '@keypool/core';
+import { PoolKeys, systemClock, type Clock, type KeyPool } from '@keypool/core';
 import type { SecretSync } from '@keypool/secrets';
 import type { Logger } from 'pino';
 import { probeKeys } from './probe.js';
@@ -57,6 +57,8 @@ export interface SchedulerOptions {
   logger?: Logger;
   /** Name of this worker in run records. Default host:pid. */
   workerId?: string;
+  /** Times each run (durationMs in the run records). Default systemClock. */
+  clock?: Clock;
 }
 
 /**
@@ -78,8 +80,10 @@ export class Scheduler {
   private worker: Worker | undefined;
   private ensureTimer: NodeJS.Timeout | undefined;
   private readonly prefix: string;
+  private readonly clock: Clock;
 
   constructor(opts: SchedulerOptions) {
+    this.clock = opts.clock ?? systemClock;
     this.pool = opts.pool;
     this.connection = opts.connection;
     this.sync = opts.sync;
@@ -189,7 +193,7 @@ export class Scheduler {
   /** One run of one job, recorded. Exported through the queue; tests call jobs through BullMQ. */
   private async run(job: Job): Promise<unknown> {
     const name = job.name as JobName;
-    const started = Date.now();
+    const started = this.clock.now();
     await this.event({ event: 'started', job: name, id: job.id ?? '', worker: this.workerId });
     let summary: Record<string, unknown> | undefined;
     let error: Error | undefined;
@@ -198,7 +202,7 @@ export class Scheduler {
     } catch (e) {
       error = e as Error;
     }
-    const durationMs = Date.now() - started;
+    const durationMs = this.clock.now() - started;
     // BullMQ scheduled the next iteration when this one was taken
     const next = (await this.queue?.getJobScheduler(name).catch(() => undefined))?.next;
     const rec = {

@@ -44,7 +44,7 @@ export function registerKeys(program: Command, ctx: Context): void {
   const ls = keys.command('list').description('one row per key, as in keypool status').addHelpText('after', examples('keypool keys list', 'keypool keys list --json'));
   addAdminOptions(ls).action(async (opts: GatewayOptions) => {
     const all = await gatewayClient(opts, true).listKeys();
-    ctx.out(opts.json ? `${JSON.stringify({ keys: all }, null, 2)}\n` : all.length ? keysTable(all, { color: ctx.color, now: Date.now() }) : 'no keys in this pool\n');
+    ctx.out(opts.json ? `${JSON.stringify({ keys: all }, null, 2)}\n` : all.length ? keysTable(all, { color: ctx.color, now: ctx.clock.now() }) : 'no keys in this pool\n');
   });
 
   for (const [action, { what }] of Object.entries(ACTIONS) as [Action, (typeof ACTIONS)[Action]][]) {
@@ -95,7 +95,7 @@ export function registerKeys(program: Command, ctx: Context): void {
     }
     const r = await client.updateKey(key.id, patch);
     if (opts.json) ctx.out(`${JSON.stringify(r, null, 2)}\n`);
-    else ctx.out(`updated key ${label(key)}: ${Object.keys(patch).join(', ')}\n${r.key ? keysTable([r.key], { color: ctx.color, now: Date.now() }) : ''}`);
+    else ctx.out(`updated key ${label(key)}: ${Object.keys(patch).join(', ')}\n${r.key ? keysTable([r.key], { color: ctx.color, now: ctx.clock.now() }) : ''}`);
   });
 }
 

@@ -126,7 +126,7 @@ export function registerQueue(program: Command, ctx: Context): void {
     .addOption(new Option('--kind <kind>', 'which endpoint').choices(KINDS).default('chat'))
     .addOption(new Option('--priority <priority>', 'critical runs first, low yields when keys are short (default normal)').choices(PRIORITIES))
     .option('--idempotency-key <key>', 'adding again with the same key returns the same job while it is kept')
-    .option('--deadline <when>', 'fail the job if not done by then: +30s, +5m, +2h or an ISO date-time', (v: string) => deadline(v))
+    .option('--deadline <when>', 'fail the job if not done by then: +30s, +5m, +2h or an ISO date-time', (v: string) => deadline(v, ctx.clock.now()))
     .option('--attempts <n>', 'attempts for transient failures (default: the queue settings, 5)', integer(1))
     .option('--max-tokens <n>', 'cap on output tokens (chat: max_tokens, responses: max_output_tokens)', integer(1))
     .addOption(new Option('--wait [seconds]', `wait for the result and print it (default ${DEFAULT_WAIT_S} s)`).argParser(positive))
@@ -368,7 +368,7 @@ async function targetOf(opts: ConnOptions): Promise<Target> {
  * used: the keys of the file are not read), so that the file of the workers serves as it is.
  */
 async function producerConfig(file: string): Promise<{ url?: string; pool: string; settings: Target['settings'] }> {
-  const [{ loadGatewayConfig }, { isConfigError }] = await Promise.all([import('@keypool/server'), import('@keypool/core')]);
+  const [{ loadGatewayConfig }, { isConfigError }] = await Promise.all([import('@keypool/config'), import('@keypool/core')]);
   const load = (env: NodeJS.ProcessEnv) => {
     const c = loadGatewayConfig({ file, env });
     const { attempts, backoffMs, keepCompletedS, keepCompleted, keepFailedS } = c.queue;

@@ -5,7 +5,8 @@
  */
 import { Option, type Command } from 'commander';
 import type { Logger } from 'pino';
-import type { GatewayConfig, Serving } from '@keypool/server';
+import type { Serving } from '@keypool/server';
+import { loadConfigFile } from '../config-file.js';
 import type { Context } from '../context.js';
 import { CliError, EXIT } from '../errors.js';
 import { examples, paragraphs } from '../options.js';
@@ -33,20 +34,6 @@ export function registerServe(program: Command, _ctx: Context): void {
         ),
     )
     .action((opts: ServeOptions) => runServe(opts));
-}
-
-/** The config file of serve and worker (exit 2 with every problem when it is invalid), and the root logger. */
-export async function loadConfigFile(file: string | undefined): Promise<{ config: GatewayConfig; logger: Logger }> {
-  // loaded here, not at the top: the other commands need none of the gateway's dependencies
-  const [{ loadGatewayConfig, rootLogger }, { isConfigError }] = await Promise.all([import('@keypool/server'), import('@keypool/core')]);
-  let config: GatewayConfig;
-  try {
-    config = loadGatewayConfig(file !== undefined ? { file } : {});
-  } catch (e) {
-    if (isConfigError(e)) throw new CliError('CONFIG_INVALID', e.message, { cause: e });
-    throw e;
-  }
-  return { config, logger: rootLogger(config.logLevel) };
 }
 
 async function runServe(opts: ServeOptions): Promise<void> {

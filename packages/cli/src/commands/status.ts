@@ -23,7 +23,7 @@ export function registerStatus(program: Command, ctx: Context): void {
     );
   addGatewayOptions(cmd).action(async (opts: GatewayOptions) => {
     const status = await gatewayClient(opts).status();
-    ctx.out(opts.json ? `${JSON.stringify(status, null, 2)}\n` : renderStatus(status, { color: ctx.color, now: Date.now() }));
+    ctx.out(opts.json ? `${JSON.stringify(status, null, 2)}\n` : renderStatus(status, { color: ctx.color, now: ctx.clock.now() }));
   });
 }
 

@@ -7,7 +7,7 @@ import { Option, type Command } from 'commander';
 import type { Context } from '../context.js';
 import { CliError, EXIT } from '../errors.js';
 import { examples, paragraphs } from '../options.js';
-import { loadConfigFile } from './serve.js';
+import { loadConfigFile } from '../config-file.js';
 
 interface WorkerOptions {
   config?: string;

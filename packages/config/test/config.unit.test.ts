@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, isConfigError } from '@keypool/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { GatewayFileSchema, loadGatewayConfig, parseByteSize, type GatewayConfig } from '../src/config.js';
+import { GatewayFileSchema, loadGatewayConfig, parseByteSize, type GatewayConfig } from '../src/index.js';
 
 const S1 = 'sk-proj-Q7vXk2LmN9pR4tW8yZ1aB3cD5eF6';
 const S2 = 'sk-proj-H4jK8mN2pQ6rS0tU3vW7xY1zA5bC';
@@ -546,7 +546,7 @@ describe('secrets never appear in errors', () => {
 });
 
 describe('keypool.example.yaml', () => {
-  const example = fileURLToPath(new URL('../keypool.example.yaml', import.meta.url));
+  const example = fileURLToPath(new URL('../../server/keypool.example.yaml', import.meta.url));
   const env = { KEYPOOL_ADMIN_TOKEN: TOKEN, OPENAI_KEY_1: S1, OPENAI_KEY_2: S2, GROQ_KEY_1: 'gsk_7Hq2Lm9Xp4Rt8Wz1Ab3Cd5Ef' };
 
   it('loads with the env it names', () => {
