@@ -43,7 +43,7 @@ export function keypool(args: string[], opts: { env?: Record<string, string | un
   });
 }
 
-/** A long-running `keypool serve`: its JSON log lines as they come, and its exit. */
+/** A long-running `keypool serve` (or `keypool worker`): its JSON log lines as they come, and its exit. */
 export interface ServeChild {
   child: ChildProcess;
   /** Parsed stdout lines (pino JSON); a line that is not JSON is kept as { raw }. */
@@ -58,7 +58,12 @@ export interface ServeChild {
 }
 
 export function startServe(args: string[], env: Record<string, string | undefined>, cwd = REPO): ServeChild {
-  const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  return startLongRunning('serve', args, env, cwd);
+}
+
+/** `keypool <command> <args>` left running (serve or worker), as {@link startServe}. */
+export function startLongRunning(command: 'serve' | 'worker', args: string[], env: Record<string, string | undefined>, cwd = REPO): ServeChild {
+  const child = spawn(process.execPath, [BIN, command, ...args], { cwd, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   let out = '';
   let err = '';
@@ -90,7 +95,7 @@ export function startServe(args: string[], env: Record<string, string | undefine
         const hit = logs.find(match);
         if (hit) return done(() => resolve(hit));
         if (child.exitCode !== null || child.signalCode !== null) {
-          done(() => reject(new Error(`keypool serve exited (${child.exitCode ?? child.signalCode}) first.\nstdout:\n${out}\nstderr:\n${err}`)));
+          done(() => reject(new Error(`keypool ${command} exited (${child.exitCode ?? child.signalCode}) first.\nstdout:\n${out}\nstderr:\n${err}`)));
         }
       };
       const timer = setTimeout(() => done(() => reject(new Error(`no such log line within ${timeoutMs} ms.\nstdout:\n${out}\nstderr:\n${err}`))), timeoutMs);
