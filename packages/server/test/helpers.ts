@@ -1,18 +1,42 @@
-import type { Server } from 'node:http';
+/**
+ * The server's and the CLI's test gateways: one in the test process (real HTTP on a free port) over
+ * a pool on the test Redis (standalone or cluster, per project) and the fake upstream; and the raw
+ * HTTP client the tests that send malformed requests need.
+ */
+import { request, type IncomingMessage, type Server } from 'node:http';
 import OpenAI from 'openai';
 import { afterAll, afterEach } from 'vitest';
 import type { AddressInfo } from 'node:net';
+import { REDACT } from '@keypool/config';
 import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type FakeOpenAIOptions } from '@keypool/testkit';
+import { LogSink as BaseLogSink } from '@keypool/testkit/log-sink';
 import { KeyPool, type KeySpecInput, type PoolConfigInput } from '@keypool/core';
 import type { Route } from '@keypool/client';
 import { createGateway, type Gateway, type GatewaySettings } from '../src/index.js';
-import { LogSink, testSettings } from './shared.js';
 
 export const ADMIN = 'admin-token-for-tests-0123456789abcdef';
 
+/** Short deadlines and backoff, a small body limit, and the given admin token. */
+export function testSettings(adminToken: string): GatewaySettings {
+  return {
+    adminToken,
+    bodyLimit: 64 * 1024,
+    deadlineMs: 5000,
+    attemptTimeoutMs: 2000,
+    maxAttempts: 4,
+    backoff: { baseMs: 5, maxMs: 50 },
+    defaultMaxOutputTokens: 64,
+  };
+}
+
 export const DEFAULT_SETTINGS: GatewaySettings = testSettings(ADMIN);
 
-export { LogSink };
+/** Every log line the gateway wrote, redacted as in production. */
+export class LogSink extends BaseLogSink {
+  constructor() {
+    super(REDACT);
+  }
+}
 
 export interface TestGateway {
   url: string;
@@ -22,6 +46,8 @@ export interface TestGateway {
   /** A gateway token with no limits. */
   token: string;
   logs: LogSink;
+  /** Another listener on the same pool whose admin API is disabled (no admin token), when asked for. */
+  noAdminUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -39,6 +65,8 @@ export async function startGateway(opts: {
   /** Another gateway on the same pool (a second process would do the same). */
   poolName?: string;
   upstreamURL?: string;
+  /** Also start a listener without the admin API (noAdminUrl). */
+  noAdmin?: boolean;
 }): Promise<TestGateway> {
   const fake = await startFakeOpenAI({ keys: opts.fakeKeys, models: ['gpt-4o', 'gpt-4o-mini', 'text-embedding-3-small'], latency: 2, ...opts.fake });
   const logs = new LogSink();
@@ -47,27 +75,35 @@ export async function startGateway(opts: {
     config: { pool: opts.poolName ?? uniqueName('gw'), keys: opts.keys.map((k) => ({ ...k, baseURL: opts.upstreamURL ?? fake.url })), ...opts.pool },
     logger: logs.logger,
   });
-  const gateway = createGateway({ pool, logger: logs.logger, settings: { ...DEFAULT_SETTINGS, ...opts.settings }, routes: opts.routes ?? {} });
-  const server: Server = await new Promise((resolve) => {
-    const s = gateway.app.listen(0, '127.0.0.1', () => resolve(s));
-  });
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const settings = { ...DEFAULT_SETTINGS, ...opts.settings };
+  const gateway = createGateway({ pool, logger: logs.logger, settings, routes: opts.routes ?? {} });
+  const servers = [await listen(gateway.app)];
+  if (opts.noAdmin) servers.push(await listen(createGateway({ pool, logger: logs.logger, settings: { ...settings, adminToken: undefined }, routes: opts.routes ?? {} }).app));
   const { token } = await pool.tokens.create({ name: 'tests' });
   return {
-    url,
+    url: urlOf(servers[0]!),
+    ...(servers[1] ? { noAdminUrl: urlOf(servers[1]) } : {}),
     fake,
     pool,
     gateway,
     token,
     logs,
     async stop() {
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+      for (const s of servers) {
+        s.closeAllConnections();
+        await new Promise((r) => s.close(r));
+      }
       await pool.close();
       await fake.stop();
     },
   };
 }
+
+const listen = (app: Gateway['app']): Promise<Server> =>
+  new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+const urlOf = (s: Server) => `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
 
 export { uniqueName };
 
@@ -105,3 +141,26 @@ export function twoKeyGateways(a: string, b: string): (opts?: Partial<StartOptio
 
 /** The official SDK against a test gateway (its token unless another is given), no SDK retries. */
 export const sdkFor = (g: TestGateway, apiKey = g.token) => new OpenAI({ apiKey, baseURL: `${g.url}/v1`, maxRetries: 0 });
+
+/** POST raw bytes to the gateway; the answer as status, headers and text. */
+export function post(url: string, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<{ status: number; headers: IncomingMessage['headers']; text: string; json: any }> {
+  return new Promise((resolve, reject) => {
+    // host/port/path given apart: a URL string would resolve dot segments before sending
+    const u = new URL(url);
+    const req = request({ host: u.hostname, port: u.port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (res) => {
+      let text = '';
+      res.on('data', (c) => (text += c));
+      res.on('end', () => {
+        let json: unknown;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode!, headers: res.headers, text, json });
+      });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}

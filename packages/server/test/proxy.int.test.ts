@@ -2,12 +2,12 @@
  * The gateway end to end: the official `openai` package as the caller, real HTTP, the fake
  * upstream behind, a real Redis under the pool.
  */
-import { createServer, request, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { keyIdOf } from '@keypool/core';
-import { MODELS, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
+import { MODELS, post, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
 
 const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa1111';
 const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb2222';
@@ -17,29 +17,6 @@ const sdk = sdkFor;
 const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
 const served = (g: TestGateway) => Object.values(g.fake.counters()).reduce((n, c) => n + c.requests, 0);
 const keyOf = async (g: TestGateway, secret: string) => (await g.pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;
-
-/** POST raw bytes to the gateway; the answer as status, headers and text. */
-function post(url: string, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<{ status: number; headers: IncomingMessage['headers']; text: string; json: any }> {
-  return new Promise((resolve, reject) => {
-    // host/port/path given apart: a URL string would resolve dot segments before sending
-    const u = new URL(url);
-    const req = request({ host: u.hostname, port: u.port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (res) => {
-      let text = '';
-      res.on('data', (c) => (text += c));
-      res.on('end', () => {
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode!, headers: res.headers, text, json });
-      });
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
 describe('gateway: the official SDK through /v1', () => {
   it('chat, completions, embeddings and responses are served, priced and reconciled', async () => {

@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { keyIdOf } from '@keypool/core';
 import { connectionForChild, startFakeOpenAI, testTarget, uniqueName } from '@keypool/testkit';
 import { loadGatewayConfig, serve } from '../src/index.js';
-import { LogSink, MODELS, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
+import { LogSink, MODELS, post, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
 
 const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa3333';
 const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb4444';
@@ -30,27 +30,6 @@ const sdk = sdkFor;
 const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
 const inFlight = async (g: TestGateway) => (await g.pool.status()).keys.reduce((n, k) => n + k.inFlight, 0);
 const keySpend = async (g: TestGateway) => (await g.pool.status()).keys.reduce((n, k) => n + (k.spendUsd ?? 0), 0);
-
-function post(url: string, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<{ status: number; headers: IncomingMessage['headers']; text: string; json: any }> {
-  return new Promise((resolve, reject) => {
-    const u = new URL(url);
-    const req = request({ host: u.hostname, port: u.port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (res) => {
-      let text = '';
-      res.on('data', (c) => (text += c));
-      res.on('end', () => {
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode!, headers: res.headers, text, json });
-      });
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
 /** An upstream that records each request body and answers a fixed chat completion (or stream). */
 async function captureUpstream(seen: string[]): Promise<string> {
