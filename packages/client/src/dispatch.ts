@@ -1,4 +1,4 @@
-import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, headerValue, type HeadersLike, type KeyPool, type Lease, type Outcome, type ReleaseResult } from '@keypool/core';
+import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, headerValue, systemClock, type Clock, type HeadersLike, type KeyPool, type Lease, type Outcome, type ReleaseResult } from '@keypool/core';
 import type { Estimate } from './estimate.js';
 
 /**
@@ -39,6 +39,8 @@ export interface DispatchOptions {
   backoff?: { baseMs?: number; maxMs?: number };
   /** Timeout of one upstream attempt (default 60 s). */
   attemptTimeoutMs?: number;
+  /** The time deadlines and backoffs are read from (default: the system clock; tests pass a ManualClock). */
+  clock?: Clock;
 }
 
 /** Why a call's own controller aborted it (as opposed to the caller's signal). */
@@ -49,22 +51,6 @@ export class TimedOut extends Error {
   ) {
     super(`${what === 'deadline' ? 'call deadline' : what === 'attempt' ? 'attempt timeout' : 'stream idle timeout'} of ${ms} ms passed`);
   }
-}
-
-/** Wait ms, or reject with the signal's reason; the listener is removed either way. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 /**
@@ -144,6 +130,7 @@ export class Dispatcher {
   readonly routes: Record<string, Route>;
   readonly maxAttempts: number;
   readonly attemptTimeoutMs: number;
+  readonly clock: Clock;
   private readonly baseMs: number;
   private readonly maxMs: number;
 
@@ -159,6 +146,7 @@ export class Dispatcher {
     this.baseMs = opts.backoff?.baseMs ?? 100;
     this.maxMs = opts.backoff?.maxMs ?? 5000;
     this.attemptTimeoutMs = opts.attemptTimeoutMs ?? 60_000;
+    this.clock = opts.clock ?? systemClock;
   }
 
   /** The route of that name, if any (an own property only: 'constructor' or '__proto__' are no routes). */
@@ -208,7 +196,7 @@ export class Dispatcher {
           estimatedOutputTokens: est.output,
           exclude,
           // stop waiting a little before the deadline fires, so the answer is 'exhausted', not 'aborted'
-          maxWaitMs: i === waitOn ? Math.max(0, Math.min(keyWaitMs, deadline - Date.now() - 10)) : 0,
+          maxWaitMs: i === waitOn ? Math.max(0, Math.min(keyWaitMs, deadline - this.clock.now() - 10)) : 0,
           ...(plan.route !== undefined ? { route: plan.route } : {}),
           signal,
         });
@@ -292,7 +280,7 @@ export class Dispatcher {
           throw e;
         }
       }
-      const started = Date.now();
+      const started = this.clock.now();
       // this attempt's own timeout, inside the call's deadline
       const ac = callController(signal, Math.min(this.attemptTimeoutMs, deadline - started), 'attempt');
       const callersCut = c.keyDeadline !== undefined && deadline < Math.min(started + this.attemptTimeoutMs, c.keyDeadline);
@@ -303,16 +291,16 @@ export class Dispatcher {
         const failure = c.classify(e);
         const j = this.judge(failure, ac.controller.signal);
         if (callersCut && j.outcome.error === 'timeout') j.outcome = { error: 'aborted' };
-        const outcome: Outcome = { ...j.outcome, latencyMs: Date.now() - started };
+        const outcome: Outcome = { ...j.outcome, latencyMs: this.clock.now() - started };
         const released = await lease.release(outcome).catch(() => undefined);
         c.released?.(lease, outcome, released);
         const why = ac.controller.signal.reason;
         lastError = why instanceof TimedOut && failure.kind !== 'status' ? c.timeoutError(why.message) : e;
-        if (!j.retry || Date.now() >= deadline) throw lastError;
+        if (!j.retry || this.clock.now() >= deadline) throw lastError;
         exclude.add(lease.keyId);
         const wait = j.waitMs >= 0 ? j.waitMs : this.backoffMs(attempt);
-        if (Date.now() + wait >= deadline) throw lastError;
-        if (wait > 0) await sleep(wait, signal);
+        if (this.clock.now() + wait >= deadline) throw lastError;
+        if (wait > 0) await this.clock.sleep(wait, signal);
       } finally {
         ac.done();
       }

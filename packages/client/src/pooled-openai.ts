@@ -1,5 +1,5 @@
 import OpenAI from 'openai';
-import type { KeyPool, Lease, Outcome, SpendLine } from '@keypool/core';
+import type { Clock, KeyPool, Lease, Outcome, SpendLine } from '@keypool/core';
 import { Dispatcher, TimedOut, callController, type Failure, type Priority, type Route } from './dispatch.js';
 import { estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Estimate } from './estimate.js';
 
@@ -19,6 +19,8 @@ export interface PooledOpenAIOptions {
   defaultMaxOutputTokens?: number;
   /** Timeout of one upstream attempt (default 60 s). */
   attemptTimeoutMs?: number;
+  /** The time deadlines, latencies and backoffs are read from (default: the system clock). */
+  clock?: Clock;
 }
 
 export interface CallOptions {
@@ -132,6 +134,7 @@ export class PooledOpenAI {
   private readonly deadlineMs: number;
   private readonly defaultOut: number;
   private readonly attemptTimeoutMs: number;
+  private readonly clock: Clock;
 
   constructor(opts: PooledOpenAIOptions) {
     this.pool = opts.pool;
@@ -139,6 +142,7 @@ export class PooledOpenAI {
     this.deadlineMs = opts.deadlineMs ?? 60_000;
     this.defaultOut = opts.defaultMaxOutputTokens ?? 1024;
     this.attemptTimeoutMs = this.dispatcher.attemptTimeoutMs;
+    this.clock = this.dispatcher.clock;
     this.chat = {
       completions: {
         create: (params, options) => {
@@ -229,10 +233,10 @@ export class PooledOpenAI {
     const deadlineMs = options?.timeout ?? this.deadlineMs;
     const call = callController(options?.signal, deadlineMs);
     try {
-      const r = await this.attempt(model, est, options, call.controller.signal, Date.now() + deadlineMs, a.call);
+      const r = await this.attempt(model, est, options, call.controller.signal, this.clock.now() + deadlineMs, a.call);
       const { data, response } = r.value;
       // the answer is paid for: a release that fails (Redis away) must not turn it into an error
-      const released = await r.lease.release({ status: response.status, latencyMs: Date.now() - r.started, usage: a.usage(data), headers: response.headers }).catch(() => undefined);
+      const released = await r.lease.release({ status: response.status, latencyMs: this.clock.now() - r.started, usage: a.usage(data), headers: response.headers }).catch(() => undefined);
       options?.onServed?.({ keyId: r.lease.keyId, model: r.model, costUsd: released?.costUsd ?? r.lease.estimatedCostUsd, failovers: r.failovers });
       return data;
     } catch (e) {
@@ -263,7 +267,7 @@ export class PooledOpenAI {
     const controller = call.controller;
     let r: { lease: Lease; data: AsyncIterable<any> & { controller: AbortController }; response: Response; started: number };
     try {
-      const d = await this.attempt(model, est, options, controller.signal, Date.now() + deadlineMs, (c, signal, chosen) => open(c, { ...shape.body, model: chosen }, signal));
+      const d = await this.attempt(model, est, options, controller.signal, this.clock.now() + deadlineMs, (c, signal, chosen) => open(c, { ...shape.body, model: chosen }, signal));
       r = { lease: d.lease, data: d.value.data, response: d.value.response, started: d.started };
     } catch (e) {
       call.done();
@@ -282,7 +286,7 @@ export class PooledOpenAI {
       released = true;
       idle.stop();
       call.done();
-      await r.lease.release({ ...o, latencyMs: Date.now() - r.started, headers: r.response.headers }).catch(() => undefined);
+      await r.lease.release({ ...o, latencyMs: this.clock.now() - r.started, headers: r.response.headers }).catch(() => undefined);
     };
     const idleMs = this.attemptTimeoutMs;
     const idle = {
@@ -300,6 +304,7 @@ export class PooledOpenAI {
       },
     };
     const leaseTimeoutMs = this.pool.config.leaseTimeoutMs;
+    const clock = this.clock;
     idle.arm('consumer'); // a stream nobody reads does not hold its key for ever
     async function* chunks() {
       let usage: Outcome['usage'];
@@ -310,7 +315,7 @@ export class PooledOpenAI {
           idle.arm('upstream');
           const { value: chunk, done } = await iter.next();
           if (done) break;
-          if (r.lease.deadline - Date.now() < leaseTimeoutMs / 2) void r.lease.extend().catch(() => undefined);
+          if (r.lease.deadline - clock.now() < leaseTimeoutMs / 2) void r.lease.extend().catch(() => undefined);
           const seen = shape.read(chunk);
           if (seen.finished) finished = true;
           if (seen.usage) usage = seen.usage;

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
+import { systemClock, type Clock } from '@keypool/core';
 import { isSecretSourceError, SecretSourceError, type SecretSet, type SecretSource } from './types.js';
 
 export interface LoaderOptions {
@@ -12,6 +13,8 @@ export interface LoaderOptions {
   /** Longest backoff. Default 5000. */
   maxBackoffMs?: number;
   logger?: Logger;
+  /** The time backoffs and load times are read from (default: the system clock; tests pass a ManualClock). */
+  clock?: Clock;
 }
 
 /** What one refresh did. */
@@ -39,6 +42,7 @@ export class SecretLoader extends EventEmitter<SecretLoaderEvents> {
   private readonly backoffMs: number;
   private readonly maxBackoffMs: number;
   private readonly log: Logger | undefined;
+  private readonly clock: Clock;
   private inflight: Promise<RefreshResult> | undefined;
 
   constructor(
@@ -51,6 +55,7 @@ export class SecretLoader extends EventEmitter<SecretLoaderEvents> {
     this.backoffMs = options.backoffMs ?? 200;
     this.maxBackoffMs = options.maxBackoffMs ?? 5000;
     this.log = options.logger?.child({ component: 'keypool-secrets', source: source.describe });
+    this.clock = options.clock ?? systemClock;
   }
 
   /** The set in use: the last one loaded successfully. */
@@ -88,7 +93,7 @@ export class SecretLoader extends EventEmitter<SecretLoaderEvents> {
   }
 
   private async doRefresh(): Promise<RefreshResult> {
-    const started = Date.now();
+    const started = this.clock.now();
     let attempt = 0;
     let error: SecretSourceError;
     for (;;) {
@@ -99,25 +104,25 @@ export class SecretLoader extends EventEmitter<SecretLoaderEvents> {
         if (changed && this.good) this.log?.info({ from: this.good.version, to: set.version, keys: set.keys.length }, 'secret set changed');
         if (this.lastErr) this.log?.info({ attempts: attempt }, 'secret source answering again');
         this.good = set;
-        this.goodAt = Date.now();
+        this.goodAt = this.clock.now();
         this.lastErr = undefined;
         const result: RefreshResult = { ok: true, set, changed, attempts: attempt };
-        this.emit('refresh', result, Date.now() - started);
+        this.emit('refresh', result, this.clock.now() - started);
         return result;
       } catch (e) {
         error = isSecretSourceError(e) ? e : new SecretSourceError('unavailable', this.source.describe, (e as Error)?.message ?? String(e), { cause: e });
       }
       if (!error.retryable || attempt >= this.attempts) break;
       const cap = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** (attempt - 1));
-      await new Promise((r) => setTimeout(r, cap / 2 + Math.random() * (cap / 2)));
+      await this.clock.sleep(cap / 2 + Math.random() * (cap / 2));
     }
-    this.lastErr = { at: Date.now(), error };
+    this.lastErr = { at: this.clock.now(), error };
     this.log?.error(
       { code: error.code, attempts: attempt, keptVersion: this.good?.version ?? null, err: error.message },
       this.good ? 'secret refresh failed: keeping the last good set' : 'secret load failed: no set loaded yet',
     );
     const result: RefreshResult = { ok: false, set: this.good, error, attempts: attempt };
-    this.emit('refresh', result, Date.now() - started);
+    this.emit('refresh', result, this.clock.now() - started);
     return result;
   }
 

@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Cluster, Redis } from 'ioredis';
-import { keyIdOf, type KeyPool, type KeySpec } from '@keypool/core';
+import { keyIdOf, systemClock, type Clock, type KeyPool, type KeySpec } from '@keypool/core';
 import type { Logger } from 'pino';
 import { SecretLoader, type LoaderOptions, type RefreshResult } from './loader.js';
 import type { SecretSet, SecretSource } from './types.js';
@@ -45,6 +45,8 @@ export interface SecretSyncOptions {
   allowEmpty?: boolean;
   /** An id for this process in acks. Default host:pid:random. */
   processId?: string;
+  /** The time acks, staleness and the coordinator's grace period are read from (default: the system clock). */
+  clock?: Clock;
 }
 
 export interface SyncStatus {
@@ -88,6 +90,7 @@ export class SecretSync {
   private applied: string | undefined;
   private closed = false;
   private applying: Promise<void> = Promise.resolve();
+  private readonly clock: Clock;
 
   constructor(opts: SecretSyncOptions) {
     if (opts.sources.length === 0) throw new Error('SecretSync needs at least one secret source');
@@ -97,8 +100,9 @@ export class SecretSync {
     this.log = opts.logger?.child({ component: 'keypool-secrets', pool: opts.pool.name });
     this.heartbeatMs = opts.heartbeatMs ?? 5000;
     this.allowEmpty = opts.allowEmpty ?? false;
+    this.clock = opts.clock ?? systemClock;
     this.processId = opts.processId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-    this.loaders = opts.sources.map((s) => new SecretLoader(s, { ...opts.loader, ...(opts.logger ? { logger: opts.logger } : {}) }));
+    this.loaders = opts.sources.map((s) => new SecretLoader(s, { clock: this.clock, ...opts.loader, ...(opts.logger ? { logger: opts.logger } : {}) }));
     // acks go on while a reload retries, but give a slow backend time before calling a process gone
     const l = opts.loader ?? {};
     const worstLoad = (l.attempts ?? 4) * (l.timeoutMs ?? 5000) + (l.attempts ?? 4) * (l.maxBackoffMs ?? 5000);
@@ -170,7 +174,7 @@ export class SecretSync {
   async fleet(): Promise<{ published: string | null; processes: { id: string; version: string; keys: number; seenAt: string }[] } | null> {
     try {
       const [published, all] = await withTimeout(Promise.all([this.redis.hget(this.keys.state, 'version'), this.redis.hgetall(this.keys.procs)]), 1000);
-      const now = Date.now();
+      const now = this.clock.now();
       const processes = Object.entries(all)
         .map(([id, raw]) => {
           const a = parseAck(raw);
@@ -222,7 +226,7 @@ export class SecretSync {
 
   private async ack(): Promise<void> {
     if (this.closed || this.applied === undefined) return;
-    const ack: Ack = { v: this.applied, held: this.pool.heldKeyIds(), at: Date.now() };
+    const ack: Ack = { v: this.applied, held: this.pool.heldKeyIds(), at: this.clock.now() };
     await this.redis.hset(this.keys.procs, this.processId, JSON.stringify(ack));
   }
 
@@ -266,13 +270,13 @@ export class SecretSync {
     }
     const published = await this.redis.hget(k.state, 'version');
     if (published !== version) {
-      await this.redis.hset(k.state, 'version', version, 'ids', JSON.stringify([...ids]), 'at', String(Date.now()));
+      await this.redis.hset(k.state, 'version', version, 'ids', JSON.stringify([...ids]), 'at', String(this.clock.now()));
       await this.redis.publish(k.channel, version);
       this.log?.info({ version, keys: ids.size }, 'published secret set version');
     }
     const retired: string[] = [];
     let held: { keyId: string; holders: string[] }[] = [];
-    const deadline = Date.now() + graceMs;
+    const deadline = this.clock.now() + graceMs;
     while (gone.length > 0) {
       held = await this.holders(gone);
       const free = gone.filter((id) => !held.some((h) => h.keyId === id));
@@ -286,8 +290,8 @@ export class SecretSync {
         retired.push(id);
       }
       gone = gone.filter((id) => !free.includes(id));
-      if (gone.length === 0 || Date.now() >= deadline) break;
-      await new Promise((r) => setTimeout(r, opts.pollMs ?? 200));
+      if (gone.length === 0 || this.clock.now() >= deadline) break;
+      await this.clock.sleep(opts.pollMs ?? 200);
     }
     if (retired.length > 0) this.log?.info({ retired }, 'keys no longer in the secret sources retired (drained, then removed)');
     if (held.length > 0) {
@@ -299,7 +303,7 @@ export class SecretSync {
   /** For each id, the live processes that hold it (stale acks are dropped on the way). */
   private async holders(ids: string[]): Promise<{ keyId: string; holders: string[] }[]> {
     const all = await this.redis.hgetall(this.keys.procs);
-    const now = Date.now();
+    const now = this.clock.now();
     const by = new Map<string, string[]>();
     for (const [proc, raw] of Object.entries(all)) {
       const a = parseAck(raw);

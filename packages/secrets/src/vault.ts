@@ -26,7 +26,7 @@
 import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import type { KeySpec } from '@keypool/core';
+import { systemClock, type Clock, type KeySpec } from '@keypool/core';
 import NodeVault from 'node-vault';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -102,6 +102,8 @@ export type VaultSourceConfig = z.input<typeof VaultSourceConfigSchema>;
 export interface VaultSourceOptions {
   /** Logins, renewals and their failures (never a token or a secret). */
   logger?: Logger;
+  /** The time token expiry is judged by (default: the system clock). */
+  clock?: Clock;
 }
 
 /** Backstop for one HTTP request (the caller's AbortSignal usually ends it sooner). */
@@ -136,6 +138,7 @@ export class VaultSource implements SecretSource {
   readonly kind = 'vault' as const;
   readonly describe: string;
   private readonly client: NodeVault.client;
+  private readonly clock: Clock;
   private readonly endpoint: string;
   private readonly https: boolean;
   private readonly ca: Buffer | undefined;
@@ -197,6 +200,7 @@ export class VaultSource implements SecretSource {
     this.requestPath = this.apiPath.split('/').map(encodeURIComponent).join('/');
     this.version = c.version;
     this.renew = c.renew;
+    this.clock = options.clock ?? systemClock;
     const namespace = c.namespace ?? (process.env.VAULT_NAMESPACE || undefined);
     this.describe = `vault kv2 ${this.mount}/${this.path} at ${shown}${namespace ? ` (namespace ${namespace})` : ''}${this.version !== undefined ? ` version ${this.version}` : ''}`;
     this.defaults = c.defaults === undefined ? {} : parseKeyDefaults(c.defaults, this.describe);
@@ -310,7 +314,7 @@ export class VaultSource implements SecretSource {
       this.checkRenewable(this.auth.token);
       return { token: this.auth.token, fresh: false };
     }
-    const expired = this.expiresAt !== undefined && Date.now() >= this.expiresAt - EXPIRY_MARGIN_MS;
+    const expired = this.expiresAt !== undefined && this.clock.now() >= this.expiresAt - EXPIRY_MARGIN_MS;
     if (this.token && !this.needsLogin && !expired) return { token: this.token, fresh: false };
     // a login is shared by concurrent calls and is not cut short by one caller's signal: its
     // token is stored when it arrives, so a timed-out load still leaves a usable token behind
@@ -337,7 +341,7 @@ export class VaultSource implements SecretSource {
     const ttl = Number(auth?.lease_duration) || 0;
     this.stopRenewal();
     this.token = token;
-    this.expiresAt = ttl > 0 ? Date.now() + ttl * 1000 : undefined;
+    this.expiresAt = ttl > 0 ? this.clock.now() + ttl * 1000 : undefined;
     this.needsLogin = false;
     this.log?.info({ ttlSeconds: ttl, renewable: auth?.renewable === true, policies: auth?.policies ?? [] }, 'logged in to Vault with AppRole');
     if (this.renew && auth?.renewable === true && ttl > 0) this.scheduleRenewal(token, ttl);
@@ -357,7 +361,7 @@ export class VaultSource implements SecretSource {
         const ttl = Number(body?.data?.ttl) || 0;
         const renewable = body?.data?.renewable === true;
         if (renewable && ttl > 0) {
-          this.expiresAt = Date.now() + ttl * 1000;
+          this.expiresAt = this.clock.now() + ttl * 1000;
           this.log?.debug({ ttlSeconds: ttl }, 'the Vault token is renewable: renewing it at 2/3 of its TTL');
           this.scheduleRenewal(token, ttl);
         } else {
@@ -399,7 +403,7 @@ export class VaultSource implements SecretSource {
         | undefined;
       if (this.closed || this.currentToken() !== token) return;
       const ttl = Number(body?.auth?.lease_duration) || 0;
-      this.expiresAt = ttl > 0 ? Date.now() + ttl * 1000 : undefined;
+      this.expiresAt = ttl > 0 ? this.clock.now() + ttl * 1000 : undefined;
       if (ttl > 0 && body?.auth?.renewable !== false) {
         this.log?.debug({ ttlSeconds: ttl }, 'renewed the Vault token');
         this.scheduleRenewal(token, ttl);
