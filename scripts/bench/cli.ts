@@ -10,17 +10,20 @@ const COMMON = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
-type Spec = Record<string, { type: 'string' | 'boolean'; short?: string; default?: string | boolean }>;
-type Value<D> = D extends { type: 'boolean' } ? boolean : D extends { default: string } ? string : string | undefined;
+/** Each option with its default: a string option, a boolean flag (false), or null: a string option without a default. */
+type Spec = Record<string, string | boolean | null>;
+type Value<D> = D extends boolean ? boolean : D extends string ? string : string | undefined;
 /** The parsed values: booleans, and strings (undefined only for a string option without a default). */
-export type Values<S extends Spec> = { [K in keyof S]: Value<S[K]> } & { json: boolean };
+export type Values<S extends Spec> = { -readonly [K in keyof S]: Value<S[K]> } & { json: boolean };
 
 /**
  * Parse `argv` (default: the process's) with `spec` plus `--json` and `--help`; on `--help` print
  * `usage` and exit 0. Unknown flags and positionals are errors.
  */
 export function parseBenchArgs<const S extends Spec>(usage: string, spec: S, argv?: string[]): Values<S> {
-  const { values } = parseArgs({ args: argv, options: { ...COMMON, ...spec }, strict: true, allowPositionals: false }) as { values: Record<string, unknown> };
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string; default?: string | boolean }> = { ...COMMON };
+  for (const [name, d] of Object.entries(spec)) options[name] = d === null ? { type: 'string' } : { type: typeof d === 'boolean' ? 'boolean' : 'string', default: d };
+  const { values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }) as { values: Record<string, unknown> };
   if (values.help) {
     process.stdout.write(usage + '\n');
     process.exit(0);

@@ -67,13 +67,8 @@ Redis: REDIS_URL if set (only this run's pool keys are deleted), else a private 
 
 function parseCli() {
   const v = parseBenchArgs(USAGE, {
-    seconds: { type: 'string', default: '5' },
-    warmup: { type: 'string', default: '1' },
-    concurrency: { type: 'string', default: '64' },
-    'eval-requests': { type: 'string', default: '200000' },
-    passes: { type: 'string', default: '2' },
-    only: { type: 'string', default: 'eval,main,sizes' },
-    'no-autopipeline': { type: 'boolean', default: false },
+    seconds: '5', warmup: '1', concurrency: '64', 'eval-requests': '200000', passes: '2',
+    only: 'eval,main,sizes', 'no-autopipeline': false,
   });
   return {
     json: v.json,

@@ -74,12 +74,7 @@ Redis: REDIS_URL if set (only this run's pool keys are deleted), else a private 
 
 function parseCli() {
   const v = parseBenchArgs(USAGE, {
-    seconds: { type: 'string', default: '30' },
-    processes: { type: 'string', default: '3' },
-    load: { type: 'string', default: '0.9' },
-    'deadline-ms': { type: 'string', default: '20000' },
-    'latency-ms': { type: 'string', default: '40' },
-    seed: { type: 'string', default: '1' },
+    seconds: '30', processes: '3', load: '0.9', 'deadline-ms': '20000', 'latency-ms': '40', seed: '1',
   });
   return {
     json: v.json,

@@ -123,21 +123,9 @@ Redis: REDIS_URL if set (only this run's pool keys are deleted), else a private 
 
 function parseCli() {
   const v = parseBenchArgs(USAGE, {
-    jobs: { type: 'string', default: '5000' },
-    keys: { type: 'string', default: '4' },
-    rpm: { type: 'string', default: '2500' },
-    workers: { type: 'string', default: '2' },
-    concurrency: { type: 'string', default: '32' },
-    'key-wait-ms': { type: 'string', default: '2000' },
-    'latency-p50-ms': { type: 'string', default: '100' },
-    'latency-p99-ms': { type: 'string', default: '400' },
-    'max-tokens': { type: 'string', default: '8' },
-    batch: { type: 'string', default: '1000' },
-    'upstream-bucket': { type: 'string', default: 'aligned' },
-    enqueue: { type: 'string', default: 'paused' },
-    'timeout-s': { type: 'string' },
-    seed: { type: 'string', default: '1' },
-    'log-level': { type: 'string', default: 'warn' },
+    jobs: '5000', keys: '4', rpm: '2500', workers: '2', concurrency: '32', 'key-wait-ms': '2000',
+    'latency-p50-ms': '100', 'latency-p99-ms': '400', 'max-tokens': '8', batch: '1000',
+    'upstream-bucket': 'aligned', enqueue: 'paused', 'timeout-s': null, seed: '1', 'log-level': 'warn',
   });
   const upstreamBucket = oneOf('upstream-bucket', v['upstream-bucket'], ['aligned', 'full']);
   const enqueue = oneOf('enqueue', v.enqueue, ['paused', 'live']);

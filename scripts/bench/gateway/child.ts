@@ -205,11 +205,7 @@ async function toSourcePositions(session: Session, profile: { nodes: { callFrame
 
 async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
   const config = benchGatewayConfig({
-    redisUrl: cfg.redisUrl,
-    fakeUrl: cfg.fakeUrl,
-    pool: cfg.pool,
-    model: cfg.model,
-    keys: cfg.keys,
+    ...cfg,
     logLevel: 'warn',
     server: { host: '127.0.0.1', port: 0, adminToken: cfg.adminToken, drainMs: 2000 },
   });

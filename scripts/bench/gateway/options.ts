@@ -38,20 +38,9 @@ const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:ga
 
 export function parseCli() {
   const v = parseBenchArgs(USAGE, {
-    rate: { type: 'string', default: '500' },
-    seconds: { type: 'string', default: '10' },
-    warmup: { type: 'string', default: '3' },
-    'latency-ms': { type: 'string', default: '20' },
-    'chunk-delay-ms': { type: 'string', default: '1' },
-    keys: { type: 'string', default: '4' },
-    rates: { type: 'string', default: DEFAULT_RATES },
-    'step-seconds': { type: 'string', default: '6' },
-    'step-retries': { type: 'string', default: '1' },
-    'max-overhead-ms': { type: 'string', default: '10' },
-    'no-max-rps': { type: 'boolean', default: false },
-    profile: { type: 'boolean', default: false },
-    'gateway-node-flags': { type: 'string', default: '' },
-    'timeout-ms': { type: 'string', default: '10000' },
+    rate: '500', seconds: '10', warmup: '3', 'latency-ms': '20', 'chunk-delay-ms': '1', keys: '4',
+    rates: DEFAULT_RATES, 'step-seconds': '6', 'step-retries': '1', 'max-overhead-ms': '10',
+    'no-max-rps': false, profile: false, 'gateway-node-flags': '', 'timeout-ms': '10000',
   });
   const rates = numList('rates', v.rates, 1, 100_000);
   if (rates.length === 0) throw new Error('--rates: give at least one rate');

@@ -179,16 +179,7 @@ async function workerRole(cfg: WorkerChildConfig): Promise<void> {
     return realMoveToDelayed.call(this, timestamp, token);
   };
 
-  const config = benchGatewayConfig({
-    redisUrl: cfg.redisUrl,
-    fakeUrl: cfg.fakeUrl,
-    pool: cfg.pool,
-    model: cfg.model,
-    keys: cfg.keys,
-    logLevel: cfg.logLevel as GatewayConfig['logLevel'],
-    scheduler: cfg.scheduler,
-    queue: cfg.queue,
-  });
+  const config = benchGatewayConfig({ ...cfg, logLevel: cfg.logLevel as GatewayConfig['logLevel'] });
   const running = await startWorker(config, { logger, workerId: cfg.workerId });
   if (!running.queue) throw new Error('the queue consumer did not start (queue.enabled false?)');
 
