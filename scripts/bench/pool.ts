@@ -24,18 +24,23 @@
  * Besides the figures it records where the time goes in each run: Node CPU (process.cpuUsage),
  * Redis CPU (INFO cpu) and Redis command statistics (INFO commandstats deltas: EVALSHA calls and
  * usec per call, and the commands the scripts run inside), per lease.
+ *
+ * The harness (arguments, Redis, redis-benchmark, the closed loop, statistics, output) is in
+ * scripts/bench/cli.ts and scripts/bench/lib/; this file is the scenario and its figures.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
 import { KeyPool, PoolKeys, type KeySpecInput } from '@keypool/core';
-// Not the testkit index: it imports vitest's inject(), which only works inside a vitest run.
-import { spawnRedisServer } from '../../packages/testkit/src/redis-server.js';
+import { int, num, parseBenchArgs, subset } from './cli.js';
+import { evalBenchmark, type EvalResult } from './lib/baseline.js';
+import { ClosedLoop } from './lib/load.js';
+import { adminClient, deleteKeys, openRedis, redisDelta, sampleRedis, type BenchRedis } from './lib/redis.js';
+import { fmt, logger, machine, printResult, table } from './lib/report.js';
+import { dist, mean, round, SampleBuffer } from './lib/stats.js';
 
 const TARGETS = { leaseToEvalRatio: 0.25, poolSizeRatio: 0.8 } as const;
 const POOL_SIZES = [1, 10, 100, 1000] as const;
@@ -61,192 +66,30 @@ const USAGE = `Usage: tsx scripts/bench/pool.ts [options]   (npm run bench:pool 
 Redis: REDIS_URL if set (only this run's pool keys are deleted), else a private redis-server.`;
 
 function parseCli() {
-  const { values } = parseArgs({
-    options: {
-      json: { type: 'boolean', default: false },
-      seconds: { type: 'string', default: '5' },
-      warmup: { type: 'string', default: '1' },
-      concurrency: { type: 'string', default: '64' },
-      'eval-requests': { type: 'string', default: '200000' },
-      passes: { type: 'string', default: '2' },
-      only: { type: 'string', default: 'eval,main,sizes' },
-      'no-autopipeline': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-    allowPositionals: false,
+  const v = parseBenchArgs(USAGE, {
+    seconds: '5', warmup: '1', concurrency: '64', 'eval-requests': '200000', passes: '2',
+    only: 'eval,main,sizes', 'no-autopipeline': false,
   });
-  if (values.help) {
-    process.stdout.write(USAGE + '\n');
-    process.exit(0);
-  }
-  const num = (name: string, v: string, min: number, int = false) => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min || (int && !Number.isInteger(n))) throw new Error(`--${name} must be ${int ? 'an integer' : 'a number'} >= ${min}, got "${v}"`);
-    return n;
-  };
-  const only = new Set(values.only.split(',').map((s) => s.trim()).filter(Boolean));
-  for (const o of only) if (!['eval', 'main', 'sizes'].includes(o)) throw new Error(`--only: unknown part "${o}" (use eval, main, sizes)`);
   return {
-    json: values.json,
-    seconds: num('seconds', values.seconds, 0.1),
-    warmup: num('warmup', values.warmup, 0),
-    concurrency: num('concurrency', values.concurrency, 1, true),
-    evalRequests: num('eval-requests', values['eval-requests'], 1000, true),
-    passes: num('passes', values.passes, 1, true),
-    only,
-    noAutopipeline: values['no-autopipeline'],
+    json: v.json,
+    seconds: num('seconds', v.seconds, 0.1),
+    warmup: num('warmup', v.warmup, 0),
+    concurrency: int('concurrency', v.concurrency, 1),
+    evalRequests: int('eval-requests', v['eval-requests'], 1000),
+    passes: int('passes', v.passes, 1),
+    only: subset('only', v.only, ['eval', 'main', 'sizes']),
+    noAutopipeline: v['no-autopipeline'],
   };
 }
 
 type Options = ReturnType<typeof parseCli>;
 
-const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
+const log = logger('bench');
 
 /** Aborted on SIGINT/SIGTERM: windows end early, redis-benchmark is killed, later runs are skipped. */
 const interrupt = new AbortController();
 /** A sleep that ends early (without throwing) on interrupt. */
 const pause = (ms: number) => sleep(ms, undefined, { signal: interrupt.signal }).catch(() => undefined);
-
-// ---- Redis target ----------------------------------------------------------------------------
-
-interface Target {
-  url: string;
-  kind: 'spawned' | 'env';
-  /** host/port/auth/db/tls arguments for redis-benchmark */
-  benchArgs: string[];
-  display: string;
-  stop(): Promise<void>;
-}
-
-function benchArgsOf(url: string): { args: string[]; display: string } {
-  const u = new URL(url);
-  const host = u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1';
-  const port = u.port || '6379';
-  const args = ['-h', host, '-p', port];
-  if (u.password) args.push('-a', decodeURIComponent(u.password));
-  if (u.username && u.password) args.push('--user', decodeURIComponent(u.username));
-  const db = u.pathname.replace(/^\//, '');
-  if (db && Number(db) > 0) args.push('--dbnum', db);
-  if (u.protocol === 'rediss:') args.push('--tls');
-  return { args, display: `${host}:${port}` };
-}
-
-async function openTarget(): Promise<Target> {
-  const env = process.env.REDIS_URL;
-  if (env) {
-    const { args, display } = benchArgsOf(env);
-    return { url: env, kind: 'env', benchArgs: args, display, stop: async () => {} };
-  }
-  const server = await spawnRedisServer();
-  return {
-    url: server.url,
-    kind: 'spawned',
-    benchArgs: ['-h', server.host, '-p', String(server.port)],
-    display: `${server.host}:${server.port} (pid ${server.process.pid})`,
-    stop: server.stop,
-  };
-}
-
-// ---- Redis INFO sampling ---------------------------------------------------------------------
-
-interface CmdStat {
-  calls: number;
-  usec: number;
-}
-
-interface RedisSample {
-  cpu: number; // used_cpu_user + used_cpu_sys, seconds
-  cmd: Map<string, CmdStat>;
-}
-
-async function sampleRedis(admin: Redis): Promise<RedisSample> {
-  const text = await admin.info('all');
-  let cpu = 0;
-  const cmd = new Map<string, CmdStat>();
-  for (const line of text.split('\r\n')) {
-    if (line.startsWith('used_cpu_user:') || line.startsWith('used_cpu_sys:')) cpu += Number(line.split(':')[1]);
-    const m = /^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/.exec(line);
-    if (m) cmd.set(m[1]!, { calls: Number(m[2]), usec: Number(m[3]) });
-  }
-  return { cpu, cmd };
-}
-
-interface RedisDelta {
-  cpuSeconds: number;
-  commands: Record<string, CmdStat>;
-}
-
-function redisDelta(a: RedisSample, b: RedisSample): RedisDelta {
-  const commands: Record<string, CmdStat> = {};
-  for (const [name, s] of b.cmd) {
-    const before = a.cmd.get(name) ?? { calls: 0, usec: 0 };
-    const calls = s.calls - before.calls;
-    if (calls > 0 && name !== 'info') commands[name] = { calls, usec: s.usec - before.usec };
-  }
-  return { cpuSeconds: b.cpu - a.cpu, commands };
-}
-
-// ---- redis-benchmark -------------------------------------------------------------------------
-
-interface EvalResult {
-  opsPerSec: number;
-  avgLatencyMs: number;
-  p50LatencyMs: number;
-  p99LatencyMs: number;
-  wallSeconds: number;
-  /** Redis CPU over the run, in cores (1 = one core busy), and server usec per EVAL. */
-  redisCpuCores: number;
-  redisUsecPerEval: number | null;
-  /** CPU of this Node process while redis-benchmark ran (should be ~0: it only waits) */
-  nodeCpuCores: number;
-}
-
-function runProcess(cmd: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], signal: interrupt.signal });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-async function evalBenchmark(target: Target, admin: Redis, requests: number): Promise<EvalResult> {
-  const args = [...target.benchArgs, '-n', String(requests), '-c', String(EVAL_CLIENTS), '--csv', 'eval', 'return 1', '0'];
-  const before = await sampleRedis(admin);
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  const r = await runProcess('redis-benchmark', args).catch((e: Error) => {
-    throw new Error(`could not run redis-benchmark (${e.message}); install redis-tools`);
-  });
-  const wall = (performance.now() - t0) / 1000;
-  const c1 = process.cpuUsage(c0);
-  const after = await sampleRedis(admin);
-  // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-  const row = r.stdout
-    .split('\n')
-    .map((l) => l.trim())
-    .find((l) => /^"eval/i.test(l));
-  const cells = row?.split(',').map((c) => Number(c.replace(/"/g, '')));
-  if (r.code !== 0 || !cells || !Number.isFinite(cells[1]) || !(cells[1]! > 0)) {
-    throw new Error(`redis-benchmark failed (exit ${r.code}):\n${r.stdout}\n${r.stderr.replace(/-a \S+/g, '-a ***')}`);
-  }
-  const d = redisDelta(before, after);
-  const ev = d.commands.eval;
-  return {
-    opsPerSec: cells[1]!,
-    avgLatencyMs: cells[2]!,
-    p50LatencyMs: cells[4]!,
-    p99LatencyMs: cells[6]!,
-    wallSeconds: round(wall, 3),
-    redisCpuCores: round(d.cpuSeconds / wall, 3),
-    redisUsecPerEval: ev ? round(ev.usec / ev.calls, 3) : null,
-    nodeCpuCores: round((c1.user + c1.system) / 1e6 / wall, 3),
-  };
-}
 
 // ---- lease runs ------------------------------------------------------------------------------
 
@@ -278,11 +121,6 @@ interface LeaseRun {
   };
 }
 
-function percentile(sorted: Float64Array, q: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
-  return sorted[i]!;
-}
 
 function keySpecs(n: number, tag: string): KeySpecInput[] {
   return Array.from({ length: n }, (_, i) => ({
@@ -296,19 +134,9 @@ function keySpecs(n: number, tag: string): KeySpecInput[] {
   }));
 }
 
-async function deletePoolKeys(admin: Redis, pattern: string): Promise<number> {
-  let cursor = '0';
-  let n = 0;
-  do {
-    const [next, keys] = await admin.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length) n += await admin.unlink(...keys);
-  } while (cursor !== '0');
-  return n;
-}
 
 async function leaseRun(
-  ctx: { target: Target; admin: Redis; logger: Logger; runId: string; opts: Options },
+  ctx: { redis: BenchRedis; admin: Redis; logger: Logger; runId: string; opts: Options },
   label: string,
   keys: number,
   recordLatency: boolean,
@@ -321,76 +149,63 @@ async function leaseRun(
   // (a KeyPool never closes a client it was given: closed in finally below)
   let own: Redis | undefined;
   if (opts.noAutopipeline) {
-    own = new Redis(ctx.target.url, { lazyConnect: true, enableAutoPipelining: false, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 3000 });
+    own = new Redis(ctx.redis.url, { lazyConnect: true, enableAutoPipelining: false, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 3000 });
     own.on('error', (e: Error) => log(`${label}: redis client: ${e.message}`));
     await own.connect();
   }
-  const pool = await KeyPool.connect({ redis: own ?? ctx.target.url, config: { pool: poolName, keys: keySpecs(keys, `${ctx.runId}-${label}`) }, logger: ctx.logger }).catch((e: unknown) => {
+  const pool = await KeyPool.connect({ redis: own ?? ctx.redis.url, config: { pool: poolName, keys: keySpecs(keys, `${ctx.runId}-${label}`) }, logger: ctx.logger }).catch((e: unknown) => {
     own?.disconnect();
     throw e;
   });
   const setupSeconds = (performance.now() - t0) / 1000;
   try {
-    let phase: 'warmup' | 'measure' | 'stop' = 'warmup';
     let leases = 0;
     let exhausted = 0;
     let errors = 0;
     let firstError: unknown;
-    let samples = new Float64Array(recordLatency ? 1 << 16 : 0);
-    let nSamples = 0;
+    const samples = new SampleBuffer(recordLatency ? 1 << 16 : 0);
 
-    const worker = async () => {
-      while (phase !== 'stop') {
-        try {
-          const a = performance.now();
-          const lease = await pool.acquire(ACQUIRE);
-          const b = performance.now();
-          if (!lease.ok) {
-            if (phase === 'measure') exhausted++;
-            await sleep(1);
-            continue;
-          }
-          await lease.release(OUTCOME);
-          if (phase === 'measure') {
-            leases++;
-            if (recordLatency) {
-              if (nSamples === samples.length) {
-                const grown = new Float64Array(samples.length * 2);
-                grown.set(samples);
-                samples = grown;
-              }
-              samples[nSamples++] = b - a;
-            }
-          }
-        } catch (e) {
-          if (phase === 'measure') errors++;
-          firstError ??= e;
-          await sleep(5);
+    const loop = new ClosedLoop(opts.concurrency, async (l) => {
+      try {
+        const a = performance.now();
+        const lease = await pool.acquire(ACQUIRE);
+        const b = performance.now();
+        if (!lease.ok) {
+          if (l.measuring) exhausted++;
+          await sleep(1);
+          return;
         }
+        await lease.release(OUTCOME);
+        if (l.measuring) {
+          leases++;
+          if (recordLatency) samples.push(b - a);
+        }
+      } catch (e) {
+        if (l.measuring) errors++;
+        firstError ??= e;
+        await sleep(5);
       }
-    };
-
-    const workers = Array.from({ length: opts.concurrency }, worker);
+    });
     await pause(opts.warmup * 1000);
     const r0 = await sampleRedis(ctx.admin);
     const c0 = process.cpuUsage();
     const m0 = performance.now();
-    phase = 'measure';
+    loop.measure();
     await pause(opts.seconds * 1000);
-    phase = 'stop';
+    const stopped = loop.stop();
     const m1 = performance.now();
     const c1 = process.cpuUsage(c0);
     const r1 = await sampleRedis(ctx.admin);
-    await Promise.all(workers);
+    await stopped;
     if (firstError) log(`${label}: ${errors} errors in the window; first: ${(firstError as Error).message ?? String(firstError)}`);
 
     const seconds = (m1 - m0) / 1000;
     const d = redisDelta(r0, r1);
     const per = (x: number) => (leases > 0 ? x / leases : NaN);
-    const evalsha = d.commands.evalsha ?? { calls: 0, usec: 0 };
-    const ev = d.commands.eval ?? { calls: 0, usec: 0 };
+    const evalsha = d.byCommand.evalsha ?? { calls: 0, usec: 0 };
+    const ev = d.byCommand.eval ?? { calls: 0, usec: 0 };
     const inner: Record<string, { calls: number; usec: number }> = {};
-    for (const [name, s] of Object.entries(d.commands)) {
+    for (const [name, s] of Object.entries(d.byCommand)) {
       if (name === 'evalsha' || name === 'eval') continue;
       inner[name] = { calls: round(per(s.calls), 3), usec: round(per(s.usec), 3) };
     }
@@ -416,42 +231,15 @@ async function leaseRun(
       },
     };
     if (recordLatency) {
-      const s = samples.subarray(0, nSamples).sort();
-      let sum = 0;
-      for (const v of s) sum += v;
-      run.latency = {
-        p50Ms: round(percentile(s, 0.5), 3),
-        p90Ms: round(percentile(s, 0.9), 3),
-        p99Ms: round(percentile(s, 0.99), 3),
-        p999Ms: round(percentile(s, 0.999), 3),
-        maxMs: round(s[s.length - 1] ?? NaN, 3),
-        meanMs: round(sum / Math.max(1, s.length), 3),
-        samples: s.length,
-      };
+      const { samples: n, ...quantiles } = dist(samples.sorted());
+      run.latency = { ...quantiles, samples: n };
     }
     return run;
   } finally {
     await pool.close();
     own?.disconnect();
-    await deletePoolKeys(ctx.admin, pattern).catch((e: Error) => log(`could not delete ${pattern}: ${e.message}`));
+    await deleteKeys(ctx.admin, pattern).catch((e: Error) => log(`could not delete ${pattern}: ${e.message}`));
   }
-}
-
-// ---- reporting -------------------------------------------------------------------------------
-
-function round(x: number, digits: number): number {
-  if (!Number.isFinite(x)) return x;
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
-const fmt = (x: number | null | undefined, digits = 0) =>
-  x === null || x === undefined || !Number.isFinite(x) ? 'n/a' : x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
 // ---- main ------------------------------------------------------------------------------------
@@ -463,19 +251,18 @@ async function main() {
   const logger = pino({ level: 'warn', name: 'keypool-bench' }, pino.destination(2));
 
   const interrupted = () => interrupt.signal.aborted;
-  const target = await openTarget();
-  const admin = new Redis(target.url, { maxRetriesPerRequest: 1, lazyConnect: true });
-  admin.on('error', () => {}); // failures surface through the rejected commands
+  const redis = await openRedis();
+  const admin = adminClient(redis.url);
   const benchPattern = `kp:{bench-${runId}-*}:*`;
   let cleaned: Promise<void> | undefined;
   const cleanup = () =>
     (cleaned ??= (async () => {
       if (admin.status === 'ready') {
-        const n = await deletePoolKeys(admin, benchPattern).catch(() => 0);
+        const n = await deleteKeys(admin, benchPattern).catch(() => 0);
         if (n > 0) log(`deleted ${n} leftover keys matching ${benchPattern}`);
       }
       admin.disconnect();
-      await target.stop();
+      await redis.stop();
     })());
   // First signal: stop gracefully (runs end, pools close, this run's keys are deleted, Redis stops).
   // Second signal: clean up at once and exit.
@@ -494,15 +281,15 @@ async function main() {
     await admin.connect();
     const server = await admin.info('server');
     const redisVersion = /redis_version:(\S+)/.exec(server)?.[1] ?? 'unknown';
-    log(`redis ${redisVersion} (${target.kind}) at ${target.display}; run id ${runId}; ${opts.concurrency} callers, ${opts.warmup}s warm-up + ${opts.seconds}s per run${opts.noAutopipeline ? '; what-if: auto-pipelining off' : ''}`);
+    log(`redis ${redisVersion} (${redis.kind}) at ${redis.display}; run id ${runId}; ${opts.concurrency} callers, ${opts.warmup}s warm-up + ${opts.seconds}s per run${opts.noAutopipeline ? '; what-if: auto-pipelining off' : ''}`);
 
-    const ctx = { target, admin, logger, runId, opts };
+    const ctx = { redis, admin, logger, runId, opts };
     const evals: EvalResult[] = [];
     const sizeRuns = new Map<number, LeaseRun[]>();
     let mainRun: LeaseRun | undefined;
 
     const runEval = async (when: string) => {
-      const r = await evalBenchmark(target, admin, opts.evalRequests).catch((e: unknown) => {
+      const r = await evalBenchmark(redis.url, admin, opts.evalRequests, EVAL_CLIENTS, interrupt.signal).catch((e: unknown) => {
         if (interrupted()) return undefined; // redis-benchmark was killed on purpose
         throw e;
       });
@@ -560,12 +347,9 @@ async function main() {
         leaseToEvalRatio: check(leaseToEvalRatio, TARGETS.leaseToEvalRatio),
         poolSizeRatio: check(poolSizeRatio, TARGETS.poolSizeRatio),
       },
-      redisKind: target.kind,
+      redisKind: redis.kind,
       redisVersion,
-      node: process.version,
-      cores: os.availableParallelism?.() ?? os.cpus().length,
-      cpuModel: os.cpus()[0]?.model ?? 'unknown',
-      platform: `${process.platform}-${process.arch}`,
+      ...machine(),
       timestamp: new Date().toISOString(),
       durationSeconds: opts.seconds,
       warmupSeconds: opts.warmup,
@@ -581,10 +365,8 @@ async function main() {
     if (interrupted()) {
       log('interrupted: no results printed');
       process.exitCode = 130;
-    } else if (opts.json) {
-      process.stdout.write(JSON.stringify(result) + '\n');
     } else {
-      process.stdout.write(render(result, mainRun, sizeRuns, evals) + '\n');
+      printResult(result, opts.json, (r) => render(r, mainRun, sizeRuns, evals));
     }
   } finally {
     await cleanup();

@@ -13,8 +13,8 @@
  * aggregate capacity is sum over keys of min(rpm, tpm / charge) requests per minute.
  *
  * Offered load: open-loop Poisson arrivals at `--load` (default 0.9) of that capacity for
- * `--seconds`, split across `--processes` (default 3) OS processes (this script again with
- * `node --import tsx ... --role worker`, like scripts/demo.ts). Each process draws its own arrival
+ * `--seconds`, split across `--processes` (default 3) OS processes (scripts/bench/pressure/worker.ts,
+ * children of this one with an IPC channel, scripts/bench/lib/child-ipc.ts). Each process draws its own arrival
  * times from a seeded generator, so both clients get exactly the same schedule. Latency is measured
  * from a request's scheduled start, so waiting (for a key, for a backoff) counts.
  *
@@ -35,27 +35,17 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { createInterface } from 'node:readline';
-import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
-import OpenAI from 'openai';
-import { pino } from 'pino';
-import { KeyPool, PoolKeys, type KeySpecInput } from '@keypool/core';
-import { PooledOpenAI } from '@keypool/client';
 // the vitest-free entry of the testkit (its index imports vitest's inject())
-import { startFakeOpenAI, fakeOpenAIControl, messagesTokens, seededRandom, type FakeKeyCounters } from '@keypool/testkit/fake-openai';
-import { spawnRedisServer } from '../../packages/testkit/src/redis-server.js';
+import { startFakeOpenAI, fakeOpenAIControl, messagesTokens, type FakeKeyCounters } from '@keypool/testkit/fake-openai';
+import { int, num, parseBenchArgs } from './cli.js';
+import { BenchChild } from './lib/child-ipc.js';
+import { adminClient, deletePoolKeys, openRedis } from './lib/redis.js';
+import { fmt, logger, machine, printResult, table } from './lib/report.js';
+import { quantile, round } from './lib/stats.js';
+import { MAX_TOKENS, MODEL, messagesFor, NAIVE, type WorkerConfig, type WorkerResult } from './pressure/request.js';
 
-const MODEL = 'gpt-4o-mini';
-const MAX_TOKENS = 96;
-/** Fixed-length message texts: every request costs the same (the request number is padded in). */
-const SYSTEM_TEXT = 'You are a terse assistant. Answer in one short paragraph. '.repeat(4).slice(0, 200);
-const USER_BASE = 'Summarise the following note about key pools, rate limits and fleets of stateless workers. ';
-const USER_LEN = 400;
 /** Upstream keys: two bound by RPM, two by TPM (at the request size above). */
 const KEYS = [
   { name: 'k1', rpm: 240, tpm: 90_000 },
@@ -63,185 +53,10 @@ const KEYS = [
   { name: 'k3', rpm: 240, tpm: 12_000 },
   { name: 'k4', rpm: 120, tpm: 6_000 },
 ] as const;
-const NAIVE = { attempts: 5, baseMs: 100 } as const;
 const TARGETS = { clientFailures: 0, upstream429ShareMax: 0.005, goodputShareMin: 0.95 } as const;
+const WORKER = fileURLToPath(new URL('./pressure/worker.ts', import.meta.url));
 
-const log = (msg: string) => process.stderr.write(`[pressure] ${msg}\n`);
-
-function userText(i: number): string {
-  const head = `#${String(i).padStart(6, '0')} ${USER_BASE}`;
-  return (head + 'lorem ipsum dolor sit amet '.repeat(20)).slice(0, USER_LEN);
-}
-
-function messagesFor(i: number): OpenAI.Chat.ChatCompletionMessageParam[] {
-  return [
-    { role: 'system', content: SYSTEM_TEXT },
-    { role: 'user', content: userText(i) },
-  ];
-}
-
-/** Poisson arrival times (ms from the common start) of one process, from a seeded generator. */
-function schedule(seed: number, ratePerSec: number, seconds: number): number[] {
-  const rand = seededRandom(seed);
-  const out: number[] = [];
-  const end = seconds * 1000;
-  let t = 0;
-  for (;;) {
-    t += (-Math.log(1 - rand()) / ratePerSec) * 1000;
-    if (t >= end) break;
-    out.push(t);
-  }
-  return out;
-}
-
-// ---- worker (child process) ------------------------------------------------------------------
-
-interface WorkerConfig {
-  mode: 'keypool' | 'naive';
-  index: number;
-  seed: number;
-  ratePerSec: number;
-  seconds: number;
-  deadlineMs: number;
-  fakeUrl: string;
-  redisUrl: string;
-  pool: string;
-  keys: { name: string; secret: string; rpm: number; tpm: number }[];
-}
-
-interface WorkerResult {
-  index: number;
-  offered: number;
-  succeeded: number;
-  /** ms from scheduled start to the end of the call, per request: successes and failures */
-  okLatencies: number[];
-  failLatencies: number[];
-  failures: Record<string, number>;
-  /** how late the event loop started requests after their scheduled time (ms): p99, max */
-  startLagP99Ms: number;
-  startLagMaxMs: number;
-  /** naive: attempts per call; keypool: transitions seen by this process (cooling, opened...) */
-  attempts?: Record<string, number>;
-  transitions?: { atMs: number; key: string; transition: string }[];
-  /** keypool, process 0: the pool's status at the end */
-  status?: unknown;
-}
-
-function describeError(e: unknown): string {
-  if (e instanceof OpenAI.APIError && typeof e.status === 'number') return `${e.constructor.name} ${e.status}${(e.error as { type?: string } | undefined)?.type ? ` ${(e.error as { type?: string }).type}` : ''}`;
-  const err = e as { name?: string; code?: string; reason?: string; message?: string };
-  if (err?.code === 'POOL_EXHAUSTED') return `PoolExhaustedError ${err.reason}`;
-  return `${err?.name ?? 'Error'}${err?.code ? ` ${err.code}` : ''}: ${String(err?.message ?? e).slice(0, 120)}`;
-}
-
-async function worker(cfg: WorkerConfig): Promise<void> {
-  const wlog = (msg: string) => process.stderr.write(`[pressure ${cfg.mode} #${cfg.index}] ${msg}\n`);
-  const offsets = schedule(cfg.seed, cfg.ratePerSec, cfg.seconds);
-  let call: (i: number, timeoutMs: number) => Promise<number>; // resolves to attempts used
-  let pool: KeyPool | undefined;
-  const transitions: WorkerResult['transitions'] = [];
-  let startAt = 0;
-
-  if (cfg.mode === 'keypool') {
-    const keys: KeySpecInput[] = cfg.keys.map((k) => ({ secret: k.secret, name: k.name, provider: 'openai', baseURL: cfg.fakeUrl, models: [MODEL], rpm: k.rpm, tpm: k.tpm }));
-    pool = await KeyPool.connect({ redis: cfg.redisUrl, config: { pool: cfg.pool, keys }, logger: pino({ level: 'warn', name: `pressure-${cfg.index}` }, pino.destination(2)) });
-    const names = new Map<string, string>();
-    pool.on('transition', (ev) => transitions.push({ atMs: Date.now() - startAt, key: names.get(ev.keyId) ?? ev.hint, transition: ev.transition }));
-    for (const k of (await pool.status()).keys) names.set(k.id, k.name ?? k.hint);
-    const openai = new PooledOpenAI({ pool, deadlineMs: cfg.deadlineMs });
-    call = async (i, timeoutMs) => {
-      await openai.chat.completions.create({ model: MODEL, messages: messagesFor(i), max_tokens: MAX_TOKENS }, { timeout: timeoutMs });
-      return 1;
-    };
-  } else {
-    const clients = cfg.keys.map((k) => new OpenAI({ apiKey: k.secret, baseURL: cfg.fakeUrl, maxRetries: 0, timeout: cfg.deadlineMs }));
-    let rr = cfg.index; // processes start on different keys, as independent processes would
-    call = async (i, timeoutMs) => {
-      const deadline = Date.now() + timeoutMs;
-      const first = rr++ % clients.length;
-      let last: unknown;
-      for (let a = 0; a < NAIVE.attempts; a++) {
-        const left = deadline - Date.now();
-        if (left <= 0) break;
-        try {
-          await clients[(first + a) % clients.length]!.chat.completions.create({ model: MODEL, messages: messagesFor(i), max_tokens: MAX_TOKENS }, { timeout: left });
-          return a + 1;
-        } catch (e) {
-          last = e;
-          const status = e instanceof OpenAI.APIError ? e.status : undefined;
-          const retryable = status === 429 || (typeof status === 'number' && status >= 500) || e instanceof OpenAI.APIConnectionError;
-          if (!retryable || a === NAIVE.attempts - 1) break;
-          const ra = Number(e instanceof OpenAI.APIError ? e.headers?.get?.('retry-after-ms') : NaN);
-          const backoff = NAIVE.baseMs * 2 ** a * (0.5 + Math.random() * 0.5);
-          const wait = Number.isFinite(ra) && ra > 0 ? ra : backoff;
-          if (Date.now() + wait >= deadline) break;
-          await sleep(wait);
-        }
-      }
-      throw last ?? new Error('deadline passed before an attempt');
-    };
-  }
-
-  // ready; wait for the common start time on stdin
-  process.stdout.write(JSON.stringify({ ready: true }) + '\n');
-  const rl = createInterface({ input: process.stdin });
-  const [line] = (await once(rl, 'line')) as [string];
-  rl.close();
-  startAt = Number(/^START (\d+)$/.exec(line.trim())?.[1]);
-  if (!Number.isFinite(startAt) || startAt <= 0) throw new Error(`bad start line: ${line}`);
-
-  const okLatencies: number[] = [];
-  const failLatencies: number[] = [];
-  const failures: Record<string, number> = {};
-  const attempts: Record<string, number> = {};
-  const lags: number[] = [];
-  let succeeded = 0;
-  const pending: Promise<void>[] = [];
-  for (let j = 0; j < offsets.length; j++) {
-    const scheduled = startAt + offsets[j]!;
-    const wait = scheduled - Date.now();
-    if (wait > 0) await sleep(wait);
-    const i = cfg.index * 1_000_000 + j;
-    const began = Date.now();
-    lags.push(began - scheduled);
-    pending.push(
-      call(i, Math.max(1, Math.floor(cfg.deadlineMs - (began - scheduled)))).then(
-        (n) => {
-          succeeded++;
-          okLatencies.push(Date.now() - scheduled);
-          attempts[n] = (attempts[n] ?? 0) + 1;
-        },
-        (e: unknown) => {
-          failLatencies.push(Date.now() - scheduled);
-          const d = describeError(e);
-          failures[d] = (failures[d] ?? 0) + 1;
-        },
-      ),
-    );
-  }
-  await Promise.all(pending);
-  lags.sort((a, b) => a - b);
-  const result: WorkerResult = {
-    index: cfg.index,
-    offered: offsets.length,
-    succeeded,
-    okLatencies,
-    failLatencies,
-    failures,
-    startLagP99Ms: round(percentile(lags, 0.99), 1),
-    startLagMaxMs: round(lags[lags.length - 1] ?? 0, 1),
-    ...(cfg.mode === 'naive' ? { attempts } : { transitions }),
-  };
-  if (pool) {
-    if (cfg.index === 0) {
-      const st = await pool.status();
-      result.status = st.keys.map((k) => ({ key: k.name ?? k.hint, state: k.state, left: k.left, limits: { rpmBurst: k.limits.rpmBurst, tpmBurst: k.limits.tpmBurst }, coolingUntil: k.coolingUntil ?? null, breaker: k.breaker?.state, latency: k.latency }));
-    }
-    await pool.close();
-  }
-  if (Object.keys(failures).length) wlog(`failures: ${JSON.stringify(failures)}`);
-  process.stdout.write(JSON.stringify(result) + '\n');
-}
+const log = logger('pressure');
 
 // ---- parent ----------------------------------------------------------------------------------
 
@@ -256,100 +71,39 @@ const USAGE = `Usage: tsx scripts/bench/pressure.ts [options]   (npm run bench:p
   -h, --help         this text
 Redis: REDIS_URL if set (only this run's pool keys are deleted), else a private redis-server.`;
 
+
 function parseCli() {
-  const { values } = parseArgs({
-    options: {
-      json: { type: 'boolean', default: false },
-      seconds: { type: 'string', default: '30' },
-      processes: { type: 'string', default: '3' },
-      load: { type: 'string', default: '0.9' },
-      'deadline-ms': { type: 'string', default: '20000' },
-      'latency-ms': { type: 'string', default: '40' },
-      seed: { type: 'string', default: '1' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-    allowPositionals: false,
+  const v = parseBenchArgs(USAGE, {
+    seconds: '30', processes: '3', load: '0.9', 'deadline-ms': '20000', 'latency-ms': '40', seed: '1',
   });
-  if (values.help) {
-    process.stdout.write(USAGE + '\n');
-    process.exit(0);
-  }
-  const num = (name: string, v: string, min: number, max: number, int = false) => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min || n > max || (int && !Number.isInteger(n))) throw new Error(`--${name} must be ${int ? 'an integer' : 'a number'} in [${min}, ${max}], got "${v}"`);
-    return n;
-  };
   return {
-    json: values.json,
-    seconds: num('seconds', values.seconds, 1, 3600),
-    processes: num('processes', values.processes, 2, 32, true),
-    load: num('load', values.load, 0.01, 5),
-    deadlineMs: num('deadline-ms', values['deadline-ms'], 100, 600_000, true),
-    latencyMs: num('latency-ms', values['latency-ms'], 0, 60_000),
-    seed: num('seed', values.seed, 0, 2 ** 31, true),
+    json: v.json,
+    seconds: num('seconds', v.seconds, 1, 3600),
+    processes: int('processes', v.processes, 2, 32),
+    load: num('load', v.load, 0.01, 5),
+    deadlineMs: int('deadline-ms', v['deadline-ms'], 100, 600_000),
+    latencyMs: num('latency-ms', v['latency-ms'], 0, 60_000),
+    seed: int('seed', v.seed, 0, 2 ** 31),
   };
-}
-
-function percentile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
-  return sorted[i]!;
-}
-
-function round(x: number, digits: number): number {
-  if (!Number.isFinite(x)) return x;
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
-}
-
-const fmt = (x: number | null | undefined, digits = 0) =>
-  x === null || x === undefined || !Number.isFinite(x) ? 'n/a' : x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
 /** Start the workers of one run, wait until all are ready, start them together, collect results. */
 async function runWorkers(cfgs: WorkerConfig[], hardLimitMs: number, onStart: (startAt: number) => void): Promise<WorkerResult[]> {
-  const self = fileURLToPath(import.meta.url);
-  const children: ChildProcess[] = [];
+  const workers = cfgs.map((config) => new BenchChild({ script: WORKER, role: 'worker', label: `pressure ${config.mode} #${config.index}`, config }));
   const timer = setTimeout(() => {
     log(`run did not finish within ${Math.round(hardLimitMs / 1000)} s: killing its workers`);
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    for (const w of workers) if (w.proc.exitCode === null) w.proc.kill('SIGKILL');
   }, hardLimitMs);
   try {
-    const procs = cfgs.map((cfg) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', self, '--role', 'worker', '--config', Buffer.from(JSON.stringify(cfg)).toString('base64')], {
-        stdio: ['pipe', 'pipe', 'inherit'],
-      });
-      children.push(child);
-      const lines: string[] = [];
-      let readyResolve!: () => void;
-      const ready = new Promise<void>((r) => (readyResolve = r));
-      createInterface({ input: child.stdout! }).on('line', (l) => {
-        if (l.includes('"ready":true')) readyResolve();
-        else if (l.trim()) lines.push(l);
-      });
-      const done = new Promise<WorkerResult>((resolve, reject) =>
-        child.once('exit', (code, signal) => {
-          const last = lines[lines.length - 1];
-          if (code === 0 && last) resolve(JSON.parse(last) as WorkerResult);
-          else reject(new Error(`worker ${cfg.mode} #${cfg.index} exited with ${code ?? signal}`));
-        }),
-      );
-      // a worker that dies before it is ready must not leave the run waiting forever
-      return { child, ready: Promise.race([ready, done.then(() => undefined)]), done };
-    });
-    await Promise.all(procs.map((p) => p.ready));
+    // a worker that dies before it is ready rejects its `ready`: the run does not wait forever
+    await Promise.all(workers.map((w) => w.ready));
     const startAt = Date.now() + 500;
-    for (const p of procs) p.child.stdin!.end(`START ${startAt}\n`);
+    const results = Promise.all(workers.map((w) => w.request<WorkerResult>('start', { startAt }, hardLimitMs)));
     onStart(startAt);
-    return await Promise.all(procs.map((p) => p.done));
+    return await results;
   } finally {
     clearTimeout(timer);
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    await Promise.all(workers.map((w) => w.stop().catch(() => undefined)));
   }
 }
 
@@ -419,19 +173,9 @@ async function main(): Promise<void> {
   log(`aggregate capacity ${fmt(capacityRpm, 1)} req/min; offered ${fmt(offeredRpm, 1)} req/min (${fmt(ratePerSec, 2)}/s, Poisson) for ${opts.seconds} s over ${opts.processes} processes`);
 
   // ---- Redis and the fake upstream
-  let redisUrl: string;
-  let redisKind: 'env' | 'spawned';
-  let stopRedis = async () => {};
-  if (process.env.REDIS_URL) {
-    redisUrl = process.env.REDIS_URL;
-    redisKind = 'env';
-  } else {
-    const server = await spawnRedisServer();
-    redisUrl = server.url;
-    redisKind = 'spawned';
-    stopRedis = server.stop;
-    log(`redis-server on ${server.host}:${server.port} (pid ${server.process.pid})`);
-  }
+  const redis = await openRedis();
+  const { url: redisUrl, kind: redisKind } = redis;
+  if (redis.server) log(`redis-server on ${redis.display}`);
   const fake = await startFakeOpenAI({
     host: '127.0.0.1',
     keys: keys.map((k) => ({ key: k.secret, name: k.name, rpm: k.rpm, tpm: k.tpm, models: [MODEL] })),
@@ -513,12 +257,12 @@ async function main(): Promise<void> {
         upstream429: up.r429,
         upstream429Share: up.requests ? round(up.r429 / up.requests, 4) : 0,
         upstreamStatus: up.status,
-        p50Ms: round(percentile(ok, 0.5), 1),
-        p90Ms: round(percentile(ok, 0.9), 1),
-        p99Ms: round(percentile(ok, 0.99), 1),
+        p50Ms: round(quantile(ok, 0.5), 1),
+        p90Ms: round(quantile(ok, 0.9), 1),
+        p99Ms: round(quantile(ok, 0.99), 1),
         maxMs: round(ok[ok.length - 1] ?? NaN, 1),
-        p50AllMs: round(percentile(all, 0.5), 1),
-        p99AllMs: round(percentile(all, 0.99), 1),
+        p50AllMs: round(quantile(all, 0.5), 1),
+        p99AllMs: round(quantile(all, 0.99), 1),
         wallSeconds: round(wallSeconds, 1),
         startLagP99Ms: Math.max(...workerResults.map((r) => r.startLagP99Ms)),
         startLagMaxMs: Math.max(...workerResults.map((r) => r.startLagMaxMs)),
@@ -543,26 +287,15 @@ async function main(): Promise<void> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await fake.stop().catch(() => undefined);
-    if (redisKind! === 'env') {
-      const admin = new Redis(redisUrl!, { maxRetriesPerRequest: 1, lazyConnect: true });
-      admin.on('error', () => {});
-      try {
-        await admin.connect();
-        let cursor = '0';
-        let n = 0;
-        do {
-          const [next, found] = await admin.scan(cursor, 'MATCH', new PoolKeys(poolName).pattern, 'COUNT', 1000);
-          cursor = next;
-          if (found.length) n += await admin.unlink(...found);
-        } while (cursor !== '0');
-        log(`deleted ${n} Redis keys of pool ${poolName}`);
-      } catch (e) {
-        log(`could not delete the pool's Redis keys: ${(e as Error).message}`);
-      } finally {
-        admin.disconnect();
-      }
+    if (redisKind === 'env') {
+      const admin = adminClient(redisUrl);
+      await admin
+        .connect()
+        .then(() => deletePoolKeys(admin, poolName, log))
+        .catch((e: Error) => log(`could not delete the pool's Redis keys: ${e.message}`));
+      admin.disconnect();
     }
-    await stopRedis();
+    await redis.stop();
   }
 
   if (interrupted.signal.aborted || !results.keypool || !results.naive) {
@@ -602,13 +335,12 @@ async function main(): Promise<void> {
     naive: results.naive,
     targets,
     node: process.version,
-    cores: os.availableParallelism?.() ?? os.cpus().length,
-    platform: `${process.platform}-${process.arch}`,
+    cores: machine().cores,
+    platform: machine().platform,
     timestamp: new Date().toISOString(),
     totalWallSeconds: round((Date.now() - t0) / 1000, 1),
   };
-  if (opts.json) process.stdout.write(JSON.stringify(result) + '\n');
-  else process.stdout.write(render(result) + '\n');
+  printResult(result, opts.json, render);
 }
 
 function render(r: {
@@ -671,21 +403,7 @@ function render(r: {
   return out.join('\n');
 }
 
-// ---- entry -----------------------------------------------------------------------------------
-
-if (process.argv[2] === '--role' && process.argv[3] === 'worker') {
-  const i = process.argv.indexOf('--config');
-  const cfg = JSON.parse(Buffer.from(process.argv[i + 1] ?? '', 'base64').toString('utf8')) as WorkerConfig;
-  worker(cfg).then(
-    () => process.exit(0),
-    (e: unknown) => {
-      process.stderr.write(`[pressure worker] failed: ${(e as Error)?.stack ?? String(e)}\n`);
-      process.exit(1);
-    },
-  );
-} else {
-  main().catch((e: unknown) => {
-    log(`failed: ${(e as Error)?.stack ?? String(e)}`);
-    process.exitCode = 1;
-  });
-}
+main().catch((e: unknown) => {
+  log(`failed: ${(e as Error)?.stack ?? String(e)}`);
+  process.exitCode = 1;
+});

@@ -146,3 +146,22 @@ export function serveRequests(handlers: Record<string, Handler>, shutdown: () =>
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
 }
+
+/**
+ * A child script's entry: run `roles[argv[2]]` with the config the parent passed (argv[3], JSON,
+ * base64); a child started by hand, without the IPC channel, says which script to run instead.
+ */
+export function runChildRole(name: string, parentScript: string, roles: Record<string, (cfg: never) => Promise<void>>): void {
+  const [role, encoded] = process.argv.slice(2);
+  if (!process.send) {
+    process.stderr.write(`${name}: started without an IPC channel; run ${parentScript} instead\n`);
+    process.exit(2);
+  }
+  const cfg: unknown = JSON.parse(Buffer.from(encoded ?? '', 'base64').toString('utf8') || 'null');
+  const run = role ? roles[role] : undefined;
+  const started = run ? run(cfg as never) : Promise.reject(new Error(`unknown role ${role}`));
+  started.catch((e: unknown) => {
+    process.stderr.write(`[${name} ${role}] failed to start: ${(e as Error)?.stack ?? String(e)}\n`);
+    process.exit(1);
+  });
+}

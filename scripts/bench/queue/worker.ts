@@ -1,6 +1,6 @@
 /**
  * The child processes of scripts/bench/queue.ts, one role each (started by it with
- * `node --import tsx scripts/bench/queue-worker.ts <role> <base64 JSON config>` and an IPC channel;
+ * `node --import tsx scripts/bench/queue/worker.ts <role> <base64 JSON config>` and an IPC channel;
  * not meant to be run by hand):
  *
  *   worker   ONE `keypool worker` process: startWorker() of packages/worker (pool + scheduler + the
@@ -30,13 +30,12 @@
 import { performance } from 'node:perf_hooks';
 import { Job } from 'bullmq';
 import { pino } from 'pino';
-import { parsePoolConfig } from '@keypool/core';
 import type { GatewayConfig } from '@keypool/server';
 import { startFakeOpenAI, type LatencySpec } from '@keypool/testkit/fake-openai';
-// the sections' schemas fill in every default, as loadGatewayConfig would
-import { QueueSectionSchema, SchedulerSectionSchema, ServerSectionSchema } from '../../packages/server/src/config.js';
-import { startWorker } from '../../packages/worker/src/index.js';
-import { send, serveRequests, type Handler } from './child-ipc.js';
+import { startWorker } from '@keypool/worker';
+import { runChildRole, send, serveRequests, type Handler } from '../lib/child-ipc.js';
+import { benchGatewayConfig } from '../lib/gateway-config.js';
+import { summary as distOf, type Summary as Dist } from '../lib/stats.js';
 
 /** The parent's requests; a worker's shutdown (BullMQ close) may take a little longer. */
 const serveQueueRequests = (handlers: Record<string, Handler>, shutdown: () => Promise<void>) => serveRequests(handlers, shutdown, { label: 'queue bench child', forceExitMs: 6000 });
@@ -60,16 +59,6 @@ export interface WorkerChildConfig {
   /** The `scheduler` section (SchedulerSectionSchema input). */
   scheduler: Record<string, unknown>;
   logLevel: string;
-}
-
-/** Percentiles of a list of durations, ms. */
-export interface Dist {
-  n: number;
-  p50: number;
-  p90: number;
-  p99: number;
-  max: number;
-  mean: number;
 }
 
 export interface WorkerChildStats {
@@ -111,13 +100,6 @@ export interface WorkerChildStats {
   eventLoopUtilization: number;
 }
 
-
-function distOf(xs: number[]): Dist {
-  const s = [...xs].sort((a, b) => a - b);
-  const q = (p: number) => (s.length ? s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]! : NaN);
-  const r = (x: number) => Math.round(x * 10) / 10;
-  return { n: s.length, p50: r(q(0.5)), p90: r(q(0.9)), p99: r(q(0.99)), max: r(s[s.length - 1] ?? NaN), mean: r(s.length ? s.reduce((a, b) => a + b, 0) / s.length : NaN) };
-}
 
 const bump = (m: Record<string, number>, k: string, n = 1) => (m[k] = (m[k] ?? 0) + n);
 
@@ -197,18 +179,7 @@ async function workerRole(cfg: WorkerChildConfig): Promise<void> {
     return realMoveToDelayed.call(this, timestamp, token);
   };
 
-  const config: GatewayConfig = {
-    redis: { url: cfg.redisUrl },
-    server: ServerSectionSchema.parse({}),
-    logLevel: cfg.logLevel as GatewayConfig['logLevel'],
-    routes: {},
-    scheduler: SchedulerSectionSchema.parse(cfg.scheduler),
-    queue: QueueSectionSchema.parse(cfg.queue),
-    pool: parsePoolConfig({
-      pool: cfg.pool,
-      keys: cfg.keys.map((k) => ({ secret: k.secret, name: k.name, provider: 'openai', baseURL: cfg.fakeUrl, models: [cfg.model], rpm: k.rpm })),
-    }),
-  };
+  const config = benchGatewayConfig({ ...cfg, logLevel: cfg.logLevel as GatewayConfig['logLevel'] });
   const running = await startWorker(config, { logger, workerId: cfg.workerId });
   if (!running.queue) throw new Error('the queue consumer did not start (queue.enabled false?)');
 
@@ -340,16 +311,4 @@ async function workerRole(cfg: WorkerChildConfig): Promise<void> {
 
 // ---- entry -----------------------------------------------------------------------------------
 
-const [role, encoded] = process.argv.slice(2);
-if (!process.send) {
-  process.stderr.write('queue-worker: started without an IPC channel; run scripts/bench/queue.ts instead\n');
-  process.exit(2);
-}
-const cfg: unknown = JSON.parse(Buffer.from(encoded ?? '', 'base64').toString('utf8') || 'null');
-const roles: Record<string, (c: never) => Promise<void>> = { fake: fakeRole, worker: workerRole };
-const run = role ? roles[role] : undefined;
-const started = run ? run(cfg as never) : Promise.reject(new Error(`unknown role ${role}`));
-started.catch((e: unknown) => {
-  process.stderr.write(`[queue bench ${role}] failed to start: ${(e as Error)?.stack ?? String(e)}\n`);
-  process.exit(1);
-});
+runChildRole('queue bench', 'scripts/bench/queue.ts', { fake: fakeRole, worker: workerRole });

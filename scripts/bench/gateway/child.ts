@@ -1,6 +1,6 @@
 /**
  * The child processes of scripts/bench/gateway.ts, one role each (started by it with
- * `node --import tsx scripts/bench/gateway-child.ts <role>` and an IPC channel; not meant to be run
+ * `node --import tsx scripts/bench/gateway/child.ts <role>` and an IPC channel; not meant to be run
  * by hand):
  *
  *   fake     the fake OpenAI upstream (packages/testkit fake-openai), fixed latency, no rate limits;
@@ -35,12 +35,11 @@ import { Session } from 'node:inspector/promises';
 import { writeFile } from 'node:fs/promises';
 import { SourceMap } from 'node:module';
 import { performance } from 'node:perf_hooks';
-import { parsePoolConfig } from '@keypool/core';
-import { serve, type GatewayConfig } from '@keypool/server';
+import { serve } from '@keypool/server';
 import { startFakeOpenAI } from '@keypool/testkit/fake-openai';
-// the server section's schema fills in every default, as loadGatewayConfig would
-import { QueueSectionSchema, SchedulerSectionSchema, ServerSectionSchema } from '../../packages/server/src/config.js';
-import { send, serveRequests } from './child-ipc.js';
+import { runChildRole, send, serveRequests } from '../lib/child-ipc.js';
+import { benchGatewayConfig } from '../lib/gateway-config.js';
+import { dist } from '../lib/stats.js';
 
 export interface FakeChildConfig {
   keys: { key: string; name: string }[];
@@ -76,7 +75,6 @@ export type GatewayChildStats = Record<'admit' | 'acquire' | 'release' | 'settle
   /** share of the time the event loop was busy (not waiting for I/O) since the last `stats` */
   eventLoopUtilization: number;
 };
-
 
 async function fakeRole(cfg: FakeChildConfig): Promise<void> {
   const fake = await startFakeOpenAI({
@@ -144,18 +142,9 @@ class Timer {
     this.xs.push(ms);
   }
   take(): CallTimings {
-    const xs = this.xs.sort((a, b) => a - b);
+    const d = dist(this.xs);
     this.xs = [];
-    const q = (p: number) => (xs.length ? xs[Math.min(xs.length - 1, Math.max(0, Math.ceil(p * xs.length) - 1))]! : NaN);
-    const r3 = (x: number) => Math.round(x * 1000) / 1000;
-    return {
-      calls: xs.length,
-      p50Ms: r3(q(0.5)),
-      p90Ms: r3(q(0.9)),
-      p99Ms: r3(q(0.99)),
-      maxMs: r3(xs[xs.length - 1] ?? NaN),
-      meanMs: r3(xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN),
-    };
+    return { calls: d.samples, p50Ms: d.p50Ms, p90Ms: d.p90Ms, p99Ms: d.p99Ms, maxMs: d.maxMs, meanMs: d.samples ? d.meanMs : NaN };
   }
 }
 
@@ -215,18 +204,11 @@ async function toSourcePositions(session: Session, profile: { nodes: { callFrame
 }
 
 async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
-  const config: GatewayConfig = {
-    redis: { url: cfg.redisUrl },
-    server: ServerSectionSchema.parse({ host: '127.0.0.1', port: 0, adminToken: cfg.adminToken, drainMs: 2000 }),
+  const config = benchGatewayConfig({
+    ...cfg,
     logLevel: 'warn',
-    routes: {},
-    scheduler: SchedulerSectionSchema.parse({}),
-    queue: QueueSectionSchema.parse({}),
-    pool: parsePoolConfig({
-      pool: cfg.pool,
-      keys: cfg.keys.map((k) => ({ secret: k.secret, name: k.name, provider: 'openai', baseURL: cfg.fakeUrl, models: [cfg.model] })),
-    }),
-  };
+    server: { host: '127.0.0.1', port: 0, adminToken: cfg.adminToken, drainMs: 2000 },
+  });
   const serving = await serve(config);
   const { token } = await serving.pool.tokens.create({ name: 'bench-gateway' });
 
@@ -300,16 +282,4 @@ async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
   send({ type: 'ready', url: serving.url, token, pid: process.pid });
 }
 
-const [role, encoded] = process.argv.slice(2);
-const cfg: unknown = JSON.parse(Buffer.from(encoded ?? '', 'base64').toString('utf8') || 'null');
-if (!process.send) {
-  process.stderr.write('gateway-child: started without an IPC channel; run scripts/bench/gateway.ts instead\n');
-  process.exit(2);
-}
-const roles: Record<string, (c: never) => Promise<void>> = { fake: fakeRole, gateway: gatewayRole, bare: bareRole };
-const run = role ? roles[role] : undefined;
-const started = run ? run(cfg as never) : Promise.reject(new Error(`unknown role ${role}`));
-started.catch((e: unknown) => {
-  process.stderr.write(`[bench ${role}] failed to start: ${(e as Error)?.stack ?? String(e)}\n`);
-  process.exit(1);
-});
+runChildRole('bench', 'scripts/bench/gateway.ts', { fake: fakeRole, gateway: gatewayRole, bare: bareRole });
