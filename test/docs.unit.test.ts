@@ -48,10 +48,11 @@ function tableRows(text: string): string[][] {
 const codeSpans = (cell: string): string[] => [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
 const sorted = (xs: Iterable<string>): string[] => [...xs].sort();
 
-/** GitHub's anchor for a heading: lower case, markup and punctuation dropped, spaces to hyphens. */
+/** GitHub's anchor for a heading: lower case, markup and most punctuation dropped, spaces to hyphens. */
 function slug(heading: string): string {
-  const text = heading.replace(/\[([^\]]*)\]\([^)]*\)/g, '$1').replace(/[`*_]/g, '');
-  return text.trim().toLowerCase().replace(/[^\p{L}\p{N}\s-]/gu, '').replace(/\s/g, '-');
+  const text = heading.replace(/\[([^\]]*)\]\([^)]*\)/g, '$1').replace(/[`*]/g, '');
+  // github-slugger keeps letters, marks, digits, connector punctuation (_), spaces and hyphens
+  return text.trim().toLowerCase().replace(/[^\p{L}\p{M}\p{N}\p{Pc}\s-]/gu, '').replace(/\s/g, '-');
 }
 
 /** The anchors a markdown file offers: its headings' slugs, repeats numbered as GitHub does. */
