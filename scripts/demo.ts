@@ -18,7 +18,8 @@ import OpenAI from 'openai';
 import { startRedis } from '@keypool/testkit';
 import { startFakeOpenAI } from '@keypool/testkit/fake-openai';
 import type { KeyStatus, PoolStatus } from '@keypool/core';
-import { loadGatewayConfig, rootLogger, serve, type Serving } from '@keypool/server';
+import { loadGatewayConfig, rootLogger } from '@keypool/config';
+import { serve, type Serving } from '@keypool/server';
 
 const SECONDS = Number(process.env.DEMO_SECONDS ?? 8);
 const CALLERS = 16;

@@ -77,7 +77,7 @@ import { fileURLToPath } from 'node:url';
 import type { Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { burstsOf } from '@keypool/core';
-import { QueueSectionSchema } from '@keypool/server';
+import { QueueSectionSchema } from '@keypool/config';
 import type { FakeKeyCounters } from '@keypool/testkit/fake-openai';
 import { LlmQueue, type LlmJobData, type LlmJobInput, type LlmJobResult } from '@keypool/worker';
 import { int, num, oneOf, parseBenchArgs } from './cli.js';

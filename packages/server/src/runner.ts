@@ -17,7 +17,6 @@ import { QueueStatusReader } from './queue-status.js';
  */
 
 // moved to @keypool/config (the worker needs them without the gateway); re-exported for callers of this module
-export { REDACT, rootLogger } from '@keypool/config';
 
 /**
  * What was opened so far, closed in reverse order: by a failed start and by close() alike, so the

@@ -12,7 +12,8 @@ import OpenAI from 'openai';
 import { afterEach, describe, expect, it } from 'vitest';
 import { keyIdOf } from '@keypool/core';
 import { connectionForChild, startFakeOpenAI, testTarget, uniqueName } from '@keypool/testkit';
-import { loadGatewayConfig, serve } from '../src/index.js';
+import { loadGatewayConfig } from '@keypool/config';
+import { serve } from '../src/index.js';
 import { LogSink, MODELS, post, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
 
 const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa3333';

@@ -1,11 +1,10 @@
 /**
  * The GatewayConfig a benchmark child runs with (a gateway, a worker), built in code from the
- * package's public API: every section's defaults as loadGatewayConfig fills them in (from an empty
- * environment, so the machine's KEYPOOL_* variables never leak into a measurement), keys pointing
- * at the fake upstream.
+ * config package's section schemas (their defaults; never the machine's KEYPOOL_* variables, which
+ * would leak into a measurement), keys pointing at the fake upstream.
  */
 import { parsePoolConfig } from '@keypool/core';
-import { loadGatewayConfig, QueueSectionSchema, SchedulerSectionSchema, type GatewayConfig } from '@keypool/server';
+import { QueueSectionSchema, SchedulerSectionSchema, ServerSectionSchema, type GatewayConfig } from '@keypool/config';
 
 export interface BenchGatewayConfigInput {
   redisUrl: string;
@@ -23,14 +22,9 @@ export interface BenchGatewayConfigInput {
 }
 
 export function benchGatewayConfig(o: BenchGatewayConfigInput): GatewayConfig {
-  const env: Record<string, string> = {};
-  if (o.server?.host !== undefined) env.KEYPOOL_HOST = o.server.host;
-  if (o.server?.port !== undefined) env.KEYPOOL_PORT = String(o.server.port);
-  if (o.server?.adminToken !== undefined) env.KEYPOOL_ADMIN_TOKEN = o.server.adminToken;
-  const defaults = loadGatewayConfig({ env });
   return {
     redis: { url: o.redisUrl },
-    server: o.server?.drainMs === undefined ? defaults.server : { ...defaults.server, drainMs: o.server.drainMs },
+    server: ServerSectionSchema.parse(o.server ?? {}),
     logLevel: o.logLevel,
     routes: {},
     scheduler: SchedulerSectionSchema.parse(o.scheduler ?? {}),

@@ -10,7 +10,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Job } from 'bullmq';
 import type { FakeKeyCounters } from '@keypool/testkit/fake-openai';
-import type { QueueSection } from '@keypool/server';
+import type { QueueSection } from '@keypool/config';
 import type { LlmJobData, LlmJobResult } from '@keypool/worker';
 import { CORES, fmt, list, table } from '../lib/report.js';
 import { addCounts as add, round, summary as distOf } from '../lib/stats.js';

@@ -30,7 +30,7 @@
 import { performance } from 'node:perf_hooks';
 import { Job } from 'bullmq';
 import { pino } from 'pino';
-import type { GatewayConfig } from '@keypool/server';
+import type { GatewayConfig } from '@keypool/config';
 import { startFakeOpenAI, type LatencySpec } from '@keypool/testkit/fake-openai';
 import { startWorker } from '@keypool/worker';
 import { runChildRole, send, serveRequests, type Handler } from '../lib/child-ipc.js';
