@@ -3,6 +3,10 @@
  * exception; these are for faults: bad config, Redis unreachable, a request no key can serve.
  * Every class has a stable `code`, keeps its `cause`, and has a type guard.
  * No message ever contains key material: keys are named by id (fingerprint) and hint only.
+ *
+ * The guards check a brand and the code, not `instanceof` (cockatiel's habit): with two copies of
+ * @keypool/core installed (a server and a library each bringing its own), an error thrown by one
+ * copy is not an instance of the other's classes, but it carries the same global-symbol brand.
  */
 
 export type KeyPoolErrorCode =
@@ -14,6 +18,9 @@ export type KeyPoolErrorCode =
   | 'INVALID_ARGUMENT'
   | 'SCRIPT_FAILED'
   | 'POOL_EXHAUSTED';
+
+/** The brand every keypool error carries, the same in every installed copy of the package. */
+const BRAND = Symbol.for('keypool.error');
 
 /** Base class of every keypool error. */
 export class KeyPoolError extends Error {
@@ -116,12 +123,18 @@ export class PoolExhaustedError extends KeyPoolError {
   }
 }
 
+// on the prototype: not an own property, so it shows in neither inspect nor JSON
+Object.defineProperty(KeyPoolError.prototype, BRAND, { value: true });
+
+/** A keypool error from any installed copy of the package: it carries the brand and a string code. */
+export const isKeyPoolError = (e: unknown): e is KeyPoolError =>
+  typeof e === 'object' && e !== null && (e as Record<symbol, unknown>)[BRAND] === true && typeof (e as { code?: unknown }).code === 'string';
+
 const guard =
   <T extends KeyPoolError>(code: KeyPoolErrorCode) =>
   (e: unknown): e is T =>
-    e instanceof KeyPoolError && e.code === code;
+    isKeyPoolError(e) && e.code === code;
 
-export const isKeyPoolError = (e: unknown): e is KeyPoolError => e instanceof KeyPoolError;
 export const isConfigError = guard<ConfigError>('CONFIG_INVALID');
 export const isRedisUnavailable = guard<RedisUnavailableError>('REDIS_UNAVAILABLE');
 export const isUnknownModel = guard<UnknownModelError>('UNKNOWN_MODEL');
@@ -129,3 +142,4 @@ export const isRequestTooLarge = guard<RequestTooLargeError>('REQUEST_TOO_LARGE'
 export const isKeyNotFound = guard<KeyNotFoundError>('KEY_NOT_FOUND');
 export const isPoolExhausted = guard<PoolExhaustedError>('POOL_EXHAUSTED');
 export const isInvalidArgument = guard<InvalidArgumentError>('INVALID_ARGUMENT');
+export const isScriptError = guard<ScriptError>('SCRIPT_FAILED');

@@ -1,3 +1,5 @@
+import { systemClock } from './clock.js';
+
 /**
  * How long a provider asks us to back off after a 429, from its response headers:
  * `retry-after-ms`, `retry-after` (seconds or an HTTP date), `x-ratelimit-reset-requests` and
@@ -37,8 +39,11 @@ export function parseDuration(text: string): number | undefined {
   return matched === s.length && matched > 0 ? total : undefined;
 }
 
-/** Milliseconds to cool a key for, per the headers; undefined when no header says. */
-export function cooldownFromHeaders(headers: HeadersLike | undefined, nowMs = Date.now()): number | undefined {
+/**
+ * Milliseconds to cool a key for, per the headers; undefined when no header says. An HTTP-date
+ * `retry-after` is read against `nowMs` (the pool passes its clock's time).
+ */
+export function cooldownFromHeaders(headers: HeadersLike | undefined, nowMs = systemClock.now()): number | undefined {
   if (!headers) return undefined;
   const candidates: number[] = [];
   const ms = headerValue(headers, 'retry-after-ms');
@@ -57,4 +62,9 @@ export function cooldownFromHeaders(headers: HeadersLike | undefined, nowMs = Da
     if (d !== undefined) candidates.push(d);
   }
   return candidates.length ? Math.max(...candidates) : undefined;
+}
+
+/** How long a 429 cools a key: what the headers ask (or the default), never more than the maximum. */
+export function coolingMs(headers: HeadersLike | undefined, cooling: { defaultMs: number; maxMs: number }, nowMs: number): number {
+  return Math.min(cooling.maxMs, cooldownFromHeaders(headers, nowMs) ?? cooling.defaultMs);
 }

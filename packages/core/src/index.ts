@@ -7,7 +7,7 @@
  *   ... call the provider with lease.secret and lease.baseURL ...
  *   await lease.release({ status: 200, latencyMs, usage: { promptTokens, completionTokens }, headers });
  */
-export { KeyPool, limitsOf } from './pool.js';
+export { KeyPool } from './pool.js';
 export type {
   AcquireRequest,
   AcquireResult,
@@ -16,10 +16,9 @@ export type {
   KeyPoolEvents,
   KeyPoolOptions,
   Lease,
-  ProbeTarget,
-  ScheduledJobStatus,
   ReleaseResult,
 } from './pool.js';
+export type { ProbeTarget, ScheduledJobStatus } from './upkeep.js';
 export {
   KeySpecSchema,
   PoolConfigSchema,
@@ -39,8 +38,9 @@ export { hintOf, keyIdOf } from './fingerprint.js';
 export { cooldownFromHeaders, headerValue, parseDuration, type HeadersLike } from './headers.js';
 export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './outcome.js';
 export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
-export { groupOf, type KeyRecord, type KeySettings } from './records.js';
-export { PoolKeys, scripts } from './scripts.js';
+export { groupOf, limitsOf, type KeyRecord, type KeySettings } from './records.js';
+export { PoolKeys } from './pool-keys.js';
+export { scripts } from './scripts.js';
 export type { KeyState, KeyStatus, PoolStatus, SpendLine } from './status.js';
 export {
   GatewayTokenSpecSchema,

@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from './clock.js';
 import type { KeyRecord } from './records.js';
 import type { OutcomeClass } from './outcome.js';
 
@@ -25,7 +26,10 @@ export type LocalAcquire =
 export class LocalLimiter {
   private readonly state = new Map<string, LocalState>();
 
-  constructor(private readonly fleetSize: number) {}
+  constructor(
+    private readonly fleetSize: number,
+    private readonly clock: Clock = systemClock,
+  ) {}
 
   private share(n: number): number {
     return n > 0 ? Math.max(1, n / this.fleetSize) : 0;
@@ -46,7 +50,7 @@ export class LocalLimiter {
     return s;
   }
 
-  acquire(keys: KeyRecord[], est: number, exclude: ReadonlySet<string>, now = Date.now()): LocalAcquire {
+  acquire(keys: KeyRecord[], est: number, exclude: ReadonlySet<string>, now = this.clock.now()): LocalAcquire {
     let soonest: number | null = null;
     let reason = 'rate_limited' as 'rate_limited' | 'concurrency' | 'cooling';
     const usable: KeyRecord[] = [];
@@ -86,7 +90,7 @@ export class LocalLimiter {
     return { ok: true, key };
   }
 
-  release(key: KeyRecord, cls: OutcomeClass, est: number, real: number | null, coolMs: number, now = Date.now()): void {
+  release(key: KeyRecord, cls: OutcomeClass, est: number, real: number | null, coolMs: number, now = this.clock.now()): void {
     const s = this.stateOf(key, now);
     s.inf = Math.max(0, s.inf - 1);
     if (key.tpm > 0 && real !== null) s.tt = Math.min(this.share(key.tb), s.tt + est - real);

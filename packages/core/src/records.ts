@@ -101,3 +101,17 @@ export function settingsOf(r: KeyRecord): KeySettings {
     ...(r.tpmCounts !== undefined ? { tpmCounts: r.tpmCounts } : {}),
   };
 }
+
+/** Limits of a key as status shows them. */
+export function limitsOf(r: KeyRecord) {
+  return {
+    rpm: r.rpm,
+    tpm: r.tpm,
+    rpmBurst: r.rb,
+    tpmBurst: r.tb,
+    maxConcurrent: r.mc,
+    budgetUsd: r.bud >= 0 ? r.bud / NANOS_PER_USD : null,
+    budgetPeriod: r.bud >= 0 ? r.per : null,
+    weight: r.w,
+  };
+}

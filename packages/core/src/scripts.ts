@@ -1,151 +1,126 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Cluster, Redis } from 'ioredis';
 
 /**
- * The Lua scripts and the one module that calls them. Each script is `lua/<name>-<numKeys>.lua`;
- * `--- @include "x"` lines pull in `lua/includes/x.lua`. Scripts are registered with ioredis
- * `defineCommand` under a name carrying a hash of their text, so two versions deployed side by
- * side never run each other's code; ioredis handles EVALSHA and NOSCRIPT.
+ * The Lua loader. A script is `<name>-<numKeys>.lua`, or `<name>.lua` when the number of KEYS
+ * varies and the caller passes numkeys (bullmq's convention): the file name is the one place a
+ * key count is written. `--- @include "x"` lines pull in `includes/x.lua`, each include once per
+ * script (at its first mention); a missing include or a cycle is an error that names it.
+ * Scripts are registered with ioredis `defineCommand` under a name carrying a hash of their text,
+ * so two versions deployed side by side never run each other's code; ioredis handles EVALSHA and
+ * NOSCRIPT. Only commands.ts calls them.
  */
 
 const LUA_DIR = fileURLToPath(new URL('../lua/', import.meta.url));
 
-function loadLua(file: string, seen = new Set<string>()): string {
-  const text = readFileSync(LUA_DIR + file, 'utf8');
-  return text.replace(/^--- @include "([\w-]+)"$/gm, (_, name: string) => {
-    if (seen.has(name)) return '';
-    seen.add(name);
-    return loadLua(`includes/${name}.lua`, seen);
-  });
-}
+/** The pool's scripts: lua/ holds exactly one file for each, and no other. */
+export const SCRIPT_NAMES = [
+  'acquire',
+  'release',
+  'extend',
+  'upsertKey',
+  'setState',
+  'status',
+  'probe',
+  'housekeep',
+  'tokenAdmit',
+  'tokenSettle',
+  'tokenCreate',
+  'tokenRevoke',
+  'tokenInfo',
+] as const;
 
-interface ScriptDef {
+export type ScriptName = (typeof SCRIPT_NAMES)[number];
+
+export interface LoadedScript<N extends string = string> {
+  name: N;
+  /** File name in the scripts directory. */
   file: string;
-  /** Fixed number of KEYS, or undefined when the caller passes numkeys (acquire: 4 + 2 per group). */
+  /** Number of KEYS from `<name>-<n>.lua`; undefined for `<name>.lua` (the caller passes numkeys). */
   keys: number | undefined;
-}
-
-const DEFS = {
-  acquire: { file: 'acquire-4.lua', keys: undefined },
-  release: { file: 'release-7.lua', keys: 7 },
-  upsertKey: { file: 'upsertKey-5.lua', keys: undefined },
-  setState: { file: 'setState-5.lua', keys: 5 },
-  status: { file: 'status-5.lua', keys: 5 },
-  extend: { file: 'extend-2.lua', keys: 2 },
-  probe: { file: 'probe-3.lua', keys: 3 },
-  housekeep: { file: 'housekeep-4.lua', keys: undefined },
-  tokenAdmit: { file: 'tokenAdmit-3.lua', keys: 3 },
-  tokenSettle: { file: 'tokenSettle-2.lua', keys: 2 },
-  tokenCreate: { file: 'tokenCreate-3.lua', keys: 3 },
-  tokenRevoke: { file: 'tokenRevoke-1.lua', keys: 1 },
-  tokenInfo: { file: 'tokenInfo-4.lua', keys: 4 },
-} satisfies Record<string, ScriptDef>;
-
-export type ScriptName = keyof typeof DEFS;
-
-interface Loaded {
-  name: ScriptName;
-  command: string;
+  /** The source with its includes inlined. */
   lua: string;
-  keys: number | undefined;
+  /** Versioned command name: `kp_<name>_<hash of the inlined source>`. */
+  command: string;
 }
 
-let loaded: Loaded[] | undefined;
+const FILE_RE = /^([A-Za-z][A-Za-z0-9]*)(?:-(\d+))?\.lua$/;
+const INCLUDE_RE = /^--- @include "([\w-]+)"$/gm;
 
-/** Script sources with includes inlined, and their versioned command names. */
-export function scripts(): Loaded[] {
-  loaded ??= (Object.entries(DEFS) as [ScriptName, ScriptDef][]).map(([name, def]) => {
-    const lua = loadLua(def.file);
+/**
+ * The source of `dir/file` with its includes inlined from `dir/includes/`. An include named
+ * twice (directly or through another include) is inlined once, where it is first named.
+ */
+export function inlineIncludes(dir: string, file: string): string {
+  const done = new Set<string>();
+  const expand = (path: string, chain: string[]): string =>
+    readFileSync(join(dir, path), 'utf8').replace(INCLUDE_RE, (_, name: string) => {
+      if (chain.includes(name)) throw new Error(`circular @include in ${file}: ${[...chain, name].join(' -> ')}`);
+      if (done.has(name)) return '';
+      const inc = `includes/${name}.lua`;
+      if (!existsSync(join(dir, inc))) throw new Error(`${path} includes "${name}", but ${join(dir, inc)} does not exist`);
+      done.add(name);
+      return expand(inc, [...chain, name]);
+    });
+  return expand(file, []);
+}
+
+/** Every script of `dir` (its top-level `.lua` files), includes inlined, key count from the file name. */
+export function loadScripts(dir: string): LoadedScript[] {
+  const out: LoadedScript[] = [];
+  for (const file of readdirSync(dir).filter((f) => f.endsWith('.lua')).sort()) {
+    const m = FILE_RE.exec(file);
+    if (!m) throw new Error(`${join(dir, file)}: a script file is named <name>.lua or <name>-<numKeys>.lua`);
+    const name = m[1]!;
+    const twin = out.find((s) => s.name === name);
+    if (twin) throw new Error(`two files for script "${name}" in ${dir}: ${twin.file} and ${file}`);
+    const lua = inlineIncludes(dir, file);
     const hash = createHash('sha1').update(lua).digest('hex').slice(0, 10);
-    return { name, command: `kp_${name}_${hash}`, lua, keys: def.keys };
-  });
+    out.push({ name, file, keys: m[2] === undefined ? undefined : Number(m[2]), lua, command: `kp_${name}_${hash}` });
+  }
+  return out;
+}
+
+const isScriptName = (name: string): name is ScriptName => (SCRIPT_NAMES as readonly string[]).includes(name);
+
+let loaded: LoadedScript<ScriptName>[] | undefined;
+
+/** The pool's scripts with includes inlined, and their versioned command names. */
+export function scripts(): LoadedScript<ScriptName>[] {
+  if (loaded) return loaded;
+  const all = loadScripts(LUA_DIR);
+  const unknown = all.filter((s) => !isScriptName(s.name)).map((s) => s.file);
+  const missing = SCRIPT_NAMES.filter((n) => !all.some((s) => s.name === n));
+  if (unknown.length || missing.length) {
+    throw new Error(`keypool scripts in ${LUA_DIR} do not match SCRIPT_NAMES (missing: ${missing.join(', ') || 'none'}; unknown: ${unknown.join(', ') || 'none'})`);
+  }
+  loaded = all.filter((s): s is LoadedScript<ScriptName> => isScriptName(s.name));
   return loaded;
 }
 
 type Client = Redis | Cluster;
 type Caller = (...args: (string | number)[]) => Promise<unknown>;
+type Call = (keys: readonly string[], args: readonly (string | number)[]) => Promise<unknown>;
 
-/** Typed calls of the scripts on one client. */
+/** The scripts defined on one client, called by name; replies are parsed in commands.ts. */
 export class ScriptRunner {
-  private readonly fns: Record<ScriptName, Caller>;
+  private readonly fns = {} as Record<ScriptName, Call>;
 
   constructor(client: Client) {
-    const fns = {} as Record<ScriptName, Caller>;
+    const c = client as unknown as Record<string, Caller | undefined>;
     for (const s of scripts()) {
-      const c = client as unknown as Record<string, Caller | undefined>;
       if (typeof c[s.command] !== 'function') {
         client.defineCommand(s.command, s.keys === undefined ? { lua: s.lua } : { lua: s.lua, numberOfKeys: s.keys });
       }
-      fns[s.name] = (...args) => (client as unknown as Record<string, Caller>)[s.command]!(...args);
+      this.fns[s.name] =
+        s.keys === undefined ? (keys, args) => c[s.command]!(keys.length, ...keys, ...args) : (keys, args) => c[s.command]!(...keys, ...args);
     }
-    this.fns = fns;
   }
 
-  call(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
-    const def = DEFS[name];
-    return def.keys === undefined ? this.fns[name](keys.length, ...keys, ...args) : this.fns[name](...keys, ...args);
-  }
-}
-
-/** Redis key names of one pool. All share the hash tag `{pool}` so every script runs on a Cluster. */
-export class PoolKeys {
-  readonly cfg: string;
-  readonly st: string;
-  readonly leases: string;
-  readonly meta: string;
-  readonly spend: string;
-  /** Gateway tokens: sha256 hex -> settings JSON (see lua/includes/tokens.lua). */
-  readonly tok: string;
-  /** Gateway token id -> sha256 hex. */
-  readonly tokId: string;
-  /** Gateway token id -> state (msgpack). */
-  readonly tokSt: string;
-  /** Gateway token reservations, scored by expiry. */
-  readonly tokRes: string;
-  /** Scheduler: job name -> JSON of its schedule and last run (written by @keypool/worker). */
-  readonly sched: string;
-  /** Scheduler: job name:outcome -> runs (counters). */
-  readonly schedRuns: string;
-  /** Scheduler: a capped stream of run events (started / completed / failed), for ops and tests. */
-  readonly schedLog: string;
-  /** LLM queue: finished jobs and their waits (completed, failed, waitMs, c:<epoch minute>). */
-  readonly queueStats: string;
-  /** Prefix of the pool's BullMQ queues (scheduler, llm): the pool's hash tag, so its Cluster slot. */
-  readonly bull: string;
-  private readonly prefix: string;
-
-  constructor(pool: string) {
-    this.prefix = `kp:{${pool}}:`;
-    this.cfg = `${this.prefix}cfg`;
-    this.st = `${this.prefix}st`;
-    this.leases = `${this.prefix}leases`;
-    this.meta = `${this.prefix}meta`;
-    this.spend = `${this.prefix}spend`;
-    this.tok = `${this.prefix}tok`;
-    this.tokId = `${this.prefix}tok:id`;
-    this.tokSt = `${this.prefix}tok:st`;
-    this.tokRes = `${this.prefix}tok:res`;
-    this.sched = `${this.prefix}sched`;
-    this.schedRuns = `${this.prefix}sched:runs`;
-    this.schedLog = `${this.prefix}sched:log`;
-    this.queueStats = `${this.prefix}queue:stats`;
-    this.bull = `${this.prefix}bull`;
-  }
-
-  /** Candidate set of a key group (keys serving the same models). */
-  avail(group: string): string {
-    return `${this.prefix}g:${group}:avail`;
-  }
-
-  /** Keys of a group that wait for a time to become usable, scored by that time. */
-  wait(group: string): string {
-    return `${this.prefix}g:${group}:wait`;
-  }
-
-  /** A pattern matching every Redis key of this pool (for tests and tools). */
-  get pattern(): string {
-    return `${this.prefix}*`;
+  call(name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    return this.fns[name](keys, args);
   }
 }

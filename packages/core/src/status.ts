@@ -1,7 +1,7 @@
-import type { KeyRecord } from './records.js';
+import { limitsOf, type KeyRecord } from './records.js';
 import { NANOS_PER_USD } from './pricing.js';
 
-/** What the status script returns (see lua/status-5.lua). */
+/** What the status script returns (see lua/status-5.lua; parsed by commands.ts). */
 export interface RawStatus {
   now: number;
   version: number;
@@ -128,16 +128,7 @@ export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawS
         models: cfg.models,
         state,
         degraded: st.deg === 1,
-        limits: {
-          rpm: cfg.rpm,
-          tpm: cfg.tpm,
-          rpmBurst: cfg.rb,
-          tpmBurst: cfg.tb,
-          maxConcurrent: cfg.mc,
-          budgetUsd: cfg.bud >= 0 ? cfg.bud / NANOS_PER_USD : null,
-          budgetPeriod: cfg.bud >= 0 ? cfg.per : null,
-          weight: cfg.w,
-        },
+        limits: limitsOf(cfg),
         left: {
           requests: cfg.rpm > 0 ? Math.max(0, Math.floor(st.rt)) : null,
           tokens: cfg.tpm > 0 ? Math.max(0, Math.floor(st.tt)) : null,

@@ -1,10 +1,23 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { systemClock } from './clock.js';
+import {
+  REFUSAL_WARNINGS,
+  TokenCommands,
+  refusalError,
+  type AdmitReply,
+  type ScriptRun,
+  type SettleReply,
+  type TokenRefusal,
+  type TokenView,
+} from './commands.js';
 import { formatPath, type PoolConfig } from './config.js';
 import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.js';
+import type { PoolKeys } from './pool-keys.js';
 import { NANOS_PER_USD } from './pricing.js';
-import type { PoolKeys, ScriptName } from './scripts.js';
+
+export type { TokenRefusal } from './commands.js';
 
 /**
  * Gateway tokens (virtual keys): what callers of the HTTP gateway present instead of a provider
@@ -72,9 +85,6 @@ export interface GatewayTokenInfo {
   budgetPeriodEndsAt: string | null;
 }
 
-/** Why a token was refused. */
-export type TokenRefusal = 'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted';
-
 /**
  * The answer of `admit`. Refusals are results, not exceptions; `retryAfterMs` says when trying
  * again can succeed (null: not by waiting). `id` is set when the token is known.
@@ -89,14 +99,14 @@ export interface TokenBackend {
   config: Pick<PoolConfig, 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'redisDown'>;
   log: Logger;
   /** Run a script; throws RedisUnavailableError when Redis is down (and marks the pool down). */
-  run(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown>;
+  run: ScriptRun;
   redisAvailable(): boolean;
   /** Process clock, used only by the per-process fallback while Redis is down. */
   now?: () => number;
 }
 
 /** The settings JSON in Redis (`tok` hash). Short fields are what the scripts read. */
-interface TokenRecord {
+export interface TokenRecord {
   id: string;
   hint: string;
   name: string;
@@ -110,22 +120,6 @@ interface TokenRecord {
   models: string[];
   budget?: { usd: number; period: 'day' | 'month' | 'total' };
 }
-
-/** One token from the tokenInfo / tokenCreate scripts (see lua/includes/tokens.lua, tokenView). */
-interface RawView {
-  cfg: string;
-  rt: number;
-  n: number;
-  sp: string;
-  rs: string;
-  ca: number;
-  lu: number;
-  rv: number;
-  pend: number;
-}
-
-type AdmitReply = [1, string, string, string, number, number, number] | [0, TokenRefusal, number, string];
-type SettleReply = [1] | [0, 'unknown_token' | 'unknown_reservation'];
 
 /** What this process remembers of a token Redis admitted, for policy local while Redis is down. */
 interface Seen {
@@ -208,10 +202,12 @@ export function budgetPeriodEnd(period: 'day' | 'month' | 'total', now: number):
 
 const iso = (ms: number) => (ms > 0 ? new Date(ms).toISOString() : null);
 
-function toInfo(v: RawView): GatewayTokenInfo {
-  const rec = JSON.parse(v.cfg) as TokenRecord;
-  const sp = Number(v.sp);
-  const rs = Number(v.rs);
+/**
+ * A token as operators see it, from its settings and counters: the one place the view is built,
+ * whether Redis computed the counters (tokenInfo) or this process remembers them (Redis down).
+ * `rt` null: the requests left are not known.
+ */
+function infoOf(rec: TokenRecord, c: Omit<TokenView, 'rec' | 'rt'> & { rt: number | null }): GatewayTokenInfo {
   return {
     id: rec.id,
     hint: rec.hint,
@@ -220,19 +216,21 @@ function toInfo(v: RawView): GatewayTokenInfo {
     rpmBurst: rec.rb,
     budget: rec.budget ? { usd: rec.budget.usd, period: rec.budget.period } : null,
     models: rec.models,
-    createdAt: iso(v.ca)!,
-    revokedAt: iso(v.rv),
-    lastUsedAt: iso(v.lu),
-    requests: v.n,
-    spendUsd: sp / NANOS_PER_USD,
-    reservedUsd: rs / NANOS_PER_USD,
+    createdAt: new Date(c.ca).toISOString(),
+    revokedAt: iso(c.rv),
+    lastUsedAt: iso(c.lu),
+    requests: c.n,
+    spendUsd: c.spentNanos / NANOS_PER_USD,
+    reservedUsd: c.reservedNanos / NANOS_PER_USD,
     left: {
-      requests: rec.rpm > 0 ? Math.max(0, Math.floor(v.rt)) : null,
-      budgetUsd: rec.bud >= 0 ? Math.max(0, rec.bud - sp - rs) / NANOS_PER_USD : null,
+      requests: rec.rpm > 0 && c.rt !== null ? Math.max(0, Math.floor(c.rt)) : null,
+      budgetUsd: rec.bud >= 0 ? Math.max(0, rec.bud - c.spentNanos - c.reservedNanos) / NANOS_PER_USD : null,
     },
-    budgetPeriodEndsAt: rec.bud >= 0 && v.pend > 0 ? iso(v.pend) : null,
+    budgetPeriodEndsAt: rec.bud >= 0 && c.pend > 0 ? iso(c.pend) : null,
   };
 }
+
+const toInfo = (v: TokenView) => infoOf(v.rec, v);
 
 /**
  * The gateway tokens of a pool; reach them as `pool.tokens`. Admission and settlement are one
@@ -242,6 +240,7 @@ function toInfo(v: RawView): GatewayTokenInfo {
  */
 export class GatewayTokens {
   private readonly b: TokenBackend;
+  private readonly cmd: TokenCommands;
   private readonly log: Logger;
   private readonly now: () => number;
   /** sha256 hex -> what this process knows of the token (never the token itself). */
@@ -252,8 +251,9 @@ export class GatewayTokens {
 
   constructor(backend: TokenBackend) {
     this.b = backend;
+    this.cmd = new TokenCommands(backend.run, backend.keys, backend.config);
     this.log = backend.log;
-    this.now = backend.now ?? Date.now;
+    this.now = backend.now ?? systemClock.now;
   }
 
   /**
@@ -263,7 +263,6 @@ export class GatewayTokens {
   async create(spec: GatewayTokenSpec): Promise<{ token: string; info: GatewayTokenInfo }> {
     const s = parseGatewayTokenSpec(spec);
     const rb = s.rpm > 0 ? (s.rpmBurst ?? Math.max(1, Math.ceil((s.rpm * 2) / 60))) : 0;
-    const k = this.b.keys;
     // 48-bit ids of random tokens do not collide in practice; the script checks anyway
     for (let attempt = 0; attempt < 3; attempt++) {
       const token = `kpt_${randomBytes(32).toString('base64url')}`;
@@ -279,20 +278,19 @@ export class GatewayTokens {
         models: [...new Set(s.models)].sort(),
         ...(s.budget ? { budget: s.budget } : {}),
       };
-      const reply = (await this.b.run('tokenCreate', [k.tok, k.tokId, k.tokSt], [hash, rec.id, JSON.stringify(rec)])) as [1, string] | [0, string];
-      if (reply[0] === 1) {
+      const reply = await this.cmd.create(hash, rec);
+      if (reply.ok) {
         this.log.info({ tokenId: rec.id, hint: rec.hint, name: rec.name }, 'gateway token created');
-        return { token, info: toInfo(JSON.parse(reply[1]) as RawView) };
+        return { token, info: toInfo(reply.view) };
       }
     }
-    throw new InvalidArgumentError('could not give the new token a unique id; try again');
+    throw refusalError({ reason: 'exists' });
   }
 
   /** Refuse the token from now on, in every process. False when no token has this id. */
   async revoke(id: string): Promise<boolean> {
     if (typeof id !== 'string' || !ID_RE.test(id)) return false;
-    const reply = (await this.b.run('tokenRevoke', [this.b.keys.tokSt], [id])) as [1, number] | [0];
-    if (reply[0] === 0) return false;
+    if (!(await this.cmd.revoke(id)).ok) return false;
     for (const [hash, s] of this.seen) if (s.rec.id === id) this.seen.delete(hash);
     this.log.info({ tokenId: id }, 'gateway token revoked');
     return true;
@@ -339,32 +337,12 @@ export class GatewayTokens {
   private verifyLocal(hash: string): GatewayTokenInfo | null {
     const s = this.seen.get(hash);
     if (!s || this.now() - s.at > SEEN_MS) return null;
-    const { rec } = s;
-    const spent = s.known + s.local;
-    return {
-      id: rec.id,
-      hint: rec.hint,
-      name: rec.name,
-      rpm: rec.rpm,
-      rpmBurst: rec.rb,
-      budget: rec.budget ? { usd: rec.budget.usd, period: rec.budget.period } : null,
-      models: rec.models,
-      // not known without Redis
-      createdAt: new Date(0).toISOString(),
-      revokedAt: null,
-      lastUsedAt: new Date(s.at).toISOString(),
-      requests: 0,
-      spendUsd: spent / NANOS_PER_USD,
-      reservedUsd: 0,
-      left: { requests: null, budgetUsd: rec.bud >= 0 ? Math.max(0, rec.bud - spent) / NANOS_PER_USD : null },
-      budgetPeriodEndsAt: s.pend > 0 ? new Date(s.pend).toISOString() : null,
-    };
+    // created (epoch), requests (0) and the requests left (null) are not known without Redis
+    return infoOf(s.rec, { rt: null, n: 0, spentNanos: s.known + s.local, reservedNanos: 0, ca: 0, lu: s.at, rv: 0, pend: s.pend });
   }
 
   private async info(id: string, hash = ''): Promise<GatewayTokenInfo[]> {
-    const k = this.b.keys;
-    const raw = JSON.parse((await this.b.run('tokenInfo', [k.tok, k.tokId, k.tokSt, k.tokRes], [id, hash])) as string) as { tokens: RawView[] | Record<string, never> };
-    return Array.isArray(raw.tokens) ? raw.tokens.map(toInfo) : [];
+    return (await this.cmd.info(id, hash)).map(toInfo);
   }
 
   /**
@@ -386,29 +364,21 @@ export class GatewayTokens {
       this.lastRedisTry = this.now();
     }
     const seen = this.seen.get(hash);
-    const k = this.b.keys;
     let reply: AdmitReply;
     try {
-      reply = (await this.b.run('tokenAdmit', [k.tok, k.tokSt, k.tokRes], [
-        hash,
-        model,
-        est,
-        this.b.config.leaseTimeoutMs,
-        this.b.config.concurrencyRecheckMs,
-        seen ? '0' : '1',
-      ])) as AdmitReply;
+      reply = await this.cmd.admit(hash, model, est, !seen);
     } catch (e) {
       if (local && isRedisUnavailable(e)) return this.admitLocal(hash, model, est);
       throw e;
     }
-    if (reply[0] === 0) {
-      const [, reason, retry, id] = reply;
+    if (!reply.ok) {
+      const { reason, retryAfterMs, id } = reply;
       if (reason === 'unknown' || reason === 'revoked') this.seen.delete(hash);
-      return { ok: false, reason, retryAfterMs: retry < 0 ? null : retry, ...(id ? { id } : {}) };
+      return { ok: false, reason, retryAfterMs, ...(id ? { id } : {}) };
     }
-    const [, id, reservation, raw, sp, rs, pend] = reply;
-    const rec = raw ? (JSON.parse(raw) as TokenRecord) : seen!.rec;
-    this.remember(hash, rec, sp + rs, pend);
+    const { id, reservation } = reply;
+    const rec = reply.settings ?? seen!.rec;
+    this.remember(hash, rec, reply.spentNanos + reply.reservedNanos, reply.periodEnd);
     return { ok: true, id, name: rec.name, reservation };
   }
 
@@ -433,19 +403,12 @@ export class GatewayTokens {
     }
     let reply: SettleReply;
     try {
-      reply = (await this.b.run('tokenSettle', [this.b.keys.tokSt, this.b.keys.tokRes], [id, isLocal ? '' : reservation, cost, refund ? '1' : '0'])) as SettleReply;
+      reply = await this.cmd.settle(id, isLocal ? '' : reservation, cost, refund);
     } catch (e) {
       if (isRedisUnavailable(e)) return this.drop(id, (e as Error).message);
       throw e;
     }
-    if (reply[0] === 0) {
-      this.log.warn(
-        { tokenId: id, reservation },
-        reply[1] === 'unknown_token'
-          ? 'settled a request of a gateway token that no longer exists'
-          : 'settled a gateway token reservation that had expired (its estimate was charged) or was settled before',
-      );
-    }
+    if (!reply.ok) this.log.warn({ tokenId: id, reservation }, REFUSAL_WARNINGS[reply.reason]);
   }
 
   private remember(hash: string, rec: TokenRecord, known: number, pend: number): void {

@@ -2,7 +2,7 @@
  * Type tests of the public API (checked by tsc in `npm test`; expectTypeOf fails compilation on a mismatch).
  */
 import { expectTypeOf } from 'vitest';
-import type { AcquireResult, Exhausted, ExhaustedReason, KeyPool, Lease, ReleaseResult } from '../src/index.js';
+import type { AcquireResult, Clock, Exhausted, ExhaustedReason, KeyPool, KeyPoolOptions, Lease, ReleaseResult } from '../src/index.js';
 import { isRedisUnavailable, isUnknownModel, type RedisUnavailableError, type UnknownModelError } from '../src/index.js';
 
 declare const pool: KeyPool;
@@ -29,3 +29,6 @@ declare const e: unknown;
 if (isRedisUnavailable(e)) expectTypeOf(e).toEqualTypeOf<RedisUnavailableError>();
 if (isUnknownModel(e)) expectTypeOf(e.model).toEqualTypeOf<string>();
 expectTypeOf<UnknownModelError['code']>().toEqualTypeOf<import('../src/index.js').KeyPoolErrorCode>();
+
+// the clock of the pool's own decisions is optional (default: the system clock)
+expectTypeOf<KeyPoolOptions['clock']>().toEqualTypeOf<Clock | undefined>();

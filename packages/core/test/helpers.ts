@@ -3,7 +3,7 @@ import { afterAll } from 'vitest';
 import type { Cluster, Redis } from 'ioredis';
 import { pino } from 'pino';
 import { connectTestRedis, uniqueName } from '@keypool/testkit';
-import { KeyPool, PoolKeys, type PoolConfigInput } from '../src/index.js';
+import { KeyPool, PoolKeys, type KeyPoolOptions, type PoolConfigInput } from '../src/index.js';
 
 /** A pino logger writing JSON lines into `lines` (to assert on what operators would read). */
 export function memoryLogger() {
@@ -24,12 +24,15 @@ export interface TestPool {
   logs: string[];
 }
 
+/** Options of KeyPool.connect a test may set besides the config (the clock). */
+export type PoolExtras = Pick<KeyPoolOptions, 'clock'>;
+
 /** A KeyPool on the test Redis (standalone or cluster per KEYPOOL_TEST_TARGET) under a fresh pool name. */
-export async function makePool(config: Omit<PoolConfigInput, 'pool'> & { pool?: string }, redis?: Redis | Cluster): Promise<TestPool> {
+export async function makePool(config: Omit<PoolConfigInput, 'pool'> & { pool?: string }, redis?: Redis | Cluster, extras: PoolExtras = {}): Promise<TestPool> {
   const client = redis ?? connectTestRedis();
   const name = config.pool ?? uniqueName('t');
   const { logger, lines } = memoryLogger();
-  const pool = await KeyPool.connect({ redis: client, config: { ...config, pool: name }, logger });
+  const pool = await KeyPool.connect({ ...extras, redis: client, config: { ...config, pool: name }, logger });
   return { pool, redis: client, name, logs: lines };
 }
 
@@ -37,7 +40,7 @@ export async function makePool(config: Omit<PoolConfigInput, 'pool'> & { pool?: 
  * A `pool(config)` for a test file: each pool it makes is closed (and its client disconnected) after
  * all the file's tests.
  */
-export function poolsClosedAfterAll(): (config?: Parameters<typeof makePool>[0]) => Promise<TestPool> {
+export function poolsClosedAfterAll(): (config?: Parameters<typeof makePool>[0], extras?: PoolExtras) => Promise<TestPool> {
   const opened: TestPool[] = [];
   afterAll(async () => {
     for (const p of opened) {
@@ -45,8 +48,8 @@ export function poolsClosedAfterAll(): (config?: Parameters<typeof makePool>[0])
       p.redis.disconnect();
     }
   });
-  return async (config = {}) => {
-    const p = await makePool(config);
+  return async (config = {}, extras = {}) => {
+    const p = await makePool(config, undefined, extras);
     opened.push(p);
     return p;
   };

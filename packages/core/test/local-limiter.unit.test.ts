@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseKeySpec, type KeySpecInput } from '../src/config.js';
+import { ManualClock } from '../src/clock.js';
 import { LocalLimiter } from '../src/local-limiter.js';
 import { recordOfSpec, type KeyRecord } from '../src/records.js';
 
@@ -140,5 +141,24 @@ describe('LocalLimiter: revoked, cooling, exclusion', () => {
     const lim = new LocalLimiter(1);
     for (let i = 0; i < 10; i++) expect(lim.acquire([a, b], 1, new Set([a.id]), T0)).toEqual({ ok: true, key: b });
     expect(lim.acquire([a], 1, new Set([a.id]), T0)).toEqual({ ok: false, reason: 'unavailable', retryAfterMs: null });
+  });
+});
+
+describe('LocalLimiter: on an injected clock', () => {
+  it('cools after a 429 and refills by the time the clock gives, without being told the time', async () => {
+    const clock = new ManualClock(T0);
+    const k = key({ rpm: 60, rpmBurst: 1 });
+    const lim = new LocalLimiter(1, clock);
+    expect(lim.acquire([k], 1, NONE).ok).toBe(true);
+    lim.release(k, 'rate_limited', 1, 0, 1500);
+    expect(lim.acquire([k], 1, NONE)).toEqual({ ok: false, reason: 'cooling', retryAfterMs: 1500 });
+    await clock.advance(1499);
+    expect(lim.acquire([k], 1, NONE)).toEqual({ ok: false, reason: 'cooling', retryAfterMs: 1 });
+    await clock.advance(1);
+    // cooled; the request bucket (1 per second) refilled meanwhile
+    expect(lim.acquire([k], 1, NONE).ok).toBe(true);
+    expect(lim.acquire([k], 1, NONE)).toEqual({ ok: false, reason: 'rate_limited', retryAfterMs: 1000 });
+    await clock.advance(1000);
+    expect(lim.acquire([k], 1, NONE).ok).toBe(true);
   });
 });

@@ -2,6 +2,7 @@
   Pick a usable key for a model and take, atomically: one request token, the estimated tokens,
   a concurrency slot with a deadline, and the estimated cost from the budget.
 
+  KEYS (4 + 2 per group, so the caller passes numkeys and the file name has no count):
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases (zset lease -> deadline)  KEYS[4] meta; then two per key
   group that serves the model: KEYS[3+2i] avail set, KEYS[4+2i] wait zset
   ARGV[1] estimated tokens  ARGV[2] estimated cost (nano-dollars)  ARGV[3] lease timeout ms

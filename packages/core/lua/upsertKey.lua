@@ -3,6 +3,7 @@
   breaker, spend, admin state) is kept: a fleet restarting with the same keys changes nothing.
   The limits the scripts enforce are copied into the state, so the hot path never reads cfg.
 
+  KEYS (5, or 7 when the group changes, so the caller passes numkeys and the file name has no count):
   KEYS[1] cfg  KEYS[2] st  KEYS[3] meta  KEYS[4] avail set of the new group  KEYS[5] wait zset of
   the new group; KEYS[6], KEYS[7] avail and wait of the old group when the group changes
   ARGV[1] key id  ARGV[2] config JSON  ARGV[3] the config JSON the caller read before ('' = none)

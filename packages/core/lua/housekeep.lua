@@ -6,6 +6,7 @@
     was out of budget becomes a candidate again at once) and reports what the last period spent;
   - forgets health windows older than two windows (status then stops showing stale percentiles).
 
+  KEYS (4 + 2 per group, so the caller passes numkeys and the file name has no count):
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] meta; then two per key group: avail set, wait zset
   ARGV[1] the groups of those pairs, comma-separated, in order  ARGV[2] health window ms
   ARGV[3..6] health: p99Ms, errorRate, minRequests, degradedScore

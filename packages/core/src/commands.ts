@@ -1,0 +1,425 @@
+import { randomUUID } from 'node:crypto';
+import type { PoolConfig } from './config.js';
+import { InvalidArgumentError, KeyNotFoundError, RequestTooLargeError, type KeyPoolError } from './errors.js';
+import type { OutcomeClass } from './outcome.js';
+import type { PoolKeys } from './pool-keys.js';
+import type { KeyRecord } from './records.js';
+import type { ScriptName } from './scripts.js';
+import type { RawStatus } from './status.js';
+import type { TokenRecord } from './tokens.js';
+import type { ScheduledJobStatus } from './upkeep.js';
+
+/**
+ * The typed command layer: one function per Lua script. Each builds the script's KEYS and ARGV in
+ * the order its header gives and parses its reply tuple into a typed object; no other module
+ * knows a reply's shape. The plain reads that go with the scripts (a key's settings, the
+ * topology version, the scheduler's records) are here too, parsed the same way.
+ */
+
+// ---- refusals: every reason a script says no, and what each means ------------------------------
+
+/** Why acquire could not give a lease now. */
+export type ExhaustedReason = 'rate_limited' | 'concurrency' | 'cooling' | 'circuit_open' | 'budget' | 'unavailable';
+
+/** Why a gateway token was refused. */
+export type TokenRefusal = 'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted';
+
+/**
+ * Every reason a script gives in a 0-reply, all scripts together (bullmq's enums/error-code.ts).
+ * Most are results a caller hands on; those that end an operation become errors in
+ * `refusalError`, and those worth a warning have their words in `REFUSAL_WARNINGS`.
+ */
+export type Refusal =
+  | ExhaustedReason
+  | TokenRefusal
+  /** acquire: no key serving the model has a token bucket that can ever hold the request */
+  | 'too_large'
+  /** acquire: sampling stopped with candidates left unexamined; try again at once */
+  | 'busy'
+  /** release, setState, probe: the key's models (so its group) changed; call again with that group */
+  | 'moved'
+  /** setState, probe, tokenRevoke: no such key or token */
+  | 'not_found'
+  /** release, extend: the lease expired (the reaper charged its estimate) or was released before */
+  | 'unknown_lease'
+  /** release: the key was removed while the lease was out */
+  | 'removed'
+  /** upsertKey: the key changed since the caller read it */
+  | 'conflict'
+  /** tokenCreate: the token's hash or id is taken */
+  | 'exists'
+  /** tokenSettle: the token is gone */
+  | 'unknown_token'
+  /** tokenSettle: the reservation expired (its estimate was charged) or was settled before */
+  | 'unknown_reservation';
+
+type AcquireRefusal = Extract<Refusal, ExhaustedReason | 'too_large' | 'busy'>;
+
+/** A refusal that ends an operation, with what its message names. */
+export type Fault =
+  | { reason: Extract<Refusal, 'not_found' | 'moved'>; keyId: string }
+  | { reason: Extract<Refusal, 'too_large'>; model: string; tokens: number; maxTokens: number }
+  | { reason: Extract<Refusal, 'conflict'>; keyId: string; doing: 'registered' | 'updated' }
+  | { reason: Extract<Refusal, 'exists'> };
+
+/** The error a refusal is when the operation cannot go on (bullmq's finished-errors.ts). */
+export function refusalError(f: Fault): KeyPoolError {
+  switch (f.reason) {
+    case 'not_found':
+    case 'moved': // still moving after the retries: the key is not where anyone can find it
+      return new KeyNotFoundError(f.keyId);
+    case 'too_large':
+      return new RequestTooLargeError(f.model, f.tokens, f.maxTokens);
+    case 'conflict':
+      return new InvalidArgumentError(`key ${f.keyId} kept changing while being ${f.doing}; try again`);
+    case 'exists':
+      return new InvalidArgumentError('could not give the new token a unique id; try again');
+  }
+}
+
+/** What is logged (warn) when a script answers with one of these: the caller goes on. */
+export const REFUSAL_WARNINGS = {
+  unknown_lease: 'released a lease that had already expired or been released',
+  unknown_token: 'settled a request of a gateway token that no longer exists',
+  unknown_reservation: 'settled a gateway token reservation that had expired (its estimate was charged) or was settled before',
+} as const satisfies Partial<Record<Refusal, string>>;
+
+// ---- how commands reach Redis ------------------------------------------------------------------
+
+/** Runs one script under the pool's Redis-down policy (RedisLink.script, or a test's stand-in). */
+export type ScriptRun = (name: ScriptName, keys: string[], args: (string | number)[]) => Promise<unknown>;
+
+/** What the key commands need of the Redis link. */
+export interface CommandLink {
+  script: ScriptRun;
+  /** HGET under the Redis-down policy. */
+  hget(key: string, field: string): Promise<string | null>;
+  /** HGETALL straight to the client (as topology and the scheduler's status always read). */
+  hgetall(key: string): Promise<Record<string, string>>;
+}
+
+// ---- replies -----------------------------------------------------------------------------------
+
+export type AcquireReply =
+  | {
+      ok: true;
+      keyId: string;
+      leaseId: string;
+      deadline: number;
+      /** Redis time of the grant, ms with a microsecond fraction. */
+      at: number;
+      version: number;
+      probe: boolean;
+    }
+  | { ok: false; reason: AcquireRefusal; retryAfterMs: number | null; version: number };
+
+/** The key's models changed, so did its group: nothing was done; the sets are those of `group`. */
+type Moved = { ok: false; reason: Extract<Refusal, 'moved'>; group: string };
+
+export type ReleaseReply =
+  | { ok: true; keyState: string; breaker: string; transition: string; at: number }
+  | { ok: false; reason: Extract<Refusal, 'unknown_lease' | 'removed'> }
+  | Moved;
+
+export type ExtendReply = { ok: true; deadline: number } | { ok: false; reason: Extract<Refusal, 'unknown_lease'> };
+
+export type UpsertReply = { ok: true; change: 'created' | 'updated' | 'unchanged'; epoch: string } | { ok: false; reason: Extract<Refusal, 'conflict'> };
+
+/** The operator transitions of setState.lua. */
+export type KeyAction = 'disable' | 'enable' | 'drain' | 'retire' | 'remove' | 'reset' | 'reset_budget' | 'unretire';
+
+type Misplaced = { ok: false; reason: Extract<Refusal, 'not_found'> } | Moved;
+
+export type SetStateReply = { ok: true; state: string; breaker: string; inFlight: number } | Misplaced;
+
+export type ProbeReply = { ok: true; state: string; breaker: string; transition: string } | Misplaced;
+
+export interface HousekeepReply {
+  leasesReaped: number;
+  /** Keys whose budget period rolled over, with what the last period spent (nano-dollars). */
+  periodsStarted: { keyId: string; spentNanos: number }[];
+  healthWindowsCleared: number;
+}
+
+/** A scheduler job's record as the worker writes it (`sched` hash, JSON). */
+export type ScheduleRecord = Omit<ScheduledJobStatus, 'name' | 'runs'>;
+
+export type AdmitReply =
+  | {
+      ok: true;
+      id: string;
+      reservation: string;
+      /** The token's settings, when asked for (the caller had none cached). */
+      settings: TokenRecord | null;
+      spentNanos: number;
+      reservedNanos: number;
+      /** End of the budget period (ms), -1 never. */
+      periodEnd: number;
+    }
+  | { ok: false; reason: TokenRefusal; retryAfterMs: number | null; id: string | undefined };
+
+export type SettleReply = { ok: true } | { ok: false; reason: Extract<Refusal, 'unknown_token' | 'unknown_reservation'> };
+
+/** One token as tokenInfo and tokenCreate show it (lua/includes/tokens.lua, tokenView). */
+export interface TokenView {
+  rec: TokenRecord;
+  /** Requests left in the bucket. */
+  rt: number;
+  /** Requests settled. */
+  n: number;
+  spentNanos: number;
+  reservedNanos: number;
+  /** Created, last used, revoked at (ms, 0 = never). */
+  ca: number;
+  lu: number;
+  rv: number;
+  /** Budget period end (ms), -1 never. */
+  pend: number;
+}
+
+interface RawView {
+  cfg: string;
+  rt: number;
+  n: number;
+  sp: string;
+  rs: string;
+  ca: number;
+  lu: number;
+  rv: number;
+  pend: number;
+}
+
+function viewOf(v: RawView): TokenView {
+  return { rec: JSON.parse(v.cfg) as TokenRecord, rt: v.rt, n: v.n, spentNanos: Number(v.sp), reservedNanos: Number(v.rs), ca: v.ca, lu: v.lu, rv: v.rv, pend: v.pend };
+}
+
+const orNull = (ms: number) => (ms < 0 ? null : ms);
+
+/**
+ * Call a script that names the key's group again with the group it reports while the key moved
+ * (its models changed meanwhile), at most 3 times; the last reply may still be 'moved'.
+ */
+async function following<R extends { ok: boolean }>(group: string, call: (group: string) => Promise<R | Moved>, onMove?: () => void): Promise<R | Moved> {
+  for (let attempt = 0; ; attempt++) {
+    const r = await call(group);
+    if (r.ok || (r as Moved).reason !== 'moved' || attempt >= 3) return r;
+    group = (r as Moved).group;
+    onMove?.();
+  }
+}
+
+/** KEYS of acquire for a model served by `groups` (sorted): built once per topology. */
+export function acquireKeys(k: PoolKeys, groups: readonly string[]): string[] {
+  return [k.cfg, k.st, k.leases, k.meta, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
+}
+
+// ---- the key scripts ---------------------------------------------------------------------------
+
+/** The scripts and reads of the pool's keys and leases. */
+export class PoolCommands {
+  /** Breaker and health settings, in the order release and probe read them. */
+  private readonly breakerHealth: number[];
+
+  constructor(
+    private readonly link: CommandLink,
+    private readonly k: PoolKeys,
+    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates'>,
+  ) {
+    const b = config.breaker;
+    const h = config.health;
+    this.breakerHealth = [
+      b.failures, b.errorRate, b.minRequests, b.cooldownMs, b.maxCooldownMs,
+      h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
+    ];
+  }
+
+  /** A key's settings as stored (`raw`, for upsertKey's check) and parsed; null when there is no such key. */
+  async record(keyId: string): Promise<{ raw: string; rec: KeyRecord } | null> {
+    const raw = await this.link.hget(this.k.cfg, keyId);
+    return raw === null ? null : { raw, rec: JSON.parse(raw) as KeyRecord };
+  }
+
+  /** Every key's settings (HGETALL cfg). */
+  async records(): Promise<KeyRecord[]> {
+    return Object.values(await this.link.hgetall(this.k.cfg)).map((raw) => JSON.parse(raw) as KeyRecord);
+  }
+
+  /** The topology version: bumped by every change of a key's settings or a key's removal. */
+  async version(): Promise<number> {
+    return Number((await this.link.hget(this.k.meta, 'v')) ?? 0);
+  }
+
+  /** The pool's epoch, set with its first key (a new one means Redis lost the pool). */
+  epoch(): Promise<string | null> {
+    return this.link.hget(this.k.meta, 'epoch');
+  }
+
+  /** The scheduler's jobs (as the workers last wrote them) and run counters. */
+  async schedule(): Promise<{ jobs: [string, ScheduleRecord][]; runs: Record<string, string> }> {
+    const [jobs, runs] = await Promise.all([this.link.hgetall(this.k.sched), this.link.hgetall(this.k.schedRuns)]);
+    return { jobs: Object.entries(jobs).map(([name, raw]) => [name, JSON.parse(raw) as ScheduleRecord]), runs };
+  }
+
+  /** acquire.lua: take a key for a request of `tokens` tokens costing `costNanos`. */
+  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string): Promise<AcquireReply> {
+    const c = this.config;
+    const r = (await this.link.script('acquire', scriptKeys, [
+      tokens,
+      costNanos,
+      c.leaseTimeoutMs,
+      c.concurrencyRecheckMs,
+      Math.random(),
+      excluded,
+      c.candidates,
+      Math.floor(Math.random() * 2 ** 31),
+    ])) as [1, string, string, number, number, number, number, number] | [0, AcquireRefusal, number, number];
+    if (r[0] === 0) return { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), version: r[3] };
+    return { ok: true, keyId: r[1], leaseId: r[2], deadline: r[3], at: r[4] + r[5] / 1000, version: r[6], probe: r[7] === 1 };
+  }
+
+  /**
+   * release-7.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
+   * stands; coolMs: -1 the default). Follows the key to its new group; `onMove` hears of each move.
+   */
+  release(
+    group: string,
+    a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string },
+    onMove?: () => void,
+  ): Promise<ReleaseReply> {
+    const k = this.k;
+    return following(
+      group,
+      async (g) => {
+        const r = (await this.link.script(
+          'release',
+          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend],
+          [a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, ...this.breakerHealth, this.config.cooling.defaultMs, g, a.model, a.route],
+        )) as [1, string, string, string, number, number] | [0, 'unknown_lease' | 'removed'] | [0, 'moved', string];
+        if (r[0] === 1) return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000 };
+        return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2]! } : { ok: false, reason: r[1] };
+      },
+      onMove,
+    );
+  }
+
+  /** extend-2.lua: a lease's deadline `ms` from now. */
+  async extend(leaseId: string, ms: number): Promise<ExtendReply> {
+    const r = (await this.link.script('extend', [this.k.leases, this.k.st], [leaseId, Math.ceil(ms)])) as [1, number] | [0];
+    return r[0] === 1 ? { ok: true, deadline: r[1] } : { ok: false, reason: 'unknown_lease' };
+  }
+
+  /** upsertKey.lua: write `rec` if the stored settings are still `expected` ('' = none). */
+  async upsertKey(rec: KeyRecord, expected: string): Promise<UpsertReply> {
+    const k = this.k;
+    const keys = [k.cfg, k.st, k.meta, k.avail(rec.g), k.wait(rec.g)];
+    if (expected) {
+      const old = JSON.parse(expected) as KeyRecord;
+      if (old.g !== rec.g) keys.push(k.avail(old.g), k.wait(old.g));
+    }
+    const r = (await this.link.script('upsertKey', keys, [rec.id, JSON.stringify(rec), expected, randomUUID()])) as
+      | [1, 'created' | 'updated' | 'unchanged', string]
+      | [0, 'conflict'];
+    return r[0] === 1 ? { ok: true, change: r[1], epoch: r[2] } : { ok: false, reason: r[1] };
+  }
+
+  /** setState-5.lua: an operator transition of one key, starting from the group the caller knows it by. */
+  setState(keyId: string, action: KeyAction, group: string): Promise<SetStateReply> {
+    const k = this.k;
+    return following(group, async (g) => {
+      const r = (await this.link.script('setState', [k.cfg, k.st, k.avail(g), k.wait(g), k.meta], [keyId, action, g])) as
+        | [1, string, string, number]
+        | [0, 'not_found']
+        | [0, 'moved', string];
+      if (r[0] === 1) return { ok: true, state: r[1], breaker: r[2], inFlight: r[3] };
+      return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2]! } : { ok: false, reason: r[1] };
+    });
+  }
+
+  /** status-5.lua: every key, computed with acquire's rules. */
+  async status(): Promise<RawStatus> {
+    const k = this.k;
+    return JSON.parse((await this.link.script('status', [k.cfg, k.st, k.leases, k.meta, k.spend], [])) as string) as RawStatus;
+  }
+
+  /** probe-3.lua: a health probe's outcome (coolMs -1: the default cooling), starting from the group the caller knows. */
+  probe(keyId: string, group: string, a: { outcome: OutcomeClass; latencyMs: number; coolMs: number }): Promise<ProbeReply> {
+    const k = this.k;
+    return following(group, async (g) => {
+      const r = (await this.link.script(
+        'probe',
+        [k.st, k.avail(g), k.wait(g)],
+        [keyId, a.outcome, a.latencyMs, g, ...this.breakerHealth, a.coolMs, this.config.cooling.defaultMs],
+      )) as [1, string, string, string] | [0, 'not_found'] | [0, 'moved', string];
+      if (r[0] === 1) return { ok: true, state: r[1], breaker: r[2], transition: r[3] };
+      return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2]! } : { ok: false, reason: r[1] };
+    });
+  }
+
+  /** housekeep.lua: upkeep of every key of `groups` (sorted). */
+  async housekeep(groups: readonly string[]): Promise<HousekeepReply> {
+    const h = this.config.health;
+    const r = (await this.link.script('housekeep', acquireKeys(this.k, groups), [
+      groups.join(','), h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
+    ])) as [number, string[], number];
+    const periodsStarted = r[1].map((line) => {
+      const [keyId, nanos] = line.split(':') as [string, string];
+      return { keyId, spentNanos: Number(nanos) };
+    });
+    return { leasesReaped: r[0], periodsStarted, healthWindowsCleared: r[2] };
+  }
+}
+
+// ---- the token scripts -------------------------------------------------------------------------
+
+/** The scripts of the gateway tokens. */
+export class TokenCommands {
+  constructor(
+    private readonly run: ScriptRun,
+    private readonly k: PoolKeys,
+    private readonly config: Pick<PoolConfig, 'leaseTimeoutMs' | 'concurrencyRecheckMs'>,
+  ) {}
+
+  /** tokenAdmit-3.lua: one request of the token with sha256 `hash`, reserving `costNanos`. */
+  async admit(hash: string, model: string, costNanos: number, wantSettings: boolean): Promise<AdmitReply> {
+    const k = this.k;
+    const r = (await this.run('tokenAdmit', [k.tok, k.tokSt, k.tokRes], [
+      hash,
+      model,
+      costNanos,
+      this.config.leaseTimeoutMs,
+      this.config.concurrencyRecheckMs,
+      wantSettings ? '1' : '0',
+    ])) as [1, string, string, string, number, number, number] | [0, TokenRefusal, number, string];
+    if (r[0] === 0) return { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), id: r[3] || undefined };
+    const [, id, reservation, raw, spentNanos, reservedNanos, periodEnd] = r;
+    return { ok: true, id, reservation, settings: raw ? (JSON.parse(raw) as TokenRecord) : null, spentNanos, reservedNanos, periodEnd };
+  }
+
+  /** tokenSettle-2.lua: settle a request (reservation '' = none held in Redis). */
+  async settle(id: string, reservation: string, costNanos: number, refund: boolean): Promise<SettleReply> {
+    const r = (await this.run('tokenSettle', [this.k.tokSt, this.k.tokRes], [id, reservation, costNanos, refund ? '1' : '0'])) as
+      | [1]
+      | [0, 'unknown_token' | 'unknown_reservation'];
+    return r[0] === 1 ? { ok: true } : { ok: false, reason: r[1] };
+  }
+
+  /** tokenCreate-3.lua: register a token by its hash. */
+  async create(hash: string, rec: TokenRecord): Promise<{ ok: true; view: TokenView } | { ok: false; reason: Extract<Refusal, 'exists'> }> {
+    const k = this.k;
+    const r = (await this.run('tokenCreate', [k.tok, k.tokId, k.tokSt], [hash, rec.id, JSON.stringify(rec)])) as [1, string] | [0, 'exists'];
+    return r[0] === 1 ? { ok: true, view: viewOf(JSON.parse(r[1]) as RawView) } : { ok: false, reason: r[1] };
+  }
+
+  /** tokenRevoke-1.lua. */
+  async revoke(id: string): Promise<{ ok: true; revokedAt: number } | { ok: false; reason: Extract<Refusal, 'not_found'> }> {
+    const r = (await this.run('tokenRevoke', [this.k.tokSt], [id])) as [1, number] | [0];
+    return r[0] === 1 ? { ok: true, revokedAt: r[1] } : { ok: false, reason: 'not_found' };
+  }
+
+  /** tokenInfo-4.lua: one token by id ('' = every token), only if its hash is `hash` ('' = any). */
+  async info(id: string, hash: string): Promise<TokenView[]> {
+    const k = this.k;
+    const raw = JSON.parse((await this.run('tokenInfo', [k.tok, k.tokId, k.tokSt, k.tokRes], [id, hash])) as string) as { tokens: RawView[] | Record<string, never> };
+    return Array.isArray(raw.tokens) ? raw.tokens.map(viewOf) : [];
+  }
+}

@@ -1,0 +1,155 @@
+import type { Logger } from 'pino';
+import { refusalError, type KeyAction, type PoolCommands } from './commands.js';
+import { parseKeySettings, parseKeySpec, type KeySpec, type KeySpecInput } from './config.js';
+import { InvalidArgumentError } from './errors.js';
+import { recordOfSpec, settingsOf, toRecord, type KeyRecord, type KeySettings } from './records.js';
+import type { Topology } from './topology.js';
+
+/**
+ * Administration of the pool's keys: the keys this process holds (their secrets stay here),
+ * adding and changing keys, the operator transitions (disable, enable, drain, retire, remove,
+ * reset), and registering this process's keys again when Redis comes back without them.
+ */
+export class KeyAdmin {
+  /** Secret of every key this process holds (config, secret sources, addKey), by key id. */
+  private readonly secrets = new Map<string, string>();
+  /** Settings of the keys this process registered, to register again after Redis lost them. */
+  private readonly own = new Map<string, KeyRecord>();
+  /** Keys from the config (a secret source never drops those). */
+  private readonly configIds = new Set<string>();
+  /** The pool's epoch in Redis when this process registered its keys (a new one means Redis lost them). */
+  private epoch: string | undefined;
+
+  constructor(
+    private readonly cmd: PoolCommands,
+    private readonly topology: Topology,
+    private readonly log: Logger,
+    private readonly pool: string,
+  ) {}
+
+  /** Hold the config's keys (at connect); `registerOwn` then writes them to Redis. */
+  holdConfigKeys(specs: readonly KeySpec[]): void {
+    for (const k of specs) {
+      const rec = recordOfSpec(k);
+      this.hold(rec, k.secret);
+      this.configIds.add(rec.id);
+    }
+  }
+
+  /** Hold a key: its secret, and its settings to register again should Redis lose them. */
+  hold(rec: KeyRecord, secret: string): void {
+    this.secrets.set(rec.id, secret);
+    this.own.set(rec.id, rec);
+  }
+
+  /** Stop holding a key a secret source no longer gives (config keys stay held). */
+  drop(keyId: string): void {
+    if (this.configIds.has(keyId)) return;
+    this.own.delete(keyId);
+    this.secrets.delete(keyId);
+  }
+
+  /** The settings this process registered for a key, if it did. */
+  registered(keyId: string): KeyRecord | undefined {
+    return this.own.get(keyId);
+  }
+
+  secretOf(keyId: string): string | undefined {
+    return this.secrets.get(keyId);
+  }
+
+  holds(keyId: string): boolean {
+    return this.secrets.has(keyId);
+  }
+
+  /** Ids of the keys this process holds the secret of (config, secret sources, addKey). */
+  heldKeyIds(): string[] {
+    return [...this.secrets.keys()];
+  }
+
+  /** Whether `keyId` is one of this process's config keys (a secret source never drops those). */
+  isConfigKey(keyId: string): boolean {
+    return this.configIds.has(keyId);
+  }
+
+  /** Add a key (or update its settings if it is already in the pool). Returns its id and hint. */
+  async addKey(spec: KeySpecInput): Promise<{ id: string; hint: string }> {
+    const parsed = parseKeySpec(spec);
+    const rec = recordOfSpec(parsed);
+    this.hold(rec, parsed.secret);
+    await this.upsert([rec]);
+    await this.topology.refresh();
+    return { id: rec.id, hint: rec.hint };
+  }
+
+  /** Change a key's settings (limits, models, budget, weight...) while the pool runs. */
+  async updateKey(keyId: string, patch: Partial<KeySettings>): Promise<void> {
+    if ('secret' in (patch as object)) throw new InvalidArgumentError('updateKey cannot change a secret: add the new key and retire the old one');
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const found = await this.cmd.record(keyId);
+      if (found === null) throw refusalError({ reason: 'not_found', keyId });
+      const old = found.rec;
+      const rec = toRecord(old.id, old.hint, parseKeySettings({ ...settingsOf(old), ...patch }));
+      if (await this.upsertOne(rec, found.raw)) {
+        await this.topology.refresh();
+        return;
+      }
+    }
+    throw refusalError({ reason: 'conflict', keyId, doing: 'updated' });
+  }
+
+  /** An operator transition of one key (KeyPool.disableKey and the others). */
+  async setState(keyId: string, action: KeyAction): Promise<{ state: string; breaker: string; inFlight: number }> {
+    const found = await this.cmd.record(keyId);
+    if (found === null) throw refusalError({ reason: 'not_found', keyId });
+    const reply = await this.cmd.setState(keyId, action, found.rec.g);
+    if (!reply.ok) throw refusalError({ reason: reply.reason, keyId });
+    this.log.info({ keyId, hint: found.rec.hint, action }, `key ${action}`);
+    if (reply.state === 'removed') await this.topology.refresh().catch(() => undefined);
+    return { state: reply.state, breaker: reply.breaker, inFlight: reply.inFlight };
+  }
+
+  /** Register the keys this process holds (at connect). */
+  registerOwn(): Promise<void> {
+    return this.upsert([...this.own.values()]);
+  }
+
+  /**
+   * After an outage, Redis may have restarted empty. The pool's epoch (set with the first key)
+   * tells: a missing or different epoch means the keys this process registered are gone, so it
+   * registers them again; the same epoch means nothing was lost (keys an operator removed stay
+   * removed). A process that started while Redis was down registers its keys now.
+   */
+  async registerMissing(): Promise<void> {
+    const epoch = await this.cmd.epoch();
+    if (this.own.size > 0 && (epoch === null || epoch !== this.epoch)) {
+      if (this.epoch !== undefined) {
+        this.log.warn(
+          { keys: [...this.own.values()].map((r) => r.hint) },
+          `Redis lost pool "${this.pool}": registering this process's ${this.own.size} key(s) again (their counters start afresh)`,
+        );
+      }
+      await this.upsert([...this.own.values()]);
+    }
+    await this.topology.refresh();
+  }
+
+  /** Write the settings of `recs` to Redis, each against what was there (read again on a conflict). */
+  async upsert(recs: readonly KeyRecord[]): Promise<void> {
+    for (const rec of recs) {
+      for (let attempt = 0; ; attempt++) {
+        const found = await this.cmd.record(rec.id);
+        if (await this.upsertOne(rec, found?.raw ?? '')) break;
+        if (attempt >= 5) throw refusalError({ reason: 'conflict', keyId: rec.id, doing: 'registered' });
+      }
+    }
+  }
+
+  private async upsertOne(rec: KeyRecord, expected: string): Promise<boolean> {
+    const reply = await this.cmd.upsertKey(rec, expected);
+    if (!reply.ok) return false;
+    if (reply.change !== 'unchanged') this.log.info({ keyId: rec.id, hint: rec.hint, change: reply.change }, `key ${reply.change}`);
+    if (this.own.has(rec.id)) this.epoch = reply.epoch;
+    return true;
+  }
+}

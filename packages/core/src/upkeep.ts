@@ -1,0 +1,197 @@
+import type { Logger } from 'pino';
+import type { Clock } from './clock.js';
+import { refusalError, type PoolCommands } from './commands.js';
+import { parseKeySpec, type KeySpecInput, type PoolConfig } from './config.js';
+import { isKeyNotFound, isRedisUnavailable } from './errors.js';
+import { coolingMs } from './headers.js';
+import type { KeyAdmin } from './key-admin.js';
+import type { LocalLimiter } from './local-limiter.js';
+import { classify, type Outcome } from './outcome.js';
+import { NANOS_PER_USD } from './pricing.js';
+import { limitsOf, recordOfSpec, type KeyRecord } from './records.js';
+import type { RedisLink } from './redis-link.js';
+import { toPoolStatus, type KeyStatus, type PoolStatus } from './status.js';
+import type { Topology } from './topology.js';
+
+/** One periodic job of the scheduler, as /status and /metrics show it. */
+export interface ScheduledJobStatus {
+  name: string;
+  /** Interval in ms, or a cron pattern (UTC). */
+  every?: number;
+  pattern?: string;
+  /** When the next run is due (ISO), as the worker that ran the last one computed it. */
+  nextRunAt?: string;
+  lastRun?: { startedAt: string; durationMs: number; ok: boolean; worker: string; jobId: string; error?: string; summary?: Record<string, unknown> };
+  runs: { completed: number; failed: number };
+}
+
+/** A key to probe: what the call needs (the secret stays in this process, as with a lease). */
+export interface ProbeTarget {
+  keyId: string;
+  hint: string;
+  provider: string;
+  baseURL: string;
+  secret: string;
+  reason: 'open' | 'half_open' | 'revoked' | 'degraded';
+}
+
+export interface UpkeepParts {
+  name: string;
+  config: PoolConfig;
+  cmd: PoolCommands;
+  link: RedisLink;
+  topology: Topology;
+  admin: KeyAdmin;
+  local: LocalLimiter;
+  log: Logger;
+  clock: Clock;
+  /** A key changed state (a probe closed, reopened or revoked it...). */
+  onTransition(event: { keyId: string; hint: string; transition: string }): void;
+}
+
+/**
+ * The scheduler's side of the pool, never on the request path: keys from secret sources, health
+ * probes, housekeeping, and the fleet-wide status (of keys and of the scheduler's jobs).
+ */
+export class Upkeep {
+  /** Keys this process holds from secret sources (setSourceKeys). */
+  private readonly sourced = new Map<string, KeyRecord>();
+
+  constructor(private readonly p: UpkeepParts) {}
+
+  /** See KeyPool.setSourceKeys. */
+  async setSourceKeys(specs: readonly KeySpecInput[]): Promise<{ added: string[]; changed: string[]; dropped: string[] }> {
+    const { admin } = this.p;
+    const next = new Map<string, { rec: KeyRecord; secret: string }>();
+    for (const spec of specs.map((s) => parseKeySpec(s))) {
+      const rec = recordOfSpec(spec);
+      next.set(rec.id, { rec, secret: spec.secret });
+    }
+    const added: string[] = [];
+    const changed: string[] = [];
+    const upserts: KeyRecord[] = [];
+    for (const [id, { rec }] of next) {
+      const old = this.sourced.get(id) ?? admin.registered(id);
+      if (!old) added.push(id);
+      else if (JSON.stringify(old) !== JSON.stringify(rec)) changed.push(id);
+      if (!old || JSON.stringify(old) !== JSON.stringify(rec)) upserts.push(rec);
+    }
+    const dropped = [...this.sourced.keys()].filter((id) => !next.has(id) && !admin.isConfigKey(id));
+    // Redis first: if it fails, nothing here changed and the same call can be made again
+    if (upserts.length > 0) await admin.upsert(upserts);
+    // a key that comes back to its source while it was being retired (drained, not yet removed)
+    for (const id of added) {
+      await admin.setState(id, 'unretire').catch((e) => {
+        if (!isKeyNotFound(e)) throw e;
+      });
+    }
+    for (const [id, { rec, secret }] of next) {
+      admin.hold(rec, secret);
+      this.sourced.set(id, rec);
+    }
+    for (const id of [...this.sourced.keys()]) {
+      if (next.has(id)) continue;
+      this.sourced.delete(id);
+      admin.drop(id);
+    }
+    if (added.length || changed.length || dropped.length) {
+      this.p.log.info({ added, changed, dropped }, 'keys from secret sources applied');
+    }
+    await this.p.topology.refresh();
+    return { added, changed, dropped };
+  }
+
+  /** See KeyPool.probeTargets. */
+  async probeTargets(): Promise<ProbeTarget[]> {
+    const status = await this.status();
+    const out: ProbeTarget[] = [];
+    for (const k of status.keys) {
+      const secret = this.p.admin.secretOf(k.id);
+      if (!secret) continue;
+      const why: ProbeTarget['reason'] | undefined =
+        k.state === 'open' || k.state === 'half_open' || k.state === 'revoked' ? k.state : k.state === 'active' && k.degraded ? 'degraded' : undefined;
+      if (why) out.push({ keyId: k.id, hint: k.hint, provider: k.provider, baseURL: k.baseURL, secret, reason: why });
+    }
+    return out;
+  }
+
+  /** See KeyPool.reportProbe. */
+  async reportProbe(keyId: string, outcome: Pick<Outcome, 'status' | 'error' | 'latencyMs' | 'headers'>): Promise<{ state: string; breaker: string; transition: string }> {
+    const { config, cmd } = this.p;
+    let cls = classify(outcome);
+    // only a 2xx (or a 429, which proves the key valid) is a good probe: a 404 on /models is a wrong
+    // baseURL more likely than a healthy provider
+    if (cls === 'client_error' || cls === 'aborted') cls = 'server_error';
+    const coolMs = cls === 'rate_limited' ? coolingMs(outcome.headers, config.cooling, this.p.clock.now()) : -1;
+    const found = await cmd.record(keyId);
+    if (found === null) throw refusalError({ reason: 'not_found', keyId });
+    const { hint } = found.rec;
+    const reply = await cmd.probe(keyId, found.rec.g, { outcome: cls, latencyMs: outcome.latencyMs ?? -1, coolMs });
+    if (!reply.ok) throw refusalError({ reason: reply.reason, keyId });
+    const { state, breaker, transition } = reply;
+    if (transition && transition !== 'skipped') {
+      this.p.log.info({ keyId, hint, transition, outcome: cls }, `key ${transition} by health probe`);
+      this.p.onTransition({ keyId, hint, transition });
+    }
+    return { state, breaker, transition };
+  }
+
+  /** See KeyPool.housekeep. */
+  async housekeep(): Promise<{ leasesReaped: number; periodsStarted: { keyId: string; previousSpendUsd: number }[]; healthWindowsCleared: number }> {
+    const { topology, log } = this.p;
+    await topology.refresh();
+    const reply = await this.p.cmd.housekeep(topology.groups());
+    const periodsStarted = reply.periodsStarted.map((p) => ({ keyId: p.keyId, previousSpendUsd: p.spentNanos / NANOS_PER_USD }));
+    for (const p of periodsStarted) {
+      log.info({ keyId: p.keyId, hint: topology.key(p.keyId)?.hint, previousSpendUsd: p.previousSpendUsd }, 'budget period started');
+    }
+    if (reply.leasesReaped > 0) log.info({ leases: reply.leasesReaped }, 'expired leases given back');
+    await topology.refresh();
+    return { leasesReaped: reply.leasesReaped, periodsStarted, healthWindowsCleared: reply.healthWindowsCleared };
+  }
+
+  /** See KeyPool.status. */
+  async status(): Promise<PoolStatus> {
+    const { name, config, link, topology } = this.p;
+    const down = link.outage;
+    const redis = {
+      ok: !down,
+      policy: config.redisDown.policy,
+      ...(down ? { downSince: new Date(down.since).toISOString(), lastError: down.error } : {}),
+    };
+    try {
+      return toPoolStatus(name, { ...redis, ok: true }, await this.p.cmd.status());
+    } catch (e) {
+      if (!isRedisUnavailable(e)) throw e;
+      const keys = topology.records().map(
+        (r): KeyStatus => ({
+          id: r.id,
+          hint: r.hint,
+          ...(r.name !== undefined ? { name: r.name } : {}),
+          provider: r.provider,
+          baseURL: r.baseURL,
+          models: r.models,
+          state: 'unknown',
+          limits: limitsOf(r),
+          inFlight: this.p.local.inFlight(r.id),
+        }),
+      );
+      return {
+        pool: name,
+        redis: { ...redis, ok: false },
+        mode: config.redisDown.policy === 'local' ? 'local' : 'failing-closed',
+        version: topology.current,
+        leasesInFlight: null,
+        keys,
+      };
+    }
+  }
+
+  /** See KeyPool.scheduleStatus. */
+  async scheduleStatus(): Promise<ScheduledJobStatus[]> {
+    const { jobs, runs } = await this.p.cmd.schedule();
+    return jobs
+      .map(([name, j]) => ({ name, ...j, runs: { completed: Number(runs[`${name}:completed`] ?? 0), failed: Number(runs[`${name}:failed`] ?? 0) } }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+}

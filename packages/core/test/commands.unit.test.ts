@@ -1,0 +1,96 @@
+/**
+ * The typed command layer without Redis: each function builds the KEYS and ARGV its script's
+ * header names and turns the reply tuple into a typed object; a key that moved to another group
+ * is followed; a refusal that ends an operation becomes the same error everywhere.
+ */
+import { describe, expect, it } from 'vitest';
+import { PoolCommands, TokenCommands, refusalError, type CommandLink } from '../src/commands.js';
+import { InvalidArgumentError, KeyNotFoundError, PoolKeys, RequestTooLargeError, parsePoolConfig } from '../src/index.js';
+
+const keys = new PoolKeys('unit');
+const config = parsePoolConfig({});
+
+/** A link that answers each script call with the next reply and records what it was given. */
+function fakeLink(...replies: unknown[]) {
+  const calls: { name: string; keys: string[]; args: (string | number)[] }[] = [];
+  const link: CommandLink = {
+    script: async (name, k, args) => {
+      calls.push({ name, keys: k, args });
+      return replies.shift();
+    },
+    hget: async () => null,
+    hgetall: async () => ({}),
+  };
+  return { link, calls };
+}
+
+describe('PoolCommands', () => {
+  it('acquire: a lease reply and a refusal, -1 read as "not by waiting"', async () => {
+    const { link, calls } = fakeLink([1, 'k1', '7:k1:10:0', 1_000_300, 1_000, 250, 4, 1], [0, 'circuit_open', -1, 5], [0, 'cooling', 1200, 5]);
+    const cmd = new PoolCommands(link, keys, config);
+    const scriptKeys = [keys.cfg, keys.st, keys.leases, keys.meta, keys.avail('g'), keys.wait('g')];
+    expect(await cmd.acquire(scriptKeys, 10, 0, '')).toEqual({ ok: true, keyId: 'k1', leaseId: '7:k1:10:0', deadline: 1_000_300, at: 1_000.25, version: 4, probe: true });
+    expect(await cmd.acquire(scriptKeys, 10, 0, 'x,y')).toEqual({ ok: false, reason: 'circuit_open', retryAfterMs: null, version: 5 });
+    expect(await cmd.acquire(scriptKeys, 10, 0, '')).toEqual({ ok: false, reason: 'cooling', retryAfterMs: 1200, version: 5 });
+    // ARGV in the header's order: tokens, cost, lease timeout, recheck, random, excluded, candidates, seed
+    const [tokens, cost, timeout, recheck, pick, excluded, candidates] = calls[1]!.args;
+    expect([tokens, cost, timeout, recheck, excluded, candidates]).toEqual([10, 0, config.leaseTimeoutMs, config.concurrencyRecheckMs, 'x,y', config.candidates]);
+    expect(pick).toBeGreaterThanOrEqual(0);
+    expect(calls[1]!.keys).toBe(scriptKeys);
+  });
+
+  it('setState follows a key that moved to another group, at most 3 times', async () => {
+    const { link, calls } = fakeLink([0, 'moved', 'g2'], [0, 'moved', 'g3'], [1, 'disabled', 'closed', 0]);
+    const cmd = new PoolCommands(link, keys, config);
+    expect(await cmd.setState('k1', 'disable', 'g1')).toEqual({ ok: true, state: 'disabled', breaker: 'closed', inFlight: 0 });
+    expect(calls.map((c) => [c.keys[2], c.args[2]])).toEqual([
+      [keys.avail('g1'), 'g1'],
+      [keys.avail('g2'), 'g2'],
+      [keys.avail('g3'), 'g3'],
+    ]);
+
+    const always = fakeLink(...['g2', 'g3', 'g4', 'g5', 'g6'].map((g) => [0, 'moved', g]));
+    expect(await new PoolCommands(always.link, keys, config).setState('k1', 'enable', 'g1')).toEqual({ ok: false, reason: 'moved', group: 'g5' });
+    expect(always.calls).toHaveLength(4);
+  });
+
+  it('release tells each move to its caller, and reads the refusals', async () => {
+    const { link } = fakeLink([0, 'moved', 'g2'], [1, 'active', 'closed', 'cooling', 2_000, 500], [0, 'unknown_lease']);
+    const cmd = new PoolCommands(link, keys, config);
+    let moves = 0;
+    const args = { leaseId: '1:k:0:0', outcome: 'rate_limited' as const, latencyMs: 5, tokens: -1, costNanos: -1, coolMs: 2000, model: 'm', route: '' };
+    expect(await cmd.release('g1', args, () => moves++)).toEqual({ ok: true, keyState: 'active', breaker: 'closed', transition: 'cooling', at: 2_000.5 });
+    expect(moves).toBe(1);
+    expect(await cmd.release('g2', args)).toEqual({ ok: false, reason: 'unknown_lease' });
+  });
+
+  it('housekeep: KEYS for every group, the periods started read as numbers', async () => {
+    const { link, calls } = fakeLink([3, ['k1:1500000000', 'k2:0'], 1]);
+    const reply = await new PoolCommands(link, keys, config).housekeep(['a', 'b']);
+    expect(reply).toEqual({ leasesReaped: 3, periodsStarted: [{ keyId: 'k1', spentNanos: 1_500_000_000 }, { keyId: 'k2', spentNanos: 0 }], healthWindowsCleared: 1 });
+    expect(calls[0]!.keys).toEqual([keys.cfg, keys.st, keys.leases, keys.meta, keys.avail('a'), keys.wait('a'), keys.avail('b'), keys.wait('b')]);
+    expect(calls[0]!.args[0]).toBe('a,b');
+  });
+});
+
+describe('TokenCommands', () => {
+  it('admit: a refusal of an unknown token has no id; settings come back parsed when asked for', async () => {
+    const rec = { id: 'abcdefabcdef', hint: 'kpt_...abcd', name: 'n', rpm: 0, rb: 0, bud: -1, per: 'total', models: [] };
+    const { link } = fakeLink([0, 'unknown', -1, ''], [1, rec.id, `${rec.id}:1:0`, JSON.stringify(rec), 5, 7, -1]);
+    const cmd = new TokenCommands(link.script, keys, config);
+    expect(await cmd.admit('h', 'm', 0, true)).toEqual({ ok: false, reason: 'unknown', retryAfterMs: null, id: undefined });
+    expect(await cmd.admit('h', 'm', 0, true)).toEqual({ ok: true, id: rec.id, reservation: `${rec.id}:1:0`, settings: rec, spentNanos: 5, reservedNanos: 7, periodEnd: -1 });
+  });
+});
+
+describe('refusalError: one error per refusal that ends an operation', () => {
+  it('maps each to its error class and message', () => {
+    expect(refusalError({ reason: 'not_found', keyId: 'k1' })).toEqual(new KeyNotFoundError('k1'));
+    expect(refusalError({ reason: 'moved', keyId: 'k1' })).toBeInstanceOf(KeyNotFoundError);
+    const big = refusalError({ reason: 'too_large', model: 'm', tokens: 5000, maxTokens: 1000 });
+    expect(big).toBeInstanceOf(RequestTooLargeError);
+    expect(big).toMatchObject({ estimatedTokens: 5000, maxTokens: 1000 });
+    expect(refusalError({ reason: 'conflict', keyId: 'k1', doing: 'updated' })).toEqual(new InvalidArgumentError('key k1 kept changing while being updated; try again'));
+    expect(refusalError({ reason: 'exists' })).toEqual(new InvalidArgumentError('could not give the new token a unique id; try again'));
+  });
+});

@@ -1,0 +1,69 @@
+/**
+ * The Lua loader on fixture directories (test/fixtures/lua-*): key counts from file names, includes
+ * inlined once, and the errors a packaging mistake gets (a missing include, a cycle, two files for
+ * one script). Then the package's own scripts against SCRIPT_NAMES.
+ */
+import { readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { SCRIPT_NAMES, inlineIncludes, loadScripts, scripts } from '../src/scripts.js';
+
+const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}/`, import.meta.url));
+const count = (text: string, needle: string) => text.split(needle).length - 1;
+
+describe('script loader', () => {
+  it('takes the number of KEYS from <name>-<n>.lua, and none (numkeys from the caller) from <name>.lua', () => {
+    const loaded = loadScripts(fixture('lua-ok'));
+    expect(loaded.map((s) => [s.name, s.file, s.keys])).toEqual([
+      ['pair', 'pair-2.lua', 2],
+      ['spread', 'spread.lua', undefined],
+    ]);
+    for (const s of loaded) expect(s.command).toMatch(new RegExp(`^kp_${s.name}_[0-9a-f]{10}$`));
+  });
+
+  it('inlines an include named twice (through two other includes) once, where it is first named', () => {
+    const lua = inlineIncludes(fixture('lua-ok'), 'pair-2.lua');
+    expect(count(lua, '@shared-body')).toBe(1);
+    expect(count(lua, '@first-body')).toBe(1);
+    expect(count(lua, '@second-body')).toBe(1);
+    expect(lua.indexOf('@shared-body')).toBeLessThan(lua.indexOf('@first-body'));
+    expect(lua.indexOf('@first-body')).toBeLessThan(lua.indexOf('@second-body'));
+    expect(lua).not.toMatch(/^--- @include/m);
+  });
+
+  it('a missing include is an error naming the file that includes it and the file it looked for', () => {
+    const dir = fixture('lua-missing');
+    expect(() => loadScripts(dir)).toThrow(`broken-1.lua includes "nowhere", but ${dir}includes/nowhere.lua does not exist`);
+  });
+
+  it('a circular include is an error naming the cycle, not silently dropped', () => {
+    expect(() => loadScripts(fixture('lua-cycle'))).toThrow('circular @include in loop-1.lua: ping -> pong -> ping');
+  });
+
+  it('two files for one script name are an error: the key count could not be told', () => {
+    expect(() => loadScripts(fixture('lua-twins'))).toThrow(/two files for script "same" in .*: same-2\.lua and same\.lua/);
+  });
+});
+
+describe("the package's scripts", () => {
+  const all = scripts();
+
+  it('are exactly SCRIPT_NAMES, one file each', () => {
+    expect(all.map((s) => s.name).sort()).toEqual([...SCRIPT_NAMES].sort());
+    const files = readdirSync(fileURLToPath(new URL('../lua/', import.meta.url))).filter((f) => f.endsWith('.lua'));
+    expect(all.map((s) => s.file).sort()).toEqual(files.sort());
+  });
+
+  it('acquire, upsertKey and housekeep take a variable number of KEYS; the others a fixed one', () => {
+    const keys = Object.fromEntries(all.map((s) => [s.name, s.keys]));
+    expect(keys).toMatchObject({ acquire: undefined, upsertKey: undefined, housekeep: undefined, release: 7, setState: 5, tokenRevoke: 1 });
+    for (const s of all) if (!['acquire', 'upsertKey', 'housekeep'].includes(s.name)) expect(s.keys).toBeGreaterThan(0);
+  });
+
+  it('have every include inlined, "common" once', () => {
+    for (const s of all) {
+      expect(s.lua).not.toMatch(/^--- @include/m);
+      expect(count(s.lua, 'local function nowMs()')).toBe(1);
+    }
+  });
+});
