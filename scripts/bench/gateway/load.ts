@@ -7,7 +7,30 @@ import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { evenlySpaced } from '../lib/load.js';
 import { MAX_TOKENS, MODEL, interrupted } from './options.js';
-import type { SliceTelemetry } from './measure.js';
+import type { histogramDelta } from '../lib/metrics.js';
+import type { GatewayChildStats } from './child.js';
+
+/** What was measured around one load slice: CPU, run-queue waits, Redis, and the gateway's own histograms. */
+export interface SliceTelemetry {
+  /** CPU cores (CPU seconds per wall second) of each process over the slice */
+  cores: { gateway: number; bare: number; fake: number; redis: number; loadgen: number; machineBusy: number | null; machineSteal: number | null; others: number | null };
+  /** CPU microseconds per request sent (gatewayKernel: the part of gateway's in the kernel: syscalls, loopback TCP) */
+  cpuUsPerRequest: { gateway: number; gatewayKernel: number; bare: number; fake: number; redis: number; loadgen: number };
+  /** ms per second each process's main thread was runnable but waited for a CPU (2 cores, 5 processes + others) */
+  runqueueWaitMsPerS: Record<'gateway' | 'bare' | 'fake' | 'redis' | 'loadgen', number>;
+  /** Redis commands per request and server usec per call (script commands included) */
+  redis: { commandsPerRequest: Record<string, number>; usecPerCall: Record<string, number> };
+  /** gateway slices only */
+  gateway?: {
+    overhead: ReturnType<typeof histogramDelta>;
+    acquire: ReturnType<typeof histogramDelta>;
+    duration: ReturnType<typeof histogramDelta>;
+    eventLoopDelayMs: { p50: number; p90: number; p99: number; max: number; mean: number };
+    /** GC in the gateway over the slice, by kind (prom-client nodejs_gc_duration_seconds) */
+    gc: Record<string, { count: number; totalMs: number; over1Ms: number; over10Ms: number }>;
+    calls: GatewayChildStats;
+  };
+}
 
 export interface Target {
   side: Side;

@@ -5,7 +5,8 @@ import { fmt, table } from '../lib/report.js';
 import type { Dist } from '../lib/stats.js';
 import type { Mode, Side } from './load.js';
 import type { StepResult } from './max-rps.js';
-import type { overheadOf, SideFigures, SliceTelemetry } from './measure.js';
+import type { SliceTelemetry } from './load.js';
+import type { overheadOf, SideFigures } from './measure.js';
 import type { histogramDelta } from '../lib/metrics.js';
 import type { HotSpot, ScriptTime } from './profile.js';
 

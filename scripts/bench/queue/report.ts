@@ -14,7 +14,7 @@ import type { QueueSection } from '@keypool/config';
 import type { LlmJobData, LlmJobResult } from '@keypool/worker';
 import { CORES, fmt, list, table } from '../lib/report.js';
 import { addCounts as add, round, summary as distOf } from '../lib/stats.js';
-import type { Options } from '../queue.js';
+import type { Options } from './options.js';
 import type { WorkerChildStats } from './worker.js';
 
 export const MODEL = 'gpt-4o-mini';
