@@ -66,7 +66,7 @@ export const PoolConfigSchema = z
       .max(3_600_000)
       .default(30_000)
       .describe(
-        'A lease not renewed by then (its process died) gives its slot back, within 1 s to 1 h. Holders renew their leases every third of it while their call runs (streams and slow calls included).',
+        'A lease not renewed by then (its process died) gives its slot back (1000 to 3600000). Holders renew their leases every third of it while their call runs (streams and slow calls included).',
       ),
     reservationTimeoutMs: z
       .number()

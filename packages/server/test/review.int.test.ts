@@ -335,13 +335,14 @@ describe.skipIf(testTarget() === 'cluster')('review: serve', () => {
       const { token } = await s.pool.tokens.create({ name: 'drain', budget: { usd: 5, period: 'total' } });
       const openai = new OpenAI({ apiKey: token, baseURL: `${s.url}/v1`, maxRetries: 0 });
       const stream = await openai.chat.completions.create({ ...ask, max_tokens: 200, stream: true });
+      let got = 0;
       const reading = (async () => {
-        for await (const _ of stream);
+        for await (const _ of stream) got++;
       })().then(
         () => 'ended',
         (e: unknown) => e,
       );
-      await new Promise((r) => setTimeout(r, 100));
+      await expect.poll(() => got).toBeGreaterThan(0);
       const t0 = Date.now();
       const cut = await s.close();
       expect(cut).toBe(1);
