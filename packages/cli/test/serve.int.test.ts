@@ -137,6 +137,49 @@ describe.skipIf(testTarget() === 'cluster')('keypool serve (a child process, RED
     for (const s of [FAST, SLOW, ADMIN, t]) expect(gw.stdout()).not.toContain(s);
   });
 
+  it('kill -9 with 4 streams in flight: the slots are free within leaseTimeoutMs and another gateway gets them', async () => {
+    const pool = uniqueName('serve');
+    const redisUrl = connectionForChild().url!;
+    const leaseTimeoutMs = 2000;
+    // the slow key takes 4 at once; its streams send a chunk a second (8 tokens: ~10 s)
+    const file = join(dir, 'kill.yaml');
+    writeFileSync(
+      file,
+      `pool: ${pool}\nleaseTimeoutMs: ${leaseTimeoutMs}\nserver:\n  port: 0\n  adminToken: \${KP_TEST_ADMIN}\nlogLevel: info\nkeys:\n  - name: slow\n    secretEnv: KP_TEST_SLOW\n    baseURL: ${fake.url}\n    models: [gpt-4o]\n    maxConcurrent: 4\n`,
+    );
+    const doomed = serve(file, { REDIS_URL: redisUrl });
+    const other = serve(file, { REDIS_URL: redisUrl });
+    const [url1, url2] = await Promise.all([doomed.listening(), other.listening()]);
+    const t = await token(url2);
+    const observer = await KeyPool.connect({ redis: redisUrl, config: { pool } });
+    const slowKey = async () => (await observer.status()).keys.find((k) => k.name === 'slow')!;
+    fake.setKey(SLOW, { chunkDelayMs: 1000 });
+    try {
+      const streams = Array.from({ length: 4 }, () => sdk(url1, t).chat.completions.create({ ...ask, model: 'gpt-4o', stream: true }));
+      for (const s of streams) s.catch(() => undefined); // cut by the kill
+      await expect.poll(slowKey, { timeout: 5000, interval: 50 }).toMatchObject({ inFlight: 4, left: { slots: 0 } });
+      // renewed while the gateway lives: still held past a whole lease timeout
+      const since = Date.now();
+      await expect.poll(() => Date.now() - since, { timeout: leaseTimeoutMs + 2000, interval: 50 }).toBeGreaterThan(leaseTimeoutMs + 300);
+      expect((await slowKey()).inFlight).toBe(4);
+
+      doomed.child.kill('SIGKILL');
+      const killed = Date.now();
+      expect(await doomed.exited).toEqual({ code: null, signal: 'SIGKILL' });
+      await expect.poll(slowKey, { timeout: leaseTimeoutMs + 1500, interval: 50 }).toMatchObject({ inFlight: 0, left: { slots: 4 } });
+      expect(Date.now() - killed).toBeLessThanOrEqual(leaseTimeoutMs + 1500);
+      // and the slots are usable: four requests at once through the other gateway all get a key
+      fake.setKey(SLOW, { chunkDelayMs: null });
+      const answers = await Promise.all(Array.from({ length: 4 }, () => sdk(url2, t).chat.completions.create({ ...ask, model: 'gpt-4o' }).withResponse()));
+      expect(answers.map((a) => a.response.status)).toEqual([200, 200, 200, 200]);
+    } finally {
+      fake.setKey(SLOW, { chunkDelayMs: null });
+      await observer.close();
+      other.child.kill('SIGTERM');
+      await other.exited;
+    }
+  }, 40_000);
+
   it('a second signal exits 1 at once, without waiting for the request in flight', async () => {
     const gw = serve(configFile('twice', uniqueName('serve')), { REDIS_URL: connectionForChild().url! });
     const url = await gw.listening();

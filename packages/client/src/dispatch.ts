@@ -107,7 +107,8 @@ export interface DispatchCall<T> {
   /**
    * Awaited once the first key is leased, before the first upstream call: the caller's own
    * admission, run at the same time as the first acquire (one Redis round trip instead of two on
-   * the request's path). If it rejects, the lease goes back (as aborted) and the call fails with it.
+   * the request's path). If it rejects, the lease goes back unused (nothing of the key is spent:
+   * request, tokens, slot, money) and the call fails with it.
    */
   gate?: Promise<unknown>;
   /** Told of each failed attempt once its lease is released (the result is undefined when the release failed). */
@@ -254,7 +255,8 @@ export class Dispatcher {
   /**
    * Lease a key and make the call, failing over to another key on 429, 5xx, timeouts, connection
    * errors and 401/403, within maxAttempts and the call's deadline. On success the lease is
-   * returned still held: the caller releases it with the real usage.
+   * returned still held, its heartbeat running (see Lease.keepAlive): the caller releases it with
+   * the real usage, which stops the heartbeat.
    */
   async dispatch<T>(c: DispatchCall<T>): Promise<Dispatched<T>> {
     const { signal, deadline } = c;
@@ -276,10 +278,12 @@ export class Dispatcher {
         try {
           await c.gate;
         } catch (e) {
-          await lease.release({ error: 'aborted', latencyMs: 0 }).catch(() => undefined);
+          await lease.release({ error: 'unused' }).catch(() => undefined);
           throw e;
         }
       }
+      // renewed until released, however long the call (or the caller's stream) runs
+      lease.keepAlive();
       const started = this.clock.now();
       // this attempt's own timeout, inside the call's deadline
       const ac = callController(signal, Math.min(this.attemptTimeoutMs, deadline - started), 'attempt');

@@ -253,7 +253,8 @@ export class PooledOpenAI {
    * or a consumer that stopped reading) is aborted. The usage of the final event is reconciled when
    * the stream ends; a stream that breaks midway (an error, or an end without its finishing event)
    * counts as a failure of the key; a consumer that stops early aborts the upstream call and
-   * releases the lease as aborted. The lease is extended while a long stream runs.
+   * releases the lease as aborted. The lease's heartbeat (started by the Dispatcher) keeps it while
+   * the stream runs, however slow.
    */
   private async stream(
     model: string,
@@ -303,8 +304,6 @@ export class PooledOpenAI {
         clearTimeout(this.timer);
       },
     };
-    const leaseTimeoutMs = this.pool.config.leaseTimeoutMs;
-    const clock = this.clock;
     idle.arm('consumer'); // a stream nobody reads does not hold its key for ever
     async function* chunks() {
       let usage: Outcome['usage'];
@@ -315,7 +314,6 @@ export class PooledOpenAI {
           idle.arm('upstream');
           const { value: chunk, done } = await iter.next();
           if (done) break;
-          if (r.lease.deadline - clock.now() < leaseTimeoutMs / 2) void r.lease.extend().catch(() => undefined);
           const seen = shape.read(chunk);
           if (seen.finished) finished = true;
           if (seen.usage) usage = seen.usage;

@@ -5,6 +5,8 @@
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] avail set of the key's group  KEYS[5] wait zset
   of the key's group  KEYS[6] meta  KEYS[7] spend (hash: nano-dollars and requests per model, per route)
   ARGV[1] lease  ARGV[2] outcome: ok | client_error | rate_limited | auth | server_error | aborted
+  | unused (nothing went upstream: the request, the tokens, the slot and the money all come back,
+  nothing is charged nor recorded)
   ARGV[3] latency ms (-1: none)  ARGV[4] real tokens (-1: unknown, the estimate stands)
   ARGV[5] real cost, nano-dollars (-1: unknown, the estimate stands)  ARGV[6] cool ms for a 429
   (-1: use the default)  ARGV[7..17] breaker and health settings, in the order read below
@@ -43,7 +45,14 @@ local hopts = {
 -- slot, tokens, money
 st.inf = math.max(0, st.inf - 1)
 refill(st, now)
-if st.tpm > 0 and realTokens >= 0 then
+local unused = outcome == 'unused'
+if unused then
+  -- a lease handed back before anything went upstream (its caller was refused) costs nothing
+  if st.rpm > 0 then st.rt = math.min(st.rb, st.rt + 1) end
+  if st.tpm > 0 then st.tt = math.min(st.tb, st.tt + estTokens) end
+  rollBudget(st, now)
+  st.rs = math.max(0, st.rs - estCost)
+elseif st.tpm > 0 and realTokens >= 0 then
   if st.tc == 'estimate' then
     -- the provider counted the estimate at admission (OpenAI counts max_tokens): nothing comes
     -- back; usage beyond the estimate is still a debt
@@ -52,16 +61,18 @@ if st.tpm > 0 and realTokens >= 0 then
     st.tt = math.min(st.tb, st.tt + estTokens - realTokens)
   end
 end
-rollBudget(st, now)
-st.rs = math.max(0, st.rs - estCost)
-local charged = realCost >= 0 and realCost or estCost
-st.sp = st.sp + charged
--- fleet-wide spend per model and per route (a route is a named list of models, see the client)
-redis.call('HINCRBY', spendKey, 'm:' .. ARGV[19], charged)
-redis.call('HINCRBY', spendKey, 'mn:' .. ARGV[19], 1)
-if ARGV[20] ~= '' then
-  redis.call('HINCRBY', spendKey, 'r:' .. ARGV[20], charged)
-  redis.call('HINCRBY', spendKey, 'rn:' .. ARGV[20], 1)
+if not unused then
+  rollBudget(st, now)
+  st.rs = math.max(0, st.rs - estCost)
+  local charged = realCost >= 0 and realCost or estCost
+  st.sp = st.sp + charged
+  -- fleet-wide spend per model and per route (a route is a named list of models, see the client)
+  redis.call('HINCRBY', spendKey, 'm:' .. ARGV[19], charged)
+  redis.call('HINCRBY', spendKey, 'mn:' .. ARGV[19], 1)
+  if ARGV[20] ~= '' then
+    redis.call('HINCRBY', spendKey, 'r:' .. ARGV[20], charged)
+    redis.call('HINCRBY', spendKey, 'rn:' .. ARGV[20], 1)
+  end
 end
 
 -- breaker
@@ -100,7 +111,7 @@ elseif outcome == 'auth' then
   st.adm = 'revoked'
   if isProbe then st.bp, st.bd = '', 0 end
   transition = 'revoked'
-elseif outcome == 'aborted' then
+elseif outcome == 'aborted' or unused then
   -- the caller gave up: not the key's fault; a probe that was aborted lets another one probe
   if isProbe then
     st.bp, st.bd = '', 0
@@ -121,6 +132,7 @@ if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
 end
 -- a slot, money held by this lease, or the whole key just came back: a candidate again at once
 placeKey(st, id, availKey, waitKey, outcome == 'rate_limited',
-  transition == 'closed' or transition == 'probe_aborted' or st.wr == 'concurrency' or st.wr == 'budget')
+  transition == 'closed' or transition == 'probe_aborted' or st.wr == 'concurrency' or st.wr == 'budget'
+    or (unused and st.wr == 'rate_limited'))
 saveState(stKey, id, st)
 return { 1, st.adm, st.br, transition, nowWhole, nowMicros }

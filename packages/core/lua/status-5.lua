@@ -1,6 +1,8 @@
 --[[
   Read-only view of every key of the pool, computed with the same rules acquire uses (refill,
-  budget period, breaker) so status never disagrees with selection. O(keys): for operators only.
+  budget period, breaker) so status never disagrees with selection. O(keys + expired leases): for
+  operators only. Leases past their deadline (their holder died) are not counted in flight, though
+  only acquire and housekeep give them back: status reads, it never reaps.
 
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] meta  KEYS[5] spend
   ARGV: none
@@ -13,9 +15,19 @@ local cfgKey, stKey, leasesKey, metaKey, spendKey = KEYS[1], KEYS[2], KEYS[3], K
 local now = nowMs()
 local all = redis.call('HGETALL', cfgKey)
 local keys = {}
+-- expired leases not reaped yet, per key (those of a removed key's earlier life do not count)
+local expired = {}
+local nowStr = tostring(math.floor(now))
+for _, lease in ipairs(redis.call('ZRANGEBYSCORE', leasesKey, '-inf', nowStr)) do
+  local seq, id = parseLease(lease)
+  if id then expired[id] = expired[id] or {} table.insert(expired[id], seq) end
+end
 for i = 1, #all, 2 do
   local id, cfg = all[i], cjson.decode(all[i + 1])
   local st = loadState(stKey, id) or newState(cfg, now)
+  for _, seq in ipairs(expired[id] or {}) do
+    if seq > st.cs then st.inf = math.max(0, st.inf - 1) end
+  end
   refill(st, now)
   local pend = rollBudget(st, now)
   local state = 'active'
@@ -38,7 +50,7 @@ end
 return cjson.encode({
   now = now,
   version = tonumber(redis.call('HGET', metaKey, 'v') or '0'),
-  leases = redis.call('ZCARD', leasesKey),
+  leases = redis.call('ZCOUNT', leasesKey, '(' .. nowStr, '+inf'),
   spend = redis.call('HGETALL', spendKey),
   keys = keys,
 })

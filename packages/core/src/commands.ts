@@ -376,7 +376,7 @@ export class TokenCommands {
   constructor(
     private readonly run: ScriptRun,
     private readonly k: PoolKeys,
-    private readonly config: Pick<PoolConfig, 'leaseTimeoutMs' | 'concurrencyRecheckMs'>,
+    private readonly config: Pick<PoolConfig, 'reservationTimeoutMs' | 'concurrencyRecheckMs'>,
   ) {}
 
   /** tokenAdmit-3.lua: one request of the token with sha256 `hash`, reserving `costNanos`. */
@@ -386,7 +386,7 @@ export class TokenCommands {
       hash,
       model,
       costNanos,
-      this.config.leaseTimeoutMs,
+      this.config.reservationTimeoutMs,
       this.config.concurrencyRecheckMs,
       wantSettings ? '1' : '0',
     ])) as [1, string, string, string, number, number, number] | [0, TokenRefusal, number, string];

@@ -63,8 +63,17 @@ export const PoolConfigSchema = z
       .number()
       .int()
       .min(1000)
-      .default(300_000)
-      .describe('A lease not released by then (its process died) gives its slot back.'),
+      .max(3_600_000)
+      .default(30_000)
+      .describe(
+        'A lease not renewed by then (its process died) gives its slot back (1000 to 3600000). Holders renew their leases every third of it while their call runs (streams and slow calls included).',
+      ),
+    reservationTimeoutMs: z
+      .number()
+      .int()
+      .min(1000)
+      .default(600_000)
+      .describe("A gateway token's reservation not settled by then (its gateway died) is charged its estimate. Longer than any request the gateway lets run."),
     concurrencyRecheckMs: z
       .number()
       .int()

@@ -93,6 +93,12 @@ export class LocalLimiter {
   release(key: KeyRecord, cls: OutcomeClass, est: number, real: number | null, coolMs: number, now = this.clock.now()): void {
     const s = this.stateOf(key, now);
     s.inf = Math.max(0, s.inf - 1);
+    if (cls === 'unused') {
+      // nothing went upstream: the request and its tokens come back too
+      if (key.rpm > 0) s.rt = Math.min(this.share(key.rb), s.rt + 1);
+      if (key.tpm > 0) s.tt = Math.min(this.share(key.tb), s.tt + est);
+      return;
+    }
     if (key.tpm > 0 && real !== null) s.tt = Math.min(this.share(key.tb), s.tt + est - real);
     if (cls === 'rate_limited') s.coolUntil = Math.max(s.coolUntil, now + coolMs);
     if (cls === 'auth') s.revoked = true;

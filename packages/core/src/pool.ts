@@ -6,6 +6,7 @@ import { PoolCommands, REFUSAL_WARNINGS, refusalError, type AcquireReply, type E
 import { parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
 import { InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import { coolingMs } from './headers.js';
+import { startHeartbeat } from './heartbeat.js';
 import { KeyAdmin } from './key-admin.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
@@ -74,6 +75,14 @@ export interface Lease {
    * streams). False when the lease had already expired or been released.
    */
   extend(ms?: number): Promise<boolean>;
+  /**
+   * Renew the lease (extend by leaseTimeoutMs) every leaseTimeoutMs / 3 until it is released: a
+   * call of any length keeps its key while this process lives, and a killed process's slots come
+   * back within leaseTimeoutMs. Every pooled caller (the Dispatcher: gateway, pooled client, queue
+   * worker) starts it once the lease is its own. Returns a function that stops it early; a lease
+   * that expires anyway is logged (warn) and the call goes on. Calling it again is a no-op.
+   */
+  keepAlive(): () => void;
 }
 
 export type AcquireResult = Lease | Exhausted;
@@ -251,9 +260,9 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const secret = this.admin.secretOf(keyId);
     if (secret === undefined) {
       // A key added since this process last read the topology, with a secret it does not hold:
-      // hand the lease back (the request token stays spent) and try the others.
+      // hand the lease back unused (nothing of the key is spent) and try the others.
       this.log.warn({ keyId, hint: rec.hint }, 'leased a key this process holds no secret for; skipping it');
-      await this.releaseRaw(rec, leaseId, model, '', 'aborted', -1, 0, 0, -1).catch(() => undefined);
+      await this.releaseRaw(rec, leaseId, model, '', 'unused', -1, 0, 0, -1).catch(() => undefined);
       exclude.add(keyId);
       return { ok: false, reason: 'busy', retryAfterMs: 0 };
     }
@@ -270,6 +279,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
 
   private makeLease(rec: KeyRecord, secret: string, leaseId: string, model: string, est: number, estCost: number, acquiredAt: number, deadline: number, probe: boolean, local: boolean): Lease {
     let released: Promise<ReleaseResult> | undefined;
+    let beat: (() => void) | undefined;
     const lease = {
       ok: true as const,
       id: leaseId,
@@ -287,8 +297,12 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       local,
       // once released, a second call is a no-op; a release that failed (Redis away) may be retried
       extend: (ms?: number) => this.extend(lease as Lease, ms ?? this.config.leaseTimeoutMs),
+      keepAlive: () => {
+        if (released) return () => undefined;
+        return (beat ??= startHeartbeat(lease as Lease, Math.max(100, Math.floor(this.config.leaseTimeoutMs / 3)), this.log));
+      },
       release: (outcome: Outcome) =>
-        (released ??= this.release(lease as Lease, outcome).catch((e: unknown) => {
+        (released ??= (beat?.(), this.release(lease as Lease, outcome)).catch((e: unknown) => {
           released = undefined;
           throw e;
         })),

@@ -96,7 +96,7 @@ export type TokenAdmission =
 /** What the tokens need from the pool: its script runner (with the Redis-down policy), keys and config. */
 export interface TokenBackend {
   keys: PoolKeys;
-  config: Pick<PoolConfig, 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'redisDown'>;
+  config: Pick<PoolConfig, 'reservationTimeoutMs' | 'concurrencyRecheckMs' | 'redisDown'>;
   log: Logger;
   /** Run a script; throws RedisUnavailableError when Redis is down (and marks the pool down). */
   run: ScriptRun;
@@ -349,7 +349,7 @@ export class GatewayTokens {
    * Admit one request of the token holder for `model` (or a route name): checks the token, its
    * models, takes one request from its bucket and reserves `estimatedCostUsd` of its budget, in
    * one script call. Settle every admitted request exactly once; an unsettled reservation expires
-   * after leaseTimeoutMs and is then charged its estimate. Throws RedisUnavailableError only
+   * after reservationTimeoutMs and is then charged its estimate. Throws RedisUnavailableError only
    * under redisDown.policy fail-closed.
    */
   async admit(token: string, model: string, estimatedCostUsd: number): Promise<TokenAdmission> {

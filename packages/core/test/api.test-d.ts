@@ -22,7 +22,7 @@ if (r.ok) {
 }
 
 // release takes a status or an error kind, nothing else
-expectTypeOf<Parameters<Lease['release']>[0]['error']>().toEqualTypeOf<'timeout' | 'network' | 'broken_stream' | 'aborted' | undefined>();
+expectTypeOf<Parameters<Lease['release']>[0]['error']>().toEqualTypeOf<'timeout' | 'network' | 'broken_stream' | 'aborted' | 'unused' | undefined>();
 
 // type guards narrow unknown errors
 declare const e: unknown;

@@ -35,7 +35,8 @@ describe('parsePoolConfig defaults', () => {
     expect(c.pool).toBe('default');
     expect(c.keys).toEqual([]);
     expect(c.prices).toEqual({});
-    expect(c.leaseTimeoutMs).toBe(300_000);
+    expect(c.leaseTimeoutMs).toBe(30_000);
+    expect(c.reservationTimeoutMs).toBe(600_000);
     expect(c.concurrencyRecheckMs).toBe(100);
     expect(c.candidates).toBe(2);
     expect(c.breaker).toEqual({ failures: 5, errorRate: 0.5, minRequests: 20, cooldownMs: 5000, maxCooldownMs: 300_000 });

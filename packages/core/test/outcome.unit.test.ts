@@ -28,6 +28,7 @@ describe('classify', () => {
     ['network', 'server_error'],
     ['broken_stream', 'server_error'],
     ['aborted', 'aborted'],
+    ['unused', 'unused'],
   ])('error %s -> %s', (error, cls) => {
     expect(classify({ error })).toBe(cls);
   });
@@ -48,14 +49,14 @@ describe('classify', () => {
     expect(isKeyPoolError(err)).toBe(true);
     expect((err as InvalidArgumentError).code).toBe('INVALID_ARGUMENT');
     expect((err as Error).message).toBe(
-      'release needs an HTTP status (100-599) or an error kind (timeout, network, broken_stream, aborted); got status=undefined error=undefined',
+      'release needs an HTTP status (100-599) or an error kind (timeout, network, broken_stream, aborted, unused); got status=undefined error=undefined',
     );
   });
 
   it('throws InvalidArgumentError for a status outside 100-599', () => {
     expect(() => classify({ status: 42 })).toThrow(InvalidArgumentError);
     expect(() => classify({ status: 42 })).toThrow(
-      'release needs an HTTP status (100-599) or an error kind (timeout, network, broken_stream, aborted); got status=42 error=undefined',
+      'release needs an HTTP status (100-599) or an error kind (timeout, network, broken_stream, aborted, unused); got status=42 error=undefined',
     );
     for (const status of [0, 99, 600, 200.5, Number.NaN, -1]) {
       expect(() => classify({ status }), String(status)).toThrow(InvalidArgumentError);
@@ -86,6 +87,10 @@ describe('realTokens', () => {
     expect(realTokens({ error: 'aborted' }, 'aborted')).toBeNull();
     expect(realTokens({ error: 'broken_stream' }, 'server_error')).toBeNull();
     expect(realTokens({ error: 'timeout' }, 'server_error')).toBeNull();
+  });
+
+  it('an unused lease (nothing went upstream) reconciles to zero tokens, not the estimate', () => {
+    expect(realTokens({ error: 'unused' }, 'unused')).toEqual({ input: 0, output: 0 });
   });
 
   it('charges nothing for failures providers do not bill', () => {

@@ -263,8 +263,8 @@ describe('gateway tokens: admit and settle', () => {
     expect(s.budgetPeriodEndsAt).toBe(new Date((Math.floor(now / 86_400_000) + 1) * 86_400_000).toISOString());
   });
 
-  it('reservations not settled by leaseTimeoutMs are reaped and charged their estimate once', async () => {
-    const tp = await pool({ leaseTimeoutMs: 1000 });
+  it('reservations not settled by reservationTimeoutMs are reaped and charged their estimate once', async () => {
+    const tp = await pool({ reservationTimeoutMs: 1000 });
     const t = tp.pool.tokens;
     const { token, info } = await t.create({ name: 'killed', budget: { usd: 1, period: 'total' } });
     const keys = new PoolKeys(tp.name);
@@ -334,7 +334,7 @@ describe('gateway tokens: admit and settle', () => {
   });
 
   it('no Redis value, log line, info or error holds the token or any 8-character piece of it', async () => {
-    const tp = await pool({ leaseTimeoutMs: 1000 });
+    const tp = await pool({ reservationTimeoutMs: 1000 });
     const t = tp.pool.tokens;
     const made = [
       await t.create({ name: 'one', rpm: 60, rpmBurst: 1, budget: { usd: 0.05, period: 'day' }, models: ['m'] }),

@@ -203,6 +203,8 @@ export function proxyRouter(deps: ProxyDeps): Router {
     let gate: Promise<void> | undefined;
     /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
     const aborted: number[] = [];
+    /** An attempt went to a provider: the token's request counts (its rpm holds for failing calls too). */
+    let sent = false;
     let settled = false;
     const settle = (costUsd: number, refundRequest: boolean) => {
       if (!admission || settled) return;
@@ -317,6 +319,7 @@ export function proxyRouter(deps: ProxyDeps): Router {
           keyDeadline: now + settings.deadlineMs,
           call: async (lease, signal, model) => {
             const s = performance.now();
+            sent = true;
             try {
               const up = await forward({ baseURL: lease.baseURL, secret: lease.secret, path: ep.path, method: 'POST', body: bodyFor(model), headers: passHeaders, signal });
               if (stream) return { up, data: null };
@@ -390,7 +393,7 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const charged = why instanceof ShuttingDown ? [] : aborted;
       const chargedUsd = charged.reduce((a, b) => a + b, 0);
       if (why instanceof ClientClosed) {
-        settle(chargedUsd, charged.length === 0);
+        settle(chargedUsd, !sent);
         labels.status = '499';
         log.debug({ requestId }, 'client closed the connection before the answer');
         finish(499);
@@ -398,8 +401,8 @@ export function proxyRouter(deps: ProxyDeps): Router {
       }
       if (isRedisUnavailable(e)) metrics.redisErrors.inc({ operation: 'proxy' });
       const err = toHttpError(why instanceof ShuttingDown ? why : e, log, requestId);
-      // no key served it (or the request was refused before): the token gets its request back
-      settle(chargedUsd, charged.length === 0 && !(e instanceof UpstreamStatusError || e instanceof UpstreamNetworkError || e instanceof GatewayTimeout));
+      // nothing went to a provider (no key could serve, a refusal before): the token gets its request back
+      settle(chargedUsd, !sent);
       sendError(res, err);
       finish(err.status);
     }
@@ -410,7 +413,8 @@ export function proxyRouter(deps: ProxyDeps): Router {
    * Pass a provider's event stream on, event by event, with backpressure (a slow reader pauses the
    * upstream read). An upstream idle for attemptTimeoutMs is cut (a timeout of the key); an end
    * without a finish counts as a broken stream and the caller gets an error event (the status was
-   * sent already). The lease is extended while a long stream runs and released with the usage.
+   * sent already). The lease's heartbeat (started by the Dispatcher) keeps it however long the
+   * stream runs; it is released with the usage.
    */
   function pipeStream(
     ep: Endpoint,
@@ -433,12 +437,9 @@ export function proxyRouter(deps: ProxyDeps): Router {
     res.setHeader('x-accel-buffering', 'no');
     res.setHeader('x-keypool-estimated-cost-usd', usd(est));
     res.flushHeaders();
-    const leaseTimeoutMs = pool.config.leaseTimeoutMs;
     return new Promise<number>((resolve) => {
       let over = false;
       let idle: NodeJS.Timeout | undefined;
-      /** One extension at a time: every chunk while one is on its way would pile calls on a slow Redis. */
-      let extending = false;
       /** Waiting for the caller to read (backpressure), not for the provider. */
       let paused = false;
       const arm = () => {
@@ -479,13 +480,6 @@ export function proxyRouter(deps: ProxyDeps): Router {
       arm();
       up.on('data', (chunk: Buffer) => {
         arm();
-        if (!extending && lease.deadline - Date.now() < leaseTimeoutMs / 2) {
-          extending = true;
-          void lease
-            .extend()
-            .catch(() => undefined)
-            .finally(() => (extending = false));
-        }
         const out = tap.push(chunk);
         if (out && !res.write(out)) {
           up.pause();

@@ -70,7 +70,9 @@ it('provider keys, gateway tokens and the admin token appear nowhere', async () 
   for (const path of ['/status', '/metrics', '/dashboard', '/readyz', '/healthz']) await record(await fetch(g.url + path));
   await record(await admin('/tokens'));
   await record(await fetch(`${g.url}/v1/models`, { headers: { authorization: `Bearer ${g.token}` } }));
-  await new Promise((r) => setTimeout(r, 100)); // releases and settlements finish in the background
+  // releases and settlements finish in the background
+  await expect.poll(async () => (await g.pool.status()).leasesInFlight).toBe(0);
+  await expect.poll(async () => (await g.pool.tokens.list()).every((t) => t.reservedUsd === 0)).toBe(true);
 
   // the traffic did what it should: key a was revoked by the provider, c failed, b was limited
   const st = (await (await fetch(`${g.url}/status`)).json()) as { keys: { name: string; state: string }[] };
