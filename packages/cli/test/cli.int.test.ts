@@ -121,6 +121,16 @@ describe('keypool keys', () => {
     expect((await g.pool.status()).keys.find((k) => k.name === 'beta')!.state).toBe('active');
   });
 
+  it("keys set refuses a key's base URL and provider (exit 2, what to do instead) and changes nothing", async () => {
+    for (const flag of [['--base-url', 'http://attacker.example/v1'], ['--provider', 'evil']]) {
+      const r = await kp(['keys', 'set', 'alpha', ...flag, '--rpm', '1']);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/^error: a key's base URL and provider cannot be changed through the admin API: they come with its secret from the config file or secret source, .* Change them there \(the key gets a new id/);
+      expect(r.stdout).toBe('');
+    }
+    expect((await g.pool.status()).keys.find((k) => k.name === 'alpha')).toMatchObject({ baseURL: g.fake.url, provider: 'openai', limits: { rpm: 600 } });
+  });
+
   it('an unknown key is the API error message, exit 1', async () => {
     const r = await kp(['keys', 'disable', 'no-such-key']);
     expect(r.code).toBe(1);
