@@ -151,7 +151,7 @@ describe.skipIf(testTarget() === 'cluster')('rotation under load', () => {
       expect(sink.text).not.toContain(secret(t));
       expect(status).not.toContain(secret(t));
     }
-    expect(sink.text).toContain(keyIdOf(secret('a')));
+    expect(sink.text).toContain(keyIdOf(secret('a'), fake.url));
     expect(readFileSync(file, 'utf8')).not.toContain('rotation');
   });
 });

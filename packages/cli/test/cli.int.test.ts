@@ -54,10 +54,10 @@ describe('keypool status', () => {
     const header = rows.find((l) => l.startsWith('NAME'))!;
     expect(header.split(/\s{2,}/)).toEqual(['NAME', 'ID', 'HINT', 'STATE', 'IN FLIGHT', 'REQ LEFT/RPM', 'TOK LEFT/TPM', 'BUDGET LEFT', 'SPEND', 'P50/P99 MS', 'ERRORS']);
     const alpha = rows.find((l) => l.startsWith('alpha '))!.split(/\s{2,}/);
-    expect(alpha.slice(0, 5)).toEqual(['alpha', keyIdOf(A), 'sk-...1111', 'active', '0/8']);
+    expect(alpha.slice(0, 5)).toEqual(['alpha', keyIdOf(A, g.fake.url), 'sk-...1111', 'active', '0/8']);
     expect(alpha[5]).toMatch(/^\d+\/600$/);
     const beta = rows.find((l) => l.startsWith('beta '))!.split(/\s{2,}/);
-    expect(beta.slice(0, 4)).toEqual(['beta', keyIdOf(B), 'sk-...2222', 'active']);
+    expect(beta.slice(0, 4)).toEqual(['beta', keyIdOf(B, g.fake.url), 'sk-...2222', 'active']);
     expect(beta).toContain('$10.00 of $10.00/day');
     // not a terminal: no colours
     expect(r.stdout).not.toContain('\u001b[');
@@ -85,14 +85,14 @@ describe('keypool keys', () => {
   it('keys list prints the same rows; disable by id shows in status, enable by name; the audit log names the actor', async () => {
     const list = await kp(['keys', 'list']);
     expect(list.code).toBe(0);
-    expect(list.stdout).toMatch(new RegExp(`^alpha\\s+${keyIdOf(A)}\\s+sk-\\.\\.\\.1111\\s+active`, 'm'));
+    expect(list.stdout).toMatch(new RegExp(`^alpha\\s+${keyIdOf(A, g.fake.url)}\\s+sk-\\.\\.\\.1111\\s+active`, 'm'));
     const json = JSON.parse((await kp(['keys', 'list', '--json'])).stdout);
     expect(json.keys).toHaveLength(2);
 
-    const off = await kp(['keys', 'disable', keyIdOf(A)]);
+    const off = await kp(['keys', 'disable', keyIdOf(A, g.fake.url)]);
     expect(off.code).toBe(0);
-    expect(off.stdout).toBe(`disabled: key alpha (${keyIdOf(A)}), state now disabled\n`);
-    expect((await kp(['status'])).stdout).toMatch(new RegExp(`^alpha\\s+${keyIdOf(A)}\\s+sk-\\.\\.\\.1111\\s+disabled\\s`, 'm'));
+    expect(off.stdout).toBe(`disabled: key alpha (${keyIdOf(A, g.fake.url)}), state now disabled\n`);
+    expect((await kp(['status'])).stdout).toMatch(new RegExp(`^alpha\\s+${keyIdOf(A, g.fake.url)}\\s+sk-\\.\\.\\.1111\\s+disabled\\s`, 'm'));
     expect((await g.pool.status()).keys.find((k) => k.name === 'alpha')!.state).toBe('disabled');
 
     const on = await kp(['keys', 'enable', 'alpha']);
@@ -116,9 +116,19 @@ describe('keypool keys', () => {
     for (const action of ['drain', 'enable', 'reset', 'reset-budget']) {
       const a = await kp(['keys', action, 'beta', '--json']);
       expect(a.code, action).toBe(0);
-      expect(JSON.parse(a.stdout).id).toBe(keyIdOf(B));
+      expect(JSON.parse(a.stdout).id).toBe(keyIdOf(B, g.fake.url));
     }
     expect((await g.pool.status()).keys.find((k) => k.name === 'beta')!.state).toBe('active');
+  });
+
+  it("keys set refuses a key's base URL and provider (exit 2, what to do instead) and changes nothing", async () => {
+    for (const flag of [['--base-url', 'http://attacker.example/v1'], ['--provider', 'evil']]) {
+      const r = await kp(['keys', 'set', 'alpha', ...flag, '--rpm', '1']);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/^error: a key's base URL and provider cannot be changed through the admin API: they come with its secret from the config file or secret source, .* Change them there \(the key gets a new id/);
+      expect(r.stdout).toBe('');
+    }
+    expect((await g.pool.status()).keys.find((k) => k.name === 'alpha')).toMatchObject({ baseURL: g.fake.url, provider: 'openai', limits: { rpm: 600 } });
   });
 
   it('an unknown key is the API error message, exit 1', async () => {

@@ -21,6 +21,7 @@ const NEW_PASS = 'the next passphrase c71b09';
 const MASTER = '5e'.repeat(32);
 const K1 = 'sk-proj-cli-secret-aaaaaaaaaaaaaaaa1111';
 const K2 = 'gsk_cli-secret-bbbbbbbbbbbbbbbbbbbbbb2222';
+const GROQ = 'https://api.groq.com/openai/v1';
 const K1_NEW = 'sk-proj-cli-secret-cccccccccccccccc3333';
 const K3 = 'sk-cli-secret-dddddddddddddddddddddd4444';
 /** What no output may contain. */
@@ -151,13 +152,13 @@ describe('keypool secrets, end to end', () => {
     const lines = table.stdout.trimEnd().split('\n');
     expect(lines[0]).toMatch(/^NAME +ID +HINT +PROVIDER +MODELS +RPM +TPM +MAX CONC +WEIGHT +BUDGET +BASE URL$/);
     expect(lines[1]).toMatch(new RegExp(`^openai-1 +${keyIdOf(K1)} +sk-proj-\\.\\.\\.1111 +openai +gpt-4o,gpt-4o-mini +500 +200000 +8 +2 +\\$25\\.00/day +https://api\\.openai\\.com/v1$`));
-    expect(lines[2]).toMatch(new RegExp(`^groq-1 +${keyIdOf(K2)} +gsk_\\.\\.\\.2222 +groq +llama +- +- +- +1 +- +https://api\\.groq\\.com/openai/v1$`));
+    expect(lines[2]).toMatch(new RegExp(`^groq-1 +${keyIdOf(K2, GROQ)} +gsk_\\.\\.\\.2222 +groq +llama +- +- +- +1 +- +https://api\\.groq\\.com/openai/v1$`));
     expect(lines).toHaveLength(3);
     const listed = await listJson(file);
     expect(listed).toMatchObject({ file, encryption: 'passphrase', version: expect.stringMatching(/^[0-9a-f]{16}$/) });
     expect(listed.keys).toEqual([
       expect.objectContaining({ name: 'openai-1', id: keyIdOf(K1), hint: hintOf(K1), provider: 'openai', models: ['gpt-4o', 'gpt-4o-mini'], rpm: 500, tpm: 200000, maxConcurrent: 8, weight: 2, budget: { usd: 25, period: 'day' } }),
-      expect.objectContaining({ name: 'groq-1', id: keyIdOf(K2), provider: 'groq', baseURL: 'https://api.groq.com/openai/v1', rpm: 0, budget: null }),
+      expect.objectContaining({ name: 'groq-1', id: keyIdOf(K2, GROQ), provider: 'groq', baseURL: 'https://api.groq.com/openai/v1', rpm: 0, budget: null }),
     ]);
     for (const k of listed.keys) expect(Object.keys(k)).not.toContain('secret');
 
@@ -171,13 +172,13 @@ describe('keypool secrets, end to end', () => {
     const rot = await ok(secrets(['rotate', 'openai-1', '--file', file], { env: P, stdin: K1_NEW }));
     expect(rot.stdout).toMatch(new RegExp(`^rotated key openai-1: new id ${keyIdOf(K1_NEW)} \\(sk-proj-\\.\\.\\.3333\\), was ${keyIdOf(K1)} \\(sk-proj-\\.\\.\\.1111\\)\\. .*drain the old one`));
     const afterRot = await listJson(file);
-    expect(afterRot.keys.map((k) => k.id)).toEqual([keyIdOf(K1_NEW), keyIdOf(K2)]);
+    expect(afterRot.keys.map((k) => k.id)).toEqual([keyIdOf(K1_NEW), keyIdOf(K2, GROQ)]);
     expect(afterRot.keys[0]).toEqual({ ...listed.keys[0], id: keyIdOf(K1_NEW), hint: hintOf(K1_NEW) });
     expect((await source.load()).keys.map((k) => k.secret)).toEqual([K1_NEW, K2]);
 
     // remove, by id
-    const rm = await ok(secrets(['remove', keyIdOf(K2), '--file', file], { env: P }));
-    expect(rm.stdout).toBe(`removed key groq-1 (id ${keyIdOf(K2)}) from ${file}: 1 key(s) left. Processes reading the file retire it at their next secrets refresh.\n`);
+    const rm = await ok(secrets(['remove', keyIdOf(K2, GROQ), '--file', file], { env: P }));
+    expect(rm.stdout).toBe(`removed key groq-1 (id ${keyIdOf(K2, GROQ)}) from ${file}: 1 key(s) left. Processes reading the file retire it at their next secrets refresh.\n`);
     expect((await listJson(file)).keys.map((k) => k.name)).toEqual(['openai-1']);
 
     // re-encrypt under a new passphrase: the old one no longer opens it, the new one does, keys the same

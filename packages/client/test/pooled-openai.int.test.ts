@@ -36,7 +36,7 @@ const both = (extra: Partial<KeySpecInput> = {}) => [
   { secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small', 'no-such-model'], ...extra },
   { secret: B, name: 'b', models: ['gpt-4o-mini', 'text-embedding-3-small', 'no-such-model'], ...extra },
 ];
-const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;
+const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status()).keys.find((k) => k.id === keyIdOf(secret, k.baseURL))!;
 const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
 
 describe('PooledOpenAI', () => {
@@ -211,8 +211,8 @@ describe('PooledOpenAI', () => {
     // the client's view is the same fleet-wide numbers, plus per key
     const mine = await openai.spend();
     expect(mine.byRoute).toEqual(spend!.byRoute);
-    expect(mine.byKey[keyIdOf(A)]!.usd).toBeCloseTo(spend!.byModel['gpt-4o']!.usd, 12);
-    expect(mine.byKey[keyIdOf(B)]!.name).toBe('cheap');
+    expect(mine.byKey[keyIdOf(A, fake.url)]!.usd).toBeCloseTo(spend!.byModel['gpt-4o']!.usd, 12);
+    expect(mine.byKey[keyIdOf(B, fake.url)]!.name).toBe('cheap');
   });
 
   it('low priority yields at once when no model of its route has a key free', async () => {

@@ -33,7 +33,7 @@ async function setup(fakeKeys: FakeKeyOptions[], poolKeys: Omit<KeySpecInput, 'b
   cleanup.push(() => pool.close());
   return { fake, pool, openai: new PooledOpenAI({ pool, backoff: { baseMs: 5, maxMs: 50 }, ...(opts.attemptTimeoutMs ? { attemptTimeoutMs: opts.attemptTimeoutMs } : {}) }) };
 }
-const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;
+const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status()).keys.find((k) => k.id === keyIdOf(secret, k.baseURL))!;
 const inFlight = async (pool: KeyPool) => (await pool.status()).keys.reduce((n, k) => n + k.inFlight, 0);
 const costOf = (pool: KeyPool, promptTokens: number, completionTokens: number) => {
   const p = pool.priceOf(MODEL)!;

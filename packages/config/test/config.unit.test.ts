@@ -281,7 +281,7 @@ describe('keys[i].secretEnv', () => {
     ]);
     expect(message).not.toContain(short);
     const dup = problems(`keys:\n  - { secretEnv: A, models: [m] }\n  - { secretEnv: B, models: [m] }\n`, { A: S1, B: S1 });
-    expect(dup.lines).toEqual(['keys[1].secretEnv: the value of B: same secret as keys[0]; list each key once']);
+    expect(dup.lines).toEqual(['keys[1].secretEnv: the value of B: same secret and baseURL as keys[0]; list each key once']);
     expectNoSecret(dup.message, S1);
   });
 });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from './errors.js';
+import { DEFAULT_BASE_URL, hintOf, keyIdOf, originOf } from './fingerprint.js';
 
 /** One provider API key and its limits. */
 export const KeySpecSchema = z
@@ -10,7 +11,12 @@ export const KeySpecSchema = z
       .describe('The provider API key. Held in process memory only; Redis knows the key by its fingerprint id.'),
     name: z.string().max(100).optional().describe('A label for people (status, logs). Never the secret.'),
     provider: z.string().min(1).default('openai').describe('Provider name, for status and metrics (openai, deepseek, groq...).'),
-    baseURL: z.url().default('https://api.openai.com/v1').describe('Base URL of the OpenAI-compatible API this key is for.'),
+    baseURL: z
+      .url()
+      .default(DEFAULT_BASE_URL)
+      .describe(
+        'Base URL of the OpenAI-compatible API this key is for. Part of the key: its id covers it (the same secret for another base URL is another key), and only the config or secret source sets it, never Redis or the admin API.',
+      ),
     models: z.array(z.string().min(1)).min(1, 'list at least one model this key may serve').describe('Models this key may serve.'),
     rpm: z.number().int().nonnegative().default(0).describe('Requests per minute (token-bucket rate). 0 = no limit.'),
     tpm: z.number().int().nonnegative().default(0).describe('Tokens per minute (prompt + completion). 0 = no limit.'),
@@ -59,6 +65,22 @@ export const PoolConfigSchema = z
       .describe('Pool name. Processes with the same pool name and Redis share one pool.'),
     keys: z.array(KeySpecSchema).default([]).describe('The keys this process holds (secrets stay in memory).'),
     prices: z.record(z.string(), PriceSchema).default({}).describe('Per-model prices, merged over the built-in defaults.'),
+    upstreams: z
+      .object({
+        allow: z
+          .array(
+            z
+              .string()
+              .refine((o) => isOrigin(o), 'must be an origin: scheme://host[:port], no path (e.g. https://api.openai.com)')
+              .transform((o) => originOf(o)),
+          )
+          .optional()
+          .describe(
+            'The origins (scheme://host[:port]) keys may be sent to. A key (config, secret source or addKey) whose baseURL has another origin is refused, at load and at every refresh. Unset: any origin.',
+          ),
+      })
+      .prefault({})
+      .describe('Where provider keys may be sent.'),
     leaseTimeoutMs: z
       .number()
       .int()
@@ -120,10 +142,16 @@ export const PoolConfigSchema = z
   .superRefine((cfg, ctx) => {
     const seen = new Map<string, number>();
     cfg.keys.forEach((k, i) => {
-      const first = seen.get(k.secret);
-      if (first !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['keys', i, 'secret'], message: `same secret as keys[${first}]; list each key once` });
-      } else seen.set(k.secret, i);
+      // zod runs this despite other issues: a key whose secret or baseURL is invalid is reported already
+      if (typeof k.secret === 'string' && typeof k.baseURL === 'string' && URL.canParse(k.baseURL)) {
+        const id = keyIdOf(k.secret, k.baseURL);
+        const first = seen.get(id);
+        if (first !== undefined) {
+          ctx.addIssue({ code: 'custom', path: ['keys', i, 'secret'], message: `same secret and baseURL as keys[${first}]; list each key once` });
+        } else seen.set(id, i);
+        const refused = refusedOrigin(k, cfg.upstreams?.allow);
+        if (refused) ctx.addIssue({ code: 'custom', path: ['keys', i, 'baseURL'], message: refused });
+      }
       if (k.tpmBurst !== undefined && k.tpm === 0) {
         ctx.addIssue({ code: 'custom', path: ['keys', i, 'tpmBurst'], message: 'tpmBurst needs tpm' });
       }
@@ -137,6 +165,34 @@ export type KeySpecInput = z.input<typeof KeySpecSchema>;
 export type KeySpec = z.output<typeof KeySpecSchema>;
 export type PoolConfigInput = z.input<typeof PoolConfigSchema>;
 export type PoolConfig = z.output<typeof PoolConfigSchema>;
+
+/** scheme://host[:port] (a trailing slash allowed), nothing more. */
+function isOrigin(s: string): boolean {
+  if (!URL.canParse(s)) return false;
+  const u = new URL(s);
+  return (u.protocol === 'http:' || u.protocol === 'https:') && u.pathname === '/' && !u.search && !u.hash && !u.username && !u.password && !/[?#]/.test(s);
+}
+
+/**
+ * Why `upstreams.allow` refuses a key (its baseURL's origin is not listed), or undefined when the
+ * key may be sent there (or no list is set). Names the key by name and hint, never the secret.
+ */
+export function refusedOrigin(k: Pick<KeySpec, 'secret' | 'name' | 'baseURL'>, allow: readonly string[] | undefined): string | undefined {
+  if (allow === undefined) return undefined;
+  const origin = originOf(k.baseURL);
+  if (allow.includes(origin)) return undefined;
+  const who = k.name !== undefined ? `key "${k.name}" (${hintOf(k.secret)})` : `key ${hintOf(k.secret)}`;
+  return `${who}: origin ${origin} is not in upstreams.allow [${allow.join(', ')}]; add "${origin}" to upstreams.allow to send this key there`;
+}
+
+/** Refuse every key of `specs` that `upstreams.allow` does not allow (ConfigError listing them all). */
+export function checkOrigins(specs: readonly KeySpec[], allow: readonly string[] | undefined, source: string, pathOf = (i: number) => `keys[${i}].baseURL`): void {
+  const issues = specs.flatMap((k, i) => {
+    const message = refusedOrigin(k, allow);
+    return message ? [{ path: pathOf(i), message }] : [];
+  });
+  if (issues.length > 0) throw new ConfigError(issues, source);
+}
 
 /** `keys[2].rpm` from zod's ['keys', 2, 'rpm']. */
 export function formatPath(path: ReadonlyArray<PropertyKey>): string {

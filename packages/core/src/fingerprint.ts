@@ -1,12 +1,36 @@
 import { createHmac } from 'node:crypto';
 
+/** The base URL a key is for when its spec names none (OpenAI's API). */
+export const DEFAULT_BASE_URL = 'https://api.openai.com/v1';
+
 /**
- * The stable id of a key: 16 hex chars of HMAC-SHA256 over the secret with a fixed label.
- * The same secret always gets the same id in every process, so a fleet agrees without sharing
- * the secret; 64 bits of a keyed hash of a high-entropy secret reveal nothing usable.
+ * The destination of a key in one spelling: the base URL parsed (scheme and host lowercased, the
+ * scheme's default port dropped), without trailing slashes, user info or fragment. The query stays:
+ * it is part of where requests go. Two spellings of one place give the same string.
  */
-export function keyIdOf(secret: string): string {
-  return createHmac('sha256', 'keypool/key-id/v1').update(secret).digest('hex').slice(0, 16);
+export function destinationOf(baseURL: string): string {
+  const u = new URL(baseURL);
+  return `${u.origin}${u.pathname.replace(/\/+$/, '')}${u.search}`;
+}
+
+/** The origin of a base URL (scheme://host[:port]), what `upstreams.allow` lists. */
+export function originOf(baseURL: string): string {
+  return new URL(baseURL).origin;
+}
+
+/**
+ * The stable id of a key: 16 hex chars of HMAC-SHA256 (label `keypool/key-id/v2`) over the key's
+ * destination ({@link destinationOf} its base URL), a newline, and the secret. The same secret for
+ * the same destination always gets the same id in every process, so a fleet agrees without sharing
+ * the secret; the same secret for another destination is another key, so nothing that knows a key
+ * by its id (Redis, the admin API) can send its secret elsewhere. 64 bits of a keyed hash of a
+ * high-entropy secret reveal nothing usable.
+ *
+ * The v1 scheme (label keypool/key-id/v1, over the secret alone) gave other ids: on upgrade every
+ * key is registered again under its new id, once (docs/security.md).
+ */
+export function keyIdOf(secret: string, baseURL: string = DEFAULT_BASE_URL): string {
+  return createHmac('sha256', 'keypool/key-id/v2').update(`${destinationOf(baseURL)}\n${secret}`).digest('hex').slice(0, 16);
 }
 
 /**

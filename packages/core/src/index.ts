@@ -19,6 +19,7 @@ export type {
   ReleaseResult,
 } from './pool.js';
 export type { ProbeTarget, ScheduledJobStatus } from './upkeep.js';
+export type { KeyChange } from './key-admin.js';
 export {
   KeySpecSchema,
   PoolConfigSchema,
@@ -27,6 +28,7 @@ export {
   parseKeySettings,
   parseKeySpec,
   parsePoolConfig,
+  refusedOrigin,
   type KeySpec,
   type KeySpecInput,
   type PoolConfig,
@@ -34,7 +36,7 @@ export {
 } from './config.js';
 export * from './errors.js';
 export { ManualClock, systemClock, type Clock } from './clock.js';
-export { hintOf, keyIdOf } from './fingerprint.js';
+export { DEFAULT_BASE_URL, destinationOf, hintOf, keyIdOf, originOf } from './fingerprint.js';
 export { cooldownFromHeaders, headerValue, parseDuration, type HeadersLike } from './headers.js';
 export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './outcome.js';
 export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';

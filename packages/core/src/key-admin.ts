@@ -1,9 +1,26 @@
 import type { Logger } from 'pino';
 import { refusalError, type KeyAction, type PoolCommands } from './commands.js';
-import { parseKeySettings, parseKeySpec, type KeySpec, type KeySpecInput } from './config.js';
+import { checkOrigins, parseKeySettings, parseKeySpec, type KeySpec, type KeySpecInput } from './config.js';
 import { InvalidArgumentError } from './errors.js';
 import { recordOfSpec, settingsOf, toRecord, type KeyRecord, type KeySettings } from './records.js';
 import type { Topology } from './topology.js';
+
+/** A key this process holds: its secret and where it goes, both from the config or a secret source. */
+export interface HeldKey {
+  readonly secret: string;
+  readonly provider: string;
+  readonly baseURL: string;
+}
+
+/** One setting an update changed (values of limits and labels, never a secret). */
+export interface KeyChange {
+  field: string;
+  from: unknown;
+  to: unknown;
+}
+
+/** What a key is (its secret and where it is sent): never changed by an update. */
+const FIXED_FIELDS = ['secret', 'baseURL', 'provider'] as const;
 
 /**
  * Administration of the pool's keys: the keys this process holds (their secrets stay here),
@@ -11,8 +28,11 @@ import type { Topology } from './topology.js';
  * reset), and registering this process's keys again when Redis comes back without them.
  */
 export class KeyAdmin {
-  /** Secret of every key this process holds (config, secret sources, addKey), by key id. */
-  private readonly secrets = new Map<string, string>();
+  /**
+   * Secret and destination of every key this process holds (config, secret sources, addKey), by
+   * key id: the only place a lease's baseURL comes from (never the record in Redis).
+   */
+  private readonly held = new Map<string, HeldKey>();
   /** Settings of the keys this process registered, to register again after Redis lost them. */
   private readonly own = new Map<string, KeyRecord>();
   /** Keys from the config (a secret source never drops those). */
@@ -25,6 +45,8 @@ export class KeyAdmin {
     private readonly topology: Topology,
     private readonly log: Logger,
     private readonly pool: string,
+    /** upstreams.allow: the origins a key may be sent to (undefined: any). */
+    private readonly allow: readonly string[] | undefined,
   ) {}
 
   /** Hold the config's keys (at connect); `registerOwn` then writes them to Redis. */
@@ -36,9 +58,12 @@ export class KeyAdmin {
     }
   }
 
-  /** Hold a key: its secret, and its settings to register again should Redis lose them. */
+  /**
+   * Hold a key: its secret with its destination (from `rec`, built from this process's own spec),
+   * and its settings to register again should Redis lose them.
+   */
   hold(rec: KeyRecord, secret: string): void {
-    this.secrets.set(rec.id, secret);
+    this.held.set(rec.id, { secret, provider: rec.provider, baseURL: rec.baseURL });
     this.own.set(rec.id, rec);
   }
 
@@ -46,7 +71,7 @@ export class KeyAdmin {
   drop(keyId: string): void {
     if (this.configIds.has(keyId)) return;
     this.own.delete(keyId);
-    this.secrets.delete(keyId);
+    this.held.delete(keyId);
   }
 
   /** The settings this process registered for a key, if it did. */
@@ -54,17 +79,18 @@ export class KeyAdmin {
     return this.own.get(keyId);
   }
 
-  secretOf(keyId: string): string | undefined {
-    return this.secrets.get(keyId);
+  /** The secret and destination of a key this process holds. */
+  heldKey(keyId: string): HeldKey | undefined {
+    return this.held.get(keyId);
   }
 
   holds(keyId: string): boolean {
-    return this.secrets.has(keyId);
+    return this.held.has(keyId);
   }
 
   /** Ids of the keys this process holds the secret of (config, secret sources, addKey). */
   heldKeyIds(): string[] {
-    return [...this.secrets.keys()];
+    return [...this.held.keys()];
   }
 
   /** Whether `keyId` is one of this process's config keys (a secret source never drops those). */
@@ -75,6 +101,7 @@ export class KeyAdmin {
   /** Add a key (or update its settings if it is already in the pool). Returns its id and hint. */
   async addKey(spec: KeySpecInput): Promise<{ id: string; hint: string }> {
     const parsed = parseKeySpec(spec);
+    checkOrigins([parsed], this.allow, 'key', () => 'key.baseURL');
     const rec = recordOfSpec(parsed);
     this.hold(rec, parsed.secret);
     await this.upsert([rec]);
@@ -82,17 +109,28 @@ export class KeyAdmin {
     return { id: rec.id, hint: rec.hint };
   }
 
-  /** Change a key's settings (limits, models, budget, weight...) while the pool runs. */
-  async updateKey(keyId: string, patch: Partial<KeySettings>): Promise<void> {
-    if ('secret' in (patch as object)) throw new InvalidArgumentError('updateKey cannot change a secret: add the new key and retire the old one');
+  /**
+   * Change a key's settings (limits, models, budget, weight...) while the pool runs; returns what
+   * changed. Its secret, baseURL and provider are the key itself: they cannot be changed here.
+   */
+  async updateKey(keyId: string, patch: Partial<KeySettings>): Promise<KeyChange[]> {
+    const fixed = FIXED_FIELDS.filter((f) => f in (patch as object));
+    if (fixed.length > 0) {
+      throw new InvalidArgumentError(
+        `updateKey cannot change a key's ${fixed.join(', ')}: a key's secret, baseURL and provider come only from the config or secret source that holds the secret, ` +
+          'so that nothing in Redis or the admin API can send a secret elsewhere. Change it there (the key gets a new id) and retire the old key',
+      );
+    }
     for (let attempt = 0; attempt < 5; attempt++) {
       const found = await this.cmd.record(keyId);
       if (found === null) throw refusalError({ reason: 'not_found', keyId });
       const old = found.rec;
-      const rec = toRecord(old.id, old.hint, parseKeySettings({ ...settingsOf(old), ...patch }));
+      const before = settingsOf(old);
+      const after = parseKeySettings({ ...before, ...patch });
+      const rec = toRecord(old.id, old.hint, after);
       if (await this.upsertOne(rec, found.raw)) {
         await this.topology.refresh();
-        return;
+        return changesOf(before, settingsOf(rec));
       }
     }
     throw refusalError({ reason: 'conflict', keyId, doing: 'updated' });
@@ -152,4 +190,10 @@ export class KeyAdmin {
     if (this.own.has(rec.id)) this.epoch = reply.epoch;
     return true;
   }
+}
+
+/** The settings that differ between two versions of a key, in a stable order. */
+export function changesOf(before: KeySettings, after: KeySettings): KeyChange[] {
+  const fields = [...new Set([...Object.keys(before), ...Object.keys(after)])] as (keyof KeySettings)[];
+  return fields.filter((f) => JSON.stringify(before[f]) !== JSON.stringify(after[f])).map((field) => ({ field, from: before[field], to: after[field] }));
 }

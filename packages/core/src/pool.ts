@@ -7,7 +7,7 @@ import { parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInp
 import { InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import { coolingMs } from './headers.js';
 import { startHeartbeat } from './heartbeat.js';
-import { KeyAdmin } from './key-admin.js';
+import { KeyAdmin, type HeldKey, type KeyChange } from './key-admin.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
 import { PoolKeys } from './pool-keys.js';
@@ -53,6 +53,7 @@ export interface Lease {
   keyId: string;
   hint: string;
   name?: string;
+  /** Provider and base URL of the key, from this process's own config or secret source (never from Redis). */
   provider: string;
   baseURL: string;
   model: string;
@@ -168,7 +169,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     this.link = new RedisLink(client, ownsClient, { pool: config.pool, redisDown: config.redisDown, log: this.log, clock, onUp, onDown: (e) => this.emit('redis:down', e) });
     this.cmd = new PoolCommands(this.link, this.keys, config);
     this.topology = new Topology(this.cmd, this.keys, (id) => this.admin.holds(id));
-    this.admin = new KeyAdmin(this.cmd, this.topology, this.log, config.pool);
+    this.admin = new KeyAdmin(this.cmd, this.topology, this.log, config.pool, config.upstreams.allow);
     const { cmd, link, topology, admin, local, log } = this;
     this.upkeep = new Upkeep({ name: config.pool, config, cmd, link, topology, admin, local, log, clock, onTransition: (event) => this.emit('transition', event) });
     // same link, same Redis-down policy (events, logs, typed errors) as acquire
@@ -257,8 +258,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     }
     const { keyId, leaseId, at } = reply;
     const rec = this.topology.key(keyId) ?? (await this.topology.fetch(keyId));
-    const secret = this.admin.secretOf(keyId);
-    if (secret === undefined) {
+    const held = this.admin.heldKey(keyId);
+    if (held === undefined) {
       // A key added since this process last read the topology, with a secret it does not hold:
       // hand the lease back unused (nothing of the key is spent) and try the others.
       this.log.warn({ keyId, hint: rec.hint }, 'leased a key this process holds no secret for; skipping it');
@@ -266,7 +267,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       exclude.add(keyId);
       return { ok: false, reason: 'busy', retryAfterMs: 0 };
     }
-    return this.makeLease(rec, secret, leaseId, model, est, estCost, at, at + this.config.leaseTimeoutMs, reply.probe, false);
+    return this.makeLease(rec, held, leaseId, model, est, estCost, at, at + this.config.leaseTimeoutMs, reply.probe, false);
   }
 
   private acquireLocal(model: string, est: number, exclude: Set<string>): Lease | Exhausted {
@@ -274,10 +275,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     if (!r.ok) return r;
     const now = this.clock.now();
     const id = `local-${now}-${Math.random().toString(36).slice(2)}`;
-    return this.makeLease(r.key, this.admin.secretOf(r.key.id)!, id, model, est, 0, now, now + this.config.leaseTimeoutMs, false, true);
+    return this.makeLease(r.key, this.admin.heldKey(r.key.id)!, id, model, est, 0, now, now + this.config.leaseTimeoutMs, false, true);
   }
 
-  private makeLease(rec: KeyRecord, secret: string, leaseId: string, model: string, est: number, estCost: number, acquiredAt: number, deadline: number, probe: boolean, local: boolean): Lease {
+  /** A lease of `rec` (Redis's settings: id, hint, name) sent where `held` says: this process's own spec, never Redis. */
+  private makeLease(rec: KeyRecord, held: HeldKey, leaseId: string, model: string, est: number, estCost: number, acquiredAt: number, deadline: number, probe: boolean, local: boolean): Lease {
     let released: Promise<ReleaseResult> | undefined;
     let beat: (() => void) | undefined;
     const lease = {
@@ -286,8 +288,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       keyId: rec.id,
       hint: rec.hint,
       ...(rec.name !== undefined ? { name: rec.name } : {}),
-      provider: rec.provider,
-      baseURL: rec.baseURL,
+      provider: held.provider,
+      baseURL: held.baseURL,
       model,
       estimatedTokens: est,
       estimatedCostUsd: estCost / NANOS_PER_USD,
@@ -308,7 +310,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         })),
     };
     // the secret is reachable by property access only: never serialised, never inspected
-    Object.defineProperty(lease, 'secret', { value: secret, enumerable: false });
+    Object.defineProperty(lease, 'secret', { value: held.secret, enumerable: false });
     return lease as Lease;
   }
 
@@ -385,8 +387,12 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return this.admin.addKey(spec);
   }
 
-  /** Change a key's settings (limits, models, budget, weight...) while the pool runs. */
-  updateKey(keyId: string, patch: Partial<KeySettings>): Promise<void> {
+  /**
+   * Change a key's settings (limits, models, budget, weight...) while the pool runs; returns each
+   * setting changed with its old and new value. Throws InvalidArgumentError for secret, baseURL
+   * or provider: those come only from where the secret comes from (remove the key and add it there).
+   */
+  updateKey(keyId: string, patch: Partial<KeySettings>): Promise<KeyChange[]> {
     return this.admin.updateKey(keyId, patch);
   }
 

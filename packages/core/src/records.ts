@@ -5,7 +5,9 @@ import { NANOS_PER_USD } from './pricing.js';
 
 /**
  * A key as Redis knows it (the `cfg` hash, JSON): everything but the secret. The short fields
- * (rb, tb, mc, bud, per, w, g) are what the Lua scripts read; the rest is for people.
+ * (rb, tb, mc, bud, per, w, g) are what the Lua scripts read; the rest is for people. `provider`
+ * and `baseURL` are for display only: where a secret is sent comes from the process that holds it
+ * (KeyAdmin's held keys), never from this record, which anyone with Redis write access can edit.
  */
 export interface KeyRecord {
   id: string;
@@ -79,9 +81,10 @@ export function toRecord(id: string, hint: string, s: KeySettings): KeyRecord {
   return rec;
 }
 
+/** The record of a key spec; its id covers the secret and the destination (see keyIdOf). */
 export function recordOfSpec(spec: KeySpec): KeyRecord {
   const { secret, ...settings } = spec;
-  return toRecord(keyIdOf(secret), hintOf(secret), settings);
+  return toRecord(keyIdOf(secret, settings.baseURL), hintOf(secret), settings);
 }
 
 /** The settings a record was built from (to apply a patch and rebuild). */

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Clock } from './clock.js';
 import { refusalError, type PoolCommands } from './commands.js';
-import { parseKeySpec, type KeySpecInput, type PoolConfig } from './config.js';
+import { checkOrigins, parseKeySpec, type KeySpecInput, type PoolConfig } from './config.js';
 import { isKeyNotFound, isRedisUnavailable } from './errors.js';
 import { coolingMs } from './headers.js';
 import type { KeyAdmin } from './key-admin.js';
@@ -63,7 +63,10 @@ export class Upkeep {
   async setSourceKeys(specs: readonly KeySpecInput[]): Promise<{ added: string[]; changed: string[]; dropped: string[] }> {
     const { admin } = this.p;
     const next = new Map<string, { rec: KeyRecord; secret: string }>();
-    for (const spec of specs.map((s) => parseKeySpec(s))) {
+    const parsed = specs.map((s) => parseKeySpec(s));
+    // the whole set or nothing, as for a key that does not parse: the last good set stays held
+    checkOrigins(parsed, this.p.config.upstreams.allow, 'secret source keys');
+    for (const spec of parsed) {
       const rec = recordOfSpec(spec);
       next.set(rec.id, { rec, secret: spec.secret });
     }
@@ -106,11 +109,12 @@ export class Upkeep {
     const status = await this.status();
     const out: ProbeTarget[] = [];
     for (const k of status.keys) {
-      const secret = this.p.admin.secretOf(k.id);
-      if (!secret) continue;
+      // the probe goes where this process's own spec says, like a lease (never the record's baseURL)
+      const held = this.p.admin.heldKey(k.id);
+      if (!held) continue;
       const why: ProbeTarget['reason'] | undefined =
         k.state === 'open' || k.state === 'half_open' || k.state === 'revoked' ? k.state : k.state === 'active' && k.degraded ? 'degraded' : undefined;
-      if (why) out.push({ keyId: k.id, hint: k.hint, provider: k.provider, baseURL: k.baseURL, secret, reason: why });
+      if (why) out.push({ keyId: k.id, hint: k.hint, provider: held.provider, baseURL: held.baseURL, secret: held.secret, reason: why });
     }
     return out;
   }
@@ -160,7 +164,13 @@ export class Upkeep {
       ...(down ? { downSince: new Date(down.since).toISOString(), lastError: down.error } : {}),
     };
     try {
-      return toPoolStatus(name, { ...redis, ok: true }, await this.p.cmd.status());
+      const status = toPoolStatus(name, { ...redis, ok: true }, await this.p.cmd.status());
+      // where this process sends the keys it holds is its own spec, whatever a record in Redis says
+      for (const k of status.keys) {
+        const held = this.p.admin.heldKey(k.id);
+        if (held) Object.assign(k, { provider: held.provider, baseURL: held.baseURL });
+      }
+      return status;
     } catch (e) {
       if (!isRedisUnavailable(e)) throw e;
       const keys = topology.records().map(

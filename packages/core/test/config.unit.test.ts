@@ -99,7 +99,7 @@ describe('parsePoolConfig errors (the message the user reads)', () => {
     expect(e.message).toBe(
       'invalid keypool config (2 problems):\n' +
         '  - keys[2].rpm: Too small: expected number to be >=0\n' +
-        '  - keys[1].secret: same secret as keys[0]; list each key once',
+        '  - keys[1].secret: same secret and baseURL as keys[0]; list each key once',
     );
   });
 
@@ -123,10 +123,37 @@ describe('parsePoolConfig errors (the message the user reads)', () => {
         { secret: S1, models: ['gpt-4o-mini'] },
       ],
     });
-    expect(e.message).toBe('invalid keypool config (1 problem):\n  - keys[2].secret: same secret as keys[0]; list each key once');
-    expect(e.issues).toEqual([{ path: 'keys[2].secret', message: 'same secret as keys[0]; list each key once' }]);
+    expect(e.message).toBe('invalid keypool config (1 problem):\n  - keys[2].secret: same secret and baseURL as keys[0]; list each key once');
+    expect(e.issues).toEqual([{ path: 'keys[2].secret', message: 'same secret and baseURL as keys[0]; list each key once' }]);
     expectNoSecret(e.message, S1);
     expectNoSecret(JSON.stringify(e.issues), S1);
+  });
+
+  it('takes the same secret for two base URLs as two keys', () => {
+    const cfg = parsePoolConfig({ keys: [{ secret: S1, models: ['m'] }, { secret: S1, models: ['m'], baseURL: 'https://proxy.internal/v1' }] });
+    expect(cfg.keys).toHaveLength(2);
+  });
+
+  it('upstreams.allow refuses a key sent elsewhere, naming the key by name and hint and what to add', () => {
+    const allow = ['https://api.openai.com', 'HTTPS://api.groq.com/'];
+    const cfg = parsePoolConfig({ upstreams: { allow }, keys: [{ secret: S1, models: ['m'] }, { secret: S2, models: ['m'], baseURL: 'https://api.groq.com/openai/v1' }] });
+    expect(cfg.upstreams.allow).toEqual(['https://api.openai.com', 'https://api.groq.com']);
+    const e = errorOf({ upstreams: { allow }, keys: [{ secret: S1, models: ['m'] }, { secret: S2, name: 'evil', models: ['m'], baseURL: 'http://10.0.0.9:8080/v1' }, { secret: S1, models: ['m'], baseURL: 'https://api.openai.com.attacker.example/v1' }] });
+    expect(e.message).toBe(
+      'invalid keypool config (2 problems):\n' +
+        '  - keys[1].baseURL: key "evil" (sk-proj-...A5bC): origin http://10.0.0.9:8080 is not in upstreams.allow [https://api.openai.com, https://api.groq.com]; add "http://10.0.0.9:8080" to upstreams.allow to send this key there\n' +
+        '  - keys[2].baseURL: key sk-proj-...5eF6: origin https://api.openai.com.attacker.example is not in upstreams.allow [https://api.openai.com, https://api.groq.com]; add "https://api.openai.com.attacker.example" to upstreams.allow to send this key there',
+    );
+    expectNoSecret(e.message, S1);
+    expectNoSecret(e.message, S2);
+    // unset: any origin, as before
+    expect(parsePoolConfig({ keys: [{ secret: S1, models: ['m'], baseURL: 'http://10.0.0.9:8080/v1' }] }).upstreams.allow).toBeUndefined();
+  });
+
+  it('upstreams.allow takes origins only', () => {
+    const e = errorOf({ upstreams: { allow: ['https://api.openai.com/v1', 'api.openai.com', 'ftp://x.example', 'https://u:p@x.example'] } });
+    expect(e.issues.map((i) => i.path)).toEqual(['upstreams.allow[0]', 'upstreams.allow[1]', 'upstreams.allow[2]', 'upstreams.allow[3]']);
+    expect(e.issues[0]!.message).toBe('must be an origin: scheme://host[:port], no path (e.g. https://api.openai.com)');
   });
 
   it('rejects a bad pool name, saying which characters are allowed', () => {

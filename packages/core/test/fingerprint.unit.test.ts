@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { hintOf, keyIdOf } from '../src/fingerprint.js';
+import { destinationOf, hintOf, keyIdOf } from '../src/fingerprint.js';
 
 /** Small deterministic PRNG (mulberry32) so the property checks are reproducible. */
 function rng(seed: number) {
@@ -20,9 +20,27 @@ function randomBody(rand: () => number, n: number): string {
 const SECRET = 'sk-proj-abcdefghijklmnopqrstuvwxyz0123456789';
 
 describe('keyIdOf', () => {
-  it('is stable: same secret, same id, across calls and processes (pinned value)', () => {
+  it('is stable: same secret and destination, same id, across calls and processes (pinned value)', () => {
     expect(keyIdOf(SECRET)).toBe(keyIdOf(SECRET));
-    expect(keyIdOf(SECRET)).toBe('d7d9d024a82589e9');
+    expect(keyIdOf(SECRET)).toBe('3dc9106dc0d26090');
+    expect(keyIdOf(SECRET, 'https://api.openai.com/v1')).toBe('3dc9106dc0d26090');
+    expect(keyIdOf(SECRET, 'https://api.groq.com/openai/v1')).toBe('968eac7d5477e102');
+  });
+
+  it('covers the destination: the same secret for another origin or path is another key', () => {
+    const ids = new Set(
+      ['https://api.openai.com/v1', 'http://api.openai.com/v1', 'https://api.openai.com:8443/v1', 'https://attacker.example/v1', 'https://api.openai.com/v2', 'https://api.openai.com/v1?x=1'].map((u) =>
+        keyIdOf(SECRET, u),
+      ),
+    );
+    expect(ids.size).toBe(6);
+  });
+
+  it('gives one id to every spelling of one destination (case of scheme and host, default port, trailing slash)', () => {
+    for (const u of ['HTTPS://API.OpenAI.com/v1', 'https://api.openai.com:443/v1/', 'https://api.openai.com/v1//', 'https://user@api.openai.com/v1#x']) {
+      expect(destinationOf(u)).toBe('https://api.openai.com/v1');
+      expect(keyIdOf(SECRET, u)).toBe(keyIdOf(SECRET));
+    }
   });
 
   it('is 16 lowercase hex chars', () => {

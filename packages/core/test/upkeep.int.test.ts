@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { KeyPoolEvents } from '../src/index.js';
+import { hintOf, keyIdOf, type KeyPoolEvents } from '../src/index.js';
 import { fakeSecret, sleep, poolsClosedAfterAll } from './helpers.js';
 
 const pool = poolsClosedAfterAll();
@@ -54,6 +54,46 @@ describe('setSourceKeys: the keys a process holds from secret sources', () => {
     }
     await lease!.release({ status: 200 });
     await expect(p.setSourceKeys([{ secret: 'short', models: ['m'] }])).rejects.toThrow(/8 characters/);
+  });
+});
+
+describe('a key is its secret and its destination', () => {
+  it('the same secret for two base URLs is two keys, each leased for its own base URL', async () => {
+    const s = fakeSecret('two-homes');
+    const [here, there] = ['https://api.openai.com/v1', 'https://proxy.internal:8443/v1'];
+    const { pool: p } = await pool({ keys: [{ secret: s, models: ['m'] }, { secret: s, models: ['m'], baseURL: there, provider: 'proxy' }] });
+    const ids = [keyIdOf(s, here), keyIdOf(s, there)];
+    expect(ids[0]).not.toBe(ids[1]);
+    expect((await p.status()).keys.map((k) => [k.id, k.baseURL]).sort()).toEqual([[ids[0], here], [ids[1], there]].sort());
+    const seen = new Map<string, string>();
+    for (let i = 0; i < 20 && seen.size < 2; i++) {
+      const l = await p.acquire({ model: 'm' });
+      if (!l.ok) throw new Error('no lease');
+      seen.set(l.keyId, l.baseURL);
+      await l.release({ status: 200 });
+    }
+    expect(Object.fromEntries(seen)).toEqual({ [ids[0]!]: here, [ids[1]!]: there });
+  });
+
+  it('upstreams.allow refuses a key at a secret refresh and at addKey, naming it and the origin; the last good set stays', async () => {
+    const good = fakeSecret('allowed');
+    const evil = fakeSecret('elsewhere');
+    const { pool: p } = await pool({ upstreams: { allow: ['https://api.openai.com'] } });
+    await p.setSourceKeys([{ secret: good, name: 'good', models: ['m'] }]);
+    const refused = p.setSourceKeys([
+      { secret: good, name: 'good', models: ['m'] },
+      { secret: evil, name: 'evil', models: ['m'], baseURL: 'http://127.0.0.1:9/v1' },
+    ]);
+    await expect(refused).rejects.toThrow(
+      'invalid secret source keys (1 problem):\n' +
+        `  - keys[1].baseURL: key "evil" (${hintOf(evil)}): origin http://127.0.0.1:9 is not in upstreams.allow [https://api.openai.com]; add "http://127.0.0.1:9" to upstreams.allow to send this key there`,
+    );
+    expect(p.heldKeyIds()).toEqual([keyIdOf(good)]);
+    expect((await p.status()).keys.map((k) => k.name)).toEqual(['good']);
+    await expect(p.addKey({ secret: evil, models: ['m'], baseURL: 'https://api.openai.com.evil.example/v1' })).rejects.toThrow(
+      `invalid key (1 problem):\n  - key.baseURL: key ${hintOf(evil)}: origin https://api.openai.com.evil.example is not in upstreams.allow [https://api.openai.com]; add "https://api.openai.com.evil.example" to upstreams.allow to send this key there`,
+    );
+    expect(p.heldKeyIds()).toEqual([keyIdOf(good)]);
   });
 });
 

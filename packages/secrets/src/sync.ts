@@ -145,9 +145,8 @@ export class SecretSync {
     return { results, version: this.applied, changed: before !== this.applied };
   }
 
-  /** The keys every source gives now (last good sets), merged: the first source wins a duplicate secret. */
+  /** The keys every source gives now (last good sets), merged: the first source wins a duplicate key (secret and baseURL). */
   merged(): { version: string; keys: KeySpec[]; origin: Map<string, string> } {
-    const seen = new Set<string>();
     const keys: KeySpec[] = [];
     const origin = new Map<string, string>();
     const versions: string[] = [];
@@ -156,10 +155,10 @@ export class SecretSync {
       if (!s) continue;
       versions.push(s.version);
       for (const k of s.keys) {
-        if (seen.has(k.secret)) continue;
-        seen.add(k.secret);
+        const id = keyIdOf(k.secret, k.baseURL);
+        if (origin.has(id)) continue;
         keys.push(k);
-        origin.set(keyIdOf(k.secret), l.source.describe);
+        origin.set(id, l.source.describe);
       }
     }
     const version = versions.length === 1 ? versions[0]! : createHash('sha256').update(versions.join('\n')).digest('hex').slice(0, 16);
@@ -200,7 +199,7 @@ export class SecretSync {
           await this.recordManaged(origin);
           await this.pool.setSourceKeys(keys);
         } catch (e) {
-          this.log?.warn({ err: (e as Error).message, version }, 'could not apply the secret set (Redis?): retrying at the next heartbeat');
+          this.log?.warn({ err: (e as Error).message, version }, 'could not apply the secret set (Redis away, or a key refused): retrying at the next heartbeat');
           return;
         }
         this.log?.info({ version, keys: keys.length, previous: this.applied ?? null }, 'holding secret set');

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import type { Logger } from 'pino';
-import { isConfigError, isInvalidArgument, isKeyNotFound, isRedisUnavailable, type KeyPool } from '@keypool/core';
+import { isConfigError, isInvalidArgument, isKeyNotFound, isRedisUnavailable, type KeyChange, type KeyPool } from '@keypool/core';
 import { HttpError, badRequest, sendError } from './errors.js';
 import type { GatewayMetrics } from './metrics.js';
 
@@ -50,12 +50,14 @@ export function adminRouter(opts: { pool: KeyPool; adminToken: string | undefine
   router.use(express.json({ limit: '64kb' }));
 
   /** Run an admin action: logged, counted, errors in the OpenAI shape. */
-  const act = (action: string, fn: (req: Request) => Promise<{ status?: number; body: unknown; target?: string }>) => async (req: Request, res: Response) => {
+  const act = (action: string, fn: (req: Request) => Promise<{ status?: number; body: unknown; target?: string; changes?: KeyChange[] }>) => async (req: Request, res: Response) => {
     const target = String(req.params.id ?? '');
     try {
       const r = await fn(req);
       metrics.adminActions.inc({ action });
-      if (action !== 'list-keys' && action !== 'list-tokens') log.info({ actor: actorOf(req), ip: req.ip, action, target: r.target ?? target }, `admin: ${action}${r.target ?? target ? ` ${r.target ?? target}` : ''}`);
+      const on = r.target ?? target;
+      const changed = r.changes ? { changes: Object.fromEntries(r.changes.map((c) => [c.field, { from: c.from ?? null, to: c.to ?? null }])) } : {};
+      if (action !== 'list-keys' && action !== 'list-tokens') log.info({ actor: actorOf(req), ip: req.ip, action, target: on, ...changed }, `admin: ${action}${on ? ` ${on}` : ''}${r.changes ? ` ${changesText(r.changes)}` : ''}`);
       res.status(r.status ?? 200).json(r.body);
     } catch (e) {
       log.warn({ actor: actorOf(req), ip: req.ip, action, target, err: (e as Error).message }, `admin: ${action} failed`);
@@ -72,9 +74,9 @@ export function adminRouter(opts: { pool: KeyPool; adminToken: string | undefine
     '/keys/:id',
     act('key-update', async (req) => {
       if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw badRequest('send the settings to change as a JSON object, e.g. {"rpm": 500}');
-      await pool.updateKey(req.params.id as string, req.body);
+      const changes = await pool.updateKey(req.params.id as string, req.body);
       const key = (await pool.status()).keys.find((k) => k.id === req.params.id);
-      return { body: { id: req.params.id, key } };
+      return { body: { id: req.params.id, changes, key }, changes };
     }),
   );
 
@@ -99,6 +101,21 @@ export function adminRouter(opts: { pool: KeyPool; adminToken: string | undefine
     sendError(res, adminError(err, ''));
   });
   return router;
+}
+
+/** `rpm 500->300 models a,b->a`: each setting an update changed (limits and labels; a key's settings hold no secret). */
+export function changesText(changes: readonly KeyChange[]): string {
+  if (changes.length === 0) return '(no change)';
+  const show = (v: unknown): string => {
+    if (v === undefined || v === null) return '-';
+    if (Array.isArray(v)) return v.join(',');
+    if (typeof v === 'object') {
+      const b = v as { usd?: number; period?: string };
+      return b.usd !== undefined ? `$${b.usd}/${b.period}` : JSON.stringify(v);
+    }
+    return typeof v === 'string' ? JSON.stringify(v) : String(v);
+  };
+  return changes.map((c) => `${c.field} ${show(c.from)}->${show(c.to)}`).join(' ');
 }
 
 function adminError(e: unknown, target: string): HttpError {

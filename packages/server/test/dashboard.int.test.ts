@@ -31,7 +31,8 @@ const MODELS = ['gpt-4o-mini', 'gpt-4o'];
 // a name that would be markup if the page ever used innerHTML with data
 const EVIL = '<img src=x id=pwned onerror="window.__pwned=1">gamma';
 const NAMES = ['alpha', 'beta', EVIL];
-const IDS = [A, B, C].map(keyIdOf);
+/** The key ids, once the gateway (and so the base URL they are for) is up. */
+let IDS: string[] = [];
 const SHOTS = join(tmpdir(), `keypool-dashboard-${testTarget()}`);
 
 describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
@@ -56,6 +57,7 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
       ],
       routes: { fast: { models: ['gpt-4o-mini', 'gpt-4o'] } },
     });
+    IDS = [A, B, C].map((s) => keyIdOf(s, g.fake.url));
     // playwright gives the browser a fresh profile of its own (a temp dir it removes on close)
     browser = await chromium.launch({
       executablePath: CHROMIUM,

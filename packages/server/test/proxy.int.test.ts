@@ -16,7 +16,7 @@ const gw = twoKeyGateways(A, B);
 const sdk = sdkFor;
 const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
 const served = (g: TestGateway) => Object.values(g.fake.counters()).reduce((n, c) => n + c.requests, 0);
-const keyOf = async (g: TestGateway, secret: string) => (await g.pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;
+const keyOf = async (g: TestGateway, secret: string) => (await g.pool.status()).keys.find((k) => k.id === keyIdOf(secret, g.fake.url))!;
 
 describe('gateway: the official SDK through /v1', () => {
   it('chat, completions, embeddings and responses are served, priced and reconciled', async () => {
@@ -26,7 +26,7 @@ describe('gateway: the official SDK through /v1', () => {
     expect(chat.choices[0]!.message.content!.length).toBeGreaterThan(0);
     expect(chat.usage!.completion_tokens).toBe(8);
     expect(response.headers.get('x-keypool-model')).toBe('gpt-4o-mini');
-    expect([keyIdOf(A), keyIdOf(B)]).toContain(response.headers.get('x-keypool-key-id'));
+    expect([keyIdOf(A, g.fake.url), keyIdOf(B, g.fake.url)]).toContain(response.headers.get('x-keypool-key-id'));
     const cost = Number(response.headers.get('x-keypool-cost-usd'));
     // gpt-4o-mini: $0.15 / $0.60 per million tokens
     expect(cost).toBeCloseTo((chat.usage!.prompt_tokens * 0.15 + 8 * 0.6) / 1e6, 10);
@@ -133,7 +133,7 @@ describe('gateway: the official SDK through /v1', () => {
     // after its 429 the pool cooled key a instead of sending it more
     expect((await keyOf(g, A)).state).toBe('cooling');
     const text = await (await fetch(`${g.url}/metrics`)).text();
-    expect(text).toMatch(new RegExp(`keypool_upstream_responses_total\\{key_id="${keyIdOf(A)}",key_name="a",status="429"\\} [1-9]`));
+    expect(text).toMatch(new RegExp(`keypool_upstream_responses_total\\{key_id="${keyIdOf(A, g.fake.url)}",key_name="a",status="429"\\} [1-9]`));
   });
 
   it('fails over: 5xx answers are retried on another key with backoff', async () => {

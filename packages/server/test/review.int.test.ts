@@ -228,8 +228,8 @@ describe('review: metrics of streams', () => {
     ).rejects.toThrow();
     for await (const _ of await sdk(g).chat.completions.create({ ...ask, stream: true }));
     const text = await (await fetch(`${g.url}/metrics`)).text();
-    expect(text).toContain(`keypool_upstream_responses_total{key_id="${keyIdOf(A)}",key_name="a",status="broken_stream"} 1`);
-    expect(text).toContain(`keypool_upstream_responses_total{key_id="${keyIdOf(A)}",key_name="a",status="200"} 1`);
+    expect(text).toContain(`keypool_upstream_responses_total{key_id="${keyIdOf(A, g.fake.url)}",key_name="a",status="broken_stream"} 1`);
+    expect(text).toContain(`keypool_upstream_responses_total{key_id="${keyIdOf(A, g.fake.url)}",key_name="a",status="200"} 1`);
   });
 });
 

@@ -26,6 +26,8 @@ type Action = keyof typeof ACTIONS;
 interface SetOptions extends GatewayOptions, KeyLimitOptions {
   models?: string[];
   name?: string;
+  baseUrl?: string;
+  provider?: string;
 }
 
 export function registerKeys(program: Command, ctx: Context): void {
@@ -74,12 +76,23 @@ export function registerKeys(program: Command, ctx: Context): void {
     .option('--models <list>', 'models the key serves, comma-separated (replaces the list)', list)
     .option('--name <name>', 'label for people')
     .addOption(new Option('--tpm-counts <how>', 'what the provider counts against TPM').choices(['estimate', 'usage']))
+    // refused with what to do instead: a key's destination comes with its secret
+    .addOption(new Option('--base-url <url>').hideHelp())
+    .addOption(new Option('--provider <name>').hideHelp())
     .addHelpText(
       'after',
-      paragraphs('Sent as PATCH /admin/keys/<id>; every gateway sharing the pool applies the change at once. The key as it is now is printed.') +
+      paragraphs(
+        'Sent as PATCH /admin/keys/<id>; every gateway sharing the pool applies the change at once. The key as it is now is printed.',
+        "A key's base URL and provider cannot be changed here: they come with its secret from the config file or secret source (keypool secrets), where a new base URL makes a new key.",
+      ) +
         examples('keypool keys set openai-1 --rpm 500 --tpm 200000', 'keypool keys set groq-1 --max-concurrent 4 --weight 0.5', 'keypool keys set openai-2 --budget-usd 50 --budget-period day'),
     );
   addAdminOptions(set).action(async (ref: string, opts: SetOptions) => {
+    if (opts.baseUrl !== undefined || opts.provider !== undefined) {
+      throw usageError(
+        "a key's base URL and provider cannot be changed through the admin API: they come with its secret from the config file or secret source, so that nothing but that source decides where a secret is sent. Change them there (the key gets a new id; the old one is retired at the next secrets refresh, or with keypool keys retire)",
+      );
+    }
     const client = gatewayClient(opts, true);
     const patch: Record<string, unknown> = {};
     const fields = ['rpm', 'tpm', 'rpmBurst', 'tpmBurst', 'maxConcurrent', 'weight', 'models', 'name', 'tpmCounts'] as const;

@@ -156,7 +156,7 @@ export function registerSecrets(program: Command, ctx: Context): void {
     const same = contents.specs.find((k) => k.secret === secret);
     if (same) throw usageError(`this secret is already in ${file}, as key ${label(same)}: list each key once`);
     await guard(() => L.writeSecretsFile(file, creds, [...contents.keys, entry], { expectedVersion: contents.version }));
-    ctx.out(`added key ${opts.name} (id ${L.keyIdOf(parsed.secret)}, ${L.hintOf(parsed.secret)}) to ${file}: ${contents.keys.length + 1} key(s). Processes reading the file take it at their next secrets refresh.\n`);
+    ctx.out(`added key ${opts.name} (id ${idOf(parsed)}, ${L.hintOf(parsed.secret)}) to ${file}: ${contents.keys.length + 1} key(s). Processes reading the file take it at their next secrets refresh.\n`);
   }));
 
   // ---- remove
@@ -241,7 +241,7 @@ export function registerSecrets(program: Command, ctx: Context): void {
     validate(entry);
     await guard(() => L.writeSecretsFile(file, creds, contents.keys.map((k, j) => (j === i ? entry : k)), { expectedVersion: contents.version }));
     ctx.out(
-      `rotated key ${old.name ?? L.keyIdOf(old.secret)}: new id ${L.keyIdOf(secret)} (${L.hintOf(secret)}), was ${L.keyIdOf(old.secret)} (${L.hintOf(old.secret)}). Processes reading the file take the new key at their next secrets refresh and drain the old one; revoke the old secret at the provider after that.\n`,
+      `rotated key ${old.name ?? idOf(old)}: new id ${idOf({ secret, baseURL: old.baseURL })} (${L.hintOf(secret)}), was ${idOf(old)} (${L.hintOf(old.secret)}). Processes reading the file take the new key at their next secrets refresh and drain the old one; revoke the old secret at the provider after that.\n`,
     );
   }));
 }
@@ -351,13 +351,16 @@ function validate(entry: KeySpecInput): KeySpec {
 function findKey(contents: SecretsFileContents, ref: string, file: string): number {
   const named = contents.specs.flatMap((k, i) => (k.name === ref ? [i] : []));
   if (named.length === 1) return named[0]!;
-  if (named.length > 1) throw usageError(`${named.length} keys are named '${ref}' in ${file} (${named.map((i) => L.keyIdOf(contents.specs[i]!.secret)).join(', ')}): give the id`);
-  const byId = contents.specs.findIndex((k) => L.keyIdOf(k.secret) === ref);
+  if (named.length > 1) throw usageError(`${named.length} keys are named '${ref}' in ${file} (${named.map((i) => idOf(contents.specs[i]!)).join(', ')}): give the id`);
+  const byId = contents.specs.findIndex((k) => idOf(k) === ref);
   if (byId >= 0) return byId;
   throw usageError(`no key named '${ref}' (or with that id) in ${file}: keypool secrets list shows them`);
 }
 
-const label = (k: KeySpec) => (k.name ? `${k.name} (id ${L.keyIdOf(k.secret)})` : L.keyIdOf(k.secret));
+/** A key's id: its secret and its destination (see keyIdOf). */
+const idOf = (k: Pick<KeySpec, 'secret' | 'baseURL'>) => L.keyIdOf(k.secret, k.baseURL);
+
+const label = (k: KeySpec) => (k.name ? `${k.name} (id ${idOf(k)})` : idOf(k));
 
 /** What list shows of a key: everything but the secret. */
 export interface PublicKey {
@@ -380,7 +383,7 @@ export interface PublicKey {
 function publicKey(k: KeySpec): PublicKey {
   return {
     name: k.name ?? null,
-    id: L.keyIdOf(k.secret),
+    id: idOf(k),
     hint: L.hintOf(k.secret),
     provider: k.provider,
     baseURL: k.baseURL,
