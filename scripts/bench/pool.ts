@@ -28,7 +28,6 @@
  * The harness (arguments, Redis, redis-benchmark, the closed loop, statistics, output) is in
  * scripts/bench/cli.ts and scripts/bench/lib/; this file is the scenario and its figures.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -33,7 +33,6 @@
  * Redis: REDIS_URL if set (never flushed: only this run's pool keys are deleted at the end), else
  * one private redis-server on a free port shared by every process of the run, stopped at the end.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -83,7 +83,7 @@ import { LlmQueue, type LlmJobData, type LlmJobInput, type LlmJobResult } from '
 import { BenchChild } from './lib/child-ipc.js';
 import { machineCpu, machineShares, procCpuSeconds } from './lib/proc.js';
 import { adminClient, deletePoolKeys, openRedis, redisDelta, sampleRedis, type BenchRedis } from './lib/redis.js';
-import { fmt, logger, printResult } from './lib/report.js';
+import { fmt, logger } from './lib/report.js';
 import { round } from './lib/stats.js';
 import { parseCli } from './queue/options.js';
 import { codeVersion, figures, MODEL, render, sumCounters, type Raw, type TimelinePoint } from './queue/report.js';

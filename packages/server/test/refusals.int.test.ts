@@ -11,7 +11,6 @@ const A = 'sk-test-aaaaaaaaaaaaaaaaaaaaaaaa5555';
 const B = 'sk-test-bbbbbbbbbbbbbbbbbbbbbbbb6666';
 const gw = twoKeyGateways(A, B);
 const ask = { model: 'gpt-4o', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
-const keyOf = async (g: TestGateway, secret: string) => (await g.pool.status()).keys.find((k) => k.id === keyIdOf(secret))!;
 const chat = (g: TestGateway, token: string, body: object) => post(g.url, '/v1/chat/completions', JSON.stringify(body), { authorization: `Bearer ${token}` });
 
 describe('refusals cost nothing', () => {

@@ -1,0 +1,89 @@
+/**
+ * What acquire takes and gives: the request, the Lease a caller holds for one upstream call, and
+ * what its release reports. KeyPool (pool.ts) makes and settles them.
+ */
+import type { ExhaustedReason } from './commands.js';
+import type { Outcome } from './outcome.js';
+
+/** Acquire could not give a lease; `retryAfterMs` says when the earliest key becomes usable (null: not by waiting). */
+export interface Exhausted {
+  ok: false;
+  reason: ExhaustedReason;
+  retryAfterMs: number | null;
+}
+
+export interface AcquireRequest {
+  /** Model the request is for; only keys that list it are candidates. */
+  model: string;
+  /** Tokens the request will use (prompt + max output), taken from the TPM bucket now and reconciled at release. */
+  estimatedTokens?: number;
+  /** The part of estimatedTokens that is output (prices differ). Default: all of it, an upper bound on cost. */
+  estimatedOutputTokens?: number;
+  /** Key ids not to use (e.g. keys that just failed this request). */
+  exclude?: Iterable<string>;
+  /** The route (a named list of models) this request came through, for spend per route. */
+  route?: string;
+  /** Wait up to this long for the time the pool names instead of returning `{ ok: false }` (default 0). */
+  maxWaitMs?: number;
+  /** Aborts a wait; the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** A key lent for one upstream call. Release it exactly once with what happened. */
+export interface Lease {
+  ok: true;
+  /** Lease id (unique per pool). */
+  id: string;
+  keyId: string;
+  hint: string;
+  name?: string;
+  /** Provider and base URL of the key, from this process's own config or secret source (never from Redis). */
+  provider: string;
+  baseURL: string;
+  model: string;
+  /** The route given to acquire, if any. */
+  route?: string;
+  /** The API key. Not enumerable: JSON.stringify and console.log of a lease do not show it. */
+  readonly secret: string;
+  estimatedTokens: number;
+  estimatedCostUsd: number;
+  /** Redis time (ms) at which the lease was granted, and its deadline. */
+  acquiredAt: number;
+  deadline: number;
+  /** This lease is the single half-open probe of its key. */
+  probe: boolean;
+  /** Granted by the per-process fallback while Redis was down. */
+  local: boolean;
+  release(outcome: Outcome): Promise<ReleaseResult>;
+  /**
+   * Push the deadline to `ms` from now (default leaseTimeoutMs), for calls that outlive it (long
+   * streams). False when the lease had already expired or been released.
+   */
+  extend(ms?: number): Promise<boolean>;
+  /**
+   * Renew the lease (extend by leaseTimeoutMs) every leaseTimeoutMs / 3 until it is released: a
+   * call of any length keeps its key while this process lives, and a killed process's slots come
+   * back within leaseTimeoutMs. Every pooled caller (the Dispatcher: gateway, pooled client, queue
+   * worker) starts it once the lease is its own. Returns a function that stops it early; a lease
+   * that expires anyway is logged (warn) and the call goes on. Calling it again is a no-op.
+   */
+  keepAlive(): () => void;
+}
+
+export type AcquireResult = Lease | Exhausted;
+
+export interface ReleaseResult {
+  /** The lease was known; false when it had expired (deadline passed) or was released before. */
+  released: boolean;
+  keyState?: string;
+  breaker?: string;
+  /** What changed for the key: opened, reopened, closed, revoked, cooling, retired, or ''. */
+  transition: string;
+  /**
+   * What the key was charged (USD): the real usage priced, or the lease's estimate when the usage
+   * is unknown and the estimate stands (an abort, a broken stream, a timeout, a success without usage).
+   */
+  costUsd: number;
+  /** Redis time (ms) of the release. */
+  releasedAt?: number;
+}
