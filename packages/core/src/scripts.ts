@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Cluster, Redis } from 'ioredis';
+import { packageRoot } from './package-dir.js';
 
 /**
  * The Lua scripts and the one module that calls them. Each script is `lua/<name>-<numKeys>.lua`;
@@ -10,7 +11,7 @@ import type { Cluster, Redis } from 'ioredis';
  * side never run each other's code; ioredis handles EVALSHA and NOSCRIPT.
  */
 
-const LUA_DIR = fileURLToPath(new URL('../lua/', import.meta.url));
+const LUA_DIR = fileURLToPath(new URL('lua/', packageRoot(import.meta.url)));
 
 function loadLua(file: string, seen = new Set<string>()): string {
   const text = readFileSync(LUA_DIR + file, 'utf8');
