@@ -9,7 +9,7 @@
  * script (Dockerfile), so this is also the check of what the image runs.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,8 +33,8 @@ let redis: SpawnedRedis;
 let fake: FakeOpenAI;
 
 /** `node file` in the scratch project; its stdout. */
-async function node(file: string, extra: Record<string, string> = {}): Promise<string> {
-  const r = await run(process.execPath, ['--enable-source-maps', file], { cwd: dir, env: strangerEnv(extra), timeout: 30_000 }).catch((e: Error & { stderr: string }) => {
+async function node(file: string, extra: Record<string, string> = {}, args: string[] = []): Promise<string> {
+  const r = await run(process.execPath, ['--enable-source-maps', file, ...args], { cwd: dir, env: strangerEnv(extra), timeout: 30_000 }).catch((e: Error & { stderr: string }) => {
     throw new Error(`node ${file} failed: ${e.stderr}`);
   });
   return r.stdout;
@@ -107,6 +107,15 @@ await pool.close();
     expect(out.object).toBe('chat.completion');
     expect(out.usage.total_tokens).toBeGreaterThan(0);
     expect(fake.counters().only?.requests).toBe(before + 1);
+  });
+
+  it("the Dockerfile's ENTRYPOINT, run in the installed project as the image does, is the compiled CLI", async () => {
+    const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
+    expect(dockerfile).toMatch(/^RUN scripts\/pack-install\.sh \/app$/m);
+    expect(dockerfile).toMatch(/^COPY --from=build \/app\/node_modules \.\/node_modules$/m);
+    const entry = JSON.parse(/^ENTRYPOINT (.+)$/m.exec(dockerfile)![1]!) as string[];
+    expect(entry[0]).toBe('node');
+    expect(await node(entry[1]!, {}, ['--version'])).toBe('0.1.0\n');
   });
 
   it('`npx keypool serve` from the installed CLI answers /readyz', async () => {
