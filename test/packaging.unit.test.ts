@@ -118,7 +118,8 @@ await pool.close();
     expect(dockerfile).toMatch(/^COPY --from=build \/app\/node_modules \.\/node_modules$/m);
     const entry = JSON.parse(/^ENTRYPOINT (.+)$/m.exec(dockerfile)![1]!) as string[];
     expect(entry[0]).toBe('node');
-    expect(await node(entry[1]!, {}, ['--version'])).toBe('0.1.0\n');
+    const { version } = JSON.parse(readFileSync(join(ROOT, 'packages', 'cli', 'package.json'), 'utf8')) as { version: string };
+    expect(await node(entry[1]!, {}, ['--version'])).toBe(`${version}\n`);
   });
 
   it('`npx keypool serve` from the installed CLI answers /readyz', async () => {
