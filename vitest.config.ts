@@ -7,8 +7,16 @@ import { defineConfig } from 'vitest/config';
 const integrationFiles = ['packages/*/test/**/*.int.test.ts', 'test/**/*.int.test.ts'];
 const globalSetup = './packages/testkit/src/global-setup.ts';
 
+// Tests run the sources, never dist/: every @keypool/* package maps its exports to src/ under the
+// @keypool/source condition. Vite resolves with it; the children tests spawn (`node --import tsx`
+// fixtures, bin/keypool-dev.js) inherit it through NODE_OPTIONS.
+const SOURCE = '@keypool/source';
+const nodeOptions = [process.env.NODE_OPTIONS, `--conditions=${SOURCE}`].filter(Boolean).join(' ');
+
 export default defineConfig({
+  ssr: { resolve: { conditions: [SOURCE] } }, // vitest adds its default conditions to these
   test: {
+    env: { NODE_OPTIONS: nodeOptions },
     // Spawning servers and waiting for cluster convergence takes seconds.
     testTimeout: 60_000,
     hookTimeout: 60_000,

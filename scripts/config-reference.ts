@@ -1,9 +1,9 @@
 /**
  * The configuration reference (docs/configuration.md) is generated from the zod schema (its
  * `.describe()` texts, types and defaults), so the docs cannot drift from the code.
- *   npx tsx scripts/config-reference.ts          print the markdown table
- *   npx tsx scripts/config-reference.ts --write  rewrite it in docs/configuration.md between the markers
- *                                                (npm run docs:config)
+ *   NODE_OPTIONS=--conditions=@keypool/source npx tsx scripts/config-reference.ts   print the markdown table
+ *   npm run docs:config        rewrite it in docs/configuration.md between the markers
+ * (the condition makes @keypool/* imports load the sources; see docs/testing.md)
  * test/readme.unit.test.ts fails when docs/configuration.md and the schema disagree.
  */
 import { readFileSync, writeFileSync } from 'node:fs';

@@ -1,8 +1,5 @@
 #!/usr/bin/env node
-// The `keypool` command. The sources are TypeScript run as they are (no build step): tsx compiles
-// them on import. tsconfig: false because the caller's directory may hold an unrelated
-// tsconfig.json that tsx would otherwise apply; these sources need none.
-import { register } from 'tsx/esm/api';
-
-register({ tsconfig: false });
-await import('../src/main.ts');
+// The `keypool` command as installed: the compiled CLI (`npm run build` writes dist/), plain
+// JavaScript, no TypeScript at run time. In this repository the tests run the sources through
+// keypool-dev.js instead (not published).
+import '../dist/esm/main.js';

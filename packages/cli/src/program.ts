@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { packageRoot } from '@keypool/core/package-dir';
 import { registerKeys } from './commands/keys.js';
 import { registerQueue } from './commands/queue.js';
 import { registerSecrets } from './commands/secrets.js';
@@ -15,7 +16,7 @@ import { processContext, type Context } from './context.js';
 import { EXIT, isCliError, type ExitCode } from './errors.js';
 import { DEFAULT_URL, examples, paragraphs } from './options.js';
 
-const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const VERSION = (JSON.parse(readFileSync(new URL('package.json', packageRoot(import.meta.url)), 'utf8')) as { version: string }).version;
 
 /** The program with every command; commander errors are thrown (exitOverride), not exited on. */
 export function buildProgram(ctx: Context): Command {

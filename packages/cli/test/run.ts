@@ -1,11 +1,12 @@
 /**
- * Running the real `keypool` binary as a child process (node bin/keypool.js), as users do. No
+ * Running the real `keypool` binary as a child process (node bin/keypool-dev.js), as users do. No
  * vitest import here: the unit tests use it too.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-export const BIN = fileURLToPath(new URL('../bin/keypool.js', import.meta.url));
+/** The sources' `keypool` (bin/keypool-dev.js: tsx, the @keypool/source condition); the installed one runs dist (test/packaging). */
+export const BIN = fileURLToPath(new URL('../bin/keypool-dev.js', import.meta.url));
 export const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 
 /** What the caller's environment must not leak into a child: every setting the CLI or the gateway reads. */

@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Cluster, Redis } from 'ioredis';
+import { packageRoot } from './package-dir.js';
 
 /**
  * The Lua loader. A script is `<name>-<numKeys>.lua`, or `<name>.lua` when the number of KEYS
@@ -14,7 +15,7 @@ import type { Cluster, Redis } from 'ioredis';
  * NOSCRIPT. Only commands.ts calls them.
  */
 
-const LUA_DIR = fileURLToPath(new URL('../lua/', import.meta.url));
+const LUA_DIR = fileURLToPath(new URL('lua/', packageRoot(import.meta.url)));
 
 /** The pool's scripts: lua/ holds exactly one file for each, and no other. */
 export const SCRIPT_NAMES = [

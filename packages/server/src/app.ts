@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { systemClock, type Clock, type KeyPool } from '@keypool/core';
+import { packageRoot } from '@keypool/core/package-dir';
 import type { SecretSync } from '@keypool/secrets';
 import { Dispatcher, type Route } from '@keypool/client';
 import { adminRouter } from './admin.js';
@@ -150,4 +151,4 @@ export function createGateway(opts: GatewayOptions): Gateway {
   return { app, metrics, inflight, dispatcher, startedAt };
 }
 
-const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const VERSION = (JSON.parse(readFileSync(new URL('package.json', packageRoot(import.meta.url)), 'utf8')) as { version: string }).version;
