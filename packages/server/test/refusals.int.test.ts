@@ -55,7 +55,7 @@ describe('refusals cost nothing', () => {
         { secret: B, name: 'b', models: MODELS, rpm: 6, rpmBurst: 1 },
       ],
     });
-    const drain = await g.pool.acquire({ model: 'gpt-4o', exclude: [keyIdOf(A)] });
+    const drain = await g.pool.acquire({ model: 'gpt-4o', exclude: [keyIdOf(A, g.fake.url)] });
     if (!drain.ok) throw new Error('b should be free');
     await drain.release({ status: 200, usage: { promptTokens: 1, completionTokens: 1 } });
     g.fake.setFault({ kind: 'error', status: 500, key: 'a', count: 1 });
