@@ -16,8 +16,6 @@ import { QueueStatusReader } from './queue-status.js';
  * leases are released as aborted), wait for the releases, close the pool, stop the embedded Redis.
  */
 
-// moved to @keypool/config (the worker needs them without the gateway); re-exported for callers of this module
-
 /**
  * What was opened so far, closed in reverse order: by a failed start and by close() alike, so the
  * three ways down cannot drift apart. Every step runs even when one fails; the first error is thrown.
