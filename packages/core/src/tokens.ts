@@ -433,6 +433,7 @@ export class GatewayTokens {
     const { rec } = s;
     const fleet = this.b.config.redisDown.fleetSize;
     if (rec.models.length > 0 && !rec.models.includes(model)) return { ok: false, reason: 'model_not_allowed', retryAfterMs: null, id: rec.id };
+    if (rec.bud >= 0 && est > rec.bud) return { ok: false, reason: 'over_budget', retryAfterMs: null, id: rec.id };
     if (rec.bud >= 0) {
       if (s.pend >= 0 && now >= s.pend) [s.known, s.local, s.pend] = [0, 0, budgetPeriodEnd(rec.per, now)];
       if (s.local + est > Math.max(0, rec.bud - s.known) / fleet) {

@@ -47,7 +47,7 @@ export class GatewayMetrics {
     this.transitions = new client.Counter({ name: 'keypool_key_transitions_total', help: 'Key state changes caused by this process (opened, reopened, closed, revoked, cooling, retired).', labelNames: ['key_id', 'transition'], registers });
     this.acquire = new client.Histogram({ name: 'keypool_acquire_duration_seconds', help: 'Time to get a key (or learn there is none), waiting included.', labelNames: ['result'], buckets: LATENCY_BUCKETS, registers });
     this.redisErrors = new client.Counter({ name: 'keypool_redis_errors_total', help: 'Redis failures by operation: pool (this process found Redis down), proxy (a request refused for want of Redis), status (a scrape could not read the key gauges).', labelNames: ['operation'], registers });
-    this.tokenRejections = new client.Counter({ name: 'keypool_gateway_token_rejections_total', help: 'Requests refused because of the gateway token: unknown, revoked, model_not_allowed, rate_limited, budget_exhausted.', labelNames: ['reason'], registers });
+    this.tokenRejections = new client.Counter({ name: 'keypool_gateway_token_rejections_total', help: 'Requests refused because of the gateway token: unknown, revoked, model_not_allowed, rate_limited, budget_exhausted, over_budget.', labelNames: ['reason'], registers });
     this.adminActions = new client.Counter({ name: 'keypool_admin_actions_total', help: 'Admin API actions, by action.', labelNames: ['action'], registers });
     this.inFlight = new client.Gauge({ name: 'keypool_gateway_in_flight_requests', help: 'Requests this process is serving now.', registers, collect() {
       this.set(inFlight());

@@ -6,6 +6,7 @@ import { rootLogger, startSecretSync, type GatewayConfig, type StartedSecretSync
 import type { SecretSync } from '@keypool/secrets';
 import { createGateway, type Gateway } from './app.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
+import { answerClientErrors } from './errors.js';
 import { ShuttingDown } from './proxy.js';
 import { QueueStatusReader } from './queue-status.js';
 
@@ -101,6 +102,7 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
   teardown.add(() => queueReader.close());
   const gateway = createGateway({ pool, logger, clock, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}), queueStatus: () => queueReader.read() });
   const server = gateway.app.listen(config.server.port, config.server.host);
+  answerClientErrors(server);
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('listening', resolve);

@@ -12,7 +12,7 @@ import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type Fa
 import { LogSink as BaseLogSink } from '@keypool/testkit/log-sink';
 import { KeyPool, type KeySpecInput, type PoolConfigInput } from '@keypool/core';
 import type { Route } from '@keypool/client';
-import { createGateway, type Gateway, type GatewaySettings } from '../src/index.js';
+import { answerClientErrors, createGateway, type Gateway, type GatewaySettings } from '../src/index.js';
 
 export const ADMIN = 'admin-token-for-tests-0123456789abcdef';
 
@@ -102,6 +102,7 @@ export async function startGateway(opts: {
 const listen = (app: Gateway['app']): Promise<Server> =>
   new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
+    answerClientErrors(s);
   });
 const urlOf = (s: Server) => `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
 
