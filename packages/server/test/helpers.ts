@@ -31,10 +31,25 @@ export function testSettings(adminToken: string): GatewaySettings {
 
 export const DEFAULT_SETTINGS: GatewaySettings = testSettings(ADMIN);
 
+/** A gateway token as it would appear in a line: `kpt_` and 43 base64url characters. */
+const GATEWAY_TOKEN_RE = /kpt_[A-Za-z0-9_-]{43}/;
+
 /** Every log line the gateway wrote, redacted as in production. */
 export class LogSink extends BaseLogSink {
   constructor() {
     super(REDACT);
+  }
+
+  /**
+   * Throws when a line holds one of `secrets` or any gateway token: run at every test gateway's
+   * teardown, so every path a test drives (broken streams, timeouts, shutdown...) is scanned.
+   */
+  assertNoSecrets(secrets: readonly string[]): void {
+    for (const line of this.lines) {
+      const found = secrets.find((s) => s !== '' && line.includes(s)) ?? GATEWAY_TOKEN_RE.exec(line)?.[0];
+      // the message names the line's log message, never the secret
+      if (found !== undefined) throw new Error(`a log line holds a secret or a gateway token (${found.slice(0, 6)}...): ${String((JSON.parse(line) as { msg?: unknown }).msg)}`);
+    }
   }
 }
 
@@ -95,6 +110,7 @@ export async function startGateway(opts: {
       }
       await pool.close();
       await fake.stop();
+      logs.assertNoSecrets([...opts.keys.map((k) => k.secret), ...(opts.fakeKeys ?? []).map((k) => (typeof k === 'string' ? k : k.key))]);
     },
   };
 }

@@ -66,5 +66,6 @@ describe.skipIf(testTarget() === 'cluster')('gateway when Redis goes away', () =
     const { token: fresh } = await pool.tokens.create({ name: 'after' });
     await new OpenAI({ apiKey: fresh, baseURL: `${url}/v1`, maxRetries: 0 }).chat.completions.create(ask);
     expect(fake.counters().a!.served).toBe(2);
+    logs.assertNoSecrets([KEY]);
   });
 });
