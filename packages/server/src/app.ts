@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { systemClock, type Clock, type KeyPool } from '@keypool/core';
 import type { SecretSync } from '@keypool/secrets';
 import { Dispatcher, type Route } from '@keypool/client';
-import { adminRouter } from './admin.js';
+import { adminRouter, opsGuard } from './admin.js';
 import { HttpError, sendError } from './errors.js';
 import { Inflight } from './inflight.js';
 import { GatewayMetrics } from './metrics.js';
@@ -14,6 +14,8 @@ import { proxyRouter } from './proxy.js';
 /** What the gateway needs from the `server` config section (see @keypool/config's sections/server.ts for each field). */
 export interface GatewaySettings {
   adminToken?: string | undefined;
+  /** Read-only token of /status, /metrics and the dashboard's data; unset: they are open. */
+  statusToken?: string | undefined;
   bodyLimit: number | string;
   deadlineMs: number;
   attemptTimeoutMs: number;
@@ -94,7 +96,8 @@ export function createGateway(opts: GatewayOptions): Gateway {
     }
   });
 
-  app.get('/status', async (_req, res) => {
+  const ops = opsGuard(settings.statusToken, settings.adminToken, logger);
+  app.get('/status', ops, async (_req, res) => {
     try {
       const [st, scheduler, fleet, queue] = await Promise.all([
         pool.status(),
@@ -116,7 +119,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
     }
   });
 
-  app.get('/metrics', async (_req, res) => {
+  app.get('/metrics', ops, async (_req, res) => {
     res.setHeader('content-type', metrics.registry.contentType);
     res.end(await metrics.scrape());
   });
