@@ -659,3 +659,20 @@ describe('secrets and scheduler sections', () => {
     expect(problems('secrets: { sources: [] }').lines).toEqual(['secrets.sources: list at least one source (type: env, file, aws or vault)']);
   });
 });
+
+describe('declared gateway tokens (tokens:)', () => {
+  const SHA = 'a'.repeat(64);
+
+  it('takes tokens by their sha256 with the settings the admin API takes', () => {
+    const c = load(`tokens:\n  - sha256: ${SHA}\n    name: billing\n    rpm: 600\n    budget: { usd: 50, period: day }\n    models: [gpt-4o-mini]\n`);
+    expect(c.pool.tokens).toEqual([{ sha256: SHA, name: 'billing', rpm: 600, budget: { usd: 50, period: 'day' }, models: ['gpt-4o-mini'] }]);
+  });
+
+  it('refuses a token itself in place of its hash, and unknown fields, saying where', () => {
+    const token = `kpt_${'x'.repeat(43)}`;
+    const err = errorOf({ file: write(`tokens:\n  - sha256: ${token}\n    name: leaked\n    rpn: 5\n`) });
+    expect(err.message).toMatch(/tokens\[0\]\.sha256: expected the 64 hex characters of the token's sha256 \(keypool tokens hash\), never the token itself/);
+    expect(err.message).toMatch(/tokens\[0\].*rpn/);
+    expect(err.message).not.toContain(token);
+  });
+});

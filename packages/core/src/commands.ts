@@ -410,6 +410,11 @@ export class TokenCommands {
     return r[0] === 1 ? { ok: true, view: viewOf(JSON.parse(r[1]) as RawView) } : { ok: false, reason: r[1] };
   }
 
+  /** tokenCount-1.lua: how many tokens the pool holds. */
+  async count(): Promise<number> {
+    return Number(await this.run('tokenCount', [this.k.tok], []));
+  }
+
   /** tokenRevoke-1.lua. */
   async revoke(id: string): Promise<{ ok: true; revokedAt: number } | { ok: false; reason: Extract<Refusal, 'not_found'> }> {
     const r = (await this.run('tokenRevoke', [this.k.tokSt], [id])) as [1, number] | [0];

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { DeclaredTokenSchema } from './token-spec.js';
 import { ConfigError, type ConfigIssue } from './errors.js';
 
 /** One provider API key and its limits. */
@@ -58,6 +59,13 @@ export const PoolConfigSchema = z
       .default('default')
       .describe('Pool name. Processes with the same pool name and Redis share one pool.'),
     keys: z.array(KeySpecSchema).default([]).describe('The keys this process holds (secrets stay in memory).'),
+    tokens: z
+      .array(DeclaredTokenSchema)
+      .default([])
+      .describe(
+        'Gateway tokens declared by their sha256 (never the token), with the settings the admin API takes (name, rpm, rpmBurst, budget, models): ' +
+          'registered at start and again whenever Redis comes back without them, so callers holding them survive a Redis wipe.',
+      ),
     prices: z.record(z.string(), PriceSchema).default({}).describe('Per-model prices, merged over the built-in defaults.'),
     leaseTimeoutMs: z
       .number()

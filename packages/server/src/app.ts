@@ -64,6 +64,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
   app.set('trust proxy', 'loopback');
 
   pool.on('redis:down', () => metrics.redisErrors.inc({ operation: 'pool' }));
+  pool.on('tokens:lost', () => metrics.tokenStoreLost.inc());
   pool.on('transition', (t) => metrics.transitions.inc({ key_id: t.keyId, transition: t.transition }));
 
   // path tricks (dot segments, encoded slashes or dots, empty segments) are refused, not resolved
@@ -108,6 +109,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
       res.json({
         ...st,
         routes: dispatcher.routes,
+        tokens: pool.tokens.storeStatus(),
         scheduler,
         queue,
         ...(opts.sync ? { secrets: { ...opts.sync.status(), fleet } } : {}),
