@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { DeclaredTokenSchema } from './token-spec.js';
+import { DeclaredTokenSchema, RPM_BURST } from './token-spec.js';
 import { ConfigError, type ConfigIssue } from './errors.js';
 
 /** One provider API key and its limits. */
@@ -15,12 +15,7 @@ export const KeySpecSchema = z
     models: z.array(z.string().min(1)).min(1, 'list at least one model this key may serve').describe('Models this key may serve.'),
     rpm: z.number().int().nonnegative().default(0).describe('Requests per minute (token-bucket rate). 0 = no limit.'),
     tpm: z.number().int().nonnegative().default(0).describe('Tokens per minute (prompt + completion). 0 = no limit.'),
-    rpmBurst: z
-      .number()
-      .int()
-      .positive()
-      .optional()
-      .describe('Request bucket size: requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1).'),
+    rpmBurst: RPM_BURST,
     tpmBurst: z
       .number()
       .int()

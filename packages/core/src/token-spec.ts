@@ -5,16 +5,19 @@ import { z } from 'zod';
  * (config.ts) can declare tokens without importing the token machinery.
  */
 
+/** The request bucket size of a key or a token (config.ts uses it too). */
+export const RPM_BURST = z
+  .number()
+  .int()
+  .positive()
+  .optional()
+  .describe('Request bucket size: requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1).');
+
 /** The fields of a token's settings, shared by `create` and declared tokens. */
 const TOKEN_FIELDS = {
   name: z.string().min(1, 'give the token a name (who or what uses it)').max(100).describe('A label for people (lists, logs). Never the token.'),
   rpm: z.number().int().nonnegative().default(0).describe('Requests per minute, fleet-wide (token-bucket rate). 0 = no limit.'),
-  rpmBurst: z
-    .number()
-    .int()
-    .positive()
-    .optional()
-    .describe('Request bucket size: requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1).'),
+  rpmBurst: RPM_BURST,
   budget: z
     .object({
       usd: z.number().positive().describe('Dollars the token may spend per period.'),

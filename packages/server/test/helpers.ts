@@ -115,6 +115,13 @@ export async function startGateway(opts: {
   };
 }
 
+/** A gateway over `pool` (a pool of the test's own, e.g. on a Redis it kills) on a free port; its closing goes to `cleanups`. Its URL. */
+export async function listenOn(pool: KeyPool, logs: LogSink, cleanups: (() => Promise<unknown>)[]): Promise<string> {
+  const http = await listen(createGateway({ pool, logger: logs.logger, settings: DEFAULT_SETTINGS }).app);
+  cleanups.push(() => new Promise((r) => http.close(r)));
+  return urlOf(http);
+}
+
 const listen = (app: Gateway['app']): Promise<Server> =>
   new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));

@@ -5,14 +5,12 @@
  * callers never notice. Standalone only: the tests run their own redis-server to kill and flush.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnRedisServer, startFakeOpenAI, testTarget, type SpawnedRedis } from '@keypool/testkit';
 import { KeyPool } from '@keypool/core';
 import { Redis } from 'ioredis';
-import { createGateway } from '../src/index.js';
-import { DEFAULT_SETTINGS, LogSink } from './helpers.js';
+import { LogSink, listenOn } from './helpers.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -35,11 +33,7 @@ async function setup(server: SpawnedRedis) {
     logger: logs.logger,
   });
   cleanups.push(() => pool.close());
-  const gw = createGateway({ pool, logger: logs.logger, settings: DEFAULT_SETTINGS });
-  const http = gw.app.listen(0, '127.0.0.1');
-  await new Promise((r) => http.once('listening', r));
-  cleanups.push(() => new Promise((r) => http.close(r)));
-  const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  const url = await listenOn(pool, logs, cleanups);
   const { token: made } = await pool.tokens.create({ name: 'made' });
   const sdk = (apiKey: string) => new OpenAI({ apiKey, baseURL: `${url}/v1`, maxRetries: 0 });
   const tokens = async () => ((await (await fetch(`${url}/status`)).json()) as { tokens: { store: string; lostAt: string | null; lostCount: number; declared: number } }).tokens;
