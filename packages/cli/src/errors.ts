@@ -21,6 +21,8 @@ export type CliErrorCode =
   | 'GATEWAY_UNREACHABLE'
   /** 401 / 403 from the admin API. */
   | 'ADMIN_REFUSED'
+  /** 401 from /status: the gateway sets server.statusToken and none (or a wrong one) was sent. */
+  | 'STATUS_REFUSED'
   /** Any other error answer of the gateway. */
   | 'API_ERROR'
   /** Wrong or missing arguments found after commander's own checks. */
@@ -37,6 +39,7 @@ export type CliErrorCode =
 const EXIT_OF: Record<CliErrorCode, ExitCode> = {
   GATEWAY_UNREACHABLE: EXIT.failure,
   ADMIN_REFUSED: EXIT.failure,
+  STATUS_REFUSED: EXIT.failure,
   API_ERROR: EXIT.failure,
   USAGE: EXIT.usage,
   SERVE_FAILED: EXIT.failure,

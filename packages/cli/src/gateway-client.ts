@@ -34,6 +34,8 @@ export interface GatewayClientOptions {
   url: string;
   /** Needed by the admin calls only. */
   adminToken?: string | undefined;
+  /** Sent with GET /status when the gateway sets server.statusToken (the admin token is used when this is absent). */
+  statusToken?: string | undefined;
   /** Sent as x-keypool-actor with admin calls. */
   actor?: string;
   timeoutMs?: number;
@@ -46,18 +48,21 @@ const NO_ANSWER = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN
 export class GatewayClient {
   readonly url: string;
   private readonly adminToken: string | undefined;
+  private readonly statusToken: string | undefined;
   private readonly actor: string | undefined;
   private readonly timeoutMs: number;
 
   constructor(opts: GatewayClientOptions) {
     this.url = opts.url.replace(/\/+$/, '');
     this.adminToken = opts.adminToken;
+    this.statusToken = opts.statusToken;
     this.actor = opts.actor;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   }
 
   status(): Promise<GatewayStatus> {
-    return this.call('GET', '/status') as Promise<GatewayStatus>;
+    const token = this.statusToken ?? this.adminToken;
+    return this.call('GET', '/status', undefined, false, token ? { authorization: `Bearer ${token}` } : {}) as Promise<GatewayStatus>;
   }
 
   async listKeys(): Promise<KeyStatus[]> {
@@ -92,8 +97,8 @@ export class GatewayClient {
     return this.call(method, `/admin${path}`, body, true);
   }
 
-  private async call(method: string, path: string, body?: unknown, admin = false): Promise<unknown> {
-    const headers: Record<string, string> = { accept: 'application/json' };
+  private async call(method: string, path: string, body?: unknown, admin = false, extra: Record<string, string> = {}): Promise<unknown> {
+    const headers: Record<string, string> = { accept: 'application/json', ...extra };
     if (admin) {
       if (this.adminToken) headers.authorization = `Bearer ${this.adminToken}`;
       if (this.actor) headers['x-keypool-actor'] = this.actor;
@@ -153,6 +158,9 @@ export class GatewayClient {
           "set KEYPOOL_ADMIN_TOKEN (or pass --admin-token) to the gateway's server.adminToken",
         { status },
       );
+    }
+    if (status === 401 && code === 'invalid_status_token') {
+      return new CliError('STATUS_REFUSED', `the gateway at ${this.url} needs its status token for /status: set KEYPOOL_STATUS_TOKEN (or pass --status-token) to its server.statusToken, or KEYPOOL_ADMIN_TOKEN to its admin token`, { status });
     }
     if (message) return new CliError('API_ERROR', message, { status });
     if (status >= 300 && status < 400) {

@@ -50,6 +50,7 @@ export function httpUrl(value: string): string {
 export interface GatewayOptions {
   url: string;
   adminToken?: string;
+  statusToken?: string;
   json?: boolean;
 }
 
@@ -67,12 +68,19 @@ export function addAdminOptions(cmd: Command): Command {
   );
 }
 
+/** --url, --json, --admin-token and --status-token (env KEYPOOL_STATUS_TOKEN): what reads /status. */
+export function addStatusOptions(cmd: Command): Command {
+  return addAdminOptions(cmd).addOption(
+    new Option('--status-token <token>', "the gateway's server.statusToken, when it sets one (the admin token works too; prefer the env var)").env('KEYPOOL_STATUS_TOKEN'),
+  );
+}
+
 /** A client of the gateway named by the options; with `admin`, the admin token must be known. */
 export function gatewayClient(opts: GatewayOptions, admin = false): GatewayClient {
   if (admin && !opts.adminToken) {
     throw usageError("no admin token: set KEYPOOL_ADMIN_TOKEN (or pass --admin-token) to the gateway's server.adminToken");
   }
-  return new GatewayClient({ url: opts.url, adminToken: opts.adminToken, actor: actor() });
+  return new GatewayClient({ url: opts.url, adminToken: opts.adminToken, statusToken: opts.statusToken, actor: actor() });
 }
 
 /** Help text lines `  $ keypool ...` under "Examples:". */

@@ -79,6 +79,29 @@ describe('keypool status', () => {
     const r = await kp(['status'], { KEYPOOL_ADMIN_TOKEN: undefined });
     expect(r.code).toBe(0);
   });
+
+  it('a gateway with server.statusToken: status says which token to set, and reads with it or the admin token', async () => {
+    const STATUS = 'status-token-for-cli-tests-0123456789';
+    const closed = await startGateway({ fakeKeys: [{ key: A, name: 'a' }], keys: [{ secret: A, name: 'alpha', models: MODELS }], settings: { statusToken: STATUS } });
+    try {
+      const run = async (env: Record<string, string | undefined>) => {
+        const r = await keypool(['status'], { env: { KEYPOOL_URL: closed.url, KEYPOOL_ADMIN_TOKEN: undefined, KEYPOOL_STATUS_TOKEN: undefined, ...env } });
+        outputs.push(r);
+        return r;
+      };
+      const refused = await run({});
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/needs its status token for \/status: set KEYPOOL_STATUS_TOKEN \(or pass --status-token\)/);
+      for (const env of [{ KEYPOOL_STATUS_TOKEN: STATUS }, { KEYPOOL_ADMIN_TOKEN: ADMIN }]) {
+        const r = await run(env);
+        expect.soft(r.code, Object.keys(env)[0]).toBe(0);
+        expect.soft(r.stdout).toMatch(new RegExp(`^pool:\\s+${closed.pool.name}$`, 'm'));
+      }
+      expect((await run({ KEYPOOL_STATUS_TOKEN: 'wrong-status-token-0000000000' })).code).toBe(1);
+    } finally {
+      await closed.stop();
+    }
+  });
 });
 
 describe('keypool keys', () => {

@@ -7,7 +7,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { keypool } from './run.js';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { BIN, REPO, childEnv, keypool } from './run.js';
 
 /** A port nothing listens on (it was free a moment ago). */
 async function closedPort(): Promise<number> {
@@ -179,5 +181,24 @@ describe('keypool serve, failing before it needs Redis', () => {
     expect(r.stderr).toMatch(new RegExp(`^error: cannot start the gateway: cannot reach Redis at redis://[^ ]*127\\.0\\.0\\.1:${port}.*\n$`));
     expect(r.stderr).not.toContain('hunter2');
     expect(r.stdout).not.toContain('hunter2');
+  });
+});
+
+describe('keypool tokens hash', () => {
+  const hash = (stdin: string) => spawnSync(process.execPath, [BIN, 'tokens', 'hash'], { cwd: REPO, env: childEnv(), input: stdin, encoding: 'utf8' });
+
+  it("prints the sha256 of the token on stdin (what the config's tokens: section declares), and nothing else", () => {
+    const token = `kpt_${'A1b2_C3d-'.repeat(4)}abcdefg`;
+    const r = hash(`${token}\n`);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe(`${createHash('sha256').update(token).digest('hex')}\n`);
+    expect(r.stderr).toBe('');
+  });
+
+  it('refuses what is not a gateway token, without echoing it (exit 2)', () => {
+    const r = hash('sk-proj-not-a-gateway-token-12345\n');
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/does not hold a gateway token \(kpt_ and 43 characters/);
+    expect(r.stderr + r.stdout).not.toContain('sk-proj-not');
   });
 });

@@ -15,7 +15,7 @@ export interface TestGateway extends ServerGateway {
 
 afterAll(() => testRedis.disconnect());
 
-export async function startGateway(opts: Pick<Parameters<typeof startServerGateway>[0], 'fakeKeys' | 'keys'>): Promise<TestGateway> {
-  const g = await startServerGateway({ ...opts, fake: { models: ['gpt-4o', 'gpt-4o-mini'] }, poolName: uniqueName('cli'), settings: { adminToken: ADMIN }, noAdmin: true });
+export async function startGateway(opts: Pick<Parameters<typeof startServerGateway>[0], 'fakeKeys' | 'keys' | 'settings'>): Promise<TestGateway> {
+  const g = await startServerGateway({ ...opts, fake: { models: ['gpt-4o', 'gpt-4o-mini'] }, poolName: uniqueName('cli'), settings: { adminToken: ADMIN, ...opts.settings }, noAdmin: true });
   return { ...g, noAdminUrl: g.noAdminUrl! };
 }

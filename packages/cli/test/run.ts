@@ -10,7 +10,7 @@ export const BIN = fileURLToPath(new URL('../bin/keypool-dev.js', import.meta.ur
 export const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 
 /** What the caller's environment must not leak into a child: every setting the CLI or the gateway reads. */
-const SCRUB = ['KEYPOOL_URL', 'KEYPOOL_ADMIN_TOKEN', 'KEYPOOL_CONFIG', 'KEYPOOL_HOST', 'KEYPOOL_PORT', 'KEYPOOL_POOL', 'KEYPOOL_LOG_LEVEL', 'REDIS_URL', 'NO_COLOR', 'FORCE_COLOR'];
+const SCRUB = ['KEYPOOL_URL', 'KEYPOOL_ADMIN_TOKEN', 'KEYPOOL_STATUS_TOKEN', 'KEYPOOL_CONFIG', 'KEYPOOL_HOST', 'KEYPOOL_PORT', 'KEYPOOL_POOL', 'KEYPOOL_LOG_LEVEL', 'REDIS_URL', 'NO_COLOR', 'FORCE_COLOR'];
 
 export function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };

@@ -11,7 +11,7 @@ import OpenAI from 'openai';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyPool } from '@keypool/core';
-import { connectionForChild, startFakeOpenAI, testTarget, uniqueName, type FakeOpenAI } from '@keypool/testkit';
+import { connectionForChild, spawnRedisServer, startFakeOpenAI, testTarget, uniqueName, type FakeOpenAI } from '@keypool/testkit';
 import { keypool, startServe, type ServeChild } from './run.js';
 
 const FAST = 'sk-test-fastfastfastfastfastfast0001';
@@ -179,6 +179,34 @@ describe.skipIf(testTarget() === 'cluster')('keypool serve (a child process, RED
       await other.exited;
     }
   }, 40_000);
+
+  it('Redis killed and back while /status and /metrics are read: nothing raw on stderr, every log line pino JSON', async () => {
+    const redis = await spawnRedisServer();
+    try {
+      const gw = serve(configFile('outage', uniqueName('outage')), { REDIS_URL: redis.url });
+      const url = await gw.listening();
+      const read = () => Promise.all([fetch(`${url}/status`), fetch(`${url}/metrics`)]).then((rs) => rs.map((r) => r.status));
+      // the queue reader opens its BullMQ connection at the first read
+      expect(await read()).toEqual([200, 200]);
+      redis.kill9();
+      await expect.poll(async () => (await fetch(`${url}/readyz`)).status, { timeout: 10_000, interval: 100 }).toBe(503);
+      // reads during the outage retry the queue's connection (each a connection error)
+      await expect.poll(async () => ((await read())[0] === 200 ? gw.logs.filter((l) => l.level === 50).length : 0), { timeout: 10_000, interval: 200 }).toBeGreaterThan(0);
+      const again = await spawnRedisServer({ port: redis.port });
+      try {
+        await expect.poll(async () => (await fetch(`${url}/readyz`)).status, { timeout: 15_000, interval: 200 }).toBe(200);
+        expect(await read()).toEqual([200, 200]);
+        gw.child.kill('SIGTERM');
+        expect(await gw.exited).toEqual({ code: 0, signal: null });
+      } finally {
+        await again.stop();
+      }
+      expect(gw.stderr()).toBe('');
+      expect(gw.logs.filter((l) => 'raw' in l)).toEqual([]);
+    } finally {
+      await redis.stop();
+    }
+  });
 
   it('a second signal exits 1 at once, without waiting for the request in flight', async () => {
     const gw = serve(configFile('twice', uniqueName('serve')), { REDIS_URL: connectionForChild().url! });

@@ -34,6 +34,7 @@ export function applyEnvOverrides(sections: Record<Section, Json | undefined>, p
     (v) => (section('server').port = v),
   );
   override('KEYPOOL_ADMIN_TOKEN', (v) => (v.length >= 24 ? v : undefined), ADMIN_TOKEN_MESSAGE, (v) => (section('server').adminToken = v));
+  override('KEYPOOL_STATUS_TOKEN', (v) => (v.length >= 24 ? v : undefined), ADMIN_TOKEN_MESSAGE, (v) => (section('server').statusToken = v));
   override('KEYPOOL_LOG_LEVEL', (v) => ((LOG_LEVELS as readonly string[]).includes(v) ? v : undefined), LOG_LEVEL_MESSAGE, (v) => (sections.logLevel = v));
   const poolName = get('KEYPOOL_POOL');
   if (poolName !== undefined) {

@@ -5,7 +5,7 @@
 import { pino, type Logger } from 'pino';
 
 /** Paths pino removes from every log line: whatever may carry a secret or a token. */
-export const REDACT = ['req.headers.authorization', 'headers.authorization', 'authorization', 'secret', 'apiKey', 'token', '*.secret', '*.apiKey', '*.token', 'keys[*].secret', 'adminToken', '*.adminToken'];
+export const REDACT = ['req.headers.authorization', 'headers.authorization', 'authorization', 'secret', 'apiKey', 'token', '*.secret', '*.apiKey', '*.token', 'keys[*].secret', 'adminToken', '*.adminToken', 'statusToken', '*.statusToken'];
 
 /** pino JSON on stdout at `level`, with {@link REDACT} applied, the pid and ISO timestamps. */
 export function rootLogger(level: string): Logger {

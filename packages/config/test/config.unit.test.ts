@@ -116,16 +116,18 @@ describe('no config file', () => {
         REDIS_URL: 'http://user:hunter2hunter2@redis.internal',
         KEYPOOL_PORT: '80a',
         KEYPOOL_ADMIN_TOKEN: 'too-short-token-1234',
+        KEYPOOL_STATUS_TOKEN: 'short-status-token',
         KEYPOOL_POOL: 'my pool',
         KEYPOOL_LOG_LEVEL: 'verbose',
       },
     });
     expect(err.message).toBe(
       [
-        'invalid config from the environment (5 problems):',
+        'invalid config from the environment (6 problems):',
         '  - REDIS_URL: expected a redis:// or rediss:// URL',
         '  - KEYPOOL_PORT: expected an integer 0-65535',
         '  - KEYPOOL_ADMIN_TOKEN: must be at least 24 characters (generate one with: openssl rand -hex 24)',
+        '  - KEYPOOL_STATUS_TOKEN: must be at least 24 characters (generate one with: openssl rand -hex 24)',
         '  - KEYPOOL_LOG_LEVEL: expected one of fatal, error, warn, info, debug, trace, silent',
         '  - KEYPOOL_POOL: use 1-64 letters, digits, "_", "." or "-"',
       ].join('\n'),
@@ -133,6 +135,7 @@ describe('no config file', () => {
     // a Redis URL may carry a password, a token is a secret: neither is echoed
     expect(err.message).not.toContain('hunter2');
     expect(err.message).not.toContain('too-short-token');
+    expect(err.message).not.toContain('short-status-token');
   });
 
   it.each([['65536'], ['-1'], ['8080.5'], ['0x50'], [' ']])('rejects KEYPOOL_PORT=%j', (port) => {
@@ -654,5 +657,22 @@ describe('secrets and scheduler sections', () => {
 
   it('an empty source list says what to write', () => {
     expect(problems('secrets: { sources: [] }').lines).toEqual(['secrets.sources: list at least one source (type: env, file, aws or vault)']);
+  });
+});
+
+describe('declared gateway tokens (tokens:)', () => {
+  const SHA = 'a'.repeat(64);
+
+  it('takes tokens by their sha256 with the settings the admin API takes', () => {
+    const c = load(`tokens:\n  - sha256: ${SHA}\n    name: billing\n    rpm: 600\n    budget: { usd: 50, period: day }\n    models: [gpt-4o-mini]\n`);
+    expect(c.pool.tokens).toEqual([{ sha256: SHA, name: 'billing', rpm: 600, budget: { usd: 50, period: 'day' }, models: ['gpt-4o-mini'] }]);
+  });
+
+  it('refuses a token itself in place of its hash, and unknown fields, saying where', () => {
+    const token = `kpt_${'x'.repeat(43)}`;
+    const err = errorOf({ file: write(`tokens:\n  - sha256: ${token}\n    name: leaked\n    rpn: 5\n`) });
+    expect(err.message).toMatch(/tokens\[0\]\.sha256: expected the 64 hex characters of the token's sha256 \(keypool tokens hash\), never the token itself/);
+    expect(err.message).toMatch(/tokens\[0\].*rpn/);
+    expect(err.message).not.toContain(token);
   });
 });

@@ -10,7 +10,8 @@
   ARGV[6] '1': send the settings JSON back (the caller has not cached them), else '0'
   Reply: {1, id, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs (-1 never)}
       or {0, reason, retryAfterMs (-1: not by waiting), id ('' when unknown)}
-  reason: unknown | revoked | model_not_allowed | rate_limited | budget_exhausted
+  reason: unknown | revoked | model_not_allowed | rate_limited | budget_exhausted | over_budget
+  (over_budget: the estimate alone exceeds the whole budget; retryAfterMs -1)
 ]]
 --- @include "common"
 --- @include "tokens"
@@ -43,6 +44,7 @@ end
 -- The rule of key budgets (acquire): spent + live reservations + this estimate must fit, so spend
 -- passes the budget only by what real costs exceed their estimates.
 local pend = rollBudget(st, now)
+if st.bud >= 0 and estCost > st.bud then return { 0, 'over_budget', -1, id } end
 if st.bud >= 0 and st.sp + st.rs + estCost > st.bud then
   if st.rs > 0 and st.sp + estCost <= st.bud then
     -- the money is held by requests in flight; their settle may give it back

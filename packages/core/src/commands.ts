@@ -21,8 +21,8 @@ import type { ScheduledJobStatus } from './upkeep.js';
 /** Why acquire could not give a lease now. */
 export type ExhaustedReason = 'rate_limited' | 'concurrency' | 'cooling' | 'circuit_open' | 'budget' | 'unavailable';
 
-/** Why a gateway token was refused. */
-export type TokenRefusal = 'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted';
+/** Why a gateway token was refused (over_budget: the request's estimate exceeds the token's whole budget, so no wait helps). */
+export type TokenRefusal = 'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted' | 'over_budget';
 
 /**
  * Every reason a script gives in a 0-reply, all scripts together (bullmq's enums/error-code.ts).
@@ -408,6 +408,11 @@ export class TokenCommands {
     const k = this.k;
     const r = (await this.run('tokenCreate', [k.tok, k.tokId, k.tokSt], [hash, rec.id, JSON.stringify(rec)])) as [1, string] | [0, 'exists'];
     return r[0] === 1 ? { ok: true, view: viewOf(JSON.parse(r[1]) as RawView) } : { ok: false, reason: r[1] };
+  }
+
+  /** tokenCount-1.lua: how many tokens the pool holds. */
+  async count(): Promise<number> {
+    return Number(await this.run('tokenCount', [this.k.tok], []));
   }
 
   /** tokenRevoke-1.lua. */

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { DeclaredTokenSchema, RPM_BURST } from './token-spec.js';
 import { ConfigError, type ConfigIssue } from './errors.js';
 import { DEFAULT_BASE_URL, hintOf, keyIdOf, originOf } from './fingerprint.js';
 
@@ -20,12 +21,7 @@ export const KeySpecSchema = z
     models: z.array(z.string().min(1)).min(1, 'list at least one model this key may serve').describe('Models this key may serve.'),
     rpm: z.number().int().nonnegative().default(0).describe('Requests per minute (token-bucket rate). 0 = no limit.'),
     tpm: z.number().int().nonnegative().default(0).describe('Tokens per minute (prompt + completion). 0 = no limit.'),
-    rpmBurst: z
-      .number()
-      .int()
-      .positive()
-      .optional()
-      .describe('Request bucket size: requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1).'),
+    rpmBurst: RPM_BURST,
     tpmBurst: z
       .number()
       .int()
@@ -64,6 +60,13 @@ export const PoolConfigSchema = z
       .default('default')
       .describe('Pool name. Processes with the same pool name and Redis share one pool.'),
     keys: z.array(KeySpecSchema).default([]).describe('The keys this process holds (secrets stay in memory).'),
+    tokens: z
+      .array(DeclaredTokenSchema)
+      .default([])
+      .describe(
+        'Gateway tokens declared by their sha256 (never the token), with the settings the admin API takes (name, rpm, rpmBurst, budget, models): ' +
+          'registered at start and again whenever Redis comes back without them, so callers holding them survive a Redis wipe.',
+      ),
     prices: z.record(z.string(), PriceSchema).default({}).describe('Per-model prices, merged over the built-in defaults.'),
     upstreams: z
       .object({

@@ -45,13 +45,18 @@ export { PoolKeys } from './pool-keys.js';
 export { scripts } from './scripts.js';
 export type { KeyState, KeyStatus, PoolStatus, SpendLine } from './status.js';
 export {
+  DeclaredTokenSchema,
   GatewayTokenSpecSchema,
   GatewayTokens,
   budgetPeriodEnd,
+  isGatewayToken,
   parseGatewayTokenSpec,
+  tokenHashOf,
   tokenHintOf,
   tokenIdOf,
+  type DeclaredToken,
   type GatewayTokenInfo,
+  type TokenStoreStatus,
   type GatewayTokenSpec,
   type TokenAdmission,
   type TokenBackend,

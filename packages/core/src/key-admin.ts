@@ -156,10 +156,12 @@ export class KeyAdmin {
    * After an outage, Redis may have restarted empty. The pool's epoch (set with the first key)
    * tells: a missing or different epoch means the keys this process registered are gone, so it
    * registers them again; the same epoch means nothing was lost (keys an operator removed stay
-   * removed). A process that started while Redis was down registers its keys now.
+   * removed). A process that started while Redis was down registers its keys now. True when
+   * the pool was lost (an epoch this process knew is gone or changed): its tokens went with it.
    */
-  async registerMissing(): Promise<void> {
+  async registerMissing(): Promise<boolean> {
     const epoch = await this.cmd.epoch();
+    const lost = this.epoch !== undefined && epoch !== this.epoch;
     if (this.own.size > 0 && (epoch === null || epoch !== this.epoch)) {
       if (this.epoch !== undefined) {
         this.log.warn(
@@ -170,6 +172,7 @@ export class KeyAdmin {
       await this.upsert([...this.own.values()]);
     }
     await this.topology.refresh();
+    return lost;
   }
 
   /** Write the settings of `recs` to Redis, each against what was there (read again on a conflict). */

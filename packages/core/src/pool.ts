@@ -42,6 +42,8 @@ export interface KeyPoolEvents {
   'redis:down': [error: Error];
   'redis:up': [];
   transition: [event: { keyId: string; hint: string; transition: string }];
+  /** Redis was found without the pool's gateway tokens (logged at error level once per loss). */
+  'tokens:lost': [];
 }
 /** Sampling gave up with candidates left: try again at once (acquire does, a bounded number of times). */
 type Busy = { ok: false; reason: 'busy'; retryAfterMs: number | null };
@@ -83,7 +85,10 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     this.local = new LocalLimiter(config.redisDown.fleetSize, clock);
     const onUp = () => {
       this.emit('redis:up');
-      void this.admin.registerMissing().catch((e) => this.log.warn({ err: (e as Error).message }, 'could not re-register keys after Redis came back'));
+      void this.admin
+        .registerMissing()
+        .then((poolLost) => this.tokens.checkStore(poolLost))
+        .catch((e) => this.log.warn({ err: (e as Error).message }, 'could not re-register keys and declared tokens after Redis came back'));
     };
     this.link = new RedisLink(client, ownsClient, { pool: config.pool, redisDown: config.redisDown, log: this.log, clock, onUp, onDown: (e) => this.emit('redis:down', e) });
     this.cmd = new PoolCommands(this.link, this.keys, config);
@@ -93,7 +98,14 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     this.upkeep = new Upkeep({ name: config.pool, config, cmd, link, topology, admin, local, log, clock, onTransition: (event) => this.emit('transition', event) });
     // same link, same Redis-down policy (events, logs, typed errors) as acquire
     const tokenLog = logger.child({ component: 'keypool-tokens', pool: config.pool });
-    this.tokens = new GatewayTokens({ keys: this.keys, config, log: tokenLog, run: link.script, redisAvailable: () => link.available, now: () => clock.now() });
+    this.tokens = new GatewayTokens({ keys: this.keys, config, log: tokenLog, run: link.script, redisAvailable: () => link.available, now: () => clock.now(), onLost: () => this.tokensLost() });
+    this.tokens.declare(config.tokens);
+  }
+
+  /** Redis lost the tokens: it lost the keys too (a flush under a live connection gives no reconnect to notice it by). */
+  private tokensLost(): void {
+    this.emit('tokens:lost');
+    void this.admin.registerMissing().catch((e) => this.log.warn({ err: (e as Error).message }, 'could not re-register keys after Redis lost the pool'));
   }
 
   /**
@@ -110,6 +122,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     try {
       await pool.admin.registerOwn();
       await pool.topology.refresh();
+      await pool.tokens.checkStore();
     } catch (e) {
       if (!isRedisUnavailable(e) || config.redisDown.policy === 'fail-closed') {
         if (owns) client.disconnect();

@@ -32,6 +32,7 @@ export const SCRIPT_NAMES = [
   'tokenCreate',
   'tokenRevoke',
   'tokenInfo',
+  'tokenCount',
 ] as const;
 
 export type ScriptName = (typeof SCRIPT_NAMES)[number];

@@ -13,6 +13,7 @@ import {
   type TokenView,
 } from './commands.js';
 import { formatPath, type PoolConfig } from './config.js';
+import { GatewayTokenSpecSchema, type DeclaredToken } from './token-spec.js';
 import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import type { PoolKeys } from './pool-keys.js';
 import { NANOS_PER_USD } from './pricing.js';
@@ -26,34 +27,7 @@ export type { TokenRefusal } from './commands.js';
  * Redis knows a token only by sha256(token); the token itself is shown once, by `create`.
  */
 
-/** A gateway token's settings, as given to `create`. */
-export const GatewayTokenSpecSchema = z
-  .object({
-    name: z.string().min(1, 'give the token a name (who or what uses it)').max(100).describe('A label for people (lists, logs). Never the token.'),
-    rpm: z.number().int().nonnegative().default(0).describe('Requests per minute, fleet-wide (token-bucket rate). 0 = no limit.'),
-    rpmBurst: z
-      .number()
-      .int()
-      .positive()
-      .optional()
-      .describe('Request bucket size: requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1).'),
-    budget: z
-      .object({
-        usd: z.number().positive().describe('Dollars the token may spend per period.'),
-        period: z.enum(['day', 'month', 'total']).default('month').describe('Budget period: UTC calendar day or month, or the whole life of the token.'),
-      })
-      .strict()
-      .optional()
-      .describe('Spend cap. Admission reserves the estimated cost; settle charges the real cost.'),
-    models: z
-      .array(z.string().min(1))
-      .default([])
-      .describe('Model (or route) names the token may ask for. Empty: all.'),
-  })
-  .strict()
-  .superRefine((s, ctx) => {
-    if (s.rpmBurst !== undefined && s.rpm === 0) ctx.addIssue({ code: 'custom', path: ['rpmBurst'], message: 'rpmBurst needs rpm' });
-  });
+export { DeclaredTokenSchema, GatewayTokenSpecSchema, type DeclaredToken } from './token-spec.js';
 
 export type GatewayTokenSpec = z.input<typeof GatewayTokenSpecSchema>;
 
@@ -103,6 +77,8 @@ export interface TokenBackend {
   redisAvailable(): boolean;
   /** Process clock, used only by the per-process fallback while Redis is down. */
   now?: () => number;
+  /** Called once for each loss of the token store found (after its error line). */
+  onLost?: () => void;
 }
 
 /** The settings JSON in Redis (`tok` hash). Short fields are what the scripts read. */
@@ -148,9 +124,15 @@ const REDIS_RETRY_MS = 1000;
 /** At most one warning per this long about settles dropped while Redis is down. */
 const DROP_LOG_MS = 10_000;
 
-/** sha256 hex of a token: the only form in which Redis knows it. */
-function hashOf(token: string): string {
+/** sha256 hex of a token: the only form in which Redis knows it (and the config declares it). */
+export function tokenHashOf(token: string): string {
   return createHash('sha256').update(token).digest('hex');
+}
+const hashOf = tokenHashOf;
+
+/** Whether `s` has the shape of a gateway token (`kpt_` and 43 base64url characters). */
+export function isGatewayToken(s: string): boolean {
+  return TOKEN_RE.test(s);
 }
 
 /** The id of a gateway token (12 hex chars of its sha256), e.g. to log which token made a request. */
@@ -232,6 +214,35 @@ function infoOf(rec: TokenRecord, c: Omit<TokenView, 'rec' | 'rt'> & { rt: numbe
 
 const toInfo = (v: TokenView) => infoOf(v.rec, v);
 
+/** The settings JSON of a token from its spec: the one place it is built (created and declared tokens). */
+function recordOf(hash: string, hint: string, s: z.output<typeof GatewayTokenSpecSchema>): TokenRecord {
+  return {
+    id: hash.slice(0, 12),
+    hint,
+    name: s.name,
+    rpm: s.rpm,
+    rb: s.rpm > 0 ? (s.rpmBurst ?? Math.max(1, Math.ceil((s.rpm * 2) / 60))) : 0,
+    bud: s.budget ? Math.round(s.budget.usd * NANOS_PER_USD) : -1,
+    per: s.budget?.period ?? 'total',
+    models: [...new Set(s.models)].sort(),
+    ...(s.budget ? { budget: s.budget } : {}),
+  };
+}
+
+/** The token store as /status shows it: `lost` once Redis was found without the tokens this process knew. */
+export interface TokenStoreStatus {
+  store: 'ok' | 'lost';
+  /** When this process found the tokens gone (the last time), or null. */
+  lostAt: string | null;
+  /** Times this process found them gone since it started. */
+  lostCount: number;
+  /** Tokens declared in the config (registered again after a loss). */
+  declared: number;
+}
+
+/** At most one count of the tokens per this long, when admissions find unknown tokens. */
+const STORE_CHECK_MS = 1000;
+
 /**
  * The gateway tokens of a pool; reach them as `pool.tokens`. Admission and settlement are one
  * script call each, atomic and fleet-wide. With `redisDown.policy: local` a process keeps
@@ -248,6 +259,14 @@ export class GatewayTokens {
   private lastRedisTry = 0;
   private dropped = 0;
   private lastDropLog = 0;
+  /** Declared tokens (config): sha256 -> settings, registered at start and after a loss. */
+  private readonly declared = new Map<string, TokenRecord>();
+  /** This process saw the pool hold tokens (so none at all now means Redis lost them). */
+  private hadTokens = false;
+  /** The last loss found; `cleared` once a token was made here since. */
+  private lost: { at: number; count: number; cleared: boolean } | null = null;
+  /** When an admission that met an unknown token last counted the tokens. */
+  private lastStoreCheck = -Infinity;
 
   constructor(backend: TokenBackend) {
     this.b = backend;
@@ -262,29 +281,61 @@ export class GatewayTokens {
    */
   async create(spec: GatewayTokenSpec): Promise<{ token: string; info: GatewayTokenInfo }> {
     const s = parseGatewayTokenSpec(spec);
-    const rb = s.rpm > 0 ? (s.rpmBurst ?? Math.max(1, Math.ceil((s.rpm * 2) / 60))) : 0;
     // 48-bit ids of random tokens do not collide in practice; the script checks anyway
     for (let attempt = 0; attempt < 3; attempt++) {
       const token = `kpt_${randomBytes(32).toString('base64url')}`;
       const hash = hashOf(token);
-      const rec: TokenRecord = {
-        id: hash.slice(0, 12),
-        hint: tokenHintOf(token),
-        name: s.name,
-        rpm: s.rpm,
-        rb,
-        bud: s.budget ? Math.round(s.budget.usd * NANOS_PER_USD) : -1,
-        per: s.budget?.period ?? 'total',
-        models: [...new Set(s.models)].sort(),
-        ...(s.budget ? { budget: s.budget } : {}),
-      };
+      const rec = recordOf(hash, tokenHintOf(token), s);
       const reply = await this.cmd.create(hash, rec);
       if (reply.ok) {
+        this.hadTokens = true;
+        if (this.lost) this.lost.cleared = true;
         this.log.info({ tokenId: rec.id, hint: rec.hint, name: rec.name }, 'gateway token created');
         return { token, info: toInfo(reply.view) };
       }
     }
     throw refusalError({ reason: 'exists' });
+  }
+
+  /** Hold the config's declared tokens (at connect); `checkStore` registers them. Never a token: hashes. */
+  declare(tokens: readonly DeclaredToken[]): void {
+    for (const t of tokens) this.declared.set(t.sha256, recordOf(t.sha256, `kpt_...(declared ${t.sha256.slice(0, 6)})`, t));
+  }
+
+  /** The token store as /status shows it. */
+  storeStatus(): TokenStoreStatus {
+    const l = this.lost;
+    return { store: l && !l.cleared ? 'lost' : 'ok', lostAt: l ? new Date(l.at).toISOString() : null, lostCount: l?.count ?? 0, declared: this.declared.size };
+  }
+
+  /**
+   * Find out whether Redis lost the pool's tokens, then register the declared ones that are
+   * missing. Lost: `poolLost` (the pool's epoch changed: Redis restarted empty), or no token at
+   * all while this process had seen some (a flush). Each loss is logged at error level once and
+   * reported through `onLost`. Run at connect, when Redis comes back, and (at most once a second)
+   * when an admission meets an unknown token.
+   */
+  async checkStore(poolLost = false): Promise<void> {
+    const n = await this.cmd.count();
+    if (this.hadTokens && (poolLost || n === 0)) {
+      this.hadTokens = false;
+      this.seen.clear();
+      this.lost = { at: this.now(), count: (this.lost?.count ?? 0) + 1, cleared: false };
+      this.log.error(
+        { lostCount: this.lost.count, declared: this.declared.size },
+        'gateway tokens lost: Redis no longer holds the tokens of this pool (it restarted empty or was flushed). ' +
+          'Callers with tokens made through the admin API get 401 invalid_api_key until new ones are made (keypool tokens create); ' +
+          `${this.declared.size} token(s) declared in the config are registered again. Run Redis with persistence (AOF) to keep tokens across restarts.`,
+      );
+      this.b.onLost?.();
+    }
+    let held = n > 0 && !poolLost;
+    for (const [hash, rec] of this.declared) {
+      const reply = await this.cmd.create(hash, rec);
+      if (reply.ok) this.log.info({ tokenId: rec.id, name: rec.name }, 'declared gateway token registered');
+      held = true;
+    }
+    if (held) this.hadTokens = true;
   }
 
   /** Refuse the token from now on, in every process. False when no token has this id. */
@@ -374,9 +425,15 @@ export class GatewayTokens {
     if (!reply.ok) {
       const { reason, retryAfterMs, id } = reply;
       if (reason === 'unknown' || reason === 'revoked') this.seen.delete(hash);
+      // a token store emptied under a live connection (FLUSHALL) shows first as unknown tokens
+      if (reason === 'unknown' && this.hadTokens && this.now() - this.lastStoreCheck >= STORE_CHECK_MS) {
+        this.lastStoreCheck = this.now();
+        await this.checkStore().catch((e: unknown) => this.log.warn({ err: (e as Error).message }, 'could not check the gateway token store'));
+      }
       return { ok: false, reason, retryAfterMs, ...(id ? { id } : {}) };
     }
     const { id, reservation } = reply;
+    this.hadTokens = true;
     const rec = reply.settings ?? seen!.rec;
     this.remember(hash, rec, reply.spentNanos + reply.reservedNanos, reply.periodEnd);
     return { ok: true, id, name: rec.name, reservation };
@@ -433,6 +490,7 @@ export class GatewayTokens {
     const { rec } = s;
     const fleet = this.b.config.redisDown.fleetSize;
     if (rec.models.length > 0 && !rec.models.includes(model)) return { ok: false, reason: 'model_not_allowed', retryAfterMs: null, id: rec.id };
+    if (rec.bud >= 0 && est > rec.bud) return { ok: false, reason: 'over_budget', retryAfterMs: null, id: rec.id };
     if (rec.bud >= 0) {
       if (s.pend >= 0 && now >= s.pend) [s.known, s.local, s.pend] = [0, 0, budgetPeriodEnd(rec.per, now)];
       if (s.local + est > Math.max(0, rec.bud - s.known) / fleet) {

@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import express, { type NextFunction, type Request, type RequestHandler, type Response, type Router } from 'express';
 import type { Logger } from 'pino';
 import { isConfigError, isInvalidArgument, isKeyNotFound, isRedisUnavailable, type KeyChange, type KeyPool } from '@keypool/core';
 import { HttpError, badRequest, sendError } from './errors.js';
@@ -17,6 +17,26 @@ const digest = (s: string) => createHash('sha256').update(s).digest();
 /** Same length digests, compared in constant time: the token's length leaks nothing either. */
 export function sameSecret(given: string, expected: string): boolean {
   return timingSafeEqual(digest(given), digest(expected));
+}
+
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
+
+/**
+ * Guard of the ops views (/status, /metrics, the dashboard's data): open when no status token is
+ * set, as before; else the status token or the admin token (both compared, in constant time).
+ */
+export function opsGuard(statusToken: string | undefined, adminToken: string | undefined, logger: Logger): RequestHandler {
+  const log = logger.child({ component: 'ops-auth' });
+  return (req, res, next) => {
+    if (!statusToken) return next();
+    const given = BEARER.exec(req.headers.authorization ?? '')?.[1];
+    const okStatus = given !== undefined && sameSecret(given, statusToken);
+    const okAdmin = given !== undefined && adminToken !== undefined && sameSecret(given, adminToken);
+    if (okStatus || okAdmin) return next();
+    log.warn({ ip: req.ip, path: req.path }, 'status request refused: bad or missing status token');
+    res.setHeader('www-authenticate', 'Bearer realm="keypool"');
+    sendError(res, new HttpError(401, "Missing or wrong status token: send 'Authorization: Bearer <server.statusToken or the admin token>'.", 'authentication_error', 'invalid_status_token'));
+  };
 }
 
 const KEY_ACTIONS = {
@@ -40,7 +60,7 @@ export function adminRouter(opts: { pool: KeyPool; adminToken: string | undefine
 
   router.use((req, res, next) => {
     if (!adminToken) return sendError(res, new HttpError(403, 'The admin API is disabled: set server.adminToken in the config file or KEYPOOL_ADMIN_TOKEN (24 characters or more).', 'permission_error', 'admin_disabled'));
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    const m = BEARER.exec(req.headers.authorization ?? '');
     if (!m || !sameSecret(m[1]!, adminToken)) {
       log.warn({ ip: req.ip, method: req.method, path: req.path }, 'admin request refused: bad or missing admin token');
       return sendError(res, new HttpError(401, "Missing or wrong admin token: send 'Authorization: Bearer <admin token>'.", 'authentication_error', 'invalid_admin_token'));

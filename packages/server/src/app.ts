@@ -5,7 +5,7 @@ import { systemClock, type Clock, type KeyPool } from '@keypool/core';
 import { packageRoot } from '@keypool/core/package-dir';
 import type { SecretSync } from '@keypool/secrets';
 import { Dispatcher, type Route } from '@keypool/client';
-import { adminRouter } from './admin.js';
+import { adminRouter, opsGuard } from './admin.js';
 import { HttpError, sendError } from './errors.js';
 import { Inflight } from './inflight.js';
 import { GatewayMetrics } from './metrics.js';
@@ -15,6 +15,8 @@ import { proxyRouter } from './proxy.js';
 /** What the gateway needs from the `server` config section (see @keypool/config's sections/server.ts for each field). */
 export interface GatewaySettings {
   adminToken?: string | undefined;
+  /** Read-only token of /status, /metrics and the dashboard's data; unset: they are open. */
+  statusToken?: string | undefined;
   bodyLimit: number | string;
   deadlineMs: number;
   attemptTimeoutMs: number;
@@ -63,6 +65,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
   app.set('trust proxy', 'loopback');
 
   pool.on('redis:down', () => metrics.redisErrors.inc({ operation: 'pool' }));
+  pool.on('tokens:lost', () => metrics.tokenStoreLost.inc());
   pool.on('transition', (t) => metrics.transitions.inc({ key_id: t.keyId, transition: t.transition }));
 
   // path tricks (dot segments, encoded slashes or dots, empty segments) are refused, not resolved
@@ -95,7 +98,8 @@ export function createGateway(opts: GatewayOptions): Gateway {
     }
   });
 
-  app.get('/status', async (_req, res) => {
+  const ops = opsGuard(settings.statusToken, settings.adminToken, logger);
+  app.get('/status', ops, async (_req, res) => {
     try {
       const [st, scheduler, fleet, queue] = await Promise.all([
         pool.status(),
@@ -106,6 +110,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
       res.json({
         ...st,
         routes: dispatcher.routes,
+        tokens: pool.tokens.storeStatus(),
         scheduler,
         queue,
         ...(opts.sync ? { secrets: { ...opts.sync.status(), fleet } } : {}),
@@ -117,7 +122,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
     }
   });
 
-  app.get('/metrics', async (_req, res) => {
+  app.get('/metrics', ops, async (_req, res) => {
     res.setHeader('content-type', metrics.registry.contentType);
     res.end(await metrics.scrape());
   });

@@ -1,3 +1,5 @@
+import type { Server } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Response } from 'express';
 
 /**
@@ -35,4 +37,26 @@ export function sendError(res: Response, e: HttpError): void {
     return;
   }
   res.status(e.status).json({ error: { message: e.message, type: e.type, param: e.param, code: e.code } });
+}
+
+/** Parse errors node answers before any handler runs, as status, reason phrase, message and code. */
+const CLIENT_ERRORS: Record<string, [number, string, string, string]> = {
+  HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large', 'The request headers are larger than this gateway accepts (16 kB in all); send fewer or shorter headers.', 'headers_too_large'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout', 'The request was not received in time; send it again.', 'request_timeout'],
+};
+
+/**
+ * Answer what node refuses before express sees a request (headers too large, a request that
+ * trickles in, broken HTTP) in the OpenAI error shape instead of node's bare status line.
+ * Mirrors node's own handler: only on a socket that has sent nothing yet, then closed.
+ */
+export function answerClientErrors(server: Server): void {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (socket.writable && socket.bytesWritten === 0 && err.code !== 'ECONNRESET') {
+      const [status, phrase, message, code] = CLIENT_ERRORS[err.code ?? ''] ?? [400, 'Bad Request', 'The request is not valid HTTP.', 'invalid_http'];
+      const body = JSON.stringify({ error: { message, type: 'invalid_request_error', param: null, code } });
+      return void socket.end(`HTTP/1.1 ${status} ${phrase}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    }
+    socket.destroy();
+  });
 }

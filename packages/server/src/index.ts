@@ -6,6 +6,7 @@
  *   const serving = await serve(config);          // listens; serving.close() drains and stops
  */
 export { createGateway, type Gateway, type GatewayOptions, type GatewaySettings } from './app.js';
+export { answerClientErrors } from './errors.js';
 export { startEmbeddedRedis } from './embedded-redis.js';
 export { GatewayMetrics } from './metrics.js';
 export { serve, type ServeOptions, type Serving } from './runner.js';

@@ -25,6 +25,7 @@ export class GatewayMetrics {
   readonly acquire: client.Histogram<'result'>;
   readonly redisErrors: client.Counter<'operation'>;
   readonly tokenRejections: client.Counter<'reason'>;
+  readonly tokenStoreLost: client.Counter;
   readonly adminActions: client.Counter<'action'>;
   readonly inFlight: client.Gauge;
   private readonly collectFleet: () => Promise<void>;
@@ -47,7 +48,8 @@ export class GatewayMetrics {
     this.transitions = new client.Counter({ name: 'keypool_key_transitions_total', help: 'Key state changes caused by this process (opened, reopened, closed, revoked, cooling, retired).', labelNames: ['key_id', 'transition'], registers });
     this.acquire = new client.Histogram({ name: 'keypool_acquire_duration_seconds', help: 'Time to get a key (or learn there is none), waiting included.', labelNames: ['result'], buckets: LATENCY_BUCKETS, registers });
     this.redisErrors = new client.Counter({ name: 'keypool_redis_errors_total', help: 'Redis failures by operation: pool (this process found Redis down), proxy (a request refused for want of Redis), status (a scrape could not read the key gauges).', labelNames: ['operation'], registers });
-    this.tokenRejections = new client.Counter({ name: 'keypool_gateway_token_rejections_total', help: 'Requests refused because of the gateway token: unknown, revoked, model_not_allowed, rate_limited, budget_exhausted.', labelNames: ['reason'], registers });
+    this.tokenRejections = new client.Counter({ name: 'keypool_gateway_token_rejections_total', help: 'Requests refused because of the gateway token: unknown, revoked, model_not_allowed, rate_limited, budget_exhausted, over_budget.', labelNames: ['reason'], registers });
+    this.tokenStoreLost = new client.Counter({ name: 'keypool_token_store_lost_total', help: 'Times this process found Redis without the pool\'s gateway tokens (restarted empty or flushed): callers with admin-made tokens get 401 until new ones are made.', registers });
     this.adminActions = new client.Counter({ name: 'keypool_admin_actions_total', help: 'Admin API actions, by action.', labelNames: ['action'], registers });
     this.inFlight = new client.Gauge({ name: 'keypool_gateway_in_flight_requests', help: 'Requests this process is serving now.', registers, collect() {
       this.set(inFlight());

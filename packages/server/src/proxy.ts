@@ -250,6 +250,9 @@ export function proxyRouter(deps: ProxyDeps): Router {
       // a name the gateway serves, else '': callers' strings must not grow the metric series
       if (dispatcher.route(name) || pool.servesModel(name)) labels.model = name;
       if (body.stream !== undefined && typeof body.stream !== 'boolean') throw badRequest("'stream' must be true or false", 'stream');
+      // spread into the rewritten member, a string or an array would go upstream as {"0":...}
+      const so = body.stream_options;
+      if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw badRequest('\'stream_options\' must be an object, e.g. {"include_usage": true}', 'stream_options');
       const problem = ep.check(body);
       if (problem) throw badRequest(problem[0], problem[1]);
       const stream = body.stream === true && ep.stream !== null;
@@ -517,6 +520,9 @@ function tokenRefusal(reason: string, model: string, retryAfterMs: number | null
       return new HttpError(429, `Rate limit of this gateway token reached; retry in ${after ?? 1} s.`, 'rate_limit_error', 'token_rate_limited', null, after ?? 1);
     case 'budget_exhausted':
       return new HttpError(429, 'This gateway token has spent its budget for the period.', 'insufficient_quota', 'token_budget_exhausted', null, after);
+    case 'over_budget':
+      // no Retry-After: the request does not fit the whole budget, so no wait can help
+      return new HttpError(400, "This request's estimated cost is more than this gateway token's whole budget; ask for fewer tokens (max_tokens, max_completion_tokens or max_output_tokens).", 'invalid_request_error', 'request_too_large');
     case 'revoked':
       return new HttpError(401, 'This gateway token has been revoked.', 'authentication_error', 'token_revoked');
     default:
@@ -527,6 +533,11 @@ function tokenRefusal(reason: string, model: string, retryAfterMs: number | null
 /** Every failure as the OpenAI-shaped error a caller reads; faults are logged with the request id. */
 export function toHttpError(e: unknown, log: Logger, requestId?: string): HttpError {
   if (e instanceof HttpError) return e;
+  if (isPoolExhausted(e) && e.retryAfterMs === null) {
+    // waiting cannot help (keys revoked, disabled, out of their whole budget): not a 429, which SDKs retry as if it could
+    const why = e.reason === 'budget' ? 'every key that serves it has spent its budget' : 'every key that serves it is revoked, disabled or gone';
+    return new HttpError(503, `No key can serve '${e.model}' and waiting will not help (${e.reason}: ${why}); the operators see the key states in /status.`, 'server_error', 'no_usable_key');
+  }
   if (isPoolExhausted(e)) {
     const after = e.retryAfterMs === null ? undefined : Math.max(1, Math.ceil(e.retryAfterMs / 1000));
     return new HttpError(429, `No key can serve '${e.model}' within this request's deadline (${e.reason}).${after ? ` Retry in ${after} s.` : ''}`, 'rate_limit_error', 'pool_exhausted', null, after);

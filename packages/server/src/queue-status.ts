@@ -52,6 +52,9 @@ export class QueueStatusReader {
           }
           this.client = client;
           this.queue = new Queue(LLM_QUEUE, { connection: client, prefix: this.keys.bull });
+          // BullMQ re-emits the connection's errors on the Queue and prints them raw to stderr when
+          // nobody listens; the pool already reports Redis down (log, /status, metrics), and read() returns null
+          this.queue.on('error', () => undefined);
         })().finally(() => {
           this.connecting = undefined;
         });

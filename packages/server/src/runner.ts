@@ -6,6 +6,7 @@ import { rootLogger, startSecretSync, type GatewayConfig, type StartedSecretSync
 import type { SecretSync } from '@keypool/secrets';
 import { createGateway, type Gateway } from './app.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
+import { answerClientErrors } from './errors.js';
 import { ShuttingDown } from './proxy.js';
 import { QueueStatusReader } from './queue-status.js';
 
@@ -99,6 +100,7 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
   teardown.add(() => queueReader.close());
   const gateway = createGateway({ pool, logger, clock, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}), queueStatus: () => queueReader.read() });
   const server = gateway.app.listen(config.server.port, config.server.host);
+  answerClientErrors(server);
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('listening', resolve);
@@ -116,7 +118,7 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
   const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
   const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
   logger.info(
-    { url, pool: pool.name, keys: config.pool.keys.length, sourcedKeys: sync?.status().keys ?? 0, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', admin: Boolean(config.server.adminToken) },
+    { url, pool: pool.name, keys: config.pool.keys.length, sourcedKeys: sync?.status().keys ?? 0, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', admin: Boolean(config.server.adminToken), statusToken: Boolean(config.server.statusToken) },
     `keypool gateway listening on ${url} (dashboard ${url}/dashboard)`,
   );
 

@@ -197,6 +197,49 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     expect(consoleErrors).toEqual([]);
   });
 
+  it('shows a red banner when the gateway tokens were lost (status says so)', async () => {
+    await page.route('**/status', async (route) => {
+      const res = await route.fetch();
+      const st = await res.json();
+      st.tokens = { store: 'lost', lostAt: new Date(Date.now() - 5000).toISOString(), lostCount: 1, declared: 2 };
+      await route.fulfill({ response: res, json: st });
+    });
+    const lost = page.getByTestId('tokens-lost');
+    await expect.poll(() => lost.isVisible(), { timeout: 5000 }).toBe(true);
+    expect(await lost.textContent()).toMatch(/Gateway tokens lost at .*401 invalid_api_key.*2 token\(s\) declared in the config were registered again/);
+    await page.unroute('**/status');
+    await expect.poll(() => lost.isHidden(), { timeout: 5000 }).toBe(true);
+    expect(consoleErrors).toEqual([]);
+  });
+
+  it('asks for the status token when the gateway sets one, keeps it for the tab and sends it with each refresh', async () => {
+    const STATUS = 'status-token-for-dashboard-0123456789';
+    const closed = await startGateway({ fakeKeys: [{ key: A, name: 'a' }], keys: [{ secret: A, name: 'solo', models: MODELS }], settings: { statusToken: STATUS } });
+    const tab = await context.newPage();
+    try {
+      await tab.goto(`${closed.url}/dashboard`);
+      const auth = tab.getByTestId('auth');
+      await expect.poll(() => auth.isVisible(), { timeout: 5000 }).toBe(true);
+      expect(await tab.getByTestId('pool').textContent()).toBe('…');
+      await tab.fill('#auth-token', 'not-the-status-token-at-all-000');
+      await tab.click('#auth button');
+      await expect.poll(() => tab.locator('#auth-text').textContent(), { timeout: 5000 }).toMatch(/refused that token/);
+      await tab.fill('#auth-token', STATUS);
+      await tab.click('#auth button');
+      await expect.poll(() => tab.getByTestId('pool').textContent(), { timeout: 5000 }).toBe(closed.pool.name);
+      expect(await auth.isHidden()).toBe(true);
+      // refreshes carry it; a reload of the tab keeps it (sessionStorage)
+      const sent = await tab.waitForRequest((r) => r.url().endsWith('/status'));
+      expect(sent.headers().authorization).toBe(`Bearer ${STATUS}`);
+      await tab.reload();
+      await expect.poll(() => tab.getByTestId('pool').textContent(), { timeout: 5000 }).toBe(closed.pool.name);
+      expect(await auth.isHidden()).toBe(true);
+    } finally {
+      await tab.close();
+      await closed.stop();
+    }
+  });
+
   it('shows a red banner when /status cannot be read, and keeps the last numbers, marked stale', async () => {
     await g.stop();
     stopped = true;

@@ -12,7 +12,7 @@ import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI, type Fa
 import { LogSink as BaseLogSink } from '@keypool/testkit/log-sink';
 import { KeyPool, type KeySpecInput, type PoolConfigInput } from '@keypool/core';
 import type { Route } from '@keypool/client';
-import { createGateway, type Gateway, type GatewaySettings } from '../src/index.js';
+import { answerClientErrors, createGateway, type Gateway, type GatewaySettings } from '../src/index.js';
 
 export const ADMIN = 'admin-token-for-tests-0123456789abcdef';
 
@@ -31,10 +31,25 @@ export function testSettings(adminToken: string): GatewaySettings {
 
 export const DEFAULT_SETTINGS: GatewaySettings = testSettings(ADMIN);
 
+/** A gateway token as it would appear in a line: `kpt_` and 43 base64url characters. */
+const GATEWAY_TOKEN_RE = /kpt_[A-Za-z0-9_-]{43}/;
+
 /** Every log line the gateway wrote, redacted as in production. */
 export class LogSink extends BaseLogSink {
   constructor() {
     super(REDACT);
+  }
+
+  /**
+   * Throws when a line holds one of `secrets` or any gateway token: run at every test gateway's
+   * teardown, so every path a test drives (broken streams, timeouts, shutdown...) is scanned.
+   */
+  assertNoSecrets(secrets: readonly string[]): void {
+    for (const line of this.lines) {
+      const found = secrets.find((s) => s !== '' && line.includes(s)) ?? GATEWAY_TOKEN_RE.exec(line)?.[0];
+      // the message names the line's log message, never the secret
+      if (found !== undefined) throw new Error(`a log line holds a secret or a gateway token (${found.slice(0, 6)}...): ${String((JSON.parse(line) as { msg?: unknown }).msg)}`);
+    }
   }
 }
 
@@ -95,13 +110,22 @@ export async function startGateway(opts: {
       }
       await pool.close();
       await fake.stop();
+      logs.assertNoSecrets([...opts.keys.map((k) => k.secret), ...(opts.fakeKeys ?? []).map((k) => (typeof k === 'string' ? k : k.key))]);
     },
   };
+}
+
+/** A gateway over `pool` (a pool of the test's own, e.g. on a Redis it kills) on a free port; its closing goes to `cleanups`. Its URL. */
+export async function listenOn(pool: KeyPool, logs: LogSink, cleanups: (() => Promise<unknown>)[]): Promise<string> {
+  const http = await listen(createGateway({ pool, logger: logs.logger, settings: DEFAULT_SETTINGS }).app);
+  cleanups.push(() => new Promise((r) => http.close(r)));
+  return urlOf(http);
 }
 
 const listen = (app: Gateway['app']): Promise<Server> =>
   new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
+    answerClientErrors(s);
   });
 const urlOf = (s: Server) => `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
 

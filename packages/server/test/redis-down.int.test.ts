@@ -4,13 +4,11 @@
  * /healthz still answers, metrics count it; when Redis is back, traffic flows again.
  * Standalone only: the test runs its own redis-server so it can kill it.
  */
-import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnRedisServer, startFakeOpenAI, testTarget, type FakeOpenAI, type SpawnedRedis } from '@keypool/testkit';
 import { KeyPool } from '@keypool/core';
-import { createGateway } from '../src/index.js';
-import { DEFAULT_SETTINGS, LogSink } from './helpers.js';
+import { LogSink, listenOn } from './helpers.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -27,11 +25,7 @@ describe.skipIf(testTarget() === 'cluster')('gateway when Redis goes away', () =
     const logs = new LogSink();
     const pool = await KeyPool.connect({ redis: server.url, config: { pool: 'down', keys: [{ secret: KEY, name: 'a', models: ['gpt-4o-mini'], baseURL: fake.url }], redisDown: { timeoutMs: 300 } }, logger: logs.logger });
     cleanups.push(() => pool.close());
-    const gw = createGateway({ pool, logger: logs.logger, settings: DEFAULT_SETTINGS });
-    const http = gw.app.listen(0, '127.0.0.1');
-    await new Promise((r) => http.once('listening', r));
-    cleanups.push(() => new Promise((r) => http.close(r)));
-    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+    const url = await listenOn(pool, logs, cleanups);
     const { token } = await pool.tokens.create({ name: 'down' });
     const openai = new OpenAI({ apiKey: token, baseURL: `${url}/v1`, maxRetries: 0 });
     const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hi' }], max_tokens: 4 };
@@ -66,5 +60,6 @@ describe.skipIf(testTarget() === 'cluster')('gateway when Redis goes away', () =
     const { token: fresh } = await pool.tokens.create({ name: 'after' });
     await new OpenAI({ apiKey: fresh, baseURL: `${url}/v1`, maxRetries: 0 }).chat.completions.create(ask);
     expect(fake.counters().a!.served).toBe(2);
+    logs.assertNoSecrets([KEY]);
   });
 });

@@ -319,18 +319,19 @@ async function served(drainMs: number, fakeOpts: Parameters<typeof startFakeOpen
 
 describe.skipIf(testTarget() === 'cluster')('review: serve', () => {
   it('a request body that trickles in is cut by the request timeout (streams are not: it only covers receiving the request)', async () => {
-    const { s, fake } = await served(1000);
+    const { s, fake, logs } = await served(1000);
     try {
       expect(s.server.requestTimeout).toBeGreaterThan(0);
       expect(s.server.headersTimeout).toBeGreaterThan(0);
     } finally {
       await s.close();
       await fake.stop();
+      logs.assertNoSecrets([A]);
     }
   });
 
   it('close() cuts a stream still running after drainMs: error event, lease released, token settled, resolves', async () => {
-    const { s, fake } = await served(300, { chunkDelayMs: 50 });
+    const { s, fake, logs } = await served(300, { chunkDelayMs: 50 });
     try {
       const { token } = await s.pool.tokens.create({ name: 'drain', budget: { usd: 5, period: 'total' } });
       const openai = new OpenAI({ apiKey: token, baseURL: `${s.url}/v1`, maxRetries: 0 });
@@ -364,6 +365,7 @@ describe.skipIf(testTarget() === 'cluster')('review: serve', () => {
     } finally {
       await s.close();
       await fake.stop();
+      logs.assertNoSecrets([A]);
     }
   });
 });

@@ -119,6 +119,8 @@ export class LlmQueue {
   constructor(opts: LlmQueueOptions) {
     this.opts = opts;
     this.queue = new Queue<LlmJobData, LlmJobResult>(LLM_QUEUE, { connection: opts.connection, prefix: queuePrefix(opts.pool) });
+    // without a listener BullMQ prints connection errors raw to stderr; the calls themselves fail with them
+    this.queue.on('error', () => undefined);
   }
 
   /** Add one job. Throws InvalidJobError (with every problem and its path) for a malformed one. */
@@ -181,7 +183,9 @@ export class LlmQueue {
     if (!this.events) {
       // BullMQ never closes a connection it is given: this one is ours to close
       this.eventsConnection = (this.opts.connection as Redis).duplicate() as Redis | Cluster;
+      this.eventsConnection.on('error', () => undefined);
       this.events = new QueueEvents(LLM_QUEUE, { connection: this.eventsConnection as never, prefix: queuePrefix(this.opts.pool) });
+      this.events.on('error', () => undefined);
     }
     await this.events.waitUntilReady();
     // finished already (or while the events connection was starting): the stored outcome

@@ -110,6 +110,8 @@ export class Scheduler {
   async start(): Promise<void> {
     const s = this.settings;
     this.queue = new Queue('scheduler', { connection: this.connection, prefix: this.prefix });
+    // the connection's own listener logs its errors; without one here BullMQ prints them raw to stderr
+    this.queue.on('error', () => undefined);
     for (const j of this.schedules()) {
       await this.upsert(j);
       await this.connection.hset(this.keys.sched, j.name, JSON.stringify({ ...(await this.record(j.name)), ...this.scheduleOf(j.name) }));

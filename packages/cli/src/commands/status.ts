@@ -1,5 +1,6 @@
 /**
- * `keypool status`: the pool as a running gateway sees it (GET /status, no token needed), as a
+ * `keypool status`: the pool as a running gateway sees it (GET /status, with the status token when
+ * the gateway sets one), as a
  * table or as the JSON the gateway answered.
  */
 import type { Command } from 'commander';
@@ -7,7 +8,7 @@ import type { KeyStatus } from '@keypool/core';
 import type { Context } from '../context.js';
 import { count, duration, NONE, paint, percent, table, until, usd, type Cell, type Style } from '../format.js';
 import type { GatewayStatus } from '../gateway-client.js';
-import { addGatewayOptions, examples, gatewayClient, paragraphs, type GatewayOptions } from '../options.js';
+import { addStatusOptions, examples, gatewayClient, paragraphs, type GatewayOptions } from '../options.js';
 
 export function registerStatus(program: Command, ctx: Context): void {
   const cmd = program
@@ -16,12 +17,12 @@ export function registerStatus(program: Command, ctx: Context): void {
     .addHelpText(
       'after',
       paragraphs(
-        'Reads GET <url>/status, which needs no token. Columns: requests and tokens left in the buckets of the rate limits, budget left in the current period, spend, latency percentiles and error rate over the health window; - means no limit.',
+        'Reads GET <url>/status. A gateway with server.statusToken set needs that token (KEYPOOL_STATUS_TOKEN or --status-token) or its admin token (KEYPOOL_ADMIN_TOKEN); one without needs none. Columns: requests and tokens left in the buckets of the rate limits, budget left in the current period, spend, latency percentiles and error rate over the health window; - means no limit.',
         'A state followed by (degraded) is a key slower or failing more than health.degradedP99Ms / health.degradedErrorRate allow: it gets less traffic. Colours only when stdout is a terminal (and NO_COLOR is not set).',
       ) +
         examples('keypool status', 'keypool status --url http://gateway.internal:8080', 'KEYPOOL_URL=http://10.0.0.5:8080 keypool status --json | jq .keys'),
     );
-  addGatewayOptions(cmd).action(async (opts: GatewayOptions) => {
+  addStatusOptions(cmd).action(async (opts: GatewayOptions) => {
     const status = await gatewayClient(opts).status();
     ctx.out(opts.json ? `${JSON.stringify(status, null, 2)}\n` : renderStatus(status, { color: ctx.color, now: ctx.clock.now() }));
   });

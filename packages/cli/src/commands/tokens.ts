@@ -7,6 +7,7 @@ import { Option, type Command } from 'commander';
 import type { GatewayTokenInfo } from '@keypool/core';
 import type { Context } from '../context.js';
 import { usageError } from '../errors.js';
+import { readSecretLine } from './secrets.js';
 import { count, NONE, table, usd, type Cell } from '../format.js';
 import type { GatewayClient } from '../gateway-client.js';
 import { addAdminOptions, examples, gatewayClient, integer, list, paragraphs, positive, type GatewayOptions } from '../options.js';
@@ -35,6 +36,23 @@ export function registerTokens(program: Command, ctx: Context): void {
           'keypool tokens revoke 4be1f0c2a9d3',
         ),
     );
+
+  const hash = tokens
+    .command('hash')
+    .description("print the sha256 of a gateway token read from stdin, to declare the token in the config's tokens: section")
+    .addHelpText(
+      'after',
+      paragraphs(
+        'A token declared in the config by its hash (tokens: [{sha256, name, rpm, budget, models}]) is registered at start and again whenever Redis comes back without it: its callers survive a Redis wipe. The token itself never goes in the config. Offline: no gateway needed.',
+      ) + examples('printf %s "$TOKEN" | keypool tokens hash'),
+    );
+  hash.action(async () => {
+    const token = await readSecretLine(process.stdin, 'the gateway token');
+    // loaded here: the other tokens commands only talk HTTP
+    const { isGatewayToken, tokenHashOf } = await import('@keypool/core');
+    if (!isGatewayToken(token)) throw usageError('stdin does not hold a gateway token (kpt_ and 43 characters, as keypool tokens create prints it)');
+    ctx.out(`${tokenHashOf(token)}\n`);
+  });
 
   const create = tokens
     .command('create')

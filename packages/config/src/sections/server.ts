@@ -45,6 +45,12 @@ export const ServerSectionSchema = z
         'Bearer token of the admin API (key actions, gateway tokens). Keep it out of the file: write ${KEYPOOL_ADMIN_TOKEN} or set the env var, ' +
           'which overrides it. Absent or empty: the admin API is disabled.',
       ),
+    statusToken: z
+      .preprocess((v) => (v === '' ? undefined : v), z.string().min(24, ADMIN_TOKEN_MESSAGE).optional())
+      .describe(
+        'Read-only bearer token of the ops views: /status, /metrics and the data of /dashboard (the admin token opens them too; Prometheus sends it with ' +
+          'authorization.credentials). Write ${KEYPOOL_STATUS_TOKEN} or set the env var, which overrides it. Absent or empty: those views are open to whoever reaches the port; keep it private.',
+      ),
     bodyLimit: z
       .union([z.number(), z.string()])
       .transform((v, ctx) => {
