@@ -3,11 +3,9 @@ import type { PoolConfig } from './config.js';
 import { InvalidArgumentError, KeyNotFoundError, RequestTooLargeError, type KeyPoolError } from './errors.js';
 import type { OutcomeClass } from './outcome.js';
 import type { PoolKeys } from './pool-keys.js';
-import type { KeyRecord } from './records.js';
+import type { KeyRecord, TokenRecord } from './records.js';
 import type { ScriptName } from './scripts.js';
-import type { RawStatus } from './status.js';
-import type { TokenRecord } from './tokens.js';
-import type { ScheduledJobStatus } from './upkeep.js';
+import type { RawStatus, ScheduledJobStatus } from './status.js';
 
 /**
  * The typed command layer: one function per Lua script. Each builds the script's KEYS and ARGV in

@@ -18,7 +18,8 @@ export type {
   Lease,
   ReleaseResult,
 } from './pool.js';
-export type { ProbeTarget, ScheduledJobStatus } from './upkeep.js';
+export type { ProbeTarget } from './upkeep.js';
+export type { ScheduledJobStatus } from './status.js';
 export type { KeyChange } from './key-admin.js';
 export {
   KeySpecSchema,

@@ -15,10 +15,10 @@ import { PoolKeys } from './pool-keys.js';
 import { NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 import { recordOfSpec, type KeyRecord, type KeySettings } from './records.js';
 import { RedisLink, openClient } from './redis-link.js';
-import type { PoolStatus } from './status.js';
+import type { PoolStatus, ScheduledJobStatus } from './status.js';
 import { GatewayTokens } from './tokens.js';
 import { Topology } from './topology.js';
-import { Upkeep, type ProbeTarget, type ScheduledJobStatus } from './upkeep.js';
+import { Upkeep, type ProbeTarget } from './upkeep.js';
 
 export type { ExhaustedReason } from './commands.js';
 export type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseResult } from './lease.js';

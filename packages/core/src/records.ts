@@ -118,3 +118,19 @@ export function limitsOf(r: KeyRecord) {
     weight: r.w,
   };
 }
+
+/** The settings JSON in Redis (`tok` hash). Short fields are what the scripts read. */
+export interface TokenRecord {
+  id: string;
+  hint: string;
+  name: string;
+  rpm: number;
+  /** request bucket size */
+  rb: number;
+  /** budget in nano-dollars, -1 = none */
+  bud: number;
+  /** budget period */
+  per: 'day' | 'month' | 'total';
+  models: string[];
+  budget?: { usd: number; period: 'day' | 'month' | 'total' };
+}

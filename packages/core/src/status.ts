@@ -148,3 +148,15 @@ export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawS
       .sort((a, b) => (a.name ?? a.id).localeCompare(b.name ?? b.id)),
   };
 }
+
+/** One periodic job of the scheduler, as /status and /metrics show it. */
+export interface ScheduledJobStatus {
+  name: string;
+  /** Interval in ms, or a cron pattern (UTC). */
+  every?: number;
+  pattern?: string;
+  /** When the next run is due (ISO), as the worker that ran the last one computed it. */
+  nextRunAt?: string;
+  lastRun?: { startedAt: string; durationMs: number; ok: boolean; worker: string; jobId: string; error?: string; summary?: Record<string, unknown> };
+  runs: { completed: number; failed: number };
+}

@@ -17,6 +17,7 @@ import { GatewayTokenSpecSchema, type DeclaredToken } from './token-spec.js';
 import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import type { PoolKeys } from './pool-keys.js';
 import { NANOS_PER_USD } from './pricing.js';
+import type { TokenRecord } from './records.js';
 
 export type { TokenRefusal } from './commands.js';
 
@@ -81,21 +82,6 @@ export interface TokenBackend {
   onLost?: () => void;
 }
 
-/** The settings JSON in Redis (`tok` hash). Short fields are what the scripts read. */
-export interface TokenRecord {
-  id: string;
-  hint: string;
-  name: string;
-  rpm: number;
-  /** request bucket size */
-  rb: number;
-  /** budget in nano-dollars, -1 = none */
-  bud: number;
-  /** budget period */
-  per: 'day' | 'month' | 'total';
-  models: string[];
-  budget?: { usd: number; period: 'day' | 'month' | 'total' };
-}
 
 /** What this process remembers of a token Redis admitted, for policy local while Redis is down. */
 interface Seen {

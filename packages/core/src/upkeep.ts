@@ -10,20 +10,9 @@ import { classify, type Outcome } from './outcome.js';
 import { NANOS_PER_USD } from './pricing.js';
 import { limitsOf, recordOfSpec, type KeyRecord } from './records.js';
 import type { RedisLink } from './redis-link.js';
-import { toPoolStatus, type KeyStatus, type PoolStatus } from './status.js';
+import { toPoolStatus, type KeyStatus, type PoolStatus, type ScheduledJobStatus } from './status.js';
 import type { Topology } from './topology.js';
 
-/** One periodic job of the scheduler, as /status and /metrics show it. */
-export interface ScheduledJobStatus {
-  name: string;
-  /** Interval in ms, or a cron pattern (UTC). */
-  every?: number;
-  pattern?: string;
-  /** When the next run is due (ISO), as the worker that ran the last one computed it. */
-  nextRunAt?: string;
-  lastRun?: { startedAt: string; durationMs: number; ok: boolean; worker: string; jobId: string; error?: string; summary?: Record<string, unknown> };
-  runs: { completed: number; failed: number };
-}
 
 /** A key to probe: what the call needs (the secret stays in this process, as with a lease). */
 export interface ProbeTarget {
