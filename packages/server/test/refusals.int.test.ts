@@ -26,14 +26,23 @@ describe('refusals cost nothing', () => {
     const keyBefore = before.keys[0]!;
     expect(keyBefore.spendUsd).toBeGreaterThan(0);
 
+    // the poor token spends $0.009 of its $0.01 elsewhere: a $0.005 request fits its budget, not what is left
+    const spent = await g.pool.tokens.admit(poor, 'gpt-4o', 0.009);
+    if (!spent.ok) throw new Error('the poor token should be admitted');
+    await g.pool.tokens.settle(spent.id, spent.reservation, 0.009);
     const huge = { ...ask, max_tokens: 400_000 };
+    const dear = { ...ask, max_tokens: 500 };
     for (let i = 0; i < 6; i++) {
       const r = await chat(g, slow, huge);
       expect(r.status).toBe(429);
       expect(r.json.error.code).toBe('token_rate_limited');
-      const p = await chat(g, poor, huge);
+      const p = await chat(g, poor, dear);
       expect(p.status).toBe(429);
       expect(p.json.error.code).toBe('token_budget_exhausted');
+      // more than the token's whole budget: refused for good (400, no Retry-After), and free too
+      const q = await chat(g, poor, huge);
+      expect(q.status).toBe(400);
+      expect(q.json.error.code).toBe('request_too_large');
     }
     const after = await g.pool.status();
     const keyAfter = after.keys[0]!;
