@@ -22,14 +22,8 @@ async function start(options: FakeOpenAIOptions): Promise<{ fake: FakeOpenAI; cl
   return { fake, client: new OpenAI({ apiKey: KEY_A, baseURL: fake.url, maxRetries: 0 }) };
 }
 
-async function rejection(promise: Promise<unknown>): Promise<any> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection');
-}
+/** The rejection of `promise` (fails the test when it resolves). */
+const rejection = (promise: Promise<unknown>): Promise<any> => promise.then(() => Promise.reject(new Error('expected a rejection')), (err: unknown) => err);
 
 const ask = (maxTokens = 1) => ({ model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hi' }], max_tokens: maxTokens }); // 5 + maxTokens tokens charged
 
