@@ -126,8 +126,8 @@ export const PoolConfigSchema = z
       .prefault({}),
     cooling: z
       .object({
-        defaultMs: z.number().int().min(0).default(1000).describe('Cooling after a 429 whose headers name no time.'),
-        maxMs: z.number().int().min(1).default(600_000).describe('Upper bound on any cooling asked for by a provider.'),
+        defaultMs: z.number().int().min(0).default(1000).describe('Cooling after a 429 with no Retry-After (retry-after-ms or retry-after): the time its x-ratelimit-reset-* headers name, at most this, or this when they name none.'),
+        maxMs: z.number().int().min(1).default(600_000).describe('Upper bound on any cooling asked for by a provider (a Retry-After included).'),
       })
       .prefault({}),
     redisDown: z

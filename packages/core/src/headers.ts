@@ -1,10 +1,14 @@
 import { systemClock } from './clock.js';
 
 /**
- * How long a provider asks us to back off after a 429, from its response headers:
- * `retry-after-ms`, `retry-after` (seconds or an HTTP date), `x-ratelimit-reset-requests` and
- * `x-ratelimit-reset-tokens` (durations like `1s`, `6m0s`, `20ms`, `1h2m3.5s`).
- * The longest wins; the pool then keeps the later of that and any deadline already set.
+ * How long a provider asks us to back off after a 429, from its response headers, in this order:
+ * `retry-after-ms` (Azure OpenAI and OpenAI; the openai SDK reads it first), else `retry-after`
+ * (seconds or an HTTP date; RFC 9110), and only when neither is given the longer of
+ * `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens` (durations like `1s`, `6m0s`, `20ms`).
+ * A Retry-After is the provider's answer to "when may I send again"; a reset header says when its
+ * limit is back to its initial state (a drained minute bucket: a whole minute), which overstates
+ * the wait for one request, so it only counts when nothing better is given, and capped
+ * (see {@link coolingMs}). The pool then keeps the later of that and any deadline already set.
  */
 export type HeadersLike = Headers | Record<string, string | string[] | undefined> | Map<string, string>;
 
@@ -39,32 +43,51 @@ export function parseDuration(text: string): number | undefined {
   return matched === s.length && matched > 0 ? total : undefined;
 }
 
+/** Where a cooling time came from: a Retry-After header (either form) or the reset headers alone. */
+export interface CooldownHint {
+  ms: number;
+  from: 'retry-after' | 'reset';
+}
+
 /**
- * Milliseconds to cool a key for, per the headers; undefined when no header says. An HTTP-date
- * `retry-after` is read against `nowMs` (the pool passes its clock's time).
+ * What the headers say about cooling, and which header said it; undefined when none does. An
+ * HTTP-date `retry-after` is read against `nowMs` (the pool passes its clock's time).
  */
-export function cooldownFromHeaders(headers: HeadersLike | undefined, nowMs = systemClock.now()): number | undefined {
+export function cooldownHint(headers: HeadersLike | undefined, nowMs = systemClock.now()): CooldownHint | undefined {
   if (!headers) return undefined;
-  const candidates: number[] = [];
-  const ms = headerValue(headers, 'retry-after-ms');
-  if (ms && Number.isFinite(Number(ms))) candidates.push(Number(ms));
-  const ra = headerValue(headers, 'retry-after');
+  const ms = headerValue(headers, 'retry-after-ms')?.trim();
+  if (ms && /^\d+(\.\d+)?$/.test(ms)) return { ms: Number(ms), from: 'retry-after' };
+  const ra = headerValue(headers, 'retry-after')?.trim();
   if (ra) {
-    if (/^\d+(\.\d+)?$/.test(ra.trim())) candidates.push(Number(ra) * 1000);
-    else {
-      const at = Date.parse(ra);
-      if (Number.isFinite(at)) candidates.push(Math.max(0, at - nowMs));
-    }
+    if (/^\d+(\.\d+)?$/.test(ra)) return { ms: Number(ra) * 1000, from: 'retry-after' };
+    const at = Date.parse(ra);
+    if (Number.isFinite(at)) return { ms: Math.max(0, at - nowMs), from: 'retry-after' };
   }
+  let reset: number | undefined;
   for (const name of ['x-ratelimit-reset-requests', 'x-ratelimit-reset-tokens']) {
     const v = headerValue(headers, name);
     const d = v === undefined ? undefined : parseDuration(v);
-    if (d !== undefined) candidates.push(d);
+    if (d !== undefined) reset = Math.max(reset ?? 0, d);
   }
-  return candidates.length ? Math.max(...candidates) : undefined;
+  return reset === undefined ? undefined : { ms: reset, from: 'reset' };
 }
 
-/** How long a 429 cools a key: what the headers ask (or the default), never more than the maximum. */
+/**
+ * Milliseconds to cool a key for, per the headers (Retry-After first, the reset headers only
+ * without one); undefined when no header says.
+ */
+export function cooldownFromHeaders(headers: HeadersLike | undefined, nowMs = systemClock.now()): number | undefined {
+  return cooldownHint(headers, nowMs)?.ms;
+}
+
+/**
+ * How long a 429 cools a key: a Retry-After as asked, at most `maxMs`; the reset headers alone at
+ * most `defaultMs` too (what a 429 with no header at all cools for: 1 s by default, the window of a
+ * provider that quantizes to seconds), since they name when the whole limit is back, not when one
+ * request fits; no header: `defaultMs`.
+ */
 export function coolingMs(headers: HeadersLike | undefined, cooling: { defaultMs: number; maxMs: number }, nowMs: number): number {
-  return Math.min(cooling.maxMs, cooldownFromHeaders(headers, nowMs) ?? cooling.defaultMs);
+  const hint = cooldownHint(headers, nowMs);
+  if (!hint) return Math.min(cooling.maxMs, cooling.defaultMs);
+  return Math.min(cooling.maxMs, hint.from === 'reset' ? Math.min(cooling.defaultMs, hint.ms) : hint.ms);
 }

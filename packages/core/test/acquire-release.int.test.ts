@@ -162,7 +162,7 @@ describe('acquire and release', () => {
 });
 
 describe('429, 401 and client errors', () => {
-  it('429 cools the key until the latest of Retry-After, x-ratelimit-reset-* and the current deadline', async () => {
+  it('429 cools the key for its Retry-After (not the longer x-ratelimit-reset-*), never shortening the current deadline', async () => {
     const { pool: p } = await pool({ keys: [{ secret: fakeSecret('cool'), models: ['m'] }] });
     const l = lease(await p.acquire({ model: 'm' }));
     const r = await l.release({ status: 429, latencyMs: 5, headers: { 'retry-after': '2', 'x-ratelimit-reset-tokens': '3s', 'x-ratelimit-reset-requests': '500ms' } });
@@ -170,11 +170,11 @@ describe('429, 401 and client errors', () => {
     let st = await p.status();
     expect(st.keys[0]!.state).toBe('cooling');
     const until = Date.parse(st.keys[0]!.coolingUntil!);
-    expect(until - Date.now()).toBeGreaterThan(2500);
-    expect(until - Date.now()).toBeLessThanOrEqual(3000);
+    expect(until - Date.now()).toBeGreaterThan(1500);
+    expect(until - Date.now()).toBeLessThanOrEqual(2000); // retry-after 2 s, not reset-tokens 3 s
     const no = await p.acquire({ model: 'm' });
     expect(no).toMatchObject({ ok: false, reason: 'cooling' });
-    expect(!no.ok && no.retryAfterMs).toBeGreaterThan(2500);
+    expect(!no.ok && no.retryAfterMs).toBeGreaterThan(1500);
 
     // a later 429 asking for less does not shorten the deadline already set
     await p.resetKey(st.keys[0]!.id); // fresh cooling
@@ -191,6 +191,14 @@ describe('429, 401 and client errors', () => {
     await lease(await p.acquire({ model: 'm' })).release({ status: 429 });
     expect(await p.acquire({ model: 'm' })).toMatchObject({ ok: false, reason: 'cooling' });
     expect((await p.acquire({ model: 'm', maxWaitMs: 2000 })).ok).toBe(true);
+  });
+
+  it('a 429 with only x-ratelimit-reset-* cools for that time, at most cooling.defaultMs', async () => {
+    const { pool: p } = await pool({ cooling: { defaultMs: 400 }, keys: [{ secret: fakeSecret('rst'), models: ['m'] }] });
+    await lease(await p.acquire({ model: 'm' })).release({ status: 429, headers: { 'x-ratelimit-reset-tokens': '6m0s', 'x-ratelimit-remaining-tokens': '0' } });
+    const until = Date.parse((await p.status()).keys[0]!.coolingUntil!);
+    expect(until - Date.now()).toBeGreaterThan(200);
+    expect(until - Date.now()).toBeLessThanOrEqual(400); // not 6 minutes
   });
 
   it('401/403 revoke the key until an operator enables it', async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cooldownFromHeaders, parseDuration } from '../src/headers.js';
+import { cooldownFromHeaders, cooldownHint, coolingMs, parseDuration } from '../src/headers.js';
 
 describe('parseDuration', () => {
   it('parses single-unit durations', () => {
@@ -62,24 +62,16 @@ describe('cooldownFromHeaders', () => {
     expect(cooldownFromHeaders({ 'x-ratelimit-reset-tokens': '20ms' })).toBe(20);
   });
 
-  it('takes the longest of all headers present', () => {
-    expect(
-      cooldownFromHeaders({
-        'retry-after': '2',
-        'retry-after-ms': '2500',
-        'x-ratelimit-reset-requests': '1s',
-        'x-ratelimit-reset-tokens': '6m0s',
-      }),
-    ).toBe(360_000);
-    expect(
-      cooldownFromHeaders({
-        'retry-after': '2',
-        'retry-after-ms': '9000',
-        'x-ratelimit-reset-requests': '1s',
-        'x-ratelimit-reset-tokens': '3s',
-      }),
-    ).toBe(9000);
+  it('lets retry-after-ms, then retry-after, decide; the reset headers count only without either', () => {
+    const all = { 'retry-after': '2', 'retry-after-ms': '2500', 'x-ratelimit-reset-requests': '1s', 'x-ratelimit-reset-tokens': '6m0s' };
+    expect(cooldownFromHeaders(all)).toBe(2500); // not the 6 minutes until the token bucket is full again
+    expect(cooldownFromHeaders({ 'retry-after': '2', 'retry-after-ms': '900', 'x-ratelimit-reset-tokens': '3s' })).toBe(900); // the precise form, even when shorter
     expect(cooldownFromHeaders({ 'retry-after': '10', 'x-ratelimit-reset-requests': '1s' })).toBe(10_000);
+    expect(cooldownFromHeaders({ 'retry-after': '1', 'x-ratelimit-reset-requests': '30s' })).toBe(1000);
+    expect(cooldownFromHeaders({ 'x-ratelimit-reset-requests': '120ms', 'x-ratelimit-reset-tokens': '1.5s' })).toBe(1500); // the longer reset
+    expect(cooldownHint(all)).toEqual({ ms: 2500, from: 'retry-after' });
+    expect(cooldownHint({ 'retry-after': '0' })).toEqual({ ms: 0, from: 'retry-after' });
+    expect(cooldownHint({ 'x-ratelimit-reset-tokens': '6m0s' })).toEqual({ ms: 360_000, from: 'reset' });
   });
 
   it('skips unparseable headers but keeps the valid ones', () => {
@@ -88,12 +80,13 @@ describe('cooldownFromHeaders', () => {
 
   it('works with a WHATWG Headers object (case-insensitive)', () => {
     expect(cooldownFromHeaders(new Headers({ 'Retry-After': '7' }))).toBe(7000);
-    expect(cooldownFromHeaders(new Headers({ 'X-RateLimit-Reset-Requests': '1m', 'Retry-After-Ms': '100' }))).toBe(60_000);
+    expect(cooldownFromHeaders(new Headers({ 'X-RateLimit-Reset-Requests': '1m', 'Retry-After-Ms': '100' }))).toBe(100);
   });
 
   it('works with a plain record with mixed-case names', () => {
     expect(cooldownFromHeaders({ 'Retry-After': '3' })).toBe(3000);
-    expect(cooldownFromHeaders({ 'Retry-After': '3', 'X-RateLimit-Reset-Tokens': '4.5s' })).toBe(4500);
+    expect(cooldownFromHeaders({ 'Retry-After': '3', 'X-RateLimit-Reset-Tokens': '4.5s' })).toBe(3000);
+    expect(cooldownFromHeaders({ 'X-RateLimit-Reset-Tokens': '4.5s' })).toBe(4500);
     expect(cooldownFromHeaders({ 'RETRY-AFTER-MS': '800', 'content-type': 'application/json' })).toBe(800);
   });
 
@@ -110,7 +103,7 @@ describe('cooldownFromHeaders', () => {
           ['x-ratelimit-reset-tokens', '1500ms'],
         ]),
       ),
-    ).toBe(1500);
+    ).toBe(1000);
   });
 
   // HTTP field names are case-insensitive and the record form is looked up case-insensitively;
@@ -126,5 +119,31 @@ describe('cooldownFromHeaders', () => {
     expect(cooldownFromHeaders(new Map())).toBeUndefined();
     expect(cooldownFromHeaders({ 'content-type': 'application/json', 'x-request-id': 'abc' })).toBeUndefined();
     expect(cooldownFromHeaders(new Headers({ 'content-type': 'text/plain' }))).toBeUndefined();
+  });
+});
+
+describe('coolingMs', () => {
+  const cooling = { defaultMs: 1000, maxMs: 600_000 };
+  const now = Date.UTC(2026, 0, 1);
+
+  it('cools for the Retry-After asked, at most maxMs', () => {
+    expect(coolingMs({ 'retry-after-ms': '2500', 'x-ratelimit-reset-tokens': '6m0s' }, cooling, now)).toBe(2500);
+    expect(coolingMs({ 'retry-after': '30' }, cooling, now)).toBe(30_000); // above defaultMs: a Retry-After is not capped by it
+    expect(coolingMs({ 'retry-after': '3600' }, cooling, now)).toBe(600_000);
+    expect(coolingMs({ 'retry-after': 'Thu, 01 Jan 2026 00:00:45 GMT' }, cooling, now)).toBe(45_000);
+    expect(coolingMs({ 'retry-after': '40' }, { defaultMs: 1000, maxMs: 20_000 }, now)).toBe(20_000);
+  });
+
+  it('cools for the reset headers alone at most defaultMs: they name when the whole limit is back, not the next request', () => {
+    expect(coolingMs({ 'x-ratelimit-reset-tokens': '6m0s' }, cooling, now)).toBe(1000);
+    expect(coolingMs({ 'x-ratelimit-reset-requests': '250ms' }, cooling, now)).toBe(250);
+    expect(coolingMs({ 'x-ratelimit-reset-requests': '10s' }, { defaultMs: 5000, maxMs: 600_000 }, now)).toBe(5000);
+    expect(coolingMs({ 'x-ratelimit-reset-requests': '10s' }, { defaultMs: 5000, maxMs: 2000 }, now)).toBe(2000);
+  });
+
+  it('cools for defaultMs when no header says (at most maxMs)', () => {
+    expect(coolingMs(undefined, cooling, now)).toBe(1000);
+    expect(coolingMs({ 'retry-after': 'soon' }, cooling, now)).toBe(1000);
+    expect(coolingMs({}, { defaultMs: 5000, maxMs: 3000 }, now)).toBe(3000);
   });
 });

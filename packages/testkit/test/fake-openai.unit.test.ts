@@ -411,6 +411,10 @@ describe('fake OpenAI upstream, driven by the official SDK', () => {
       aborted: 0,
       inFlight: 0,
       maxInFlight: 5,
+      peakRequestsPer1s: expect.any(Number),
+      peakTokensPer1s: expect.any(Number),
+      peakRequestsPer10s: 6,
+      peakTokensPer10s: prompt + 15,
       peakRequestsPerMinute: 6,
       peakTokensPerMinute: prompt + 15,
     });

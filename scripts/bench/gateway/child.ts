@@ -3,13 +3,16 @@
  * `node --import tsx scripts/bench/gateway/child.ts <role>` and an IPC channel; not meant to be run
  * by hand):
  *
- *   fake     the fake OpenAI upstream (packages/testkit fake-openai), fixed latency, no rate limits;
+ *   fake     the fake OpenAI upstream (packages/testkit fake-openai), fixed latency, no rate limits
+ *            unless a key has an rpm (and a limiter: bench:realistic's quantized windows);
  *   gateway  ONE keypool gateway: serve() from packages/server with a config object built here
- *            (the given keys without limits, pointing at the fake; logLevel warn; the given Redis),
+ *            (the given keys, without limits unless given an rpm, pointing at the fake; logLevel warn;
+ *            the given Redis),
  *            and a gateway token made with pool.tokens.create;
  *   bare     a baseline, not keypool: the least a Node proxy hop does (node:http server, read the
  *            body, forward it with one fixed key through a keep-alive agent like the gateway's,
- *            pipe the answer back). Gateway minus bare = what keypool's own work costs.
+ *            pipe the answer back). Gateway minus bare = what keypool's own work costs. Given
+ *            several keys it takes them in turn (bench:realistic's naive round-robin proxy).
  *
  * The configuration comes base64-encoded JSON in argv; the child answers `{ type: 'ready', ... }` on
  * the IPC channel once it serves. Requests from the parent, each `{ id, type }`, answered
@@ -36,13 +39,13 @@ import { writeFile } from 'node:fs/promises';
 import { SourceMap } from 'node:module';
 import { performance } from 'node:perf_hooks';
 import { serve } from '@keypool/server';
-import { startFakeOpenAI } from '@keypool/testkit/fake-openai';
+import { startFakeOpenAI, type LimiterMode } from '@keypool/testkit/fake-openai';
 import { runChildRole, send, serveRequests } from '../lib/child-ipc.js';
 import { benchGatewayConfig } from '../lib/gateway-config.js';
 import { dist } from '../lib/stats.js';
 
 export interface FakeChildConfig {
-  keys: { key: string; name: string }[];
+  keys: { key: string; name: string; rpm?: number; limiter?: LimiterMode }[];
   model: string;
   latencyMs: number;
   chunkDelayMs: number;
@@ -53,13 +56,15 @@ export interface GatewayChildConfig {
   fakeUrl: string;
   pool: string;
   model: string;
-  keys: { secret: string; name: string }[];
+  keys: { secret: string; name: string; rpm?: number }[];
   adminToken: string;
 }
 
 export interface BareChildConfig {
   fakeUrl: string;
   key: string;
+  /** several keys: each request goes with the next one in turn (no retries, no state shared) */
+  keys?: string[];
 }
 
 export interface CallTimings {
@@ -80,7 +85,7 @@ async function fakeRole(cfg: FakeChildConfig): Promise<void> {
   const fake = await startFakeOpenAI({
     host: '127.0.0.1',
     port: 0,
-    keys: cfg.keys.map((k) => ({ key: k.key, name: k.name })),
+    keys: cfg.keys.map((k) => ({ ...k })),
     models: [cfg.model],
     latency: cfg.latencyMs,
     chunkDelayMs: cfg.chunkDelayMs,
@@ -94,12 +99,14 @@ async function bareRole(cfg: BareChildConfig): Promise<void> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 256, scheduling: 'lifo' });
   const up = new URL(cfg.fakeUrl);
   const base = up.pathname.replace(/\/+$/, '');
-  const authorization = `Bearer ${cfg.key}`;
+  const authorizations = (cfg.keys ?? [cfg.key]).map((k) => `Bearer ${k}`);
+  let turn = 0;
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = Buffer.concat(chunks);
+      const authorization = authorizations[turn++ % authorizations.length];
       const out = http.request(
         {
           host: up.hostname,

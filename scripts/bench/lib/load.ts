@@ -22,24 +22,31 @@ export function poissonArrivals(seed: number, ratePerSec: number, seconds: numbe
 }
 
 /**
- * Call `fire(i, at)` for i = 0..n-1 at `t0 + i * intervalMs` (performance.now() time), catching up
- * at once when late; stops early when `stopped()` turns true. Resolves when the last one is fired.
+ * Call `fire(i, at)` for each offset of `times` (ms, ascending) at `t0 + times[i]` (performance.now()
+ * time), catching up at once when late; stops early when `stopped()` turns true. Resolves when the
+ * last one is fired.
  */
-export function evenlySpaced(n: number, intervalMs: number, t0: number, fire: (i: number, at: number) => void, stopped: () => boolean): Promise<void> {
+export function atTimes(times: ArrayLike<number>, t0: number, fire: (i: number, at: number) => void, stopped: () => boolean): Promise<void> {
   let next = 0;
+  const n = times.length;
   return new Promise<void>((resolve) => {
     const tick = () => {
       const now = performance.now();
-      while (next < n && t0 + next * intervalMs <= now && !stopped()) {
-        fire(next, t0 + next * intervalMs);
+      while (next < n && t0 + times[next]! <= now && !stopped()) {
+        fire(next, t0 + times[next]!);
         next++;
       }
       if (next >= n || stopped()) return resolve();
       // a timer, never a spin: the load generator must not take the measured processes' CPU
-      setTimeout(tick, Math.max(0, t0 + next * intervalMs - performance.now()));
+      setTimeout(tick, Math.max(0, t0 + times[next]! - performance.now()));
     };
     tick();
   });
+}
+
+/** {@link atTimes} for n sends evenly spaced by `intervalMs`. */
+export function evenlySpaced(n: number, intervalMs: number, t0: number, fire: (i: number, at: number) => void, stopped: () => boolean): Promise<void> {
+  return atTimes(Array.from({ length: n }, (_, i) => i * intervalMs), t0, fire, stopped);
 }
 
 /**

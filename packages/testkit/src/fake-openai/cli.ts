@@ -13,13 +13,14 @@ import { parseKeySpec, parseList, parseModelSpec } from './config.js';
 import { parseLatency } from './latency.js';
 import { DEFAULT_MODELS, keyHint, startFakeOpenAI } from './server.js';
 
-const USAGE = `usage: fake-openai --keys <key>[:rpm=N][:tpm=N][:name=S][:latency=MS|P50/P99][:chunk=MS][:models=A+B][:revoked],...
+const USAGE = `usage: fake-openai --keys <key>[:rpm=N][:tpm=N][:limiter=minute|window-1s|window-10s|bucket][:burst=S]
+                          [:name=S][:latency=MS|P50/P99][:chunk=MS][:models=A+B][:revoked],...
                    [--models <id>[:latency=..][:chunk=MS][:reply=N][:dims=N][:type=chat|embedding],...]
                    [--port 0] [--host 127.0.0.1] [--latency MS|P50/P99] [--chunk-delay MS]
                    [--reply-tokens 32] [--max-tokens 16] [--seed N]
 
 Control endpoints on the same port: GET /_fake/counters, POST /_fake/reset, GET /_fake/keys,
-POST /_fake/keys/:key {rpm,tpm,latency,chunkDelayMs,models,revoked}, GET|POST|DELETE /_fake/faults.`;
+POST /_fake/keys/:key {rpm,tpm,limiter,burstSeconds,latency,chunkDelayMs,models,revoked}, GET|POST|DELETE /_fake/faults.`;
 
 function fail(message: string): never {
   process.stderr.write(`fake-openai: ${message}\n${USAGE}\n`);
@@ -75,7 +76,7 @@ try {
   process.stdout.write(`${fake.url}\n`);
   process.stderr.write(
     `fake-openai listening on ${fake.url}\n` +
-      keys.map((k) => `  key ${k.name ?? keyHint(k.key)} (${keyHint(k.key)}): ${k.rpm ? `rpm ${k.rpm}` : 'rpm unlimited'}, ${k.tpm ? `tpm ${k.tpm}` : 'tpm unlimited'}\n`).join('') +
+      keys.map((k) => `  key ${k.name ?? keyHint(k.key)} (${keyHint(k.key)}): ${k.rpm ? `rpm ${k.rpm}` : 'rpm unlimited'}, ${k.tpm ? `tpm ${k.tpm}` : 'tpm unlimited'}, limiter ${k.limiter ?? 'minute'}\n`).join('') +
       `  models: ${(models?.map((m) => m.id) ?? DEFAULT_MODELS).join(', ')}\n` +
       `  control: ${fake.origin}/_fake/counters\n`,
   );

@@ -1,10 +1,12 @@
 /**
  * The command-line syntax of keys and models (used by ./cli.ts; handy for benchmarks too).
  *
- * key:   <secret>[:name=<name>][:rpm=<n>][:tpm=<n>][:latency=<ms>|<p50>/<p99>][:chunk=<ms>][:models=<a>+<b>][:revoked]
+ * key:   <secret>[:name=<name>][:rpm=<n>][:tpm=<n>][:limiter=minute|window-1s|window-10s|bucket][:burst=<s>]
+ *        [:latency=<ms>|<p50>/<p99>][:chunk=<ms>][:models=<a>+<b>][:revoked]
  * model: <id>[:type=chat|embedding][:latency=...][:chunk=<ms>][:reply=<tokens>][:dims=<n>]
  */
 import { parseLatency } from './latency.js';
+import { LIMITER_MODES, type LimiterMode } from './limits.js';
 import type { FakeKeyOptions, FakeModelOptions } from './types.js';
 
 function number(value: string | undefined, what: string): number {
@@ -33,11 +35,15 @@ export function parseKeySpec(spec: string): FakeKeyOptions {
     if (name === 'name' && value) o.name = value;
     else if (name === 'rpm') o.rpm = number(value, 'rpm');
     else if (name === 'tpm') o.tpm = number(value, 'tpm');
+    else if (name === 'limiter') {
+      if (!LIMITER_MODES.includes(value as LimiterMode)) throw new TypeError(`limiter must be one of ${LIMITER_MODES.join(', ')}, got "${value ?? ''}"`);
+      o.limiter = value as LimiterMode;
+    } else if (name === 'burst') o.burstSeconds = number(value, 'burst');
     else if (name === 'latency' && value) o.latency = parseLatency(value);
     else if (name === 'chunk') o.chunkDelayMs = number(value, 'chunk');
     else if (name === 'models' && value) o.models = value.split('+').filter(Boolean);
     else if (name === 'revoked' && value === undefined) o.revoked = true;
-    else throw new TypeError(`unknown key field "${name}" (expected name, rpm, tpm, latency, chunk, models, revoked)`);
+    else throw new TypeError(`unknown key field "${name}" (expected name, rpm, tpm, limiter, burst, latency, chunk, models, revoked)`);
   }
   return o;
 }

@@ -2,7 +2,7 @@
  * Driving a fake upstream that runs in another process (the CLI, a benchmark's child) over its
  * control endpoints: the same operations as on {@link FakeOpenAI}, asynchronous.
  */
-import type { FakeFault, FakeKeyCounters, FakeKeySettings } from './types.js';
+import type { FakeFault, FakeKeyCounters, FakeKeySettings, LimiterMode } from './types.js';
 
 /** What a key looks like over `GET /_fake/keys` and `POST /_fake/keys/:key` (never the secret). */
 export interface FakeKeyInfo {
@@ -14,6 +14,8 @@ export interface FakeKeyInfo {
   latency: FakeKeySettings['latency'];
   chunkDelayMs: number | null;
   revoked: boolean;
+  limiter: LimiterMode;
+  burstSeconds: number;
 }
 
 export interface FakeOpenAIControl {

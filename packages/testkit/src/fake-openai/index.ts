@@ -39,16 +39,23 @@
  * `invalid_api_key`; a body that is not a JSON object 400; an unknown model (or one the key may not
  * use) 404 `model_not_found`; missing or invalid parameters 400; then rate limits: 429.
  *
- * **Rate limits** (per key): token buckets of capacity rpm (resp. tpm) refilling continuously at
- * rpm/60 (tpm/60) per second. Admission takes one request and charges prompt tokens + the
- * completion cap (max_tokens or `defaultMaxTokens`, times n; embeddings: prompt tokens only);
- * nothing is given back afterwards. A refusal is a 429 with `type` `requests` or `tokens`, code
- * `rate_limit_exceeded`, `retry-after` (whole seconds, rounded up) and `retry-after-ms` (the time
- * until the request would fit). A request larger than the whole TPM bucket gets OpenAI's "Request
- * too large" 429 with no retry-after (waiting never helps). Every /v1 answer for a key with limits
- * carries x-ratelimit-limit-*, x-ratelimit-remaining-* (whole units left) and x-ratelimit-reset-*
- * (time until the bucket is full again, as `120ms`, `1.5s`, `6m0s`); a key without a limit sends no
- * headers for it. /v1/models is not rate limited.
+ * **Rate limits** (per key), enforced the way the key's `limiter` says (./limits.ts, with the
+ * provider documents it follows): `minute` (default: token buckets of capacity rpm, resp. tpm,
+ * refilling continuously at rpm/60 per second), `window-1s` / `window-10s` (at most
+ * floor(rpm x W / 60) requests and floor(tpm x W / 60) tokens in any rolling W, as Azure OpenAI
+ * evaluates its limits and as OpenAI says its limits may be quantized) or `bucket` (a continuously
+ * refilled bucket holding `burstSeconds` of the limit). Admission takes one request and charges
+ * prompt tokens + the completion cap (max_tokens or `defaultMaxTokens`, times n; embeddings: prompt
+ * tokens only); nothing is given back afterwards. A refusal is a 429 with `type` `requests` or
+ * `tokens`, code `rate_limit_exceeded`, `retry-after` (whole seconds, rounded up) and, except in
+ * `bucket` mode, `retry-after-ms` (the time until the request would fit). A request larger than
+ * the limit can ever hold gets OpenAI's "Request too large" 429 with no retry-after (waiting never
+ * helps). Every /v1 answer for a key with limits carries x-ratelimit-limit-* (the per-minute limit;
+ * in window mode the per-window figure, as Azure reports it), x-ratelimit-remaining-* (whole units
+ * left) and x-ratelimit-reset-* (time until the bucket is full again, or the window empty, as
+ * `120ms`, `1.5s`, `6m0s`); a key without a limit sends no headers for it. /v1/models is not rate
+ * limited. The counters give the most requests and tokens admitted in any rolling 1 s, 10 s and
+ * 60 s window, exactly.
  *
  * **Latency** (key, else model, else server setting): fixed ms or log-normal `{ p50Ms, p99Ms }`,
  * waited before the answer (for a stream before the first chunk; `chunkDelayMs` then comes before
@@ -74,5 +81,5 @@ export { startFakeOpenAI, keyHint, UNKNOWN_KEY, DEFAULT_MODELS } from './server.
 export { fakeOpenAIControl, type FakeOpenAIControl, type FakeKeyInfo } from './control.js';
 export { parseKeySpec, parseModelSpec, parseList } from './config.js';
 export { parseLatency, sampleLatency, seededRandom } from './latency.js';
-export { formatDuration, TokenBucket } from './limits.js';
+export { formatDuration, LIMITER_MODES, makeLimiter, PeakWindows, RollingLog, TokenBucket, WindowLimiter, type Limiter } from './limits.js';
 export { textTokens, messagesTokens, CHARS_PER_TOKEN, MESSAGE_OVERHEAD_TOKENS } from './text.js';

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { delay, readBody } from '../http-util.js';
 import { performance } from 'node:perf_hooks';
 import { checkLatency, sampleLatency, seededRandom } from './latency.js';
-import { formatDuration, MinuteWindow, TokenBucket } from './limits.js';
+import { DEFAULT_BURST_SECONDS, formatDuration, LIMITER_MODES, makeLimiter, PeakWindows, retryHeaders, TokenBucket, type Limiter, type LimiterMode } from './limits.js';
 import { contentText, embeddingBase64, embeddingVector, messagesTokens, replyTokens, textTokens } from './text.js';
 import type {
   FakeFault,
@@ -20,6 +20,9 @@ import type {
   FakeOpenAIOptions,
   LatencySpec,
 } from './types.js';
+
+/** What a limiter holds less what is left: the "Used" of a 429's message. */
+const usedOf = (l: Limiter, now: number) => Math.ceil((l instanceof TokenBucket ? l.capacity : l.reported()) - l.available(now));
 
 /** Counters name of requests with no key or an unknown one. */
 export const UNKNOWN_KEY = '(unknown)';
@@ -53,8 +56,10 @@ interface KeyState {
   latency: LatencySpec | undefined;
   chunkDelayMs: number | undefined;
   revoked: boolean;
-  requests: TokenBucket | null;
-  tokens: TokenBucket | null;
+  limiter: LimiterMode;
+  burstSeconds: number;
+  requests: Limiter | null;
+  tokens: Limiter | null;
 }
 
 interface ModelState {
@@ -68,7 +73,7 @@ interface ModelState {
 }
 
 interface CounterState extends FakeKeyCounters {
-  window: MinuteWindow;
+  window: PeakWindows;
 }
 
 interface FaultState extends FakeFault {
@@ -133,21 +138,27 @@ function checkSettings(s: FakeKeySettings): void {
   if (s.latency != null) checkLatency(s.latency);
   if (s.chunkDelayMs != null) nonNegative(s.chunkDelayMs, 'chunkDelayMs');
   if (s.revoked !== undefined && typeof s.revoked !== 'boolean') throw new TypeError('revoked must be a boolean');
+  if (s.limiter !== undefined && !LIMITER_MODES.includes(s.limiter)) throw new TypeError(`limiter must be one of ${LIMITER_MODES.join(', ')}`);
+  if (s.burstSeconds !== undefined && (typeof s.burstSeconds !== 'number' || !(s.burstSeconds > 0) || !Number.isFinite(s.burstSeconds))) throw new TypeError('burstSeconds must be a number > 0');
 }
 
 function applySettings(k: KeyState, s: FakeKeySettings, now: number): void {
-  if (s.rpm !== undefined) {
-    k.rpm = s.rpm;
-    if (s.rpm === 0) k.requests = null;
-    else if (k.requests) k.requests.setLimit(s.rpm, now);
-    else k.requests = new TokenBucket(s.rpm, now);
-  }
-  if (s.tpm !== undefined) {
-    k.tpm = s.tpm;
-    if (s.tpm === 0) k.tokens = null;
-    else if (k.tokens) k.tokens.setLimit(s.tpm, now);
-    else k.tokens = new TokenBucket(s.tpm, now);
-  }
+  // another way of enforcing starts afresh (full buckets, empty windows)
+  const remake = (s.limiter !== undefined && s.limiter !== k.limiter) || (s.burstSeconds !== undefined && s.burstSeconds !== k.burstSeconds);
+  if (s.limiter !== undefined) k.limiter = s.limiter;
+  if (s.burstSeconds !== undefined) k.burstSeconds = s.burstSeconds;
+  const limiter = (current: Limiter | null, perMinute: number, dimension: 'requests' | 'tokens'): Limiter | null => {
+    if (perMinute === 0) return null;
+    if (current && !remake) {
+      current.setLimit(perMinute, now);
+      return current;
+    }
+    return makeLimiter(k.limiter, perMinute, now, dimension, k.burstSeconds);
+  };
+  if (s.rpm !== undefined) k.rpm = s.rpm;
+  if (s.tpm !== undefined) k.tpm = s.tpm;
+  if (s.rpm !== undefined || remake) k.requests = limiter(k.requests, k.rpm, 'requests');
+  if (s.tpm !== undefined || remake) k.tokens = limiter(k.tokens, k.tpm, 'tokens');
   if (s.models !== undefined) k.models = s.models === null ? null : new Set(s.models);
   if (s.latency !== undefined) k.latency = s.latency === null ? undefined : checkLatency(s.latency);
   if (s.chunkDelayMs !== undefined) k.chunkDelayMs = s.chunkDelayMs === null ? undefined : s.chunkDelayMs;
@@ -167,9 +178,13 @@ function newCounters(): CounterState {
     aborted: 0,
     inFlight: 0,
     maxInFlight: 0,
+    peakRequestsPer1s: 0,
+    peakTokensPer1s: 0,
+    peakRequestsPer10s: 0,
+    peakTokensPer10s: 0,
     peakRequestsPerMinute: 0,
     peakTokensPerMinute: 0,
-    window: new MinuteWindow(),
+    window: new PeakWindows(),
   };
 }
 
@@ -313,6 +328,8 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
       latency: undefined,
       chunkDelayMs: undefined,
       revoked: false,
+      limiter: 'minute',
+      burstSeconds: DEFAULT_BURST_SECONDS,
       requests: null,
       tokens: null,
     };
@@ -360,55 +377,58 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
     return undefined;
   }
 
+  /** x-ratelimit-* as the key's mode reports them (see ./limits.ts). */
   function limitHeaders(k: KeyState, now: number): Record<string, string> {
     const h: Record<string, string> = {};
-    if (k.requests) {
-      h['x-ratelimit-limit-requests'] = String(k.rpm);
-      h['x-ratelimit-remaining-requests'] = String(Math.max(0, Math.floor(k.requests.available(now))));
-      h['x-ratelimit-reset-requests'] = formatDuration(k.requests.resetMs(now));
-    }
-    if (k.tokens) {
-      h['x-ratelimit-limit-tokens'] = String(k.tpm);
-      h['x-ratelimit-remaining-tokens'] = String(Math.max(0, Math.floor(k.tokens.available(now))));
-      h['x-ratelimit-reset-tokens'] = formatDuration(k.tokens.resetMs(now));
+    for (const [dimension, l] of [['requests', k.requests], ['tokens', k.tokens]] as const) {
+      if (!l) continue;
+      h[`x-ratelimit-limit-${dimension}`] = String(l.reported());
+      h[`x-ratelimit-remaining-${dimension}`] = String(Math.max(0, Math.floor(l.available(now))));
+      h[`x-ratelimit-reset-${dimension}`] = formatDuration(l.resetMs(now));
     }
     return h;
   }
 
-  /** Takes a request and `charge` tokens, or throws the 429 OpenAI would send. */
+  /** "Limit 600" (a minute bucket), "Limit 10 per 1s (600 per min)" (a window), "Limit 600, burst 10" (a bucket). */
+  function limitText(k: KeyState, l: Limiter, perMinute: number): string {
+    if (k.limiter === 'minute') return `Limit ${perMinute}`;
+    if (k.limiter === 'bucket') return `Limit ${perMinute}, burst ${Math.floor(Math.max(1, (perMinute * k.burstSeconds) / 60))}`;
+    return `Limit ${l.reported()} per ${k.limiter.slice('window-'.length)} (${perMinute} per min)`;
+  }
+
+  /** Takes a request and `charge` tokens, or throws the 429 the provider would send. */
   function admit(k: KeyState, model: ModelState, charge: number, c: CounterState): void {
     const now = performance.now();
-    const fail = (type: 'requests' | 'tokens', waitMs: number, message: string) => {
-      const headers = limitHeaders(k, now);
-      if (Number.isFinite(waitMs)) {
-        headers['retry-after'] = String(Math.max(1, Math.ceil(waitMs / 1000)));
-        headers['retry-after-ms'] = String(Math.max(1, Math.ceil(waitMs)));
-      }
-      return new ApiError(429, message, type, null, 'rate_limit_exceeded', headers);
-    };
+    const fail = (type: 'requests' | 'tokens', waitMs: number, message: string) =>
+      new ApiError(429, message, type, null, 'rate_limit_exceeded', { ...limitHeaders(k, now), ...retryHeaders(k.limiter, waitMs) });
     const learnMore = 'Visit https://platform.openai.com/account/rate-limits to learn more.';
     if (k.requests) {
       const wait = k.requests.waitMs(1, now);
       if (wait > 0) {
-        const used = Math.ceil(k.rpm - k.requests.available(now));
-        throw fail('requests', wait, `Rate limit reached for ${model.id} in organization ${ORG} on requests per min (RPM): Limit ${k.rpm}, Used ${used}, Requested 1. Please try again in ${formatDuration(wait)}. ${learnMore}`);
+        const used = usedOf(k.requests, now);
+        throw fail('requests', wait, `Rate limit reached for ${model.id} in organization ${ORG} on requests per min (RPM): ${limitText(k, k.requests, k.rpm)}, Used ${used}, Requested 1. Please try again in ${formatDuration(wait)}. ${learnMore}`);
       }
     }
     if (k.tokens) {
       const wait = k.tokens.waitMs(charge, now);
       if (wait === Infinity) {
-        throw fail('tokens', wait, `Request too large for ${model.id} in organization ${ORG} on tokens per min (TPM): Limit ${k.tpm}, Requested ${charge}. The input or output tokens must be reduced in order to run successfully. ${learnMore}`);
+        throw fail('tokens', wait, `Request too large for ${model.id} in organization ${ORG} on tokens per min (TPM): ${limitText(k, k.tokens, k.tpm)}, Requested ${charge}. The input or output tokens must be reduced in order to run successfully. ${learnMore}`);
       }
       if (wait > 0) {
-        const used = Math.ceil(k.tpm - k.tokens.available(now));
-        throw fail('tokens', wait, `Rate limit reached for ${model.id} in organization ${ORG} on tokens per min (TPM): Limit ${k.tpm}, Used ${used}, Requested ${charge}. Please try again in ${formatDuration(wait)}. ${learnMore}`);
+        const used = usedOf(k.tokens, now);
+        throw fail('tokens', wait, `Rate limit reached for ${model.id} in organization ${ORG} on tokens per min (TPM): ${limitText(k, k.tokens, k.tpm)}, Used ${used}, Requested ${charge}. Please try again in ${formatDuration(wait)}. ${learnMore}`);
       }
     }
     k.requests?.take(1, now);
     k.tokens?.take(charge, now);
     c.window.add(now, charge);
-    c.peakRequestsPerMinute = c.window.peakRequests;
-    c.peakTokensPerMinute = c.window.peakTokens;
+    const p = c.window.peaks;
+    c.peakRequestsPer1s = p['1s'].requests;
+    c.peakTokensPer1s = p['1s'].tokens;
+    c.peakRequestsPer10s = p['10s'].requests;
+    c.peakTokensPer10s = p['10s'].tokens;
+    c.peakRequestsPerMinute = p['60s'].requests;
+    c.peakTokensPerMinute = p['60s'].tokens;
   }
 
   function send(ctx: Ctx, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -820,6 +840,8 @@ export async function startFakeOpenAI(options: FakeOpenAIOptions = {}): Promise<
       latency: k.latency ?? null,
       chunkDelayMs: k.chunkDelayMs ?? null,
       revoked: k.revoked,
+      limiter: k.limiter,
+      burstSeconds: k.burstSeconds,
     };
   }
 

@@ -1,6 +1,9 @@
 /**
  * Public types of the fake OpenAI-compatible upstream (see ./index.ts for the overview).
  */
+import type { LimiterMode } from './limits.js';
+
+export type { LimiterMode } from './limits.js';
 
 /**
  * Latency of a response, in milliseconds: a fixed delay, or a log-normal distribution fitted to
@@ -15,10 +18,20 @@ export interface FakeKeyOptions {
   key: string;
   /** Name under which counters are reported. Default: the key's hint (`sk-...a1b2`). */
   name?: string;
-  /** Requests per minute (token bucket of capacity rpm, refilling rpm/60 per second). 0/absent: unlimited. */
+  /** Requests per minute, enforced as `limiter` says. 0/absent: unlimited. */
   rpm?: number;
-  /** Tokens per minute, same bucket rule; a request is charged prompt + max_tokens (or the default) at admission. 0/absent: unlimited. */
+  /** Tokens per minute, same rule; a request is charged prompt + max_tokens (or the default) at admission. 0/absent: unlimited. */
   tpm?: number;
+  /**
+   * How rpm and tpm are enforced, as providers document (./limits.ts cites them). `minute` (default):
+   * buckets of capacity rpm (tpm) refilling rpm/60 per second. `window-1s` / `window-10s`: at most
+   * floor(rpm x W / 60) requests (and tokens) in any rolling W (Azure OpenAI, OpenAI's quantized
+   * limits); `x-ratelimit-limit-*` reports that per-window figure. `bucket`: a bucket of
+   * `burstSeconds` of the limit refilling continuously; its 429 carries `retry-after` only.
+   */
+  limiter?: LimiterMode;
+  /** Burst of the `bucket` mode, in seconds of the limit (capacity rpm x burstSeconds / 60, at least 1). Default 1. */
+  burstSeconds?: number;
   /** Models this key may use (others answer 404 model_not_found). Absent: every configured model. */
   models?: string[];
   /** Overrides the model's and the server's latency for this key. */
@@ -33,7 +46,8 @@ export interface FakeKeyOptions {
  * Changes to a key at runtime ({@link FakeOpenAI.setKey}, `POST /_fake/keys/:key`). Absent fields are
  * unchanged; `latency: null` / `chunkDelayMs: null` / `models: null` go back to the defaults; `rpm: 0` /
  * `tpm: 0` remove the limit. A new limit starts with a full bucket; a changed one keeps what is left
- * (at most the new capacity).
+ * (at most the new capacity; a window keeps its admissions). A changed `limiter` or `burstSeconds`
+ * starts both limits afresh.
  */
 export interface FakeKeySettings {
   /** Only when the key is created by this call: a key's counters name never changes. */
@@ -44,6 +58,8 @@ export interface FakeKeySettings {
   latency?: LatencySpec | null;
   chunkDelayMs?: number | null;
   revoked?: boolean;
+  limiter?: LimiterMode;
+  burstSeconds?: number;
 }
 
 /** One model the fake serves. */
@@ -139,9 +155,15 @@ export interface FakeKeyCounters {
   /** Requests being handled now, and the most at once. */
   inFlight: number;
   maxInFlight: number;
-  /** Largest number of admitted requests (passed the rate limiter) in any trailing 60 s window (100 ms granularity). */
+  /** Most admitted requests (passed the rate limiter) in any rolling 1 s window, exactly. */
+  peakRequestsPer1s: number;
+  /** Most tokens charged at admission in any rolling 1 s window, exactly. */
+  peakTokensPer1s: number;
+  /** The same over any rolling 10 s window. */
+  peakRequestsPer10s: number;
+  peakTokensPer10s: number;
+  /** The same over any rolling 60 s window. */
   peakRequestsPerMinute: number;
-  /** Largest number of tokens charged at admission in any trailing 60 s window (100 ms granularity). */
   peakTokensPerMinute: number;
 }
 
