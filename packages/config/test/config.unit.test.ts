@@ -367,6 +367,7 @@ server:
   host: ""
   port: 70000
   adminToken: short-token
+  statusToken: short-status
   bodyLimit: 4 megs
   deadlineMs: 10
   attemptTimeoutMs: 1.5
@@ -381,12 +382,13 @@ redis:
 `);
     expect(message).toBe(
       [
-        `invalid config file ${file} (13 problems):`,
+        `invalid config file ${file} (14 problems):`,
         '  - redis.url: expected a redis:// or rediss:// URL',
         '  - redis.embeddedDir: Too small: expected string to have >=1 characters',
         '  - server.host: Too small: expected string to have >=1 characters',
         '  - server.port: expected an integer 0-65535',
         '  - server.adminToken: must be at least 24 characters (generate one with: openssl rand -hex 24)',
+        '  - server.statusToken: must be at least 24 characters (generate one with: openssl rand -hex 24)',
         '  - server.bodyLimit: expected a size such as 512kb or 4mb, or a number of bytes',
         '  - server.deadlineMs: Too small: expected number to be >=100',
         '  - server.attemptTimeoutMs: Invalid input: expected int, received number',
@@ -399,6 +401,7 @@ redis:
     );
     expect(message).not.toContain('hunter2');
     expect(message).not.toContain('short-token');
+    expect(message).not.toContain('short-status');
   });
 
   it('reads bodyLimit with or without a unit', () => {
