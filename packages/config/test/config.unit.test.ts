@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, isConfigError } from '@keypool/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { GatewayFileSchema, loadGatewayConfig, parseByteSize, type GatewayConfig } from '../src/index.js';
+import { LogSink } from '@keypool/testkit/log-sink';
+import { GatewayFileSchema, REDACT, loadGatewayConfig, parseByteSize, type GatewayConfig } from '../src/index.js';
 
 const S1 = 'sk-proj-Q7vXk2LmN9pR4tW8yZ1aB3cD5eF6';
 const S2 = 'sk-proj-H4jK8mN2pQ6rS0tU3vW7xY1zA5bC';
@@ -677,5 +678,16 @@ describe('declared gateway tokens (tokens:)', () => {
     expect(err.message).toMatch(/tokens\[0\]\.sha256: expected the 64 hex characters of the token's sha256 \(keypool tokens hash\), never the token itself/);
     expect(err.message).toMatch(/tokens\[0\].*rpn/);
     expect(err.message).not.toContain(token);
+  });
+});
+
+describe('log redaction', () => {
+  it('REDACT hides a secret, an API key and a token at the top level and one level down (a key, a lease, a spec)', () => {
+    const sink = new LogSink(REDACT);
+    sink.logger.info({ secret: S1, key: { id: 'k1', secret: S2 }, lease: { secret: S1 }, client: { apiKey: S2 }, gateway: { token: TOKEN }, server: { adminToken: TOKEN, statusToken: TOKEN } }, 'x');
+    sink.logger.info({ keys: [{ secret: S1 }], headers: { authorization: `Bearer ${TOKEN}` } }, 'y');
+    for (const s of [S1, S2, TOKEN]) expect(sink.text).not.toContain(s);
+    // what is not secret stays readable
+    expect(sink.text).toContain('"id":"k1"');
   });
 });
