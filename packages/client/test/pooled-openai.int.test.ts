@@ -73,6 +73,18 @@ describe('PooledOpenAI', () => {
     expect((await keyStatus(pool, A)).state).toBe('open');
   });
 
+  it('a plain 500 fails over like any 5xx: the call is served by the other key', async () => {
+    const { fake, openai } = await setup([{ key: A, name: 'a' }, { key: B, name: 'b' }], both());
+    // whichever key is tried first answers 500 once
+    fake.setFault({ kind: 'error', status: 500, count: 1 });
+    const reply = await openai.chat.completions.create(ask);
+    expect(reply.choices[0].message.content.length).toBeGreaterThan(0);
+    const { a, b } = fake.counters();
+    expect([a!.status[500] ?? 0, b!.status[500] ?? 0].sort()).toEqual([0, 1]);
+    expect([a!.served, b!.served].sort()).toEqual([0, 1]);
+    expect(a!.served).toBe(b!.status[500] ?? 0);
+  });
+
   it('a 429 cools the key and the call is served by another key', async () => {
     // the provider allows key a 1 request a minute; the pool does not know and prefers a (weight)
     const [ka, kb] = both();

@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, isConfigError } from '@keypool/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { GatewayFileSchema, loadGatewayConfig, parseByteSize, type GatewayConfig } from '../src/index.js';
+import { LogSink } from '@keypool/testkit/log-sink';
+import { GatewayFileSchema, REDACT, loadGatewayConfig, parseByteSize, type GatewayConfig } from '../src/index.js';
 
 const S1 = 'sk-proj-Q7vXk2LmN9pR4tW8yZ1aB3cD5eF6';
 const S2 = 'sk-proj-H4jK8mN2pQ6rS0tU3vW7xY1zA5bC';
@@ -367,6 +368,7 @@ server:
   host: ""
   port: 70000
   adminToken: short-token
+  statusToken: short-status
   bodyLimit: 4 megs
   deadlineMs: 10
   attemptTimeoutMs: 1.5
@@ -381,12 +383,13 @@ redis:
 `);
     expect(message).toBe(
       [
-        `invalid config file ${file} (13 problems):`,
+        `invalid config file ${file} (14 problems):`,
         '  - redis.url: expected a redis:// or rediss:// URL',
         '  - redis.embeddedDir: Too small: expected string to have >=1 characters',
         '  - server.host: Too small: expected string to have >=1 characters',
         '  - server.port: expected an integer 0-65535',
         '  - server.adminToken: must be at least 24 characters (generate one with: openssl rand -hex 24)',
+        '  - server.statusToken: must be at least 24 characters (generate one with: openssl rand -hex 24)',
         '  - server.bodyLimit: expected a size such as 512kb or 4mb, or a number of bytes',
         '  - server.deadlineMs: Too small: expected number to be >=100',
         '  - server.attemptTimeoutMs: Invalid input: expected int, received number',
@@ -399,6 +402,7 @@ redis:
     );
     expect(message).not.toContain('hunter2');
     expect(message).not.toContain('short-token');
+    expect(message).not.toContain('short-status');
   });
 
   it('reads bodyLimit with or without a unit', () => {
@@ -674,5 +678,16 @@ describe('declared gateway tokens (tokens:)', () => {
     expect(err.message).toMatch(/tokens\[0\]\.sha256: expected the 64 hex characters of the token's sha256 \(keypool tokens hash\), never the token itself/);
     expect(err.message).toMatch(/tokens\[0\].*rpn/);
     expect(err.message).not.toContain(token);
+  });
+});
+
+describe('log redaction', () => {
+  it('REDACT hides a secret, an API key and a token at the top level and one level down (a key, a lease, a spec)', () => {
+    const sink = new LogSink(REDACT);
+    sink.logger.info({ secret: S1, key: { id: 'k1', secret: S2 }, lease: { secret: S1 }, client: { apiKey: S2 }, gateway: { token: TOKEN }, server: { adminToken: TOKEN, statusToken: TOKEN } }, 'x');
+    sink.logger.info({ keys: [{ secret: S1 }], headers: { authorization: `Bearer ${TOKEN}` } }, 'y');
+    for (const s of [S1, S2, TOKEN]) expect(sink.text).not.toContain(s);
+    // what is not secret stays readable
+    expect(sink.text).toContain('"id":"k1"');
   });
 });

@@ -104,6 +104,24 @@ describe('extend and heartbeats', () => {
     expect(a.logs.filter((x) => x.includes('a lease expired before its holder renewed it'))).toEqual([]);
   });
 
+  it('a heartbeat renews well before the deadline: a live lease never gets within a third of its timeout of being reaped', async () => {
+    // a beat only at the deadline leaves the lease expired (reapable by any other process) until it lands
+    const { pool: p, redis, name } = await pool({ leaseTimeoutMs: 1200, keys: [{ secret: fakeSecret('margin'), models: ['m'] }] });
+    const l = lease(await p.acquire({ model: 'm' }));
+    const stop = l.keepAlive();
+    const leases = new PoolKeys(name).leases;
+    let least = Infinity;
+    while (Date.now() < l.acquiredAt + 3 * 1200) {
+      const [deadline, [sec, usec]] = await Promise.all([redis.zscore(leases, l.id), redis.time()]);
+      least = Math.min(least, Number(deadline) - (Number(sec) * 1000 + Number(usec) / 1000));
+      await new Promise((r) => setTimeout(r, 15));
+    }
+    stop();
+    // beats every 400 ms keep at least ~800 ms ahead; 300 leaves room for a slow timer
+    expect(least).toBeGreaterThan(300);
+    expect((await l.release({ status: 200 })).released).toBe(true);
+  });
+
   it('a lease that expires despite its heartbeat is logged as a warning, and the heartbeat stops', async () => {
     const { pool: p, redis, name, logs } = await pool({ leaseTimeoutMs: 1000, keys: [{ secret: fakeSecret('lost'), models: ['m'] }] });
     const l = lease(await p.acquire({ model: 'm' }));

@@ -123,6 +123,12 @@ describe('admin API', () => {
     expect(invalid.json.error.message).toMatch(/token\.rpm/);
 
     expect((await admin('DELETE', `/tokens/${made.json.id}`)).json.revoked).toBe(true);
+    // the audit lines name the token each action was on: its id, from the body for a create
+    const audit = g.logs.lines.map((l) => JSON.parse(l)).filter((l) => l.component === 'admin' && l.action?.startsWith('token-') && !l.err);
+    expect(audit.map((l) => [l.action, l.target, l.actor])).toEqual([
+      ['token-create', made.json.id, 'alice@ops-laptop'],
+      ['token-revoke', made.json.id, 'alice@ops-laptop'],
+    ]);
     await expect(openai.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] })).rejects.toMatchObject({ status: 401, code: 'token_revoked' });
     expect((await admin('DELETE', '/tokens/000000000000')).status).toBe(404);
   });

@@ -36,6 +36,17 @@ describe('ops views behind a read token', () => {
     expect(g.logs.text).not.toContain('wrong-token');
   });
 
+  it('with a status token and the admin API disabled, only the status token opens the views', async () => {
+    // no admin token means no second token that opens them, not any token
+    const g = await gw({ settings: { statusToken: STATUS, adminToken: undefined } });
+    for (const path of ['/status', '/metrics']) {
+      for (const token of [undefined, 'any-bearer-any-bearer-any-bearer', ADMIN, g.token]) {
+        expect.soft((await get(`${g.url}${path}`, token)).status, `${path} with ${token?.slice(0, 8)}`).toBe(401);
+      }
+      expect.soft((await get(`${g.url}${path}`, STATUS)).status, `${path} with the status token`).toBe(200);
+    }
+  });
+
   it('without server.statusToken the views stay open, as before', async () => {
     const g = await gw();
     expect((await get(`${g.url}/status`)).status).toBe(200);

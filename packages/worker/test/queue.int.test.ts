@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { KeyPool } from '@keypool/core';
+import { KeyPool, PoolKeys } from '@keypool/core';
 import { connectionForChild, connectTo, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
 import { LogSink } from '@keypool/testkit/log-sink';
 import { LlmQueue, LlmWorker, jobIdOf, type LlmWorkerSettings } from '../src/index.js';
@@ -94,6 +94,23 @@ describe('LLM job queue', () => {
     await queue.retry(twice.id);
     expect(await queue.wait(twice.id, 15_000)).toMatchObject({ attempts: 2 });
     await expect(queue.retry(down.id)).rejects.toThrow(/is completed: only a failed job can be retried/);
+  });
+
+  it('the failed count of the queue stats counts a job once, when its last attempt fails, not its retried attempts', async () => {
+    const { queue, pool, fake } = await setup();
+    const stats = new PoolKeys(pool.name).queueStats;
+    const redis = connectTo(connectionForChild());
+    cleanups.push(() => redis.quit());
+    // fails once, then succeeds on its second attempt: not a failed job
+    fake.setFault({ kind: 'error', status: 503, count: 1 });
+    const flaky = await queue.add(chat('flaky'));
+    expect((await queue.wait(flaky.id, 15_000)).attempts).toBe(2);
+    // fails both of its attempts: one failed job
+    fake.setFault({ kind: 'error', status: 503, count: 2 });
+    const lost = await queue.add({ ...chat('lost'), attempts: 2 });
+    await expect(queue.wait(lost.id, 15_000)).rejects.toThrow(/503|server/i);
+    await expect.poll(() => redis.hget(stats, 'failed'), { timeout: 5000 }).toBe('1');
+    expect(await redis.hget(stats, 'completed')).toBe('1');
   });
 
   it('no key free: the job waits for the time the pool names, spending no attempt; a deadline that passes fails it', async () => {
