@@ -7,8 +7,10 @@
   ARGV[1] token id  ARGV[2] reservation ('' = none held in Redis: admitted by a process while
   Redis was down; only the cost and the request are recorded)  ARGV[3] real cost, nano-dollars
   ARGV[4] '1' = give the request back (not counted), else '0'
-  Reply: {1} or {0, 'unknown_token'} or {0, 'unknown_reservation'} (it expired and the reaper
-  charged its estimate, or it was settled before: nothing is done, so nothing is counted twice)
+  Reply: {1} or {0, 'unknown_token'} or {0, 'unknown_reservation'} (settled before: nothing is
+  done, so nothing is counted twice). A reservation the reaper charged (its request outlived
+  reservationTimeoutMs) settles once more from its tombstone: the estimate the reaper charged is
+  replaced by the real cost and the request is counted.
 ]]
 --- @include "common"
 --- @include "tokens"
@@ -26,12 +28,19 @@ if reservation ~= '' then
   -- before the reaper: a reservation past its expiry but still there settles normally
   if redis.call('ZREM', resKey, reservation) == 0 then
     reapReservations(resKey, stKey, now, 8)
-    return { 0, 'unknown_reservation' }
+    if redis.call('ZREM', resKey, 'reaped:' .. reservation) == 0 then return { 0, 'unknown_reservation' } end
+    -- reaped while its request ran: the reaper spent the estimate and freed the reservation
+    st = loadState(stKey, id)
+    rollBudget(st, now)
+    st.sp = math.max(0, st.sp - rcost)
+  else
+    held = rcost
+    rollBudget(st, now)
   end
-  held = rcost
+else
+  rollBudget(st, now)
 end
 
-rollBudget(st, now)
 st.rs = math.max(0, st.rs - held)
 st.sp = st.sp + cost
 st.lu = now

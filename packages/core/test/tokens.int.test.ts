@@ -279,18 +279,30 @@ describe('gateway tokens: admit and settle', () => {
     let s = (await t.get(info.id))!;
     expect(s.spendUsd).toBeCloseTo(0.8, 12);
     expect(s.reservedUsd).toBeCloseTo(0.2, 12);
-    expect(await tp.redis.zcard(keys.tokRes)).toBe(1);
-    // the process that held `a` settles late: nothing more is charged
+    // the live reservation, and a tombstone of each reaped one (kept a day for a late settle)
+    const members = await tp.redis.zrange(keys.tokRes, '0', '-1');
+    expect(members).toContain(`reaped:${a.reservation}`);
+    expect(members.filter((m) => m.startsWith('reaped:'))).toHaveLength(2);
+    expect(members.filter((m) => !m.startsWith('reaped:'))).toHaveLength(1);
+    // the request of `a` was still running (a long stream) and ends now: its real cost replaces the
+    // estimate the reaper charged, and it counts as a request, once
     await t.settle(a.id, a.reservation, 0.1);
     s = (await t.get(info.id))!;
-    expect(s.spendUsd).toBeCloseTo(0.8, 12);
-    expect(s.requests).toBe(0);
+    expect(s.spendUsd).toBeCloseTo(0.5, 12);
+    expect(s.requests).toBe(1);
+    // a second settle of the same reservation changes nothing
+    await t.settle(a.id, a.reservation, 0.1);
+    s = (await t.get(info.id))!;
+    expect(s.spendUsd).toBeCloseTo(0.5, 12);
+    expect(s.requests).toBe(1);
     await sleep(1100);
     // get reaps too
     s = (await t.get(info.id))!;
-    expect(s.spendUsd).toBeCloseTo(1, 12);
+    expect(s.spendUsd).toBeCloseTo(0.7, 12);
     expect(s.reservedUsd).toBe(0);
-    expect(await tp.redis.zcard(keys.tokRes)).toBe(0);
+    // only tombstones are left: the other reaped one, and the 0.2 reaped now
+    expect((await tp.redis.zrange(keys.tokRes, '0', '-1')).every((m) => m.startsWith('reaped:'))).toBe(true);
+    expect(await tp.redis.zcard(keys.tokRes)).toBe(2);
   });
 
   it('refundRequest gives the request back (once) and does not count it', async () => {

@@ -14,8 +14,14 @@
               seq                   reservations made so far (numbers the next one)
               n, lu, ca, rv         requests settled, last used, created, revoked at (ms, 0 = never)
     tok:res zset  reservation -> expiry (ms). A reservation says what it holds,
-            "<tokenId>:<seq>:<nano-dollars>", so settle and the reaper need no lookup.
+            "<tokenId>:<seq>:<nano-dollars>", so settle and the reaper need no lookup. A reservation
+            the reaper charged leaves "reaped:<reservation>" for a day, so that the request it was for,
+            when it ends after all (a stream longer than reservationTimeoutMs), is still settled at its
+            real cost, once.
 ]]
+
+-- how long the tombstone of a reaped reservation waits for its late settle (ms)
+local REAPED_KEEP_MS = 86400000
 
 -- "<tokenId>:<seq>:<nano-dollars>" -> tokenId, cost
 local function parseReservation(member)
@@ -43,7 +49,9 @@ local function reapReservations(resKey, stKey, now, limit)
       st.rs = math.max(0, st.rs - cost)
       st.sp = st.sp + cost
       saveState(stKey, id, st)
+      redis.call('ZADD', resKey, math.floor(now + REAPED_KEEP_MS), 'reaped:' .. member)
     end
+    -- a tombstone whose day is over (no late settle came) just goes
     redis.call('ZREM', resKey, member)
   end
 end
