@@ -14,6 +14,9 @@ export const KeySpecSchema = z
     provider: z.string().min(1).default('openai').describe('Provider name, for status and metrics (openai, deepseek, groq...).'),
     baseURL: z
       .url()
+      .refine((u) => !URL.canParse(u) || /^https?:$/.test(new URL(u).protocol), 'must be an http:// or https:// URL')
+      // a URL's user info would be stored in Redis and shown in status: credentials belong in the secret
+      .refine((u) => !URL.canParse(u) || (!new URL(u).username && !new URL(u).password), 'must not hold a user name or password (they would show in status): put credentials in the secret')
       .default(DEFAULT_BASE_URL)
       .describe(
         'Base URL of the OpenAI-compatible API this key is for. Part of the key: its id covers it (the same secret for another base URL is another key), and only the config or secret source sets it, never Redis or the admin API.',
@@ -98,7 +101,7 @@ export const PoolConfigSchema = z
       .int()
       .min(1000)
       .default(600_000)
-      .describe("A gateway token's reservation not settled by then (its gateway died) is charged its estimate. Longer than any request the gateway lets run."),
+      .describe("A gateway token's reservation not settled by then (its gateway died, or its request is a stream still running) is charged its estimate; a request that ends later is still settled at its real cost, once (within a day)."),
     concurrencyRecheckMs: z
       .number()
       .int()

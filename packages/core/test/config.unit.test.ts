@@ -156,6 +156,20 @@ describe('parsePoolConfig errors (the message the user reads)', () => {
     expect(e.issues[0]!.message).toBe('must be an origin: scheme://host[:port], no path (e.g. https://api.openai.com)');
   });
 
+  it('a key baseURL is http(s) and holds no user name or password (it is shown in status and stored in Redis)', () => {
+    const e = errorOf({
+      keys: [
+        { secret: S1, models: ['m'], baseURL: 'https://proxyuser:hunter2-pass@proxy.example/v1' },
+        { secret: S2, models: ['m'], baseURL: 'file:///etc/passwd' },
+      ],
+    });
+    expect(e.issues).toEqual([
+      { path: 'keys[0].baseURL', message: 'must not hold a user name or password (they would show in status): put credentials in the secret' },
+      { path: 'keys[1].baseURL', message: 'must be an http:// or https:// URL' },
+    ]);
+    expect(e.message).not.toContain('hunter2');
+  });
+
   it('rejects a bad pool name, saying which characters are allowed', () => {
     expect(errorOf({ pool: 'my pool!' }).message).toBe(
       'invalid keypool config (1 problem):\n  - pool: use 1-64 letters, digits, "_", "." or "-"',
