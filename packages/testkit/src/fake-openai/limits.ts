@@ -18,10 +18,12 @@
  *   deployment answers `x-ratelimit-limit-requests: 20`, "the per-second request limit" of a 10 s
  *   window's 20); `-remaining-*` is what is left in the window ending now, `-reset-*` the time until
  *   the window is empty.
- * - `bucket`: a continuously refilled token bucket with a small burst, as other providers document
- *   (Anthropic, https://docs.anthropic.com/en/api/rate-limits: "we use the token bucket algorithm
- *   ... your capacity is continuously replenished up to your maximum limit"): capacity limit x
- *   burstSeconds / 60 (at least 1), refill limit/60 per second. `-limit-*` is the per-minute limit.
+ * - `bucket`: a continuously refilled token bucket with a small burst, as other providers document:
+ *   Anthropic's rate-limit page (https://docs.anthropic.com/en/api/rate-limits) describes the token
+ *   bucket algorithm, capacity replenished continuously up to the limit rather than reset each
+ *   minute (paraphrased; the page itself was not in our reference store, secondary sources agree):
+ *   capacity limit x burstSeconds / 60 (at least 1), refill limit/60 per second. `-limit-*` is the
+ *   per-minute limit.
  *
  * What a 429 carries is decided in ./server.ts (see {@link retryHeaders}).
  */
