@@ -1,16 +1,24 @@
 --[[
   Pick a usable key for a model and take, atomically: one request token, the estimated tokens,
-  a concurrency slot with a deadline, and the estimated cost from the budget.
+  a concurrency slot with a deadline, and the estimated cost from the budget. When no key can take
+  the request now, reserve the earliest admission the pool can give within the caller's wait
+  ("start at T": the request's place in the key's rate windows or bucket is taken now, so callers
+  are served first come, first served fleet-wide, with no second call).
 
-  KEYS (4 + 2 per group, so the caller passes numkeys and the file name has no count):
-  KEYS[1] cfg  KEYS[2] st  KEYS[3] leases (zset lease -> deadline)  KEYS[4] meta; then two per key
-  group that serves the model: KEYS[3+2i] avail set, KEYS[4+2i] wait zset
+  KEYS (5 + 2 per group, so the caller passes numkeys and the file name has no count):
+  KEYS[1] cfg  KEYS[2] st  KEYS[3] leases (zset lease -> deadline)  KEYS[4] meta  KEYS[5] win (the
+  enforcement windows' log, see includes/window.lua); then two per key group that serves the model:
+  KEYS[4+2i] avail set, KEYS[5+2i] wait zset
   ARGV[1] estimated tokens  ARGV[2] estimated cost (nano-dollars)  ARGV[3] lease timeout ms
   ARGV[4] concurrency recheck ms  ARGV[5] random number in [0,1) for the final choice
   ARGV[6] excluded key ids, comma-separated  ARGV[7] candidates per round (power of k choices)
   ARGV[8] random seed (used only when the model is served by several groups)
-  Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1}
+  ARGV[9] the longest the caller will wait for a reservation, ms (0: now or not at all)
+  ARGV[10] window margin ms (added to every enforcement window)
+  Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs}
       or {0, reason, retryAfterMs (-1: not by waiting), version}
+  startInMs: 0 now; else the caller starts its request that much later (or gives the lease back
+  unused, which frees its place for the next caller).
 
   Cost does not grow with the pool: blocked keys are moved out of the avail set into the wait zset
   scored by the time they become usable, and come back when that time passes (or on release).
@@ -18,7 +26,7 @@
 ]]
 --- @include "common"
 
-local cfgKey, stKey, leasesKey, metaKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cfgKey, stKey, leasesKey, metaKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local est = tonumber(ARGV[1])
 local estCost = tonumber(ARGV[2])
 local recheckMs = tonumber(ARGV[4])
@@ -27,11 +35,14 @@ if ARGV[6] ~= '' then
   for id in string.gmatch(ARGV[6], '[^,]+') do excluded[id] = true end
 end
 local k = tonumber(ARGV[7])
+local maxWait = tonumber(ARGV[9])
+local margin = tonumber(ARGV[10])
 local now = nowMs()
 
-local ngroups = (#KEYS - 4) / 2
-local function avail(i) return KEYS[3 + 2 * i] end
-local function waitz(i) return KEYS[4 + 2 * i] end
+local ngroups = (#KEYS - 5) / 2
+local function avail(i) return KEYS[4 + 2 * i] end
+local function waitz(i) return KEYS[5 + 2 * i] end
+local RESERVABLE = { rate_limited = true, cooling = true }
 
 -- 1. Give back the slots of a few leases whose holder never released them (process killed).
 -- Arguments to redis.call are strings made once: converting a Lua number costs more than most of
@@ -94,6 +105,12 @@ local function sample(n)
 end
 
 local seen, usable, nseen = {}, {}, 0
+local reserve = nil -- the earliest reservation among the keys looked at: {id, st, t, slot, g}
+local function consider(id, st, g, t, slot)
+  if t - now <= maxWait and (reserve == nil or t < reserve.t) then
+    reserve = { id = id, st = st, t = t, slot = slot, g = g }
+  end
+end
 local budgetSkip = nil -- a key skipped because this request exceeds what is left of its budget: when that ends
 local rounds = 0
 -- Sample until k usable candidates are in hand (or none is left unexamined): a blocked candidate
@@ -119,9 +136,9 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
           sizes[g] = sizes[g] - 1
           total = total - 1
         else
-          local kind, untilMs, reason = evaluate(st, now, est, estCost, recheckMs)
+          local kind, untilMs, reason, slot = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
           if kind == 'ok' then
-            usable[#usable + 1] = { id = id, st = st, s = score(st) }
+            usable[#usable + 1] = { id = id, st = st, s = score(st), g = g, t = now, slot = slot }
           elseif kind == 'skip' then
             nseen = nseen + 1
             if reason == 'budget' then
@@ -140,6 +157,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
             redis.call('ZADD', waitz(g), kind == 'wait' and math.ceil(untilMs) or PARKED, id)
             st.wr = reason
             saveState(stKey, id, st)
+            if kind == 'wait' and RESERVABLE[reason] then consider(id, st, g, untilMs, slot) end
           end
         end
       end
@@ -150,6 +168,31 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
 end
 
 local version = tonumber(redis.call('HGET', metaKey, 'v') or '0')
+
+if #usable == 0 and maxWait > 0 then
+  -- the keys that become usable first may take a reservation (their wait-set score is when they
+  -- were last judged free: look again at the first few of each group)
+  for i = 1, ngroups do
+    local head = redis.call('ZRANGEBYSCORE', waitz(i), '-inf', tostring(math.floor(now + maxWait)), 'LIMIT', '0', '4')
+    for _, id in ipairs(head) do
+      if not seen[id] and not excluded[id] then
+        seen[id] = true
+        local st = loadState(stKey, id)
+        if st then
+          local kind, untilMs, reason, slot = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
+          if kind == 'ok' then
+            consider(id, st, i, now, slot)
+          elseif kind == 'wait' and RESERVABLE[reason] then
+            consider(id, st, i, untilMs, slot)
+          end
+        end
+      end
+    end
+  end
+  if reserve then
+    usable[1] = { id = reserve.id, st = reserve.st, s = 1, g = reserve.g, t = reserve.t, slot = reserve.slot }
+  end
+end
 
 if #usable == 0 then
   if total > nseen then
@@ -195,20 +238,41 @@ if #usable > 1 then
   end
 end
 
-local st, id = chosen.st, chosen.id
-local lease = redis.call('HINCRBY', metaKey, 'seq', 1) .. ':' .. id .. ':' .. ARGV[1] .. ':' .. ARGV[2]
-local deadline = math.ceil(now + tonumber(ARGV[3]))
+local st, id, start = chosen.st, chosen.id, chosen.t
+local seq = redis.call('HINCRBY', metaKey, 'seq', 1)
+local slot = seq
+if chosen.slot then
+  -- a reservation given back: this request takes its place in the windows as it is
+  slot = st.fs[chosen.slot][3]
+  start = st.fs[chosen.slot][1]
+  table.remove(st.fs, chosen.slot)
+elseif st.rw > 0 or st.tw > 0 then
+  windowAdmit(winKey, st, id, est, start, slot)
+end
+local lease = seq .. ':' .. id .. ':' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
+  .. string.format('%.0f', math.floor(start * 1000 + 0.5)) .. ':' .. slot
+local deadline = math.ceil(start + tonumber(ARGV[3]))
 local probe = 0
 if st.br == 'open' or (st.br == 'half_open' and (st.bp == '' or st.bd <= now)) then
   st.br, st.bp, st.bd = 'half_open', lease, deadline
   probe = 1
 end
-if st.rpm > 0 then st.rt = st.rt - 1 end
-if st.tpm > 0 then st.tt = st.tt - est end
+if st.erpm > 0 and st.rw <= 0 then st.rt = st.rt - 1 end
+if st.etpm > 0 and st.tw <= 0 then st.tt = st.tt - est end
 st.inf = st.inf + 1
 st.rs = st.rs + estCost
-st.wr = ''
+if start > now then
+  -- reserved: the key waits until its next admission is possible (judged again when that comes)
+  local kind, untilMs, reason = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
+  if kind == 'wait' then
+    redis.call('SREM', avail(chosen.g), id)
+    redis.call('ZADD', waitz(chosen.g), math.ceil(untilMs), id)
+    st.wr = reason
+  end
+else
+  st.wr = ''
+end
 saveState(stKey, id, st)
 redis.call('ZADD', leasesKey, deadline, lease)
 local nowWhole, nowMicros = timeReply(now)
-return { 1, id, lease, deadline, nowWhole, nowMicros, version, probe }
+return { 1, id, lease, deadline, nowWhole, nowMicros, version, probe, math.max(0, math.ceil(start - now)) }

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { PoolConfig } from './config.js';
+import { NO_RATE_LIMIT_HEADERS, type RateLimitHeaders } from './headers.js';
 import { InvalidArgumentError, KeyNotFoundError, RequestTooLargeError, type KeyPoolError } from './errors.js';
 import type { OutcomeClass } from './outcome.js';
 import type { PoolKeys } from './pool-keys.js';
@@ -108,6 +109,8 @@ export type AcquireReply =
       at: number;
       version: number;
       probe: boolean;
+      /** 0: start now; else a reservation: start the request this many ms after `at`. */
+      startInMs: number;
     }
   | { ok: false; reason: AcquireRefusal; retryAfterMs: number | null; version: number };
 
@@ -208,6 +211,11 @@ async function following<R extends { ok: boolean }>(group: string, call: (group:
 
 /** KEYS of acquire for a model served by `groups` (sorted): built once per topology. */
 export function acquireKeys(k: PoolKeys, groups: readonly string[]): string[] {
+  return [k.cfg, k.st, k.leases, k.meta, k.win, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
+}
+
+/** KEYS of housekeep for `groups` (sorted). */
+function housekeepKeys(k: PoolKeys, groups: readonly string[]): string[] {
   return [k.cfg, k.st, k.leases, k.meta, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
 }
 
@@ -221,7 +229,7 @@ export class PoolCommands {
   constructor(
     private readonly link: CommandLink,
     private readonly k: PoolKeys,
-    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates'>,
+    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates' | 'limits'>,
   ) {
     const b = config.breaker;
     const h = config.health;
@@ -258,8 +266,11 @@ export class PoolCommands {
     return { jobs: Object.entries(jobs).map(([name, raw]) => [name, JSON.parse(raw) as ScheduleRecord]), runs };
   }
 
-  /** acquire.lua: take a key for a request of `tokens` tokens costing `costNanos`. */
-  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string): Promise<AcquireReply> {
+  /**
+   * acquire.lua: take a key for a request of `tokens` tokens costing `costNanos`, or reserve the
+   * earliest admission within `maxWaitMs` (0: now or not at all).
+   */
+  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs = 0): Promise<AcquireReply> {
     const c = this.config;
     const r = (await this.link.script('acquire', scriptKeys, [
       tokens,
@@ -270,28 +281,35 @@ export class PoolCommands {
       excluded,
       c.candidates,
       Math.floor(Math.random() * 2 ** 31),
-    ])) as [1, string, string, number, number, number, number, number] | [0, AcquireRefusal, number, number];
+      Math.max(0, Math.floor(maxWaitMs)),
+      c.limits.windowMarginMs,
+    ])) as [1, string, string, number, number, number, number, number, number] | [0, AcquireRefusal, number, number];
     if (r[0] === 0) return { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), version: r[3] };
-    return { ok: true, keyId: r[1], leaseId: r[2], deadline: r[3], at: r[4] + r[5] / 1000, version: r[6], probe: r[7] === 1 };
+    return { ok: true, keyId: r[1], leaseId: r[2], deadline: r[3], at: r[4] + r[5] / 1000, version: r[6], probe: r[7] === 1, startInMs: r[8] };
   }
 
   /**
-   * release-7.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
-   * stands; coolMs: -1 the default). Follows the key to its new group; `onMove` hears of each move.
+   * release-8.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
+   * stands; coolMs: -1 the default) and the provider's rate-limit headers (learning). Follows the
+   * key to its new group; `onMove` hears of each move.
    */
   release(
     group: string,
-    a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string },
+    a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string; limits?: RateLimitHeaders },
     onMove?: () => void,
   ): Promise<ReleaseReply> {
     const k = this.k;
+    const h = a.limits ?? NO_RATE_LIMIT_HEADERS;
     return following(
       group,
       async (g) => {
         const r = (await this.link.script(
           'release',
-          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend],
-          [a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, ...this.breakerHealth, this.config.cooling.defaultMs, g, a.model, a.route],
+          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend, k.win],
+          [
+            a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, ...this.breakerHealth, this.config.cooling.defaultMs, g, a.model, a.route,
+            h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.config.limits.learn ? 1 : 0,
+          ],
         )) as [1, string, string, string, number, number] | [0, 'unknown_lease' | 'removed'] | [0, 'moved', string];
         if (r[0] === 1) return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000 };
         return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2]! } : { ok: false, reason: r[1] };
@@ -356,7 +374,7 @@ export class PoolCommands {
   /** housekeep.lua: upkeep of every key of `groups` (sorted). */
   async housekeep(groups: readonly string[]): Promise<HousekeepReply> {
     const h = this.config.health;
-    const r = (await this.link.script('housekeep', acquireKeys(this.k, groups), [
+    const r = (await this.link.script('housekeep', housekeepKeys(this.k, groups), [
       groups.join(','), h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
     ])) as [number, string[], number];
     const periodsStarted = r[1].map((line) => {

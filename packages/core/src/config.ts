@@ -22,8 +22,28 @@ export const KeySpecSchema = z
         'Base URL of the OpenAI-compatible API this key is for. Part of the key: its id covers it (the same secret for another base URL is another key), and only the config or secret source sets it, never Redis or the admin API.',
       ),
     models: z.array(z.string().min(1)).min(1, 'list at least one model this key may serve').describe('Models this key may serve.'),
-    rpm: z.number().int().nonnegative().default(0).describe('Requests per minute (token-bucket rate). 0 = no limit.'),
+    rpm: z.number().int().nonnegative().default(0).describe('Requests per minute. 0 = no limit (or the one learnt from the provider\'s headers).'),
     tpm: z.number().int().nonnegative().default(0).describe('Tokens per minute (prompt + completion). 0 = no limit.'),
+    window: z
+      .number()
+      .min(0)
+      .max(60)
+      .optional()
+      .describe(
+        'Seconds over which the provider enforces rpm (its quantization): at most rpm x window / 60 requests are admitted in any rolling window of that many seconds (plus limits.windowMarginMs), and a whole window\'s quota may go at once. 0 = a token bucket refilled continuously (rpmBurst). Default: 1 for provider openai or azure (both document 1 s enforcement), 0 otherwise, and 0 when rpmBurst is set.',
+      ),
+    tokenWindow: z
+      .number()
+      .min(0)
+      .max(60)
+      .default(0)
+      .describe('Seconds over which the provider enforces tpm, like window for requests (a request larger than tpm x tokenWindow / 60 is refused). 0 = a token bucket (tpmBurst).'),
+    limitHeaders: z
+      .enum(['minute', 'window'])
+      .optional()
+      .describe(
+        'What the provider\'s x-ratelimit-limit-* headers count: minute (OpenAI: the per-minute limit) or window (Azure: the per-window figure, 10 for 600 RPM over 1 s). Default: window for provider azure, minute otherwise.',
+      ),
     rpmBurst: RPM_BURST,
     tpmBurst: z
       .number()
@@ -133,6 +153,24 @@ export const PoolConfigSchema = z
         maxMs: z.number().int().min(1).default(600_000).describe('Upper bound on any cooling asked for by a provider (a Retry-After included).'),
       })
       .prefault({}),
+    limits: z
+      .object({
+        windowMarginMs: z
+          .number()
+          .int()
+          .min(0)
+          .max(1000)
+          .default(20)
+          .describe('Added to every enforcement window (window, tokenWindow): the skew between admission here and arrival at the provider.'),
+        learn: z
+          .boolean()
+          .default(true)
+          .describe(
+            "Learn each key's effective limits from the provider's x-ratelimit-* headers and its 429s (never above the configured limits; a key with no rpm/tpm learns them).",
+          ),
+      })
+      .prefault({})
+      .describe('How keys\' rate limits are enforced and learnt.'),
     redisDown: z
       .object({
         policy: z
@@ -163,6 +201,12 @@ export const PoolConfigSchema = z
       }
       if (k.rpmBurst !== undefined && k.rpm === 0) {
         ctx.addIssue({ code: 'custom', path: ['keys', i, 'rpmBurst'], message: 'rpmBurst needs rpm' });
+      }
+      if (k.rpmBurst !== undefined && k.window !== undefined && k.window > 0) {
+        ctx.addIssue({ code: 'custom', path: ['keys', i, 'rpmBurst'], message: 'rpmBurst is the bucket of window: 0; with a window the burst is the window\'s quota (remove one of them)' });
+      }
+      if (k.tokenWindow > 0 && k.tpm > 0 && Math.floor((k.tpm * k.tokenWindow) / 60) < 1) {
+        ctx.addIssue({ code: 'custom', path: ['keys', i, 'tokenWindow'], message: `tpm ${k.tpm} over ${k.tokenWindow} s is less than one token: use a longer tokenWindow or 0` });
       }
     });
   });
@@ -228,6 +272,13 @@ export function parseKeySettings(input: unknown): Omit<KeySpec, 'secret'> {
   const r = KeySpecSchema.omit({ secret: true }).safeParse(input);
   if (!r.success) throw new ConfigError(toIssues(r.error, 'key'), 'key');
   return r.data;
+}
+
+/** Enforcement windows of a key, ms (0: token bucket), and what its provider's limit headers count. */
+export function windowsOf(k: Pick<KeySpec, 'provider' | 'window' | 'tokenWindow' | 'rpmBurst' | 'limitHeaders'>): { rw: number; tw: number; lh: 'minute' | 'window' } {
+  const quantized = k.provider === 'openai' || k.provider === 'azure';
+  const window = k.window ?? (k.rpmBurst !== undefined ? 0 : quantized ? 1 : 0);
+  return { rw: Math.round(window * 1000), tw: Math.round(k.tokenWindow * 1000), lh: k.limitHeaders ?? (k.provider === 'azure' ? 'window' : 'minute') };
 }
 
 /** Bucket sizes actually used for a key (see rpmBurst / tpmBurst). */

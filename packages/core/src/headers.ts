@@ -91,3 +91,34 @@ export function coolingMs(headers: HeadersLike | undefined, cooling: { defaultMs
   if (!hint) return Math.min(cooling.maxMs, cooling.defaultMs);
   return Math.min(cooling.maxMs, hint.from === 'reset' ? Math.min(cooling.defaultMs, hint.ms) : hint.ms);
 }
+
+/**
+ * The provider's rate-limit headers as release passes them to Redis (learning, see
+ * lua/includes/learn.lua): `x-ratelimit-limit-requests`, `-remaining-requests`, `-limit-tokens`,
+ * `-remaining-tokens`; -1 where a header is absent or not a number >= 0.
+ */
+export interface RateLimitHeaders {
+  limitRequests: number;
+  remainingRequests: number;
+  limitTokens: number;
+  remainingTokens: number;
+}
+
+export const NO_RATE_LIMIT_HEADERS: RateLimitHeaders = Object.freeze({ limitRequests: -1, remainingRequests: -1, limitTokens: -1, remainingTokens: -1 });
+
+function count(headers: HeadersLike, name: string): number {
+  const v = headerValue(headers, name)?.trim();
+  if (!v || !/^\d+(\.\d+)?$/.test(v)) return -1;
+  return Math.floor(Number(v));
+}
+
+/** Read the rate-limit headers of an answer (all -1 without headers). */
+export function rateLimitHeaders(headers: HeadersLike | undefined): RateLimitHeaders {
+  if (!headers) return NO_RATE_LIMIT_HEADERS;
+  return {
+    limitRequests: count(headers, 'x-ratelimit-limit-requests'),
+    remainingRequests: count(headers, 'x-ratelimit-remaining-requests'),
+    limitTokens: count(headers, 'x-ratelimit-limit-tokens'),
+    remainingTokens: count(headers, 'x-ratelimit-remaining-tokens'),
+  };
+}

@@ -5,6 +5,8 @@ export class PoolKeys {
   readonly leases: string;
   readonly meta: string;
   readonly spend: string;
+  /** Enforcement windows: every windowed key's admissions, ordered by member (lua/includes/window.lua). */
+  readonly win: string;
   /** Gateway tokens: sha256 hex -> settings JSON (see lua/includes/tokens.lua). */
   readonly tok: string;
   /** Gateway token id -> sha256 hex. */
@@ -32,6 +34,7 @@ export class PoolKeys {
     this.leases = `${this.prefix}leases`;
     this.meta = `${this.prefix}meta`;
     this.spend = `${this.prefix}spend`;
+    this.win = `${this.prefix}win`;
     this.tok = `${this.prefix}tok`;
     this.tokId = `${this.prefix}tok:id`;
     this.tokSt = `${this.prefix}tok:st`;

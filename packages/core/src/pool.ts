@@ -5,7 +5,7 @@ import { systemClock, type Clock } from './clock.js';
 import { PoolCommands, REFUSAL_WARNINGS, refusalError, type AcquireReply } from './commands.js';
 import { parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
 import { InvalidArgumentError, isRedisUnavailable } from './errors.js';
-import { coolingMs } from './headers.js';
+import { coolingMs, rateLimitHeaders, type RateLimitHeaders } from './headers.js';
 import { startHeartbeat } from './heartbeat.js';
 import { KeyAdmin, type HeldKey, type KeyChange } from './key-admin.js';
 import type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseResult } from './lease.js';
@@ -73,6 +73,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   private readonly admin: KeyAdmin;
   private readonly upkeep: Upkeep;
   private readonly unpricedWarned = new Set<string>();
+  /** Reservations just granted: how long until their start (acquire sleeps that long). */
+  private readonly startsIn = new WeakMap<Lease, number>();
 
   private constructor(client: Redis | Cluster, ownsClient: boolean, config: PoolConfig, logger: Logger, clock: Clock) {
     super();
@@ -151,9 +153,14 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const deadline = this.clock.now() + (req.maxWaitMs ?? 0);
     req.signal?.throwIfAborted();
     for (let busy = 0; ; ) {
-      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude);
+      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()));
       if (r.ok) {
         if (req.route !== undefined) r.route = req.route;
+        const startIn = this.startsIn.get(r);
+        if (startIn !== undefined) {
+          this.startsIn.delete(r);
+          await this.untilStart(r, startIn, req.signal);
+        }
         return r;
       }
       if (r.reason === 'busy' && busy++ < 50) continue;
@@ -170,7 +177,20 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     }
   }
 
-  private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>): Promise<Lease | Exhausted | Busy> {
+  /**
+   * Sleep until a reserved lease's start. A caller that gives up meanwhile (its signal aborts)
+   * hands the lease back unused, which frees its place for the next caller, then sees the abort.
+   */
+  private async untilStart(lease: Lease, ms: number, signal: AbortSignal | undefined): Promise<void> {
+    try {
+      await this.clock.sleep(ms, signal);
+    } catch (e) {
+      await lease.release({ error: 'unused' }).catch((err: unknown) => this.log.warn({ keyId: lease.keyId, err: (err as Error).message }, 'could not give back a reservation'));
+      throw signal?.aborted ? signal.reason : e;
+    }
+  }
+
+  private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>, maxWaitMs: number): Promise<Lease | Exhausted | Busy> {
     const entry = await this.topology.serving(model, est);
     if (this.link.stayLocal()) return this.acquireLocal(model, est, exclude);
     // keys this process holds no secret for (another process's rollout) are not ours to lease
@@ -178,7 +198,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     if (entry.foreign) excluded = excluded ? `${excluded},${entry.foreign}` : entry.foreign;
     let reply: AcquireReply;
     try {
-      reply = await this.cmd.acquire(entry.scriptKeys, est, estCost, excluded);
+      reply = await this.cmd.acquire(entry.scriptKeys, est, estCost, excluded, maxWaitMs);
     } catch (e) {
       if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, exclude);
       throw e;
@@ -199,7 +219,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       exclude.add(keyId);
       return { ok: false, reason: 'busy', retryAfterMs: 0 };
     }
-    return this.makeLease(rec, held, leaseId, model, est, estCost, at, at + this.config.leaseTimeoutMs, reply.probe, false);
+    // a reservation starts later: the lease's time is its start (acquire sleeps until then)
+    const start = at + reply.startInMs;
+    const lease = this.makeLease(rec, held, leaseId, model, est, estCost, start, start + this.config.leaseTimeoutMs, reply.probe, false);
+    if (reply.startInMs > 0) this.startsIn.set(lease, reply.startInMs);
+    return lease;
   }
 
   private acquireLocal(model: string, est: number, exclude: Set<string>): Lease | Exhausted {
@@ -266,7 +290,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       this.local.release(rec, cls, lease.estimatedTokens, real ? realTotal : null, coolMs >= 0 ? coolMs : this.config.cooling.defaultMs);
       return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd };
     }
-    return { ...(await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs)), costUsd };
+    const limits = cls === 'ok' || cls === 'client_error' || cls === 'rate_limited' ? rateLimitHeaders(outcome.headers) : undefined;
+    return { ...(await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits)), costUsd };
   }
 
   private async extend(lease: Lease, ms: number): Promise<boolean> {
@@ -281,8 +306,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return true;
   }
 
-  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number): Promise<ReleaseResult> {
-    const args = { leaseId, outcome: cls, latencyMs: latency, tokens, costNanos: cost, coolMs, model, route };
+  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number, limits?: RateLimitHeaders): Promise<ReleaseResult> {
+    const args = { leaseId, outcome: cls, latencyMs: latency, tokens, costNanos: cost, coolMs, model, route, ...(limits ? { limits } : {}) };
     // the key's models changed under us: its candidate sets are another group's now
     const reply = await this.cmd.release(rec.g, args, () => void this.topology.refresh().catch(() => undefined));
     if (!reply.ok) {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { burstsOf, type KeySpec } from './config.js';
+import { burstsOf, windowsOf, type KeySpec } from './config.js';
 import { hintOf, keyIdOf } from './fingerprint.js';
 import { NANOS_PER_USD } from './pricing.js';
 
@@ -40,6 +40,15 @@ export interface KeyRecord {
   /** what TPM counts: 'estimate' (no refund of unused tokens) or 'usage' */
   tc: 'estimate' | 'usage';
   tpmCounts?: 'estimate' | 'usage';
+  window?: number;
+  tokenWindow?: number;
+  limitHeaders?: 'minute' | 'window';
+  /** request enforcement window ms (0: token bucket) */
+  rw: number;
+  /** token enforcement window ms (0: token bucket) */
+  tw: number;
+  /** what the provider's limit headers count: per minute or per window */
+  lh: 'minute' | 'window';
 }
 
 /** The group of a model list: keys with the same models share one avail set and one wait zset. */
@@ -53,6 +62,7 @@ export type KeySettings = Omit<KeySpec, 'secret'>;
 /** Build the record of a key from its settings; `id`/`hint` come from the secret. */
 export function toRecord(id: string, hint: string, s: KeySettings): KeyRecord {
   const { rb, tb } = burstsOf(s);
+  const { rw, tw, lh } = windowsOf({ ...s, tokenWindow: s.tokenWindow ?? 0 });
   const models = [...new Set(s.models)].sort();
   const rec: KeyRecord = {
     id,
@@ -77,6 +87,12 @@ export function toRecord(id: string, hint: string, s: KeySettings): KeyRecord {
     g: groupOf(models),
     ...(s.tpmCounts !== undefined ? { tpmCounts: s.tpmCounts } : {}),
     tc: s.tpmCounts ?? (s.provider === 'openai' || s.provider === 'azure' ? 'estimate' : 'usage'),
+    ...(s.window !== undefined ? { window: s.window } : {}),
+    ...(s.tokenWindow ? { tokenWindow: s.tokenWindow } : {}),
+    ...(s.limitHeaders !== undefined ? { limitHeaders: s.limitHeaders } : {}),
+    rw,
+    tw,
+    lh,
   };
   return rec;
 }
@@ -102,6 +118,9 @@ export function settingsOf(r: KeyRecord): KeySettings {
     ...(r.budget ? { budget: r.budget } : {}),
     weight: r.weight,
     ...(r.tpmCounts !== undefined ? { tpmCounts: r.tpmCounts } : {}),
+    ...(r.window !== undefined ? { window: r.window } : {}),
+    tokenWindow: r.tokenWindow ?? 0,
+    ...(r.limitHeaders !== undefined ? { limitHeaders: r.limitHeaders } : {}),
   };
 }
 
@@ -116,6 +135,8 @@ export function limitsOf(r: KeyRecord) {
     budgetUsd: r.bud >= 0 ? r.bud / NANOS_PER_USD : null,
     budgetPeriod: r.bud >= 0 ? r.per : null,
     weight: r.w,
+    windowSeconds: (r.rw ?? 0) / 1000,
+    tokenWindowSeconds: (r.tw ?? 0) / 1000,
   };
 }
 

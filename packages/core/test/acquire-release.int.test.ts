@@ -31,8 +31,12 @@ describe('acquire and release', () => {
     // the lease is in the leases zset scored by its deadline, with a record of what it took
     // scores are whole milliseconds
     expect(Math.abs(Number(await redis.zscore(keys.leases, l.id)) - l.deadline)).toBeLessThan(1);
-    // the lease member itself says what it took: sequence, key, tokens, nano-dollars
-    expect(l.id).toBe(`${l.id.split(':')[0]}:${l.keyId}:500:${Math.round(l.estimatedCostUsd * 1e9)}`);
+    // the lease member itself says what it took: sequence, key, tokens, nano-dollars, its start
+    // (Redis time, us) and its place in the key's enforcement windows (a new one: its sequence)
+    const [seq, , , , startUs, slot] = l.id.split(':');
+    expect(l.id).toBe(`${seq}:${l.keyId}:500:${Math.round(l.estimatedCostUsd * 1e9)}:${startUs}:${seq}`);
+    expect(slot).toBe(seq);
+    expect(Math.abs(Number(startUs) / 1000 - l.acquiredAt)).toBeLessThan(1);
     // pool state has no TTL: it must outlive idle periods
     expect(await redis.pttl(keys.cfg)).toBe(-1);
     expect(await redis.pttl(keys.st)).toBe(-1);

@@ -44,6 +44,7 @@ describe('parsePoolConfig defaults', () => {
     expect(c.health.degradedScore).toBe(0.25);
     expect(c.cooling).toEqual({ defaultMs: 1000, maxMs: 600_000 });
     expect(c.redisDown).toEqual({ policy: 'fail-closed', fleetSize: 1, timeoutMs: 1000 });
+    expect(c.limits).toEqual({ windowMarginMs: 20, learn: true });
   });
 
   it('fills key defaults and keeps what was given', () => {
@@ -56,6 +57,7 @@ describe('parsePoolConfig defaults', () => {
       baseURL: 'https://api.openai.com/v1',
       rpm: 500,
       tpm: 0,
+      tokenWindow: 0,
       maxConcurrent: 0,
       weight: 1,
     });

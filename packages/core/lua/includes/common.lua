@@ -27,10 +27,16 @@ local function nowMs()
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
--- The limits the scripts enforce, from a key's settings (cfg JSON).
+-- The limits the scripts enforce, from a key's settings (cfg JSON). The effective limits (erpm,
+-- etpm: what acquire enforces, see release's learning) follow the configured ones while they equal
+-- them; a lower learnt one stays, capped by the new configured limit.
 local function applyLimits(st, cfg)
+  local oldRpm, oldTpm = st.rpm, st.tpm
   st.rpm, st.tpm, st.rb, st.tb, st.mc = cfg.rpm, cfg.tpm, cfg.rb, cfg.tb, cfg.mc
   st.bud, st.per, st.w, st.g, st.tc = cfg.bud, cfg.per, cfg.w, cfg.g, cfg.tc or 'usage'
+  st.rw, st.tw, st.lh = cfg.rw or 0, cfg.tw or 0, cfg.lh or 'minute'
+  if st.erpm == nil or st.erpm == oldRpm or (st.rpm > 0 and st.erpm > st.rpm) then st.erpm = st.rpm end
+  if st.etpm == nil or st.etpm == oldTpm or (st.tpm > 0 and st.etpm > st.tpm) then st.etpm = st.tpm end
 end
 
 -- Fresh state for a key that has never been used: full buckets, breaker closed.
@@ -47,6 +53,8 @@ local function newState(cfg, now, seq)
     sp = 0, rs = 0, pid = -1,         -- spend and reservations (nano-dollars), budget period id
     hs = 1, p50 = 0, p99 = 0, er = 0, deg = 0, -- health summary written by release
     wr = '',                          -- why the key sits in a wait set
+    wc = 0, wl = 0,                   -- enforcement windows: tokens so far, latest start (window.lua)
+    rl = -1, tl = -1, ld = 0, li = 0, -- reported limits (per minute), last lowered / raised (learn.lua)
   }
   applyLimits(st, cfg)
   return st
@@ -55,17 +63,30 @@ end
 local function loadState(stKey, id)
   local raw = redis.call('HGET', stKey, id)
   if not raw then return nil end
-  return cmsgpack.unpack(raw)
+  local st = cmsgpack.unpack(raw)
+  if st.erpm == nil and st.adm ~= nil then
+    -- a key's state written by a version without windows or learning (token states have neither)
+    st.erpm, st.etpm, st.rw, st.tw, st.lh = st.rpm, st.tpm, 0, 0, 'minute'
+    st.wc, st.wl, st.rl, st.tl, st.ld, st.li = 0, 0, -1, -1, 0, 0
+  end
+  return st
 end
 
 local function saveState(stKey, id, st)
   redis.call('HSET', stKey, id, cmsgpack.pack(st))
 end
 
--- "<seq>:<keyId>:<tokens>:<nano-dollars>" -> seq, keyId, tokens, cost
+-- "<seq>:<keyId>:<tokens>:<nano-dollars>:<start, us>:<window slot>" -> seq, keyId, tokens, cost,
+-- start ms, slot (a lease written before windows has neither: nil)
 local function parseLease(member)
-  local seq, id, t, c = string.match(member, '^(%d+):([^:]+):(%d+):(%d+)$')
-  return tonumber(seq), id, tonumber(t), tonumber(c)
+  local seq, id, t, c, rest = string.match(member, '^(%d+):([^:]+):(%d+):(%d+)(.*)$')
+  local start, slot = nil, nil
+  if rest and rest ~= '' then
+    local us, sl = string.match(rest, '^:(%d+):(%d+)$')
+    if not us then return nil end
+    start, slot = tonumber(us) / 1000, sl
+  end
+  return tonumber(seq), id, tonumber(t), tonumber(c), start, slot
 end
 
 -- Give back what an expired lease took (its holder never released it: process killed). Usage is
@@ -117,13 +138,28 @@ local function placeKey(st, id, availKey, waitKey, cooling, wake)
   end
 end
 
--- Refill the token buckets up to `now` (lazy token-bucket refill; a bucket may be negative after
--- usage that exceeded its estimate, which delays the next admissions: the debt is paid).
+-- Bucket sizes: the configured bursts, or for a limit learnt on a key configured without one, 2 s
+-- of requests and 10 s of tokens.
+local function reqCap(st)
+  if st.rb > 0 then return st.rb end
+  return math.max(1, math.ceil((st.erpm or st.rpm) / 30))
+end
+
+local function tokCap(st)
+  if st.tb > 0 then return st.tb end
+  return math.max(1, math.ceil((st.etpm or st.tpm) / 6))
+end
+
+-- Refill the token buckets up to `now` at the effective rates (lazy token-bucket refill; a bucket
+-- may be negative after usage that exceeded its estimate, or after a reservation: the debt is paid
+-- before the next admission).
 local function refill(st, now)
   local dt = now - st.ts
   if dt > 0 then
-    if st.rpm > 0 then st.rt = math.min(st.rb, st.rt + dt * st.rpm / 60000) end
-    if st.tpm > 0 then st.tt = math.min(st.tb, st.tt + dt * st.tpm / 60000) end
+    -- a gateway token's state has rpm only: it never learns
+    local rpm, tpm = st.erpm or st.rpm, st.etpm or st.tpm
+    if rpm > 0 then st.rt = math.min(reqCap(st), st.rt + dt * rpm / 60000) end
+    if tpm > 0 then st.tt = math.min(tokCap(st), st.tt + dt * tpm / 60000) end
     st.ts = now
   end
 end
@@ -178,17 +214,24 @@ local function rollBudget(st, now)
   return pend
 end
 
+--- @include "window"
+
 --[[
-  Can this key take a request of `est` tokens and `estCost` nano-dollars now?
-  Returns kind, untilMs, reason:
-    'ok'   usable now
-    'wait' blocked until untilMs (then moved to the wait set with that score)
+  When can this key take a request of `est` tokens and `estCost` nano-dollars?
+  Returns kind, untilMs, reason, freeSlot:
+    'ok'   usable now (untilMs = now)
+    'wait' blocked until untilMs (then moved to the wait set with that score). Reasons
+           rate_limited and cooling are reservations a caller may take: the key is sure to take
+           the request at untilMs (see window.lua); the others (circuit_open, budget, concurrency)
+           depend on events and are looked at again.
     'park' blocked until an operator or an event acts (disabled, revoked, draining, total budget)
-    'skip' cannot take this particular request (too large for its token bucket, or for what is
-           left of its budget: then untilMs is when the budget period ends, -1 never); left in place
+    'skip' cannot take this particular request (too large for its token bucket or window, or for
+           what is left of its budget: then untilMs is when the budget period ends, -1 never); left
+           in place
+  freeSlot: the index in st.fs of a reservation given back that this request takes over, or nil.
   Order matters: the reason reported is the first that blocks.
 ]]
-local function evaluate(st, now, est, estCost, recheckMs)
+local function evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
   if st.adm ~= 'active' then return 'park', -1, st.adm end
   if st.br == 'open' then
     if now < st.bu then return 'wait', st.bu, 'circuit_open' end
@@ -196,7 +239,8 @@ local function evaluate(st, now, est, estCost, recheckMs)
     -- exactly one probe fleet-wide: wait for it (its lease deadline bounds the wait)
     if st.bp ~= '' and st.bd > now then return 'wait', st.bd, 'circuit_open' end
   end
-  if st.cu > now then return 'wait', st.cu, 'cooling' end
+  local t, why = now, 'rate_limited'
+  if st.cu > now then t, why = st.cu, 'cooling' end
   if st.bud >= 0 then
     local pend = rollBudget(st, now)
     if st.sp + st.rs + estCost > st.bud then
@@ -212,14 +256,28 @@ local function evaluate(st, now, est, estCost, recheckMs)
   end
   if st.mc > 0 and st.inf >= st.mc then return 'wait', now + recheckMs, 'concurrency' end
   refill(st, now)
-  if st.rpm > 0 and st.rt < 1 then
-    return 'wait', now + (1 - st.rt) * 60000 / st.rpm, 'rate_limited'
+  local rate = now
+  if st.erpm > 0 and st.rw <= 0 and st.rt < 1 then rate = now + (1 - st.rt) * 60000 / st.erpm end
+  if st.etpm > 0 and st.tw <= 0 then
+    if est > tokCap(st) then return 'skip', -1, 'too_large' end
+    if st.tt < est then rate = math.max(rate, now + (est - st.tt) * 60000 / st.etpm) end
   end
-  if st.tpm > 0 then
-    if est > st.tb then return 'skip', -1, 'too_large' end
-    if st.tt < est then return 'wait', now + (est - st.tt) * 60000 / st.tpm, 'rate_limited' end
+  local slot = nil
+  if st.rw > 0 or st.tw > 0 then
+    local w = windowEarliest(winKey, st, id, est, now, margin)
+    if w < 0 then return 'skip', -1, 'too_large' end
+    if w > rate then rate = w end
+    -- a reservation given back, earlier than the end of the queue, goes to this request
+    slot = freeSlot(st, est, now, t)
+    if slot and st.fs[slot][1] < math.max(t, rate) then
+      rate = st.fs[slot][1]
+    else
+      slot = nil
+    end
   end
-  return 'ok', now, ''
+  if rate > t then t, why = rate, 'rate_limited' end
+  if t <= now then return 'ok', now, '', slot end
+  return 'wait', t, why, slot
 end
 
 -- Selection weight of a usable key: weight x size x remaining share x health x latency.
@@ -229,11 +287,11 @@ end
 -- health (a busy healthy key would lose its traffic to an idle degraded one).
 local function score(st)
   local frac = 1
-  if st.rpm > 0 then frac = math.min(frac, st.rt / st.rb) end
-  if st.tpm > 0 then frac = math.min(frac, st.tt / st.tb) end
+  if st.erpm > 0 and st.rw <= 0 then frac = math.min(frac, st.rt / reqCap(st)) end
+  if st.etpm > 0 and st.tw <= 0 then frac = math.min(frac, st.tt / tokCap(st)) end
   if st.mc > 0 then frac = math.min(frac, (st.mc - st.inf) / st.mc) end
   if frac < 0 then frac = 0 end
-  local size = st.rpm > 0 and st.rpm or 1000
+  local size = st.erpm > 0 and st.erpm or 1000
   return st.w * size * (0.5 + 0.5 * frac) * st.hs * 1000 / (1000 + st.p50)
 end
 

@@ -2,8 +2,11 @@
   Return a lease: give its slot back, reconcile tokens and cost with real usage, record latency and
   outcome, move the circuit breaker, cool on 429, revoke on 401/403.
 
+  Learn the key's effective limits from the provider's rate-limit headers (see includes/learn.lua).
+
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] avail set of the key's group  KEYS[5] wait zset
   of the key's group  KEYS[6] meta  KEYS[7] spend (hash: nano-dollars and requests per model, per route)
+  KEYS[8] win (the enforcement windows' log)
   ARGV[1] lease  ARGV[2] outcome: ok | client_error | rate_limited | auth | server_error | aborted
   | unused (nothing went upstream: the request, the tokens, the slot and the money all come back,
   nothing is charged nor recorded)
@@ -11,6 +14,8 @@
   ARGV[5] real cost, nano-dollars (-1: unknown, the estimate stands)  ARGV[6] cool ms for a 429
   (-1: use the default)  ARGV[7..17] breaker and health settings, in the order read below
   ARGV[18] the key's group as the caller knows it  ARGV[19] model  ARGV[20] route ('' = none)
+  ARGV[21..24] x-ratelimit-limit-requests, -remaining-requests, -limit-tokens, -remaining-tokens
+  (-1: absent)  ARGV[25] 1 to learn limits from them, 0 not to
   Reply: {1, adminState, breakerState, transition, nowMs, nowMicros} or {0, 'unknown_lease' | 'removed'}
       or {0, 'moved', group}: the key's models changed since the caller looked; nothing was done,
       call again with the sets of that group
@@ -18,13 +23,14 @@
 ]]
 --- @include "common"
 --- @include "health"
+--- @include "learn"
 
-local cfgKey, stKey, leasesKey, availKey, waitKey, metaKey, spendKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local cfgKey, stKey, leasesKey, availKey, waitKey, metaKey, spendKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local lease, outcome = ARGV[1], ARGV[2]
 local latency, realTokens, realCost, coolMs =
   tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
-local seq, id, estTokens, estCost = parseLease(lease)
+local seq, id, estTokens, estCost, startMs, slot = parseLease(lease)
 if not seq then return redis.error_reply('ERR keypool: malformed lease') end
 local st = loadState(stKey, id)
 if st and st.g ~= ARGV[18] then return { 0, 'moved', st.g } end
@@ -48,17 +54,18 @@ refill(st, now)
 local unused = outcome == 'unused'
 if unused then
   -- a lease handed back before anything went upstream (its caller was refused) costs nothing
-  if st.rpm > 0 then st.rt = math.min(st.rb, st.rt + 1) end
-  if st.tpm > 0 then st.tt = math.min(st.tb, st.tt + estTokens) end
+  if st.erpm > 0 and st.rw <= 0 then st.rt = math.min(reqCap(st), st.rt + 1) end
+  if st.etpm > 0 and st.tw <= 0 then st.tt = math.min(tokCap(st), st.tt + estTokens) end
+  if slot then windowCancel(winKey, st, id, estTokens, startMs, slot, now) end
   rollBudget(st, now)
   st.rs = math.max(0, st.rs - estCost)
-elseif st.tpm > 0 and realTokens >= 0 then
+elseif st.etpm > 0 and st.tw <= 0 and realTokens >= 0 then
   if st.tc == 'estimate' then
     -- the provider counted the estimate at admission (OpenAI counts max_tokens): nothing comes
     -- back; usage beyond the estimate is still a debt
     if realTokens > estTokens then st.tt = st.tt - (realTokens - estTokens) end
   else
-    st.tt = math.min(st.tb, st.tt + estTokens - realTokens)
+    st.tt = math.min(tokCap(st), st.tt + estTokens - realTokens)
   end
 end
 if not unused then
@@ -119,6 +126,11 @@ elseif outcome == 'aborted' or unused then
   end
 end
 if st.hc then summarizeHealth(st, hopts) end
+if ARGV[25] == '1' and not unused then
+  local arrivedAt = startMs or now
+  if latency >= 0 and now - latency > arrivedAt then arrivedAt = now - latency end
+  learnLimits(winKey, st, id, now, outcome, tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23]), tonumber(ARGV[24]), arrivedAt, estTokens)
+end
 
 -- where the key sits now
 local nowWhole, nowMicros = timeReply(now)
