@@ -9,7 +9,8 @@
     drain         no new leases; in-flight leases finish; the key stays (enable brings it back)
     retire        drain, then remove the key once its last lease is released
     remove        remove now (leases in flight are released as unknown)
-    reset         close the breaker, end cooling, forget health history
+    reset         close the breaker, end cooling, forget health history and learnt limits
+                  (effective back to configured)
     reset_budget  start the budget period again from zero spend
     unretire      undo a retire that has not completed yet (the key came back to its secret source);
                   any other state is left as it is
@@ -56,6 +57,7 @@ elseif action == 'reset' then
   st.br, st.bf, st.bo, st.bu, st.bc, st.bp, st.bd, st.cu = 'closed', 0, 0, 0, 0, '', 0, 0
   st.hs, st.p50, st.p99, st.er, st.deg = 1, 0, 0, 0, 0
   st.hw, st.hc, st.hp, st.hn, st.he, st.hpn, st.hpe = nil, nil, nil, 0, 0, 0, 0
+  st.erpm, st.etpm, st.rl, st.tl, st.ld, st.li = st.rpm, st.tpm, -1, -1, 0, 0
   if st.adm == 'active' then
     st.wr = ''
     redis.call('ZREM', waitKey, id)

@@ -373,7 +373,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   removeKey(keyId: string) {
     return this.admin.setState(keyId, 'remove');
   }
-  /** Close the breaker, end cooling, forget the health history. */
+  /** Close the breaker, end cooling, forget the health history and the limits learnt from the provider. */
   resetKey(keyId: string) {
     return this.admin.setState(keyId, 'reset');
   }

@@ -16,7 +16,7 @@ const ACTIONS = {
   enable: { done: 'enabled', what: 'active again; also lifts a revocation (the provider answered 401/403) and a drain' },
   drain: { done: 'draining', what: 'no new leases; leases in flight finish; the key stays in the pool' },
   retire: { done: 'retiring', what: 'drain, then remove once the last lease in flight is released (the graceful remove)' },
-  reset: { done: 'reset', what: 'close the breaker, end cooling, forget the health history' },
+  reset: { done: 'reset', what: 'close the breaker, end cooling, forget the health history and learnt limits' },
   'reset-budget': { done: 'budget reset', what: 'start the budget period again from zero spend' },
   remove: { done: 'removed', what: 'remove at once; releases of its leases in flight are then ignored (prefer retire)' },
 } as const;

@@ -8,7 +8,8 @@
   - a 429 the pool did not expect (it admitted the request within its limits): multiplicative
     decrease, at most once per window (a burst of 429s from one cause lowers it once);
   - `remaining` shows the provider counting more in its window than the pool admitted (another
-    application uses the key): multiplicative decrease (providers that report per window only,
+    application uses the key), so much that the pool's own quota no longer fits beside it:
+    multiplicative decrease, at most once per window (providers that report per window only,
     `lh` = 'window', since a per-minute bucket's remaining cannot be compared with a window);
   - answers stay clean for LEARN_HOLD_MS after the last decrease: additive increase, a twentieth of
     the ceiling per second, back up to the ceiling.
@@ -21,6 +22,10 @@ local LEARN_HOLD_MS = 5000
 local LEARN_STEP_MS = 1000
 -- requests the provider may count beyond the pool's own in one window before it is "another application"
 local LEARN_SLACK = 1
+-- the pool's own requests are counted over its window widened by this much each side: a request
+-- reaches the provider a little after its admission, and a burst near the window's edge must not
+-- look like someone else's
+local LEARN_SKEW_MS = 50
 
 -- A reported limit as requests (tokens) per minute.
 local function perMinute(st, v, window)
@@ -77,9 +82,11 @@ local function learnLimits(winKey, st, id, now, outcome, limReq, remReq, limTok,
     limitedReq, limitedTok = false, true
   end
   local otherUse = false
-  if st.lh == 'window' and limReq > 0 and remReq >= 0 and st.rw > 0 then
-    local ours = windowCount(winKey, st, id, arrivedAt)
-    if ours >= 0 then otherUse = (limReq - remReq) - ours > LEARN_SLACK end
+  if st.lh == 'window' and limReq > 0 and remReq >= 0 and st.rw > 0 and st.erpm > 0 then
+    local ours = windowCount(winKey, st, id, arrivedAt, LEARN_SKEW_MS)
+    local other = (limReq - remReq) - ours
+    -- someone else uses the key, and the pool's whole quota would not fit beside them
+    otherUse = other > LEARN_SLACK and math.floor(st.erpm * st.rw / 60000) + other > limReq
   end
   local hadReq, hadTok = st.erpm, st.etpm
   learnDim(st, now, 'erpm', 'rpm', 'rl', st.rw, limReq, otherUse, limitedReq)

@@ -127,11 +127,13 @@ local function windowCancel(winKey, st, id, tokens, startMs, slot, now)
   end
 end
 
--- Requests the key admitted in the rolling window (W, margin excluded) ending at `now`, for status
--- and for learning (the provider's `remaining` against what the pool sent); -1 when not windowed.
-local function windowCount(winKey, st, id, now)
+-- Requests the key admitted in the rolling window (W, margin excluded) ending at `now`, widened by
+-- `skew` ms each side, for status and for learning (the provider's `remaining` against what the
+-- pool sent); -1 when not windowed.
+local function windowCount(winKey, st, id, now, skew)
   if st.rw <= 0 or st.erpm <= 0 then return -1 end
-  local n, w = reqQuota(st, 0)
+  skew = skew or 0
+  local _, w = reqQuota(st, 0)
   local lo = id .. '|r|'
-  return redis.call('ZLEXCOUNT', winKey, '(' .. lo .. pad16(now - w), '[' .. lo .. pad16(now) .. '|~')
+  return redis.call('ZLEXCOUNT', winKey, '(' .. lo .. pad16(now - w - skew), '[' .. lo .. pad16(now + skew) .. '|~')
 end
