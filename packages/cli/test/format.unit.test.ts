@@ -16,7 +16,7 @@ function key(over: Partial<KeyStatus> & Pick<KeyStatus, 'id'>): KeyStatus {
     models: ['gpt-4o-mini'],
     state: 'active',
     degraded: false,
-    limits: { rpm: 0, tpm: 0, rpmBurst: 0, tpmBurst: 0, maxConcurrent: 0, budgetUsd: null, budgetPeriod: null, weight: 1 },
+    limits: { rpm: 0, tpm: 0, rpmBurst: 0, tpmBurst: 0, maxConcurrent: 0, budgetUsd: null, budgetPeriod: null, weight: 1, windowSeconds: 0, tokenWindowSeconds: 0, limitHeaders: 'minute' },
     left: { requests: null, tokens: null, slots: null, budgetUsd: null },
     inFlight: 0,
     spendUsd: 0,
@@ -40,7 +40,8 @@ const STATUS: GatewayStatus = {
       id: '1111111111111111',
       name: 'openai-1',
       hint: 'sk-...1111',
-      limits: { rpm: 500, tpm: 200000, rpmBurst: 16, tpmBurst: 32768, maxConcurrent: 50, budgetUsd: 200, budgetPeriod: 'month', weight: 1 },
+      limits: { rpm: 500, tpm: 200000, rpmBurst: 16, tpmBurst: 32768, maxConcurrent: 50, budgetUsd: 200, budgetPeriod: 'month', weight: 1, windowSeconds: 0, tokenWindowSeconds: 0, limitHeaders: 'minute' },
+      effectiveLimits: { rpm: 500, tpm: 200000 },
       left: { requests: 14, tokens: 31000, slots: 48, budgetUsd: 198.25 },
       inFlight: 2,
       spendUsd: 1.75,
@@ -102,6 +103,22 @@ describe('renderStatus', () => {
     expect(text).toContain('secrets:    set v2, 3 key(s) from vault, env; 2 process(es), 1 behind; FAILING: vault kv2 secret/keypool at http://vault:8200 (unavailable), last good set kept\n');
     expect(text).toContain('scheduler:  health-probe ok 10s ago, secret-refresh FAILED 1m ago, housekeeping never run\n');
     expect(renderStatus({ ...STATUS, scheduler: [] }, { color: false, now: NOW })).toContain('scheduler:  no worker has run (keypool worker --config ...)\n');
+  });
+
+  it('a key the pool holds below its configured limits shows what it enforces now, (eff N), in yellow', () => {
+    const limits = { ...key({ id: 'x' }).limits, windowSeconds: 1 };
+    const keys = [
+      // configured 540 rpm, the provider reported 360: the pool enforces 360; tokens as configured
+      key({ id: '4444444444444444', name: 'azure-1', limits: { ...limits, rpm: 540, tpm: 90000 }, effectiveLimits: { rpm: 360, tpm: 90000 }, reportedLimits: { rpm: 360, tpm: null }, left: { requests: 4, tokens: 1500, slots: null, budgetUsd: null } }),
+      // configured with no rpm, learnt 600 from the provider's headers
+      key({ id: '5555555555555555', name: 'learnt', limits, effectiveLimits: { rpm: 600, tpm: 0 }, reportedLimits: { rpm: 600, tpm: null }, left: { requests: 3, tokens: null, slots: null, budgetUsd: null } }),
+    ];
+    const plain = renderStatus({ ...STATUS, keys }, { color: false, now: NOW });
+    expect(plain).toMatch(/azure-1 .* 4\/540 \(eff 360\)\s+1500\/90000\s/);
+    expect(plain).toMatch(/learnt .* 3\/- \(eff 600\)\s+-\s/);
+    const colored = renderStatus({ ...STATUS, keys }, { color: true, now: NOW });
+    expect(colored).toContain('\u001b[33m4/540 (eff 360)\u001b[39m');
+    expect(colored).not.toContain('\u001b[33m1500/90000');
   });
 
   it('colours only when asked: the state and the header, widths unchanged', () => {

@@ -351,10 +351,10 @@ export class PoolCommands {
     });
   }
 
-  /** status-5.lua: every key, computed with acquire's rules. */
+  /** status-6.lua: every key, computed with acquire's rules. */
   async status(): Promise<RawStatus> {
     const k = this.k;
-    return JSON.parse((await this.link.script('status', [k.cfg, k.st, k.leases, k.meta, k.spend], [])) as string) as RawStatus;
+    return JSON.parse((await this.link.script('status', [k.cfg, k.st, k.leases, k.meta, k.spend, k.win], [])) as string) as RawStatus;
   }
 
   /** probe-3.lua: a health probe's outcome (coolMs -1: the default cooling), starting from the group the caller knows. */

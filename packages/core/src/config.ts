@@ -23,7 +23,7 @@ export const KeySpecSchema = z
       ),
     models: z.array(z.string().min(1)).min(1, 'list at least one model this key may serve').describe('Models this key may serve.'),
     rpm: z.number().int().nonnegative().default(0).describe('Requests per minute. 0 = no limit (or the one learnt from the provider\'s headers).'),
-    tpm: z.number().int().nonnegative().default(0).describe('Tokens per minute (prompt + completion). 0 = no limit.'),
+    tpm: z.number().int().nonnegative().default(0).describe('Tokens per minute (prompt + completion). 0 = no limit (or the one learnt from the provider\'s headers).'),
     window: z
       .number()
       .min(0)
@@ -44,13 +44,15 @@ export const KeySpecSchema = z
       .describe(
         'What the provider\'s x-ratelimit-limit-* headers count: minute (OpenAI: the per-minute limit) or window (Azure: the per-window figure, 10 for 600 RPM over 1 s). Default: window for provider azure, minute otherwise.',
       ),
-    rpmBurst: RPM_BURST,
+    rpmBurst: RPM_BURST.describe(
+      'Request bucket size of a key enforced by a token bucket (window 0): requests admitted at once after a quiet spell. Default: 2 seconds of rpm (at least 1). Setting it makes the default window 0.',
+    ),
     tpmBurst: z
       .number()
       .int()
       .positive()
       .optional()
-      .describe('Token bucket size, also the largest request admitted. Default: the larger of 10 s of tpm and min(tpm, 32768).'),
+      .describe('Token bucket size of a key with tokenWindow 0, also the largest request admitted. Default: the larger of 10 s of tpm and min(tpm, 32768).'),
     maxConcurrent: z.number().int().nonnegative().default(0).describe('Leases in flight at once. 0 = no limit.'),
     tpmCounts: z
       .enum(['estimate', 'usage'])

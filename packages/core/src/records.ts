@@ -137,6 +137,7 @@ export function limitsOf(r: KeyRecord) {
     weight: r.w,
     windowSeconds: (r.rw ?? 0) / 1000,
     tokenWindowSeconds: (r.tw ?? 0) / 1000,
+    limitHeaders: r.lh ?? 'minute',
   };
 }
 

@@ -1,14 +1,23 @@
 import { limitsOf, type KeyRecord } from './records.js';
 import { NANOS_PER_USD } from './pricing.js';
 
-/** What the status script returns (see lua/status-5.lua; parsed by commands.ts). */
+/** What the status script returns (see lua/status-6.lua; parsed by commands.ts). */
 export interface RawStatus {
   now: number;
   version: number;
   leases: number;
   /** HGETALL of the spend hash: m:<model>, mn:<model>, r:<route>, rn:<route> (nano-dollars, requests) */
   spend: string[] | Record<string, never>;
-  keys: { id: string; cfg: KeyRecord; st: RawState; state: KeyState; periodEnd: number }[] | Record<string, never>;
+  keys: { id: string; cfg: KeyRecord; st: RawState; state: KeyState; periodEnd: number; win?: RawWindows }[] | Record<string, never>;
+}
+
+/** A windowed key's windows: per window (rq, tq; 0 = not windowed), admitted in the one ending now (ru, tu), reserved ahead (ra). */
+interface RawWindows {
+  rq: number;
+  ru: number;
+  ra: number;
+  tq: number;
+  tu: number;
 }
 
 interface RawState {
@@ -28,6 +37,12 @@ interface RawState {
   p99: number;
   er: number;
   deg: number;
+  /** effective limits per minute (what acquire enforces) */
+  erpm: number;
+  etpm: number;
+  /** limits the provider reported, per minute (-1 unknown) */
+  rl: number;
+  tl: number;
 }
 
 export type KeyState =
@@ -61,9 +76,35 @@ export interface KeyStatus {
     budgetUsd: number | null;
     budgetPeriod: string | null;
     weight: number;
+    /** Window over which rpm is enforced (at most rpm x window / 60 in any rolling window); 0 = token bucket. */
+    windowSeconds: number;
+    /** Likewise for tpm. */
+    tokenWindowSeconds: number;
+    /** What the provider's x-ratelimit-limit-* headers count: the per-minute limit or the per-window one. */
+    limitHeaders: 'minute' | 'window';
   };
-  /** What is left now: requests and tokens in the buckets, free slots, budget (null: no limit). */
+  /**
+   * What the pool enforces now, per minute: the configured limits, lowered by 429s, by the limits the
+   * provider reports and by another application's use of the key, raised back additively while
+   * answers stay clean; never above the configured ones (a key configured with 0 learns them). 0 = none.
+   */
+  effectiveLimits?: { rpm: number; tpm: number };
+  /** The limits the provider's x-ratelimit-limit-* headers last reported, per minute; null until one did. */
+  reportedLimits?: { rpm: number | null; tpm: number | null };
+  /**
+   * What is left now: requests and tokens in the enforcement window ending now (windowed keys) or in
+   * the buckets, free slots, budget (null: no limit).
+   */
   left?: { requests: number | null; tokens: number | null; slots: number | null; budgetUsd: number | null };
+  /**
+   * Enforcement windows (keys with a window or tokenWindow): a window's quota at the effective
+   * limits, what was admitted in the one ending now, and requests reserved to start later (callers
+   * sleeping until their turn). null: that dimension is not windowed.
+   */
+  windows?: {
+    requests: { quota: number; admitted: number; reserved: number } | null;
+    tokens: { quota: number; admitted: number } | null;
+  };
   inFlight: number;
   spendUsd?: number;
   reservedUsd?: number;
@@ -119,7 +160,7 @@ export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawS
     leasesInFlight: raw.leases,
     spend: spendOf(Array.isArray(raw.spend) ? raw.spend : []),
     keys: keys
-      .map(({ cfg, st, state, periodEnd }): KeyStatus => ({
+      .map(({ cfg, st, state, periodEnd, win }): KeyStatus => ({
         id: cfg.id,
         hint: cfg.hint,
         ...(cfg.name !== undefined ? { name: cfg.name } : {}),
@@ -129,12 +170,23 @@ export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawS
         state,
         degraded: st.deg === 1,
         limits: limitsOf(cfg),
+        effectiveLimits: { rpm: st.erpm, tpm: st.etpm },
+        reportedLimits: { rpm: st.rl >= 0 ? Math.round(st.rl) : null, tpm: st.tl >= 0 ? Math.round(st.tl) : null },
         left: {
-          requests: cfg.rpm > 0 ? Math.max(0, Math.floor(st.rt)) : null,
-          tokens: cfg.tpm > 0 ? Math.max(0, Math.floor(st.tt)) : null,
+          // a windowed dimension ignores its bucket: what its window has room for is what is left
+          requests: win && win.rq > 0 ? Math.max(0, win.rq - win.ru) : st.erpm > 0 ? Math.max(0, Math.floor(st.rt)) : null,
+          tokens: win && win.tq > 0 ? Math.max(0, win.tq - win.tu) : st.etpm > 0 ? Math.max(0, Math.floor(st.tt)) : null,
           slots: cfg.mc > 0 ? Math.max(0, cfg.mc - st.inf) : null,
           budgetUsd: cfg.bud >= 0 ? Math.max(0, cfg.bud - st.sp - st.rs) / NANOS_PER_USD : null,
         },
+        ...(win
+          ? {
+              windows: {
+                requests: win.rq > 0 ? { quota: win.rq, admitted: win.ru, reserved: win.ra } : null,
+                tokens: win.tq > 0 ? { quota: win.tq, admitted: win.tu } : null,
+              },
+            }
+          : {}),
         inFlight: st.inf,
         spendUsd: st.sp / NANOS_PER_USD,
         reservedUsd: st.rs / NANOS_PER_USD,

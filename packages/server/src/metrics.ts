@@ -102,6 +102,7 @@ export class GatewayMetrics {
     const keyState = new client.Gauge({ name: 'keypool_key_state', help: 'One per key and state: 1 for the state the key is in (fleet-wide, from Redis).', labelNames: ['key_id', 'key_name', 'provider', 'state'], registers });
     const keyInFlight = new client.Gauge({ name: 'keypool_key_in_flight', help: 'Leases held on the key across the fleet.', labelNames: ['key_id', 'key_name'], registers });
     const keyLeft = new client.Gauge({ name: 'keypool_key_remaining', help: 'What is left now in the key limits: requests, tokens, slots, budget_usd (absent: no limit).', labelNames: ['key_id', 'key_name', 'limit'], registers });
+    const keyRate = new client.Gauge({ name: 'keypool_key_rate_limit', help: 'Rate limits of the key per minute, by dimension (requests, tokens) and kind: configured (the key\'s settings), effective (what the pool enforces now, learnt from 429s and the provider\'s headers), reported (the provider\'s x-ratelimit-limit-* headers). Absent: no limit, or none reported yet.', labelNames: ['key_id', 'key_name', 'dimension', 'kind'], registers });
     const keySpend = new client.Gauge({ name: 'keypool_key_spend_usd', help: 'Spend of the key in its current budget period (fleet-wide).', labelNames: ['key_id', 'key_name'], registers });
     const keyLatency = new client.Gauge({ name: 'keypool_key_latency_seconds', help: 'Rolling latency percentiles of the key (fleet-wide).', labelNames: ['key_id', 'key_name', 'quantile'], registers });
     const keyErrors = new client.Gauge({ name: 'keypool_key_error_rate', help: 'Rolling error rate of the key (fleet-wide).', labelNames: ['key_id', 'key_name'], registers });
@@ -126,7 +127,7 @@ export class GatewayMetrics {
     };
     this.collectFleet = async () => {
       await Promise.all([collectSchedule(), collectQueue()]);
-      for (const g of [keyState, keyInFlight, keyLeft, keySpend, keyLatency, keyErrors]) g.reset();
+      for (const g of [keyState, keyInFlight, keyLeft, keyRate, keySpend, keyLatency, keyErrors]) g.reset();
         redisUp.set(pool.redisAvailable ? 1 : 0);
         try {
           const st = await pool.status();
@@ -139,6 +140,15 @@ export class GatewayMetrics {
                 if (v !== null) keyLeft.set({ ...id, limit }, v);
               }
             }
+            const rates = [
+              ['requests', 'configured', k.limits.rpm],
+              ['tokens', 'configured', k.limits.tpm],
+              ['requests', 'effective', k.effectiveLimits?.rpm],
+              ['tokens', 'effective', k.effectiveLimits?.tpm],
+              ['requests', 'reported', k.reportedLimits?.rpm],
+              ['tokens', 'reported', k.reportedLimits?.tpm],
+            ] as const;
+            for (const [dimension, kind, v] of rates) if (v) keyRate.set({ ...id, dimension, kind }, v);
             if (k.spendUsd !== undefined) keySpend.set(id, k.spendUsd);
             if (k.latency) {
               keyLatency.set({ ...id, quantile: '0.5' }, k.latency.p50Ms / 1000);

@@ -46,7 +46,8 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
   beforeAll(async () => {
     g = await startGateway({
       fakeKeys: [
-        { key: A, name: 'a' },
+        // alpha's provider allows (and reports) half of what alpha is configured with
+        { key: A, name: 'a', rpm: 300 },
         { key: B, name: 'b' },
         { key: C, name: 'c' },
       ],
@@ -98,9 +99,10 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     }
     expect(await page.getByTestId('redis').textContent()).toContain('ok');
     expect(await page.locator('#states [data-state="active"] .n').textContent()).toBe('3');
-    // the full id is in a tooltip, the hint on show; limits as "left / bucket"
+    // the full id is in a tooltip, the hint on show; limits as "left / window's quota", the rpm and
+    // the window (600 rpm over 1 s: 10)
     expect(await row(IDS[0]!).locator(`[title="Key id: ${IDS[0]}"]`).count()).toBe(1);
-    expect(await cell(IDS[0]!, 'requests')).toMatch(/20 \/ 20\s+600 rpm/);
+    expect(await cell(IDS[0]!, 'requests')).toMatch(/^10 \/ 10\s+600 rpm\s+1 s window$/);
     expect(await cell(IDS[0]!, 'budget')).toMatch(/\$5\.00 \/ \$5\.00\s+per day/);
     expect(await cell(IDS[2]!, 'budget')).toBe('no budget');
     // the name is text, not markup
@@ -148,6 +150,10 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     expect(spent).not.toContain(IDS[1]);
     for (const id of spent) expect(await cell(id, 'spend')).toMatch(/^\$0\.0\d+$/);
     expect(await cell(IDS[1]!, 'spend')).toBe('$0');
+    // alpha served gpt-4o (beta is disabled) and its provider said 300 rpm: configured / enforced
+    // now (reported), a window of 5
+    await expect.poll(() => cell(IDS[0]!, 'requests'), { timeout: 5000 }).toMatch(/^\d+ \/ 5\s+600 \/ 300 \(rep 300\) rpm\s+1 s window$/);
+    expect(await row(IDS[0]!).locator('td[data-col="requests"] .t').getAttribute('title')).toMatch(/Configured: 600 rpm\. Enforced now: 300 rpm \(lowered .*\)\. Reported by the provider: 300 rpm\.$/);
     // the budget of alpha went down if it served
     if (spent.includes(IDS[0]!)) expect(await row(IDS[0]!).locator('td[data-col="budget"] .t').getAttribute('title')).toMatch(/^\$4\.99\d+ left of \$5 per day/);
 

@@ -136,6 +136,27 @@ describe('gateway: the official SDK through /v1', () => {
     expect(text).toMatch(new RegExp(`keypool_upstream_responses_total\\{key_id="${keyIdOf(A, g.fake.url)}",key_name="a",status="429"\\} [1-9]`));
   });
 
+  it('/metrics shows each key\'s configured, effective and provider-reported rate limits', async () => {
+    // key a: configured 600 rpm, its provider allows 300 and says so in x-ratelimit-limit-requests
+    const g = await gw({
+      fakeKeys: [{ key: A, name: 'a', rpm: 300, tpm: 50_000 }],
+      keys: [{ secret: A, name: 'a', models: MODELS, rpm: 600, tpm: 100_000 }],
+    });
+    const id = keyIdOf(A, g.fake.url);
+    const gauge = (dimension: string, kind: string) => new RegExp(`keypool_key_rate_limit\\{key_id="${id}",key_name="a",dimension="${dimension}",kind="${kind}"\\} (\\d+)`);
+    const before = await (await fetch(`${g.url}/metrics`)).text();
+    expect(before).toMatch(gauge('requests', 'configured'));
+    expect(gauge('requests', 'effective').exec(before)?.[1]).toBe('600');
+    expect(before).not.toMatch(/keypool_key_rate_limit\{[^}]*kind="reported"/); // none reported yet
+    await sdk(g).chat.completions.create(ask);
+    // the lease is released after the answer is out: poll
+    await expect.poll(async () => gauge('requests', 'effective').exec(await (await fetch(`${g.url}/metrics`)).text())?.[1]).toBe('300');
+    const text = await (await fetch(`${g.url}/metrics`)).text();
+    const value = (dimension: string, kind: string) => gauge(dimension, kind).exec(text)?.[1];
+    expect([value('requests', 'configured'), value('requests', 'effective'), value('requests', 'reported')]).toEqual(['600', '300', '300']);
+    expect([value('tokens', 'configured'), value('tokens', 'effective'), value('tokens', 'reported')]).toEqual(['100000', '50000', '50000']);
+  });
+
   it('fails over: 5xx answers are retried on another key with backoff', async () => {
     const g = await gw();
     g.fake.setFault({ kind: 'error', status: 503, count: 3, key: 'a' });

@@ -17,7 +17,7 @@ export function registerStatus(program: Command, ctx: Context): void {
     .addHelpText(
       'after',
       paragraphs(
-        'Reads GET <url>/status. A gateway with server.statusToken set needs that token (KEYPOOL_STATUS_TOKEN or --status-token) or its admin token (KEYPOOL_ADMIN_TOKEN); one without needs none. Columns: requests and tokens left in the buckets of the rate limits, budget left in the current period, spend, latency percentiles and error rate over the health window; - means no limit.',
+        'Reads GET <url>/status. A gateway with server.statusToken set needs that token (KEYPOOL_STATUS_TOKEN or --status-token) or its admin token (KEYPOOL_ADMIN_TOKEN); one without needs none. Columns: requests and tokens left now (in the enforcement window of a key with one, else in the bucket) out of the configured rpm / tpm, followed by (eff N) when the pool enforces another limit now (lowered by 429s, by the limit the provider reports or by another application using the key; raised back as answers stay clean), budget left in the current period, spend, latency percentiles and error rate over the health window; - means no limit.',
         'A state followed by (degraded) is a key slower or failing more than health.degradedP99Ms / health.degradedErrorRate allow: it gets less traffic. Colours only when stdout is a terminal (and NO_COLOR is not set).',
       ) +
         examples('keypool status', 'keypool status --url http://gateway.internal:8080', 'KEYPOOL_URL=http://10.0.0.5:8080 keypool status --json | jq .keys'),
@@ -102,8 +102,8 @@ export function keysTable(keys: KeyStatus[], opts: { color: boolean; now: number
       k.hint,
       stateCell(k, opts.now),
       `${k.inFlight}/${l.maxConcurrent > 0 ? l.maxConcurrent : NONE}`,
-      l.rpm > 0 ? `${count(left?.requests)}/${l.rpm}` : NONE,
-      l.tpm > 0 ? `${count(left?.tokens)}/${l.tpm}` : NONE,
+      rateCell(left?.requests, l.rpm, k.effectiveLimits?.rpm),
+      rateCell(left?.tokens, l.tpm, k.effectiveLimits?.tpm),
       l.budgetUsd !== null ? `${usd(left?.budgetUsd)} of ${usd(l.budgetUsd)}/${l.budgetPeriod}` : NONE,
       usd(k.spendUsd ?? 0),
       k.latency && (k.latency.p50Ms > 0 || k.latency.p99Ms > 0) ? `${k.latency.p50Ms}/${k.latency.p99Ms}` : NONE,
@@ -111,6 +111,14 @@ export function keysTable(keys: KeyStatus[], opts: { color: boolean; now: number
     ];
   });
   return table(KEY_HEADER, rows, { color: opts.color, right: [8, 9, 10] });
+}
+
+/** `left/configured`, and `(eff N)` in yellow when the pool enforces another limit now (learnt from the provider). */
+function rateCell(left: number | null | undefined, configured: number, effective: number | undefined): Cell {
+  const eff = effective ?? configured;
+  if (!(configured > 0) && !(eff > 0)) return NONE;
+  const text = `${count(left)}/${configured > 0 ? configured : NONE}`;
+  return eff === configured ? text : { text: `${text} (eff ${Math.round(eff)})`, style: 'yellow' };
 }
 
 const STATE_STYLE: Record<string, Style> = {

@@ -137,3 +137,40 @@ local function windowCount(winKey, st, id, now, skew)
   local lo = id .. '|r|'
   return redis.call('ZLEXCOUNT', winKey, '(' .. lo .. pad16(now - w - skew), '[' .. lo .. pad16(now + skew) .. '|~')
 end
+
+-- Requests reserved to start after `now` (not counted by windowCount), for status.
+local function windowAhead(winKey, id, now)
+  local lo = id .. '|r|'
+  return redis.call('ZLEXCOUNT', winKey, '(' .. lo .. pad16(now) .. '|~', '[' .. lo .. '~')
+end
+
+-- Tokens the key admitted in the rolling token window (margin excluded) ending at `now`, for
+-- status; -1 when not windowed. Token entries are ordered by running sum, hence by start: a binary
+-- search over their ranks finds the newest one started by a time, O(log entries) lookups. When the
+-- entry at the window's start was trimmed already, the window holds what came after the trim
+-- point (wc - quota), capped at the quota.
+local function windowTokens(winKey, st, id, now)
+  local cap, w = tokQuota(st, 0)
+  if w <= 0 then return -1 end
+  local lo = id .. '|t|'
+  local first = redis.call('ZLEXCOUNT', winKey, '-', '(' .. lo)
+  local count = redis.call('ZLEXCOUNT', winKey, '[' .. lo, '[' .. lo .. '~')
+  -- running sum of the newest entry started at or before t, or nil when none is left
+  local function sumAt(t)
+    local a, b, found = 0, count - 1, nil
+    while a <= b do
+      local m = math.floor((a + b) / 2)
+      local e = redis.call('ZRANGE', winKey, first + m, first + m)[1]
+      if tonumber(string.sub(e, #lo + 17, #lo + 32)) / 1000 <= t then
+        found, a = e, m + 1
+      else
+        b = m - 1
+      end
+    end
+    return found and tonumber(string.sub(found, #lo + 1, #lo + 15))
+  end
+  local upTo = sumAt(now)
+  if not upTo then return 0 end
+  local before = sumAt(now - w) or math.max(0, st.wc - cap)
+  return math.max(0, math.min(cap, upTo - before))
+end
