@@ -120,11 +120,13 @@ describe('gateway: the official SDK through /v1', () => {
   });
 
   it('fails over: a key the provider rate-limits is skipped and the caller sees no error', async () => {
+    // learning off: the pool believes its config (no limit), so key a's 429 is a surprise it must route around
     const g = await gw({
       fakeKeys: [
         { key: A, name: 'a', rpm: 1 },
         { key: B, name: 'b' },
       ],
+      pool: { limits: { learn: false } },
     });
     const openai = sdk(g);
     // every call succeeds, also the one(s) that met key a's 429
@@ -134,6 +136,23 @@ describe('gateway: the official SDK through /v1', () => {
     expect((await keyOf(g, A)).state).toBe('cooling');
     const text = await (await fetch(`${g.url}/metrics`)).text();
     expect(text).toMatch(new RegExp(`keypool_upstream_responses_total\\{key_id="${keyIdOf(A, g.fake.url)}",key_name="a",status="429"\\} [1-9]`));
+  });
+
+  it('learns a key\'s limit from its first answer and never meets its 429', async () => {
+    // the same provider, learning on: key a says "1 request a minute" in its first answer's headers
+    const g = await gw({
+      fakeKeys: [
+        { key: A, name: 'a', rpm: 1 },
+        { key: B, name: 'b' },
+      ],
+    });
+    const openai = sdk(g);
+    for (let i = 0; i < 30; i++) await openai.chat.completions.create(ask);
+    const a = g.fake.counters().a;
+    // key a served at most its one request of the minute, and the provider never refused one
+    expect(a?.rate429 ?? 0).toBe(0);
+    expect(a?.requests ?? 0).toBeLessThanOrEqual(1);
+    expect(g.fake.counters().b!.requests).toBeGreaterThanOrEqual(29);
   });
 
   it('/metrics shows each key\'s configured, effective and provider-reported rate limits', async () => {
