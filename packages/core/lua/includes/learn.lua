@@ -8,11 +8,14 @@
   - a 429 the pool did not expect (it admitted the request within its limits): multiplicative
     decrease, at most once per window (a burst of 429s from one cause lowers it once);
   - `remaining` shows the provider counting more in its window than the pool admitted (another
-    application uses the key), so much that the pool's own quota no longer fits beside it:
-    multiplicative decrease, at most once per window (providers that report per window only,
-    `lh` = 'window', since a per-minute bucket's remaining cannot be compared with a window);
+    application uses the key) and the pool's quota per window no longer fits beside that use:
+    down to what the other application leaves, at most once per window (providers that report per
+    window only, `lh` = 'window', since a per-minute bucket's remaining cannot be compared with a
+    window). Lowering on every sign of other use would ratchet the limit down to its floor while
+    the other application stays, leaving most of what it leaves unused;
   - answers stay clean for LEARN_HOLD_MS after the last decrease: additive increase, a twentieth of
-    the ceiling per second, back up to the ceiling.
+    the ceiling per second, back up to the ceiling, while the raised quota still fits beside the
+    other application's use.
   Reported limits are kept per minute (rl, tl; -1 unknown): `lh` says whether the provider reports
   the per-minute limit (OpenAI) or the per-window one (Azure: 20 for 120 RPM over 10 s).
 ]]
@@ -22,10 +25,6 @@ local LEARN_HOLD_MS = 5000
 local LEARN_STEP_MS = 1000
 -- requests the provider may count beyond the pool's own in one window before it is "another application"
 local LEARN_SLACK = 1
--- the pool's own requests are counted over its window widened by this much each side: a request
--- reaches the provider a little after its admission, and a burst near the window's edge must not
--- look like someone else's
-local LEARN_SKEW_MS = 50
 
 -- A reported limit as requests (tokens) per minute.
 local function perMinute(st, v, window)
@@ -40,9 +39,16 @@ local function ceilingOf(configured, reported)
   return math.max(reported, 0)
 end
 
+-- The pool's quota per window of an effective limit (per minute).
+local function perWindow(perMin, window)
+  return math.floor(perMin * window / 60000)
+end
+
 -- One dimension: eff / cfg / rep are the state's field names (erpm, rpm, rl or etpm, tpm, tl).
--- Returns true when the effective limit went down.
-local function learnDim(st, now, eff, cfg, rep, window, limit, otherUse, limited)
+-- others: what the provider counted in its window beyond the pool's own (-1 unknown; known only
+-- when it reports per window, then `limit` is per window too). Returns true when the effective
+-- limit went down.
+local function learnDim(st, now, eff, cfg, rep, window, limit, others, limited)
   if limit > 0 then st[rep] = perMinute(st, limit, window) end
   local ceiling = ceilingOf(st[cfg], st[rep])
   if ceiling <= 0 then return false end
@@ -51,14 +57,22 @@ local function learnDim(st, now, eff, cfg, rep, window, limit, otherUse, limited
     st[eff] = ceiling
     return false
   end
-  if (limited or otherUse) and now - st.ld >= math.max(window, 1000) then
-    st[eff] = math.max(floor, math.floor(st[eff] * LEARN_DOWN))
+  local shared = others > LEARN_SLACK and limit > 0
+  local crowded = shared and perWindow(st[eff], window) + others > limit
+  if (limited or crowded) and now - st.ld >= math.max(window, 1000) then
+    local down = st[eff]
+    if limited then down = math.floor(st[eff] * LEARN_DOWN) end
+    if crowded then down = math.min(down, math.floor(perMinute(st, limit - others, window))) end
+    st[eff] = math.max(floor, down)
     st.ld = now
     return true
   end
-  if not limited and not otherUse and st[eff] < ceiling and now - st.ld >= LEARN_HOLD_MS and now - st.li >= LEARN_STEP_MS then
-    st[eff] = math.min(ceiling, st[eff] + math.max(1, math.floor(ceiling * LEARN_UP)))
-    st.li = now
+  if not limited and not crowded and st[eff] < ceiling and now - st.ld >= LEARN_HOLD_MS and now - st.li >= LEARN_STEP_MS then
+    local up = math.min(ceiling, st[eff] + math.max(1, math.floor(ceiling * LEARN_UP)))
+    if not shared or perWindow(up, window) + others <= limit then
+      st[eff] = up
+      st.li = now
+    end
   end
   return false
 end
@@ -81,16 +95,14 @@ local function learnLimits(winKey, st, id, now, outcome, limReq, remReq, limTok,
   elseif limited and st.erpm <= 0 and st.etpm > 0 then
     limitedReq, limitedTok = false, true
   end
-  local otherUse = false
-  if st.lh == 'window' and limReq > 0 and remReq >= 0 and st.rw > 0 and st.erpm > 0 then
-    local ours = windowCount(winKey, st, id, arrivedAt, LEARN_SKEW_MS)
-    local other = (limReq - remReq) - ours
-    -- someone else uses the key, and the pool's whole quota would not fit beside them
-    otherUse = other > LEARN_SLACK and math.floor(st.erpm * st.rw / 60000) + other > limReq
+  local others = -1
+  if st.lh == 'window' and limReq > 0 and remReq >= 0 and st.rw > 0 then
+    local ours = windowCount(winKey, st, id, arrivedAt)
+    if ours >= 0 then others = math.max(0, (limReq - remReq) - ours) end
   end
   local hadReq, hadTok = st.erpm, st.etpm
-  learnDim(st, now, 'erpm', 'rpm', 'rl', st.rw, limReq, otherUse, limitedReq)
-  learnDim(st, now, 'etpm', 'tpm', 'tl', st.tw, limTok, false, limitedTok)
+  learnDim(st, now, 'erpm', 'rpm', 'rl', st.rw, limReq, others, limitedReq)
+  learnDim(st, now, 'etpm', 'tpm', 'tl', st.tw, limTok, -1, limitedTok)
   if hadReq <= 0 and st.erpm > 0 then st.rt, st.ts = 0, now end
   if hadTok <= 0 and st.etpm > 0 then st.tt, st.ts = 0, now end
 end
