@@ -14,7 +14,8 @@
  *     rolling second), answering in --latency-ms; in the `shared` scenarios only 70% of the rpm
  *     keypool is configured with (--shared-cut: another application uses the rest of the key);
  *   - --processes keypool gateways (gateway/child.ts gateway, `serve()`), on one Redis, each key
- *     configured at --configured-share (90%) of the provider's rpm, default bursts;
+ *     configured as the provider is (provider azure: a 1 s window, limit headers per window) at
+ *     --configured-share (90%) of the provider's rpm, everything else default;
  *   - a naive proxy (gateway/child.ts bare): each request forwarded with the next key in turn, no
  *     retries, no pool;
  *   - callers in this process: the official `openai` SDK, maxRetries 0, a deadline of --deadline-ms
@@ -62,6 +63,12 @@ const log = logger('bench:realistic');
 const CHILD = fileURLToPath(new URL('./gateway/child.ts', import.meta.url));
 const MODEL = 'gpt-4o-mini';
 const WINDOW_MS = 1000;
+/**
+ * The provider as the fake enforces it (`window-1s`): Azure's way, at most rpm / 60 in any rolling
+ * second and that per-second figure in x-ratelimit-limit-requests. Provider azure means window 1 s
+ * and limitHeaders 'window'; the rest is keypool's defaults.
+ */
+const KEY_SETTINGS = { provider: 'azure' } as const;
 const SCENARIOS = ['load55', 'load85', 'shared'] as const;
 type Kind = (typeof SCENARIOS)[number];
 const LOAD: Record<Kind, number> = { load55: 0.55, load85: 0.85, shared: 0.55 };
@@ -152,7 +159,7 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
     const fakeUrl = (await fake.ready).url;
     const gateways = await Promise.all(
       Array.from({ length: processes }, () =>
-        spawn('gateway', { redisUrl, fakeUrl, pool: `bench-real-${runId}`, model: MODEL, keys: kp.map((k) => ({ ...k, rpm: configuredRpm })), adminToken: randomBytes(24).toString('hex') }).ready,
+        spawn('gateway', { redisUrl, fakeUrl, pool: `bench-real-${runId}`, model: MODEL, keys: kp.map((k) => ({ ...k, ...KEY_SETTINGS, rpm: configuredRpm })), adminToken: randomBytes(24).toString('hex') }).ready,
       ),
     );
     const naive = await spawn('bare', { fakeUrl, key: nv[0]!.secret, keys: nv.map((k) => k.secret) }).ready;

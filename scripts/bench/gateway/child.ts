@@ -41,7 +41,7 @@ import { performance } from 'node:perf_hooks';
 import { serve } from '@keypool/server';
 import { startFakeOpenAI, type LimiterMode } from '@keypool/testkit/fake-openai';
 import { runChildRole, send, serveRequests } from '../lib/child-ipc.js';
-import { benchGatewayConfig } from '../lib/gateway-config.js';
+import { benchGatewayConfig, type BenchKey } from '../lib/gateway-config.js';
 import { dist } from '../lib/stats.js';
 
 export interface FakeChildConfig {
@@ -56,7 +56,7 @@ export interface GatewayChildConfig {
   fakeUrl: string;
   pool: string;
   model: string;
-  keys: { secret: string; name: string; rpm?: number }[];
+  keys: BenchKey[];
   adminToken: string;
 }
 

@@ -3,7 +3,7 @@
  * config package's section schemas (their defaults; never the machine's KEYPOOL_* variables, which
  * would leak into a measurement), keys pointing at the fake upstream.
  */
-import { parsePoolConfig } from '@keypool/core';
+import { parsePoolConfig, type KeySpecInput } from '@keypool/core';
 import { QueueSectionSchema, SchedulerSectionSchema, ServerSectionSchema, type GatewayConfig } from '@keypool/config';
 
 export interface BenchGatewayConfigInput {
@@ -11,8 +11,11 @@ export interface BenchGatewayConfigInput {
   fakeUrl: string;
   pool: string;
   model: string;
-  /** provider openai, baseURL the fake; no limits unless an rpm is given */
-  keys: { secret: string; name: string; rpm?: number }[];
+  /**
+   * baseURL the fake; provider openai (its defaults) unless given; no limits unless an rpm is given.
+   * provider, window, limitHeaders: how the fake enforces (bench:realistic's `window-1s` is Azure's way).
+   */
+  keys: BenchKey[];
   logLevel: GatewayConfig['logLevel'];
   /** server fields other than their defaults */
   server?: { host?: string; port?: number; adminToken?: string; drainMs?: number };
@@ -20,6 +23,9 @@ export interface BenchGatewayConfigInput {
   scheduler?: Record<string, unknown>;
   queue?: Record<string, unknown>;
 }
+
+/** A key of a benchmark gateway: its secret and name, and the limit settings the benchmark chooses. */
+export type BenchKey = { secret: string; name: string } & Pick<KeySpecInput, 'rpm' | 'provider' | 'window' | 'limitHeaders'>;
 
 export function benchGatewayConfig(o: BenchGatewayConfigInput): GatewayConfig {
   return {
@@ -31,7 +37,7 @@ export function benchGatewayConfig(o: BenchGatewayConfigInput): GatewayConfig {
     queue: QueueSectionSchema.parse(o.queue ?? {}),
     pool: parsePoolConfig({
       pool: o.pool,
-      keys: o.keys.map((k) => ({ secret: k.secret, name: k.name, provider: 'openai', baseURL: o.fakeUrl, models: [o.model], ...(k.rpm === undefined ? {} : { rpm: k.rpm }) })),
+      keys: o.keys.map((k) => ({ provider: 'openai', ...k, baseURL: o.fakeUrl, models: [o.model] })),
     }),
   };
 }
