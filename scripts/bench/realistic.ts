@@ -32,11 +32,14 @@
  * shared); p99 <= 1.5 x ideal p99 + 50 ms; at 55% load p99 <= the provider's latency + 50 ms.
  */
 import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import OpenAI from 'openai';
+import { PoolKeys } from '@keypool/core';
 import type { FakeKeyCounters } from '@keypool/testkit/fake-openai';
 import { int, num, parseBenchArgs, subset } from './cli.js';
+import type { GatewayChildStats } from './gateway/child.js';
 import type { Ready } from './gateway/options.js';
 import { BenchChild, children } from './lib/child-ipc.js';
 import { atTimes, poissonArrivals } from './lib/load.js';
@@ -57,12 +60,15 @@ const USAGE = `Usage: tsx scripts/bench/realistic.ts [options]   (npm run bench:
   --latency-ms N         the provider's latency (default 20)
   --deadline-ms N        a caller gives up after this long: a client failure (default 30000)
   --seed N               seed of the arrivals (default 12)
+  --trace FILE           write every request (arrival, latency or failure, key) of every scenario to FILE (JSON)
   -h, --help             this text`;
 
 const log = logger('bench:realistic');
 const CHILD = fileURLToPath(new URL('./gateway/child.ts', import.meta.url));
 const MODEL = 'gpt-4o-mini';
 const WINDOW_MS = 1000;
+/** keypool's limits.windowMarginMs (its default: the bench leaves it) */
+const MARGIN_MS = 20;
 /**
  * The provider as the fake enforces it (`window-1s`): Azure's way, at most rpm / 60 in any rolling
  * second and that per-second figure in x-ratelimit-limit-requests. Provider azure means window 1 s
@@ -85,6 +91,7 @@ function options() {
     'latency-ms': '20',
     'deadline-ms': '30000',
     seed: '12',
+    trace: null,
   });
   return {
     json: v.json,
@@ -98,6 +105,7 @@ function options() {
     latencyMs: int('latency-ms', v['latency-ms'], 0),
     deadlineMs: int('deadline-ms', v['deadline-ms'], 100),
     seed: int('seed', v.seed, 0),
+    trace: v.trace,
   };
 }
 type Options = ReturnType<typeof options>;
@@ -112,14 +120,35 @@ class Child extends BenchChild<Ready> {
 class Side {
   readonly latencies: number[] = [];
   readonly failures: Record<string, number> = {};
-  record(at: number, error?: unknown): void {
-    if (error === undefined) return void this.latencies.push(performance.now() - at);
+  /** per arrival: latency ms or a failure's kind, and the key that served it (keypool says which) */
+  readonly byArrival: (number | string)[] = [];
+  readonly keyOf: (string | null)[] = [];
+  record(i: number, at: number, error?: unknown, key?: string | null): void {
+    this.keyOf[i] = key ?? null;
+    if (error === undefined) {
+      const ms = performance.now() - at;
+      this.byArrival[i] = round(ms, 1);
+      return void this.latencies.push(ms);
+    }
     const kind = error instanceof OpenAI.APIConnectionTimeoutError ? 'timeout' : error instanceof OpenAI.APIError && error.status ? `status ${error.status}` : 'network';
+    this.byArrival[i] = kind;
     this.failures[kind] = (this.failures[kind] ?? 0) + 1;
   }
   get clientFailures(): number {
     return Object.values(this.failures).reduce((a, b) => a + b, 0);
   }
+}
+
+/**
+ * Each key's effective rpm now (erpm: what acquire enforces, lowered by learning) and when it was
+ * last lowered, read from the pool's state (msgpack, decoded in Redis: no decoder needed here).
+ */
+async function effectiveLimits(admin: ReturnType<typeof adminClient>, pool: string): Promise<{ erpm: number; reportedRpm: number }[]> {
+  const lua = `local out = {} local h = redis.call('HGETALL', KEYS[1])
+    for i = 2, #h, 2 do local st = cmsgpack.unpack(h[i]) if st.erpm then out[#out + 1] = { st.erpm, st.rl } end end
+    return out`;
+  const rows = (await admin.eval(lua, 1, new PoolKeys(pool).st)) as [number, number][];
+  return rows.map(([erpm, rl]) => ({ erpm, reportedRpm: rl }));
 }
 
 /** 429s over requests the upstream saw on the keys named `prefix*`, between two counter reads. */
@@ -137,6 +166,7 @@ function share429(prefix: string, after: Record<string, FakeKeyCounters>, before
 async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: string, admin: ReturnType<typeof adminClient>) {
   const name = `${kind}-${processes}p`;
   const runId = randomBytes(4).toString('hex');
+  const pool = `bench-real-${runId}`;
   const configuredRpm = Math.floor(o.providerRpm * o.configuredShare);
   const providerRpm = kind === 'shared' ? Math.floor(configuredRpm * (1 - o.sharedCut)) : o.providerRpm;
   const quota = Math.max(1, Math.floor((providerRpm * WINDOW_MS) / 60_000));
@@ -157,11 +187,10 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
   try {
     const fake = spawn('fake', { keys: [...kp, ...nv].map((k) => ({ key: k.secret, name: k.name, rpm: providerRpm, limiter: 'window-1s' })), model: MODEL, latencyMs: o.latencyMs, chunkDelayMs: 0 });
     const fakeUrl = (await fake.ready).url;
-    const gateways = await Promise.all(
-      Array.from({ length: processes }, () =>
-        spawn('gateway', { redisUrl, fakeUrl, pool: `bench-real-${runId}`, model: MODEL, keys: kp.map((k) => ({ ...k, ...KEY_SETTINGS, rpm: configuredRpm })), adminToken: randomBytes(24).toString('hex') }).ready,
-      ),
+    const gwChildren = Array.from({ length: processes }, () =>
+      spawn('gateway', { redisUrl, fakeUrl, pool, model: MODEL, keys: kp.map((k) => ({ ...k, ...KEY_SETTINGS, rpm: configuredRpm })), adminToken: randomBytes(24).toString('hex') }),
     );
+    const gateways = await Promise.all(gwChildren.map((c) => c.ready));
     const naive = await spawn('bare', { fakeUrl, key: nv[0]!.secret, keys: nv.map((k) => k.secret) }).ready;
     const client = (baseURL: string, apiKey: string) => new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: o.deadlineMs });
     const kpClients = gateways.map((g) => client(`${g.url}/v1`, g.token!));
@@ -169,32 +198,52 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
 
     const sides = { keypool: new Side(), naive: new Side() };
     const inFlight: Promise<void>[] = [];
-    const call = (side: Side, c: OpenAI, at: number) =>
-      c.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hello from bench:realistic' }], max_tokens: 16 }).then(
-        () => side.record(at),
-        (e: unknown) => side.record(at, e),
-      );
+    const call = (side: Side, c: OpenAI, i: number, at: number) =>
+      c.chat.completions
+        .create({ model: MODEL, messages: [{ role: 'user', content: 'hello from bench:realistic' }], max_tokens: 16 })
+        .withResponse()
+        .then(
+          ({ response }) => side.record(i, at, undefined, response.headers.get('x-keypool-key-id')),
+          (e: unknown) => side.record(i, at, e),
+        );
+    await Promise.all(gwChildren.map((c) => c.request('stats'))); // counted from here
     const redis0 = await sampleRedis(admin, 'commandstats');
     let countersAt10s: Record<string, FakeKeyCounters> | undefined;
     const t0 = performance.now() + 200;
     const snapshot = setTimeout(() => void fake.request<Record<string, FakeKeyCounters>>('counters').then((c) => (countersAt10s = c)), 200 + 10_000);
-    await atTimes(arrivals, t0, (i, at) => inFlight.push(call(sides.keypool, kpClients[i % kpClients.length]!, at), call(sides.naive, nvClient, at)), () => false);
+    await atTimes(arrivals, t0, (i, at) => inFlight.push(call(sides.keypool, kpClients[i % kpClients.length]!, i, at), call(sides.naive, nvClient, i, at)), () => false);
     await Promise.all(inFlight);
     clearTimeout(snapshot);
     const redis1 = await sampleRedis(admin, 'commandstats');
+    const stats = await Promise.all(gwChildren.map((c) => c.request<GatewayChildStats>('stats')));
+    const limitsAtEnd = await effectiveLimits(admin, pool);
     const counters = await fake.request<Record<string, FakeKeyCounters>>('counters');
 
     const commands = Object.values(redisDelta(redis0, redis1).byCommand).reduce((n, c) => n + c.calls, 0);
     const figures = (side: Side, prefix: string) => {
       const d = dist(side.latencies);
       const up = share429(prefix, counters);
-      return { clientFailures: side.clientFailures, failures: side.failures, upstreamRequests: up.requests, upstream429: up.rate429, upstream429Share: up.share, p50Ms: round(d.p50Ms, 1), p99Ms: round(d.p99Ms, 1), maxMs: round(d.maxMs, 1) };
+      // the most requests the provider admitted in any rolling second on one key (its quota: quotaPerWindow)
+      const peak = Math.max(...Object.entries(counters).filter(([n]) => n.startsWith(prefix)).map(([, c]) => c.peakRequestsPer1s));
+      return { clientFailures: side.clientFailures, failures: side.failures, upstreamRequests: up.requests, upstream429: up.rate429, upstream429Share: up.share, upstreamPeakPerSecond: peak, p50Ms: round(d.p50Ms, 1), p99Ms: round(d.p99Ms, 1), maxMs: round(d.maxMs, 1) };
     };
     const after10 = countersAt10s && o.seconds > 10 ? share429('kp', counters, countersAt10s) : undefined;
-    const keypool = { ...figures(sides.keypool, 'kp'), upstream429ShareAfter10s: after10?.share ?? null, redisCommandsPerRequest: round(commands / arrivals.length, 1) };
+    const keypool = {
+      ...figures(sides.keypool, 'kp'),
+      upstream429ShareAfter10s: after10?.share ?? null,
+      redisCommandsPerRequest: round(commands / arrivals.length, 1),
+      gateways: gatewayFigures(stats, arrivals.length),
+      effectiveRpmAtEnd: limitsAtEnd.map((l) => l.erpm),
+    };
     const naiveFig = figures(sides.naive, 'nv');
-    const id = dist(idealLatencies({ arrivals, keys: o.keys, quota, windowMs: WINDOW_MS, latencyMs: o.latencyMs }));
+    const idealRun = idealLatencies({ arrivals, keys: o.keys, quota, windowMs: WINDOW_MS, latencyMs: o.latencyMs });
+    const id = dist(idealRun);
     const ideal = { p50Ms: round(id.p50Ms, 1), p99Ms: round(id.p99Ms, 1) };
+    // the same pacer over the limits keypool itself enforces (its rpm, or the provider's when lower,
+    // over 1 s + the window margin): the least waiting keypool's configuration allows
+    const ownQuota = Math.max(1, Math.floor((Math.min(configuredRpm, providerRpm) * WINDOW_MS) / 60_000));
+    const own = dist(idealLatencies({ arrivals, keys: o.keys, quota: ownQuota, windowMs: WINDOW_MS + MARGIN_MS, latencyMs: o.latencyMs }));
+    const idealAsConfigured = { quotaPerWindow: ownQuota, windowMs: WINDOW_MS + MARGIN_MS, p50Ms: round(own.p50Ms, 1), p99Ms: round(own.p99Ms, 1) };
 
     const shareTarget = kind === 'shared' ? { bound: 0.01, value: keypool.upstream429ShareAfter10s } : { bound: 0.002, value: keypool.upstream429Share };
     const target = (bound: number, value: number | null) => ({ bound: round(bound, 1), value, met: value !== null && value <= bound });
@@ -204,14 +253,48 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
       p99VsIdeal: target(1.5 * ideal.p99Ms + 50, keypool.p99Ms),
       ...(LOAD[kind] <= 0.55 && kind !== 'shared' ? { p99AtLowLoad: target(o.latencyMs + 50, keypool.p99Ms) } : {}),
     };
-    const result = { name, kind, processes, keys: o.keys, providerRpm, configuredRpm, windowMs: WINDOW_MS, quotaPerWindow: quota, loadShare: LOAD[kind], ratePerSec: round(rate, 2), requests: arrivals.length, keypool, naive: naiveFig, ideal, targets };
-    log(`${name}: keypool failures ${keypool.clientFailures}, 429 share ${keypool.upstream429Share}, p50/p99 ${keypool.p50Ms}/${keypool.p99Ms} ms; naive 429 share ${naiveFig.upstream429Share}, p99 ${naiveFig.p99Ms}; ideal p99 ${ideal.p99Ms}`);
-    return result;
+    const result = { name, kind, processes, keys: o.keys, providerRpm, configuredRpm, windowMs: WINDOW_MS, quotaPerWindow: quota, loadShare: LOAD[kind], ratePerSec: round(rate, 2), requests: arrivals.length, keypool, naive: naiveFig, ideal, idealAsConfigured, targets };
+    const trace = {
+      name,
+      arrivalsMs: arrivals.map((a) => round(a, 1)),
+      keypool: sides.keypool.byArrival,
+      keypoolKey: sides.keypool.keyOf,
+      naive: sides.naive.byArrival,
+      ideal: Array.from(idealRun, (x) => round(x, 1)),
+    };
+    log(`${name}: keypool failures ${keypool.clientFailures}, 429 share ${keypool.upstream429Share}, p50/p99 ${keypool.p50Ms}/${keypool.p99Ms} ms; naive 429 share ${naiveFig.upstream429Share}, p99 ${naiveFig.p99Ms}; ideal p99 ${ideal.p99Ms} (${idealAsConfigured.p99Ms} over keypool's own limits)`);
+    return { result, trace };
   } finally {
     await Promise.all(started.map((c) => c.stop().catch((e: Error) => log(`stopping a child: ${e.message}`))));
   }
 }
-type Scenario = Awaited<ReturnType<typeof runScenario>>;
+type Scenario = Awaited<ReturnType<typeof runScenario>>['result'];
+
+/** Where keypool's time went, over the gateways: acquire (its reservation's sleep included), script runs, reservations, event loops. */
+function gatewayFigures(stats: GatewayChildStats[], requests: number) {
+  const sum = (f: (s: GatewayChildStats) => number) => stats.reduce((n, s) => n + f(s), 0);
+  const worst = (f: (s: GatewayChildStats) => number) => round(Math.max(...stats.map(f)), 1);
+  const scripts = stats.every((s) => s.acquireScripts) ? sum((s) => s.acquireScripts!.runs) : null;
+  const outcomes: Record<string, number> = {};
+  for (const s of stats) for (const [k, n] of Object.entries(s.acquireScripts?.outcomes ?? {})) outcomes[k] = (outcomes[k] ?? 0) + n;
+  const reserved = sum((s) => s.reserved?.calls ?? 0);
+  return {
+    acquireCalls: sum((s) => s.acquire.calls),
+    acquireScriptRunsPerRequest: scripts === null ? null : round(scripts / requests, 2),
+    acquireScriptOutcomes: outcomes,
+    /** acquire's duration, sleep until a reservation's start included: the worst gateway's percentiles */
+    acquireP50Ms: worst((s) => s.acquire.p50Ms),
+    acquireP99Ms: worst((s) => s.acquire.p99Ms),
+    reservedShare: round(reserved / requests, 3),
+    reservedWaitP50Ms: worst((s) => (s.reserved?.calls ? s.reserved.p50Ms : 0)),
+    reservedWaitP99Ms: worst((s) => (s.reserved?.calls ? s.reserved.p99Ms : 0)),
+    releaseP99Ms: worst((s) => s.release.p99Ms),
+    /** how late after its start (Redis time) a lease reached the code that sends it: what the window margin must cover */
+    startLateP50Ms: worst((s) => s.startLate?.p50Ms ?? NaN),
+    startLateP99Ms: worst((s) => s.startLate?.p99Ms ?? NaN),
+    eventLoopUtilization: stats.map((s) => s.eventLoopUtilization),
+  };
+}
 
 function render(r: { scenarios: Scenario[]; wallSeconds: number }): string {
   const yes = (t: { met: boolean }) => (t.met ? 'met' : 'NOT MET');
@@ -221,6 +304,7 @@ function render(r: { scenarios: Scenario[]; wallSeconds: number }): string {
     rows.push([`${s.name} (${fmt(s.ratePerSec, 1)}/s)`, 'keypool', String(s.keypool.clientFailures), String(s.keypool.upstream429Share), fmt(s.keypool.p50Ms, 1), fmt(s.keypool.p99Ms, 1), fmt(s.keypool.redisCommandsPerRequest, 1)]);
     rows.push(['', 'naive', String(s.naive.clientFailures), String(s.naive.upstream429Share), fmt(s.naive.p50Ms, 1), fmt(s.naive.p99Ms, 1), '']);
     rows.push(['', 'ideal', '', '', fmt(s.ideal.p50Ms, 1), fmt(s.ideal.p99Ms, 1), '']);
+    rows.push(['', "ideal, keypool's limits", '', '', fmt(s.idealAsConfigured.p50Ms, 1), fmt(s.idealAsConfigured.p99Ms, 1), '']);
     lines.push(`${s.name}: ${Object.entries(s.targets).map(([k, t]) => `${k} ${t.value} <= ${t.bound}: ${yes(t)}`).join('; ')}`);
   }
   return `${table(rows)}\n\nTargets\n${lines.join('\n')}\n\n(${fmt(r.wallSeconds, 0)} s)`;
@@ -236,13 +320,20 @@ async function main(): Promise<void> {
   const admin = adminClient(redis.url);
   await admin.connect();
   const scenarios: Scenario[] = [];
+  const traces: unknown[] = [];
   try {
-    for (const kind of o.scenarios) for (const p of o.processes) scenarios.push(await runScenario(o, kind, p, redis.url, admin));
+    for (const kind of o.scenarios)
+      for (const p of o.processes) {
+        const { result, trace } = await runScenario(o, kind, p, redis.url, admin);
+        scenarios.push(result);
+        traces.push(trace);
+        if (o.trace) writeFileSync(o.trace, JSON.stringify({ scenarios: traces }));
+      }
   } finally {
     admin.disconnect();
     await redis.stop();
   }
-  const { json, ...opts } = o;
+  const { json, trace: _trace, ...opts } = o;
   const result = { benchmark: 'realistic', machine: machine(), options: opts, scenarios, wallSeconds: round((performance.now() - t0) / 1000, 1) };
   printResult(result, json, render);
 }

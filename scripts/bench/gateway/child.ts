@@ -19,9 +19,10 @@
  * `{ id, ok, value | error }`:
  *
  *   stats      (gateway) Redis-bound calls on the request path timed in this process since the last
- *              `stats` (tokens.admit and pool.acquire: the two round trips a request waits for;
- *              lease.release and tokens.settle: after the answer, off the request path), as
- *              percentiles in ms;
+ *              `stats` (tokens.admit and pool.acquire: the two round trips a request waits for,
+ *              acquire's sleep until a reservation's start included; lease.release and
+ *              tokens.settle: after the answer, off the request path), as percentiles in ms; the
+ *              acquire script runs (polls included) and the reservations granted;
  *   profile-start / profile-stop { file }   (gateway) a V8 CPU profile of this process (node:inspector),
  *              written to `file` (positions mapped back to the TypeScript sources);
  *   alloc-start / alloc-stop { file }   (gateway) V8's sampling heap profile, objects collected by GC
@@ -79,6 +80,12 @@ export interface CallTimings {
 export type GatewayChildStats = Record<'admit' | 'acquire' | 'release' | 'settle', CallTimings> & {
   /** share of the time the event loop was busy (not waiting for I/O) since the last `stats` */
   eventLoopUtilization: number;
+  /** acquire script runs in Redis (the pool's private tryAcquire; polls included) and their answers; null when the hook is gone */
+  acquireScripts?: { runs: number; outcomes: Record<string, number> } | null;
+  /** leases granted as reservations ("start at T"), and how long their callers slept until T */
+  reserved?: CallTimings;
+  /** how late acquire handed over its lease after the lease's start (Redis time; the skew the window margin must absorb) */
+  startLate?: CallTimings;
 };
 
 async function fakeRole(cfg: FakeChildConfig): Promise<void> {
@@ -223,10 +230,32 @@ async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
   const timers = { admit: new Timer(), acquire: new Timer(), release: new Timer(), settle: new Timer() };
   timeMethod(serving.pool.tokens, 'admit', timers.admit);
   timeMethod(serving.pool.tokens, 'settle', timers.settle);
+  const startLate = new Timer();
   timeMethod(serving.pool, 'acquire', timers.acquire, (r) => {
-    const lease = r as { ok?: boolean };
-    if (lease?.ok) timeMethod(lease, 'release', timers.release);
+    const lease = r as { ok?: boolean; acquiredAt?: number };
+    if (lease?.ok) {
+      startLate.add(Math.max(0, Date.now() - lease.acquiredAt!));
+      timeMethod(lease, 'release', timers.release);
+    }
   });
+
+  // one acquire script run each (a private method: if it is renamed, its figures are missing, the run goes on)
+  const inner = serving.pool as unknown as Record<string, unknown>;
+  let scripts: { runs: number; outcomes: Record<string, number> } | null = null;
+  const reserved = new Timer();
+  if (typeof inner.tryAcquire === 'function') {
+    const real = (inner.tryAcquire as (...args: unknown[]) => Promise<{ ok: boolean; reason?: string; acquiredAt?: number }>).bind(serving.pool);
+    const s = (scripts = { runs: 0, outcomes: {} as Record<string, number> });
+    inner.tryAcquire = async (...args: unknown[]) => {
+      s.runs++;
+      const r = await real(...args);
+      const kind = r.ok ? 'ok' : String(r.reason);
+      s.outcomes[kind] = (s.outcomes[kind] ?? 0) + 1;
+      // a reservation's lease starts later (acquiredAt: its start, epoch ms)
+      if (r.ok && r.acquiredAt! > Date.now() + 0.5) reserved.add(r.acquiredAt! - Date.now());
+      return r;
+    };
+  }
 
   let session: Session | undefined;
   let elu = performance.eventLoopUtilization();
@@ -236,7 +265,18 @@ async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
         const now = performance.eventLoopUtilization();
         const u = performance.eventLoopUtilization(now, elu).utilization;
         elu = now;
-        return { admit: timers.admit.take(), acquire: timers.acquire.take(), release: timers.release.take(), settle: timers.settle.take(), eventLoopUtilization: Math.round(u * 1000) / 1000 };
+        const acquireScripts = scripts && { runs: scripts.runs, outcomes: { ...scripts.outcomes } };
+        if (scripts) [scripts.runs, scripts.outcomes] = [0, {}];
+        return {
+          admit: timers.admit.take(),
+          acquire: timers.acquire.take(),
+          release: timers.release.take(),
+          settle: timers.settle.take(),
+          eventLoopUtilization: Math.round(u * 1000) / 1000,
+          acquireScripts,
+          reserved: reserved.take(),
+          startLate: startLate.take(),
+        };
       },
       'profile-start': async () => {
         session = new Session();
