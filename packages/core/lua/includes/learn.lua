@@ -11,8 +11,9 @@
     application uses the key) and the pool's quota per window no longer fits beside that use:
     down to what the other application leaves, at most once per window (providers that report per
     window only, `lh` = 'window', since a per-minute bucket's remaining cannot be compared with a
-    window). Lowering on every sign of other use would ratchet the limit down to its floor while
-    the other application stays, leaving most of what it leaves unused;
+    window; and only from answers back within a window of their arrival, while the pool still holds
+    that window's log). Lowering on every sign of other use would ratchet the limit down to its
+    floor while the other application stays, leaving most of what it leaves unused;
   - answers stay clean for LEARN_HOLD_MS after the last decrease: additive increase, a twentieth of
     the ceiling per second, back up to the ceiling, while the raised quota still fits beside the
     other application's use.
@@ -96,7 +97,9 @@ local function learnLimits(winKey, st, id, now, outcome, limReq, remReq, limTok,
     limitedReq, limitedTok = false, true
   end
   local others = -1
-  if st.lh == 'window' and limReq > 0 and remReq >= 0 and st.rw > 0 then
+  -- an answer back later than a window after its arrival: the admissions of the window it arrived
+  -- in may be trimmed already (window.lua keeps two windows), so its remaining is not compared
+  if st.lh == 'window' and limReq > 0 and remReq >= 0 and st.rw > 0 and now - arrivedAt <= st.rw then
     local ours = windowCount(winKey, st, id, arrivedAt)
     if ours >= 0 then others = math.max(0, (limReq - remReq) - ours) end
   end

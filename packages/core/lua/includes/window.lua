@@ -12,8 +12,9 @@
     <id>|t|<tokens so far, 15 digits>|<start, us>|<slot>        one per admitted request with tokens
   Admissions are appended in time order (a new one never starts before the key's last, st.wl), so
   "the N-th most recent admission + W" is exactly when one more fits, and the token entries' running
-  sums (st.wc) make "when do `est` more tokens fit" one range lookup. Entries that can no longer
-  matter are trimmed when the key is next looked at. Cost: O(log entries) per key examined.
+  sums (st.wc) make "when do `est` more tokens fit" one range lookup. Request entries older than
+  two windows (token entries: than the window) are trimmed when the key is next looked at.
+  Cost: O(log entries) per key examined.
 
   Reservations ("start at T"): a request admitted at a future time holds its entries like any other.
   A reservation given back before it starts (its caller gave up) leaves a free slot (st.fs: start,
@@ -55,7 +56,9 @@ local function windowEarliest(winKey, st, id, est, now, margin)
   if n > 0 then
     if st.wl > t then t = st.wl end
     local lo = id .. '|r|'
-    redis.call('ZREMRANGEBYLEX', winKey, '[' .. lo, '(' .. lo .. pad16(now - w))
+    -- two windows are kept: learning (learn.lua) counts the window an answer arrived in, up to a
+    -- window after its arrival
+    redis.call('ZREMRANGEBYLEX', winKey, '[' .. lo, '(' .. lo .. pad16(now - 2 * w))
     local count = redis.call('ZLEXCOUNT', winKey, '[' .. lo, '[' .. lo .. '~')
     if count >= n then
       local e = redis.call('ZRANGE', winKey, '[' .. lo, '[' .. lo .. '~', 'BYLEX', 'LIMIT', count - n, 1)

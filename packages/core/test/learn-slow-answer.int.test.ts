@@ -1,0 +1,50 @@
+/**
+ * Learning from `remaining` compares the provider's count with the pool's own admissions in the
+ * window the request arrived in. An answer that comes back later than that window (an LLM call takes
+ * seconds) must not read a log the pool has trimmed meanwhile as "another application": the pool
+ * counted none of its own and lowered the key to what the "others" left (bench:realistic with a
+ * 1.5 s provider: p99 10.8 s instead of 1.7 s).
+ */
+import { describe, expect, it, vi } from 'vitest';
+import type { KeyPool, Lease } from '../src/index.js';
+import { fakeSecret, poolsClosedAfterAll } from './helpers.js';
+
+const pool = poolsClosedAfterAll();
+
+function lease(r: Awaited<ReturnType<KeyPool['acquire']>>): Lease {
+  if (!r.ok) throw new Error(`expected a lease, got ${JSON.stringify(r)}`);
+  return r;
+}
+
+const effectiveRpm = async (p: KeyPool) => (await p.status()).keys[0]!.effectiveLimits!.rpm;
+/** Azure-style: 540 rpm over 1 s is 9 a window; the provider reports its own 10. */
+const KEY = { provider: 'azure', models: ['m'], rpm: 540 };
+const counted = (used: number) => ({ 'x-ratelimit-limit-requests': '10', 'x-ratelimit-remaining-requests': String(10 - used) });
+
+describe('learning from remaining', () => {
+  it('an answer back 1.1 s after it was sent, counting only the pool\'s own requests, leaves the key alone', async () => {
+    const { pool: p, redis } = await pool({ keys: [{ secret: fakeSecret('slow'), ...KEY }] });
+    const sent = [];
+    for (let i = 0; i < 3; i++) sent.push(lease(await p.acquire({ model: 'm' })));
+    const t0 = sent[2]!.acquiredAt;
+    const redisNow = async () => {
+      const [s, us] = await redis.time();
+      return Number(s) * 1000 + Number(us) / 1000;
+    };
+    await vi.waitFor(async () => expect(await redisNow()).toBeGreaterThan(t0 + 1100), { timeout: 5000, interval: 50 });
+    // the pool goes on admitting (and tidying its log) while the first answers are still out
+    await lease(await p.acquire({ model: 'm' })).release({ status: 200, latencyMs: 20, headers: counted(1) });
+    // when the third arrived the provider had counted our three and nothing else
+    await sent[2]!.release({ status: 200, latencyMs: 1100, headers: counted(3) });
+    expect(await effectiveRpm(p)).toBe(540);
+  });
+
+  it('a timely answer showing another application beside the pool\'s quota still lowers the key', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('other'), ...KEY }] });
+    const sent = [];
+    for (let i = 0; i < 3; i++) sent.push(lease(await p.acquire({ model: 'm' })));
+    // the provider counted 6 where the pool sent 3: 3 others; the pool's 9 would not fit beside them, so it keeps the 7 they leave (420 rpm)
+    await sent[2]!.release({ status: 200, latencyMs: 20, headers: counted(6) });
+    expect(await effectiveRpm(p)).toBe(420);
+  });
+});
