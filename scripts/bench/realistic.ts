@@ -36,9 +36,8 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import OpenAI from 'openai';
-import { PoolKeys } from '@keypool/core';
 import type { FakeKeyCounters } from '@keypool/testkit/fake-openai';
-import { int, num, parseBenchArgs, subset } from './cli.js';
+import { int, num, oneOf, parseBenchArgs, subset } from './cli.js';
 import type { GatewayChildStats } from './gateway/child.js';
 import type { Ready } from './gateway/options.js';
 import { BenchChild, children } from './lib/child-ipc.js';
@@ -60,6 +59,8 @@ const USAGE = `Usage: tsx scripts/bench/realistic.ts [options]   (npm run bench:
   --latency-ms N         the provider's latency (default 20)
   --deadline-ms N        a caller gives up after this long: a client failure (default 30000)
   --seed N               seed of the arrivals (default 12)
+  --learn on|off         keypool learns limits from the provider's headers and 429s (default on, keypool's default)
+  --margin-ms N          keypool's limits.windowMarginMs (default 20, keypool's default)
   --trace FILE           write every request (arrival, latency or failure, key) of every scenario to FILE (JSON)
   -h, --help             this text`;
 
@@ -67,8 +68,6 @@ const log = logger('bench:realistic');
 const CHILD = fileURLToPath(new URL('./gateway/child.ts', import.meta.url));
 const MODEL = 'gpt-4o-mini';
 const WINDOW_MS = 1000;
-/** keypool's limits.windowMarginMs (its default: the bench leaves it) */
-const MARGIN_MS = 20;
 /**
  * The provider as the fake enforces it (`window-1s`): Azure's way, at most rpm / 60 in any rolling
  * second and that per-second figure in x-ratelimit-limit-requests. Provider azure means window 1 s
@@ -92,6 +91,8 @@ function options() {
     'deadline-ms': '30000',
     seed: '12',
     trace: null,
+    learn: 'on',
+    'margin-ms': '20',
   });
   return {
     json: v.json,
@@ -106,6 +107,8 @@ function options() {
     deadlineMs: int('deadline-ms', v['deadline-ms'], 100),
     seed: int('seed', v.seed, 0),
     trace: v.trace,
+    learn: oneOf('learn', v.learn, ['on', 'off'] as const) === 'on',
+    marginMs: int('margin-ms', v['margin-ms'], 0, 1000),
   };
 }
 type Options = ReturnType<typeof options>;
@@ -137,18 +140,6 @@ class Side {
   get clientFailures(): number {
     return Object.values(this.failures).reduce((a, b) => a + b, 0);
   }
-}
-
-/**
- * Each key's effective rpm now (erpm: what acquire enforces, lowered by learning) and when it was
- * last lowered, read from the pool's state (msgpack, decoded in Redis: no decoder needed here).
- */
-async function effectiveLimits(admin: ReturnType<typeof adminClient>, pool: string): Promise<{ erpm: number; reportedRpm: number }[]> {
-  const lua = `local out = {} local h = redis.call('HGETALL', KEYS[1])
-    for i = 2, #h, 2 do local st = cmsgpack.unpack(h[i]) if st.erpm then out[#out + 1] = { st.erpm, st.rl } end end
-    return out`;
-  const rows = (await admin.eval(lua, 1, new PoolKeys(pool).st)) as [number, number][];
-  return rows.map(([erpm, rl]) => ({ erpm, reportedRpm: rl }));
 }
 
 /** 429s over requests the upstream saw on the keys named `prefix*`, between two counter reads. */
@@ -188,7 +179,7 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
     const fake = spawn('fake', { keys: [...kp, ...nv].map((k) => ({ key: k.secret, name: k.name, rpm: providerRpm, limiter: 'window-1s' })), model: MODEL, latencyMs: o.latencyMs, chunkDelayMs: 0 });
     const fakeUrl = (await fake.ready).url;
     const gwChildren = Array.from({ length: processes }, () =>
-      spawn('gateway', { redisUrl, fakeUrl, pool, model: MODEL, keys: kp.map((k) => ({ ...k, ...KEY_SETTINGS, rpm: configuredRpm })), adminToken: randomBytes(24).toString('hex') }),
+      spawn('gateway', { redisUrl, fakeUrl, pool, model: MODEL, keys: kp.map((k) => ({ ...k, ...KEY_SETTINGS, rpm: configuredRpm })), limits: { windowMarginMs: o.marginMs, learn: o.learn }, adminToken: randomBytes(24).toString('hex') }),
     );
     const gateways = await Promise.all(gwChildren.map((c) => c.ready));
     const naive = await spawn('bare', { fakeUrl, key: nv[0]!.secret, keys: nv.map((k) => k.secret) }).ready;
@@ -216,7 +207,8 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
     clearTimeout(snapshot);
     const redis1 = await sampleRedis(admin, 'commandstats');
     const stats = await Promise.all(gwChildren.map((c) => c.request<GatewayChildStats>('stats')));
-    const limitsAtEnd = await effectiveLimits(admin, pool);
+    // each key's effective rpm (what acquire enforces: learning lowers it) once the run is over
+    const limitsAtEnd = await gwChildren[0]!.request<{ name: string; effectiveRpm: number | null }[]>('limits');
     const counters = await fake.request<Record<string, FakeKeyCounters>>('counters');
 
     const commands = Object.values(redisDelta(redis0, redis1).byCommand).reduce((n, c) => n + c.calls, 0);
@@ -233,7 +225,7 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
       upstream429ShareAfter10s: after10?.share ?? null,
       redisCommandsPerRequest: round(commands / arrivals.length, 1),
       gateways: gatewayFigures(stats, arrivals.length),
-      effectiveRpmAtEnd: limitsAtEnd.map((l) => l.erpm),
+      effectiveRpmAtEnd: limitsAtEnd.map((l) => l.effectiveRpm),
     };
     const naiveFig = figures(sides.naive, 'nv');
     const idealRun = idealLatencies({ arrivals, keys: o.keys, quota, windowMs: WINDOW_MS, latencyMs: o.latencyMs });
@@ -242,8 +234,8 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
     // the same pacer over the limits keypool itself enforces (its rpm, or the provider's when lower,
     // over 1 s + the window margin): the least waiting keypool's configuration allows
     const ownQuota = Math.max(1, Math.floor((Math.min(configuredRpm, providerRpm) * WINDOW_MS) / 60_000));
-    const own = dist(idealLatencies({ arrivals, keys: o.keys, quota: ownQuota, windowMs: WINDOW_MS + MARGIN_MS, latencyMs: o.latencyMs }));
-    const idealAsConfigured = { quotaPerWindow: ownQuota, windowMs: WINDOW_MS + MARGIN_MS, p50Ms: round(own.p50Ms, 1), p99Ms: round(own.p99Ms, 1) };
+    const own = dist(idealLatencies({ arrivals, keys: o.keys, quota: ownQuota, windowMs: WINDOW_MS + o.marginMs, latencyMs: o.latencyMs }));
+    const idealAsConfigured = { quotaPerWindow: ownQuota, windowMs: WINDOW_MS + o.marginMs, p50Ms: round(own.p50Ms, 1), p99Ms: round(own.p99Ms, 1) };
 
     const shareTarget = kind === 'shared' ? { bound: 0.01, value: keypool.upstream429ShareAfter10s } : { bound: 0.002, value: keypool.upstream429Share };
     const target = (bound: number, value: number | null) => ({ bound: round(bound, 1), value, met: value !== null && value <= bound });

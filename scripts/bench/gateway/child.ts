@@ -23,6 +23,7 @@
  *              acquire's sleep until a reservation's start included; lease.release and
  *              tokens.settle: after the answer, off the request path), as percentiles in ms; the
  *              acquire script runs (polls included) and the reservations granted;
+ *   limits     (gateway) each key's effective and provider-reported rpm (the pool's status);
  *   profile-start / profile-stop { file }   (gateway) a V8 CPU profile of this process (node:inspector),
  *              written to `file` (positions mapped back to the TypeScript sources);
  *   alloc-start / alloc-stop { file }   (gateway) V8's sampling heap profile, objects collected by GC
@@ -59,6 +60,7 @@ export interface GatewayChildConfig {
   model: string;
   keys: BenchKey[];
   adminToken: string;
+  limits?: { windowMarginMs?: number; learn?: boolean };
 }
 
 export interface BareChildConfig {
@@ -278,6 +280,7 @@ async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
           startLate: startLate.take(),
         };
       },
+      limits: async () => (await serving.pool.status()).keys.map((k) => ({ name: k.name ?? k.hint, effectiveRpm: k.effectiveLimits?.rpm ?? null, reportedRpm: k.reportedLimits?.rpm ?? null })),
       'profile-start': async () => {
         session = new Session();
         session.connect();

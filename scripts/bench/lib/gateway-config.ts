@@ -19,6 +19,8 @@ export interface BenchGatewayConfigInput {
   logLevel: GatewayConfig['logLevel'];
   /** server fields other than their defaults */
   server?: { host?: string; port?: number; adminToken?: string; drainMs?: number };
+  /** the pool's limits section (windowMarginMs, learn), default unless given */
+  limits?: { windowMarginMs?: number; learn?: boolean };
   /** section inputs (the schemas fill in the rest) */
   scheduler?: Record<string, unknown>;
   queue?: Record<string, unknown>;
@@ -37,6 +39,7 @@ export function benchGatewayConfig(o: BenchGatewayConfigInput): GatewayConfig {
     queue: QueueSectionSchema.parse(o.queue ?? {}),
     pool: parsePoolConfig({
       pool: o.pool,
+      ...(o.limits ? { limits: o.limits } : {}),
       keys: o.keys.map((k) => ({ provider: 'openai', ...k, baseURL: o.fakeUrl, models: [o.model] })),
     }),
   };
