@@ -19,14 +19,21 @@
  *   - a naive proxy (gateway/child.ts bare): each request forwarded with the next key in turn, no
  *     retries, no pool;
  *   - callers in this process: the official `openai` SDK, maxRetries 0, a deadline of --deadline-ms
- *     per request (a timeout is a client failure); the gateways are taken in turn.
+ *     per request (a timeout is a client failure); the gateways are taken in turn. A warm-up
+ *     request through each gateway and each naive key, then a window's pause, before counting.
  * Arrivals: Poisson (seeded, --seed) for --seconds at 55% (`load55`, `shared`) or 85% (`load85`)
  * of what the provider allows (keys x floor(rpm / 60) a second); each arrival sends one request
  * through keypool and one through the naive proxy at the same moment. Latency is from the scheduled
  * arrival to the end of the answer (no coordinated omission), over the requests that succeeded.
  * upstream429Share: 429s over requests the fake upstream saw on that side's keys (the shared
  * scenarios also count from 10 s on, once a pool that learns has had time to). The ideal pacer
- * (./realistic/ideal.ts) is a simulation over the same arrivals and the provider's real windows.
+ * (./realistic/ideal.ts) is a simulation over the same arrivals and the provider's real windows;
+ * idealAsConfigured the same over the limits keypool enforces (its rpm, or the provider's when
+ * lower, over 1 s + the window margin): the least waiting keypool's own configuration allows.
+ * keypool.gateways says where keypool's time went: acquire (its sleep until a reservation's start
+ * included), acquire script runs per request, the share of reservations, how late a lease reached
+ * the sending code after its start (what the window margin must cover); effectiveRpmAtEnd what
+ * learning left each key at.
  *
  * Targets (issue 12): keypool clientFailures 0; upstream429Share <= 0.002 (<= 0.01 after 10 s when
  * shared); p99 <= 1.5 x ideal p99 + 50 ms; at 55% load p99 <= the provider's latency + 50 ms.
@@ -197,7 +204,14 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
           ({ response }) => side.record(i, at, undefined, response.headers.get('x-keypool-key-id')),
           (e: unknown) => side.record(i, at, e),
         );
-    await Promise.all(gwChildren.map((c) => c.request('stats'))); // counted from here
+    // warm-up: one request through each gateway (its token admitted, its connections open) and one
+    // per naive key, then the provider's window empties; counted from here on
+    const warm = new Side();
+    await Promise.all([...kpClients.map((c, i) => call(warm, c, i, performance.now())), ...nv.map((_, i) => call(warm, nvClient, kpClients.length + i, performance.now()))]);
+    if (warm.clientFailures) throw new Error(`warm-up failed: ${JSON.stringify(warm.failures)}`);
+    await new Promise((r) => setTimeout(r, WINDOW_MS + o.marginMs + 100));
+    const counters0 = await fake.request<Record<string, FakeKeyCounters>>('counters');
+    await Promise.all(gwChildren.map((c) => c.request('stats')));
     const redis0 = await sampleRedis(admin, 'commandstats');
     let countersAt10s: Record<string, FakeKeyCounters> | undefined;
     const t0 = performance.now() + 200;
@@ -214,7 +228,7 @@ async function runScenario(o: Options, kind: Kind, processes: number, redisUrl: 
     const commands = Object.values(redisDelta(redis0, redis1).byCommand).reduce((n, c) => n + c.calls, 0);
     const figures = (side: Side, prefix: string) => {
       const d = dist(side.latencies);
-      const up = share429(prefix, counters);
+      const up = share429(prefix, counters, counters0);
       // the most requests the provider admitted in any rolling second on one key (its quota: quotaPerWindow)
       const peak = Math.max(...Object.entries(counters).filter(([n]) => n.startsWith(prefix)).map(([, c]) => c.peakRequestsPer1s));
       return { clientFailures: side.clientFailures, failures: side.failures, upstreamRequests: up.requests, upstream429: up.rate429, upstream429Share: up.share, upstreamPeakPerSecond: peak, p50Ms: round(d.p50Ms, 1), p99Ms: round(d.p99Ms, 1), maxMs: round(d.maxMs, 1) };
