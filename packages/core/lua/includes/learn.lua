@@ -6,7 +6,9 @@
   - the provider reports a lower limit than configured: the effective limit drops to it at once;
     a key configured with no limit learns the reported one;
   - a 429 the pool did not expect (it admitted the request within its limits): multiplicative
-    decrease, at most once per window (a burst of 429s from one cause lowers it once);
+    decrease, at most once per window (a burst of 429s from one cause lowers it once); not when
+    the provider's own headers show room for the pool's quota and no other use (the requests only
+    arrived closer together than admitted: the key cools, its limit stays);
   - `remaining` shows the provider counting more in its window than the pool admitted (another
     application uses the key) and the pool's quota per window no longer fits beside that use:
     down to what the other application leaves, at most once per window (providers that report per
@@ -104,7 +106,14 @@ local function learnLimits(winKey, st, id, now, outcome, limReq, remReq, limTok,
     if ours >= 0 then others = math.max(0, (limReq - remReq) - ours) end
   end
   local hadReq, hadTok = st.erpm, st.etpm
-  learnDim(st, now, 'erpm', 'rpm', 'rl', st.rw, limReq, others, limitedReq)
+  if limitedReq and others >= 0 and others <= LEARN_SLACK and perWindow(st.erpm, st.rw) < limReq then
+    -- a 429 although the provider reports room for the pool's whole quota and nobody else's use:
+    -- requests arrived closer together than they were admitted (delays between here and there).
+    -- The key cools; lowering its limit would only queue callers behind a smaller quota.
+    st.rl = perMinute(st, limReq, st.rw)
+  else
+    learnDim(st, now, 'erpm', 'rpm', 'rl', st.rw, limReq, others, limitedReq)
+  end
   learnDim(st, now, 'etpm', 'tpm', 'tl', st.tw, limTok, -1, limitedTok)
   if hadReq <= 0 and st.erpm > 0 then st.rt, st.ts = 0, now end
   if hadTok <= 0 and st.etpm > 0 then st.tt, st.ts = 0, now end
