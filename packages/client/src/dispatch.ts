@@ -196,8 +196,10 @@ export class Dispatcher {
           estimatedTokens: est.total,
           estimatedOutputTokens: est.output,
           exclude,
-          // stop waiting a little before the deadline fires, so the answer is 'exhausted', not 'aborted'
-          maxWaitMs: i === waitOn ? Math.max(0, Math.min(keyWaitMs, deadline - this.clock.now() - 10)) : 0,
+          // wait (a reservation included) at most half of what is left, so the call itself has time
+          // before the deadline: a reservation that starts just before it would only be cut, and
+          // the cut call counted against the key
+          maxWaitMs: i === waitOn ? Math.max(0, Math.min(keyWaitMs, (deadline - this.clock.now()) / 2 - 10)) : 0,
           ...(plan.route !== undefined ? { route: plan.route } : {}),
           signal,
         });
@@ -207,7 +209,9 @@ export class Dispatcher {
           continue;
         }
         // the deadline passed while waiting for a key: that is exhaustion, not a fault
-        if (signal.reason instanceof TimedOut) throw new PoolExhaustedError(plan.route ?? model, last?.reason ?? 'deadline', last?.retryAfterMs ?? null);
+        // (a reservation whose start came too late for it included): the pool was full, so waiting
+        // helps, a 429 and not a 'waiting will not help' 503
+        if (signal.reason instanceof TimedOut) throw new PoolExhaustedError(plan.route ?? model, last?.reason ?? 'rate_limited', last?.retryAfterMs ?? 0);
         throw e;
       }
       if (r.ok) return { lease: r, model };
@@ -222,7 +226,9 @@ export class Dispatcher {
     if (signal.aborted) {
       const why = signal.reason;
       if (why instanceof TimedOut && why.what === 'attempt') return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
-      if (why instanceof TimedOut) return { outcome: { error: 'timeout' }, retry: false, waitMs: 0 };
+      // the caller's whole deadline (not an attempt's timeout) is the caller's budget, not the key's
+      // health: a call it cuts (one that waited long for its key, say) does not feed the breaker
+      if (why instanceof TimedOut) return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
       return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
     }
     switch (failure.kind) {

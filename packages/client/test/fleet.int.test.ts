@@ -49,8 +49,10 @@ it('3 processes x 4 callers: the upstream sees no key exceed its RPM or TPM (no 
   expect(total.failed, outs.map((o) => o.errors).join('')).toBe(0);
   // the limits were reached (callers were refused by the pool), so they were tested, not idle
   expect(total.exhausted).toBeGreaterThan(0);
-  expect(c.a!.served).toBeGreaterThanOrEqual(55);
-  expect(c.b!.promptTokens + c.b!.completionTokens).toBeGreaterThan(800);
+  // both limits were reached: what the pool sent upstream (a call cut by its caller's deadline under
+  // load was still sent: the provider counted it)
+  expect(c.a!.requests).toBeGreaterThanOrEqual(50); // of its burst of 55 + 4 s at 1/s
+  expect(c.b!.peakTokensPerMinute).toBeGreaterThan(600); // of about 1,000 its 1,100-token burst + 4 s allow
   // calls cut by their deadline may have been served upstream after the caller gave up
   expect(c.a!.served + c.b!.served).toBeGreaterThanOrEqual(total.ok);
   expect(c.a!.served + c.b!.served).toBeLessThanOrEqual(total.ok + total.timedOut);
