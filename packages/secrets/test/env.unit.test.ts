@@ -59,6 +59,7 @@ describe('EnvSource', () => {
       baseURL: 'https://example.openai.azure.com/v1',
       rpm: 500,
       tpm: 100000,
+      tokenWindow: 0,
       maxConcurrent: 12,
       weight: 0.5,
       budget: { usd: 25.5, period: 'day' },
