@@ -112,10 +112,7 @@ export class Scheduler {
     this.queue = new Queue('scheduler', { connection: this.connection, prefix: this.prefix });
     // the connection's own listener logs its errors; without one here BullMQ prints them raw to stderr
     this.queue.on('error', () => undefined);
-    for (const j of this.schedules()) {
-      await this.upsert(j);
-      await this.connection.hset(this.keys.sched, j.name, JSON.stringify({ ...(await this.record(j.name)), ...this.scheduleOf(j.name) }));
-    }
+    await this.upsertChanged();
     // a Redis that comes back empty (restarted without persistence) has lost the schedulers: every
     // worker puts back any that is missing, at once after a reconnect and every ensureMs anyway
     this.ensureTimer = setInterval(() => void this.ensure(), s.ensureMs ?? 30_000);
@@ -153,6 +150,33 @@ export class Scheduler {
       this.log?.warn({ err: (e as Error).message }, 'could not check the job schedulers (Redis?)');
     }
     return restored;
+  }
+
+  /**
+   * Upsert the schedulers that are missing or whose schedule differs from this worker's, one worker
+   * of the fleet at a time. An upsert of an unchanged scheduler is not harmless: BullMQ (6.7)
+   * removes the next iteration and adds the one computed from the caller's clock, and when that
+   * iteration was taken by a worker meanwhile (a per-second pattern, a busy machine), it is added
+   * again and runs twice. So a worker that starts beside running ones changes nothing.
+   */
+  private async upsertChanged(): Promise<void> {
+    const lock = `${this.keys.sched}:upsert`;
+    const token = `${this.workerId}:${Math.random()}`;
+    for (let i = 0; i < 100; i++) {
+      if ((await this.connection.set(lock, token, 'PX', 5000, 'NX')) === 'OK') break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    try {
+      for (const j of this.schedules()) {
+        const have = await this.queue!.getJobScheduler(j.name);
+        const same = have && (j.every ? Number(have.every) === j.every : have.pattern === j.pattern);
+        if (!same) await this.upsert(j);
+        await this.connection.hset(this.keys.sched, j.name, JSON.stringify({ ...(await this.record(j.name)), ...this.scheduleOf(j.name) }));
+      }
+    } finally {
+      // only the holder's own lock (a lock that expired meanwhile may be another worker's)
+      if ((await this.connection.get(lock)) === token) await this.connection.del(lock);
+    }
   }
 
   private scheduleOf(name: JobName): { every: number } | { pattern: string } {

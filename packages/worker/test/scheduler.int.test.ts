@@ -61,6 +61,36 @@ describe('scheduler: BullMQ job schedulers across worker processes', () => {
     expect((await reader.scheduleStatus()).map((j) => j.name)).toEqual(['budget-period', 'health-probe', 'housekeeping']);
   });
 
+  it('a worker that starts beside running ones leaves their schedulers alone (an upsert could run an iteration twice)', async () => {
+    const pool = uniqueName('sched');
+    const sink = new LogSink();
+    const connection = connectTo(connectionForChild(), { maxRetriesPerRequest: null });
+    const p = await KeyPool.connect({ redis: connection, config: { pool }, logger: sink.logger });
+    // long intervals and a yearly pattern: nothing runs (and moves) during the test but the first iterations
+    const settings = { probeMs: 60_000, housekeepingMs: 60_000, budgetPattern: '0 0 1 1 *' };
+    const a = new Scheduler({ pool: p, connection, settings, workerId: 'a' });
+    const b = new Scheduler({ pool: p, connection, settings, workerId: 'b' });
+    const c = new Scheduler({ pool: p, connection, settings: { ...settings, probeMs: 30_000 }, workerId: 'c' });
+    cleanups.push(async () => {
+      for (const s of [a, b, c]) await s.close();
+      await p.close();
+      await connection.quit();
+    });
+    const { Queue } = await import('bullmq');
+    const queue = new Queue('scheduler', { connection, prefix: new PoolKeys(pool).bull });
+    cleanups.push(() => queue.close());
+    const delayed = async () => (await queue.getDelayed()).map((j) => `${j.id}@${j.timestamp}`).sort();
+    await a.start();
+    await expect.poll(async () => (await delayed()).length, { timeout: 5000 }).toBe(3);
+    const before = await delayed();
+    await sleep(20); // an upsert would re-add with a later timestamp
+    await b.start();
+    expect(await delayed()).toEqual(before);
+    // a changed schedule is applied: the probe's next iteration is replaced
+    await c.start();
+    expect((await queue.getJobScheduler('health-probe'))?.every).toBe(30_000);
+  });
+
   it('a Redis that lost the schedulers (restarted empty) gets them back from the running workers', async () => {
     const pool = uniqueName('sched');
     const connection = connectTo(connectionForChild(), { maxRetriesPerRequest: null });
