@@ -43,3 +43,18 @@ describe('a 429 and the effective limit', () => {
     expect(await effectiveRpm(p)).toBeLessThanOrEqual(60);
   });
 });
+
+describe('a key with no limit learns one from its first answer', () => {
+  it('a windowed key counts the answer that taught it: "1 a minute" admits nothing more for a minute', async () => {
+    // OpenAI-style: 1 s windows, the limit header per minute; keypool.yaml gave no rpm
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('first'), provider: 'openai', models: ['m'] }] });
+    await lease(await p.acquire({ model: 'm' })).release({ status: 200, headers: { 'x-ratelimit-limit-requests': '1', 'x-ratelimit-remaining-requests': '0' } });
+    expect(await effectiveRpm(p)).toBe(1);
+    const next = await p.acquire({ model: 'm', maxWaitMs: 0 });
+    expect(next.ok).toBe(false);
+    if (next.ok) return;
+    // the provider has its request back a minute after it counted the first one
+    expect(next.retryAfterMs).toBeGreaterThan(55_000);
+    expect(next.retryAfterMs).toBeLessThanOrEqual(60_100);
+  });
+});

@@ -84,7 +84,7 @@ end
   Learn from one answer. outcome: release's outcome class; limReq, remReq, limTok, remTok: the
   headers (-1 absent); arrivedAt: about when the provider counted the request (its start); estTokens:
   what the request was admitted with. A learnt limit on a key that had none starts with its buckets
-  empty (they fill at the learnt rate).
+  empty (they fill at the learnt rate) and, when windowed, with this request in its windows.
 ]]
 local function learnLimits(winKey, st, id, now, outcome, limReq, remReq, limTok, remTok, arrivedAt, estTokens)
   if outcome ~= 'ok' and outcome ~= 'client_error' and outcome ~= 'rate_limited' then return end
@@ -115,6 +115,17 @@ local function learnLimits(winKey, st, id, now, outcome, limReq, remReq, limTok,
     learnDim(st, now, 'erpm', 'rpm', 'rl', st.rw, limReq, others, limitedReq)
   end
   learnDim(st, now, 'etpm', 'tpm', 'tl', st.tw, limTok, -1, limitedTok)
-  if hadReq <= 0 and st.erpm > 0 then st.rt, st.ts = 0, now end
-  if hadTok <= 0 and st.etpm > 0 then st.tt, st.ts = 0, now end
+  -- a key that had no limit logged none of its admissions in its windows: the request that taught
+  -- the limit counts in them (else a learnt "1 a minute" admitted another at once)
+  if hadReq <= 0 and st.erpm > 0 then
+    st.rt, st.ts = 0, now
+    if st.rw > 0 then redis.call('ZADD', winKey, 0, id .. '|r|' .. pad16(arrivedAt) .. '|l') end
+  end
+  if hadTok <= 0 and st.etpm > 0 then
+    st.tt, st.ts = 0, now
+    if st.tw > 0 and estTokens > 0 then
+      st.wc = st.wc + estTokens
+      redis.call('ZADD', winKey, 0, id .. '|t|' .. pad15(st.wc) .. '|' .. pad16(arrivedAt) .. '|l')
+    end
+  end
 end
