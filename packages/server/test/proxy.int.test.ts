@@ -267,6 +267,28 @@ describe('gateway: bad input never reaches a key', () => {
     expect((await g.pool.tokens.list()).map((t) => t.name)).toEqual(['tests']);
   });
 
+  it('reads a body once against the limit whatever its framing: chunked past the limit is 413, an encoded body 415, /v1 paths match as express did', async () => {
+    const g = await gw({ settings: { bodyLimit: 1024 } });
+    const auth = { authorization: `Bearer ${g.token}` };
+    const big = JSON.stringify({ ...ask, messages: [{ role: 'user', content: 'x'.repeat(5000) }] });
+    const chunked = await post(g.url, '/v1/chat/completions', big, { ...auth, 'transfer-encoding': 'chunked' });
+    expect(chunked.status).toBe(413);
+    expect(chunked.json.error.code).toBe('body_too_large');
+    expect(chunked.json.error.message).toContain('1024 bytes');
+    const gzip = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { ...auth, 'content-encoding': 'gzip' });
+    expect(gzip.status).toBe(415);
+    expect(gzip.json.error.code).toBe('unsupported_encoding');
+    expect(served(g)).toBe(0);
+    // a small chunked body is read whole; the mount path and a trailing slash match in any case
+    const ok = await post(g.url, '/V1/chat/completions/', JSON.stringify(ask), { ...auth, 'transfer-encoding': 'chunked' });
+    expect(ok.status).toBe(200);
+    expect(ok.headers['x-keypool-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(served(g)).toBe(1);
+    const wrongMethod = await fetch(`${g.url}/v1/chat/completions`, { headers: auth });
+    expect(wrongMethod.status).toBe(404);
+    expect(((await wrongMethod.json()) as { error: { code: string } }).error.code).toBe('unknown_url');
+  });
+
   it('gateway tokens: revoked, limited to models, rate-limited and budgeted, fleet-wide', async () => {
     const g = await gw();
     const { token: limited } = await g.pool.tokens.create({ name: 'limited', rpm: 60, rpmBurst: 2, models: ['gpt-4o-mini'] });
