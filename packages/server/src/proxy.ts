@@ -630,7 +630,7 @@ function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: stri
     up.on('data', (chunk: Buffer) => {
       idle!.refresh();
       const out = tap.push(chunk);
-      if (out && !res.write(out)) {
+      if (out.length > 0 && !res.write(out)) {
         up.pause();
         paused = true;
         res.once('drain', onDrain);
@@ -638,7 +638,7 @@ function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: stri
     });
     up.on('end', () => {
       const last = tap.flush();
-      if (last) res.write(last);
+      if (last.length > 0) res.write(last);
       if (tap.finished) close({ status: 200 });
       else close({ error: 'broken_stream' }, 'the provider ended the stream before it finished', 502);
     });
