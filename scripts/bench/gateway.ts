@@ -5,6 +5,7 @@
  *   npm run bench:gateway                         readable table on stdout, progress on stderr
  *   npm run -s bench:gateway -- --json            exactly one JSON object on stdout
  *   npm run bench:gateway -- --seconds 20 --rate 800 --latency-ms 20
+ *   npm run bench:gateway -- --quick              under 2 minutes: 2 s per side, no maxRps search
  *   npm run bench:gateway -- --profile            also a CPU profile of the gateway (hot spots)
  *   npm run bench:gateway -- --gateway-node-flags="--max-semi-space-size=64"   a what-if
  *
@@ -35,7 +36,15 @@
  * Order (noise hits every side alike): warm-up of each target and mode; then per mode (chat,
  * stream) six slices direct, bare, gateway, gateway, bare, direct (ABCCBA) of --seconds/2 each, so
  * each side gets --seconds at --rate; the samples of a side's two slices are pooled. Overhead at a
- * percentile = that percentile of gateway latency minus the same percentile of direct latency.
+ * percentile = that percentile of gateway latency minus the same percentile of direct latency (the
+ * bare proxy's own overhead, bare minus direct, beside it). The same is measured at every rate of
+ * --overhead-rates (200, 500, 1000 by default; --rate among them): overheadByRate.
+ *
+ * Per request (top-level fields, chat at --rate; stream... for streams): cpuUsPerRequest of the
+ * gateway and of the bare proxy (/proc, each over its own slices) and their ratio;
+ * allocatedBytesPerRequest of each (bytes its V8 heap allocated over its slices, lib/heap-allocations.ts);
+ * redisCommandsPerRequest (commands inside scripts included) and scriptCallsPerRequest (INFO
+ * commandstats deltas, lib/redis-counts.ts).
  *
  * maxRps: non-streaming steps at --rates (500, 750, 1000, 1500, 2000, 2500, 3000, ...), each a
  * short warm-up and direct/gateway slices (ABBA, next step BAAB) of --step-seconds per side; a step
