@@ -83,15 +83,19 @@ interface Origin {
   port: string;
   /** the base path without its trailing slashes */
   path: string;
+  /** the Host header (node adds none when headers come as a list) */
+  host: string;
 }
 const origins = new Map<string, Origin>();
+/** Headers forward() writes itself: never taken from the caller's. */
+const OWN_HEADERS = new Set(['host', 'authorization', 'user-agent', 'content-type', 'content-length']);
 
 function originOf(baseURL: string): Origin {
   let o = origins.get(baseURL);
   if (!o) {
     const u = new URL(baseURL);
     // [::1] -> ::1: node:http takes a bare IPv6 address as hostname
-    o = { https: u.protocol === 'https:', hostname: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: u.port, path: u.pathname.replace(/\/+$/, '') };
+    o = { https: u.protocol === 'https:', hostname: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: u.port, path: u.pathname.replace(/\/+$/, ''), host: u.host };
     origins.set(baseURL, o);
   }
   return o;
@@ -106,16 +110,17 @@ export function forward(req: ForwardRequest): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     if (req.signal.aborted) return reject(req.signal.reason);
     const origin = originOf(req.baseURL);
-    const headers: Record<string, string | number> = {
-      ...req.headers,
-      authorization: `Bearer ${req.secret}`,
-      accept: req.headers?.accept ?? 'application/json',
-      'user-agent': 'keypool-gateway',
-    };
-    if (req.body) {
-      headers['content-type'] = 'application/json';
-      headers['content-length'] = req.body.length;
+    // a flat list of raw headers: node writes it as it is (no header object built per request)
+    const headers: string[] = ['host', origin.host, 'authorization', `Bearer ${req.secret}`, 'user-agent', 'keypool-gateway'];
+    let accept = 'application/json';
+    if (req.headers) {
+      for (const name in req.headers) {
+        if (name === 'accept') accept = req.headers[name]!;
+        else if (!OWN_HEADERS.has(name)) headers.push(name, req.headers[name]!);
+      }
     }
+    headers.push('accept', accept);
+    if (req.body) headers.push('content-type', 'application/json', 'content-length', String(req.body.length));
     let settled = false;
     const out = (origin.https ? https : http).request({
       hostname: origin.hostname,
