@@ -5,6 +5,7 @@
  *   npm run bench:gateway                         readable table on stdout, progress on stderr
  *   npm run -s bench:gateway -- --json            exactly one JSON object on stdout
  *   npm run bench:gateway -- --seconds 20 --rate 800 --latency-ms 20
+ *   npm run bench:gateway -- --quick              under 2 minutes: 2 s per side, no maxRps search
  *   npm run bench:gateway -- --profile            also a CPU profile of the gateway (hot spots)
  *   npm run bench:gateway -- --gateway-node-flags="--max-semi-space-size=64"   a what-if
  *
@@ -35,7 +36,15 @@
  * Order (noise hits every side alike): warm-up of each target and mode; then per mode (chat,
  * stream) six slices direct, bare, gateway, gateway, bare, direct (ABCCBA) of --seconds/2 each, so
  * each side gets --seconds at --rate; the samples of a side's two slices are pooled. Overhead at a
- * percentile = that percentile of gateway latency minus the same percentile of direct latency.
+ * percentile = that percentile of gateway latency minus the same percentile of direct latency (the
+ * bare proxy's own overhead, bare minus direct, beside it). The same is measured at every rate of
+ * --overhead-rates (200, 500, 1000 by default; --rate among them): overheadByRate.
+ *
+ * Per request (top-level fields, chat at --rate; stream... for streams): cpuUsPerRequest of the
+ * gateway and of the bare proxy (/proc, each over its own slices) and their ratio;
+ * allocatedBytesPerRequest of each (bytes its V8 heap allocated over its slices, lib/heap-allocations.ts);
+ * redisCommandsPerRequest (commands inside scripts included) and scriptCallsPerRequest (INFO
+ * commandstats deltas, lib/redis-counts.ts).
  *
  * maxRps: non-streaming steps at --rates (500, 750, 1000, 1500, 2000, 2500, 3000, ...), each a
  * short warm-up and direct/gateway slices (ABBA, next step BAAB) of --step-seconds per side; a step
@@ -83,6 +92,7 @@ import { children } from './lib/child-ipc.js';
 import { machineCpu, machineShares } from './lib/proc.js';
 import { adminClient, openRedis, type BenchRedis } from './lib/redis.js';
 import { machine, printResult } from './lib/report.js';
+import { redisCounts } from './lib/redis-counts.js';
 import { round } from './lib/stats.js';
 import { agent, type Mode, type Side } from './gateway/load.js';
 import { searchMaxRps } from './gateway/max-rps.js';
@@ -91,7 +101,26 @@ import { Child, interrupt, interrupted, log, MAX_TOKENS, MODEL, parseCli } from 
 import { allocationsOfGateway, profileGateway, redisScriptTimes } from './gateway/profile.js';
 import { render } from './gateway/render.js';
 
-const TARGETS = { overheadP50Ms: 1, overheadP99Ms: 3 } as const;
+const TARGETS = { overheadP50Ms: 0.5, overheadP99Ms: 3, cpuGatewayOverBare: 2, scriptCallsPerRequest: 2 } as const;
+
+/**
+ * One rate and mode in figures: overhead (gateway - direct; bare proxy - direct; gateway - bare),
+ * CPU per request of each proxy process (/proc, over its own slices), bytes each allocated per
+ * request (its V8 heap), and Redis commands and script calls per gateway request (INFO commandstats).
+ */
+function perRequest(sides: Record<Side, SideFigures>) {
+  const g = meanTelemetry(sides.gateway.slices);
+  const b = meanTelemetry(sides.bare.slices);
+  const cpu = { gateway: g.cpuUsPerRequest.gateway, bare: b.cpuUsPerRequest.bare };
+  return {
+    overhead: overheadOf(sides.direct.latency, sides.gateway.latency),
+    bareOverhead: overheadOf(sides.direct.latency, sides.bare.latency),
+    keypoolOverhead: overheadOf(sides.bare.latency, sides.gateway.latency),
+    cpuUsPerRequest: { ...cpu, gatewayOverBare: round(cpu.gateway / cpu.bare, 2) },
+    allocatedBytesPerRequest: { gateway: g.heap?.allocatedBytesPerRequest ?? NaN, bare: b.heap?.allocatedBytesPerRequest ?? NaN },
+    ...redisCounts(g.redis.commandsPerRequest),
+  };
+}
 
 // ---- main ------------------------------------------------------------------------------------
 
@@ -171,12 +200,18 @@ async function main(): Promise<void> {
     log(`warm-up: ${opts.warmup} s per side and mode at ${opts.rate} req/s`);
     const MAIN_SIDES: Side[] = ['direct', 'bare', 'gateway'];
     for (const mode of ['chat', 'stream'] as const) await warm(env, mode, opts.rate, opts.warmup, MAIN_SIDES);
-    const main: Partial<Record<Mode, Record<Side, SideFigures>>> = {};
-    for (const mode of ['chat', 'stream'] as const) {
-      if (interrupted()) break;
-      const r = await measureSides(env, mode, opts.rate, opts.seconds, `main ${opts.rate}/s`, MAIN_SIDES);
-      if (r) main[mode] = r as Record<Side, SideFigures>;
+    // every rate of --overhead-rates (the main --rate among them), lowest first
+    const byRate = new Map<number, Partial<Record<Mode, Record<Side, SideFigures>>>>();
+    for (const rate of opts.overheadRates) {
+      const at: Partial<Record<Mode, Record<Side, SideFigures>>> = {};
+      byRate.set(rate, at);
+      for (const mode of ['chat', 'stream'] as const) {
+        if (interrupted()) break;
+        const r = await measureSides(env, mode, rate, opts.seconds, `${rate === opts.rate ? 'main ' : ''}${rate}/s`, MAIN_SIDES);
+        if (r) at[mode] = r as Record<Side, SideFigures>;
+      }
     }
+    const main = byRate.get(opts.rate)!;
 
     // ---- maxRps: step the rate up until overhead p99 passes the bound or errors appear
     const { steps, maxRps, limitedBy, belowLadder } = opts.maxRps ? await searchMaxRps(env, opts) : { steps: [], maxRps: null, limitedBy: null, belowLadder: false };
@@ -229,15 +264,21 @@ async function main(): Promise<void> {
       firstByteOverhead: overheadOf(main.stream.direct.firstByte, main.stream.gateway.firstByte),
       bareFirstByteOverhead: overheadOf(main.stream.direct.firstByte, main.stream.bare.firstByte),
     };
-    const errors = [chat.direct, chat.bare, chat.gateway, stream.direct, stream.bare, stream.gateway].reduce((n, s) => n + s.errors, 0) + steps.reduce((n, s) => n + s.direct.errors + s.gateway.errors, 0);
+    const overheadByRate = [...byRate].filter(([, at]) => at.chat && at.stream).map(([rate, at]) => ({ rate, chat: perRequest(at.chat!), stream: perRequest(at.stream!) }));
+    const errors =
+      [...byRate.values()].flatMap((at) => [at.chat, at.stream]).reduce((n, m) => n + (m ? m.direct.errors + m.bare.errors + m.gateway.errors : 0), 0) +
+      steps.reduce((n, s) => n + s.direct.errors + s.gateway.errors, 0);
+    const perReq = { chat: perRequest(main.chat), stream: perRequest(main.stream) };
     const check = (value: number, max: number) => ({ max, value, pass: Number.isFinite(value) && value <= max });
     const targets = {
       overheadP50Ms: check(chat.overhead.p50Ms, TARGETS.overheadP50Ms),
       overheadP99Ms: check(chat.overhead.p99Ms, TARGETS.overheadP99Ms),
+      cpuGatewayOverBare: check(perReq.chat.cpuUsPerRequest.gatewayOverBare, TARGETS.cpuGatewayOverBare),
+      scriptCallsPerRequest: check(perReq.chat.scriptCallsPerRequest, TARGETS.scriptCallsPerRequest),
       errors: { max: 0, value: errors, pass: errors === 0 },
       allPass: false,
     };
-    targets.allPass = targets.overheadP50Ms.pass && targets.overheadP99Ms.pass && targets.errors.pass;
+    targets.allPass = targets.overheadP50Ms.pass && targets.overheadP99Ms.pass && targets.cpuGatewayOverBare.pass && targets.scriptCallsPerRequest.pass && targets.errors.pass;
     const shares = machineShares(m0, machineCpu());
     const result = {
       overheadP50Ms: chat.overhead.p50Ms,
@@ -250,6 +291,15 @@ async function main(): Promise<void> {
       bareProxyOverheadP99Ms: chat.bareOverhead.p99Ms,
       bareProxyStreamOverheadP50Ms: stream.bareOverhead.p50Ms,
       bareProxyStreamOverheadP99Ms: stream.bareOverhead.p99Ms,
+      cpuUsPerRequest: perReq.chat.cpuUsPerRequest,
+      streamCpuUsPerRequest: perReq.stream.cpuUsPerRequest,
+      redisCommandsPerRequest: perReq.chat.redisCommandsPerRequest,
+      scriptCallsPerRequest: perReq.chat.scriptCallsPerRequest,
+      streamRedisCommandsPerRequest: perReq.stream.redisCommandsPerRequest,
+      streamScriptCallsPerRequest: perReq.stream.scriptCallsPerRequest,
+      allocatedBytesPerRequest: perReq.chat.allocatedBytesPerRequest,
+      streamAllocatedBytesPerRequest: perReq.stream.allocatedBytesPerRequest,
+      overheadByRate,
       maxRps,
       maxRpsLimitedBy: limitedBy,
       maxRpsBelowLadder: belowLadder,
@@ -257,6 +307,8 @@ async function main(): Promise<void> {
       targets,
       setup: {
         rate: opts.rate,
+        overheadRates: opts.overheadRates,
+        quick: opts.quick,
         secondsPerSide: opts.seconds,
         warmupSeconds: opts.warmup,
         upstreamLatencyMs: opts.latencyMs,

@@ -2,7 +2,8 @@
  * `keypool worker` starts without loading the gateway: the real binary runs under a module hook
  * (fixtures/trace-imports.mjs) that records every module the process resolves, and neither express
  * nor @keypool/server may be among them. The same hook on `keypool serve` does see both, so the
- * check cannot pass by recording nothing. Standalone only (REDIS_URL is one URL); the cluster
+ * check cannot pass by recording nothing. `keypool serve` loads neither bullmq, the AWS SDK nor
+ * node-vault before their first use (the worker does load bullmq: the check can fail). Standalone only (REDIS_URL is one URL); the cluster
  * project skips, as serve.int.test.ts does.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -18,6 +19,7 @@ const dir = mkdtempSync(join(tmpdir(), 'keypool-trace-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const GATEWAY = /\/packages\/server\/|\/node_modules\/express\//;
+const LAZY = /\/node_modules\/(bullmq|@aws-sdk|node-vault)\//;
 
 /** Runs `keypool <command>` on the test Redis until `ready` logs, stops it with SIGTERM; the URLs it resolved. */
 async function traced(command: 'serve' | 'worker', ready: string): Promise<string[]> {
@@ -45,11 +47,15 @@ describe.skipIf(testTarget() === 'cluster')('which modules a command loads (the 
     expect(urls.some((u) => u.includes('/packages/worker/src/run.ts'))).toBe(true);
     expect(urls.some((u) => u.includes('/packages/config/src/loader.ts'))).toBe(true);
     expect(urls.filter((u) => GATEWAY.test(u))).toEqual([]);
+    // the worker runs its queue on bullmq: the gateway's check below can see it
+    expect(urls.some((u) => u.includes('/node_modules/bullmq/'))).toBe(true);
   });
 
   it('keypool serve, under the same hook, does load both (the check above can fail)', async () => {
     const urls = await traced('serve', 'keypool gateway listening on ');
     expect(urls.some((u) => u.includes('/packages/server/src/index.ts'))).toBe(true);
     expect(urls.some((u) => u.includes('/node_modules/express/'))).toBe(true);
+    // without a secrets section and before any /status read, the gateway loads none of these (each at its first use)
+    expect(urls.filter((u) => LAZY.test(u))).toEqual([]);
   });
 });

@@ -171,10 +171,7 @@ export class Dispatcher {
   /** The dearest estimate of a call over the models its route may use (USD), for caller budgets. */
   estimateCostUsd(name: string, est: Estimate): number {
     let worst = 0;
-    for (const m of this.plan(name, 'critical').models) {
-      const p = this.pool.priceOf(m);
-      if (p) worst = Math.max(worst, ((est.total - est.output) * p.input + est.output * p.output) / 1e6);
-    }
+    for (const m of this.plan(name, 'critical').models) worst = Math.max(worst, this.pool.costUsd(m, est.total - est.output, est.output));
     return worst;
   }
 

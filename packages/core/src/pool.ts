@@ -328,6 +328,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return this.prices.priceOf(model);
   }
 
+  /** What `input` prompt and `output` completion tokens of `model` cost in USD, as the pool charges them (0 if unpriced). */
+  costUsd(model: string, input: number, output: number): number {
+    return this.prices.costUsd(model, input, output);
+  }
+
   private priced(model: string): boolean {
     if (this.prices.priceOf(model)) return true;
     if (!this.unpricedWarned.has(model)) {

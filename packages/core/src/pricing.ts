@@ -65,4 +65,9 @@ export class PriceTable {
     // round up fractions of a nano-dollar, but not float noise (3 x 0.4 x 1000 = 1200.0000000000002)
     return Math.max(0, Math.ceil(input * p.input * 1000 + output * p.output * 1000 - 1e-6));
   }
+
+  /** The same cost in USD (whole nano-dollars, as Redis counts it): the one rule every cost shown or charged follows. */
+  costUsd(model: string, input: number, output: number): number {
+    return this.costNanos(model, input, output) / NANOS_PER_USD;
+  }
 }

@@ -94,3 +94,14 @@ describe('PriceTable.costNanos', () => {
     }
   });
 });
+
+describe('PriceTable.costUsd', () => {
+  it('is the nano-dollar cost in USD: what Redis charges, not a float of its own', () => {
+    const t = new PriceTable();
+    // 3 x 0.4 $/1M is 1200.0000000000002 nano-dollars in floats: charged as 1200
+    expect(t.costNanos('gpt-4.1-nano', 0, 3)).toBe(1200);
+    expect(t.costUsd('gpt-4.1-nano', 0, 3)).toBe(1200 / NANOS_PER_USD);
+    expect(t.costUsd('gpt-4o-mini', 1000, 500)).toBe(t.costNanos('gpt-4o-mini', 1000, 500) / NANOS_PER_USD);
+    expect(t.costUsd('unknown-model', 1000, 500)).toBe(0);
+  });
+});

@@ -19,14 +19,7 @@
  * DescribeSecret and UpdateSecretVersionStage.
  */
 import { randomUUID } from 'node:crypto';
-import {
-  DescribeSecretCommand,
-  GetSecretValueCommand,
-  PutSecretValueCommand,
-  SecretsManagerClient,
-  UpdateSecretVersionStageCommand,
-  type SecretsManagerClientConfig,
-} from '@aws-sdk/client-secrets-manager';
+import type { SecretsManagerClient, SecretsManagerClientConfig } from '@aws-sdk/client-secrets-manager';
 import { formatPath, type KeySpec } from '@keypool/core';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -123,6 +116,11 @@ export interface AwsWriteOptions extends SourceCallOptions {
   stage?: string;
 }
 
+type Sdk = typeof import('@aws-sdk/client-secrets-manager');
+let sdkModule: Promise<Sdk> | undefined;
+/** The AWS SDK, loaded at the first call of an aws source: a process without one never loads it. */
+const loadSdk = (): Promise<Sdk> => (sdkModule ??= import('@aws-sdk/client-secrets-manager'));
+
 /** The region of `arn:aws:secretsmanager:<region>:<account>:secret:<name>`, if secretId is one. */
 function regionOfArn(secretId: string): string | undefined {
   const m = /^arn:[\w-]+:secretsmanager:([a-z0-9-]+):\d*:secret:/.exec(secretId);
@@ -194,7 +192,9 @@ export class AwsSecretsManagerSource implements SecretSource {
   readonly kind = 'aws' as const;
   readonly describe: string;
   readonly config: AwsSourceConfig;
-  private readonly client: SecretsManagerClient;
+  /** Given, or built at the first call (see loadSdk). */
+  private client: SecretsManagerClient | undefined;
+  private readonly makeClient: ((sdk: Sdk) => SecretsManagerClient) | undefined;
   private readonly ownsClient: boolean;
   private readonly defaults: KeyDefaults;
   private readonly region: string | undefined;
@@ -217,16 +217,24 @@ export class AwsSecretsManagerSource implements SecretSource {
       this.client = options.client;
       this.ownsClient = false;
     } else {
-      this.client = new SecretsManagerClient({
-        ...(this.region ? { region: this.region } : {}),
-        ...(c.endpoint ? { endpoint: c.endpoint } : {}),
-        ...(c.maxAttempts ? { maxAttempts: c.maxAttempts } : {}),
-        // a guard for calls made without a signal (the loader aborts its own on timeoutMs)
-        requestHandler: { connectionTimeout: 5_000, requestTimeout: 30_000, throwOnRequestTimeout: true },
-        ...options.clientConfig,
-      });
+      this.makeClient = (sdk) =>
+        new sdk.SecretsManagerClient({
+          ...(this.region ? { region: this.region } : {}),
+          ...(c.endpoint ? { endpoint: c.endpoint } : {}),
+          ...(c.maxAttempts ? { maxAttempts: c.maxAttempts } : {}),
+          // a guard for calls made without a signal (the loader aborts its own on timeoutMs)
+          requestHandler: { connectionTimeout: 5_000, requestTimeout: 30_000, throwOnRequestTimeout: true },
+          ...options.clientConfig,
+        });
       this.ownsClient = true;
     }
+  }
+
+  /** The SDK's command classes and this source's client. */
+  private async sdk(): Promise<{ sdk: Sdk; client: SecretsManagerClient }> {
+    const sdk = await loadSdk();
+    this.client ??= this.makeClient!(sdk);
+    return { sdk, client: this.client };
   }
 
   /** The staging labels this source loads. */
@@ -279,7 +287,8 @@ export class AwsSecretsManagerSource implements SecretSource {
   private async loadStage(stage: string, signal: AbortSignal): Promise<{ stage: string; versionId?: string; keys?: KeySpec[]; missing?: SecretSourceError }> {
     let out;
     try {
-      out = await this.client.send(new GetSecretValueCommand({ SecretId: this.config.secretId, VersionStage: stage }), { abortSignal: signal });
+      const { sdk, client } = await this.sdk();
+      out = await client.send(new sdk.GetSecretValueCommand({ SecretId: this.config.secretId, VersionStage: stage }), { abortSignal: signal });
     } catch (e) {
       const err = this.fail(e, `GetSecretValue ${stage}`, 'secretsmanager:GetSecretValue', signal);
       // a label that no version holds is skipped; the secret itself missing fails every label
@@ -342,8 +351,9 @@ export class AwsSecretsManagerSource implements SecretSource {
     const token = randomUUID();
     let out;
     try {
-      out = await this.client.send(
-        new PutSecretValueCommand({ SecretId: this.config.secretId, ClientRequestToken: token, SecretString: JSON.stringify(doc), VersionStages: [stage] }),
+      const { sdk, client } = await this.sdk();
+      out = await client.send(
+        new sdk.PutSecretValueCommand({ SecretId: this.config.secretId, ClientRequestToken: token, SecretString: JSON.stringify(doc), VersionStages: [stage] }),
         options.signal ? { abortSignal: options.signal } : {},
       );
     } catch (e) {
@@ -365,7 +375,8 @@ export class AwsSecretsManagerSource implements SecretSource {
     const current = holderOf(map, AWSCURRENT);
     const call = async (input: { VersionStage: string; MoveToVersionId?: string; RemoveFromVersionId?: string }) => {
       try {
-        await this.client.send(new UpdateSecretVersionStageCommand({ SecretId: this.config.secretId, ...input }), options.signal ? { abortSignal: options.signal } : {});
+        const { sdk, client } = await this.sdk();
+        await client.send(new sdk.UpdateSecretVersionStageCommand({ SecretId: this.config.secretId, ...input }), options.signal ? { abortSignal: options.signal } : {});
       } catch (e) {
         const err = this.fail(e, `UpdateSecretVersionStage ${input.VersionStage}`, 'secretsmanager:UpdateSecretVersionStage', options.signal);
         if (err.code === 'config' && /attached|RemoveFromVersionId/i.test(err.message)) {
@@ -380,13 +391,14 @@ export class AwsSecretsManagerSource implements SecretSource {
   }
 
   async close(): Promise<void> {
-    if (this.ownsClient) this.client.destroy();
+    if (this.ownsClient) this.client?.destroy();
   }
 
   /** DescribeSecret's VersionIdsToStages (versions that hold a label). */
   private async versionMap(signal: AbortSignal | undefined, why: string): Promise<Record<string, string[]>> {
     try {
-      const d = await this.client.send(new DescribeSecretCommand({ SecretId: this.config.secretId }), signal ? { abortSignal: signal } : {});
+      const { sdk, client } = await this.sdk();
+      const d = await client.send(new sdk.DescribeSecretCommand({ SecretId: this.config.secretId }), signal ? { abortSignal: signal } : {});
       return d.VersionIdsToStages ?? {};
     } catch (e) {
       throw this.fail(e, `DescribeSecret (for ${why})`, 'secretsmanager:DescribeSecret', signal);

@@ -27,7 +27,7 @@ import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { systemClock, type Clock, type KeySpec } from '@keypool/core';
-import NodeVault from 'node-vault';
+import type NodeVault from 'node-vault';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { keyDocumentOf, parseKeyDefaults, parseKeyDocument, type KeyDefaults } from './document.js';
@@ -137,7 +137,9 @@ interface RequestOptions {
 export class VaultSource implements SecretSource {
   readonly kind = 'vault' as const;
   readonly describe: string;
-  private readonly client: NodeVault.client;
+  /** node-vault (and axios under it), loaded at this source's first request: a process without a vault source never loads them. */
+  private client: Promise<NodeVault.client> | undefined;
+  private readonly namespace: string | undefined;
   private readonly clock: Clock;
   private readonly endpoint: string;
   private readonly https: boolean;
@@ -228,18 +230,7 @@ export class VaultSource implements SecretSource {
       }
     }
 
-    this.client = NodeVault({
-      apiVersion: 'v1',
-      endpoint: this.endpoint,
-      ...(namespace ? { namespace } : {}),
-      // node-vault's debug logging prints request bodies (key secrets, secret_id): never
-      debug: () => undefined,
-      noCustomHTTPVerbs: true,
-    });
-    // node-vault falls back to VAULT_TOKEN and VAULT_PREFIX: the token goes per request instead
-    (this.client as { token: string | undefined }).token = undefined;
-    (this.client as unknown as { pathPrefix: string }).pathPrefix = '';
-    (this.client as unknown as { namespace: string | undefined }).namespace = namespace;
+    this.namespace = namespace;
 
     this.log = options.logger?.child({ component: 'keypool-secrets', source: this.describe });
   }
@@ -248,7 +239,7 @@ export class VaultSource implements SecretSource {
     const { signal } = options;
     const query = this.version !== undefined ? `?version=${this.version}` : '';
     const op: Op = { kind: 'read', what: `reading ${this.apiPath}${this.version !== undefined ? ` version ${this.version}` : ''}` };
-    const body = (await this.authed(op, signal, (req) => this.client.read(`${this.requestPath}${query}`, req))) as KvReadBody | undefined;
+    const body = (await this.authed(op, signal, (req, c) => c.read(`${this.requestPath}${query}`, req))) as KvReadBody | undefined;
     const d = body?.data;
     if (!d || typeof d !== 'object' || !d.metadata || typeof d.metadata.version !== 'number') {
       throw new SecretSourceError('config', this.describe, `the answer for ${this.apiPath} has no KV version 2 metadata: is "${this.mount}" a KV version 2 mount (vault secrets enable -path=${this.mount} kv-v2)?`);
@@ -274,7 +265,7 @@ export class VaultSource implements SecretSource {
     }
     const payload = { data: keyDocumentOf(keys), ...(cas !== undefined ? { options: { cas } } : {}) };
     const op: Op = { kind: 'write', what: `writing ${this.apiPath}`, ...(expectedVersion !== undefined ? { expectedVersion } : {}) };
-    const body = (await this.authed(op, signal, (req) => this.client.write(this.requestPath, payload, req))) as KvWriteBody | undefined;
+    const body = (await this.authed(op, signal, (req, c) => c.write(this.requestPath, payload, req))) as KvWriteBody | undefined;
     const version = body?.data?.version;
     if (typeof version !== 'number') {
       throw new SecretSourceError('config', this.describe, `the answer to writing ${this.apiPath} has no version: is "${this.mount}" a KV version 2 mount?`);
@@ -293,7 +284,7 @@ export class VaultSource implements SecretSource {
   // ---- auth ----
 
   /** Run `fn` with a token; with AppRole, a 403 on a token not fresh from a login logs in again, once. */
-  private async authed<T>(op: Op, signal: AbortSignal | undefined, fn: (req: RequestOptions) => Promise<T>): Promise<T> {
+  private async authed<T>(op: Op, signal: AbortSignal | undefined, fn: (req: RequestOptions, client: NodeVault.client) => Promise<T>): Promise<T> {
     const first = await this.ensureToken(signal);
     try {
       return await this.http(op, fn, signal, first.token);
@@ -329,7 +320,7 @@ export class VaultSource implements SecretSource {
     if (this.auth.method !== 'approle') throw new Error('unreachable');
     const { roleId, secretId, mount } = this.auth;
     const op: Op = { kind: 'login', what: `logging in at auth/${mount}/login` };
-    const body = (await this.http(op, (req) => this.client.write(`auth/${mount.split('/').map(encodeURIComponent).join('/')}/login`, { role_id: roleId, secret_id: secretId }, req))) as
+    const body = (await this.http(op, (req, c) => c.write(`auth/${mount.split('/').map(encodeURIComponent).join('/')}/login`, { role_id: roleId, secret_id: secretId }, req))) as
       | AuthBody
       | undefined;
     const auth = body?.auth;
@@ -354,7 +345,7 @@ export class VaultSource implements SecretSource {
     this.renewChecked = true;
     void (async () => {
       try {
-        const body = (await this.http({ kind: 'lookup', what: 'looking up the token (auth/token/lookup-self)' }, (req) => this.client.read('auth/token/lookup-self', req), undefined, token)) as
+        const body = (await this.http({ kind: 'lookup', what: 'looking up the token (auth/token/lookup-self)' }, (req, c) => c.read('auth/token/lookup-self', req), undefined, token)) as
           | LookupBody
           | undefined;
         if (this.closed) return;
@@ -398,7 +389,7 @@ export class VaultSource implements SecretSource {
     this.renewTimer = undefined;
     if (this.closed || this.currentToken() !== token) return;
     try {
-      const body = (await this.http({ kind: 'renew', what: 'renewing the token (auth/token/renew-self)' }, (req) => this.client.write('auth/token/renew-self', {}, req), undefined, token)) as
+      const body = (await this.http({ kind: 'renew', what: 'renewing the token (auth/token/renew-self)' }, (req, c) => c.write('auth/token/renew-self', {}, req), undefined, token)) as
         | AuthBody
         | undefined;
       if (this.closed || this.currentToken() !== token) return;
@@ -426,12 +417,31 @@ export class VaultSource implements SecretSource {
 
   // ---- HTTP ----
 
+  private vault(): Promise<NodeVault.client> {
+    return (this.client ??= import('node-vault').then(({ default: NodeVault }) => {
+      const client = NodeVault({
+        apiVersion: 'v1',
+        endpoint: this.endpoint,
+        ...(this.namespace ? { namespace: this.namespace } : {}),
+        // node-vault's debug logging prints request bodies (key secrets, secret_id): never
+        debug: () => undefined,
+        noCustomHTTPVerbs: true,
+      });
+      // node-vault falls back to VAULT_TOKEN and VAULT_PREFIX: the token goes per request instead
+      (client as { token: string | undefined }).token = undefined;
+      (client as unknown as { pathPrefix: string }).pathPrefix = '';
+      (client as unknown as { namespace: string | undefined }).namespace = this.namespace;
+      return client;
+    }));
+  }
+
   /**
    * One request through node-vault, on an HTTP agent of its own that the signal destroys (node-vault
    * does not forward an AbortSignal to axios). Every failure comes out as a SecretSourceError.
    */
-  private async http<T>(op: Op, fn: (req: RequestOptions) => Promise<T>, signal?: AbortSignal, token?: string): Promise<T> {
+  private async http<T>(op: Op, fn: (req: RequestOptions, client: NodeVault.client) => Promise<T>, signal?: AbortSignal, token?: string): Promise<T> {
     if (signal?.aborted) throw this.abortedError(op.what);
+    const client = await this.vault();
     const agent = this.https
       ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: this.rejectUnauthorized, ...(this.ca ? { ca: this.ca } : {}) })
       : new HttpAgent({ keepAlive: true });
@@ -444,7 +454,7 @@ export class VaultSource implements SecretSource {
         ...(this.https ? { httpsAgent: agent as HttpsAgent } : { httpAgent: agent as HttpAgent }),
         headers: token ? { 'X-Vault-Token': token } : {},
       };
-      return await abortable(fn(req), signal, () => this.abortedError(op.what));
+      return await abortable(fn(req, client), signal, () => this.abortedError(op.what));
     } catch (e) {
       throw this.toSourceError(e, op, signal);
     } finally {

@@ -1,16 +1,19 @@
 import { readFileSync } from 'node:fs';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { systemClock, type Clock, type KeyPool } from '@keypool/core';
 import { packageRoot } from '@keypool/core/package-dir';
 import type { SecretSync } from '@keypool/secrets';
 import { Dispatcher, type Route } from '@keypool/client';
+import { parseByteSize } from '@keypool/config';
 import { adminRouter, opsGuard } from './admin.js';
-import { HttpError, sendError } from './errors.js';
+import { HttpError, sendError, unknownUrl } from './errors.js';
+import { frontListener } from './front.js';
 import { Inflight } from './inflight.js';
 import { GatewayMetrics } from './metrics.js';
 import type { QueueStatus } from './queue-status.js';
-import { proxyRouter } from './proxy.js';
+import { createProxy } from './proxy.js';
 
 /** What the gateway needs from the `server` config section (see @keypool/config's sections/server.ts for each field). */
 export interface GatewaySettings {
@@ -39,6 +42,11 @@ export interface GatewayOptions {
 }
 
 export interface Gateway {
+  /** The request listener to serve: /v1 on plain node:http, the rest through `app`. */
+  handler: RequestListener;
+  /** An http server of `handler` listening on port (and host); as express's app.listen. */
+  listen(port: number, host?: string, onListening?: () => void): Server;
+  /** The express app of everything but /v1 (status, metrics, admin, dashboard). Serve `handler`, not this. */
   app: express.Express;
   metrics: GatewayMetrics;
   inflight: Inflight;
@@ -49,8 +57,9 @@ export interface Gateway {
 const DASHBOARD = new URL('./dashboard.html', import.meta.url);
 
 /**
- * The express app of one gateway process: /v1 (the OpenAI-compatible proxy), /status, /healthz,
- * /readyz, /metrics, /admin and the dashboard. No listening here (see runner.ts).
+ * One gateway process's request listener: /v1 (the OpenAI-compatible proxy, on plain node:http),
+ * and the express app of /status, /healthz, /readyz, /metrics, /admin and the dashboard. No
+ * listening here (see runner.ts).
  */
 export function createGateway(opts: GatewayOptions): Gateway {
   const { pool, logger, settings } = opts;
@@ -68,19 +77,10 @@ export function createGateway(opts: GatewayOptions): Gateway {
   pool.on('tokens:lost', () => metrics.tokenStoreLost.inc());
   pool.on('transition', (t) => metrics.transitions.inc({ key_id: t.keyId, transition: t.transition }));
 
-  // path tricks (dot segments, encoded slashes or dots, empty segments) are refused, not resolved
-  app.use((req, res, next) => {
-    const path = (req.originalUrl ?? req.url).split('?')[0]!;
-    if (!/(^|\/)\.{1,2}(\/|$)|%2e|%2f|%5c|\\|\/\//i.test(path)) return next();
-    sendError(res, new HttpError(400, 'The request path holds dot segments, encoded slashes or empty segments; send a plain path such as /v1/chat/completions.', 'invalid_request_error', 'invalid_path'));
-  });
-  // draining: a keep-alive connection may still bring a request; send it elsewhere
-  app.use('/v1', (_req, res, next) => {
-    if (!inflight.closing) return next();
-    res.setHeader('connection', 'close');
-    sendError(res, new HttpError(503, 'The gateway is shutting down; retry on another instance.', 'server_error', 'shutting_down', null, 1));
-  });
-  app.use('/v1', proxyRouter({ pool, dispatcher, metrics, logger, inflight, settings, clock }));
+  const bodyLimit = parseByteSize(settings.bodyLimit);
+  if (bodyLimit === undefined) throw new Error(`server.bodyLimit: not a size (${String(settings.bodyLimit)}); write bytes, or e.g. 512kb, 4mb`);
+  const v1 = createProxy({ pool, dispatcher, metrics, logger, inflight, settings: { ...settings, bodyLimit }, clock });
+  const handler = frontListener(v1, app);
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', uptimeSeconds: Math.round((clock.now() - startedAt.getTime()) / 1000) });
@@ -140,9 +140,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
   app.get('/', (_req, res) => res.redirect('/dashboard'));
   app.get('/favicon.ico', (_req, res) => res.status(204).end());
 
-  app.use((req, res) => {
-    sendError(res, new HttpError(404, `No such endpoint: ${req.method} ${req.path.slice(0, 200)}. The gateway serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models.`, 'invalid_request_error', 'unknown_url'));
-  });
+  app.use((req, res) => sendError(res, unknownUrl(req.method, req.path)));
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     const e = err as { type?: string; status?: number; limit?: number };
     if (e?.type === 'entity.too.large' || e?.status === 413) {
@@ -153,7 +151,8 @@ export function createGateway(opts: GatewayOptions): Gateway {
     sendError(res, new HttpError(500, 'Internal error in the gateway; its log has the details.', 'server_error', 'internal_error'));
   });
 
-  return { app, metrics, inflight, dispatcher, startedAt };
+  const listen = (port: number, host?: string, onListening?: () => void) => createServer(handler).listen(port, host, onListening);
+  return { handler, listen, app, metrics, inflight, dispatcher, startedAt };
 }
 
 const VERSION = (JSON.parse(readFileSync(new URL('package.json', packageRoot(import.meta.url)), 'utf8')) as { version: string }).version;

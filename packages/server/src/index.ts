@@ -1,6 +1,7 @@
 /**
- * @keypool/server: the keypool gateway. An express app in front of a KeyPool: an OpenAI-compatible
- * proxy (/v1), status, health, Prometheus metrics, the admin API and a dashboard.
+ * @keypool/server: the keypool gateway in front of a KeyPool: an OpenAI-compatible proxy (/v1, on
+ * plain node:http), and an express app for status, health, Prometheus metrics, the admin API and a
+ * dashboard. Serve `createGateway(...).handler` (or call its `listen`).
  *
  *   const config = loadGatewayConfig({ file: 'keypool.yaml' });
  *   const serving = await serve(config);          // listens; serving.close() drains and stops

@@ -1,33 +1,37 @@
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import type { Request, Response, Router } from 'express';
-import express from 'express';
 import type { Logger } from 'pino';
-import { NANOS_PER_USD, isPoolExhausted, isRedisUnavailable, isRequestTooLarge, isUnknownModel, systemClock, type Clock, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import { NANOS_PER_USD, isRedisUnavailable, systemClock, type Clock, type KeyPool, type Lease, type Outcome } from '@keypool/core';
 import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
-import { HttpError, badRequest, sendError } from './errors.js';
+import { ClientClosed, GatewayTimeout, HttpError, ShuttingDown, badRequest, sendError, shuttingDown, toHttpError, tokenRefusal, unknownUrl } from './errors.js';
 import type { Inflight } from './inflight.js';
 import { spliceMembers } from './json-splice.js';
 import type { GatewayMetrics } from './metrics.js';
 import { SseTap, usageOf, type StreamKind } from './sse.js';
-import { UpstreamNetworkError, UpstreamStatusError, classifyUpstream, forward, readBody } from './upstream.js';
+import { UpstreamNetworkError, classifyUpstream, forward, readBody } from './upstream.js';
 
 /**
- * The OpenAI-compatible proxy: POST /v1/chat/completions, /v1/completions, /v1/embeddings,
- * /v1/responses and GET /v1/models. A request is checked (JSON, shape, gateway token and its
- * limits) before any key is used, then goes through the Dispatcher shared with the pooled client
- * (lease, attempt, failover, release with the real usage). The body goes upstream as the caller
- * sent it; only `model` (a route names the model chosen) and, on streams, `stream_options.
- * include_usage` (the gateway needs the usage; the extra chunk is held back unless asked for) are
- * ever rewritten. Stream bytes are passed on event by event as they arrive.
+ * The OpenAI-compatible proxy on plain node:http (no express on this path): POST
+ * /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models. A
+ * request's body is read once into a Buffer (bounded by bodyLimit) and parsed once; it is checked
+ * (JSON, shape, gateway token and its limits) before any key is used, then goes through the
+ * Dispatcher shared with the pooled client (lease, attempt, failover, release with the real usage).
+ * The body goes upstream as the caller sent it; only `model` (a route names the model chosen) and,
+ * on streams, `stream_options.include_usage` (the gateway needs the usage; the extra chunk is held
+ * back unless asked for) are ever rewritten. Stream bytes are passed on event by event as they
+ * arrive.
+ *
+ * The path: {@link createProxy} (the /v1 request listener) -> {@link handle} (one POST) ->
+ * {@link pipeStream} (a stream's bytes) or the whole answer; {@link listModels} for GET /v1/models.
  */
 
 export interface ProxySettings {
   deadlineMs: number;
   attemptTimeoutMs: number;
   defaultMaxOutputTokens: number;
-  bodyLimit: string | number;
+  /** Bytes (the config's server.bodyLimit, parsed). */
+  bodyLimit: number;
 }
 
 export interface ProxyDeps {
@@ -103,40 +107,123 @@ const ENDPOINTS: Endpoint[] = [
     usage: (d) => usageOf(d.usage?.input_tokens, d.usage?.output_tokens),
   },
 ];
-
-/** The caller went away: not the key's fault, nothing to answer. */
-class ClientClosed extends Error {
-  constructor() {
-    super('the client closed the connection');
-  }
-}
-
-/** The gateway is shutting down and the drain period is over. */
-export class ShuttingDown extends Error {
-  constructor() {
-    super('the gateway is shutting down');
-  }
-}
-
-/** The call ran out of time without an answer from the provider. */
-class GatewayTimeout extends Error {}
+/** By path under /v1, lower case (express matched paths without regard to case). */
+const BY_PATH = new Map(ENDPOINTS.map((ep) => [ep.path, ep]));
 
 const PRIORITIES = new Set<Priority>(['critical', 'normal', 'low']);
 /** Request headers a caller may pass on to the provider. */
 const PASS_HEADERS = ['openai-beta'];
 /** Upstream response headers passed back to the caller. */
 const RETURN_HEADERS = ['openai-processing-ms', 'openai-version', 'x-request-id'];
+/** The largest cost an estimate may have: the token scripts count nano-dollars in exact integers. */
+const MAX_ESTIMATE_USD = Math.floor(Number.MAX_SAFE_INTEGER / NANOS_PER_USD);
 
-function bearer(req: Request): string {
+/** What every request of one gateway shares: its parts, and the metric children bound once per endpoint. */
+interface ProxyContext extends Required<Omit<ProxyDeps, 'logger'>> {
+  log: Logger;
+  known: RecentTokens;
+  duration: Map<string, { observe(v: number): void }>;
+  overhead: Map<string, { observe(v: number): void }>;
+}
+
+/**
+ * The /v1 request listener (node:http's (req, res)): dispatches by method and path, refuses new
+ * requests while draining. `req.url` starts with /v1 (the caller routed it; see front.ts).
+ */
+export function createProxy(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const ctx: ProxyContext = {
+    ...deps,
+    clock: deps.clock ?? systemClock,
+    log: deps.logger.child({ component: 'proxy' }),
+    known: new RecentTokens(deps.clock ?? systemClock),
+    duration: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.duration.labels({ endpoint: ep.name })])),
+    overhead: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.overhead.labels({ endpoint: ep.name })])),
+  };
+  return (req, res) => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q < 0 ? url : url.slice(0, q);
+    if (ctx.inflight.closing) {
+      // draining: a keep-alive connection may still bring a request; send it elsewhere
+      res.setHeader('connection', 'close');
+      return sendError(res, shuttingDown());
+    }
+    // express routed without regard to case or a trailing slash: so does this
+    let sub = path.slice(3).toLowerCase();
+    if (sub.length > 1 && sub.endsWith('/')) sub = sub.slice(0, -1);
+    if (req.method === 'POST') {
+      const ep = BY_PATH.get(sub);
+      if (ep) return void handle(ctx, ep, req, res);
+    } else if ((req.method === 'GET' || req.method === 'HEAD') && sub === '/models') {
+      return void listModels(ctx, req, res);
+    }
+    sendError(res, unknownUrl(req.method, path));
+  };
+}
+
+function bearer(req: IncomingMessage): string {
   const h = req.headers.authorization;
   const m = typeof h === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(h) : null;
   if (!m) throw new HttpError(401, "Missing gateway token: send 'Authorization: Bearer <gateway token>' (the OpenAI SDKs do this with apiKey).", 'authentication_error', 'missing_api_key');
   return m[1]!;
 }
 
-function parseBody(req: Request): Record<string, unknown> {
-  const raw = req.body as Buffer | undefined;
-  if (!Buffer.isBuffer(raw) || raw.length === 0) throw badRequest('The request has no body: send a JSON object (Content-Type: application/json).');
+const tooLarge = (limit: number) => new HttpError(413, `The request body is larger than this gateway accepts (${limit} bytes; server.bodyLimit).`, 'invalid_request_error', 'body_too_large');
+
+/**
+ * The request body, read once into one Buffer; 413 as soon as it passes `limit` (the rest is
+ * drained, not kept). Bodies are taken as sent: a content-encoding (gzip...) is refused (415).
+ */
+export function readRequestBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > limit) {
+    req.resume();
+    return Promise.reject(tooLarge(limit));
+  }
+  const enc = req.headers['content-encoding'];
+  if (enc !== undefined && enc.toLowerCase() !== 'identity') {
+    req.resume();
+    return Promise.reject(new HttpError(415, `The request body is ${enc.slice(0, 40)}-encoded; this gateway takes bodies without a content-encoding.`, 'invalid_request_error', 'unsupported_encoding'));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      req.off('close', onClose);
+    };
+    const onData = (c: Buffer) => {
+      size += c.length;
+      if (size > limit) {
+        done();
+        req.resume(); // drained, not kept
+        return reject(tooLarge(limit));
+      }
+      chunks.push(c);
+    };
+    const onEnd = () => {
+      done();
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onError = () => {
+      done();
+      reject(new HttpError(400, 'The request body could not be read.', 'invalid_request_error', 'invalid_body'));
+    };
+    // closed before its end: the caller went away mid-body
+    const onClose = () => {
+      if (!req.complete) onError();
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+    req.on('close', onClose);
+  });
+}
+
+function parseBody(raw: Buffer): Record<string, unknown> {
+  if (raw.length === 0) throw badRequest('The request has no body: send a JSON object (Content-Type: application/json).');
   let body: unknown;
   try {
     body = JSON.parse(raw.toString('utf8'));
@@ -147,428 +234,421 @@ function parseBody(req: Request): Record<string, unknown> {
   return body as Record<string, unknown>;
 }
 
-/** The largest cost an estimate may have: the token scripts count nano-dollars in exact integers. */
-const MAX_ESTIMATE_USD = Math.floor(Number.MAX_SAFE_INTEGER / NANOS_PER_USD);
-
 function usd(n: number): string {
   return n.toFixed(8).replace(/\.?0+$/, '') || '0';
 }
 
-export function proxyRouter(deps: ProxyDeps): Router {
-  const { pool, dispatcher, metrics, logger, inflight, settings } = deps;
-  const log = logger.child({ component: 'proxy' });
-  const known = new RecentTokens(deps.clock ?? systemClock);
-  const router = express.Router();
-  const raw = express.raw({ type: () => true, limit: settings.bodyLimit });
+/** Cost of a call's usage in USD, by the pool's one rule (core's PriceTable). */
+function costOf(ctx: ProxyContext, model: string, u: Outcome['usage']): number {
+  return u ? ctx.pool.costUsd(model, u.promptTokens ?? 0, u.completionTokens ?? 0) : 0;
+}
 
-  const costOf = (model: string, u: Outcome['usage']): number => {
-    const p = pool.priceOf(model);
-    if (!p || !u) return 0;
-    return ((u.promptTokens ?? 0) * p.input + (u.completionTokens ?? 0) * p.output) / 1e6;
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.statusCode = status;
+  res.setHeader('content-type', 'application/json; charset=utf-8');
+  res.setHeader('content-length', Buffer.byteLength(text));
+  res.end(text);
+}
+
+/** GET /v1/models: the models and routes this gateway serves that the caller's token may use. */
+async function listModels(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  try {
+    const who = await ctx.pool.tokens.verify(bearer(req));
+    if (!who) throw new HttpError(401, 'Incorrect gateway token provided.', 'authentication_error', 'invalid_api_key');
+    const owners = new Map<string, string>();
+    for (const k of ctx.pool.knownKeys()) for (const m of k.models) if (!owners.has(m)) owners.set(m, k.provider);
+    for (const r of Object.keys(ctx.dispatcher.routes)) owners.set(r, 'keypool-route');
+    const allowed = (id: string) => who.models.length === 0 || who.models.includes(id);
+    const data = [...owners].filter(([id]) => allowed(id)).map(([id, owned_by]) => ({ id, object: 'model', created: 0, owned_by }));
+    send(res, 200, { object: 'list', data });
+  } catch (e) {
+    sendError(res, toHttpError(e, ctx.log));
+  }
+}
+
+/**
+ * One request's state from its first byte to its metrics: the call's controller, the token's
+ * admission and its settlement, the attempts charged while aborted. Methods, not closures, so the
+ * path allocates one object per request and a profile names each step.
+ */
+class ProxyCall {
+  readonly t0 = performance.now();
+  readonly requestId = randomUUID();
+  readonly labels: { endpoint: string; route: string; model: string; status: string };
+  upstreamMs = 0;
+  readonly call: ReturnType<typeof callController>;
+  /** The token's admission (its reservation is settled once, whatever happens). */
+  admission: { id: string; reservation: string } | undefined;
+  /** An admission run beside the acquire (a token this process saw admitted lately). */
+  gate: Promise<void> | undefined;
+  /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
+  readonly aborted: number[] = [];
+  /** An attempt went to a provider: the token's request counts (its rpm holds for failing calls too). */
+  sent = false;
+  private settled = false;
+  private readonly end: () => void;
+
+  constructor(
+    readonly ctx: ProxyContext,
+    readonly ep: Endpoint,
+    readonly res: ServerResponse,
+  ) {
+    this.labels = { endpoint: ep.name, route: '', model: '', status: '' };
+    this.call = callController(undefined, ctx.settings.deadlineMs);
+    res.setHeader('x-keypool-request-id', this.requestId);
+    res.on('close', this.onClose);
+    this.end = ctx.inflight.begin(this.abort);
+  }
+
+  get signal(): AbortSignal {
+    return this.call.controller.signal;
+  }
+
+  readonly abort = (why: unknown): void => this.call.controller.abort(why);
+
+  private readonly onClose = (): void => {
+    if (!this.res.writableFinished) this.abort(new ClientClosed());
   };
 
-  for (const ep of ENDPOINTS) {
-    router.post(ep.path, raw, (req, res) => void handle(ep, req, res));
+  /** Charge the gateway token what the call cost (once): the one place the token is settled. */
+  settle(costUsd: number, refundRequest: boolean): void {
+    if (!this.admission || this.settled) return;
+    this.settled = true;
+    const a = this.admission;
+    const { pool, inflight, log } = this.ctx;
+    inflight.track(pool.tokens.settle(a.id, a.reservation, costUsd, { refundRequest }).catch((e) => log.warn({ err: (e as Error).message, token: a.id }, 'could not settle the gateway token spend')));
   }
-
-  router.get('/models', async (req, res) => {
-    try {
-      const who = await pool.tokens.verify(bearer(req));
-      if (!who) throw new HttpError(401, 'Incorrect gateway token provided.', 'authentication_error', 'invalid_api_key');
-      const owners = new Map<string, string>();
-      for (const k of pool.knownKeys()) for (const m of k.models) if (!owners.has(m)) owners.set(m, k.provider);
-      for (const r of Object.keys(dispatcher.routes)) owners.set(r, 'keypool-route');
-      const allowed = (id: string) => who.models.length === 0 || who.models.includes(id);
-      const data = [...owners].filter(([id]) => allowed(id)).map(([id, owned_by]) => ({ id, object: 'model', created: 0, owned_by }));
-      res.json({ object: 'list', data });
-    } catch (e) {
-      sendError(res, toHttpError(e, log));
-    }
-  });
-
-  async function handle(ep: Endpoint, req: Request, res: Response): Promise<void> {
-    const t0 = performance.now();
-    const requestId = randomUUID();
-    res.setHeader('x-keypool-request-id', requestId);
-    const labels = { endpoint: ep.name, route: '', model: '', status: '' };
-    let upstreamMs = 0;
-    const call = callController(undefined, settings.deadlineMs);
-    const abort = call.controller;
-    const onClose = () => {
-      if (!res.writableFinished) abort.abort(new ClientClosed());
-    };
-    res.on('close', onClose);
-    const end = inflight.begin((why) => abort.abort(why));
-    let admission: { id: string; reservation: string } | undefined;
-    let gate: Promise<void> | undefined;
-    /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
-    const aborted: number[] = [];
-    /** An attempt went to a provider: the token's request counts (its rpm holds for failing calls too). */
-    let sent = false;
-    let settled = false;
-    const settle = (costUsd: number, refundRequest: boolean) => {
-      if (!admission || settled) return;
-      settled = true;
-      const a = admission;
-      inflight.track(pool.tokens.settle(a.id, a.reservation, costUsd, { refundRequest }).catch((e) => log.warn({ err: (e as Error).message, token: a.id }, 'could not settle the gateway token spend')));
-    };
-    const finish = (status: number) => {
-      labels.status = String(status);
-      metrics.requests.inc(labels);
-      const total = performance.now() - t0;
-      metrics.duration.observe({ endpoint: ep.name }, total / 1000);
-      metrics.overhead.observe({ endpoint: ep.name }, Math.max(0, total - upstreamMs) / 1000);
-      call.done();
-      res.off('close', onClose);
-      end();
-    };
-    /**
-     * Release the lease with the outcome (in the background: the answer is out already), then
-     * charge the token what the pool charged the key (the estimate for a stream that broke before
-     * its usage came, as core does), or the usage priced here when Redis could not say.
-     */
-    function releaseAndSettle(lease: Lease, model: string, outcome: Outcome, localCost: number) {
-      const usage = outcome.usage;
-      if (usage?.promptTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'prompt' }, usage.promptTokens);
-      if (usage?.completionTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'completion' }, usage.completionTokens);
-      inflight.track(
-        lease.release(outcome).then(
-          (r) => {
-            const cost = r.released ? r.costUsd : localCost;
-            if (cost > 0) metrics.spend.inc({ key_id: lease.keyId, model }, cost);
-            settle(cost, false);
-          },
-          () => settle(localCost, false),
-        ),
-      );
-    }
-    try {
-      const token = bearer(req);
-      const body = parseBody(req);
-      if (typeof body.model !== 'string' || body.model.length === 0) throw badRequest("'model' is required: a model name or a route name (GET /v1/models lists them).", 'model');
-      const name = body.model;
-      // a name the gateway serves, else '': callers' strings must not grow the metric series
-      if (dispatcher.route(name) || pool.servesModel(name)) labels.model = name;
-      if (body.stream !== undefined && typeof body.stream !== 'boolean') throw badRequest("'stream' must be true or false", 'stream');
-      // spread into the rewritten member, a string or an array would go upstream as {"0":...}
-      const so = body.stream_options;
-      if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw badRequest('\'stream_options\' must be an object, e.g. {"include_usage": true}', 'stream_options');
-      const problem = ep.check(body);
-      if (problem) throw badRequest(problem[0], problem[1]);
-      const stream = body.stream === true && ep.stream !== null;
-      const priority = (req.headers['x-keypool-priority'] ?? 'normal') as Priority;
-      if (!PRIORITIES.has(priority)) throw badRequest(`x-keypool-priority must be critical, normal or low (got '${String(priority).slice(0, 40)}')`, null, 'invalid_priority');
-      let deadlineMs = settings.deadlineMs;
-      const asked = req.headers['x-keypool-timeout-ms'];
-      if (asked !== undefined) {
-        const n = Number(asked);
-        if (!Number.isInteger(n) || n < 1 || n > settings.deadlineMs) throw badRequest(`x-keypool-timeout-ms must be an integer from 1 to ${settings.deadlineMs}`, null, 'invalid_timeout');
-        deadlineMs = n;
-      }
-      if (dispatcher.route(name)) labels.route = name;
-      let est: Estimate;
-      try {
-        est = ep.estimate(body, settings.defaultMaxOutputTokens);
-      } catch {
-        // the estimate walks the body recursively: valid JSON nested thousands deep overflows the stack
-        throw badRequest('The request body is nested too deeply to be read.', null, 'invalid_body');
-      }
-      const estUsd = dispatcher.estimateCostUsd(name, est);
-      if (!Number.isSafeInteger(est.total) || !(estUsd <= MAX_ESTIMATE_USD)) {
-        throw badRequest('The request asks for more tokens than any key can serve (max_tokens, max_completion_tokens or max_output_tokens, times n); ask for fewer.', null, 'request_too_large');
-      }
-
-      // A token this process saw admitted lately is admitted while the first key is acquired (one
-      // round trip on the path instead of two); an unknown one first, so that garbage tokens never
-      // take a key's request. A refusal then gives the key back and forgets the token.
-      const admit = pool.tokens.admit(token, name, estUsd).then((adm) => {
-        if (!adm.ok) {
-          known.delete(token);
-          metrics.tokenRejections.inc({ reason: adm.reason });
-          throw tokenRefusal(adm.reason, name, adm.retryAfterMs);
-        }
-        admission = adm;
-        known.add(token);
-      });
-      gate = known.seen(token) ? admit : undefined;
-      if (gate) gate.catch(() => undefined); // awaited by dispatch or below; never unhandled
-      else await admit;
-      if (!dispatcher.plan(name, 'critical').models.some((m) => pool.servesModel(m))) {
-        throw new HttpError(404, `The model '${name}' does not exist or no key of this gateway serves it (GET /v1/models lists what is served).`, 'invalid_request_error', 'model_not_found', 'model');
-      }
-
-      const wantsUsage = Boolean((body.stream_options as { include_usage?: unknown } | undefined)?.include_usage);
-      const inject = stream && ep.stream === 'chat' && !wantsUsage;
-      const raw = req.body as Buffer;
-      // only these members change; every other byte goes as the caller sent it
-      const streamOptions = inject ? JSON.stringify({ ...(body.stream_options as object), include_usage: true }) : undefined;
-      const bodyFor = (model: string): Buffer =>
-        model === name && !inject ? raw : spliceMembers(raw, { ...(model !== name ? { model: JSON.stringify(model) } : {}), ...(streamOptions ? { stream_options: streamOptions } : {}) });
-      const passHeaders: Record<string, string> = {};
-      for (const h of PASS_HEADERS) if (typeof req.headers[h] === 'string') passHeaders[h] = req.headers[h] as string;
-      if (stream) passHeaders.accept = 'text/event-stream';
-
-      const a0 = performance.now();
-      const now = Date.now();
-      let d;
-      try {
-        d = await dispatcher.dispatch({
-          name,
-          est,
-          priority,
-          ...(gate ? { gate } : {}),
-          signal: abort.signal,
-          deadline: now + deadlineMs,
-          keyDeadline: now + settings.deadlineMs,
-          call: async (lease, signal, model) => {
-            const s = performance.now();
-            sent = true;
-            try {
-              const up = await forward({ baseURL: lease.baseURL, secret: lease.secret, path: ep.path, method: 'POST', body: bodyFor(model), headers: passHeaders, signal });
-              if (stream) return { up, data: null };
-              try {
-                return { up, data: await readBody(up) };
-              } catch (e) {
-                if (signal.aborted) throw signal.reason;
-                throw new UpstreamNetworkError('ECONNRESET', { cause: e });
-              }
-            } catch (e) {
-              const f = classifyUpstream(e);
-              metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: f.kind === 'status' ? String(f.status) : signal.reason instanceof TimedOut ? 'timeout' : f.kind });
-              throw e;
-            } finally {
-              upstreamMs += performance.now() - s;
-            }
-          },
-          classify: classifyUpstream,
-          timeoutError: (message) => new GatewayTimeout(message),
-          released: (l, outcome, r) => {
-            const cost = r?.costUsd ?? 0;
-            if (cost > 0) metrics.spend.inc({ key_id: l.keyId, model: l.model }, cost);
-            if (outcome.error === 'aborted') aborted.push(r ? cost : l.estimatedCostUsd);
-          },
-        });
-      } finally {
-        metrics.acquire.observe({ result: d ? 'ok' : 'failed' }, (performance.now() - a0 - upstreamMs) / 1000);
-      }
-      const { lease, model, value } = d;
-      // a stream's result is known when it ends (200, broken_stream, timeout, aborted): counted then
-      if (!stream) metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: String(value.up.statusCode) });
-      labels.model = model;
-      res.setHeader('x-keypool-model', model);
-      if (labels.route) res.setHeader('x-keypool-route', labels.route);
-      res.setHeader('x-keypool-key-id', lease.keyId);
-      res.setHeader('x-keypool-attempts', String(d.failovers + 1));
-      for (const h of RETURN_HEADERS) {
-        const v = value.up.headers[h];
-        if (typeof v === 'string') res.setHeader(h === 'x-request-id' ? 'x-upstream-request-id' : h, v);
-      }
-
-      if (!stream) {
-        const data = value.data!;
-        let usage: Outcome['usage'];
-        try {
-          usage = ep.usage(JSON.parse(data.toString('utf8')) as Record<string, any>);
-        } catch {
-          usage = undefined;
-        }
-        const cost = costOf(model, usage);
-        res.setHeader('x-keypool-cost-usd', usd(cost));
-        res.setHeader('content-type', value.up.headers['content-type'] ?? 'application/json');
-        res.status(value.up.statusCode ?? 200).end(data);
-        releaseAndSettle(lease, model, { status: value.up.statusCode ?? 200, latencyMs: Date.now() - d.started, usage, headers: value.up.headers as Record<string, string> }, cost);
-        finish(value.up.statusCode ?? 200);
-        return;
-      }
-
-      // streaming: the deadline is over, an idle timeout takes over
-      call.disarm();
-      const ended = await pipeStream(ep, res, value.up, lease, model, d.started, abort, !wantsUsage && inject, (ms) => (upstreamMs += ms), (outcome, cost) => releaseAndSettle(lease, model, outcome, cost));
-      // the status went out as 200; the metric tells how the stream really ended
-      finish(ended);
-    } catch (thrown) {
-      let e = thrown;
-      // an admission run beside the acquire: wait for it (its reservation must be settled), and a
-      // refusal of the token says more than whatever else went wrong
-      if (gate) e = (await gate.then(() => undefined, (refusal: unknown) => refusal)) ?? e;
-      const why = abort.signal.reason;
-      // attempts the caller cut short cost the keys their estimate: the token pays that, as for a dropped stream
-      const charged = why instanceof ShuttingDown ? [] : aborted;
-      const chargedUsd = charged.reduce((a, b) => a + b, 0);
-      if (why instanceof ClientClosed) {
-        settle(chargedUsd, !sent);
-        labels.status = '499';
-        log.debug({ requestId }, 'client closed the connection before the answer');
-        finish(499);
-        return;
-      }
-      if (isRedisUnavailable(e)) metrics.redisErrors.inc({ operation: 'proxy' });
-      const err = toHttpError(why instanceof ShuttingDown ? why : e, log, requestId);
-      // nothing went to a provider (no key could serve, a refusal before): the token gets its request back
-      settle(chargedUsd, !sent);
-      sendError(res, err);
-      finish(err.status);
-    }
-  }
-
 
   /**
-   * Pass a provider's event stream on, event by event, with backpressure (a slow reader pauses the
-   * upstream read). An upstream idle for attemptTimeoutMs is cut (a timeout of the key); an end
-   * without a finish counts as a broken stream and the caller gets an error event (the status was
-   * sent already). The lease's heartbeat (started by the Dispatcher) keeps it however long the
-   * stream runs; it is released with the usage.
+   * Release the lease with the outcome (in the background: the answer is out already), then
+   * charge the token what the pool charged the key (the estimate for a stream that broke before
+   * its usage came, as core does), or the usage priced here when Redis could not say.
    */
-  function pipeStream(
-    ep: Endpoint,
-    res: Response,
-    up: IncomingMessage,
-    lease: Lease,
-    model: string,
-    started: number,
-    abort: AbortController,
-    dropUsage: boolean,
-    addUpstream: (ms: number) => void,
-    done: (outcome: Outcome, cost: number) => void,
-  ): Promise<number> {
-    const tap = new SseTap(ep.stream!, dropUsage);
-    const s0 = performance.now();
-    const est = lease.estimatedCostUsd;
-    res.status(200);
-    res.setHeader('content-type', up.headers['content-type'] ?? 'text/event-stream');
-    res.setHeader('cache-control', 'no-cache');
-    res.setHeader('x-accel-buffering', 'no');
-    res.setHeader('x-keypool-estimated-cost-usd', usd(est));
-    res.flushHeaders();
-    return new Promise<number>((resolve) => {
-      let over = false;
-      let idle: NodeJS.Timeout | undefined;
-      /** Waiting for the caller to read (backpressure), not for the provider. */
-      let paused = false;
-      const arm = () => {
-        clearTimeout(idle);
-        idle = setTimeout(() => abort.abort(new TimedOut('idle', settings.attemptTimeoutMs)), settings.attemptTimeoutMs);
-      };
-      const close = (o: Outcome, brokenMessage?: string, status = 200, code = 'upstream_stream_broken') => {
-        if (over) return;
-        over = true;
-        clearTimeout(idle);
-        abort.signal.removeEventListener('abort', onAbort);
-        addUpstream(performance.now() - s0);
-        metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: o.error ?? String(up.statusCode ?? 200) });
-        done({ ...o, ...(tap.usage ? { usage: tap.usage } : {}), latencyMs: Date.now() - started, headers: up.headers as Record<string, string> }, costOf(model, tap.usage));
-        if (brokenMessage && !res.destroyed) {
-          const error = { message: brokenMessage, type: 'api_error', param: null, code };
-          // chat streams carry errors as data; the Responses API as a typed `error` event (with `error` too, which the SDKs raise)
-          res.write(ep.stream === 'responses' ? `event: error\ndata: ${JSON.stringify({ ...error, type: 'error', error })}\n\n` : `data: ${JSON.stringify({ error })}\n\n`);
-        }
-        if (!res.destroyed) res.end();
-        if (!up.destroyed) up.destroy();
-        resolve(status);
-      };
-      const onAbort = () => {
-        const why = abort.signal.reason;
-        if (why instanceof ClientClosed) return close({ error: 'aborted' }, undefined, 499);
-        if (why instanceof ShuttingDown) return close({ error: 'aborted' }, 'the gateway is shutting down; the stream was cut', 503, 'shutting_down');
-        if (paused) {
-          // the caller stopped reading: not the key's doing (as in the pooled client), and a caller
-          // that does not read gets no error event either: its socket is let go
-          res.destroy();
-          return close({ error: 'aborted' }, undefined, 504);
-        }
-        return close({ error: 'timeout' }, `the provider sent nothing for ${settings.attemptTimeoutMs} ms; the stream was cut`, 504, 'upstream_timeout');
-      };
-      abort.signal.addEventListener('abort', onAbort, { once: true });
-      if (abort.signal.aborted) return onAbort();
-      arm();
-      up.on('data', (chunk: Buffer) => {
-        arm();
-        const out = tap.push(chunk);
-        if (out && !res.write(out)) {
-          up.pause();
-          paused = true;
-          res.once('drain', () => {
-            paused = false;
-            up.resume();
-          });
-        }
-      });
-      up.on('end', () => {
-        const last = tap.flush();
-        if (last) res.write(last);
-        if (tap.finished) close({ status: 200 });
-        else close({ error: 'broken_stream' }, 'the provider ended the stream before it finished', 502);
-      });
-      up.on('error', () => {
-        if (!abort.signal.aborted) close({ error: 'broken_stream' }, 'the provider broke the stream', 502);
-      });
-      up.on('close', () => {
-        if (!abort.signal.aborted && !up.complete) close({ error: 'broken_stream' }, 'the provider broke the stream', 502);
-      });
+  releaseAndSettle(lease: Lease, model: string, outcome: Outcome, localCost: number): void {
+    const { metrics, inflight } = this.ctx;
+    const usage = outcome.usage;
+    if (usage?.promptTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'prompt' }, usage.promptTokens);
+    if (usage?.completionTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'completion' }, usage.completionTokens);
+    inflight.track(
+      lease.release(outcome).then(
+        (r) => {
+          const cost = r.released ? r.costUsd : localCost;
+          if (cost > 0) metrics.spend.inc({ key_id: lease.keyId, model }, cost);
+          this.settle(cost, false);
+        },
+        () => this.settle(localCost, false),
+      ),
+    );
+  }
+
+  finish(status: number): void {
+    const { metrics } = this.ctx;
+    this.labels.status = String(status);
+    metrics.requests.inc(this.labels);
+    const total = performance.now() - this.t0;
+    this.ctx.duration.get(this.ep.name)!.observe(total / 1000);
+    this.ctx.overhead.get(this.ep.name)!.observe(Math.max(0, total - this.upstreamMs) / 1000);
+    this.call.done();
+    this.res.off('close', this.onClose);
+    this.end();
+  }
+}
+
+/** A request checked and ready to dispatch. */
+interface Checked {
+  token: string;
+  body: Record<string, unknown>;
+  name: string;
+  stream: boolean;
+  priority: Priority;
+  deadlineMs: number;
+  est: Estimate;
+  estUsd: number;
+}
+
+/** The request's fields the gateway needs, checked; a 400 for the first that is wrong. */
+function check(ctx: ProxyContext, c: ProxyCall, req: IncomingMessage, raw: Buffer): Checked {
+  const { dispatcher, pool, settings } = ctx;
+  const ep = c.ep;
+  const token = bearer(req);
+  const body = parseBody(raw);
+  if (typeof body.model !== 'string' || body.model.length === 0) throw badRequest("'model' is required: a model name or a route name (GET /v1/models lists them).", 'model');
+  const name = body.model;
+  // a name the gateway serves, else '': callers' strings must not grow the metric series
+  if (dispatcher.route(name) || pool.servesModel(name)) c.labels.model = name;
+  if (body.stream !== undefined && typeof body.stream !== 'boolean') throw badRequest("'stream' must be true or false", 'stream');
+  // spread into the rewritten member, a string or an array would go upstream as {"0":...}
+  const so = body.stream_options;
+  if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so))) throw badRequest('\'stream_options\' must be an object, e.g. {"include_usage": true}', 'stream_options');
+  const problem = ep.check(body);
+  if (problem) throw badRequest(problem[0], problem[1]);
+  const stream = body.stream === true && ep.stream !== null;
+  const priority = (req.headers['x-keypool-priority'] ?? 'normal') as Priority;
+  if (!PRIORITIES.has(priority)) throw badRequest(`x-keypool-priority must be critical, normal or low (got '${String(priority).slice(0, 40)}')`, null, 'invalid_priority');
+  let deadlineMs = settings.deadlineMs;
+  const asked = req.headers['x-keypool-timeout-ms'];
+  if (asked !== undefined) {
+    const n = Number(asked);
+    if (!Number.isInteger(n) || n < 1 || n > settings.deadlineMs) throw badRequest(`x-keypool-timeout-ms must be an integer from 1 to ${settings.deadlineMs}`, null, 'invalid_timeout');
+    deadlineMs = n;
+  }
+  if (dispatcher.route(name)) c.labels.route = name;
+  let est: Estimate;
+  try {
+    est = ep.estimate(body, settings.defaultMaxOutputTokens);
+  } catch {
+    // the estimate walks the body recursively: valid JSON nested thousands deep overflows the stack
+    throw badRequest('The request body is nested too deeply to be read.', null, 'invalid_body');
+  }
+  const estUsd = dispatcher.estimateCostUsd(name, est);
+  if (!Number.isSafeInteger(est.total) || !(estUsd <= MAX_ESTIMATE_USD)) {
+    throw badRequest('The request asks for more tokens than any key can serve (max_tokens, max_completion_tokens or max_output_tokens, times n); ask for fewer.', null, 'request_too_large');
+  }
+  return { token, body, name, stream, priority, deadlineMs, est, estUsd };
+}
+
+/** The provider's answer to one attempt: a stream still flowing, or a whole body. */
+interface Answer {
+  up: IncomingMessage;
+  data: Buffer | null;
+}
+
+/** One POST of /v1: read, check, admit the token, dispatch (lease, forward, failover, release), answer. */
+async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const { pool, dispatcher, metrics, settings, known } = ctx;
+  const c = new ProxyCall(ctx, ep, res);
+  try {
+    const raw = await readRequestBody(req, settings.bodyLimit);
+    const { token, body, name, stream, priority, deadlineMs, est, estUsd } = check(ctx, c, req, raw);
+
+    // A token this process saw admitted lately is admitted while the first key is acquired (one
+    // round trip on the path instead of two); an unknown one first, so that garbage tokens never
+    // take a key's request. A refusal then gives the key back and forgets the token.
+    const admit = pool.tokens.admit(token, name, estUsd).then((adm) => {
+      if (!adm.ok) {
+        known.delete(token);
+        metrics.tokenRejections.inc({ reason: adm.reason });
+        throw tokenRefusal(adm.reason, name, adm.retryAfterMs);
+      }
+      c.admission = adm;
+      known.add(token);
     });
-  }
+    c.gate = known.seen(token) ? admit : undefined;
+    if (c.gate) c.gate.catch(() => undefined); // awaited by dispatch or below; never unhandled
+    else await admit;
+    if (!dispatcher.plan(name, 'critical').models.some((m) => pool.servesModel(m))) {
+      throw new HttpError(404, `The model '${name}' does not exist or no key of this gateway serves it (GET /v1/models lists what is served).`, 'invalid_request_error', 'model_not_found', 'model');
+    }
 
-  return router;
+    const wantsUsage = Boolean((body.stream_options as { include_usage?: unknown } | undefined)?.include_usage);
+    const inject = stream && ep.stream === 'chat' && !wantsUsage;
+    // only these members change; every other byte goes as the caller sent it
+    const streamOptions = inject ? JSON.stringify({ ...(body.stream_options as object), include_usage: true }) : undefined;
+    const passHeaders: Record<string, string> = {};
+    for (const h of PASS_HEADERS) if (typeof req.headers[h] === 'string') passHeaders[h] = req.headers[h] as string;
+    if (stream) passHeaders.accept = 'text/event-stream';
+
+    const a0 = performance.now();
+    const now = Date.now();
+    let d;
+    try {
+      d = await dispatcher.dispatch<Answer>({
+        name,
+        est,
+        priority,
+        ...(c.gate ? { gate: c.gate } : {}),
+        signal: c.signal,
+        deadline: now + deadlineMs,
+        keyDeadline: now + settings.deadlineMs,
+        call: (lease, signal, model) => attempt(c, lease, signal, model === name && !inject ? raw : spliceMembers(raw, { ...(model !== name ? { model: JSON.stringify(model) } : {}), ...(streamOptions ? { stream_options: streamOptions } : {}) }), passHeaders, stream),
+        classify: classifyUpstream,
+        timeoutError: (message) => new GatewayTimeout(message),
+        released: (l, outcome, r) => {
+          const cost = r?.costUsd ?? 0;
+          if (cost > 0) metrics.spend.inc({ key_id: l.keyId, model: l.model }, cost);
+          if (outcome.error === 'aborted') c.aborted.push(r ? cost : l.estimatedCostUsd);
+        },
+      });
+    } finally {
+      metrics.acquire.observe({ result: d ? 'ok' : 'failed' }, (performance.now() - a0 - c.upstreamMs) / 1000);
+    }
+    const { lease, model, value } = d;
+    const up = value.up;
+    // a stream's result is known when it ends (200, broken_stream, timeout, aborted): counted then
+    if (!stream) metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: String(up.statusCode) });
+    c.labels.model = model;
+    res.setHeader('x-keypool-model', model);
+    if (c.labels.route) res.setHeader('x-keypool-route', c.labels.route);
+    res.setHeader('x-keypool-key-id', lease.keyId);
+    res.setHeader('x-keypool-attempts', String(d.failovers + 1));
+    for (const h of RETURN_HEADERS) {
+      const v = up.headers[h];
+      if (typeof v === 'string') res.setHeader(h === 'x-request-id' ? 'x-upstream-request-id' : h, v);
+    }
+
+    if (!stream) {
+      const data = value.data!;
+      let usage: Outcome['usage'];
+      try {
+        usage = ep.usage(JSON.parse(data.toString('utf8')) as Record<string, any>);
+      } catch {
+        usage = undefined;
+      }
+      const cost = costOf(ctx, model, usage);
+      const status = up.statusCode ?? 200;
+      res.statusCode = status;
+      res.setHeader('x-keypool-cost-usd', usd(cost));
+      res.setHeader('content-type', up.headers['content-type'] ?? 'application/json');
+      res.setHeader('content-length', data.length);
+      res.end(data);
+      c.releaseAndSettle(lease, model, { status, latencyMs: Date.now() - d.started, usage, headers: up.headers as Record<string, string> }, cost);
+      c.finish(status);
+      return;
+    }
+
+    // streaming: the deadline is over, an idle timeout takes over
+    c.call.disarm();
+    const ended = await pipeStream(c, up, lease, model, d.started, !wantsUsage && inject);
+    // the status went out as 200; the metric tells how the stream really ended
+    c.finish(ended);
+  } catch (thrown) {
+    await fail(c, thrown);
+  }
 }
 
-function tokenRefusal(reason: string, model: string, retryAfterMs: number | null): HttpError {
-  const after = retryAfterMs === null ? undefined : Math.max(1, Math.ceil(retryAfterMs / 1000));
-  switch (reason) {
-    case 'model_not_allowed':
-      return new HttpError(403, `This gateway token may not use '${model}'.`, 'permission_error', 'model_not_allowed', 'model');
-    case 'rate_limited':
-      return new HttpError(429, `Rate limit of this gateway token reached; retry in ${after ?? 1} s.`, 'rate_limit_error', 'token_rate_limited', null, after ?? 1);
-    case 'budget_exhausted':
-      return new HttpError(429, 'This gateway token has spent its budget for the period.', 'insufficient_quota', 'token_budget_exhausted', null, after);
-    case 'over_budget':
-      // no Retry-After: the request does not fit the whole budget, so no wait can help
-      return new HttpError(400, "This request's estimated cost is more than this gateway token's whole budget; ask for fewer tokens (max_tokens, max_completion_tokens or max_output_tokens).", 'invalid_request_error', 'request_too_large');
-    case 'revoked':
-      return new HttpError(401, 'This gateway token has been revoked.', 'authentication_error', 'token_revoked');
-    default:
-      return new HttpError(401, 'Incorrect gateway token provided. Ask your keypool operator for a token (keypool tokens create).', 'authentication_error', 'invalid_api_key');
+/** One attempt on one key: forward the bytes, and for a whole answer read its body. */
+async function attempt(c: ProxyCall, lease: Lease, signal: AbortSignal, body: Buffer, headers: Record<string, string>, stream: boolean): Promise<Answer> {
+  const s = performance.now();
+  c.sent = true;
+  try {
+    const up = await forward({ baseURL: lease.baseURL, secret: lease.secret, path: c.ep.path, method: 'POST', body, headers, signal });
+    if (stream) return { up, data: null };
+    try {
+      return { up, data: await readBody(up) };
+    } catch (e) {
+      if (signal.aborted) throw signal.reason;
+      throw new UpstreamNetworkError('ECONNRESET', { cause: e });
+    }
+  } catch (e) {
+    const f = classifyUpstream(e);
+    c.ctx.metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: f.kind === 'status' ? String(f.status) : signal.reason instanceof TimedOut ? 'timeout' : f.kind });
+    throw e;
+  } finally {
+    c.upstreamMs += performance.now() - s;
   }
 }
 
-/** Every failure as the OpenAI-shaped error a caller reads; faults are logged with the request id. */
-export function toHttpError(e: unknown, log: Logger, requestId?: string): HttpError {
-  if (e instanceof HttpError) return e;
-  if (isPoolExhausted(e) && e.retryAfterMs === null) {
-    // waiting cannot help (keys revoked, disabled, out of their whole budget): not a 429, which SDKs retry as if it could
-    const why = e.reason === 'budget' ? 'every key that serves it has spent its budget' : 'every key that serves it is revoked, disabled or gone';
-    return new HttpError(503, `No key can serve '${e.model}' and waiting will not help (${e.reason}: ${why}); the operators see the key states in /status.`, 'server_error', 'no_usable_key');
+/** A request that ends without an answer from a provider: settle the token, answer the error, count it. */
+async function fail(c: ProxyCall, thrown: unknown): Promise<void> {
+  let e = thrown;
+  // an admission run beside the acquire: wait for it (its reservation must be settled), and a
+  // refusal of the token says more than whatever else went wrong
+  if (c.gate) e = (await c.gate.then(() => undefined, (refusal: unknown) => refusal)) ?? e;
+  const why = c.signal.reason;
+  // attempts the caller cut short cost the keys their estimate: the token pays that, as for a dropped stream
+  const chargedUsd = why instanceof ShuttingDown ? 0 : c.aborted.reduce((a, b) => a + b, 0);
+  if (why instanceof ClientClosed) {
+    c.settle(chargedUsd, !c.sent);
+    c.ctx.log.debug({ requestId: c.requestId }, 'client closed the connection before the answer');
+    c.finish(499);
+    return;
   }
-  if (isPoolExhausted(e)) {
-    const after = e.retryAfterMs === null ? undefined : Math.max(1, Math.ceil(e.retryAfterMs / 1000));
-    return new HttpError(429, `No key can serve '${e.model}' within this request's deadline (${e.reason}).${after ? ` Retry in ${after} s.` : ''}`, 'rate_limit_error', 'pool_exhausted', null, after);
-  }
-  if (isUnknownModel(e)) return new HttpError(404, `The model '${(e as { model?: string }).model ?? ''}' is not served by this gateway (GET /v1/models lists what is served).`, 'invalid_request_error', 'model_not_found', 'model');
-  if (isRequestTooLarge(e)) return new HttpError(400, (e as Error).message, 'invalid_request_error', 'request_too_large');
-  if (isRedisUnavailable(e)) return new HttpError(503, 'The key pool is unavailable (its Redis cannot be reached) and the gateway is set to fail closed. Retry later.', 'server_error', 'pool_unavailable', null, 1);
-  if (e instanceof ShuttingDown) return new HttpError(503, 'The gateway is shutting down; retry on another instance.', 'server_error', 'shutting_down', null, 1);
-  if (e instanceof GatewayTimeout) return new HttpError(504, `The provider did not answer in time (${e.message}).`, 'api_error', 'upstream_timeout');
-  if (e instanceof UpstreamNetworkError) return new HttpError(502, `The provider could not be reached (${e.code}).`, 'api_error', 'upstream_unreachable');
-  if (e instanceof UpstreamStatusError) {
-    // the provider refused our key(s): the caller's request and token are fine, our keys are not
-    if (e.status === 401 || e.status === 403) return new HttpError(502, `The provider refused the keys tried (${e.status}); operators have been told through the key state.`, 'api_error', 'upstream_auth_failed');
-    return new PassThroughError(e);
-  }
-  if (e instanceof TimedOut) return new HttpError(504, `The request deadline passed (${e.message}).`, 'api_error', 'deadline_exceeded');
-  log.error({ err: e, requestId }, 'unexpected error in the proxy');
-  return new HttpError(500, `Internal error in the gateway (request id ${requestId ?? 'unknown'}); the gateway log has the details.`, 'server_error', 'internal_error');
+  if (isRedisUnavailable(e)) c.ctx.metrics.redisErrors.inc({ operation: 'proxy' });
+  const err = toHttpError(why instanceof ShuttingDown ? why : e, c.ctx.log, c.requestId);
+  // nothing went to a provider (no key could serve, a refusal before): the token gets its request back
+  c.settle(chargedUsd, !c.sent);
+  sendError(c.res, err);
+  c.finish(err.status);
 }
 
-/** A provider's own error (a 400 about a parameter, a 429 after every key was tried...), passed on as it came. */
-export class PassThroughError extends HttpError {
-  constructor(readonly upstream: UpstreamStatusError) {
-    const ra = upstream.headers['retry-after'];
-    const after = typeof ra === 'string' && /^\d+$/.test(ra) ? Number(ra) : undefined;
-    const ct = upstream.headers['content-type'];
-    super(upstream.status, upstream.message, upstream.status === 429 ? 'rate_limit_error' : 'invalid_request_error', null, null, after, {
-      body: upstream.body,
-      contentType: typeof ct === 'string' ? ct : 'application/json',
+/**
+ * Pass a provider's event stream on, event by event, with backpressure (a slow reader pauses the
+ * upstream read). An upstream idle for attemptTimeoutMs is cut (a timeout of the key); an end
+ * without a finish counts as a broken stream and the caller gets an error event (the status was
+ * sent already). The lease's heartbeat (started by the Dispatcher) keeps it however long the
+ * stream runs; it is released with the usage. Resolves with the status the metrics count.
+ */
+function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: string, started: number, dropUsage: boolean): Promise<number> {
+  const { ctx, ep, res } = c;
+  const { settings, metrics } = ctx;
+  const abort = c.call.controller;
+  const tap = new SseTap(ep.stream!, dropUsage);
+  const s0 = performance.now();
+  res.statusCode = 200;
+  res.setHeader('content-type', up.headers['content-type'] ?? 'text/event-stream');
+  res.setHeader('cache-control', 'no-cache');
+  res.setHeader('x-accel-buffering', 'no');
+  res.setHeader('x-keypool-estimated-cost-usd', usd(lease.estimatedCostUsd));
+  res.flushHeaders();
+  return new Promise<number>((resolve) => {
+    let over = false;
+    let idle: NodeJS.Timeout | undefined;
+    /** Waiting for the caller to read (backpressure), not for the provider. */
+    let paused = false;
+    const onIdle = () => abort.abort(new TimedOut('idle', settings.attemptTimeoutMs));
+    const close = (o: Outcome, brokenMessage?: string, status = 200, code = 'upstream_stream_broken') => {
+      if (over) return;
+      over = true;
+      clearTimeout(idle);
+      abort.signal.removeEventListener('abort', onAbort);
+      c.upstreamMs += performance.now() - s0;
+      metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: o.error ?? String(up.statusCode ?? 200) });
+      if (tap.usage) o.usage = tap.usage;
+      o.latencyMs = Date.now() - started;
+      o.headers = up.headers as Record<string, string>;
+      c.releaseAndSettle(lease, model, o, costOf(ctx, model, tap.usage));
+      if (brokenMessage && !res.destroyed) {
+        const error = { message: brokenMessage, type: 'api_error', param: null, code };
+        // chat streams carry errors as data; the Responses API as a typed `error` event (with `error` too, which the SDKs raise)
+        res.write(ep.stream === 'responses' ? `event: error\ndata: ${JSON.stringify({ ...error, type: 'error', error })}\n\n` : `data: ${JSON.stringify({ error })}\n\n`);
+      }
+      if (!res.destroyed) res.end();
+      if (!up.destroyed) up.destroy();
+      resolve(status);
+    };
+    const onAbort = () => {
+      const why = abort.signal.reason;
+      if (why instanceof ClientClosed) return close({ error: 'aborted' }, undefined, 499);
+      if (why instanceof ShuttingDown) return close({ error: 'aborted' }, 'the gateway is shutting down; the stream was cut', 503, 'shutting_down');
+      if (paused) {
+        // the caller stopped reading: not the key's doing (as in the pooled client), and a caller
+        // that does not read gets no error event either: its socket is let go
+        res.destroy();
+        return close({ error: 'aborted' }, undefined, 504);
+      }
+      return close({ error: 'timeout' }, `the provider sent nothing for ${settings.attemptTimeoutMs} ms; the stream was cut`, 504, 'upstream_timeout');
+    };
+    const onDrain = () => {
+      paused = false;
+      up.resume();
+    };
+    abort.signal.addEventListener('abort', onAbort, { once: true });
+    if (abort.signal.aborted) return onAbort();
+    // one timer for the whole stream, pushed back by each chunk
+    idle = setTimeout(onIdle, settings.attemptTimeoutMs);
+    up.on('data', (chunk: Buffer) => {
+      idle!.refresh();
+      const out = tap.push(chunk);
+      if (out.length > 0 && !res.write(out)) {
+        up.pause();
+        paused = true;
+        res.once('drain', onDrain);
+      }
     });
-  }
+    up.on('end', () => {
+      const last = tap.flush();
+      if (last.length > 0) res.write(last);
+      if (tap.finished) close({ status: 200 });
+      else close({ error: 'broken_stream' }, 'the provider ended the stream before it finished', 502);
+    });
+    up.on('error', () => {
+      if (!abort.signal.aborted) close({ error: 'broken_stream' }, 'the provider broke the stream', 502);
+    });
+    up.on('close', () => {
+      if (!abort.signal.aborted && !up.complete) close({ error: 'broken_stream' }, 'the provider broke the stream', 502);
+    });
+  });
 }
 
 /**

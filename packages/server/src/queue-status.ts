@@ -1,4 +1,4 @@
-import { Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { PoolKeys, systemClock, type Clock } from '@keypool/core';
 import { LLM_QUEUE } from '@keypool/config';
@@ -42,6 +42,8 @@ export class QueueStatusReader {
       if (!this.client || !this.queue) {
         // concurrent first reads (a scrape and a /status) share one connection
         this.connecting ??= (async () => {
+          // bullmq is loaded at the first read (a /status, a scrape), not when the gateway starts
+          const { Queue } = await import('bullmq');
           const client = new Redis(this.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, lazyConnect: true });
           client.on('error', () => undefined);
           try {

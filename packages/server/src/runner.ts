@@ -6,8 +6,7 @@ import { rootLogger, startSecretSync, type GatewayConfig, type StartedSecretSync
 import type { SecretSync } from '@keypool/secrets';
 import { createGateway, type Gateway } from './app.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
-import { answerClientErrors } from './errors.js';
-import { ShuttingDown } from './proxy.js';
+import { answerClientErrors, ShuttingDown } from './errors.js';
 import { QueueStatusReader } from './queue-status.js';
 
 /**
@@ -99,7 +98,7 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
   const queueReader = new QueueStatusReader(redis, pool.name, { clock });
   teardown.add(() => queueReader.close());
   const gateway = createGateway({ pool, logger, clock, settings: config.server, routes: config.routes, ...(sync ? { sync } : {}), queueStatus: () => queueReader.read() });
-  const server = gateway.app.listen(config.server.port, config.server.host);
+  const server = gateway.listen(config.server.port, config.server.host);
   answerClientErrors(server);
   try {
     await new Promise<void>((resolve, reject) => {

@@ -66,11 +66,40 @@ const MAX_ERROR_BODY = 1 << 20;
 
 // No cap on sockets per origin: every key of a provider shares one origin, so a cap would queue
 // requests inside the agent, where their attempt timeouts run and count against healthy keys. The
-// pool's own limits (maxConcurrent, rpm) are what bound the calls in flight.
+// pool's own limits (maxConcurrent, rpm) are what bound the calls in flight. Idle sockets kept per
+// origin cover the calls in flight at a busy gateway's peak (1,000 req/s of 1 s answers is 1,000
+// sockets), so the dip after a burst does not close connections the next burst opens again (a TLS
+// handshake each).
+const AGENT = { keepAlive: true, maxSockets: Infinity, maxFreeSockets: 2048, scheduling: 'lifo' } as const;
 const agents = {
-  'http:': new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo' }),
-  'https:': new https.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo' }),
+  'http:': new http.Agent(AGENT),
+  'https:': new https.Agent(AGENT),
 };
+
+/** A base URL taken apart once (keys share a handful of them): no URL parsing per attempt. */
+interface Origin {
+  https: boolean;
+  hostname: string;
+  port: string;
+  /** the base path without its trailing slashes */
+  path: string;
+  /** the Host header (node adds none when headers come as a list) */
+  host: string;
+}
+const origins = new Map<string, Origin>();
+/** Headers forward() writes itself: never taken from the caller's. */
+const OWN_HEADERS = new Set(['host', 'authorization', 'user-agent', 'content-type', 'content-length']);
+
+function originOf(baseURL: string): Origin {
+  let o = origins.get(baseURL);
+  if (!o) {
+    const u = new URL(baseURL);
+    // [::1] -> ::1: node:http takes a bare IPv6 address as hostname
+    o = { https: u.protocol === 'https:', hostname: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: u.port, path: u.pathname.replace(/\/+$/, ''), host: u.host };
+    origins.set(baseURL, o);
+  }
+  return o;
+}
 
 /**
  * Send one request upstream. Resolves once a 2xx status and headers arrive, with the body still
@@ -80,20 +109,27 @@ const agents = {
 export function forward(req: ForwardRequest): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     if (req.signal.aborted) return reject(req.signal.reason);
-    const url = new URL(joinPath(req.baseURL, req.path));
-    const mod = url.protocol === 'https:' ? https : http;
-    const headers: Record<string, string | number> = {
-      ...req.headers,
-      authorization: `Bearer ${req.secret}`,
-      accept: req.headers?.accept ?? 'application/json',
-      'user-agent': 'keypool-gateway',
-    };
-    if (req.body) {
-      headers['content-type'] = 'application/json';
-      headers['content-length'] = req.body.length;
+    const origin = originOf(req.baseURL);
+    // a flat list of raw headers: node writes it as it is (no header object built per request)
+    const headers: string[] = ['host', origin.host, 'authorization', `Bearer ${req.secret}`, 'user-agent', 'keypool-gateway'];
+    let accept = 'application/json';
+    if (req.headers) {
+      for (const name in req.headers) {
+        if (name === 'accept') accept = req.headers[name]!;
+        else if (!OWN_HEADERS.has(name)) headers.push(name, req.headers[name]!);
+      }
     }
+    headers.push('accept', accept);
+    if (req.body) headers.push('content-type', 'application/json', 'content-length', String(req.body.length));
     let settled = false;
-    const out = mod.request(url, { method: req.method, headers, agent: agents[url.protocol as 'http:' | 'https:'] });
+    const out = (origin.https ? https : http).request({
+      hostname: origin.hostname,
+      port: origin.port,
+      path: origin.path + '/' + req.path.replace(/^\/+/, ''),
+      method: req.method,
+      headers,
+      agent: agents[origin.https ? 'https:' : 'http:'],
+    });
     const onAbort = () => {
       out.destroy(req.signal.reason instanceof Error ? req.signal.reason : new Error('aborted'));
       if (!settled) {
@@ -137,14 +173,16 @@ export function forward(req: ForwardRequest): Promise<http.IncomingMessage> {
   });
 }
 
-/** `https://x/v1` + `/chat/completions`, whatever slashes either side has. */
-function joinPath(base: string, path: string): string {
-  return base.replace(/\/+$/, '') + '/' + path.replace(/^\/+/, '');
-}
-
 /** Read a whole (2xx) response body. */
-export async function readBody(res: http.IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of res) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
+export function readBody(res: http.IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on('data', (c: Buffer) => chunks.push(c));
+    res.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)));
+    res.on('error', reject);
+    // destroyed before its end (an abort): what for-await would have thrown
+    res.on('close', () => {
+      if (!res.complete) reject(new Error('the response closed before its end'));
+    });
+  });
 }

@@ -92,8 +92,8 @@ export async function startGateway(opts: {
   });
   const settings = { ...DEFAULT_SETTINGS, ...opts.settings };
   const gateway = createGateway({ pool, logger: logs.logger, settings, routes: opts.routes ?? {} });
-  const servers = [await listen(gateway.app)];
-  if (opts.noAdmin) servers.push(await listen(createGateway({ pool, logger: logs.logger, settings: { ...settings, adminToken: undefined }, routes: opts.routes ?? {} }).app));
+  const servers = [await listen(gateway)];
+  if (opts.noAdmin) servers.push(await listen(createGateway({ pool, logger: logs.logger, settings: { ...settings, adminToken: undefined }, routes: opts.routes ?? {} })));
   const { token } = await pool.tokens.create({ name: 'tests' });
   return {
     url: urlOf(servers[0]!),
@@ -117,14 +117,14 @@ export async function startGateway(opts: {
 
 /** A gateway over `pool` (a pool of the test's own, e.g. on a Redis it kills) on a free port; its closing goes to `cleanups`. Its URL. */
 export async function listenOn(pool: KeyPool, logs: LogSink, cleanups: (() => Promise<unknown>)[]): Promise<string> {
-  const http = await listen(createGateway({ pool, logger: logs.logger, settings: DEFAULT_SETTINGS }).app);
+  const http = await listen(createGateway({ pool, logger: logs.logger, settings: DEFAULT_SETTINGS }));
   cleanups.push(() => new Promise((r) => http.close(r)));
   return urlOf(http);
 }
 
-const listen = (app: Gateway['app']): Promise<Server> =>
+const listen = (gateway: Gateway): Promise<Server> =>
   new Promise((resolve) => {
-    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+    const s = gateway.listen(0, '127.0.0.1', () => resolve(s));
     answerClientErrors(s);
   });
 const urlOf = (s: Server) => `http://127.0.0.1:${(s.address() as AddressInfo).port}`;

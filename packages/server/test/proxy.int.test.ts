@@ -78,13 +78,13 @@ describe('gateway: the official SDK through /v1', () => {
     expect(times.at(-1)! - times[0]!).toBeGreaterThan(250);
   });
 
-  it('a request body goes upstream byte for byte, unknown fields included', async () => {
-    const seen: { path: string; body: string; auth: string }[] = [];
+  it('a request body goes upstream byte for byte, unknown fields included, with the key and only the headers the gateway passes on', async () => {
+    const seen: { path: string; body: string; auth: string; headers: Record<string, string | string[] | undefined> }[] = [];
     const capture: Server = createServer((req, res) => {
       let body = '';
       req.on('data', (c) => (body += c));
       req.on('end', () => {
-        seen.push({ path: req.url!, body, auth: String(req.headers.authorization) });
+        seen.push({ path: req.url!, body, auth: String(req.headers.authorization), headers: req.headers });
         res.setHeader('content-type', 'application/json');
         res.end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 } }));
       });
@@ -94,10 +94,17 @@ describe('gateway: the official SDK through /v1', () => {
       const up = `http://127.0.0.1:${(capture.address() as AddressInfo).port}/v1`;
       const g = await gw({ upstreamURL: up });
       const raw = '{"model":"gpt-4o-mini",  "messages":[{"role":"user","content":"hi"}],"x_vendor_field":{"a":[1,2.50]},"temperature":1.0}';
-      const r = await post(g.url, '/v1/chat/completions', raw, { authorization: `Bearer ${g.token}` });
+      const r = await post(g.url, '/v1/chat/completions', raw, { authorization: `Bearer ${g.token}`, 'openai-beta': 'assistants=v2', 'x-caller-secret': 'not-for-the-provider', 'user-agent': 'caller/1.0' });
       expect(r.status).toBe(200);
       expect(r.json.choices[0].message.content).toBe('ok');
       expect(seen).toHaveLength(1);
+      const h = seen[0]!.headers;
+      expect(h.host).toBe(new URL(up).host);
+      expect(h['openai-beta']).toBe('assistants=v2');
+      expect(h['x-caller-secret']).toBeUndefined();
+      expect(h['user-agent']).toBe('keypool-gateway');
+      expect(h.accept).toBe('application/json');
+      expect(h['content-length']).toBe(String(Buffer.byteLength(raw)));
       expect(seen[0]!.path).toBe('/v1/chat/completions');
       expect(seen[0]!.body).toBe(raw);
       // the provider sees a pool key, never the caller's gateway token
@@ -265,6 +272,28 @@ describe('gateway: bad input never reaches a key', () => {
     }
     expect(served(g)).toBe(0);
     expect((await g.pool.tokens.list()).map((t) => t.name)).toEqual(['tests']);
+  });
+
+  it('reads a body once against the limit whatever its framing: chunked past the limit is 413, an encoded body 415, /v1 paths match as express did', async () => {
+    const g = await gw({ settings: { bodyLimit: 1024 } });
+    const auth = { authorization: `Bearer ${g.token}` };
+    const big = JSON.stringify({ ...ask, messages: [{ role: 'user', content: 'x'.repeat(5000) }] });
+    const chunked = await post(g.url, '/v1/chat/completions', big, { ...auth, 'transfer-encoding': 'chunked' });
+    expect(chunked.status).toBe(413);
+    expect(chunked.json.error.code).toBe('body_too_large');
+    expect(chunked.json.error.message).toContain('1024 bytes');
+    const gzip = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { ...auth, 'content-encoding': 'gzip' });
+    expect(gzip.status).toBe(415);
+    expect(gzip.json.error.code).toBe('unsupported_encoding');
+    expect(served(g)).toBe(0);
+    // a small chunked body is read whole; the mount path and a trailing slash match in any case
+    const ok = await post(g.url, '/V1/chat/completions/', JSON.stringify(ask), { ...auth, 'transfer-encoding': 'chunked' });
+    expect(ok.status).toBe(200);
+    expect(ok.headers['x-keypool-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(served(g)).toBe(1);
+    const wrongMethod = await fetch(`${g.url}/v1/chat/completions`, { headers: auth });
+    expect(wrongMethod.status).toBe(404);
+    expect(((await wrongMethod.json()) as { error: { code: string } }).error.code).toBe('unknown_url');
   });
 
   it('gateway tokens: revoked, limited to models, rate-limited and budgeted, fleet-wide', async () => {

@@ -17,11 +17,11 @@ function run(kind: StreamKind, drop: boolean, text: string | Buffer, sizes?: num
   const pushes: string[] = [];
   let at = 0;
   for (const n of sizes ?? [bytes.length]) {
-    pushes.push(tap.push(bytes.subarray(at, at + n)));
+    pushes.push(tap.push(bytes.subarray(at, at + n)).toString('utf8'));
     at += n;
   }
-  if (at < bytes.length) pushes.push(tap.push(bytes.subarray(at)));
-  const last = tap.flush();
+  if (at < bytes.length) pushes.push(tap.push(bytes.subarray(at)).toString('utf8'));
+  const last = tap.flush().toString('utf8');
   return { tap, out: pushes.join('') + last, pushes: [...pushes, last] };
 }
 
@@ -45,9 +45,7 @@ describe('SseTap', () => {
     expect(tap.finished).toBe(true);
   });
 
-  // KNOWN BUG (packages/server/src/sse.ts): push() decodes each Buffer on its own
-  // (`chunk.toString('utf8')`), so a character whose bytes straddle two upstream chunks comes out as
-  // U+FFFD. A StringDecoder (or cutting on bytes) fixes it; then drop `.fails`.
+  // the tap cuts bytes and never decodes what it passes on, so a character split between chunks stays whole
   it('keeps multi-byte characters whole when a chunk boundary falls inside one', () => {
     const text = data(chunk('héllo 👋 wörld', 'stop'));
     const bytes = Buffer.from(text);
@@ -136,7 +134,7 @@ describe('SseTap', () => {
     expect(u.out).toBe('');
     expect(u.tap.usage).toEqual({ promptTokens: 11, completionTokens: 7 });
     // nothing left: nothing to flush
-    expect(new SseTap('chat', false).flush()).toBe('');
+    expect(new SseTap('chat', false).flush().length).toBe(0);
   });
 
   it('reads an event whose JSON is spread over several data lines', () => {
@@ -147,6 +145,19 @@ describe('SseTap', () => {
 
     const resp = 'event: response.completed\ndata: {"type":"response.completed",\ndata: "response":{"usage":{"input_tokens":6,"output_tokens":2}}}\n\n';
     expect(run('responses', false, resp).tap).toMatchObject({ finished: true, usage: { promptTokens: 6, completionTokens: 2 } });
+  });
+
+  it('passes events on as views of the bytes received, copying only to join an event split between chunks', () => {
+    const a = data(chunk('one'));
+    const b = data(chunk('two', 'stop'));
+    const tap = new SseTap('chat', false);
+    const whole = Buffer.from(a + b);
+    const out = tap.push(whole);
+    expect(out.buffer).toBe(whole.buffer); // no copy
+    expect(out.toString()).toBe(a + b);
+    const split = Buffer.from(a);
+    expect(tap.push(split.subarray(0, 10)).length).toBe(0);
+    expect(tap.push(split.subarray(10)).toString()).toBe(a);
   });
 
   it('passes on comments, [DONE] and events that are not JSON untouched', () => {

@@ -29,6 +29,7 @@
  *   alloc-start / alloc-stop { file }   (gateway) V8's sampling heap profile, objects collected by GC
  *              included (so: what was allocated, not what survived), written to `file`;
  *   counters   (fake) the fake's counters;
+ *   heap-start / heap-stop   (gateway, bare) bytes allocated on the V8 heap in between (lib/heap-allocations.ts);
  *   stop       close everything and exit 0.
  *
  * A child whose IPC channel closes (the parent died or exited) shuts down by itself, so no child
@@ -44,6 +45,7 @@ import { serve } from '@keypool/server';
 import { startFakeOpenAI, type LimiterMode } from '@keypool/testkit/fake-openai';
 import { runChildRole, send, serveRequests } from '../lib/child-ipc.js';
 import { benchGatewayConfig, type BenchKey } from '../lib/gateway-config.js';
+import { HeapAllocations } from '../lib/heap-allocations.js';
 import { dist } from '../lib/stats.js';
 
 export interface FakeChildConfig {
@@ -143,12 +145,21 @@ async function bareRole(cfg: BareChildConfig): Promise<void> {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', resolve);
   });
-  serveRequests({}, async () => {
+  serveRequests(heapHandlers(), async () => {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
     agent.destroy();
   });
   send({ type: 'ready', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, pid: process.pid });
+}
+
+/** heap-start / heap-stop: what this process allocated in between. */
+function heapHandlers() {
+  const heap = new HeapAllocations();
+  return {
+    'heap-start': async () => (heap.start(), null),
+    'heap-stop': async () => heap.stop(),
+  };
 }
 
 /** Durations (ms) of one kind of call, kept until the next `stats`. */
@@ -263,6 +274,7 @@ async function gatewayRole(cfg: GatewayChildConfig): Promise<void> {
   let elu = performance.eventLoopUtilization();
   serveRequests(
     {
+      ...heapHandlers(),
       stats: async (): Promise<GatewayChildStats> => {
         const now = performance.eventLoopUtilization();
         const u = performance.eventLoopUtilization(now, elu).utilization;

@@ -20,6 +20,8 @@ export interface SliceTelemetry {
   runqueueWaitMsPerS: Record<'gateway' | 'bare' | 'fake' | 'redis' | 'loadgen', number>;
   /** Redis commands per request and server usec per call (script commands included) */
   redis: { commandsPerRequest: Record<string, number>; usecPerCall: Record<string, number> };
+  /** bare and gateway slices: what that proxy process allocated on its V8 heap (lib/heap-allocations.ts) */
+  heap?: { allocatedBytesPerRequest: number; youngGcs: number; fullGcs: number };
   /** gateway slices only */
   gateway?: {
     overhead: ReturnType<typeof histogramDelta>;

@@ -126,11 +126,15 @@ async function slice(env: Env, side: Side, mode: Mode, rate: number, seconds: nu
     m0 = await scrapeGateway(env); // also resets the event-loop delay histogram
     await env.gateway.request('stats'); // and the call timers
   }
+  const proxy = side === 'gateway' ? env.gateway : side === 'bare' ? env.bareProxy : undefined;
   await sleep(50);
   const s0 = await sample(env);
+  await proxy?.request('heap-start');
   const r = await runLoad(target, mode, rate, seconds, env.opts.timeoutMs);
+  const heap = await proxy?.request<{ allocatedBytes: number; youngGcs: number; fullGcs: number }>('heap-stop');
   const s1 = await sample(env);
   const telemetry = telemetryOf(s0, s1, r.sent);
+  if (heap) telemetry.heap = { allocatedBytesPerRequest: Math.round(heap.allocatedBytes / Math.max(1, r.sent)), youngGcs: heap.youngGcs, fullGcs: heap.fullGcs };
   if (side === 'gateway' && m0) {
     const calls = await env.gateway.request<GatewayChildStats>('stats');
     const m1 = await scrapeGateway(env);
@@ -211,6 +215,9 @@ export function meanTelemetry(slices: SideFigures['slices']): SliceTelemetry {
       loadgen: avg((t) => t.runqueueWaitMsPerS.loadgen),
     },
   };
+  if (ts.every((t) => t.heap)) {
+    out.heap = { allocatedBytesPerRequest: Math.round(avg((t) => t.heap!.allocatedBytesPerRequest)), youngGcs: ts.reduce((n, t) => n + t.heap!.youngGcs, 0), fullGcs: ts.reduce((n, t) => n + t.heap!.fullGcs, 0) };
+  }
   if (ts.every((t) => t.gateway)) {
     const h = (f: (g: NonNullable<SliceTelemetry['gateway']>) => ReturnType<typeof histogramDelta>) => ({
       count: ts.reduce((n, t) => n + f(t.gateway!).count, 0),

@@ -18,6 +18,9 @@ export const log = logger('bench:gateway');
 const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:gateway -- [options])
   --json                 print one JSON object on stdout (progress and logs go to stderr)
   --rate N               requests per second of the main measurement (default 500)
+  --overhead-rates LIST  also measure overhead (direct, bare proxy, gateway; chat and stream) at
+                         these rates, requests/s (default 200,500,1000; --rate is always measured)
+  --quick                a short run (under 2 minutes): --seconds 2 --warmup 1 --no-max-rps
   --seconds N            measured seconds per side (direct, gateway) and mode (default 10)
   --warmup N             warm-up seconds per side and mode before measuring (default 3)
   --latency-ms N         fixed latency of the fake upstream (default 20)
@@ -40,16 +43,20 @@ export function parseCli() {
   const v = parseBenchArgs(USAGE, {
     rate: '500', seconds: '10', warmup: '3', 'latency-ms': '20', 'chunk-delay-ms': '1', keys: '4',
     rates: DEFAULT_RATES, 'step-seconds': '6', 'step-retries': '1', 'max-overhead-ms': '10',
-    'no-max-rps': false, profile: false, 'gateway-node-flags': '', 'timeout-ms': '10000',
+    'no-max-rps': false, profile: false, quick: false, 'overhead-rates': '200,500,1000', 'gateway-node-flags': '', 'timeout-ms': '10000',
   });
   const rates = numList('rates', v.rates, 1, 100_000);
   if (rates.length === 0) throw new Error('--rates: give at least one rate');
   for (let i = 1; i < rates.length; i++) if (rates[i]! <= rates[i - 1]!) throw new Error('--rates must increase');
+  const rate = num('rate', v.rate, 1, 100_000);
+  const overheadRates = [...new Set([...numList('overhead-rates', v['overhead-rates'], 1, 100_000), rate])].sort((a, b) => a - b);
   return {
     json: v.json,
-    rate: num('rate', v.rate, 1, 100_000),
-    seconds: num('seconds', v.seconds, 0.5, 3600),
-    warmup: num('warmup', v.warmup, 0, 600),
+    quick: v.quick,
+    rate,
+    overheadRates,
+    seconds: v.quick ? 2 : num('seconds', v.seconds, 0.5, 3600),
+    warmup: v.quick ? 1 : num('warmup', v.warmup, 0, 600),
     latencyMs: int('latency-ms', v['latency-ms'], 0, 60_000),
     chunkDelayMs: int('chunk-delay-ms', v['chunk-delay-ms'], 0, 1000),
     keys: int('keys', v.keys, 1, 1000),
@@ -57,7 +64,7 @@ export function parseCli() {
     stepSeconds: num('step-seconds', v['step-seconds'], 0.5, 600),
     stepRetries: int('step-retries', v['step-retries'], 0, 5),
     maxOverheadMs: num('max-overhead-ms', v['max-overhead-ms'], 0.1, 10_000),
-    maxRps: !v['no-max-rps'],
+    maxRps: !v['no-max-rps'] && !v.quick,
     profile: v.profile,
     gatewayNodeFlags: v['gateway-node-flags'].split(/\s+/).filter(Boolean),
     timeoutMs: int('timeout-ms', v['timeout-ms'], 100, 600_000),

@@ -40,6 +40,25 @@ export function render(r: Result): string {
     '',
     `targets: ${r.targets.allPass ? 'all PASS' : 'NOT all pass'}`,
     '',
+    `per request at ${s.rate} req/s (chat / stream): gateway CPU ${fmt(r.cpuUsPerRequest.gateway)} / ${fmt(r.streamCpuUsPerRequest.gateway)} us, bare proxy ${fmt(r.cpuUsPerRequest.bare)} / ${fmt(r.streamCpuUsPerRequest.bare)} us ` +
+      `(gateway / bare ${fmt(r.cpuUsPerRequest.gatewayOverBare, 2)} / ${fmt(r.streamCpuUsPerRequest.gatewayOverBare, 2)}, target <= ${r.targets.cpuGatewayOverBare.max}: ${pf(r.targets.cpuGatewayOverBare.pass)})`,
+    `  allocated on the V8 heap: gateway ${fmt(r.allocatedBytesPerRequest.gateway / 1024, 1)} / ${fmt(r.streamAllocatedBytesPerRequest.gateway / 1024, 1)} kB, bare proxy ${fmt(r.allocatedBytesPerRequest.bare / 1024, 1)} / ${fmt(r.streamAllocatedBytesPerRequest.bare / 1024, 1)} kB`,
+    `  Redis commands (those inside scripts included) ${fmt(r.redisCommandsPerRequest, 2)} / ${fmt(r.streamRedisCommandsPerRequest, 2)}, script calls ${fmt(r.scriptCallsPerRequest, 2)} / ${fmt(r.streamScriptCallsPerRequest, 2)} (target <= ${r.targets.scriptCallsPerRequest.max}: ${pf(r.targets.scriptCallsPerRequest.pass)})`,
+    '',
+    'overhead by rate, ms (gateway - direct; bare: bare proxy - direct), p50 / p99; CPU us per request',
+    table([
+      ['rate', 'chat gateway', 'chat bare', 'stream gateway', 'stream bare', 'chat CPU gw / bare', 'stream CPU gw / bare'],
+      ...r.overheadByRate.map((x: Result) => [
+        fmt(x.rate),
+        `${fmt(x.chat.overhead.p50Ms, 3)} / ${fmt(x.chat.overhead.p99Ms, 3)}`,
+        `${fmt(x.chat.bareOverhead.p50Ms, 3)} / ${fmt(x.chat.bareOverhead.p99Ms, 3)}`,
+        `${fmt(x.stream.overhead.p50Ms, 3)} / ${fmt(x.stream.overhead.p99Ms, 3)}`,
+        `${fmt(x.stream.bareOverhead.p50Ms, 3)} / ${fmt(x.stream.bareOverhead.p99Ms, 3)}`,
+        `${fmt(x.chat.cpuUsPerRequest.gateway)} / ${fmt(x.chat.cpuUsPerRequest.bare)}`,
+        `${fmt(x.stream.cpuUsPerRequest.gateway)} / ${fmt(x.stream.cpuUsPerRequest.bare)}`,
+      ]),
+    ]),
+    '',
   );
   const row = (label: string, d: Dist) => [label, fmt(d.p50Ms, 2), fmt(d.p90Ms, 2), fmt(d.p99Ms, 2), fmt(d.p999Ms, 2), fmt(d.maxMs, 2), fmt(d.meanMs, 2), String(d.samples)];
   const orow = (label: string, o: ReturnType<typeof overheadOf>) => [label, fmt(o.p50Ms, 3), fmt(o.p90Ms, 3), fmt(o.p99Ms, 3), fmt(o.p999Ms, 3), '', fmt(o.meanMs, 3), ''];
