@@ -167,9 +167,11 @@ async function main(): Promise<void> {
   console.log('\nWhat to look for: openai-slow (p99 > 800 ms) is degraded and gets less traffic, not none;');
   console.log('openai-flaky had an outage at t+3s: its breaker opened after 5 failures in a row and it got no traffic');
   console.log('but one probe per cooldown (5 s, doubling while the probe fails);');
-  console.log('openai-tier2 answered 429 when its provider limit ran out and cools until the provider says it is');
-  console.log('free; openai-tier1 stops at its $0.002 daily budget. Failed calls: none expected, each 429 or 503');
-  console.log('was retried on another key. Keys appear by hint only; the callers only ever held the gateway token.');
+  console.log("openai-tier2's provider allows 100 requests a minute where the config says 3,000: the pool read");
+  console.log('that from its answers\' x-ratelimit headers (req left n/100) and kept the key under it, so it met');
+  console.log('few 429s or none; openai-tier1 stops at its $0.002 daily budget. Failed calls: none expected, each');
+  console.log('429 or 503 was retried on another key. Keys appear by hint only; the callers only ever held the');
+  console.log('gateway token.');
   await second.close();
   await first.close();
   await fake.stop();
