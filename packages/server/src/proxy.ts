@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import type { Readable, Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Logger } from 'pino';
 import { NANOS_PER_USD, isRedisUnavailable, systemClock, type Clock, type KeyPool, type Lease, type Outcome } from '@keypool/core';
 import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
@@ -170,9 +172,13 @@ function bearer(req: IncomingMessage): string {
 
 const tooLarge = (limit: number) => new HttpError(413, `The request body is larger than this gateway accepts (${limit} bytes; server.bodyLimit).`, 'invalid_request_error', 'body_too_large');
 
+/** The decoders of the content-encodings a body may come in (as express.raw inflated them). */
+const DECODERS: Record<string, () => Transform> = { gzip: createGunzip, 'x-gzip': createGunzip, deflate: createInflate, br: createBrotliDecompress };
+
 /**
  * The request body, read once into one Buffer; 413 as soon as it passes `limit` (the rest is
- * drained, not kept). Bodies are taken as sent: a content-encoding (gzip...) is refused (415).
+ * drained, not kept). A gzip, deflate or br body is decoded on the way in, and the limit holds for
+ * what it decodes to (a small bomb is refused like a large body); another encoding is 415.
  */
 export function readRequestBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = req.headers['content-length'];
@@ -180,24 +186,34 @@ export function readRequestBody(req: IncomingMessage, limit: number): Promise<Bu
     req.resume();
     return Promise.reject(tooLarge(limit));
   }
-  const enc = req.headers['content-encoding'];
-  if (enc !== undefined && enc.toLowerCase() !== 'identity') {
-    req.resume();
-    return Promise.reject(new HttpError(415, `The request body is ${enc.slice(0, 40)}-encoded; this gateway takes bodies without a content-encoding.`, 'invalid_request_error', 'unsupported_encoding'));
+  const enc = req.headers['content-encoding']?.trim().toLowerCase();
+  let src: Readable = req;
+  if (enc !== undefined && enc !== 'identity' && enc !== '') {
+    const decoder = DECODERS[enc];
+    if (!decoder) {
+      req.resume();
+      return Promise.reject(new HttpError(415, `The request body is ${enc.slice(0, 40)}-encoded; this gateway decodes gzip, deflate and br, or takes the body without a content-encoding.`, 'invalid_request_error', 'unsupported_encoding'));
+    }
+    src = req.pipe(decoder());
   }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     const done = () => {
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('error', onError);
+      src.off('data', onData);
+      src.off('end', onEnd);
+      src.off('error', onError);
       req.off('close', onClose);
+      if (src !== req) req.off('error', onError);
     };
     const onData = (c: Buffer) => {
       size += c.length;
       if (size > limit) {
         done();
+        if (src !== req) {
+          req.unpipe();
+          src.destroy();
+        }
         req.resume(); // drained, not kept
         return reject(tooLarge(limit));
       }
@@ -209,15 +225,18 @@ export function readRequestBody(req: IncomingMessage, limit: number): Promise<Bu
     };
     const onError = () => {
       done();
-      reject(new HttpError(400, 'The request body could not be read.', 'invalid_request_error', 'invalid_body'));
+      if (src !== req) src.destroy();
+      req.resume();
+      reject(new HttpError(400, src === req ? 'The request body could not be read.' : `The request body could not be read as ${enc} (its Content-Encoding): send it encoded so, or without that header.`, 'invalid_request_error', 'invalid_body'));
     };
     // closed before its end: the caller went away mid-body
     const onClose = () => {
       if (!req.complete) onError();
     };
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('error', onError);
+    src.on('data', onData);
+    src.on('end', onEnd);
+    src.on('error', onError);
+    if (src !== req) req.on('error', onError);
     req.on('close', onClose);
   });
 }

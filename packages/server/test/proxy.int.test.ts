@@ -4,6 +4,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import OpenAI from 'openai';
 import { describe, expect, it } from 'vitest';
 import { keyIdOf } from '@keypool/core';
@@ -274,7 +275,7 @@ describe('gateway: bad input never reaches a key', () => {
     expect((await g.pool.tokens.list()).map((t) => t.name)).toEqual(['tests']);
   });
 
-  it('reads a body once against the limit whatever its framing: chunked past the limit is 413, an encoded body 415, /v1 paths match as express did', async () => {
+  it('reads a body once against the limit whatever its framing: chunked past the limit is 413, a gzip, br or deflate body decoded (its decoded size against the limit), another encoding 415, /v1 paths match as express did', async () => {
     const g = await gw({ settings: { bodyLimit: 1024 } });
     const auth = { authorization: `Bearer ${g.token}` };
     const big = JSON.stringify({ ...ask, messages: [{ role: 'user', content: 'x'.repeat(5000) }] });
@@ -282,15 +283,29 @@ describe('gateway: bad input never reaches a key', () => {
     expect(chunked.status).toBe(413);
     expect(chunked.json.error.code).toBe('body_too_large');
     expect(chunked.json.error.message).toContain('1024 bytes');
-    const gzip = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { ...auth, 'content-encoding': 'gzip' });
-    expect(gzip.status).toBe(415);
-    expect(gzip.json.error.code).toBe('unsupported_encoding');
+    // encoded bodies: decoded, and the limit holds for what they decode to
+    const notGzip = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { ...auth, 'content-encoding': 'gzip' });
+    expect(notGzip.status).toBe(400);
+    expect(notGzip.json.error.code).toBe('invalid_body');
+    expect(notGzip.json.error.message).toContain('could not be read as gzip');
+    const bomb = gzipSync(big);
+    expect(bomb.length).toBeLessThan(1024);
+    const bombed = await post(g.url, '/v1/chat/completions', bomb, { ...auth, 'content-encoding': 'gzip' });
+    expect(bombed.status).toBe(413);
+    const zstd = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { ...auth, 'content-encoding': 'zstd' });
+    expect(zstd.status).toBe(415);
+    expect(zstd.json.error.code).toBe('unsupported_encoding');
     expect(served(g)).toBe(0);
+    for (const [enc, data] of [['gzip', gzipSync(JSON.stringify(ask))], ['br', brotliCompressSync(JSON.stringify(ask))], ['deflate', deflateSync(JSON.stringify(ask))]] as const) {
+      const r = await post(g.url, '/v1/chat/completions', data, { ...auth, 'content-encoding': enc });
+      expect(r.status, enc).toBe(200);
+    }
+    expect(served(g)).toBe(3);
     // a small chunked body is read whole; the mount path and a trailing slash match in any case
     const ok = await post(g.url, '/V1/chat/completions/', JSON.stringify(ask), { ...auth, 'transfer-encoding': 'chunked' });
     expect(ok.status).toBe(200);
     expect(ok.headers['x-keypool-request-id']).toMatch(/^[0-9a-f-]{36}$/);
-    expect(served(g)).toBe(1);
+    expect(served(g)).toBe(4);
     const wrongMethod = await fetch(`${g.url}/v1/chat/completions`, { headers: auth });
     expect(wrongMethod.status).toBe(404);
     expect(((await wrongMethod.json()) as { error: { code: string } }).error.code).toBe('unknown_url');
