@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import type { Request, Response, Router } from 'express';
 import express from 'express';
 import type { Logger } from 'pino';
-import { NANOS_PER_USD, isPoolExhausted, isRedisUnavailable, isRequestTooLarge, isUnknownModel, systemClock, type Clock, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import { NANOS_PER_USD, isPoolExhausted, isRedisUnavailable, isRequestTooLarge, isUnknownModel, type Clock, type KeyPool, type Lease, type Outcome } from '@keypool/core';
 import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
 import { HttpError, badRequest, sendError } from './errors.js';
 import type { Inflight } from './inflight.js';
@@ -157,7 +157,6 @@ function usd(n: number): string {
 export function proxyRouter(deps: ProxyDeps): Router {
   const { pool, dispatcher, metrics, logger, inflight, settings } = deps;
   const log = logger.child({ component: 'proxy' });
-  const known = new RecentTokens(deps.clock ?? systemClock);
   const router = express.Router();
   const raw = express.raw({ type: () => true, limit: settings.bodyLimit });
 
@@ -200,7 +199,6 @@ export function proxyRouter(deps: ProxyDeps): Router {
     res.on('close', onClose);
     const end = inflight.begin((why) => abort.abort(why));
     let admission: { id: string; reservation: string } | undefined;
-    let gate: Promise<void> | undefined;
     /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
     const aborted: number[] = [];
     /** An attempt went to a provider: the token's request counts (its rpm holds for failing calls too). */
@@ -231,14 +229,20 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const usage = outcome.usage;
       if (usage?.promptTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'prompt' }, usage.promptTokens);
       if (usage?.completionTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'completion' }, usage.completionTokens);
+      // the token pays what the key is charged, settled in the release's own Redis call
+      const a = settled ? undefined : admission;
+      if (a) settled = true;
       inflight.track(
-        lease.release(outcome).then(
+        lease.release(outcome, a ? { settle: { admission: a } } : undefined).then(
           (r) => {
             const cost = r.released ? r.costUsd : localCost;
             if (cost > 0) metrics.spend.inc({ key_id: lease.keyId, model }, cost);
-            settle(cost, false);
           },
-          () => settle(localCost, false),
+          () => {
+            if (!a) return;
+            settled = false;
+            settle(localCost, false);
+          },
         ),
       );
     }
@@ -247,6 +251,11 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const body = parseBody(req);
       if (typeof body.model !== 'string' || body.model.length === 0) throw badRequest("'model' is required: a model name or a route name (GET /v1/models lists them).", 'model');
       const name = body.model;
+      /** A refused gateway token: counted, and the error its caller reads. */
+      const refused = (r: { reason: string; retryAfterMs: number | null }) => {
+        metrics.tokenRejections.inc({ reason: r.reason });
+        return tokenRefusal(r.reason, name, r.retryAfterMs);
+      };
       // a name the gateway serves, else '': callers' strings must not grow the metric series
       if (dispatcher.route(name) || pool.servesModel(name)) labels.model = name;
       if (body.stream !== undefined && typeof body.stream !== 'boolean') throw badRequest("'stream' must be true or false", 'stream');
@@ -278,22 +287,11 @@ export function proxyRouter(deps: ProxyDeps): Router {
         throw badRequest('The request asks for more tokens than any key can serve (max_tokens, max_completion_tokens or max_output_tokens, times n); ask for fewer.', null, 'request_too_large');
       }
 
-      // A token this process saw admitted lately is admitted while the first key is acquired (one
-      // round trip on the path instead of two); an unknown one first, so that garbage tokens never
-      // take a key's request. A refusal then gives the key back and forgets the token.
-      const admit = pool.tokens.admit(token, name, estUsd).then((adm) => {
-        if (!adm.ok) {
-          known.delete(token);
-          metrics.tokenRejections.inc({ reason: adm.reason });
-          throw tokenRefusal(adm.reason, name, adm.retryAfterMs);
-        }
-        admission = adm;
-        known.add(token);
-      });
-      gate = known.seen(token) ? admit : undefined;
-      if (gate) gate.catch(() => undefined); // awaited by dispatch or below; never unhandled
-      else await admit;
       if (!dispatcher.plan(name, 'critical').models.some((m) => pool.servesModel(m))) {
+        // no key to admit the token with: admitted alone, so a bad token still reads 401, not 404
+        const adm = await pool.tokens.admit(token, name, estUsd);
+        if (!adm.ok) throw refused(adm);
+        admission = adm;
         throw new HttpError(404, `The model '${name}' does not exist or no key of this gateway serves it (GET /v1/models lists what is served).`, 'invalid_request_error', 'model_not_found', 'model');
       }
 
@@ -316,7 +314,10 @@ export function proxyRouter(deps: ProxyDeps): Router {
           name,
           est,
           priority,
-          ...(gate ? { gate } : {}),
+          // the token is admitted in the first acquire's Redis call (a refusal touches no key)
+          admit: { token, name, estimatedCostUsd: estUsd },
+          admitted: (a) => (admission = a),
+          refused,
           signal: abort.signal,
           deadline: now + deadlineMs,
           keyDeadline: now + settings.deadlineMs,
@@ -387,10 +388,7 @@ export function proxyRouter(deps: ProxyDeps): Router {
       // the status went out as 200; the metric tells how the stream really ended
       finish(ended);
     } catch (thrown) {
-      let e = thrown;
-      // an admission run beside the acquire: wait for it (its reservation must be settled), and a
-      // refusal of the token says more than whatever else went wrong
-      if (gate) e = (await gate.then(() => undefined, (refusal: unknown) => refusal)) ?? e;
+      const e = thrown;
       const why = abort.signal.reason;
       // attempts the caller cut short cost the keys their estimate: the token pays that, as for a dropped stream
       const charged = why instanceof ShuttingDown ? [] : aborted;
@@ -568,30 +566,5 @@ export class PassThroughError extends HttpError {
       body: upstream.body,
       contentType: typeof ct === 'string' ? ct : 'application/json',
     });
-  }
-}
-
-/**
- * Gateway tokens this process saw admitted in the last minute (in memory only, like the request
- * headers they came in): their next admission may run beside the acquire. Bounded; the oldest go first.
- */
-class RecentTokens {
-  private readonly until = new Map<string, number>();
-  constructor(
-    private readonly clock: Clock,
-    private readonly ttlMs = 60_000,
-    private readonly max = 10_000,
-  ) {}
-  seen(token: string): boolean {
-    const t = this.until.get(token);
-    return t !== undefined && t > this.clock.now();
-  }
-  add(token: string): void {
-    this.until.delete(token);
-    this.until.set(token, this.clock.now() + this.ttlMs);
-    if (this.until.size > this.max) this.until.delete(this.until.keys().next().value!);
-  }
-  delete(token: string): void {
-    this.until.delete(token);
   }
 }
