@@ -51,12 +51,16 @@
  *     histograms (from its /metrics; quantiles interpolated within buckets), its event-loop delay
  *     (prom-client's monitorEventLoopDelay, reset at each scrape) and GC pauses by kind
  *     (nodejs_gc_duration_seconds), and its event-loop utilization (busy share of the loop);
- *   - tokens.admit and pool.acquire (the two Redis round trips a request waits for), lease.release
- *     and tokens.settle, timed inside the gateway process by method wrappers (gateway/child.ts);
+ *   - pool.acquire (the one Redis round trip a request waits for: the gateway token is admitted in
+ *     the same script call) and lease.release (which settles the token in its call), timed inside
+ *     the gateway process by method wrappers (gateway/child.ts); tokens.admit and tokens.settle
+ *     alone run only off the main path (a model no key serves, a failed request's settlement);
  *   - CPU of every process (/proc/<pid>/stat) per wall second and per request (the gateway's kernel
  *     share apart), machine busy and steal share (/proc/stat) and the cores other processes took,
  *     time each main thread was runnable but waited for a CPU (/proc/<pid>/schedstat), Redis
- *     commands per request and server time per call (INFO commandstats).
+ *     commands per request and server time per call (INFO commandstats): redisCommandsPerRequest
+ *     (every command, those the scripts run inside included) and scriptCallsPerRequest (the
+ *     EVALSHA round trips among them; target 2: one each way), lib/commands.ts.
  * With --profile, after everything else (extra slices, not in any figure): Redis server time per
  * keypool script (SLOWLOG at a 0 us threshold, EVALSHA sha -> script name) and a V8 CPU profile of
  * the gateway (node:inspector in the gateway process, frames mapped back to the TypeScript
@@ -79,7 +83,9 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
+import { scripts } from '@keypool/core';
 import { children } from './lib/child-ipc.js';
+import { commandsInScripts, requestCommands } from './lib/commands.js';
 import { machineCpu, machineShares } from './lib/proc.js';
 import { adminClient, openRedis, type BenchRedis } from './lib/redis.js';
 import { machine, printResult } from './lib/report.js';
@@ -91,7 +97,7 @@ import { Child, interrupt, interrupted, log, MAX_TOKENS, MODEL, parseCli } from 
 import { allocationsOfGateway, profileGateway, redisScriptTimes } from './gateway/profile.js';
 import { render } from './gateway/render.js';
 
-const TARGETS = { overheadP50Ms: 1, overheadP99Ms: 3 } as const;
+const TARGETS = { overheadP50Ms: 1, overheadP99Ms: 3, scriptCallsPerRequest: 2 } as const;
 
 // ---- main ------------------------------------------------------------------------------------
 
@@ -231,13 +237,20 @@ async function main(): Promise<void> {
     };
     const errors = [chat.direct, chat.bare, chat.gateway, stream.direct, stream.bare, stream.gateway].reduce((n, s) => n + s.errors, 0) + steps.reduce((n, s) => n + s.direct.errors + s.gateway.errors, 0);
     const check = (value: number, max: number) => ({ max, value, pass: Number.isFinite(value) && value <= max });
+    // Redis commands per request on the bench's own redis-server (INFO commandstats over the gateway slices)
+    const inScripts = commandsInScripts(scripts().map((sc) => sc.lua));
+    const redisPerRequest = {
+      chat: requestCommands(meanTelemetry(chat.gateway.slices).redis.commandsPerRequest, inScripts),
+      stream: requestCommands(meanTelemetry(stream.gateway.slices).redis.commandsPerRequest, inScripts),
+    };
     const targets = {
       overheadP50Ms: check(chat.overhead.p50Ms, TARGETS.overheadP50Ms),
       overheadP99Ms: check(chat.overhead.p99Ms, TARGETS.overheadP99Ms),
       errors: { max: 0, value: errors, pass: errors === 0 },
+      scriptCallsPerRequest: check(redisPerRequest.chat.scriptCallsPerRequest, TARGETS.scriptCallsPerRequest),
       allPass: false,
     };
-    targets.allPass = targets.overheadP50Ms.pass && targets.overheadP99Ms.pass && targets.errors.pass;
+    targets.allPass = targets.overheadP50Ms.pass && targets.overheadP99Ms.pass && targets.errors.pass && targets.scriptCallsPerRequest.pass;
     const shares = machineShares(m0, machineCpu());
     const result = {
       overheadP50Ms: chat.overhead.p50Ms,
@@ -250,6 +263,10 @@ async function main(): Promise<void> {
       bareProxyOverheadP99Ms: chat.bareOverhead.p99Ms,
       bareProxyStreamOverheadP50Ms: stream.bareOverhead.p50Ms,
       bareProxyStreamOverheadP99Ms: stream.bareOverhead.p99Ms,
+      /** chat at --rate: every command Redis ran per request (inside scripts too), and the script calls (round trips) among them */
+      redisCommandsPerRequest: redisPerRequest.chat.redisCommandsPerRequest,
+      scriptCallsPerRequest: redisPerRequest.chat.scriptCallsPerRequest,
+      redisPerRequest,
       maxRps,
       maxRpsLimitedBy: limitedBy,
       maxRpsBelowLadder: belowLadder,

@@ -36,6 +36,8 @@ export function render(r: Result): string {
       ['baseline: bare Node proxy p50 / p99 (chat)', `${fmt(r.bareProxyOverheadP50Ms, 3)} / ${fmt(r.bareProxyOverheadP99Ms, 3)}`, '', ''],
       ['maxRps (overhead p99 < bound)', r.maxRps === null ? 'none' : fmt(r.maxRps), '', r.maxRpsLimitedBy ? 'see below' : ''],
       ['errors', String(r.errors), '== 0', pf(r.targets.errors.pass)],
+      ['scriptCallsPerRequest (chat)', fmt(r.scriptCallsPerRequest, 3), `<= ${r.targets.scriptCallsPerRequest.max}`, pf(r.targets.scriptCallsPerRequest.pass)],
+      ['redisCommandsPerRequest (chat, inside scripts too)', fmt(r.redisCommandsPerRequest, 2), '', ''],
     ]),
     '',
     `targets: ${r.targets.allPass ? 'all PASS' : 'NOT all pass'}`,
