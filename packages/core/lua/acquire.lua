@@ -145,6 +145,14 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
   rounds = rounds + 1
   local ids, from = sample(k)
   if #ids == 0 then break end
+  -- the states of the candidates not seen yet, in one command
+  local want = {}
+  for _, id in ipairs(ids) do
+    if not seen[id] and not excluded[id] then want[#want + 1] = id end
+  end
+  local raws = #want > 0 and redis.call('HMGET', stKey, unpack(want)) or {}
+  local rawOf = {}
+  for j, id in ipairs(want) do rawOf[id] = raws[j] end
   local fresh = 0
   for j, id in ipairs(ids) do
     if not seen[id] then
@@ -154,7 +162,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
       if excluded[id] then
         nseen = nseen + 1
       else
-        local st = loadState(stKey, id)
+        local st = stateOf(rawOf[id])
         if not st then
           -- removed key left in a set
           redis.call('SREM', avail(g), id)

@@ -49,7 +49,7 @@ local function settle(charged)
   if ARGV[26] == '' then return '' end
   local cost = tonumber(ARGV[28])
   if cost < 0 then cost = charged end
-  return tokenSettle(KEYS[9], KEYS[10], ARGV[26], ARGV[27], cost, ARGV[29] == '1', now)
+  return tokenSettle(KEYS[9], KEYS[10], ARGV[26], ARGV[27], cost, ARGV[29] == '1', now, false)
 end
 local keyCharge = outcome == 'unused' and 0 or (realCost >= 0 and realCost or estCost)
 if redis.call('ZREM', leasesKey, lease) == 0 then return { 0, 'unknown_lease', settle(keyCharge) } end

@@ -16,7 +16,7 @@
 --- @include "common"
 --- @include "tokens"
 
-local why = tokenSettle(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', nowMs())
+local why = tokenSettle(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', nowMs(), true)
 if type(why) == 'table' then return why end -- an error reply
 if why == '' then return { 1 } end
 return { 0, why }

@@ -119,9 +119,10 @@ end
   the cost and the request are recorded). Returns '' (settled), 'unknown_token' or
   'unknown_reservation' (settled before: nothing is done, so nothing is counted twice). A
   reservation the reaper charged (its request outlived reservationTimeoutMs) settles once more
-  from its tombstone: the estimate the reaper charged is replaced by the real cost.
+  from its tombstone: the estimate the reaper charged is replaced by the real cost. `reapAfter`:
+  reap a few expired reservations too (a release leaves that to the next acquire, which reaps first).
 ]]
-local function tokenSettle(stKey, resKey, id, reservation, cost, refund, now)
+local function tokenSettle(stKey, resKey, id, reservation, cost, refund, now, reapAfter)
   local st = loadState(stKey, id)
   if not st then return 'unknown_token' end
   local held = 0
@@ -156,7 +157,7 @@ local function tokenSettle(stKey, resKey, id, reservation, cost, refund, now)
     st.n = st.n + 1
   end
   saveState(stKey, id, st)
-  reapReservations(resKey, stKey, now, 8)
+  if reapAfter then reapReservations(resKey, stKey, now, 8) end
   return ''
 end
 
