@@ -387,8 +387,7 @@ export function proxyRouter(deps: ProxyDeps): Router {
       const ended = await pipeStream(ep, res, value.up, lease, model, d.started, abort, !wantsUsage && inject, (ms) => (upstreamMs += ms), (outcome, cost) => releaseAndSettle(lease, model, outcome, cost));
       // the status went out as 200; the metric tells how the stream really ended
       finish(ended);
-    } catch (thrown) {
-      const e = thrown;
+    } catch (e) {
       const why = abort.signal.reason;
       // attempts the caller cut short cost the keys their estimate: the token pays that, as for a dropped stream
       const charged = why instanceof ShuttingDown ? [] : aborted;
