@@ -60,12 +60,16 @@
  *     histograms (from its /metrics; quantiles interpolated within buckets), its event-loop delay
  *     (prom-client's monitorEventLoopDelay, reset at each scrape) and GC pauses by kind
  *     (nodejs_gc_duration_seconds), and its event-loop utilization (busy share of the loop);
- *   - tokens.admit and pool.acquire (the two Redis round trips a request waits for), lease.release
- *     and tokens.settle, timed inside the gateway process by method wrappers (gateway/child.ts);
+ *   - pool.acquire (the one Redis round trip a request waits for: the gateway token is admitted in
+ *     the same script call) and lease.release (which settles the token in its call), timed inside
+ *     the gateway process by method wrappers (gateway/child.ts); tokens.admit and tokens.settle
+ *     alone run only off the main path (a model no key serves, a failed request's settlement);
  *   - CPU of every process (/proc/<pid>/stat) per wall second and per request (the gateway's kernel
  *     share apart), machine busy and steal share (/proc/stat) and the cores other processes took,
  *     time each main thread was runnable but waited for a CPU (/proc/<pid>/schedstat), Redis
- *     commands per request and server time per call (INFO commandstats).
+ *     commands per request and server time per call (INFO commandstats): redisCommandsPerRequest
+ *     (every command, those the scripts run inside included) and scriptCallsPerRequest (the
+ *     EVALSHA round trips among them; target 2: one each way), lib/commands.ts.
  * With --profile, after everything else (extra slices, not in any figure): Redis server time per
  * keypool script (SLOWLOG at a 0 us threshold, EVALSHA sha -> script name) and a V8 CPU profile of
  * the gateway (node:inspector in the gateway process, frames mapped back to the TypeScript
@@ -88,7 +92,9 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
+import { scripts } from '@keypool/core';
 import { children } from './lib/child-ipc.js';
+import { commandsInScripts, requestCommands } from './lib/commands.js';
 import { machineCpu, machineShares } from './lib/proc.js';
 import { adminClient, openRedis, type BenchRedis } from './lib/redis.js';
 import { machine, printResult } from './lib/report.js';
@@ -270,6 +276,12 @@ async function main(): Promise<void> {
       steps.reduce((n, s) => n + s.direct.errors + s.gateway.errors, 0);
     const perReq = { chat: perRequest(main.chat), stream: perRequest(main.stream) };
     const check = (value: number, max: number) => ({ max, value, pass: Number.isFinite(value) && value <= max });
+    // Redis commands per request on the bench's own redis-server (INFO commandstats over the gateway slices)
+    const inScripts = commandsInScripts(scripts().map((sc) => sc.lua));
+    const redisPerRequest = {
+      chat: requestCommands(meanTelemetry(chat.gateway.slices).redis.commandsPerRequest, inScripts),
+      stream: requestCommands(meanTelemetry(stream.gateway.slices).redis.commandsPerRequest, inScripts),
+    };
     const targets = {
       overheadP50Ms: check(chat.overhead.p50Ms, TARGETS.overheadP50Ms),
       overheadP99Ms: check(chat.overhead.p99Ms, TARGETS.overheadP99Ms),
@@ -300,6 +312,8 @@ async function main(): Promise<void> {
       allocatedBytesPerRequest: perReq.chat.allocatedBytesPerRequest,
       streamAllocatedBytesPerRequest: perReq.stream.allocatedBytesPerRequest,
       overheadByRate,
+      /** chat and stream at --rate: commands no script calls listed apart (status and metrics read Redis on their own schedule) */
+      redisPerRequest,
       maxRps,
       maxRpsLimitedBy: limitedBy,
       maxRpsBelowLadder: belowLadder,

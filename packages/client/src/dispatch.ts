@@ -1,4 +1,21 @@
-import { PoolExhaustedError, isPoolExhausted, isRequestTooLarge, isUnknownModel, headerValue, systemClock, type Clock, type HeadersLike, type KeyPool, type Lease, type Outcome, type ReleaseResult } from '@keypool/core';
+import {
+  PoolExhaustedError,
+  isPoolExhausted,
+  isRequestTooLarge,
+  isUnknownModel,
+  headerValue,
+  systemClock,
+  type AcquireResult,
+  type Admission,
+  type Clock,
+  type HeadersLike,
+  type KeyPool,
+  type Lease,
+  type Outcome,
+  type ReleaseResult,
+  type TokenAdmitRequest,
+  type TokenRefused,
+} from '@keypool/core';
 import type { Estimate } from './estimate.js';
 
 /**
@@ -75,6 +92,13 @@ export function callController(parent: AbortSignal | undefined, deadlineMs: numb
   };
 }
 
+/** The gateway token given to a dispatch (`admit`) was refused; no key was touched. */
+export class TokenRefusedError extends Error {
+  constructor(readonly refusal: TokenRefused['token']) {
+    super(`gateway token refused: ${refusal.reason}`);
+  }
+}
+
 /** One call's failover: what to try and within which limits. */
 export interface DispatchCall<T> {
   /** A model or a route name. */
@@ -105,12 +129,16 @@ export interface DispatchCall<T> {
   /** The error to report when an attempt ran out of time without a provider answer. */
   timeoutError: (message: string) => unknown;
   /**
-   * Awaited once the first key is leased, before the first upstream call: the caller's own
-   * admission, run at the same time as the first acquire (one Redis round trip instead of two on
-   * the request's path). If it rejects, the lease goes back unused (nothing of the key is spent:
-   * request, tokens, slot, money) and the call fails with it.
+   * A gateway token to admit in the same Redis call as the first key (the caller's own admission):
+   * a refusal ends the call with `refused(refusal)` (default TokenRefusedError) before any key is
+   * touched. Failovers to other keys lease without it: the request is admitted once. The caller
+   * settles the admission (`admitted` hands it over), on the last release.
    */
-  gate?: Promise<unknown>;
+  admit?: TokenAdmitRequest;
+  /** Told of the admission once the first key is leased with it. */
+  admitted?: (admission: Admission) => void;
+  /** The error a refused token ends the call with. */
+  refused?: (refusal: TokenRefused['token']) => unknown;
   /** Told of each failed attempt once its lease is released (the result is undefined when the release failed). */
   released?: (lease: Lease, outcome: Outcome, result: ReleaseResult | undefined) => void;
 }
@@ -180,13 +208,22 @@ export class Dispatcher {
    * strongest for critical traffic, the last resort (the dearest) for normal; low never waits.
    * A model no key serves (or too small for the request) is skipped.
    */
-  private async lease(plan: { models: string[]; route?: string }, est: Estimate, exclude: Set<string>, deadline: number, priority: Priority, signal: AbortSignal, keyWaitMs = Infinity): Promise<{ lease: Lease; model: string }> {
+  private async lease(
+    plan: { models: string[]; route?: string },
+    est: Estimate,
+    exclude: Set<string>,
+    deadline: number,
+    priority: Priority,
+    signal: AbortSignal,
+    keyWaitMs = Infinity,
+    token?: Pick<DispatchCall<unknown>, 'admit' | 'refused'>,
+  ): Promise<{ lease: Lease; model: string }> {
     let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
     let fault: unknown;
     const waitOn = priority === 'low' ? -1 : priority === 'critical' ? 0 : plan.models.length - 1;
     for (let i = 0; i < plan.models.length; i++) {
       const model = plan.models[i]!;
-      let r: Awaited<ReturnType<KeyPool['acquire']>>;
+      let r: AcquireResult | TokenRefused;
       try {
         r = await this.pool.acquire({
           model,
@@ -198,6 +235,7 @@ export class Dispatcher {
           // the cut call counted against the key
           maxWaitMs: i === waitOn ? Math.max(0, Math.min(keyWaitMs, (deadline - this.clock.now()) / 2 - 10)) : 0,
           ...(plan.route !== undefined ? { route: plan.route } : {}),
+          ...(token?.admit ? { admit: token.admit } : {}),
           signal,
         });
       } catch (e) {
@@ -212,6 +250,7 @@ export class Dispatcher {
         throw e;
       }
       if (r.ok) return { lease: r, model };
+      if (r.reason === 'token_refused') throw token?.refused ? token.refused(r.token) : new TokenRefusedError(r.token);
       if (!last || (r.retryAfterMs ?? Infinity) < (last.retryAfterMs ?? Infinity)) last = { model, reason: r.reason, retryAfterMs: r.retryAfterMs };
     }
     if (!last) throw fault;
@@ -266,24 +305,22 @@ export class Dispatcher {
     const plan = this.plan(c.name, c.priority);
     const exclude = new Set<string>();
     let lastError: unknown;
+    // the token is admitted with the first key leased, and only then
+    let token = c.admit ? { admit: c.admit, ...(c.refused ? { refused: c.refused } : {}) } : undefined;
     for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
       signal.throwIfAborted();
       let leased: { lease: Lease; model: string };
       try {
-        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs);
+        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs, token);
       } catch (e) {
         // every key left was tried and failed: the upstream's own error says more than "exhausted"
         if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;
         throw e;
       }
       const { lease, model } = leased;
-      if (attempt === 0 && c.gate) {
-        try {
-          await c.gate;
-        } catch (e) {
-          await lease.release({ error: 'unused' }).catch(() => undefined);
-          throw e;
-        }
+      if (token && lease.admission) {
+        token = undefined;
+        c.admitted?.(lease.admission);
       }
       // renewed until released, however long the call (or the caller's stream) runs
       lease.keepAlive();

@@ -5,18 +5,31 @@
   ("start at T": the request's place in the key's rate windows or bucket is taken now, so callers
   are served first come, first served fleet-wide, with no second call).
 
-  KEYS (5 + 2 per group, so the caller passes numkeys and the file name has no count):
+  With a gateway token (ARGV[11] not ''), the token is admitted in the same call, first: a refused
+  token gets its refusal and no key is looked at; a token admitted while no key can be had (nothing
+  usable, nothing to reserve) is not taken either (nothing is written for it). A reservation ("start
+  at T") counts as admitted: the caller holds a lease.
+
+  KEYS (8 + 2 per group, so the caller passes numkeys and the file name has no count):
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases (zset lease -> deadline)  KEYS[4] meta  KEYS[5] win (the
-  enforcement windows' log, see includes/window.lua); then two per key group that serves the model:
-  KEYS[4+2i] avail set, KEYS[5+2i] wait zset
+  enforcement windows' log, see includes/window.lua)  KEYS[6] tok  KEYS[7] tok:st  KEYS[8] tok:res
+  (see includes/tokens.lua); then two per key group that serves the model:
+  KEYS[7+2i] avail set, KEYS[8+2i] wait zset
   ARGV[1] estimated tokens  ARGV[2] estimated cost (nano-dollars)  ARGV[3] lease timeout ms
   ARGV[4] concurrency recheck ms  ARGV[5] random number in [0,1) for the final choice
   ARGV[6] excluded key ids, comma-separated  ARGV[7] candidates per round (power of k choices)
   ARGV[8] random seed (used only when the model is served by several groups)
   ARGV[9] the longest the caller will wait for a reservation, ms (0: now or not at all)
   ARGV[10] window margin ms (added to every enforcement window)
-  Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs}
+  ARGV[11] sha256 hex of a gateway token to admit ('' = none; then ARGV[12..15] are absent)
+  ARGV[12] model or route the token asks for  ARGV[13] the token's estimated cost, nano-dollars
+  ARGV[14] token reservation lifetime ms (from the request's start)  ARGV[15] '1': send the
+  token's settings JSON back
+  Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
+          [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
       or {0, reason, retryAfterMs (-1: not by waiting), version}
+      or {2, tokenRefusal, retryAfterMs (-1: not by waiting), tokenId ('' when unknown)}: the
+         token was refused (reasons of tokenAdmit-3.lua), nothing changed
   startInMs: 0 now; else the caller starts its request that much later (or gives the lease back
   unused, which frees its place for the next caller).
 
@@ -25,6 +38,7 @@
   Each acquire samples a few candidates, so its work is bounded by the number of state changes.
 ]]
 --- @include "common"
+--- @include "tokens"
 
 local cfgKey, stKey, leasesKey, metaKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local est = tonumber(ARGV[1])
@@ -39,9 +53,20 @@ local maxWait = tonumber(ARGV[9])
 local margin = tonumber(ARGV[10])
 local now = nowMs()
 
-local ngroups = (#KEYS - 5) / 2
-local function avail(i) return KEYS[4 + 2 * i] end
-local function waitz(i) return KEYS[5 + 2 * i] end
+-- 0. The gateway token first: a refusal touches no key.
+local admission = nil
+if ARGV[11] and ARGV[11] ~= '' then
+  local refusal
+  admission, refusal = tokenCheck(KEYS[6], KEYS[7], KEYS[8], ARGV[11], ARGV[12], tonumber(ARGV[13]), recheckMs, now)
+  if not admission then
+    refusal[1] = 2
+    return refusal
+  end
+end
+
+local ngroups = (#KEYS - 8) / 2
+local function avail(i) return KEYS[7 + 2 * i] end
+local function waitz(i) return KEYS[8 + 2 * i] end
 local RESERVABLE = { rate_limited = true, cooling = true }
 
 -- 1. Give back the slots of a few leases whose holder never released them (process killed).
@@ -120,6 +145,14 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
   rounds = rounds + 1
   local ids, from = sample(k)
   if #ids == 0 then break end
+  -- the states of the candidates not seen yet, in one command
+  local want = {}
+  for _, id in ipairs(ids) do
+    if not seen[id] and not excluded[id] then want[#want + 1] = id end
+  end
+  local raws = #want > 0 and redis.call('HMGET', stKey, unpack(want)) or {}
+  local rawOf = {}
+  for j, id in ipairs(want) do rawOf[id] = raws[j] end
   local fresh = 0
   for j, id in ipairs(ids) do
     if not seen[id] then
@@ -129,7 +162,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
       if excluded[id] then
         nseen = nseen + 1
       else
-        local st = loadState(stKey, id)
+        local st = stateOf(rawOf[id])
         if not st then
           -- removed key left in a set
           redis.call('SREM', avail(g), id)
@@ -275,4 +308,11 @@ end
 saveState(stKey, id, st)
 redis.call('ZADD', leasesKey, deadline, lease)
 local nowWhole, nowMicros = timeReply(now)
-return { 1, id, lease, deadline, nowWhole, nowMicros, version, probe, math.max(0, math.ceil(start - now)) }
+local reply = { 1, id, lease, deadline, nowWhole, nowMicros, version, probe, math.max(0, math.ceil(start - now)) }
+if admission then
+  local reservation = tokenTake(KEYS[7], KEYS[8], admission, tonumber(ARGV[13]), ARGV[13], start + tonumber(ARGV[14]))
+  local tst = admission.st
+  reply[10], reply[11], reply[12], reply[13], reply[14], reply[15] =
+    admission.id, reservation, ARGV[15] == '1' and admission.raw or '', tst.sp, tst.rs, admission.pend
+end
+return reply

@@ -99,6 +99,33 @@ export interface CommandLink {
 
 // ---- replies -----------------------------------------------------------------------------------
 
+/** A gateway token admitted in the same call as a key (acquire.lua with a token). */
+export type AdmittedReply = Extract<AdmitReply, { ok: true }>;
+
+/** What acquire.lua admits a gateway token with: the tokenAdmit-3.lua arguments. */
+export interface AdmitArgs {
+  /** sha256 hex of the token. */
+  hash: string;
+  /** Model or route the token asks for. */
+  name: string;
+  costNanos: number;
+  /** The caller has not cached the token's settings: send them back. */
+  wantSettings: boolean;
+}
+
+/** What release-10.lua settles a gateway token's admission with. */
+export interface SettleArgs {
+  id: string;
+  /** '' = none held in Redis (admitted by this process while Redis was down). */
+  reservation: string;
+  /** -1: what the release charges the key. */
+  costNanos: number;
+  refund: boolean;
+}
+
+/** A settlement's result: '' settled (or nothing to settle), else why nothing was done. */
+export type SettleResult = '' | Extract<Refusal, 'unknown_token' | 'unknown_reservation'>;
+
 export type AcquireReply =
   | {
       ok: true;
@@ -111,15 +138,19 @@ export type AcquireReply =
       probe: boolean;
       /** 0: start now; else a reservation: start the request this many ms after `at`. */
       startInMs: number;
+      /** The gateway token admitted with the key, when one was given. */
+      admitted?: AdmittedReply;
     }
-  | { ok: false; reason: AcquireRefusal; retryAfterMs: number | null; version: number };
+  | { ok: false; reason: AcquireRefusal; retryAfterMs: number | null; version: number }
+  /** The gateway token was refused: no key was looked at, nothing changed. */
+  | { ok: false; reason: 'token_refused'; token: Extract<AdmitReply, { ok: false }> };
 
 /** The key's models changed, so did its group: nothing was done; the sets are those of `group`. */
 type Moved = { ok: false; reason: Extract<Refusal, 'moved'>; group: string };
 
 export type ReleaseReply =
-  | { ok: true; keyState: string; breaker: string; transition: string; at: number }
-  | { ok: false; reason: Extract<Refusal, 'unknown_lease' | 'removed'> }
+  | { ok: true; keyState: string; breaker: string; transition: string; at: number; settled: SettleResult }
+  | { ok: false; reason: Extract<Refusal, 'unknown_lease' | 'removed'>; settled: SettleResult }
   | Moved;
 
 export type ExtendReply = { ok: true; deadline: number } | { ok: false; reason: Extract<Refusal, 'unknown_lease'> };
@@ -196,6 +227,13 @@ function viewOf(v: RawView): TokenView {
 
 const orNull = (ms: number) => (ms < 0 ? null : ms);
 
+/** An admission's reply fields, as tokenAdmit-3.lua and acquire.lua send them: id, reservation, settings JSON | '', spent, reserved, period end. */
+type AdmittedTail = [string, string, string, number, number, number];
+
+function admittedOf([id, reservation, raw, spentNanos, reservedNanos, periodEnd]: AdmittedTail): AdmittedReply {
+  return { ok: true, id, reservation, settings: raw ? (JSON.parse(raw) as TokenRecord) : null, spentNanos, reservedNanos, periodEnd };
+}
+
 /**
  * Call a script that names the key's group again with the group it reports while the key moved
  * (its models changed meanwhile), at most 3 times; the last reply may still be 'moved'.
@@ -211,7 +249,7 @@ async function following<R extends { ok: boolean }>(group: string, call: (group:
 
 /** KEYS of acquire for a model served by `groups` (sorted): built once per topology. */
 export function acquireKeys(k: PoolKeys, groups: readonly string[]): string[] {
-  return [k.cfg, k.st, k.leases, k.meta, k.win, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
+  return [k.cfg, k.st, k.leases, k.meta, k.win, k.tok, k.tokSt, k.tokRes, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
 }
 
 /** KEYS of housekeep for `groups` (sorted). */
@@ -229,7 +267,7 @@ export class PoolCommands {
   constructor(
     private readonly link: CommandLink,
     private readonly k: PoolKeys,
-    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates' | 'limits'>,
+    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates' | 'limits' | 'reservationTimeoutMs'>,
   ) {
     const b = config.breaker;
     const h = config.health;
@@ -268,11 +306,12 @@ export class PoolCommands {
 
   /**
    * acquire.lua: take a key for a request of `tokens` tokens costing `costNanos`, or reserve the
-   * earliest admission within `maxWaitMs` (0: now or not at all).
+   * earliest admission within `maxWaitMs` (0: now or not at all); with `admit`, admit that gateway
+   * token first, in the same call.
    */
-  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs = 0): Promise<AcquireReply> {
+  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs = 0, admit?: AdmitArgs): Promise<AcquireReply> {
     const c = this.config;
-    const r = (await this.link.script('acquire', scriptKeys, [
+    const args: (string | number)[] = [
       tokens,
       costNanos,
       c.leaseTimeoutMs,
@@ -283,36 +322,47 @@ export class PoolCommands {
       Math.floor(Math.random() * 2 ** 31),
       Math.max(0, Math.floor(maxWaitMs)),
       c.limits.windowMarginMs,
-    ])) as [1, string, string, number, number, number, number, number, number] | [0, AcquireRefusal, number, number];
+    ];
+    if (admit) args.push(admit.hash, admit.name, admit.costNanos, c.reservationTimeoutMs, admit.wantSettings ? '1' : '0');
+    const r = (await this.link.script('acquire', scriptKeys, args)) as
+      | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]
+      | [0, AcquireRefusal, number, number]
+      | [2, TokenRefusal, number, string];
+    if (r[0] === 2) return { ok: false, reason: 'token_refused', token: { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), id: r[3] || undefined } };
     if (r[0] === 0) return { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), version: r[3] };
-    return { ok: true, keyId: r[1], leaseId: r[2], deadline: r[3], at: r[4] + r[5] / 1000, version: r[6], probe: r[7] === 1, startInMs: r[8] };
+    const reply: AcquireReply = { ok: true, keyId: r[1], leaseId: r[2], deadline: r[3], at: r[4] + r[5] / 1000, version: r[6], probe: r[7] === 1, startInMs: r[8] };
+    if (r.length > 9) reply.admitted = admittedOf(r.slice(9) as AdmittedTail);
+    return reply;
   }
 
   /**
-   * release-8.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
-   * stands; coolMs: -1 the default) and the provider's rate-limit headers (learning). Follows the
-   * key to its new group; `onMove` hears of each move.
+   * release-10.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
+   * stands; coolMs: -1 the default) and the provider's rate-limit headers (learning); with
+   * `settle`, settle that gateway token's admission in the same call. Follows the key to its new
+   * group; `onMove` hears of each move.
    */
   release(
     group: string,
-    a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string; limits?: RateLimitHeaders },
+    a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string; limits?: RateLimitHeaders; settle?: SettleArgs },
     onMove?: () => void,
   ): Promise<ReleaseReply> {
     const k = this.k;
     const h = a.limits ?? NO_RATE_LIMIT_HEADERS;
+    const t = a.settle;
     return following(
       group,
       async (g) => {
         const r = (await this.link.script(
           'release',
-          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend, k.win],
+          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend, k.win, k.tokSt, k.tokRes],
           [
             a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, ...this.breakerHealth, this.config.cooling.defaultMs, g, a.model, a.route,
             h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.config.limits.learn ? 1 : 0,
+            t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0',
           ],
-        )) as [1, string, string, string, number, number] | [0, 'unknown_lease' | 'removed'] | [0, 'moved', string];
-        if (r[0] === 1) return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000 };
-        return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2]! } : { ok: false, reason: r[1] };
+        )) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
+        if (r[0] === 1) return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000, settled: r[6] };
+        return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2] } : { ok: false, reason: r[1], settled: r[2] };
       },
       onMove,
     );
@@ -405,10 +455,9 @@ export class TokenCommands {
       this.config.reservationTimeoutMs,
       this.config.concurrencyRecheckMs,
       wantSettings ? '1' : '0',
-    ])) as [1, string, string, string, number, number, number] | [0, TokenRefusal, number, string];
+    ])) as [1, ...AdmittedTail] | [0, TokenRefusal, number, string];
     if (r[0] === 0) return { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), id: r[3] || undefined };
-    const [, id, reservation, raw, spentNanos, reservedNanos, periodEnd] = r;
-    return { ok: true, id, reservation, settings: raw ? (JSON.parse(raw) as TokenRecord) : null, spentNanos, reservedNanos, periodEnd };
+    return admittedOf(r.slice(1) as AdmittedTail);
   }
 
   /** tokenSettle-2.lua: settle a request (reservation '' = none held in Redis). */

@@ -11,12 +11,16 @@ export { KeyPool } from './pool.js';
 export type {
   AcquireRequest,
   AcquireResult,
+  Admission,
   Exhausted,
   ExhaustedReason,
   KeyPoolEvents,
   KeyPoolOptions,
   Lease,
   ReleaseResult,
+  TokenAdmitRequest,
+  TokenRefused,
+  TokenSettlement,
 } from './pool.js';
 export type { ProbeTarget } from './upkeep.js';
 export type { ScheduledJobStatus } from './status.js';

@@ -4,12 +4,43 @@
  */
 import type { ExhaustedReason } from './commands.js';
 import type { Outcome } from './outcome.js';
+import type { TokenAdmission } from './tokens.js';
 
 /** Acquire could not give a lease; `retryAfterMs` says when the earliest key becomes usable (null: not by waiting). */
 export interface Exhausted {
   ok: false;
   reason: ExhaustedReason;
   retryAfterMs: number | null;
+}
+
+/** The gateway token refused the request (given to acquire as `admit`): no key was looked at. */
+export interface TokenRefused {
+  ok: false;
+  reason: 'token_refused';
+  token: Extract<TokenAdmission, { ok: false }>;
+}
+
+/** A gateway token's admission, taken by acquire with the key (`admit`) or by `pool.tokens.admit`. */
+export type Admission = Extract<TokenAdmission, { ok: true }>;
+
+/** Admit a gateway token in the same Redis call as the key (see AcquireRequest.admit). */
+export interface TokenAdmitRequest {
+  /** The token the caller presented. */
+  token: string;
+  /** The model or route the token asks for (default: the acquire's model). */
+  name?: string;
+  /** Its estimated cost, reserved from the token's budget. */
+  estimatedCostUsd: number;
+}
+
+/** Settle a gateway token's admission in the same Redis call as a release. */
+export interface TokenSettlement {
+  /** The admission (a lease's `admission`, or the one of an earlier attempt of the same request). */
+  admission: Pick<Admission, 'id' | 'reservation'>;
+  /** What the token pays (default: what this release charges the key: the real usage, else the estimate; nothing when unused). */
+  costUsd?: number;
+  /** Give the token's request back (nothing went to a provider). */
+  refundRequest?: boolean;
 }
 
 export interface AcquireRequest {
@@ -27,6 +58,12 @@ export interface AcquireRequest {
   maxWaitMs?: number;
   /** Aborts a wait; the promise rejects with the signal's reason. */
   signal?: AbortSignal;
+  /**
+   * Admit this gateway token in the same call: a refused token gets `{ ok: false, reason:
+   * 'token_refused' }` and no key is touched; when no key can be had the token is not taken
+   * either. The lease carries the admission; settle it once (`release(outcome, { settle })`).
+   */
+  admit?: TokenAdmitRequest;
 }
 
 /** A key lent for one upstream call. Release it exactly once with what happened. */
@@ -54,7 +91,10 @@ export interface Lease {
   probe: boolean;
   /** Granted by the per-process fallback while Redis was down. */
   local: boolean;
-  release(outcome: Outcome): Promise<ReleaseResult>;
+  /** The gateway token admitted with the key (AcquireRequest.admit). */
+  admission?: Admission;
+  /** Give the lease back; with `settle`, settle a gateway token's admission in the same call. */
+  release(outcome: Outcome, opts?: { settle?: TokenSettlement }): Promise<ReleaseResult>;
   /**
    * Push the deadline to `ms` from now (default leaseTimeoutMs), for calls that outlive it (long
    * streams). False when the lease had already expired or been released.

@@ -2,13 +2,13 @@ import { EventEmitter } from 'node:events';
 import type { Cluster, Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
-import { PoolCommands, REFUSAL_WARNINGS, refusalError, type AcquireReply } from './commands.js';
+import { PoolCommands, REFUSAL_WARNINGS, refusalError, type AcquireReply, type AdmitArgs, type SettleArgs } from './commands.js';
 import { parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
 import { InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import { coolingMs, rateLimitHeaders, type RateLimitHeaders } from './headers.js';
 import { startHeartbeat } from './heartbeat.js';
 import { KeyAdmin, type HeldKey, type KeyChange } from './key-admin.js';
-import type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseResult } from './lease.js';
+import type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
 import { PoolKeys } from './pool-keys.js';
@@ -21,7 +21,7 @@ import { Topology } from './topology.js';
 import { Upkeep, type ProbeTarget } from './upkeep.js';
 
 export type { ExhaustedReason } from './commands.js';
-export type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseResult } from './lease.js';
+export type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
 
 export interface KeyPoolOptions {
   /** A Redis URL, or an ioredis Redis or Cluster instance (kept open on close()). */
@@ -47,6 +47,9 @@ export interface KeyPoolEvents {
 }
 /** Sampling gave up with candidates left: try again at once (acquire does, a bounded number of times). */
 type Busy = { ok: false; reason: 'busy'; retryAfterMs: number | null };
+
+/** A gateway token to admit with the key: the request, and what goes to Redis. */
+type Admit = { req: TokenAdmitRequest; args: AdmitArgs };
 
 /**
  * A pool of provider API keys shared by every process that connects to the same Redis and pool
@@ -143,17 +146,26 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * when no key can serve now; with `maxWaitMs` it waits (abortably) for the time the pool names.
    * Throws UnknownModelError, RequestTooLargeError, or RedisUnavailableError (policy fail-closed).
    */
-  async acquire(req: AcquireRequest): Promise<AcquireResult> {
+  acquire(req: AcquireRequest & { admit?: undefined }): Promise<AcquireResult>;
+  /** With a gateway token to admit (`admit`): its refusal is one more result. */
+  acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused>;
+  async acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused> {
     if (typeof req?.model !== 'string' || req.model === '') throw new InvalidArgumentError('acquire needs a model name');
     const est = req.estimatedTokens ?? 0;
     if (!Number.isFinite(est) || est < 0) throw new InvalidArgumentError(`estimatedTokens must be a number >= 0, got ${String(req.estimatedTokens)}`);
     const out = Math.min(est, req.estimatedOutputTokens ?? est);
     const estCost = this.priced(req.model) ? this.prices.costNanos(req.model, est - out, out) : 0;
+    let admit: Admit | undefined;
+    if (req.admit) {
+      const args = this.tokens.admitArgs(req.admit.token, req.admit.name ?? req.model, req.admit.estimatedCostUsd);
+      if (!('hash' in args)) return { ok: false, reason: 'token_refused', token: args };
+      admit = { req: req.admit, args };
+    }
     const exclude = new Set(req.exclude ?? []);
     const deadline = this.clock.now() + (req.maxWaitMs ?? 0);
     req.signal?.throwIfAborted();
     for (let busy = 0; ; ) {
-      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()));
+      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()), admit);
       if (r.ok) {
         if (req.route !== undefined) r.route = req.route;
         const startIn = this.startsIn.get(r);
@@ -163,6 +175,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         }
         return r;
       }
+      if (r.reason === 'token_refused') return r;
       if (r.reason === 'busy' && busy++ < 50) continue;
       const res: Exhausted = r.reason === 'busy' ? { ok: false, reason: 'rate_limited', retryAfterMs: 1 } : r;
       const wait = res.retryAfterMs;
@@ -179,29 +192,39 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
 
   /**
    * Sleep until a reserved lease's start. A caller that gives up meanwhile (its signal aborts)
-   * hands the lease back unused, which frees its place for the next caller, then sees the abort.
+   * hands the lease back unused, which frees its place for the next caller (and gives its gateway
+   * token's request back), then sees the abort.
    */
   private async untilStart(lease: Lease, ms: number, signal: AbortSignal | undefined): Promise<void> {
     try {
       await this.clock.sleep(ms, signal);
     } catch (e) {
-      await lease.release({ error: 'unused' }).catch((err: unknown) => this.log.warn({ keyId: lease.keyId, err: (err as Error).message }, 'could not give back a reservation'));
+      await lease.release({ error: 'unused' }, this.refundOf(lease.admission)).catch((err: unknown) => this.log.warn({ keyId: lease.keyId, err: (err as Error).message }, 'could not give back a reservation'));
       throw signal?.aborted ? signal.reason : e;
     }
   }
 
-  private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>, maxWaitMs: number): Promise<Lease | Exhausted | Busy> {
+  /** Release options that give an admission's request and money back (nothing went upstream). */
+  private refundOf(admission: Admission | undefined): { settle?: TokenSettlement } {
+    return admission ? { settle: { admission, costUsd: 0, refundRequest: true } } : {};
+  }
+
+  private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>, maxWaitMs: number, admit?: Admit): Promise<Lease | Exhausted | Busy | TokenRefused> {
     const entry = await this.topology.serving(model, est);
-    if (this.link.stayLocal()) return this.acquireLocal(model, est, exclude);
+    if (this.link.stayLocal()) return this.acquireLocal(model, est, exclude, admit);
     // keys this process holds no secret for (another process's rollout) are not ours to lease
     let excluded = exclude.size ? [...exclude].join(',') : '';
     if (entry.foreign) excluded = excluded ? `${excluded},${entry.foreign}` : entry.foreign;
     let reply: AcquireReply;
     try {
-      reply = await this.cmd.acquire(entry.scriptKeys, est, estCost, excluded, maxWaitMs);
+      reply = await this.cmd.acquire(entry.scriptKeys, est, estCost, excluded, maxWaitMs, admit?.args);
     } catch (e) {
-      if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, exclude);
+      if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, exclude, admit);
       throw e;
+    }
+    if (!reply.ok && reply.reason === 'token_refused') {
+      const token = await this.tokens.admitted(admit!.args.hash, reply.token);
+      return { ok: false, reason: 'token_refused', token: token as TokenRefused['token'] };
     }
     this.topology.noteVersion(reply.version);
     if (!reply.ok) {
@@ -209,29 +232,42 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       return { ok: false, reason: reply.reason, retryAfterMs: reply.retryAfterMs };
     }
     const { keyId, leaseId, at } = reply;
+    const admission = reply.admitted ? ((await this.tokens.admitted(admit!.args.hash, reply.admitted)) as Admission) : undefined;
     const rec = this.topology.key(keyId) ?? (await this.topology.fetch(keyId));
     const held = this.admin.heldKey(keyId);
     if (held === undefined) {
       // A key added since this process last read the topology, with a secret it does not hold:
-      // hand the lease back unused (nothing of the key is spent) and try the others.
+      // hand the lease back unused (nothing of the key is spent, nor of the token) and try the others.
       this.log.warn({ keyId, hint: rec.hint }, 'leased a key this process holds no secret for; skipping it');
-      await this.releaseRaw(rec, leaseId, model, '', 'unused', -1, 0, 0, -1).catch(() => undefined);
+      const settle = admission && this.tokens.settleArgs(admission.id, admission.reservation, 0, true);
+      await this.releaseRaw(rec, leaseId, model, '', 'unused', -1, 0, 0, -1, undefined, settle ?? undefined).catch(() => undefined);
       exclude.add(keyId);
       return { ok: false, reason: 'busy', retryAfterMs: 0 };
     }
     // a reservation starts later: the lease's time is its start (acquire sleeps until then)
     const start = at + reply.startInMs;
     const lease = this.makeLease(rec, held, leaseId, model, est, estCost, start, start + this.config.leaseTimeoutMs, reply.probe, false);
+    if (admission) lease.admission = admission;
     if (reply.startInMs > 0) this.startsIn.set(lease, reply.startInMs);
     return lease;
   }
 
-  private acquireLocal(model: string, est: number, exclude: Set<string>): Lease | Exhausted {
+  /** The per-process fallback (Redis down, policy local); a token is admitted by this process too (tokens.admit goes local). */
+  private async acquireLocal(model: string, est: number, exclude: Set<string>, admit?: Admit): Promise<Lease | Exhausted | TokenRefused> {
     const r = this.local.acquire(this.topology.heldFor(model), est, exclude);
     if (!r.ok) return r;
     const now = this.clock.now();
     const id = `local-${now}-${Math.random().toString(36).slice(2)}`;
-    return this.makeLease(r.key, this.admin.heldKey(r.key.id)!, id, model, est, 0, now, now + this.config.leaseTimeoutMs, false, true);
+    const lease = this.makeLease(r.key, this.admin.heldKey(r.key.id)!, id, model, est, 0, now, now + this.config.leaseTimeoutMs, false, true);
+    if (!admit) return lease;
+    const t = await this.tokens.admit(admit.req.token, admit.args.name, admit.req.estimatedCostUsd);
+    if (!t.ok) {
+      // the key's local share was taken for nothing: back as unused
+      this.local.release(r.key, 'unused', est, null, 0);
+      return { ok: false, reason: 'token_refused', token: t };
+    }
+    lease.admission = t;
+    return lease;
   }
 
   /** A lease of `rec` (Redis's settings: id, hint, name) sent where `held` says: this process's own spec, never Redis. */
@@ -259,8 +295,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         if (released) return () => undefined;
         return (beat ??= startHeartbeat(lease as Lease, Math.max(100, Math.floor(this.config.leaseTimeoutMs / 3)), this.log));
       },
-      release: (outcome: Outcome) =>
-        (released ??= (beat?.(), this.release(lease as Lease, outcome)).catch((e: unknown) => {
+      release: (outcome: Outcome, opts?: { settle?: TokenSettlement }) =>
+        (released ??= (beat?.(), this.release(lease as Lease, outcome, opts)).catch((e: unknown) => {
           released = undefined;
           throw e;
         })),
@@ -275,7 +311,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * usage, records latency and outcome, moves the breaker, cools on 429, revokes on 401/403.
    * Prefer `lease.release(outcome)`, which makes a second call a no-op.
    */
-  async release(lease: Lease, outcome: Outcome): Promise<ReleaseResult> {
+  async release(lease: Lease, outcome: Outcome, opts: { settle?: TokenSettlement } = {}): Promise<ReleaseResult> {
     const cls = classify(outcome);
     const latency = outcome.latencyMs ?? -1;
     if (!Number.isFinite(latency)) throw new InvalidArgumentError('latencyMs must be a finite number');
@@ -286,12 +322,19 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const rec = this.topology.seenKey(lease.keyId);
     // unknown usage: the release script keeps the estimate as the charge, so that is the cost
     const costUsd = real ? Math.max(0, costNanos) / NANOS_PER_USD : lease.estimatedCostUsd;
+    const t = opts.settle;
+    // a settlement Redis takes in the release's call, or null: one made while Redis was down, settled on its own
+    const fused = t && !lease.local ? this.tokens.settleArgs(t.admission.id, t.admission.reservation, t.costUsd, t.refundRequest === true) : null;
+    const alone = () => (t && !fused ? this.tokens.settle(t.admission.id, t.admission.reservation, t.costUsd ?? (cls === 'unused' ? 0 : costUsd), { refundRequest: t.refundRequest === true }) : undefined);
     if (lease.local) {
       this.local.release(rec, cls, lease.estimatedTokens, real ? realTotal : null, coolMs >= 0 ? coolMs : this.config.cooling.defaultMs);
+      await alone();
       return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd };
     }
     const limits = cls === 'ok' || cls === 'client_error' || cls === 'rate_limited' ? rateLimitHeaders(outcome.headers) : undefined;
-    return { ...(await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits)), costUsd };
+    const r = await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits, fused ?? undefined);
+    await alone();
+    return { ...r, costUsd };
   }
 
   private async extend(lease: Lease, ms: number): Promise<boolean> {
@@ -306,10 +349,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return true;
   }
 
-  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number, limits?: RateLimitHeaders): Promise<ReleaseResult> {
-    const args = { leaseId, outcome: cls, latencyMs: latency, tokens, costNanos: cost, coolMs, model, route, ...(limits ? { limits } : {}) };
+  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number, limits?: RateLimitHeaders, settle?: SettleArgs): Promise<ReleaseResult> {
+    const args = { leaseId, outcome: cls, latencyMs: latency, tokens, costNanos: cost, coolMs, model, route, ...(limits ? { limits } : {}), ...(settle ? { settle } : {}) };
     // the key's models changed under us: its candidate sets are another group's now
     const reply = await this.cmd.release(rec.g, args, () => void this.topology.refresh().catch(() => undefined));
+    if (settle && 'settled' in reply) this.tokens.settled(settle.id, settle.reservation, reply.settled);
     if (!reply.ok) {
       if (reply.reason === 'unknown_lease') this.log.warn({ keyId: rec.id, hint: rec.hint, leaseId }, REFUSAL_WARNINGS.unknown_lease);
       return { released: false, transition: '', costUsd: Math.max(0, cost) / NANOS_PER_USD };

@@ -6,7 +6,10 @@ import {
   REFUSAL_WARNINGS,
   TokenCommands,
   refusalError,
+  type AdmitArgs,
   type AdmitReply,
+  type SettleArgs,
+  type SettleResult,
   type ScriptRun,
   type SettleReply,
   type TokenRefusal,
@@ -390,24 +393,39 @@ export class GatewayTokens {
    * under redisDown.policy fail-closed.
    */
   async admit(token: string, model: string, estimatedCostUsd: number): Promise<TokenAdmission> {
-    if (typeof model !== 'string' || model === '') throw new InvalidArgumentError('admit needs a model name');
-    const est = toNanos(checkUsd('estimatedCostUsd', estimatedCostUsd));
-    if (typeof token !== 'string' || !TOKEN_RE.test(token)) return { ok: false, reason: 'unknown', retryAfterMs: null };
-    const hash = hashOf(token);
+    const a = this.admitArgs(token, model, estimatedCostUsd);
+    if (!('hash' in a)) return a;
     const local = this.b.config.redisDown.policy === 'local';
     if (local && !this.b.redisAvailable()) {
       // stay local, but try Redis again now and then (as acquire does)
-      if (this.now() - this.lastRedisTry < REDIS_RETRY_MS) return this.admitLocal(hash, model, est);
+      if (this.now() - this.lastRedisTry < REDIS_RETRY_MS) return this.admitLocal(a.hash, model, a.costNanos);
       this.lastRedisTry = this.now();
     }
-    const seen = this.seen.get(hash);
     let reply: AdmitReply;
     try {
-      reply = await this.cmd.admit(hash, model, est, !seen);
+      reply = await this.cmd.admit(a.hash, model, a.costNanos, a.wantSettings);
     } catch (e) {
-      if (local && isRedisUnavailable(e)) return this.admitLocal(hash, model, est);
+      if (local && isRedisUnavailable(e)) return this.admitLocal(a.hash, model, a.costNanos);
       throw e;
     }
+    return this.admitted(a.hash, reply);
+  }
+
+  /**
+   * What an admission of `token` for `model` sends to Redis (tokenAdmit-3.lua, or acquire.lua when
+   * a key is taken in the same call), or the refusal when the token cannot be one. Throws
+   * InvalidArgumentError for a bad model or cost.
+   */
+  admitArgs(token: string, model: string, estimatedCostUsd: number): AdmitArgs | Extract<TokenAdmission, { ok: false }> {
+    if (typeof model !== 'string' || model === '') throw new InvalidArgumentError('admit needs a model name');
+    const costNanos = toNanos(checkUsd('estimatedCostUsd', estimatedCostUsd));
+    if (typeof token !== 'string' || !TOKEN_RE.test(token)) return { ok: false, reason: 'unknown', retryAfterMs: null };
+    const hash = hashOf(token);
+    return { hash, name: model, costNanos, wantSettings: !this.seen.has(hash) };
+  }
+
+  /** Take in what Redis answered an admission of the token with sha256 `hash` (remembered for policy local; a lost store noticed). */
+  async admitted(hash: string, reply: AdmitReply): Promise<TokenAdmission> {
     if (!reply.ok) {
       const { reason, retryAfterMs, id } = reply;
       if (reason === 'unknown' || reason === 'revoked') this.seen.delete(hash);
@@ -420,9 +438,10 @@ export class GatewayTokens {
     }
     const { id, reservation } = reply;
     this.hadTokens = true;
-    const rec = reply.settings ?? seen!.rec;
-    this.remember(hash, rec, reply.spentNanos + reply.reservedNanos, reply.periodEnd);
-    return { ok: true, id, name: rec.name, reservation };
+    const seen = this.seen.get(hash);
+    const rec = reply.settings ?? seen?.rec;
+    if (rec) this.remember(hash, rec, reply.spentNanos + reply.reservedNanos, reply.periodEnd);
+    return { ok: true, id, name: rec?.name ?? '', reservation };
   }
 
   /**
@@ -433,13 +452,10 @@ export class GatewayTokens {
    */
   async settle(id: string, reservation: string, costUsd: number, opts: { refundRequest?: boolean } = {}): Promise<void> {
     const cost = toNanos(checkUsd('costUsd', costUsd));
-    // neither argument is echoed in the message: a confused caller may pass the token itself
-    if (typeof id !== 'string' || !ID_RE.test(id)) throw new InvalidArgumentError('settle needs the id of a gateway token (12 hex characters), as admit returned it');
-    const m = typeof reservation === 'string' ? (LOCAL_RESERVATION_RE.exec(reservation) ?? RESERVATION_RE.exec(reservation)) : null;
-    if (!m || m[1] !== id) throw new InvalidArgumentError(`settle needs a reservation that admit returned for gateway token ${id}`);
+    const est = this.checkSettle(id, reservation);
     const isLocal = reservation.startsWith('local:');
     const refund = opts.refundRequest === true;
-    if (isLocal) this.settleLocal(id, Number(m[2]), cost, refund);
+    if (isLocal) this.settleLocal(id, est, cost, refund);
     if (this.b.config.redisDown.policy === 'local' && !this.b.redisAvailable()) {
       if (this.now() - this.lastRedisTry < REDIS_RETRY_MS) return this.drop(id, 'Redis unavailable');
       this.lastRedisTry = this.now();
@@ -451,7 +467,33 @@ export class GatewayTokens {
       if (isRedisUnavailable(e)) return this.drop(id, (e as Error).message);
       throw e;
     }
-    if (!reply.ok) this.log.warn({ tokenId: id, reservation }, REFUSAL_WARNINGS[reply.reason]);
+    this.settled(id, reservation, reply.ok ? '' : reply.reason);
+  }
+
+  /**
+   * The settlement a lease's release carries to Redis (release-10.lua), `costUsd` undefined: what
+   * the release charges the key. Null for a reservation this process made while Redis was down:
+   * that one is settled on its own (settle). Throws InvalidArgumentError as settle does.
+   */
+  settleArgs(id: string, reservation: string, costUsd: number | undefined, refund: boolean): SettleArgs | null {
+    const costNanos = costUsd === undefined ? -1 : toNanos(checkUsd('costUsd', costUsd));
+    this.checkSettle(id, reservation);
+    if (reservation.startsWith('local:')) return null;
+    return { id, reservation, costNanos, refund };
+  }
+
+  /** What Redis said of a settlement ('' settled): a settlement that found nothing to settle is logged. */
+  settled(id: string, reservation: string, result: SettleResult): void {
+    if (result !== '') this.log.warn({ tokenId: id, reservation }, REFUSAL_WARNINGS[result]);
+  }
+
+  /** Checks the arguments of a settlement; the estimate the reservation holds (nano-dollars). */
+  private checkSettle(id: string, reservation: string): number {
+    // neither argument is echoed in the message: a confused caller may pass the token itself
+    if (typeof id !== 'string' || !ID_RE.test(id)) throw new InvalidArgumentError('settle needs the id of a gateway token (12 hex characters), as admit returned it');
+    const m = typeof reservation === 'string' ? (LOCAL_RESERVATION_RE.exec(reservation) ?? RESERVATION_RE.exec(reservation)) : null;
+    if (!m || m[1] !== id) throw new InvalidArgumentError(`settle needs a reservation that admit returned for gateway token ${id}`);
+    return Number(m[2]);
   }
 
   private remember(hash: string, rec: TokenRecord, known: number, pend: number): void {

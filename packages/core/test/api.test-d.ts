@@ -2,14 +2,19 @@
  * Type tests of the public API (checked by tsc in `npm test`; expectTypeOf fails compilation on a mismatch).
  */
 import { expectTypeOf } from 'vitest';
-import type { AcquireResult, Clock, Exhausted, ExhaustedReason, KeyPool, KeyPoolOptions, Lease, ReleaseResult } from '../src/index.js';
+import type { AcquireResult, Admission, Clock, Exhausted, ExhaustedReason, KeyPool, KeyPoolOptions, Lease, ReleaseResult, TokenRefused } from '../src/index.js';
 import { isRedisUnavailable, isUnknownModel, type RedisUnavailableError, type UnknownModelError } from '../src/index.js';
 
 declare const pool: KeyPool;
 declare const r: AcquireResult;
 
 // acquire resolves to a lease or an "exhausted" result, told apart by `ok`
-expectTypeOf(pool.acquire).returns.resolves.toEqualTypeOf<AcquireResult>();
+expectTypeOf(pool.acquire({ model: 'm' })).resolves.toEqualTypeOf<AcquireResult>();
+// with a gateway token to admit in the same call, the token's refusal is one more result
+expectTypeOf(pool.acquire({ model: 'm', admit: { token: 't', estimatedCostUsd: 0 } })).resolves.toEqualTypeOf<AcquireResult | TokenRefused>();
+declare const lease: Lease;
+expectTypeOf(lease.admission).toEqualTypeOf<Admission | undefined>();
+expectTypeOf(lease.release).toBeCallableWith({ status: 200 }, { settle: { admission: { id: 'x', reservation: 'y' }, refundRequest: true } });
 if (r.ok) {
   expectTypeOf(r).toEqualTypeOf<Lease>();
   expectTypeOf(r.secret).toEqualTypeOf<string>();

@@ -123,7 +123,6 @@ const MAX_ESTIMATE_USD = Math.floor(Number.MAX_SAFE_INTEGER / NANOS_PER_USD);
 /** What every request of one gateway shares: its parts, and the metric children bound once per endpoint. */
 interface ProxyContext extends Required<Omit<ProxyDeps, 'logger'>> {
   log: Logger;
-  known: RecentTokens;
   duration: Map<string, { observe(v: number): void }>;
   overhead: Map<string, { observe(v: number): void }>;
 }
@@ -137,7 +136,6 @@ export function createProxy(deps: ProxyDeps): (req: IncomingMessage, res: Server
     ...deps,
     clock: deps.clock ?? systemClock,
     log: deps.logger.child({ component: 'proxy' }),
-    known: new RecentTokens(deps.clock ?? systemClock),
     duration: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.duration.labels({ endpoint: ep.name })])),
     overhead: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.overhead.labels({ endpoint: ep.name })])),
   };
@@ -299,8 +297,6 @@ class ProxyCall {
   readonly call: ReturnType<typeof callController>;
   /** The token's admission (its reservation is settled once, whatever happens). */
   admission: { id: string; reservation: string } | undefined;
-  /** An admission run beside the acquire (a token this process saw admitted lately). */
-  gate: Promise<void> | undefined;
   /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
   readonly aborted: number[] = [];
   /** An attempt went to a provider: the token's request counts (its rpm holds for failing calls too). */
@@ -340,23 +336,29 @@ class ProxyCall {
   }
 
   /**
-   * Release the lease with the outcome (in the background: the answer is out already), then
-   * charge the token what the pool charged the key (the estimate for a stream that broke before
-   * its usage came, as core does), or the usage priced here when Redis could not say.
+   * Release the lease with the outcome (in the background: the answer is out already) and settle
+   * the token in the same Redis call: it pays what the pool charged the key (the estimate for a
+   * stream that broke before its usage came, as core does); the usage priced here when the
+   * release could not reach Redis.
    */
   releaseAndSettle(lease: Lease, model: string, outcome: Outcome, localCost: number): void {
     const { metrics, inflight } = this.ctx;
     const usage = outcome.usage;
     if (usage?.promptTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'prompt' }, usage.promptTokens);
     if (usage?.completionTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'completion' }, usage.completionTokens);
+    const a = this.settled ? undefined : this.admission;
+    if (a) this.settled = true;
     inflight.track(
-      lease.release(outcome).then(
+      lease.release(outcome, a ? { settle: { admission: a } } : undefined).then(
         (r) => {
           const cost = r.released ? r.costUsd : localCost;
           if (cost > 0) metrics.spend.inc({ key_id: lease.keyId, model }, cost);
-          this.settle(cost, false);
         },
-        () => this.settle(localCost, false),
+        () => {
+          if (!a) return;
+          this.settled = false;
+          this.settle(localCost, false);
+        },
       ),
     );
   }
@@ -435,28 +437,22 @@ interface Answer {
 
 /** One POST of /v1: read, check, admit the token, dispatch (lease, forward, failover, release), answer. */
 async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const { pool, dispatcher, metrics, settings, known } = ctx;
+  const { pool, dispatcher, metrics, settings } = ctx;
   const c = new ProxyCall(ctx, ep, res);
   try {
     const raw = await readRequestBody(req, settings.bodyLimit);
     const { token, body, name, stream, priority, deadlineMs, est, estUsd } = check(ctx, c, req, raw);
 
-    // A token this process saw admitted lately is admitted while the first key is acquired (one
-    // round trip on the path instead of two); an unknown one first, so that garbage tokens never
-    // take a key's request. A refusal then gives the key back and forgets the token.
-    const admit = pool.tokens.admit(token, name, estUsd).then((adm) => {
-      if (!adm.ok) {
-        known.delete(token);
-        metrics.tokenRejections.inc({ reason: adm.reason });
-        throw tokenRefusal(adm.reason, name, adm.retryAfterMs);
-      }
-      c.admission = adm;
-      known.add(token);
-    });
-    c.gate = known.seen(token) ? admit : undefined;
-    if (c.gate) c.gate.catch(() => undefined); // awaited by dispatch or below; never unhandled
-    else await admit;
+    /** A refused gateway token: counted, and the error its caller reads. */
+    const refused = (r: { reason: string; retryAfterMs: number | null }) => {
+      metrics.tokenRejections.inc({ reason: r.reason });
+      return tokenRefusal(r.reason, name, r.retryAfterMs);
+    };
     if (!dispatcher.plan(name, 'critical').models.some((m) => pool.servesModel(m))) {
+      // no key to admit the token with: admitted alone, so a bad token still reads 401, not 404
+      const adm = await pool.tokens.admit(token, name, estUsd);
+      if (!adm.ok) throw refused(adm);
+      c.admission = adm;
       throw new HttpError(404, `The model '${name}' does not exist or no key of this gateway serves it (GET /v1/models lists what is served).`, 'invalid_request_error', 'model_not_found', 'model');
     }
 
@@ -476,7 +472,10 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
         name,
         est,
         priority,
-        ...(c.gate ? { gate: c.gate } : {}),
+        // the token is admitted in the first acquire's Redis call (a refusal touches no key)
+        admit: { token, name, estimatedCostUsd: estUsd },
+        admitted: (adm) => (c.admission = adm),
+        refused,
         signal: c.signal,
         deadline: now + deadlineMs,
         keyDeadline: now + settings.deadlineMs,
@@ -560,10 +559,7 @@ async function attempt(c: ProxyCall, lease: Lease, signal: AbortSignal, body: Bu
 
 /** A request that ends without an answer from a provider: settle the token, answer the error, count it. */
 async function fail(c: ProxyCall, thrown: unknown): Promise<void> {
-  let e = thrown;
-  // an admission run beside the acquire: wait for it (its reservation must be settled), and a
-  // refusal of the token says more than whatever else went wrong
-  if (c.gate) e = (await c.gate.then(() => undefined, (refusal: unknown) => refusal)) ?? e;
+  const e = thrown;
   const why = c.signal.reason;
   // attempts the caller cut short cost the keys their estimate: the token pays that, as for a dropped stream
   const chargedUsd = why instanceof ShuttingDown ? 0 : c.aborted.reduce((a, b) => a + b, 0);
@@ -668,29 +664,4 @@ function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: stri
       if (!abort.signal.aborted && !up.complete) close({ error: 'broken_stream' }, 'the provider broke the stream', 502);
     });
   });
-}
-
-/**
- * Gateway tokens this process saw admitted in the last minute (in memory only, like the request
- * headers they came in): their next admission may run beside the acquire. Bounded; the oldest go first.
- */
-class RecentTokens {
-  private readonly until = new Map<string, number>();
-  constructor(
-    private readonly clock: Clock,
-    private readonly ttlMs = 60_000,
-    private readonly max = 10_000,
-  ) {}
-  seen(token: string): boolean {
-    const t = this.until.get(token);
-    return t !== undefined && t > this.clock.now();
-  }
-  add(token: string): void {
-    this.until.delete(token);
-    this.until.set(token, this.clock.now() + this.ttlMs);
-    if (this.until.size > this.max) this.until.delete(this.until.keys().next().value!);
-  }
-  delete(token: string): void {
-    this.until.delete(token);
-  }
 }

@@ -19,9 +19,10 @@
  * `{ id, ok, value | error }`:
  *
  *   stats      (gateway) Redis-bound calls on the request path timed in this process since the last
- *              `stats` (tokens.admit and pool.acquire: the two round trips a request waits for,
- *              acquire's sleep until a reservation's start included; lease.release and
- *              tokens.settle: after the answer, off the request path), as percentiles in ms; the
+ *              `stats` (pool.acquire: the round trip a request waits for, the token admitted in
+ *              it, acquire's sleep until a reservation's start included; lease.release, the token
+ *              settled in it: after the answer, off the request path; tokens.admit and
+ *              tokens.settle alone: only off the main path), as percentiles in ms; the
  *              acquire script runs (polls included) and the reservations granted;
  *   limits     (gateway) each key's effective and provider-reported rpm (the pool's status);
  *   profile-start / profile-stop { file }   (gateway) a V8 CPU profile of this process (node:inspector),

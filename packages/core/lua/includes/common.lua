@@ -60,8 +60,8 @@ local function newState(cfg, now, seq)
   return st
 end
 
-local function loadState(stKey, id)
-  local raw = redis.call('HGET', stKey, id)
+-- A state as HGET / HMGET read it (false or nil: none).
+local function stateOf(raw)
   if not raw then return nil end
   local st = cmsgpack.unpack(raw)
   if st.erpm == nil and st.adm ~= nil then
@@ -70,6 +70,10 @@ local function loadState(stKey, id)
     st.wc, st.wl, st.rl, st.tl, st.ld, st.li = 0, 0, -1, -1, 0, 0
   end
   return st
+end
+
+local function loadState(stKey, id)
+  return stateOf(redis.call('HGET', stKey, id))
 end
 
 local function saveState(stKey, id, st)

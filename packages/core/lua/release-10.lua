@@ -3,10 +3,12 @@
   outcome, move the circuit breaker, cool on 429, revoke on 401/403.
 
   Learn the key's effective limits from the provider's rate-limit headers (see includes/learn.lua).
+  Settle the gateway token's admission in the same call when asked (ARGV[26] not ''), whatever
+  became of the lease (expired, key removed) except 'moved', which does nothing.
 
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] avail set of the key's group  KEYS[5] wait zset
   of the key's group  KEYS[6] meta  KEYS[7] spend (hash: nano-dollars and requests per model, per route)
-  KEYS[8] win (the enforcement windows' log)
+  KEYS[8] win (the enforcement windows' log)  KEYS[9] tok:st  KEYS[10] tok:res (gateway tokens)
   ARGV[1] lease  ARGV[2] outcome: ok | client_error | rate_limited | auth | server_error | aborted
   | unused (nothing went upstream: the request, the tokens, the slot and the money all come back,
   nothing is charged nor recorded)
@@ -16,14 +18,20 @@
   ARGV[18] the key's group as the caller knows it  ARGV[19] model  ARGV[20] route ('' = none)
   ARGV[21..24] x-ratelimit-limit-requests, -remaining-requests, -limit-tokens, -remaining-tokens
   (-1: absent)  ARGV[25] 1 to learn limits from them, 0 not to
-  Reply: {1, adminState, breakerState, transition, nowMs, nowMicros} or {0, 'unknown_lease' | 'removed'}
-      or {0, 'moved', group}: the key's models changed since the caller looked; nothing was done,
-      call again with the sets of that group
+  ARGV[26] gateway token id to settle ('' = none)  ARGV[27] its reservation ('' = none held in
+  Redis)  ARGV[28] the token's cost, nano-dollars (-1: what this release charges the key: the real
+  cost, else the estimate; 0 when unused)  ARGV[29] '1' = give the token's request back
+  Reply: {1, adminState, breakerState, transition, nowMs, nowMicros, settled}
+      or {0, 'unknown_lease' | 'removed', settled}
+      or {0, 'moved', group}: the key's models changed since the caller looked; nothing was done
+      (nor settled), call again with the sets of that group
+  settled: '' (settled, or nothing to settle) | unknown_token | unknown_reservation (tokenSettle)
   transition: '' | opened | reopened | closed | revoked | cooling | retired | probe_aborted
 ]]
 --- @include "common"
 --- @include "health"
 --- @include "learn"
+--- @include "tokens"
 
 local cfgKey, stKey, leasesKey, availKey, waitKey, metaKey, spendKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local lease, outcome = ARGV[1], ARGV[2]
@@ -35,10 +43,18 @@ if not seq then return redis.error_reply('ERR keypool: malformed lease') end
 local st = loadState(stKey, id)
 if st and st.g ~= ARGV[18] then return { 0, 'moved', st.g } end
 -- an unknown lease expired (the reaper charged its estimate) or was released already
-if redis.call('ZREM', leasesKey, lease) == 0 then return { 0, 'unknown_lease' } end
--- the key was removed (and maybe added again: then this lease is not the new key's)
-if not st or seq <= st.cs then return { 0, 'removed' } end
 local now = nowMs()
+-- the token pays what the key is charged, unless the caller says otherwise
+local function settle(charged)
+  if ARGV[26] == '' then return '' end
+  local cost = tonumber(ARGV[28])
+  if cost < 0 then cost = charged end
+  return tokenSettle(KEYS[9], KEYS[10], ARGV[26], ARGV[27], cost, ARGV[29] == '1', now, false)
+end
+local keyCharge = outcome == 'unused' and 0 or (realCost >= 0 and realCost or estCost)
+if redis.call('ZREM', leasesKey, lease) == 0 then return { 0, 'unknown_lease', settle(keyCharge) } end
+-- the key was removed (and maybe added again: then this lease is not the new key's)
+if not st or seq <= st.cs then return { 0, 'removed', settle(keyCharge) } end
 local brk = {
   failures = tonumber(ARGV[7]), errorRate = tonumber(ARGV[8]), minRequests = tonumber(ARGV[9]),
   cooldownMs = tonumber(ARGV[10]), maxCooldownMs = tonumber(ARGV[11]),
@@ -71,7 +87,7 @@ end
 if not unused then
   rollBudget(st, now)
   st.rs = math.max(0, st.rs - estCost)
-  local charged = realCost >= 0 and realCost or estCost
+  local charged = keyCharge
   st.sp = st.sp + charged
   -- fleet-wide spend per model and per route (a route is a named list of models, see the client)
   redis.call('HINCRBY', spendKey, 'm:' .. ARGV[19], charged)
@@ -140,11 +156,11 @@ if st.adm == 'draining' and st.ret == 1 and st.inf == 0 then
   redis.call('SREM', availKey, id)
   redis.call('ZREM', waitKey, id)
   redis.call('HINCRBY', metaKey, 'v', 1)
-  return { 1, 'retired', st.br, 'retired', nowWhole, nowMicros }
+  return { 1, 'retired', st.br, 'retired', nowWhole, nowMicros, settle(keyCharge) }
 end
 -- a slot, money held by this lease, or the whole key just came back: a candidate again at once
 placeKey(st, id, availKey, waitKey, outcome == 'rate_limited',
   transition == 'closed' or transition == 'probe_aborted' or st.wr == 'concurrency' or st.wr == 'budget'
     or (unused and st.wr == 'rate_limited'))
 saveState(stKey, id, st)
-return { 1, st.adm, st.br, transition, nowWhole, nowMicros }
+return { 1, st.adm, st.br, transition, nowWhole, nowMicros, settle(keyCharge) }
