@@ -11,7 +11,13 @@
  *     (p50/p99 from every sample of the window);
  *   - leasesPerSecByPoolSize: the same on pools of 1, 10, 100 and 1000 keys;
  *   - evalOpsPerSec: `redis-benchmark -c 50 eval "return 1" 0` against the same Redis, the
- *     ceiling a one-script-per-call design is compared with (leaseToEvalRatio).
+ *     ceiling a one-script-per-call design is compared with (leaseToEvalRatio);
+ *   - acquireP99UnderOpsMs (scenario in pool/ops.ts, on a private redis-server): acquire p99 on a
+ *     1000-key pool at `--ops-rate` acquires/s while 10 dashboards read /status every 2 s and
+ *     /readyz and /metrics are read every second on each of 2 gateways (another process), against
+ *     the same load without them (acquireP99OpsIdleMs; target: at most 1 ms above it), with the
+ *     viewers' longest call (longestOpsCallMs) and the longest command in Redis's SLOWLOG
+ *     (longestRedisCommandUs).
  * Each window is `--seconds` (default 5) after `--warmup` (default 1) seconds of warm-up.
  *
  * Noise is spread evenly: redis-benchmark runs first and last (the mean is used, both are shown),
