@@ -107,7 +107,7 @@ const SCAN_PAGE = 100;
 const LEASE_PAGE = 1000;
 const REAP_PAGE = 32;
 /** What statusPage and housekeepKeys may run before they stop and say how far they got (us). */
-const SCRIPT_BUDGET_US = 500;
+const SCRIPT_BUDGET_US = 250;
 
 // ---- replies -----------------------------------------------------------------------------------
 

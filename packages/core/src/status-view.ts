@@ -4,7 +4,7 @@ import type { PoolCommands } from './commands.js';
 import { toPoolStatus, type PoolStatus, type RawKeyStatus, type RawStatus } from './status.js';
 
 /** Most ids per statusPage (and housekeepKeys) call; the script stops earlier when its time budget is spent. */
-export const KEY_PAGE = 32;
+export const KEY_PAGE = 16;
 /** How long the process that took the lock may take to compute a snapshot before another may. */
 const LOCK_MS = 5000;
 /** A process that finds no snapshot while another computes one waits this long for it, then computes its own. */
