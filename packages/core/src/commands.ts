@@ -450,10 +450,15 @@ export class PoolCommands {
 
   // ---- the status snapshot (plain commands: a string and its lock) ----
 
-  /** When the shared status snapshot was taken (Redis ms) and its time to live (ms; -1 none), or null: there is none. */
-  async snapshotStamp(): Promise<{ takenAt: number; pttl: number } | null> {
+  /**
+   * When the shared status snapshot was taken (Redis ms), the time to live it was stored with and
+   * what is left of it (ms; -1 none), or null: there is none.
+   */
+  async snapshotStamp(): Promise<{ takenAt: number; ttl: number; pttl: number } | null> {
     const [at, pttl] = await Promise.all([this.link.call('GET', [this.k.snapAt]), this.link.call('PTTL', [this.k.snapAt])]);
-    return typeof at === 'string' ? { takenAt: Number(at), pttl: Number(pttl) } : null;
+    if (typeof at !== 'string') return null;
+    const [takenAt, ttl] = at.split(':').map(Number) as [number, number];
+    return { takenAt, ttl, pttl: Number(pttl) };
   }
 
   /** The shared status snapshot (JSON), or null. */
@@ -470,7 +475,7 @@ export class PoolCommands {
   /** Store a snapshot taken at `takenAt` for `ttlMs`, then its time (readers check that first), and free the lock. */
   async snapshotWrite(raw: string, takenAt: number, ttlMs: number): Promise<void> {
     await this.link.call('SET', [this.k.snap, raw, 'PX', Math.ceil(ttlMs)]);
-    await this.link.call('SET', [this.k.snapAt, String(takenAt), 'PX', Math.ceil(ttlMs)]);
+    await this.link.call('SET', [this.k.snapAt, `${takenAt}:${Math.ceil(ttlMs)}`, 'PX', Math.ceil(ttlMs)]);
     await this.link.call('DEL', [this.k.snapLock]);
   }
 

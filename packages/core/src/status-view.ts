@@ -90,12 +90,11 @@ export class StatusView {
   }
 
   private async read(): Promise<{ shared: Shared; ageMs: number }> {
-    const ttl = 3 * this.snapshotMs;
     const waitUntil = performance.now() + WAIT_MS;
     for (;;) {
       const stamp = await this.cmd.snapshotStamp();
-      // it was stored for `ttl` ms: its age is what has gone of that
-      const age = stamp ? (stamp.pttl >= 0 ? Math.max(0, ttl - stamp.pttl) : ttl) : Infinity;
+      // it was stored for `ttl` ms (by a process whose snapshotMs may differ): its age is what has gone of that
+      const age = stamp ? (stamp.pttl >= 0 ? Math.max(0, stamp.ttl - stamp.pttl) : stamp.ttl) : Infinity;
       const copy = stamp && age < this.snapshotMs ? await this.copy(stamp.takenAt, age) : undefined;
       if (copy) return copy;
       if (await this.cmd.snapshotLock(LOCK_MS)) {
