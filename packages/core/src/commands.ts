@@ -261,12 +261,16 @@ export class PoolCommands {
   /**
    * Every key's settings, read with HSCAN in pages of SCAN_PAGE (no command grows with the pool).
    * A key present for the whole read is in it once; one added or removed meanwhile may or may not be.
+   * `guarded`: under the Redis-down policy (a failure is a RedisUnavailableError, as for the
+   * scripts: status reads so); else straight to the client, as topology reads.
    */
-  async records(): Promise<KeyRecord[]> {
+  async records(guarded = false): Promise<KeyRecord[]> {
     const out = new Map<string, KeyRecord>();
+    const scan = (cursor: string) =>
+      guarded ? (this.link.call('HSCAN', [this.k.cfg, cursor, 'COUNT', SCAN_PAGE]) as Promise<[string, string[]]>) : this.link.hscan(this.k.cfg, cursor, SCAN_PAGE);
     let cursor = '0';
     do {
-      const [next, flat] = await this.link.hscan(this.k.cfg, cursor, SCAN_PAGE);
+      const [next, flat] = await scan(cursor);
       for (let i = 0; i + 1 < flat.length; i += 2) out.set(flat[i]!, JSON.parse(flat[i + 1]!) as KeyRecord);
       cursor = next;
     } while (cursor !== '0');

@@ -45,7 +45,7 @@ export async function readKeys(cmd: PoolCommands, ids: readonly string[]): Promi
  */
 export async function readStatus(cmd: PoolCommands): Promise<RawStatus> {
   const head = await cmd.statusHead();
-  const keys = await readKeys(cmd, (await cmd.records()).map((r) => r.id));
+  const keys = await readKeys(cmd, (await cmd.records(true)).map((r) => r.id));
   const expired = await cmd.expiredLeases(head.now);
   for (const k of keys) {
     // a lease past its deadline (its holder died) is not in flight, though only acquire and
