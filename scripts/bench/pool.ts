@@ -11,7 +11,13 @@
  *     (p50/p99 from every sample of the window);
  *   - leasesPerSecByPoolSize: the same on pools of 1, 10, 100 and 1000 keys;
  *   - evalOpsPerSec: `redis-benchmark -c 50 eval "return 1" 0` against the same Redis, the
- *     ceiling a one-script-per-call design is compared with (leaseToEvalRatio).
+ *     ceiling a one-script-per-call design is compared with (leaseToEvalRatio);
+ *   - acquireP99UnderOpsMs (scenario in pool/ops.ts, on a private redis-server): acquire p99 on a
+ *     1000-key pool at `--ops-rate` acquires/s while 10 dashboards read /status every 2 s and
+ *     /readyz and /metrics are read every second on each of 2 gateways (another process), against
+ *     the same load without them (acquireP99OpsIdleMs; target: at most 1 ms above it), with the
+ *     viewers' longest call (longestOpsCallMs) and the longest command in Redis's SLOWLOG
+ *     (longestRedisCommandUs).
  * Each window is `--seconds` (default 5) after `--warmup` (default 1) seconds of warm-up.
  *
  * Noise is spread evenly: redis-benchmark runs first and last (the mean is used, both are shown),
@@ -40,8 +46,10 @@ import { ClosedLoop } from './lib/load.js';
 import { adminClient, deleteKeys, openRedis, redisDelta, sampleRedis, type BenchRedis } from './lib/redis.js';
 import { fmt, logger, machine, printResult, table } from './lib/report.js';
 import { dist, mean, round, SampleBuffer } from './lib/stats.js';
+import { opsRun, type OpsResult } from './pool/ops.js';
 
-const TARGETS = { leaseToEvalRatio: 0.25, poolSizeRatio: 0.8 } as const;
+const TARGETS = { leaseToEvalRatio: 0.25, poolSizeRatio: 0.8, underOpsAboveIdleMs: 1 } as const;
+const OPS = { keys: 1000, gateways: 2, dashboards: 10 } as const;
 const POOL_SIZES = [1, 10, 100, 1000] as const;
 const MAIN_KEYS = 4;
 const EVAL_CLIENTS = 50;
@@ -58,7 +66,9 @@ const USAGE = `Usage: tsx scripts/bench/pool.ts [options]   (npm run bench:pool 
   --concurrency N        concurrent callers (default 64)
   --eval-requests N      requests per redis-benchmark run (default 200000)
   --passes N             passes over the pool sizes, alternating order (default 2)
-  --only LIST            comma-separated subset of: eval,main,sizes (default all)
+  --only LIST            comma-separated subset of: eval,main,sizes,ops (default all)
+  --ops-seconds N        each window of the under-ops scenario, seconds (default 5)
+  --ops-rate N           acquires per second offered in that scenario (default 1000)
   --no-autopipeline      what-if: give KeyPool its own ioredis client with enableAutoPipelining
                          off (default: KeyPool.connect({ redis: url }), as applications do)
   -h, --help             this text
@@ -67,7 +77,7 @@ Redis: REDIS_URL if set (only this run's pool keys are deleted), else a private 
 function parseCli() {
   const v = parseBenchArgs(USAGE, {
     seconds: '5', warmup: '1', concurrency: '64', 'eval-requests': '200000', passes: '2',
-    only: 'eval,main,sizes', 'no-autopipeline': false,
+    only: 'eval,main,sizes,ops', 'no-autopipeline': false, 'ops-seconds': '5', 'ops-rate': '1000',
   });
   return {
     json: v.json,
@@ -76,7 +86,9 @@ function parseCli() {
     concurrency: int('concurrency', v.concurrency, 1),
     evalRequests: int('eval-requests', v['eval-requests'], 1000),
     passes: int('passes', v.passes, 1),
-    only: subset('only', v.only, ['eval', 'main', 'sizes']),
+    only: subset('only', v.only, ['eval', 'main', 'sizes', 'ops']),
+    opsSeconds: num('ops-seconds', v['ops-seconds'], 0.5),
+    opsRate: int('ops-rate', v['ops-rate'], 1),
     noAutopipeline: v['no-autopipeline'],
   };
 }
@@ -314,6 +326,10 @@ async function main() {
     }
     if (opts.only.has('sizes')) for (let p = half + 1; p <= opts.passes; p++) for (const n of orderOf(p)) if (!interrupted()) await runSize(n, p);
     if (opts.only.has('eval') && !interrupted()) await runEval('after');
+    let ops: OpsResult | undefined;
+    if (opts.only.has('ops') && !interrupted()) {
+      ops = await opsRun({ ...OPS, rate: opts.opsRate, seconds: opts.opsSeconds, runId, model: MODEL, logger, log, stopped: interrupted });
+    }
 
     // ---- figures
     const evalOpsPerSec = evals.length ? mean(evals.map((e) => e.opsPerSec)) : null;
@@ -342,10 +358,18 @@ async function main() {
       acquireP50Ms: mainRun?.latency?.p50Ms ?? null,
       acquireP99Ms: mainRun?.latency?.p99Ms ?? null,
       acquireLatencyMs: mainRun?.latency ?? null,
+      acquireP99OpsIdleMs: ops?.idle.latency.p99Ms ?? null,
+      acquireP99UnderOpsMs: ops?.underOps.latency.p99Ms ?? null,
+      longestOpsCallMs: ops?.longestOpsCallMs ?? null,
+      longestRedisCommandUs: ops ? (ops.slowlog.longest?.us ?? 0) : null,
       targets: {
         leaseToEvalRatio: check(leaseToEvalRatio, TARGETS.leaseToEvalRatio),
         poolSizeRatio: check(poolSizeRatio, TARGETS.poolSizeRatio),
+        acquireP99UnderOps: ops
+          ? { max: round(ops.idle.latency.p99Ms + TARGETS.underOpsAboveIdleMs, 3), value: ops.underOps.latency.p99Ms, met: ops.underOps.latency.p99Ms <= ops.idle.latency.p99Ms + TARGETS.underOpsAboveIdleMs }
+          : { max: null, value: null, met: null },
       },
+      ops: ops ?? null,
       redisKind: redis.kind,
       redisVersion,
       ...machine(),
@@ -365,7 +389,7 @@ async function main() {
       log('interrupted: no results printed');
       process.exitCode = 130;
     } else {
-      printResult(result, opts.json, (r) => render(r, mainRun, sizeRuns, evals));
+      printResult(result, opts.json, (r) => render(r, mainRun, sizeRuns, evals, ops));
     }
   } finally {
     await cleanup();
@@ -374,12 +398,13 @@ async function main() {
 
 function render(
   r: { [k: string]: unknown } & {
-    targets: Record<string, { min: number; value: number | null; met: boolean | null }>;
+    targets: Record<string, { min?: number; max?: number | null; value: number | null; met: boolean | null }>;
     leasesPerSecByPoolSize: Record<string, number>;
   },
   main: LeaseRun | undefined,
   sizeRuns: Map<number, LeaseRun[]>,
   evals: EvalResult[],
+  ops: OpsResult | undefined,
 ): string {
   const out: string[] = [];
   const yes = (m: boolean | null) => (m === null ? 'n/a' : m ? 'MET' : 'NOT MET');
@@ -400,8 +425,25 @@ function render(
       ['poolSizeRatio (1000/1)', fmt(t.poolSizeRatio!.value, 3), `>= ${t.poolSizeRatio!.min}`, yes(t.poolSizeRatio!.met)],
       ['acquire p50 ms', fmt(main?.latency?.p50Ms, 3), '', ''],
       ['acquire p99 ms', fmt(main?.latency?.p99Ms, 3), '', ''],
+      ...(ops
+        ? [
+            [`acquire p99 ms, ${ops.keys} keys, ${fmt(ops.offeredPerSec)}/s, idle`, fmt(ops.idle.latency.p99Ms, 3), '', ''],
+            ['acquireP99UnderOpsMs', fmt(ops.underOps.latency.p99Ms, 3), `<= ${fmt(t.acquireP99UnderOps!.max, 3)}`, yes(t.acquireP99UnderOps!.met)],
+            ['longestOpsCallMs', fmt(ops.longestOpsCallMs, 1), '', ''],
+            [`longest Redis command, us (slowlog > ${ops.slowlog.thresholdUs} us: ${ops.slowlog.entries})`, ops.slowlog.longest ? `${fmt(ops.slowlog.longest.us)} ${ops.slowlog.longest.command}` : 'none', '', ''],
+          ]
+        : []),
     ]),
   );
+  if (ops) {
+    out.push('', `under ops: the viewers' calls (${OPS.dashboards} dashboards on /status every 2 s, /readyz and /metrics every 1 s on each of ${OPS.gateways} gateways)`);
+    out.push(
+      table([
+        ['endpoint', 'calls', 'p50 ms', 'p99 ms', 'max ms', 'failed'],
+        ...Object.entries(ops.opsCalls).map(([k, d]) => [k, fmt(d.samples), fmt(d.p50Ms, 1), fmt(d.p99Ms, 1), fmt(d.maxMs, 1), fmt(d.failed)]),
+      ]),
+    );
+  }
   if (sizeRuns.size) {
     const passes = Math.max(...[...sizeRuns.values()].map((v) => v.length));
     out.push('', 'leases/s by pool size (mean of passes; passes run in mirrored order)');

@@ -32,6 +32,7 @@ const STATUS: GatewayStatus = {
   mode: 'shared',
   version: 3,
   leasesInFlight: 2,
+  snapshot: { takenAt: '2026-01-01T11:59:59.150Z', ageMs: 850 },
   spend: { byModel: { 'gpt-4o-mini': { usd: 0.5, requests: 40 }, 'gpt-4o': { usd: 1.25, requests: 2 } }, byRoute: {} },
   routes: { smart: { models: ['gpt-4o', 'gpt-4o-mini'] } },
   gateway: { pid: 42, startedAt: '2026-01-01T09:30:00Z', inFlight: 1, version: '0.1.0' },
@@ -60,6 +61,7 @@ describe('renderStatus', () => {
       [
         'pool:     prod',
         'redis:    ok, mode shared',
+        "read:     850ms ago, the fleet's shared status",
         'gateway:  v0.1.0, pid 42, up 2h30m, 1 request(s) in flight',
         'leases:   2 in flight (whole fleet)',
         'routes:   smart -> gpt-4o, gpt-4o-mini',

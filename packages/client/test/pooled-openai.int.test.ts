@@ -36,7 +36,7 @@ const both = (extra: Partial<KeySpecInput> = {}) => [
   { secret: A, name: 'a', models: ['gpt-4o-mini', 'text-embedding-3-small', 'no-such-model'], ...extra },
   { secret: B, name: 'b', models: ['gpt-4o-mini', 'text-embedding-3-small', 'no-such-model'], ...extra },
 ];
-const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status()).keys.find((k) => k.id === keyIdOf(secret, k.baseURL))!;
+const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status({ fresh: true })).keys.find((k) => k.id === keyIdOf(secret, k.baseURL))!;
 const ask = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'hello there' }], max_tokens: 8 };
 
 describe('PooledOpenAI', () => {
@@ -215,7 +215,7 @@ describe('PooledOpenAI', () => {
     expect((await openai.chat.completions.create(viaRoute, { priority: 'low' })).model).toBe('gpt-4o');
     expect(fake.counters().strong!.served).toBe(3);
     expect(fake.counters().cheap!.served).toBe(2);
-    const { spend } = await pool.status();
+    const { spend } = await pool.status({ fresh: true });
     expect(spend!.byRoute.smart!.requests).toBe(5);
     expect(spend!.byModel['gpt-4o']!.requests).toBe(3);
     expect(spend!.byModel['gpt-4o-mini']!.requests).toBe(2);
@@ -292,7 +292,7 @@ describe('PooledOpenAI', () => {
     const err = await openai.chat.completions.create({ ...ask, max_tokens: 500 }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.RateLimitError);
     expect((fake.counters().a?.requests ?? 0) + (fake.counters().b?.requests ?? 0)).toBe(1);
-    expect((await pool.status()).keys.every((k) => k.state === 'active')).toBe(true);
+    expect((await pool.status({ fresh: true })).keys.every((k) => k.state === 'active')).toBe(true);
   });
 });
 

@@ -33,8 +33,8 @@ async function setup(fakeKeys: FakeKeyOptions[], poolKeys: Omit<KeySpecInput, 'b
   cleanup.push(() => pool.close());
   return { fake, pool, openai: new PooledOpenAI({ pool, backoff: { baseMs: 5, maxMs: 50 }, ...(opts.attemptTimeoutMs ? { attemptTimeoutMs: opts.attemptTimeoutMs } : {}) }) };
 }
-const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status()).keys.find((k) => k.id === keyIdOf(secret, k.baseURL))!;
-const inFlight = async (pool: KeyPool) => (await pool.status()).keys.reduce((n, k) => n + k.inFlight, 0);
+const keyStatus = async (pool: KeyPool, secret: string) => (await pool.status({ fresh: true })).keys.find((k) => k.id === keyIdOf(secret, k.baseURL))!;
+const inFlight = async (pool: KeyPool) => (await pool.status({ fresh: true })).keys.reduce((n, k) => n + k.inFlight, 0);
 const costOf = (pool: KeyPool, promptTokens: number, completionTokens: number) => {
   const p = pool.priceOf(MODEL)!;
   return (promptTokens * p.input + completionTokens * p.output) / 1e6;
@@ -92,7 +92,7 @@ describe('PooledOpenAI: responses.create({ stream: true })', () => {
     expect(s.breaker!.consecutiveFailures).toBe(0);
     // the real usage was charged, not the estimate (max_output_tokens 50 + 3)
     const real = costOf(pool, c.promptTokens, c.completionTokens);
-    const { spend } = await pool.status();
+    const { spend } = await pool.status({ fresh: true });
     expect(spend!.byModel[MODEL]!.requests).toBe(2);
     expect(spend!.byModel[MODEL]!.usd).toBeCloseTo(real, 8);
     expect(s.spendUsd).toBeCloseTo(real, 8);
@@ -153,7 +153,7 @@ describe('PooledOpenAI: responses.create({ stream: true })', () => {
     expect(c.b!.served).toBe(streams); // every stream, the one that met the 429 included, came from b
     expect((await keyStatus(pool, A)).state).toBe('cooling');
     expect(await inFlight(pool)).toBe(0);
-    const { spend } = await pool.status();
+    const { spend } = await pool.status({ fresh: true });
     expect(spend!.byModel[MODEL]!.usd).toBeCloseTo(costOf(pool, c.b!.promptTokens, c.b!.completionTokens), 8);
   });
 

@@ -6,7 +6,7 @@ import type { OutcomeClass } from './outcome.js';
 import type { PoolKeys } from './pool-keys.js';
 import type { KeyRecord, TokenRecord } from './records.js';
 import type { ScriptName } from './scripts.js';
-import type { RawStatus, ScheduledJobStatus } from './status.js';
+import type { RawKeyStatus, RawStatusHead, ScheduledJobStatus } from './status.js';
 
 /**
  * The typed command layer: one function per Lua script. Each builds the script's KEYS and ARGV in
@@ -95,7 +95,19 @@ export interface CommandLink {
   hget(key: string, field: string): Promise<string | null>;
   /** HGETALL straight to the client (as topology and the scheduler's status always read). */
   hgetall(key: string): Promise<Record<string, string>>;
+  /** HSCAN straight to the client, like hgetall: [next cursor, field, value, field, value...]. */
+  hscan(key: string, cursor: string, count: number): Promise<[string, string[]]>;
+  /** Any other command under the Redis-down policy (GET, SET, DEL, PTTL, ZRANGEBYSCORE, PING). */
+  call(command: string, args: (string | number)[]): Promise<unknown>;
 }
+
+/** Fields per HSCAN call (key records are ~300 bytes: ~30 KB a page). */
+const SCAN_PAGE = 100;
+/** Expired leases read per ZRANGEBYSCORE, and reaped per housekeepLeases call. */
+const LEASE_PAGE = 1000;
+const REAP_PAGE = 32;
+/** What statusPage and housekeepKeys may run before they stop and say how far they got (us). */
+const SCRIPT_BUDGET_US = 250;
 
 // ---- replies -----------------------------------------------------------------------------------
 
@@ -166,8 +178,9 @@ export type SetStateReply = { ok: true; state: string; breaker: string; inFlight
 
 export type ProbeReply = { ok: true; state: string; breaker: string; transition: string } | Misplaced;
 
-export interface HousekeepReply {
-  leasesReaped: number;
+export interface HousekeepKeysReply {
+  /** How many of the ids the call got through (the caller goes on from there). */
+  done: number;
   /** Keys whose budget period rolled over, with what the last period spent (nano-dollars). */
   periodsStarted: { keyId: string; spentNanos: number }[];
   healthWindowsCleared: number;
@@ -252,9 +265,9 @@ export function acquireKeys(k: PoolKeys, groups: readonly string[]): string[] {
   return [k.cfg, k.st, k.leases, k.meta, k.win, k.tok, k.tokSt, k.tokRes, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
 }
 
-/** KEYS of housekeep for `groups` (sorted). */
-function housekeepKeys(k: PoolKeys, groups: readonly string[]): string[] {
-  return [k.cfg, k.st, k.leases, k.meta, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
+/** The candidate set and wait zset of each of `groups` (sorted), as the housekeeping scripts take them. */
+function groupPairs(k: PoolKeys, groups: readonly string[]): string[] {
+  return groups.flatMap((g) => [k.avail(g), k.wait(g)]);
 }
 
 // ---- the key scripts ---------------------------------------------------------------------------
@@ -283,9 +296,23 @@ export class PoolCommands {
     return raw === null ? null : { raw, rec: JSON.parse(raw) as KeyRecord };
   }
 
-  /** Every key's settings (HGETALL cfg). */
-  async records(): Promise<KeyRecord[]> {
-    return Object.values(await this.link.hgetall(this.k.cfg)).map((raw) => JSON.parse(raw) as KeyRecord);
+  /**
+   * Every key's settings, read with HSCAN in pages of SCAN_PAGE (no command grows with the pool).
+   * A key present for the whole read is in it once; one added or removed meanwhile may or may not be.
+   * `guarded`: under the Redis-down policy (a failure is a RedisUnavailableError, as for the
+   * scripts: status reads so); else straight to the client, as topology reads.
+   */
+  async records(guarded = false): Promise<KeyRecord[]> {
+    const out = new Map<string, KeyRecord>();
+    const scan = (cursor: string) =>
+      guarded ? (this.link.call('HSCAN', [this.k.cfg, cursor, 'COUNT', SCAN_PAGE]) as Promise<[string, string[]]>) : this.link.hscan(this.k.cfg, cursor, SCAN_PAGE);
+    let cursor = '0';
+    do {
+      const [next, flat] = await scan(cursor);
+      for (let i = 0; i + 1 < flat.length; i += 2) out.set(flat[i]!, JSON.parse(flat[i + 1]!) as KeyRecord);
+      cursor = next;
+    } while (cursor !== '0');
+    return [...out.values()];
   }
 
   /** The topology version: bumped by every change of a key's settings or a key's removal. */
@@ -401,10 +428,40 @@ export class PoolCommands {
     });
   }
 
-  /** status-6.lua: every key, computed with acquire's rules. */
-  async status(): Promise<RawStatus> {
+  /** statusHead-4.lua: the pool-wide figures of status (Redis time, version, leases, spend). */
+  async statusHead(): Promise<RawStatusHead> {
     const k = this.k;
-    return JSON.parse((await this.link.script('status', [k.cfg, k.st, k.leases, k.meta, k.spend, k.win], [])) as string) as RawStatus;
+    const raw = JSON.parse((await this.link.script('statusHead', [k.cfg, k.leases, k.meta, k.spend], [])) as string) as RawStatusHead;
+    return { ...raw, spend: Array.isArray(raw.spend) ? raw.spend : [] };
+  }
+
+  /**
+   * statusPage-3.lua: the first `done` of `ids` (at least one; the call stops after
+   * SCRIPT_BUDGET_US), computed with acquire's rules; `keys`: those of them still in the pool.
+   */
+  async statusPage(ids: readonly string[]): Promise<{ done: number; keys: RawKeyStatus[] }> {
+    const k = this.k;
+    const raw = JSON.parse((await this.link.script('statusPage', [k.cfg, k.st, k.win], [SCRIPT_BUDGET_US, ...ids])) as string) as {
+      done: number;
+      keys: RawKeyStatus[] | Record<string, never>;
+    };
+    return { done: raw.done, keys: Array.isArray(raw.keys) ? raw.keys : [] };
+  }
+
+  /**
+   * Leases whose deadline is at or before `now` (their holder died; not reaped yet), by key: their
+   * sequence numbers. Read in pages of LEASE_PAGE.
+   */
+  async expiredLeases(now: number): Promise<Map<string, number[]>> {
+    const out = new Map<string, number[]>();
+    for (let offset = 0; ; offset += LEASE_PAGE) {
+      const page = (await this.link.call('ZRANGEBYSCORE', [this.k.leases, '-inf', Math.floor(now), 'LIMIT', offset, LEASE_PAGE])) as string[];
+      for (const lease of page) {
+        const [seq, id] = lease.split(':');
+        if (id) out.set(id, [...(out.get(id) ?? []), Number(seq)]);
+      }
+      if (page.length < LEASE_PAGE) return out;
+    }
   }
 
   /** probe-3.lua: a health probe's outcome (coolMs -1: the default cooling), starting from the group the caller knows. */
@@ -421,17 +478,69 @@ export class PoolCommands {
     });
   }
 
-  /** housekeep.lua: upkeep of every key of `groups` (sorted). */
-  async housekeep(groups: readonly string[]): Promise<HousekeepReply> {
+  /** housekeepLeases.lua: give back up to REAP_PAGE expired leases; `more`: call again. */
+  async housekeepLeases(groups: readonly string[]): Promise<{ reaped: number; more: boolean }> {
+    const k = this.k;
+    const keys = [k.cfg, k.st, k.leases, k.meta, ...groupPairs(k, groups)];
+    const r = (await this.link.script('housekeepLeases', keys, [groups.join(','), REAP_PAGE])) as [number, number];
+    return { reaped: r[0], more: r[1] === 1 };
+  }
+
+  /**
+   * housekeepKeys.lua: budget periods and stale health windows of the first `done` of `ids` (at
+   * least one; the call stops after SCRIPT_BUDGET_US), whose groups are among `groups` (sorted).
+   */
+  async housekeepKeys(groups: readonly string[], ids: readonly string[]): Promise<HousekeepKeysReply> {
     const h = this.config.health;
-    const r = (await this.link.script('housekeep', housekeepKeys(this.k, groups), [
-      groups.join(','), h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
-    ])) as [number, string[], number];
-    const periodsStarted = r[1].map((line) => {
+    const r = (await this.link.script('housekeepKeys', [this.k.st, ...groupPairs(this.k, groups)], [
+      groups.join(','), h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore, SCRIPT_BUDGET_US, ...ids,
+    ])) as [string[] | Record<string, never>, number, number];
+    const periodsStarted = (Array.isArray(r[0]) ? r[0] : []).map((line) => {
       const [keyId, nanos] = line.split(':') as [string, string];
       return { keyId, spentNanos: Number(nanos) };
     });
-    return { leasesReaped: r[0], periodsStarted, healthWindowsCleared: r[2] };
+    return { periodsStarted, healthWindowsCleared: r[1], done: r[2] };
+  }
+
+  // ---- the status snapshot (plain commands: a string and its lock) ----
+
+  /**
+   * When the shared status snapshot was taken (Redis ms), the time to live it was stored with and
+   * what is left of it (ms; -1 none), or null: there is none.
+   */
+  async snapshotStamp(): Promise<{ takenAt: number; ttl: number; pttl: number } | null> {
+    const [at, pttl] = await Promise.all([this.link.call('GET', [this.k.snapAt]), this.link.call('PTTL', [this.k.snapAt])]);
+    if (typeof at !== 'string') return null;
+    const [takenAt, ttl] = at.split(':').map(Number) as [number, number];
+    return { takenAt, ttl, pttl: Number(pttl) };
+  }
+
+  /** The shared status snapshot (JSON), or null. */
+  async snapshotRead(): Promise<string | null> {
+    const raw = await this.link.call('GET', [this.k.snap]);
+    return typeof raw === 'string' ? raw : null;
+  }
+
+  /** Take the right to compute the next snapshot for `ms` (SET NX PX); false: another process has it. */
+  async snapshotLock(ms: number): Promise<boolean> {
+    return (await this.link.call('SET', [this.k.snapLock, String(process.pid), 'NX', 'PX', Math.ceil(ms)])) === 'OK';
+  }
+
+  /** Store a snapshot taken at `takenAt` for `ttlMs`, then its time (readers check that first), and free the lock. */
+  async snapshotWrite(raw: string, takenAt: number, ttlMs: number): Promise<void> {
+    await this.link.call('SET', [this.k.snap, raw, 'PX', Math.ceil(ttlMs)]);
+    await this.link.call('SET', [this.k.snapAt, `${takenAt}:${Math.ceil(ttlMs)}`, 'PX', Math.ceil(ttlMs)]);
+    await this.link.call('DEL', [this.k.snapLock]);
+  }
+
+  /** Forget the snapshot (a key changed: the next reader computes a new one). */
+  async snapshotForget(): Promise<void> {
+    await this.link.call('DEL', [this.k.snapAt, this.k.snap, this.k.snapLock]);
+  }
+
+  /** PING: Redis answers this process. */
+  async ping(): Promise<void> {
+    await this.link.call('PING', []);
   }
 }
 

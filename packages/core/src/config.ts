@@ -173,6 +173,20 @@ export const PoolConfigSchema = z
       })
       .prefault({})
       .describe('How keys\' rate limits are enforced and learnt.'),
+    status: z
+      .object({
+        snapshotMs: z
+          .number()
+          .int()
+          .min(0)
+          .max(60_000)
+          .default(1000)
+          .describe(
+            'The fleet shares one pool status per this many ms: the first process to read it after that computes it (in small steps) and stores it in Redis, the others read it (/status, /metrics, the dashboard, health probes). 0: every read computes its own.',
+          ),
+      })
+      .prefault({})
+      .describe('How the pool status is shared.'),
     redisDown: z
       .object({
         policy: z

@@ -7,6 +7,12 @@ export class PoolKeys {
   readonly spend: string;
   /** Enforcement windows: every windowed key's admissions, ordered by member (lua/includes/window.lua). */
   readonly win: string;
+  /** The fleet's shared status snapshot (JSON, expires after 3 x status.snapshotMs). */
+  readonly snap: string;
+  /** When the snapshot was taken (Redis ms): what a process checks before using the copy it holds. */
+  readonly snapAt: string;
+  /** Who computes the next snapshot (SET NX PX): one process per interval. */
+  readonly snapLock: string;
   /** Gateway tokens: sha256 hex -> settings JSON (see lua/includes/tokens.lua). */
   readonly tok: string;
   /** Gateway token id -> sha256 hex. */
@@ -35,6 +41,9 @@ export class PoolKeys {
     this.meta = `${this.prefix}meta`;
     this.spend = `${this.prefix}spend`;
     this.win = `${this.prefix}win`;
+    this.snap = `${this.prefix}snap`;
+    this.snapAt = `${this.prefix}snap:at`;
+    this.snapLock = `${this.prefix}snap:lock`;
     this.tok = `${this.prefix}tok`;
     this.tokId = `${this.prefix}tok:id`;
     this.tokSt = `${this.prefix}tok:st`;

@@ -390,7 +390,16 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
 
   /** Add a key (or update its settings if it is already in the pool). Returns its id and hint. */
   addKey(spec: KeySpecInput): Promise<{ id: string; hint: string }> {
-    return this.admin.addKey(spec);
+    return this.changed(this.admin.addKey(spec));
+  }
+
+  /** An admin write: once done, the shared status is forgotten, so the operator sees the change at the next read. */
+  private async changed<T>(write: Promise<T>): Promise<T> {
+    try {
+      return await write;
+    } finally {
+      await this.upkeep.forgetStatus();
+    }
   }
 
   /**
@@ -399,36 +408,36 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * or provider: those come only from where the secret comes from (remove the key and add it there).
    */
   updateKey(keyId: string, patch: Partial<KeySettings>): Promise<KeyChange[]> {
-    return this.admin.updateKey(keyId, patch);
+    return this.changed(this.admin.updateKey(keyId, patch));
   }
 
   /** No new leases until enabled; leases in flight finish. */
   disableKey(keyId: string) {
-    return this.admin.setState(keyId, 'disable');
+    return this.changed(this.admin.setState(keyId, 'disable'));
   }
   /** Active again; also lifts a revocation (401/403) and a drain. */
   enableKey(keyId: string) {
-    return this.admin.setState(keyId, 'enable');
+    return this.changed(this.admin.setState(keyId, 'enable'));
   }
   /** No new leases; leases in flight finish; the key stays in the pool. */
   drainKey(keyId: string) {
-    return this.admin.setState(keyId, 'drain');
+    return this.changed(this.admin.setState(keyId, 'drain'));
   }
   /** Drain, then remove once the last lease in flight is released. */
   retireKey(keyId: string) {
-    return this.admin.setState(keyId, 'retire');
+    return this.changed(this.admin.setState(keyId, 'retire'));
   }
   /** Remove at once; releases of its leases in flight are then ignored. */
   removeKey(keyId: string) {
-    return this.admin.setState(keyId, 'remove');
+    return this.changed(this.admin.setState(keyId, 'remove'));
   }
   /** Close the breaker, end cooling, forget the health history and the limits learnt from the provider. */
   resetKey(keyId: string) {
-    return this.admin.setState(keyId, 'reset');
+    return this.changed(this.admin.setState(keyId, 'reset'));
   }
   /** Start the budget period again from zero spend. */
   resetBudget(keyId: string) {
-    return this.admin.setState(keyId, 'reset_budget');
+    return this.changed(this.admin.setState(keyId, 'reset_budget'));
   }
 
   /** Ids of the keys this process holds the secret of (config, secret sources, addKey). */
@@ -459,7 +468,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   /**
    * Keys that want a health probe: open or half-open breaker, revoked, or degraded; never healthy,
    * disabled or draining ones. Only keys this process holds the secret of (it makes the call).
-   * For the scheduler: reads every key (O(keys)), never on the request path.
+   * For the scheduler, never on the request path: read from the shared status (see status()).
    */
   probeTargets(): Promise<ProbeTarget[]> {
     return this.upkeep.probeTargets();
@@ -474,16 +483,29 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   }
 
   /**
-   * Upkeep of the whole pool (see lua/housekeep.lua): expired leases back, next budget periods
-   * started, stale health windows forgotten. Idempotent; the scheduler runs it periodically.
+   * Upkeep of the whole pool (see lua/housekeepLeases.lua and housekeepKeys.lua): expired leases
+   * back, next budget periods started, stale health windows forgotten, in calls of a few leases or
+   * keys each. Idempotent; the scheduler runs it periodically.
    */
   housekeep(): Promise<{ leasesReaped: number; periodsStarted: { keyId: string; previousSpendUsd: number }[]; healthWindowsCleared: number }> {
     return this.upkeep.housekeep();
   }
 
-  /** Every key of the pool, fleet-wide from Redis: state, limits and what is left, spend, health. Never a secret. */
-  status(): Promise<PoolStatus> {
-    return this.upkeep.status();
+  /**
+   * Every key of the pool, fleet-wide from Redis: state, limits and what is left, spend, health.
+   * Never a secret. The fleet shares one such status per `status.snapshotMs` (computed by one
+   * process in small steps, stored in Redis); `snapshot` says when it was read. `fresh`: read it now.
+   */
+  status(opts: { fresh?: boolean } = {}): Promise<PoolStatus> {
+    return this.upkeep.status(opts);
+  }
+
+  /**
+   * What a readiness probe needs, O(1) whatever the pool size: whether Redis answers (a PING;
+   * `redis` as in status) and how many keys this process holds the secret of.
+   */
+  readiness(): Promise<{ redis: PoolStatus['redis']; heldKeys: number }> {
+    return this.upkeep.readiness();
   }
 
   /**

@@ -152,6 +152,14 @@ export class RedisLink implements CommandLink {
     return this.client.hgetall(key);
   }
 
+  hscan(key: string, cursor: string, count: number): Promise<[string, string[]]> {
+    return this.client.hscan(key, cursor, 'COUNT', count);
+  }
+
+  call(command: string, args: (string | number)[]): Promise<unknown> {
+    return this.guard(command.toLowerCase(), () => this.client.call(command, ...args));
+  }
+
   /** Run a call with the Redis-down policy: typed error, logged, visible in status. */
   private async guard<T>(name: string, call: () => Promise<T>): Promise<T> {
     const timeoutMs = this.o.redisDown.timeoutMs;

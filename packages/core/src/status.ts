@@ -1,14 +1,30 @@
 import { limitsOf, type KeyRecord } from './records.js';
 import { NANOS_PER_USD } from './pricing.js';
 
-/** What the status script returns (see lua/status-6.lua; parsed by commands.ts). */
-export interface RawStatus {
+/** The pool-wide figures (lua/statusHead-4.lua; parsed by commands.ts). */
+export interface RawStatusHead {
   now: number;
   version: number;
   leases: number;
+  /** Keys in the pool (HLEN cfg). */
+  keys: number;
   /** HGETALL of the spend hash: m:<model>, mn:<model>, r:<route>, rn:<route> (nano-dollars, requests) */
-  spend: string[] | Record<string, never>;
-  keys: { id: string; cfg: KeyRecord; st: RawState; state: KeyState; periodEnd: number; win?: RawWindows }[] | Record<string, never>;
+  spend: string[];
+}
+
+/** One key as lua/statusPage-3.lua computes it. */
+export interface RawKeyStatus {
+  id: string;
+  cfg: KeyRecord;
+  st: RawState;
+  state: KeyState;
+  periodEnd: number;
+  win?: RawWindows;
+}
+
+/** The head and every page together (status-view.ts assembles it). */
+export interface RawStatus extends Omit<RawStatusHead, 'keys'> {
+  keys: RawKeyStatus[];
 }
 
 /** A windowed key's windows: per window (rq, tq; 0 = not windowed), admitted in the one ending now (ru, tu), reserved ahead (ra). */
@@ -21,6 +37,8 @@ interface RawWindows {
 }
 
 interface RawState {
+  /** Lease sequence when the key was created: expired leases at or below it are an earlier key's. */
+  cs: number;
   rt: number;
   tt: number;
   inf: number;
@@ -125,6 +143,11 @@ export interface PoolStatus {
   leasesInFlight: number | null;
   /** Fleet-wide spend and requests since the pool was created, per model and per route. */
   spend?: { byModel: Record<string, SpendLine>; byRoute: Record<string, SpendLine> };
+  /**
+   * When the figures were read from Redis (Redis time) and how old they are: the fleet shares one
+   * status per `status.snapshotMs` (absent when Redis could not be read).
+   */
+  snapshot?: { takenAt: string; ageMs: number };
   keys: KeyStatus[];
 }
 
@@ -151,14 +174,14 @@ function spendOf(flat: string[]): NonNullable<PoolStatus['spend']> {
 const iso = (ms: number) => (ms > 0 ? new Date(ms).toISOString() : null);
 
 export function toPoolStatus(pool: string, redis: PoolStatus['redis'], raw: RawStatus): PoolStatus {
-  const keys = Array.isArray(raw.keys) ? raw.keys : [];
+  const keys = raw.keys;
   return {
     pool,
     redis,
     mode: 'shared',
     version: raw.version,
     leasesInFlight: raw.leases,
-    spend: spendOf(Array.isArray(raw.spend) ? raw.spend : []),
+    spend: spendOf(raw.spend),
     keys: keys
       .map(({ cfg, st, state, periodEnd, win }): KeyStatus => ({
         id: cfg.id,

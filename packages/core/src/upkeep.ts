@@ -10,7 +10,8 @@ import { classify, type Outcome } from './outcome.js';
 import { NANOS_PER_USD } from './pricing.js';
 import { limitsOf, recordOfSpec, type KeyRecord } from './records.js';
 import type { RedisLink } from './redis-link.js';
-import { toPoolStatus, type KeyStatus, type PoolStatus, type ScheduledJobStatus } from './status.js';
+import type { KeyStatus, PoolStatus, ScheduledJobStatus } from './status.js';
+import { inPages, readKeys, StatusView } from './status-view.js';
 import type { Topology } from './topology.js';
 
 
@@ -45,8 +46,11 @@ export interface UpkeepParts {
 export class Upkeep {
   /** Keys this process holds from secret sources (setSourceKeys). */
   private readonly sourced = new Map<string, KeyRecord>();
+  private readonly view: StatusView;
 
-  constructor(private readonly p: UpkeepParts) {}
+  constructor(private readonly p: UpkeepParts) {
+    this.view = new StatusView(p.name, p.cmd, p.config.status.snapshotMs);
+  }
 
   /** See KeyPool.setSourceKeys. */
   async setSourceKeys(specs: readonly KeySpecInput[]): Promise<{ added: string[]; changed: string[]; dropped: string[] }> {
@@ -88,22 +92,22 @@ export class Upkeep {
     }
     if (added.length || changed.length || dropped.length) {
       this.p.log.info({ added, changed, dropped }, 'keys from secret sources applied');
+      await this.forgetStatus();
     }
     await this.p.topology.refresh();
     return { added, changed, dropped };
   }
 
-  /** See KeyPool.probeTargets. */
+  /** See KeyPool.probeTargets: the keys this process holds, read now, a few a call. */
   async probeTargets(): Promise<ProbeTarget[]> {
-    const status = await this.status();
     const out: ProbeTarget[] = [];
-    for (const k of status.keys) {
+    for (const k of await readKeys(this.p.cmd, this.p.admin.heldKeyIds())) {
       // the probe goes where this process's own spec says, like a lease (never the record's baseURL)
       const held = this.p.admin.heldKey(k.id);
       if (!held) continue;
       const why: ProbeTarget['reason'] | undefined =
-        k.state === 'open' || k.state === 'half_open' || k.state === 'revoked' ? k.state : k.state === 'active' && k.degraded ? 'degraded' : undefined;
-      if (why) out.push({ keyId: k.id, hint: k.hint, provider: held.provider, baseURL: held.baseURL, secret: held.secret, reason: why });
+        k.state === 'open' || k.state === 'half_open' || k.state === 'revoked' ? k.state : k.state === 'active' && k.st.deg === 1 ? 'degraded' : undefined;
+      if (why) out.push({ keyId: k.id, hint: k.cfg.hint, provider: held.provider, baseURL: held.baseURL, secret: held.secret, reason: why });
     }
     return out;
   }
@@ -129,37 +133,80 @@ export class Upkeep {
     return { state, breaker, transition };
   }
 
-  /** See KeyPool.housekeep. */
+  /**
+   * See KeyPool.housekeep. In small steps, one call after another: expired leases 32 a call
+   * (housekeepLeases) until none is left, then the keys a few at a time (housekeepKeys).
+   */
   async housekeep(): Promise<{ leasesReaped: number; periodsStarted: { keyId: string; previousSpendUsd: number }[]; healthWindowsCleared: number }> {
-    const { topology, log } = this.p;
+    const { topology, log, cmd } = this.p;
     await topology.refresh();
-    const reply = await this.p.cmd.housekeep(topology.groups());
-    const periodsStarted = reply.periodsStarted.map((p) => ({ keyId: p.keyId, previousSpendUsd: p.spentNanos / NANOS_PER_USD }));
+    const groups = topology.groups();
+    let leasesReaped = 0;
+    for (let more = true; more; ) {
+      const r = await cmd.housekeepLeases(groups);
+      leasesReaped += r.reaped;
+      more = r.more;
+    }
+    const periodsStarted: { keyId: string; previousSpendUsd: number }[] = [];
+    let healthWindowsCleared = 0;
+    await inPages(topology.records().map((r) => r.id), (ids) => cmd.housekeepKeys(groups, ids), (r) => {
+      periodsStarted.push(...r.periodsStarted.map((p) => ({ keyId: p.keyId, previousSpendUsd: p.spentNanos / NANOS_PER_USD })));
+      healthWindowsCleared += r.healthWindowsCleared;
+    });
     for (const p of periodsStarted) {
       log.info({ keyId: p.keyId, hint: topology.key(p.keyId)?.hint, previousSpendUsd: p.previousSpendUsd }, 'budget period started');
     }
-    if (reply.leasesReaped > 0) log.info({ leases: reply.leasesReaped }, 'expired leases given back');
+    if (leasesReaped > 0) log.info({ leases: leasesReaped }, 'expired leases given back');
     await topology.refresh();
-    return { leasesReaped: reply.leasesReaped, periodsStarted, healthWindowsCleared: reply.healthWindowsCleared };
+    return { leasesReaped, periodsStarted, healthWindowsCleared };
+  }
+
+  /**
+   * What /readyz needs, O(1) whatever the pool size: whether Redis answers a PING, and how many
+   * keys this process holds the secret of.
+   */
+  async readiness(): Promise<{ redis: PoolStatus['redis']; heldKeys: number }> {
+    const heldKeys = this.p.admin.heldKeyIds().length;
+    try {
+      await this.p.cmd.ping();
+    } catch (e) {
+      if (!isRedisUnavailable(e)) throw e;
+    }
+    return { redis: this.redisState(), heldKeys };
+  }
+
+  /** Forget the shared status (a key changed: an operator sees the change at the next read). */
+  async forgetStatus(): Promise<void> {
+    await this.view.forget().catch((e: unknown) => this.p.log.warn({ err: (e as Error).message }, 'could not forget the status snapshot'));
+  }
+
+  private redisState(): PoolStatus['redis'] {
+    const down = this.p.link.outage;
+    return {
+      ok: !down,
+      policy: this.p.config.redisDown.policy,
+      ...(down ? { downSince: new Date(down.since).toISOString(), lastError: down.error } : {}),
+    };
   }
 
   /** See KeyPool.status. */
-  async status(): Promise<PoolStatus> {
-    const { name, config, link, topology } = this.p;
-    const down = link.outage;
-    const redis = {
-      ok: !down,
-      policy: config.redisDown.policy,
-      ...(down ? { downSince: new Date(down.since).toISOString(), lastError: down.error } : {}),
-    };
+  async status(opts: { fresh?: boolean } = {}): Promise<PoolStatus> {
+    const { name, config, topology } = this.p;
+    const redis = this.redisState();
     try {
-      const status = toPoolStatus(name, { ...redis, ok: true }, await this.p.cmd.status());
-      // where this process sends the keys it holds is its own spec, whatever a record in Redis says
-      for (const k of status.keys) {
-        const held = this.p.admin.heldKey(k.id);
-        if (held) Object.assign(k, { provider: held.provider, baseURL: held.baseURL });
-      }
-      return status;
+      // Redis known down: no copy kept here stands for it (the read fails, the fallback below answers)
+      const { shared, ageMs } = await this.view.get(opts.fresh || this.p.link.outage !== undefined);
+      return {
+        ...shared.status,
+        redis: { ...redis, ok: true },
+        snapshot: { takenAt: new Date(shared.takenAt).toISOString(), ageMs },
+        // where this process sends the keys it holds is its own spec, whatever a record in Redis
+        // says; copies, so that no caller changes the snapshot the next one reads
+        keys: shared.status.keys.map((k) => {
+          const held = this.p.admin.heldKey(k.id);
+          return held ? { ...k, provider: held.provider, baseURL: held.baseURL } : { ...k };
+        }),
+      };
     } catch (e) {
       if (!isRedisUnavailable(e)) throw e;
       const keys = topology.records().map(

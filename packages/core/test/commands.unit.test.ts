@@ -20,6 +20,8 @@ function fakeLink(...replies: unknown[]) {
     },
     hget: async () => null,
     hgetall: async () => ({}),
+    hscan: async () => ['0', []],
+    call: async () => null,
   };
   return { link, calls };
 }
@@ -64,12 +66,18 @@ describe('PoolCommands', () => {
     expect(await cmd.release('g2', args)).toEqual({ ok: false, reason: 'unknown_lease' });
   });
 
-  it('housekeep: KEYS for every group, the periods started read as numbers', async () => {
-    const { link, calls } = fakeLink([3, ['k1:1500000000', 'k2:0'], 1]);
-    const reply = await new PoolCommands(link, keys, config).housekeep(['a', 'b']);
-    expect(reply).toEqual({ leasesReaped: 3, periodsStarted: [{ keyId: 'k1', spentNanos: 1_500_000_000 }, { keyId: 'k2', spentNanos: 0 }], healthWindowsCleared: 1 });
+  it('housekeepLeases and housekeepKeys: KEYS for every group, the ids after the settings, the periods started read as numbers', async () => {
+    const { link, calls } = fakeLink([32, 1], [['k1:1500000000', 'k2:0'], 1, 2], [[], 0, 1]);
+    const cmd = new PoolCommands(link, keys, config);
+    expect(await cmd.housekeepLeases(['a', 'b'])).toEqual({ reaped: 32, more: true });
     expect(calls[0]!.keys).toEqual([keys.cfg, keys.st, keys.leases, keys.meta, keys.avail('a'), keys.wait('a'), keys.avail('b'), keys.wait('b')]);
-    expect(calls[0]!.args[0]).toBe('a,b');
+    expect(calls[0]!.args).toEqual(['a,b', 32]);
+    const reply = await cmd.housekeepKeys(['a', 'b'], ['k1', 'k2']);
+    expect(reply).toEqual({ periodsStarted: [{ keyId: 'k1', spentNanos: 1_500_000_000 }, { keyId: 'k2', spentNanos: 0 }], healthWindowsCleared: 1, done: 2 });
+    expect(calls[1]!.keys).toEqual([keys.st, keys.avail('a'), keys.wait('a'), keys.avail('b'), keys.wait('b')]);
+    expect(calls[1]!.args[0]).toBe('a,b');
+    expect(calls[1]!.args.slice(-2)).toEqual(['k1', 'k2']);
+    expect(await cmd.housekeepKeys(['a'], ['k3'])).toEqual({ periodsStarted: [], healthWindowsCleared: 0, done: 1 });
   });
 });
 

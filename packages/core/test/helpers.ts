@@ -27,12 +27,16 @@ export interface TestPool {
 /** Options of KeyPool.connect a test may set besides the config (the clock). */
 export type PoolExtras = Pick<KeyPoolOptions, 'clock'>;
 
-/** A KeyPool on the test Redis (standalone or cluster per KEYPOOL_TEST_TARGET) under a fresh pool name. */
+/**
+ * A KeyPool on the test Redis (standalone or cluster per KEYPOOL_TEST_TARGET) under a fresh pool
+ * name. Unless the config says otherwise its status is not shared (`status.snapshotMs` 0): a test
+ * reads what a change just did; the sharing has tests of its own (status-pages.int.test.ts).
+ */
 export async function makePool(config: Omit<PoolConfigInput, 'pool'> & { pool?: string }, redis?: Redis | Cluster, extras: PoolExtras = {}): Promise<TestPool> {
   const client = redis ?? connectTestRedis();
   const name = config.pool ?? uniqueName('t');
   const { logger, lines } = memoryLogger();
-  const pool = await KeyPool.connect({ ...extras, redis: client, config: { ...config, pool: name }, logger });
+  const pool = await KeyPool.connect({ ...extras, redis: client, config: { status: { snapshotMs: 0 }, ...config, pool: name }, logger });
   return { pool, redis: client, name, logs: lines };
 }
 

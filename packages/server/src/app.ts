@@ -86,13 +86,16 @@ export function createGateway(opts: GatewayOptions): Gateway {
     res.json({ status: 'ok', uptimeSeconds: Math.round((clock.now() - startedAt.getTime()) / 1000) });
   });
 
+  // O(1) whatever the pool size (a probe per pod every few seconds): Redis answers a PING and this
+  // process holds keys to lease; never the pool status
   app.get('/readyz', async (_req, res) => {
     // draining: new requests get 503 shutting_down, so this gateway is not ready for them
     if (inflight.closing) return void res.status(503).json({ status: 'draining', inFlight: inflight.size });
     try {
-      const st = await pool.status();
-      if (!st.redis.ok) return void res.status(503).json({ status: 'unavailable', redis: st.redis });
-      res.json({ status: 'ready', redis: st.redis, keys: st.keys.length });
+      const { redis, heldKeys } = await pool.readiness();
+      if (!redis.ok) return void res.status(503).json({ status: 'unavailable', redis });
+      if (heldKeys === 0) return void res.status(503).json({ status: 'no_keys', redis, keys: 0 });
+      res.json({ status: 'ready', redis, keys: heldKeys });
     } catch (e) {
       res.status(503).json({ status: 'unavailable', error: (e as Error).message });
     }

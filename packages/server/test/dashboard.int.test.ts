@@ -99,6 +99,8 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     }
     expect(await page.getByTestId('redis').textContent()).toContain('ok');
     expect(await page.locator('#states [data-state="active"] .n').textContent()).toBe('3');
+    // how old the figures are (the fleet's shared status; this gateway reads it fresh each time)
+    expect(await page.locator('#snapage').textContent()).toMatch(/^\d+\.\d s ago$/);
     // the full id is in a tooltip, the hint on show; limits as "left / window's quota", the rpm and
     // the window (600 rpm over 1 s: 10)
     expect(await row(IDS[0]!).locator(`[title="Key id: ${IDS[0]}"]`).count()).toBe(1);

@@ -69,7 +69,11 @@ export interface TestGateway {
 const redis = connectTestRedis();
 export const testRedis = redis;
 
-/** A gateway (in this process, real HTTP on a free port) over a pool on the test Redis and the fake upstream. */
+/**
+ * A gateway (in this process, real HTTP on a free port) over a pool on the test Redis and the fake
+ * upstream. Its status is not shared (`status.snapshotMs` 0) unless `pool` says otherwise: a test
+ * reads what a request just did; the sharing has tests of its own (core's status-pages.int.test.ts).
+ */
 export async function startGateway(opts: {
   fakeKeys: FakeOpenAIOptions['keys'];
   keys: Omit<KeySpecInput, 'baseURL'>[];
@@ -87,7 +91,7 @@ export async function startGateway(opts: {
   const logs = new LogSink();
   const pool = await KeyPool.connect({
     redis,
-    config: { pool: opts.poolName ?? uniqueName('gw'), keys: opts.keys.map((k) => ({ ...k, baseURL: opts.upstreamURL ?? fake.url })), ...opts.pool },
+    config: { pool: opts.poolName ?? uniqueName('gw'), keys: opts.keys.map((k) => ({ ...k, baseURL: opts.upstreamURL ?? fake.url })), status: { snapshotMs: 0 }, ...opts.pool },
     logger: logs.logger,
   });
   const settings = { ...DEFAULT_SETTINGS, ...opts.settings };

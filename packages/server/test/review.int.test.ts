@@ -364,7 +364,7 @@ describe.skipIf(testTarget() === 'cluster')('review: serve', () => {
       const { KeyPool } = await import('@keypool/core');
       const view = await KeyPool.connect({ redis: connectionForChild().url!, config: { pool: s.pool.name, keys: [] } });
       try {
-        const st = await view.status();
+        const st = await view.status({ fresh: true });
         expect(st.keys.reduce((n, k) => n + k.inFlight, 0)).toBe(0);
         const [tok] = await view.tokens.list();
         expect(tok!.reservedUsd).toBe(0);

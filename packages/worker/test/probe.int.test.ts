@@ -51,7 +51,7 @@ describe('health probes (GET /models with the key)', () => {
     const after = fake.counters();
     expect(after.healthy!.requests).toBe(before.healthy);
     expect(after.open!.requests).toBe(before.open! + 1);
-    const states = Object.fromEntries((await pool.status()).keys.map((k) => [k.name, k.state]));
+    const states = Object.fromEntries((await pool.status({ fresh: true })).keys.map((k) => [k.name, k.state]));
     expect(states).toEqual({ healthy: 'active', open: 'active', revoked: 'revoked', fixed: 'active', wrongurl: 'open' });
     expect((await pool.acquire({ model: 'm1' })).ok).toBe(true);
     expect((await pool.acquire({ model: 'm3' })).ok).toBe(true);

@@ -197,7 +197,7 @@ describe('scheduler: BullMQ job schedulers across worker processes', () => {
     cleanups.push(() => opener.close());
     const lease = await opener.acquire({ model: 'm' });
     if (lease.ok) await lease.release({ status: 500 });
-    expect((await opener.status()).keys[0]!.state).toBe('open');
+    expect((await opener.status({ fresh: true })).keys[0]!.state).toBe('open');
 
     const spec = {
       pool,

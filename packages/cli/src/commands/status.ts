@@ -41,6 +41,8 @@ export function renderStatus(st: GatewayStatus, opts: { color: boolean; now: num
           style: 'red',
         },
   ]);
+  // the fleet shares one status per status.snapshotMs: how old these figures are
+  if (st.snapshot) lines.push(['read', `${duration(st.snapshot.ageMs)} ago, the fleet's shared status`]);
   if (st.gateway) {
     const up = duration(opts.now - Date.parse(st.gateway.startedAt));
     lines.push(['gateway', `v${st.gateway.version}, pid ${st.gateway.pid}, up ${up}, ${st.gateway.inFlight} request(s) in flight`]);

@@ -27,6 +27,24 @@ local function nowMs()
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
+-- The housekeeping scripts' groups: ARGV's comma-separated list -> group -> its position (1-based),
+-- which says where its pair of KEYS (candidate set, wait zset) is.
+local function groupIndexes(csv)
+  local groups, n = {}, 0
+  for g in string.gmatch(csv, '[^,]+') do
+    n = n + 1
+    groups[g] = n
+  end
+  return groups
+end
+
+-- For the scripts that work through a list in pages (statusPage, housekeepKeys): true once
+-- `budgetUs` microseconds have gone since `startMs` (nowMs), so that a call stops early, whatever
+-- each item costs, and the caller goes on with the rest in the next call.
+local function overBudget(startMs, budgetUs)
+  return (nowMs() - startMs) * 1000 >= budgetUs
+end
+
 -- The limits the scripts enforce, from a key's settings (cfg JSON). The effective limits (erpm,
 -- etpm: what acquire enforces, see release's learning) follow the configured ones while they equal
 -- them; a lower learnt one stays, capped by the new configured limit.
