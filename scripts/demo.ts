@@ -159,8 +159,10 @@ async function main(): Promise<void> {
     const errors = Object.entries(k.status).filter(([s]) => Number(s) >= 500).reduce((a, [, v]) => a + v, 0);
     console.log(`  ${name.padEnd(14)} served ${String(k.served).padStart(4)} (${((100 * k.served) / Math.max(1, served)).toFixed(0).padStart(2)}%)  429s ${k.rate429}  5xx ${errors}`);
   }
+  // the fleet shares one status snapshot per status.snapshotMs (1 s): wait for one taken after the last call
+  await new Promise((r) => setTimeout(r, 1100));
   const st = (await (await fetch(`${second.url}/status`)).json()) as PoolStatus;
-  console.log(`\nFleet-wide status (GET ${second.url}/status, from Redis):\n`);
+  console.log(`\nFleet-wide status (GET ${second.url}/status, from Redis, ${st.snapshot?.ageMs ?? 0} ms old):\n`);
   console.log(table(st.keys));
   const spend = Object.entries(st.spend?.byModel ?? {}).map(([m, s]) => `${m} $${s.usd.toFixed(4)} (${s.requests} requests)`);
   console.log(`\nSpend by model: ${spend.join(', ')}`);
