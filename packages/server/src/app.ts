@@ -79,7 +79,7 @@ export function createGateway(opts: GatewayOptions): Gateway {
 
   const bodyLimit = parseByteSize(settings.bodyLimit);
   if (bodyLimit === undefined) throw new Error(`server.bodyLimit: not a size (${String(settings.bodyLimit)}); write bytes, or e.g. 512kb, 4mb`);
-  const v1 = createProxy({ pool, dispatcher, metrics, logger, inflight, settings: { ...settings, bodyLimit }, clock });
+  const v1 = createProxy({ pool, dispatcher, metrics, logger, inflight, settings: { ...settings, bodyLimit } });
   const handler = frontListener(v1, app);
 
   app.get('/healthz', (_req, res) => {

@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import type { Readable, Transform } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Logger } from 'pino';
-import { NANOS_PER_USD, isRedisUnavailable, systemClock, type Clock, type KeyPool, type Lease, type Outcome } from '@keypool/core';
+import { NANOS_PER_USD, isRedisUnavailable, type KeyPool, type Lease, type Outcome } from '@keypool/core';
 import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
 import { ClientClosed, GatewayTimeout, HttpError, ShuttingDown, badRequest, sendError, shuttingDown, toHttpError, tokenRefusal, unknownUrl } from './errors.js';
 import type { Inflight } from './inflight.js';
@@ -43,8 +43,6 @@ export interface ProxyDeps {
   logger: Logger;
   inflight: Inflight;
   settings: ProxySettings;
-  /** The time of the gateway's own decisions (default systemClock). Deadlines handed to the Dispatcher stay on Date.now(), the clock it reads. */
-  clock?: Clock;
 }
 
 interface Endpoint {
@@ -134,7 +132,6 @@ interface ProxyContext extends Required<Omit<ProxyDeps, 'logger'>> {
 export function createProxy(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const ctx: ProxyContext = {
     ...deps,
-    clock: deps.clock ?? systemClock,
     log: deps.logger.child({ component: 'proxy' }),
     duration: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.duration.labels({ endpoint: ep.name })])),
     overhead: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.overhead.labels({ endpoint: ep.name })])),
