@@ -211,7 +211,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
 
   private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>, maxWaitMs: number, admit?: Admit): Promise<Lease | Exhausted | Busy | TokenRefused> {
     const entry = await this.topology.serving(model, est);
-    if (this.link.stayLocal()) return this.acquireLocal(model, est, exclude, admit);
+    if (this.link.stayLocal()) return this.acquireLocal(model, est, estCost, exclude, admit);
     // keys this process holds no secret for (another process's rollout) are not ours to lease
     let excluded = exclude.size ? [...exclude].join(',') : '';
     if (entry.foreign) excluded = excluded ? `${excluded},${entry.foreign}` : entry.foreign;
@@ -219,7 +219,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     try {
       reply = await this.cmd.acquire(entry.scriptKeys, est, estCost, excluded, maxWaitMs, admit?.args);
     } catch (e) {
-      if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, exclude, admit);
+      if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, estCost, exclude, admit);
       throw e;
     }
     if (!reply.ok && reply.reason === 'token_refused') {
@@ -252,21 +252,22 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return lease;
   }
 
-  /** The per-process fallback (Redis down, policy local); a token is admitted by this process too (tokens.admit goes local). */
-  private async acquireLocal(model: string, est: number, exclude: Set<string>, admit?: Admit): Promise<Lease | Exhausted | TokenRefused> {
+  /**
+   * The per-process fallback (Redis down, policy local). A token is admitted by this process too,
+   * first (a refused token takes nothing of a key), and without another try of Redis.
+   */
+  private acquireLocal(model: string, est: number, estCost: number, exclude: Set<string>, admit?: Admit): Lease | Exhausted | TokenRefused {
+    const t = admit ? this.tokens.admitHere(admit.args) : undefined;
+    if (t && !t.ok) return { ok: false, reason: 'token_refused', token: t };
     const r = this.local.acquire(this.topology.heldFor(model), est, exclude);
-    if (!r.ok) return r;
+    if (!r.ok) {
+      if (t) this.tokens.giveBackHere(t);
+      return r;
+    }
     const now = this.clock.now();
     const id = `local-${now}-${Math.random().toString(36).slice(2)}`;
-    const lease = this.makeLease(r.key, this.admin.heldKey(r.key.id)!, id, model, est, 0, now, now + this.config.leaseTimeoutMs, false, true);
-    if (!admit) return lease;
-    const t = await this.tokens.admit(admit.req.token, admit.args.name, admit.req.estimatedCostUsd);
-    if (!t.ok) {
-      // the key's local share was taken for nothing: back as unused
-      this.local.release(r.key, 'unused', est, null, 0);
-      return { ok: false, reason: 'token_refused', token: t };
-    }
-    lease.admission = t;
+    const lease = this.makeLease(r.key, this.admin.heldKey(r.key.id)!, id, model, est, estCost, now, now + this.config.leaseTimeoutMs, false, true);
+    if (t) lease.admission = t;
     return lease;
   }
 
@@ -354,6 +355,12 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     // the key's models changed under us: its candidate sets are another group's now
     const reply = await this.cmd.release(rec.g, args, () => void this.topology.refresh().catch(() => undefined));
     if (settle && 'settled' in reply) this.tokens.settled(settle.id, settle.reservation, reply.settled);
+    // still moving after the retries: the script ran nothing, the settlement included. Settle it
+    // alone when its cost is known; else its reservation expires and is charged its estimate.
+    else if (settle && !reply.ok && reply.reason === 'moved') {
+      const charge = settle.costNanos >= 0 ? settle.costNanos : cost;
+      if (charge >= 0) await this.tokens.settle(settle.id, settle.reservation, charge / NANOS_PER_USD, { refundRequest: settle.refund }).catch(() => undefined);
+    }
     if (!reply.ok) {
       if (reply.reason === 'unknown_lease') this.log.warn({ keyId: rec.id, hint: rec.hint, leaseId }, REFUSAL_WARNINGS.unknown_lease);
       return { released: false, transition: '', costUsd: Math.max(0, cost) / NANOS_PER_USD };

@@ -510,6 +510,19 @@ export class GatewayTokens {
     }
   }
 
+  /**
+   * Admission by this process alone, for acquire's fallback (Redis down, policy local): never
+   * tries Redis (acquire has just found it down and keeps its own retry timer).
+   */
+  admitHere(a: AdmitArgs): TokenAdmission {
+    return this.admitLocal(a.hash, a.name, a.costNanos);
+  }
+
+  /** Give back a local admission no key could serve: its request and its money, in this process's view. */
+  giveBackHere(a: { id: string; reservation: string }): void {
+    this.settleLocal(a.id, this.checkSettle(a.id, a.reservation), 0, true);
+  }
+
   /** Admission by this process alone (Redis down, policy local): 1/fleetSize of rate and of budget left. */
   private admitLocal(hash: string, model: string, est: number): TokenAdmission {
     const now = this.now();
