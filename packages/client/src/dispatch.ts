@@ -262,9 +262,8 @@ export class Dispatcher {
     if (signal.aborted) {
       const why = signal.reason;
       if (why instanceof TimedOut && why.what === 'attempt') return { outcome: { error: 'timeout' }, retry: true, waitMs: -1 };
-      // the caller's whole deadline (not an attempt's timeout) is the caller's budget, not the key's
-      // health: a call it cuts (one that waited long for its key, say) does not feed the breaker
-      if (why instanceof TimedOut) return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
+      // anything else (the caller left, its whole deadline, a shutdown) is the caller's doing, not the
+      // key's health: a call the deadline cuts (one that waited long for its key, say) does not feed the breaker
       return { outcome: { error: 'aborted' }, retry: false, waitMs: 0 };
     }
     switch (failure.kind) {

@@ -87,13 +87,12 @@ end
 if not unused then
   rollBudget(st, now)
   st.rs = math.max(0, st.rs - estCost)
-  local charged = keyCharge
-  st.sp = st.sp + charged
+  st.sp = st.sp + keyCharge
   -- fleet-wide spend per model and per route (a route is a named list of models, see the client)
-  redis.call('HINCRBY', spendKey, 'm:' .. ARGV[19], charged)
+  redis.call('HINCRBY', spendKey, 'm:' .. ARGV[19], keyCharge)
   redis.call('HINCRBY', spendKey, 'mn:' .. ARGV[19], 1)
   if ARGV[20] ~= '' then
-    redis.call('HINCRBY', spendKey, 'r:' .. ARGV[20], charged)
+    redis.call('HINCRBY', spendKey, 'r:' .. ARGV[20], keyCharge)
     redis.call('HINCRBY', spendKey, 'rn:' .. ARGV[20], 1)
   end
 end

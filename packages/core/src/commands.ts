@@ -428,10 +428,10 @@ export class PoolCommands {
     });
   }
 
-  /** statusHead-4.lua: the pool-wide figures of status (Redis time, version, leases, spend). */
+  /** statusHead-3.lua: the pool-wide figures of status (Redis time, version, leases, spend). */
   async statusHead(): Promise<RawStatusHead> {
     const k = this.k;
-    const raw = JSON.parse((await this.link.script('statusHead', [k.cfg, k.leases, k.meta, k.spend], [])) as string) as RawStatusHead;
+    const raw = JSON.parse((await this.link.script('statusHead', [k.leases, k.meta, k.spend], [])) as string) as RawStatusHead;
     return { ...raw, spend: Array.isArray(raw.spend) ? raw.spend : [] };
   }
 

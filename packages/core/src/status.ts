@@ -1,7 +1,7 @@
 import { limitsOf, type KeyRecord } from './records.js';
 import { NANOS_PER_USD } from './pricing.js';
 
-/** The pool-wide figures (lua/statusHead-4.lua; parsed by commands.ts). */
+/** The pool-wide figures (lua/statusHead-3.lua; parsed by commands.ts). */
 export interface RawStatusHead {
   now: number;
   version: number;
