@@ -13,7 +13,8 @@
   Admissions are appended in time order (a new one never starts before the key's last, st.wl), so
   "the N-th most recent admission + W" is exactly when one more fits, and the token entries' running
   sums (st.wc) make "when do `est` more tokens fit" one range lookup. Request entries older than
-  two windows (token entries: than the window) are trimmed when the key is next looked at.
+  the window (two windows for a provider that reports per window, for learning; token entries:
+  than the window) are trimmed when the key is next looked at.
   Cost: O(log entries) per key examined.
 
   Reservations ("start at T"): a request admitted at a future time holds its entries like any other.
@@ -56,9 +57,10 @@ local function windowEarliest(winKey, st, id, est, now, margin)
   if n > 0 then
     if st.wl > t then t = st.wl end
     local lo = id .. '|r|'
-    -- two windows are kept: learning (learn.lua) counts the window an answer arrived in, up to a
-    -- window after its arrival
-    redis.call('ZREMRANGEBYLEX', winKey, '[' .. lo, '(' .. lo .. pad16(now - 2 * w))
+    -- one window is all enforcement needs; a provider that reports per window keeps two: learning
+    -- (learn.lua) counts the window an answer arrived in, up to a window after its arrival
+    local kept = st.lh == 'window' and 2 * w or w
+    redis.call('ZREMRANGEBYLEX', winKey, '[' .. lo, '(' .. lo .. pad16(now - kept))
     local count = redis.call('ZLEXCOUNT', winKey, '[' .. lo, '[' .. lo .. '~')
     if count >= n then
       local e = redis.call('ZRANGE', winKey, '[' .. lo, '[' .. lo .. '~', 'BYLEX', 'LIMIT', count - n, 1)
@@ -130,15 +132,14 @@ local function windowCancel(winKey, st, id, tokens, startMs, slot, now)
   end
 end
 
--- Requests the key admitted in the rolling window (W, margin excluded) ending at `now`, widened by
--- `skew` ms each side, for status and for learning (the provider's `remaining` against what the
+-- Requests the key admitted in the rolling window (W, margin excluded) ending at `now`, for status
+-- and for learning (the provider's `remaining` against what the
 -- pool sent); -1 when not windowed.
-local function windowCount(winKey, st, id, now, skew)
+local function windowCount(winKey, st, id, now)
   if st.rw <= 0 or st.erpm <= 0 then return -1 end
-  skew = skew or 0
   local _, w = reqQuota(st, 0)
   local lo = id .. '|r|'
-  return redis.call('ZLEXCOUNT', winKey, '(' .. lo .. pad16(now - w - skew), '[' .. lo .. pad16(now + skew) .. '|~')
+  return redis.call('ZLEXCOUNT', winKey, '(' .. lo .. pad16(now - w), '[' .. lo .. pad16(now) .. '|~')
 end
 
 -- Requests reserved to start after `now` (not counted by windowCount), for status.
