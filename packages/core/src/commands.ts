@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { PoolConfig } from './config.js';
 import { NO_RATE_LIMIT_HEADERS, type RateLimitHeaders } from './headers.js';
 import { InvalidArgumentError, KeyNotFoundError, RequestTooLargeError, type KeyPoolError } from './errors.js';
@@ -505,14 +505,15 @@ export class PoolCommands {
   // ---- the status snapshot (plain commands: a string and its lock) ----
 
   /**
-   * When the shared status snapshot was taken (Redis ms), the time to live it was stored with and
-   * what is left of it (ms; -1 none), or null: there is none.
+   * When the shared status snapshot was taken (Redis ms), the time to live it was stored with, how
+   * long after it was taken it was stored (its computation: part of its age) and what is left of
+   * its life (ms; -1 none), or null: there is none.
    */
-  async snapshotStamp(): Promise<{ takenAt: number; ttl: number; pttl: number } | null> {
+  async snapshotStamp(): Promise<{ takenAt: number; ttl: number; offset: number; pttl: number } | null> {
     const [at, pttl] = await Promise.all([this.link.call('GET', [this.k.snapAt]), this.link.call('PTTL', [this.k.snapAt])]);
     if (typeof at !== 'string') return null;
-    const [takenAt, ttl] = at.split(':').map(Number) as [number, number];
-    return { takenAt, ttl, pttl: Number(pttl) };
+    const [takenAt, ttl, offset] = at.split(':').map(Number) as [number, number, number | undefined];
+    return { takenAt, ttl, offset: offset ?? 0, pttl: Number(pttl) };
   }
 
   /** The shared status snapshot (JSON), or null. */
@@ -521,16 +522,20 @@ export class PoolCommands {
     return typeof raw === 'string' ? raw : null;
   }
 
-  /** Take the right to compute the next snapshot for `ms` (SET NX PX); false: another process has it. */
-  async snapshotLock(ms: number): Promise<boolean> {
-    return (await this.link.call('SET', [this.k.snapLock, String(process.pid), 'NX', 'PX', Math.ceil(ms)])) === 'OK';
+  /** Take the right to compute the next snapshot for `ms` (SET NX PX): its token, or null when another process has it. */
+  async snapshotLock(ms: number): Promise<string | null> {
+    const token = randomBytes(8).toString('hex');
+    return (await this.link.call('SET', [this.k.snapLock, token, 'NX', 'PX', Math.ceil(ms)])) === 'OK' ? token : null;
   }
 
-  /** Store a snapshot taken at `takenAt` for `ttlMs`, then its time (readers check that first), and free the lock. */
-  async snapshotWrite(raw: string, takenAt: number, ttlMs: number): Promise<void> {
-    await this.link.call('SET', [this.k.snap, raw, 'PX', Math.ceil(ttlMs)]);
-    await this.link.call('SET', [this.k.snapAt, `${takenAt}:${Math.ceil(ttlMs)}`, 'PX', Math.ceil(ttlMs)]);
-    await this.link.call('DEL', [this.k.snapLock]);
+  /**
+   * snapshotSave-3.lua: store a snapshot taken at `takenAt` (`offsetMs` before now) for `ttlMs`,
+   * and free the lock, only while `token` still holds it; false: forgotten or taken meanwhile.
+   */
+  async snapshotWrite(token: string, raw: string, takenAt: number, offsetMs: number, ttlMs: number): Promise<boolean> {
+    const ttl = Math.ceil(ttlMs);
+    const k = this.k;
+    return (await this.link.script('snapshotSave', [k.snap, k.snapAt, k.snapLock], [token, raw, `${takenAt}:${ttl}:${Math.round(offsetMs)}`, ttl])) === 1;
   }
 
   /** Forget the snapshot (a key changed: the next reader computes a new one). */

@@ -26,6 +26,7 @@ export const SCRIPT_NAMES = [
   'setState',
   'statusHead',
   'statusPage',
+  'snapshotSave',
   'probe',
   'housekeepLeases',
   'housekeepKeys',

@@ -77,7 +77,11 @@ export class StatusView {
 
   /** The shared status and its age (ms). `fresh`: computed now (and shared). */
   async get(fresh = false): Promise<{ shared: Shared; ageMs: number }> {
-    if (fresh || this.snapshotMs === 0) return this.keep(await this.compute(this.snapshotMs > 0), 0);
+    if (fresh || this.snapshotMs === 0) {
+      // shared only when no other process is computing one (else its, taken earlier, would follow)
+      const token = this.snapshotMs > 0 ? await this.cmd.snapshotLock(LOCK_MS) : null;
+      return this.own(await this.compute(token));
+    }
     // callers of one process share one read
     this.reading ??= this.read().finally(() => (this.reading = undefined));
     return this.reading;
@@ -93,13 +97,15 @@ export class StatusView {
     const waitUntil = performance.now() + WAIT_MS;
     for (;;) {
       const stamp = await this.cmd.snapshotStamp();
-      // it was stored for `ttl` ms (by a process whose snapshotMs may differ): its age is what has gone of that
-      const age = stamp ? (stamp.pttl >= 0 ? Math.max(0, stamp.ttl - stamp.pttl) : stamp.ttl) : Infinity;
+      // it was stored for `ttl` ms (by a process whose snapshotMs may differ), `offset` ms after it was
+      // taken: its age is what has gone of that life, plus the offset
+      const age = stamp ? (stamp.pttl >= 0 ? Math.max(0, stamp.ttl - stamp.pttl) : stamp.ttl) + stamp.offset : Infinity;
       const copy = stamp && age < this.snapshotMs ? await this.copy(stamp.takenAt, age) : undefined;
       if (copy) return copy;
-      if (await this.cmd.snapshotLock(LOCK_MS)) {
+      const token = await this.cmd.snapshotLock(LOCK_MS);
+      if (token) {
         try {
-          return this.keep(await this.compute(true), 0);
+          return this.own(await this.compute(token));
         } catch (e) {
           await this.cmd.snapshotForget().catch(() => undefined);
           throw e;
@@ -109,7 +115,7 @@ export class StatusView {
       const last = stamp ? await this.copy(stamp.takenAt, age) : undefined;
       if (last) return last;
       // none at all (first read, or forgotten): wait for it a little, then compute our own (not shared)
-      if (performance.now() > waitUntil) return this.keep(await this.compute(false), 0);
+      if (performance.now() > waitUntil) return this.own(await this.compute(null));
       await sleep(POLL_MS);
     }
   }
@@ -121,12 +127,22 @@ export class StatusView {
     return raw === null ? undefined : this.keep(JSON.parse(raw) as Shared, ageMs);
   }
 
-  private async compute(share: boolean): Promise<Shared> {
+  /**
+   * The status read now, and how long ago it was taken (the pages after the head); shared when
+   * `token` (the lock's) still holds the right to (an admin write meanwhile forgot it: not shared).
+   */
+  private async compute(token: string | null): Promise<{ shared: Shared; ageMs: number }> {
+    const t0 = performance.now();
     const raw = await readStatus(this.cmd);
     const { redis: _redis, ...status } = toPoolStatus(this.name, { ok: true, policy: '' }, raw);
     const shared = { takenAt: raw.now, status };
-    if (share) await this.cmd.snapshotWrite(JSON.stringify(shared), shared.takenAt, 3 * this.snapshotMs);
-    return shared;
+    const ageMs = performance.now() - t0;
+    if (token) await this.cmd.snapshotWrite(token, JSON.stringify(shared), shared.takenAt, ageMs, 3 * this.snapshotMs);
+    return { shared, ageMs };
+  }
+
+  private own(c: { shared: Shared; ageMs: number }): { shared: Shared; ageMs: number } {
+    return this.keep(c.shared, c.ageMs);
   }
 
   private keep(shared: Shared, ageMs: number): { shared: Shared; ageMs: number } {

@@ -91,7 +91,9 @@ describe('the shared status snapshot', () => {
     // fresh: read now, whatever the snapshot
     const fresh = await b.status({ fresh: true });
     expect(Date.parse(fresh.snapshot!.takenAt)).toBeGreaterThanOrEqual(Date.parse(next.snapshot!.takenAt));
-    expect(fresh.snapshot!.ageMs).toBe(0);
+    // its age is its own computation's time (the pages read after the head), not 0
+    expect(fresh.snapshot!.ageMs).toBeGreaterThanOrEqual(0);
+    expect(fresh.snapshot!.ageMs).toBeLessThan(1000);
   });
 
   it('the snapshot in Redis holds no secret', async () => {
