@@ -162,9 +162,15 @@ export class Scheduler {
   private async upsertChanged(): Promise<void> {
     const lock = `${this.keys.sched}:upsert`;
     const token = `${this.workerId}:${Math.random()}`;
-    for (let i = 0; i < 100; i++) {
-      if ((await this.connection.set(lock, token, 'PX', 5000, 'NX')) === 'OK') break;
-      await new Promise((r) => setTimeout(r, 50));
+    let held = false;
+    for (let i = 0; i < 100 && !held; i++) {
+      held = (await this.connection.set(lock, token, 'PX', 5000, 'NX')) === 'OK';
+      if (!held) await new Promise((r) => setTimeout(r, 50));
+    }
+    // another worker held it all along (5 s): it is doing this; ensure() puts back anything missing
+    if (!held) {
+      this.log?.warn({ worker: this.workerId }, 'another worker held the scheduler upsert lock for 5 s: left the schedulers to it');
+      return;
     }
     try {
       for (const j of this.schedules()) {
