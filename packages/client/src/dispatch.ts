@@ -12,6 +12,7 @@ import {
   type KeyPool,
   type Lease,
   type Outcome,
+  type PriorityClass,
   type ReleaseResult,
   type TokenAdmitRequest,
   type TokenRefused,
@@ -36,7 +37,7 @@ export interface Route {
  * serve. normal: cheapest first, falling back to dearer ones when the cheap one has no key free.
  * low: cheapest first like normal, but never waits: it yields when capacity is short.
  */
-export type Priority = 'critical' | 'normal' | 'low';
+export type Priority = PriorityClass;
 
 /** What went wrong with one attempt, as far as the pool cares. */
 export type Failure =
@@ -139,6 +140,8 @@ export interface DispatchCall<T> {
   admitted?: (admission: Admission) => void;
   /** The error a refused token ends the call with. */
   refused?: (refusal: TokenRefused['token']) => unknown;
+  /** Whose call this is, for fair shares between tenants (default: the admitted token's id, else none). */
+  tenant?: string;
   /** Told of each failed attempt once its lease is released (the result is undefined when the release failed). */
   released?: (lease: Lease, outcome: Outcome, result: ReleaseResult | undefined) => void;
 }
@@ -217,6 +220,7 @@ export class Dispatcher {
     signal: AbortSignal,
     keyWaitMs = Infinity,
     token?: Pick<DispatchCall<unknown>, 'admit' | 'refused'>,
+    tenant?: string,
   ): Promise<{ lease: Lease; model: string }> {
     let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
     let fault: unknown;
@@ -236,6 +240,8 @@ export class Dispatcher {
           maxWaitMs: i === waitOn ? Math.max(0, Math.min(keyWaitMs, (deadline - this.clock.now()) / 2 - 10)) : 0,
           ...(plan.route !== undefined ? { route: plan.route } : {}),
           ...(token?.admit ? { admit: token.admit } : {}),
+          priority,
+          ...(tenant !== undefined ? { tenant } : {}),
           signal,
         });
       } catch (e) {
@@ -310,7 +316,7 @@ export class Dispatcher {
       signal.throwIfAborted();
       let leased: { lease: Lease; model: string };
       try {
-        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs, token);
+        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs, token, c.tenant);
       } catch (e) {
         // every key left was tried and failed: the upstream's own error says more than "exhausted"
         if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;

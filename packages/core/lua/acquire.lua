@@ -21,10 +21,12 @@
   ARGV[8] random seed (used only when the model is served by several groups)
   ARGV[9] the longest the caller will wait for a reservation, ms (0: now or not at all)
   ARGV[10] window margin ms (added to every enforcement window)
-  ARGV[11] sha256 hex of a gateway token to admit ('' = none; then ARGV[12..15] are absent)
+  ARGV[11] sha256 hex of a gateway token to admit ('' = none; then ARGV[12..15] are placeholders)
   ARGV[12] model or route the token asks for  ARGV[13] the token's estimated cost, nano-dollars
   ARGV[14] token reservation lifetime ms (from the request's start)  ARGV[15] '1': send the
   token's settings JSON back
+  ARGV[16] priority class: critical | normal | low  ARGV[17] tenant ('' = the admitted token's
+  id, else none)
   Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
           [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
       or {0, reason, retryAfterMs (-1: not by waiting), version}
@@ -51,6 +53,8 @@ end
 local k = tonumber(ARGV[7])
 local maxWait = tonumber(ARGV[9])
 local margin = tonumber(ARGV[10])
+local class = ARGV[16]
+local tenant = ARGV[17]
 local now = nowMs()
 
 -- 0. The gateway token first: a refusal touches no key.
@@ -63,6 +67,7 @@ if ARGV[11] and ARGV[11] ~= '' then
     return refusal
   end
 end
+if tenant == '' and admission then tenant = admission.id end
 
 local ngroups = (#KEYS - 8) / 2
 local function avail(i) return KEYS[7 + 2 * i] end

@@ -336,7 +336,7 @@ export class PoolCommands {
    * earliest admission within `maxWaitMs` (0: now or not at all); with `admit`, admit that gateway
    * token first, in the same call.
    */
-  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs = 0, admit?: AdmitArgs): Promise<AcquireReply> {
+  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs: number, who: { priority: string; tenant: string }, admit?: AdmitArgs): Promise<AcquireReply> {
     const c = this.config;
     const args: (string | number)[] = [
       tokens,
@@ -351,6 +351,8 @@ export class PoolCommands {
       c.limits.windowMarginMs,
     ];
     if (admit) args.push(admit.hash, admit.name, admit.costNanos, c.reservationTimeoutMs, admit.wantSettings ? '1' : '0');
+    else args.push('', '', 0, 0, '0');
+    args.push(who.priority, who.tenant);
     const r = (await this.link.script('acquire', scriptKeys, args)) as
       | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]
       | [0, AcquireRefusal, number, number]

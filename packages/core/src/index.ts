@@ -7,7 +7,7 @@
  *   ... call the provider with lease.secret and lease.baseURL ...
  *   await lease.release({ status: 200, latencyMs, usage: { promptTokens, completionTokens }, headers });
  */
-export { KeyPool } from './pool.js';
+export { KeyPool, PRIORITY_CLASSES } from './pool.js';
 export type {
   AcquireRequest,
   AcquireResult,
@@ -17,6 +17,7 @@ export type {
   KeyPoolEvents,
   KeyPoolOptions,
   Lease,
+  PriorityClass,
   ReleaseResult,
   TokenAdmitRequest,
   TokenRefused,

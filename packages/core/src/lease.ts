@@ -64,7 +64,18 @@ export interface AcquireRequest {
    * either. The lease carries the admission; settle it once (`release(outcome, { settle })`).
    */
   admit?: TokenAdmitRequest;
+  /** The request's priority class (default 'normal'): the class acquire.lua admits it in. */
+  priority?: PriorityClass;
+  /**
+   * Whose request this is, for fair shares between tenants (default: the admitted gateway token's
+   * id, else '' = no tenant). At most 64 characters.
+   */
+  tenant?: string;
 }
+
+/** Priority classes, highest first: gateway and client calls default to normal, queue jobs to low. */
+export type PriorityClass = 'critical' | 'normal' | 'low';
+export const PRIORITY_CLASSES: readonly PriorityClass[] = ['critical', 'normal', 'low'];
 
 /** A key lent for one upstream call. Release it exactly once with what happened. */
 export interface Lease {
@@ -93,6 +104,9 @@ export interface Lease {
   local: boolean;
   /** The gateway token admitted with the key (AcquireRequest.admit). */
   admission?: Admission;
+  /** The class and tenant the lease was admitted in (AcquireRequest.priority, tenant). */
+  priority: PriorityClass;
+  tenant: string;
   /** Give the lease back; with `settle`, settle a gateway token's admission in the same call. */
   release(outcome: Outcome, opts?: { settle?: TokenSettlement }): Promise<ReleaseResult>;
   /**

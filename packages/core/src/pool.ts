@@ -8,7 +8,7 @@ import { InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import { coolingMs, rateLimitHeaders, type RateLimitHeaders } from './headers.js';
 import { startHeartbeat } from './heartbeat.js';
 import { KeyAdmin, type HeldKey, type KeyChange } from './key-admin.js';
-import type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
+import { PRIORITY_CLASSES, type AcquireRequest, type AcquireResult, type Admission, type Exhausted, type Lease, type PriorityClass, type ReleaseResult, type TokenAdmitRequest, type TokenRefused, type TokenSettlement } from './lease.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
 import { PoolKeys } from './pool-keys.js';
@@ -21,7 +21,8 @@ import { Topology } from './topology.js';
 import { Upkeep, type ProbeTarget } from './upkeep.js';
 
 export type { ExhaustedReason } from './commands.js';
-export type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
+export type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, PriorityClass, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
+export { PRIORITY_CLASSES } from './lease.js';
 
 export interface KeyPoolOptions {
   /** A Redis URL, or an ioredis Redis or Cluster instance (kept open on close()). */
@@ -50,6 +51,19 @@ type Busy = { ok: false; reason: 'busy'; retryAfterMs: number | null };
 
 /** A gateway token to admit with the key: the request, and what goes to Redis. */
 type Admit = { req: TokenAdmitRequest; args: AdmitArgs };
+/** The class and tenant a request is admitted in (AcquireRequest.priority, tenant). */
+export type Who = { priority: PriorityClass; tenant: string };
+
+/** The class and tenant of a request, checked: a typo in either would silently change who waits. */
+function whoOf(req: AcquireRequest): Who {
+  const priority = req.priority ?? 'normal';
+  if (!PRIORITY_CLASSES.includes(priority)) throw new InvalidArgumentError(`priority must be one of ${PRIORITY_CLASSES.join(', ')}, got ${String(req.priority)}`);
+  const tenant = req.tenant ?? '';
+  if (typeof tenant !== 'string' || tenant.length > 64 || /[\s,]/.test(tenant)) {
+    throw new InvalidArgumentError(`tenant must be a string of at most 64 characters without spaces or commas, got ${JSON.stringify(String(tenant).slice(0, 80))}`);
+  }
+  return { priority, tenant };
+}
 
 /**
  * A pool of provider API keys shared by every process that connects to the same Redis and pool
@@ -155,6 +169,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     if (!Number.isFinite(est) || est < 0) throw new InvalidArgumentError(`estimatedTokens must be a number >= 0, got ${String(req.estimatedTokens)}`);
     const out = Math.min(est, req.estimatedOutputTokens ?? est);
     const estCost = this.priced(req.model) ? this.prices.costNanos(req.model, est - out, out) : 0;
+    const who = whoOf(req);
     let admit: Admit | undefined;
     if (req.admit) {
       const args = this.tokens.admitArgs(req.admit.token, req.admit.name ?? req.model, req.admit.estimatedCostUsd);
@@ -165,7 +180,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const deadline = this.clock.now() + (req.maxWaitMs ?? 0);
     req.signal?.throwIfAborted();
     for (let busy = 0; ; ) {
-      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()), admit);
+      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()), who, admit);
       if (r.ok) {
         if (req.route !== undefined) r.route = req.route;
         const startIn = this.startsIn.get(r);
@@ -209,17 +224,17 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return admission ? { settle: { admission, costUsd: 0, refundRequest: true } } : {};
   }
 
-  private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>, maxWaitMs: number, admit?: Admit): Promise<Lease | Exhausted | Busy | TokenRefused> {
+  private async tryAcquire(model: string, est: number, estCost: number, exclude: Set<string>, maxWaitMs: number, who: Who, admit?: Admit): Promise<Lease | Exhausted | Busy | TokenRefused> {
     const entry = await this.topology.serving(model, est);
-    if (this.link.stayLocal()) return this.acquireLocal(model, est, estCost, exclude, admit);
+    if (this.link.stayLocal()) return this.acquireLocal(model, est, estCost, exclude, who, admit);
     // keys this process holds no secret for (another process's rollout) are not ours to lease
     let excluded = exclude.size ? [...exclude].join(',') : '';
     if (entry.foreign) excluded = excluded ? `${excluded},${entry.foreign}` : entry.foreign;
     let reply: AcquireReply;
     try {
-      reply = await this.cmd.acquire(entry.scriptKeys, est, estCost, excluded, maxWaitMs, admit?.args);
+      reply = await this.cmd.acquire(entry.scriptKeys, est, estCost, excluded, maxWaitMs, who, admit?.args);
     } catch (e) {
-      if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, estCost, exclude, admit);
+      if (isRedisUnavailable(e) && this.config.redisDown.policy === 'local') return this.acquireLocal(model, est, estCost, exclude, who, admit);
       throw e;
     }
     if (!reply.ok && reply.reason === 'token_refused') {
@@ -246,7 +261,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     }
     // a reservation starts later: the lease's time is its start (acquire sleeps until then)
     const start = at + reply.startInMs;
-    const lease = this.makeLease(rec, held, leaseId, model, est, estCost, start, start + this.config.leaseTimeoutMs, reply.probe, false);
+    const lease = this.makeLease(rec, held, leaseId, model, est, estCost, start, start + this.config.leaseTimeoutMs, reply.probe, false, who);
+    if (!who.tenant && admission) lease.tenant = admission.id;
     if (admission) lease.admission = admission;
     if (reply.startInMs > 0) this.startsIn.set(lease, reply.startInMs);
     return lease;
@@ -256,7 +272,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * The per-process fallback (Redis down, policy local). A token is admitted by this process too,
    * first (a refused token takes nothing of a key), and without another try of Redis.
    */
-  private acquireLocal(model: string, est: number, estCost: number, exclude: Set<string>, admit?: Admit): Lease | Exhausted | TokenRefused {
+  private acquireLocal(model: string, est: number, estCost: number, exclude: Set<string>, who: Who, admit?: Admit): Lease | Exhausted | TokenRefused {
     const t = admit ? this.tokens.admitHere(admit.args) : undefined;
     if (t && !t.ok) return { ok: false, reason: 'token_refused', token: t };
     const r = this.local.acquire(this.topology.heldFor(model), est, exclude);
@@ -266,13 +282,13 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     }
     const now = this.clock.now();
     const id = `local-${now}-${Math.random().toString(36).slice(2)}`;
-    const lease = this.makeLease(r.key, this.admin.heldKey(r.key.id)!, id, model, est, estCost, now, now + this.config.leaseTimeoutMs, false, true);
+    const lease = this.makeLease(r.key, this.admin.heldKey(r.key.id)!, id, model, est, estCost, now, now + this.config.leaseTimeoutMs, false, true, { priority: who.priority, tenant: who.tenant || (t?.id ?? '') });
     if (t) lease.admission = t;
     return lease;
   }
 
   /** A lease of `rec` (Redis's settings: id, hint, name) sent where `held` says: this process's own spec, never Redis. */
-  private makeLease(rec: KeyRecord, held: HeldKey, leaseId: string, model: string, est: number, estCost: number, acquiredAt: number, deadline: number, probe: boolean, local: boolean): Lease {
+  private makeLease(rec: KeyRecord, held: HeldKey, leaseId: string, model: string, est: number, estCost: number, acquiredAt: number, deadline: number, probe: boolean, local: boolean, who: Who): Lease {
     let released: Promise<ReleaseResult> | undefined;
     let beat: (() => void) | undefined;
     const lease = {
@@ -290,6 +306,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       deadline,
       probe,
       local,
+      priority: who.priority,
+      tenant: who.tenant,
       // once released, a second call is a no-op; a release that failed (Redis away) may be retried
       extend: (ms?: number) => this.extend(lease as Lease, ms ?? this.config.leaseTimeoutMs),
       keepAlive: () => {

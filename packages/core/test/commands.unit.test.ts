@@ -26,18 +26,22 @@ function fakeLink(...replies: unknown[]) {
   return { link, calls };
 }
 
+const NORMAL = { priority: 'normal', tenant: '' };
+
 describe('PoolCommands', () => {
   it('acquire: a lease reply and a refusal, -1 read as "not by waiting"', async () => {
     const { link, calls } = fakeLink([1, 'k1', '7:k1:10:0', 1_000_300, 1_000, 250, 4, 1], [0, 'circuit_open', -1, 5], [0, 'cooling', 1200, 5]);
     const cmd = new PoolCommands(link, keys, config);
     const scriptKeys = [keys.cfg, keys.st, keys.leases, keys.meta, keys.avail('g'), keys.wait('g')];
-    expect(await cmd.acquire(scriptKeys, 10, 0, '')).toEqual({ ok: true, keyId: 'k1', leaseId: '7:k1:10:0', deadline: 1_000_300, at: 1_000.25, version: 4, probe: true });
-    expect(await cmd.acquire(scriptKeys, 10, 0, 'x,y')).toEqual({ ok: false, reason: 'circuit_open', retryAfterMs: null, version: 5 });
-    expect(await cmd.acquire(scriptKeys, 10, 0, '')).toEqual({ ok: false, reason: 'cooling', retryAfterMs: 1200, version: 5 });
+    expect(await cmd.acquire(scriptKeys, 10, 0, '', 0, NORMAL)).toEqual({ ok: true, keyId: 'k1', leaseId: '7:k1:10:0', deadline: 1_000_300, at: 1_000.25, version: 4, probe: true });
+    expect(await cmd.acquire(scriptKeys, 10, 0, 'x,y', 0, NORMAL)).toEqual({ ok: false, reason: 'circuit_open', retryAfterMs: null, version: 5 });
+    expect(await cmd.acquire(scriptKeys, 10, 0, '', 0, NORMAL)).toEqual({ ok: false, reason: 'cooling', retryAfterMs: 1200, version: 5 });
     // ARGV in the header's order: tokens, cost, lease timeout, recheck, random, excluded, candidates, seed
     const [tokens, cost, timeout, recheck, pick, excluded, candidates] = calls[1]!.args;
     expect([tokens, cost, timeout, recheck, excluded, candidates]).toEqual([10, 0, config.leaseTimeoutMs, config.concurrencyRecheckMs, 'x,y', config.candidates]);
     expect(pick).toBeGreaterThanOrEqual(0);
+    // no token: its five arguments are placeholders, then the class and the tenant
+    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '']);
     expect(calls[1]!.keys).toBe(scriptKeys);
   });
 

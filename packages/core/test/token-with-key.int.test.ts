@@ -172,3 +172,21 @@ describe.skipIf(testTarget() === 'cluster')('a gateway token admitted with the k
     leased(await p.acquire({ model: MODEL, admit: { token: seen.token, estimatedCostUsd: 0 } }));
   });
 });
+
+describe('the class and tenant of a lease', () => {
+  it('default normal, tenant the admitted token; given ones kept; a bad class or tenant says what to fix', async () => {
+    const tp = await twoKeys();
+    const tok = await tp.pool.tokens.create({ name: 'tenant-a' });
+    const plain = leased(await tp.pool.acquire({ model: MODEL }));
+    expect([plain.priority, plain.tenant]).toEqual(['normal', '']);
+    await plain.release(OK);
+    const withToken = leased(await tp.pool.acquire({ model: MODEL, admit: { token: tok.token, estimatedCostUsd: 0 } }));
+    expect([withToken.priority, withToken.tenant]).toEqual(['normal', tok.info.id]);
+    await withToken.release(OK, { settle: { admission: withToken.admission! } });
+    const given = leased(await tp.pool.acquire({ model: MODEL, priority: 'low', tenant: 'batch-7', admit: { token: tok.token, estimatedCostUsd: 0 } }));
+    expect([given.priority, given.tenant]).toEqual(['low', 'batch-7']);
+    await given.release(OK, { settle: { admission: given.admission! } });
+    await expect(tp.pool.acquire({ model: MODEL, priority: 'urgent' as never })).rejects.toThrow(/priority must be one of critical, normal, low, got urgent/);
+    await expect(tp.pool.acquire({ model: MODEL, tenant: 'a b' })).rejects.toThrow(/tenant must be a string of at most 64 characters/);
+  });
+});
