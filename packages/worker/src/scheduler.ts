@@ -61,6 +61,9 @@ export interface SchedulerOptions {
   clock?: Clock;
 }
 
+/** Delete a lock only while it still holds the caller's token. */
+const RELEASE_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
 /**
  * keypool's scheduler on BullMQ job schedulers: every worker process upserts the same schedulers
  * (idempotent) and consumes the same queue, so each iteration of each job is one BullMQ job, taken
@@ -180,8 +183,9 @@ export class Scheduler {
         await this.connection.hset(this.keys.sched, j.name, JSON.stringify({ ...(await this.record(j.name)), ...this.scheduleOf(j.name) }));
       }
     } finally {
-      // only the holder's own lock (a lock that expired meanwhile may be another worker's)
-      if ((await this.connection.get(lock)) === token) await this.connection.del(lock);
+      // only the holder's own lock (a lock that expired meanwhile may be another worker's), in one
+      // step: a GET then DEL could delete a lock another worker took between the two
+      await this.connection.eval(RELEASE_LOCK, 1, lock, token);
     }
   }
 
