@@ -4,13 +4,14 @@ import { pino, type Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
 import { PoolCommands, REFUSAL_WARNINGS, refusalError, type AcquireReply, type AdmitArgs, type SettleArgs } from './commands.js';
 import { parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
-import { InvalidArgumentError, isRedisUnavailable } from './errors.js';
+import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import { coolingMs, rateLimitHeaders, type RateLimitHeaders } from './headers.js';
 import { startHeartbeat } from './heartbeat.js';
 import { KeyAdmin, type HeldKey, type KeyChange } from './key-admin.js';
 import type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
+import { checkPartitionCount } from './partitions.js';
 import { PoolKeys } from './pool-keys.js';
 import { NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 import { recordOfSpec, type KeyRecord, type KeySettings } from './records.js';
@@ -36,6 +37,11 @@ export interface KeyPoolOptions {
    * scripts never read it: they keep Redis TIME.
    */
   clock?: Clock;
+  /**
+   * @internal One partition of a partitioned pool (PartitionedPool.connect): its hash tag, used in
+   * place of the pool name in every Redis key name.
+   */
+  partitionTag?: string;
 }
 
 export interface KeyPoolEvents {
@@ -79,11 +85,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   /** Reservations just granted: how long until their start (acquire sleeps that long). */
   private readonly startsIn = new WeakMap<Lease, number>();
 
-  private constructor(client: Redis | Cluster, ownsClient: boolean, config: PoolConfig, logger: Logger, clock: Clock) {
+  private constructor(client: Redis | Cluster, ownsClient: boolean, config: PoolConfig, logger: Logger, clock: Clock, tag = config.pool) {
     super();
     this.config = config;
     this.name = config.pool;
-    this.keys = new PoolKeys(config.pool);
+    this.keys = new PoolKeys(tag);
     this.clock = clock;
     this.log = logger.child({ component: 'keypool', pool: config.pool });
     this.prices = new PriceTable(config.prices);
@@ -121,10 +127,15 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const config = parsePoolConfig(options.config);
     const redact = { paths: ['secret', '*.secret', 'apiKey', '*.apiKey', '*.authorization', '*.headers.authorization'], censor: '[redacted]' };
     const logger = options.logger ?? pino({ name: 'keypool', level: process.env.KEYPOOL_LOG_LEVEL ?? 'info', redact }, pino.destination(2));
+    if (config.partitions > 1 && options.partitionTag === undefined) {
+      throw new ConfigError([{ path: 'partitions', message: `a pool of ${config.partitions} partitions is connected with PartitionedPool.connect, not KeyPool.connect` }], 'keypool config');
+    }
     const { client, owns } = await openClient(options.redis, config);
-    const pool = new KeyPool(client, owns, config, logger, options.clock ?? systemClock);
+    const pool = new KeyPool(client, owns, config, logger, options.clock ?? systemClock, options.partitionTag);
     pool.admin.holdConfigKeys(config.keys);
     try {
+      // a Redis that cannot answer now is the policy's business below, not a refusal
+      if (options.partitionTag === undefined) await checkPartitionCount(client, config.pool, 1).catch((e: unknown) => { if (e instanceof ConfigError) throw e; });
       await pool.admin.registerOwn();
       await pool.topology.refresh();
       await pool.tokens.checkStore();
