@@ -66,7 +66,7 @@ describe(`partitioned pool (${testTarget()})`, () => {
     expect([...byPartition.keys()].sort()).toEqual([0, 1, 2]);
     const during = await pool.status({ fresh: true });
     expect(during.leasesInFlight).toBe(60);
-    for (const l of leases) expect((await l.release({ status: 200, latencyMs: 5, usage: { prompt_tokens: 10, completion_tokens: 5 } })).released).toBe(true);
+    for (const l of leases) expect((await l.release({ status: 200, latencyMs: 5, usage: { promptTokens: 10, completionTokens: 5 } })).released).toBe(true);
     const st = await pool.status({ fresh: true });
     expect(st.keys).toHaveLength(9);
     expect(st.leasesInFlight).toBe(0);
