@@ -217,12 +217,10 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
     return open;
   }
 
-  /** Partitions holding a key that serves `model` (as this process last read their topology). */
+  /** Partitions holding a key that serves `model` and whose secret this process holds (as of their last topology read). */
   private serving(model: string): number[] {
     const out: number[] = [];
-    this.parts.forEach((p, i) => {
-      if (p.knownKeys().some((k) => k.models.includes(model))) out.push(i);
-    });
+    for (let i = 0; i < this.parts.length; i++) if (this.parts[i]!.servesModel(model)) out.push(i);
     return out;
   }
 
