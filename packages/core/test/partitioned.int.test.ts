@@ -140,6 +140,30 @@ describe(`partitioned pool (${testTarget()})`, () => {
     for (const k of [a.keysOf(1).tokSt, a.keysOf(2).tokSt, a.keysOf(1).tok, a.keysOf(2).tok]) expect(await redis.exists(k)).toBe(0);
   });
 
+  it('adds, disables and housekeeps each key in its own partition', async () => {
+    const pool = await partitioned({ pool: uniqueName('partadm'), partitions: 3, leaseTimeoutMs: 1000 });
+    const redis = clients.at(-1)!;
+    const specs = spreadKeys(6, 3, 2, { models: ['h'], rpm: 6000 });
+    const ids: string[] = [];
+    for (const k of specs) ids.push((await pool.addKey(k)).id);
+    for (const id of ids) expect(await redis.hexists(pool.keysOf(partitionOf(id, 3)).cfg, id)).toBe(1);
+    await pool.disableKey(ids[0]!);
+    const st = await pool.status({ fresh: true });
+    expect(st.keys.find((k) => k.id === ids[0])!.state).toBe('disabled');
+    // leases never released (their process died) in every partition: housekeeping walks them all
+    const held = new Set<number>();
+    for (let i = 0; i < 30; i++) {
+      const l = await pool.acquire({ model: 'h' });
+      if (!l.ok) throw new Error(l.reason);
+      expect(l.keyId).not.toBe(ids[0]);
+      held.add(partitionOf(l.keyId, 3));
+    }
+    expect(held.size).toBe(3);
+    await new Promise((r) => setTimeout(r, 1200));
+    expect((await pool.housekeep()).leasesReaped).toBe(30);
+    expect((await pool.status({ fresh: true })).leasesInFlight).toBe(0);
+  });
+
   it('refuses a partition count other than the one the pool was created with', async () => {
     const name = uniqueName('partn');
     await partitioned({ pool: name, partitions: 3, keys: spreadKeys(3, 3, 1, { models: ['x'] }) });
