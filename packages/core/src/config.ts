@@ -91,7 +91,7 @@ export const PoolConfigSchema = z
       .max(64)
       .default(1)
       .describe(
-        'Split the pool into this many partitions, each under its own Redis hash tag (so on a Cluster, its own slot and shard), keys spread across them by id: the lease rate grows with the shards. 1 (default): one hash tag, the layout of a pool without this setting. Needs PartitionedPool.connect when over 1; a pool keeps the number it was created with (another one is refused at connect).',
+        'Split the pool into this many partitions, each under its own Redis hash tag (so on a Cluster, its own slot and shard), keys spread across them by id: the lease rate grows with the shards. 1 (default): one hash tag, the layout of a pool without this setting. Over 1, KeyPool.connect returns a PartitionedPool (the same methods, over every partition); a pool keeps the number it was created with (another one is refused at connect).',
       ),
     keys: z.array(KeySpecSchema).default([]).describe('The keys this process holds (secrets stay in memory).'),
     tokens: z

@@ -1,20 +1,18 @@
-import { EventEmitter } from 'node:events';
 import type { Cluster, Redis } from 'ioredis';
+import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
 import { parsePoolConfig, type KeySpecInput, type PoolConfig } from './config.js';
-import { InvalidArgumentError, UnknownModelError } from './errors.js';
+import { ConfigError, InvalidArgumentError, UnknownModelError } from './errors.js';
 import { keyIdOf } from './fingerprint.js';
 import type { KeyChange } from './key-admin.js';
 import type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseResult, TokenRefused, TokenSettlement } from './lease.js';
 import type { Outcome } from './outcome.js';
 import { checkPartitionCount, partitionOf, partitionTag } from './partitions.js';
-import { KeyPool, type KeyPoolEvents, type KeyPoolOptions } from './pool.js';
+import { KeyPool, type KeyPoolOptions } from './pool.js';
 import { PoolKeys } from './pool-keys.js';
-import type { ModelPrice } from './pricing.js';
 import { groupOf, type KeySettings } from './records.js';
 import { openClient } from './redis-link.js';
-import type { KeyStatus, PoolStatus, ScheduledJobStatus, SpendLine } from './status.js';
-import type { GatewayTokens } from './tokens.js';
+import type { KeyStatus, PoolStatus, SpendLine } from './status.js';
 import type { ProbeTarget } from './upkeep.js';
 
 /** How often a process reads each partition's free capacity (in the background of acquire). */
@@ -35,89 +33,146 @@ export interface PartitionStatus {
   leasesInFlight: number | null;
 }
 
+/** What a partitioned pool asks of each of its partitions (partition 0's are its own KeyPool methods). */
+type Part = Pick<
+  KeyPool,
+  | 'acquire' | 'release' | 'addKey' | 'updateKey' | 'disableKey' | 'enableKey' | 'drainKey' | 'retireKey' | 'removeKey' | 'resetKey' | 'resetBudget'
+  | 'heldKeyIds' | 'isConfigKey' | 'setSourceKeys' | 'probeTargets' | 'reportProbe' | 'housekeep' | 'status' | 'readiness' | 'servesModel' | 'knownKeys'
+  | 'refreshTopology' | 'keys'
+> & { readonly redisAvailable: boolean };
+
 /**
- * A pool split into `partitions` (config) partitions, each a KeyPool of its own under its own hash
- * tag (partitions.ts: `{pool}` for partition 0, `{pool~p-i}` for the others, spread round the
- * Cluster's slots), so the pool's lease rate grows with the shards that hold it. A key lives in the
- * partition its id hashes to; every lease, release, admin action and probe of a key is one call in
- * that partition, so a key's limits, budget and breaker stay as exact as in a pool of one partition.
+ * A pool split into `partitions` (config) partitions, each under its own hash tag (partitions.ts:
+ * `{pool}` for partition 0, `{pool~p-i}` for the others, spread round the Cluster's slots), so the
+ * pool's lease rate grows with the shards that hold it. It is a KeyPool, partition 0's (its name,
+ * keys, tokens, scheduler and queues are partition 0's), over KeyPools of the other partitions,
+ * with every method acting on the pool as a whole: `KeyPool.connect` returns one when `partitions`
+ * is over 1, so the gateway, the worker and the pooled client take it as they are. A key lives in
+ * the partition its id hashes to; every lease, release, admin action and probe of a key is one call
+ * in that partition, so a key's limits, budget and breaker stay as exact as in a pool of one partition.
  *
  * Acquire picks a partition the way a partition's acquire picks a key: `candidates` partitions that
- * serve the model, sampled at random, one of them chosen with probability proportional to its candidate keys (what each partition
- * advertises: the size of its candidate sets, read every 250 ms in the background, and "nothing
- * before T" learnt from an exhausted reply); one script call on one shard in the common case, and
- * the next partition only when that one had nothing (at most one call per partition).
+ * serve the model, sampled at random, one of them chosen with probability proportional to its
+ * candidate keys (what each partition advertises: the size of its candidate sets, read every
+ * 250 ms in the background, and "nothing before T" learnt from an exhausted reply); one script call
+ * on one shard in the common case, and the next partition only when that one had nothing (at most
+ * one call per partition).
  *
  * Gateway tokens live in partition 0 and nowhere else (exact fleet-wide admission): a partitioned
- * pool admits a token in its own call there before leasing, and settles it there after the release
- * (one more round trip each way, only for requests with a gateway token). Spend per model and per
- * route is counted in each partition and summed by status().
+ * pool admits a token in its own call there before leasing, and settles it there (with the release
+ * of a partition 0 key, in the same call; after the release otherwise): one more round trip, only
+ * for requests with a gateway token. Spend per model and per route is counted in each partition and
+ * summed by status().
  */
-export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
-  readonly name: string;
-  readonly config: PoolConfig;
-  /** The partitions, by index. */
-  readonly parts: readonly KeyPool[];
-  /** Gateway tokens: partition 0's. */
-  readonly tokens: GatewayTokens;
-  private readonly client: Redis | Cluster;
-  private readonly owns: boolean;
-  private readonly clock: Clock;
-  private readonly free: Map<string, Free>[];
+export class PartitionedPool extends KeyPool {
+  /** The partitions, by index: partition 0 is this pool's own KeyPool methods. */
+  private parts: Part[] = [];
+  /** The KeyPools of partitions 1..N-1. */
+  private others: KeyPool[] = [];
+  private readonly clientOf: Redis | Cluster;
+  private readonly clockOf: Clock;
+  private free: Map<string, Free>[] = [];
   private freeReadAt = 0;
   private freeReading: Promise<void> | undefined;
 
-  private constructor(config: PoolConfig, parts: KeyPool[], client: Redis | Cluster, owns: boolean, clock: Clock) {
-    super();
-    this.name = config.pool;
-    this.config = config;
-    this.parts = parts;
-    this.tokens = parts[0]!.tokens;
-    this.client = client;
-    this.owns = owns;
-    this.clock = clock;
-    this.free = parts.map(() => new Map());
-    parts.forEach((p, i) => {
-      p.on('transition', (e) => this.emit('transition', e));
-      if (i === 0) {
-        p.on('redis:down', (e) => this.emit('redis:down', e));
-        p.on('redis:up', () => this.emit('redis:up'));
-        p.on('tokens:lost', () => this.emit('tokens:lost'));
-      }
-    });
+  private constructor(client: Redis | Cluster, owns: boolean, config: PoolConfig, logger: Logger, clock: Clock) {
+    super(client, owns, config, logger, clock);
+    this.clientOf = client;
+    this.clockOf = clock;
+  }
+
+  /** Partition 0 as a Part: this pool's own KeyPool methods. */
+  private zero(): Part {
+    const self = this;
+    return {
+      acquire: ((r: AcquireRequest) => super.acquire(r)) as KeyPool['acquire'],
+      release: (l, o, opts) => super.release(l, o, opts),
+      addKey: (spec) => super.addKey(spec),
+      updateKey: (id, patch) => super.updateKey(id, patch),
+      disableKey: (id) => super.disableKey(id),
+      enableKey: (id) => super.enableKey(id),
+      drainKey: (id) => super.drainKey(id),
+      retireKey: (id) => super.retireKey(id),
+      removeKey: (id) => super.removeKey(id),
+      resetKey: (id) => super.resetKey(id),
+      resetBudget: (id) => super.resetBudget(id),
+      heldKeyIds: () => super.heldKeyIds(),
+      isConfigKey: (id) => super.isConfigKey(id),
+      setSourceKeys: (specs) => super.setSourceKeys(specs),
+      probeTargets: () => super.probeTargets(),
+      reportProbe: (id, o) => super.reportProbe(id, o),
+      housekeep: () => super.housekeep(),
+      status: (opts) => super.status(opts),
+      readiness: () => super.readiness(),
+      servesModel: (m) => super.servesModel(m),
+      knownKeys: () => super.knownKeys(),
+      refreshTopology: () => super.refreshTopology(),
+      keys: this.keys,
+      get redisAvailable() {
+        return self.partitionZeroAvailable();
+      },
+    };
+  }
+
+  private partitionZeroAvailable(): boolean {
+    return super.redisAvailable;
   }
 
   /**
    * Validate the config, connect, refuse a partition count other than the pool's own, and connect
    * each partition with the config keys whose ids hash to it (the gateway tokens go to partition 0).
+   * `KeyPool.connect` calls this when `partitions` is over 1.
    */
-  static async connect(options: KeyPoolOptions): Promise<PartitionedPool> {
+  static override async connect(options: KeyPoolOptions): Promise<PartitionedPool> {
     const config = parsePoolConfig(options.config);
     const n = config.partitions;
+    const logger = KeyPool.loggerOf(options);
     const clock = options.clock ?? systemClock;
     const { client, owns } = await openClient(options.redis, config);
-    const parts: KeyPool[] = [];
+    const input = options.config;
+    const specs = input.keys ?? [];
+    const ids = config.keys.map((k) => keyIdOf(k.secret, k.baseURL));
+    const others: KeyPool[] = [];
+    let pool: PartitionedPool | undefined;
     try {
-      await checkPartitionCount(client, config.pool, n);
-      const input = options.config;
-      const specs = input.keys ?? [];
-      const ids = config.keys.map((k) => keyIdOf(k.secret, k.baseURL));
-      for (let p = 0; p < n; p++) {
+      // a Redis that cannot answer now is the policy's business below, not a refusal
+      await checkPartitionCount(client, config.pool, n).catch((e: unknown) => {
+        if (e instanceof ConfigError) throw e;
+      });
+      pool = new PartitionedPool(client, false, config, logger, clock);
+      await KeyPool.start(pool, config.keys.filter((_, i) => partitionOf(ids[i]!, n) === 0), 0);
+      for (let p = 1; p < n; p++) {
         const keys = specs.filter((_, i) => partitionOf(ids[i]!, n) === p);
-        const partConfig = { ...input, partitions: 1, keys, tokens: p === 0 ? (input.tokens ?? []) : [] };
+        const partConfig = { ...input, partitions: 1, keys, tokens: [] };
         const tag = partitionTag(config.pool, p, n);
-        parts.push(await KeyPool.connect({ redis: client, config: partConfig, ...(options.logger ? { logger: options.logger.child({ partition: p }) } : {}), clock, partitionTag: tag }));
+        others.push(await KeyPool.connect({ redis: client, config: partConfig, logger: logger.child({ partition: p }), clock, partitionTag: tag }));
       }
     } catch (e) {
-      await Promise.all(parts.map((p) => p.close()));
+      await Promise.all(others.map((p) => p.close()));
+      await pool?.closeOwn();
       if (owns) client.disconnect();
       throw e;
     }
-    return new PartitionedPool(config, parts, client, owns, clock);
+    pool.attach(others, owns);
+    return pool;
+  }
+
+  private ownsClient = false;
+
+  private attach(others: KeyPool[], owns: boolean): void {
+    this.others = others;
+    this.ownsClient = owns;
+    this.parts = [this.zero(), ...others];
+    this.free = this.parts.map(() => new Map());
+    for (const p of others) p.on('transition', (e) => this.emit('transition', e));
+  }
+
+  private closeOwn(): Promise<void> {
+    return super.close();
   }
 
   /** The partition that holds `keyId`. */
-  partOf(keyId: string): KeyPool {
+  private partOf(keyId: string): Part {
     return this.parts[partitionOf(keyId, this.parts.length)]!;
   }
 
@@ -135,9 +190,9 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
    * gateway token is admitted first in partition 0 (its own call), and given back when no key could
    * be had. Same results and errors as KeyPool.acquire.
    */
-  acquire(req: AcquireRequest & { admit?: undefined }): Promise<AcquireResult>;
-  acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused>;
-  async acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused> {
+  override acquire(req: AcquireRequest & { admit?: undefined }): Promise<AcquireResult>;
+  override acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused>;
+  override async acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused> {
     if (typeof req?.model !== 'string' || req.model === '') throw new InvalidArgumentError('acquire needs a model name');
     const order = await this.order(req.model);
     let admission: Lease['admission'];
@@ -181,14 +236,14 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
 
   /** The partitions to try for `model`, in order: the freest of `candidates` sampled, then the others, those known empty last. */
   private async order(model: string): Promise<number[]> {
-    if (this.clock.now() - this.freeReadAt >= FREE_REFRESH_MS) void this.readFree();
+    if (this.clockOf.now() - this.freeReadAt >= FREE_REFRESH_MS) void this.readFree();
     let serving = this.serving(model);
     if (serving.length === 0) {
       await Promise.all(this.parts.map((p) => p.refreshTopology().catch(() => undefined)));
       serving = this.serving(model);
       if (serving.length === 0) throw new UnknownModelError(model, [...new Set(this.parts.flatMap((p) => p.knownKeys().flatMap((k) => k.models)))].sort());
     }
-    const now = this.clock.now();
+    const now = this.clockOf.now();
     const score = (p: number) => {
       const f = this.free[p]!.get(model);
       return f === undefined ? 1 : f.emptyUntil > now ? -1 : f.keys;
@@ -226,7 +281,7 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
 
   private exhausted(p: number, model: string, r: Exhausted): void {
     const f = this.free[p]!.get(model) ?? { keys: 0, emptyUntil: 0 };
-    f.emptyUntil = this.clock.now() + (r.retryAfterMs ?? FREE_REFRESH_MS);
+    f.emptyUntil = this.clockOf.now() + (r.retryAfterMs ?? FREE_REFRESH_MS);
     this.free[p]!.set(model, f);
   }
 
@@ -235,7 +290,7 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
    * SCARD per group and partition, in the background every 250 ms; a failed read keeps the last).
    */
   private readFree(): Promise<void> {
-    this.freeReadAt = this.clock.now();
+    this.freeReadAt = this.clockOf.now();
     this.freeReading ??= (async () => {
       try {
         await Promise.all(
@@ -244,7 +299,7 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
             for (const k of part.knownKeys()) byGroup.set(groupOf(k.models), k.models);
             const counts = new Map<string, number>();
             for (const [g, models] of byGroup) {
-              const n = await this.client.scard(part.keys.avail(g));
+              const n = await this.clientOf.scard(part.keys.avail(g));
               for (const m of models) counts.set(m, (counts.get(m) ?? 0) + n);
             }
             for (const [m, n] of counts) {
@@ -267,6 +322,9 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
   private granted(p: number, lease: Lease, admission: Lease['admission']): Lease {
     const f = this.free[p]!.get(lease.model);
     if (f) f.emptyUntil = 0;
+    if (admission) lease.admission = admission;
+    // partition 0's lease goes back through release() below: the settlement rides in its call
+    if (p === 0) return lease;
     const release = lease.release;
     let settled: Promise<ReleaseResult> | undefined;
     lease.release = (outcome: Outcome, opts?: { settle?: TokenSettlement }) =>
@@ -287,50 +345,52 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
   }
 
   /** Return a lease with what happened (prefer `lease.release`, which makes a second call a no-op). */
-  release(lease: Lease, outcome: Outcome, opts: { settle?: TokenSettlement } = {}): Promise<ReleaseResult> {
+  override release(lease: Lease, outcome: Outcome, opts: { settle?: TokenSettlement } = {}): Promise<ReleaseResult> {
+    // partition 0's leases call this from their own release(): KeyPool's, with the settlement fused
+    if (partitionOf(lease.keyId, this.parts.length) === 0) return super.release(lease, outcome, opts);
     return lease.release(outcome, opts);
   }
 
   // ---- keys: each action in the key's partition --------------------------------------------
 
   /** Add a key (or update its settings) in the partition its id hashes to. */
-  addKey(spec: KeySpecInput): Promise<{ id: string; hint: string }> {
+  override addKey(spec: KeySpecInput): Promise<{ id: string; hint: string }> {
     if (typeof spec?.secret !== 'string') throw new InvalidArgumentError('addKey needs a secret');
     return this.partOf(keyIdOf(spec.secret, spec.baseURL)).addKey(spec);
   }
-  updateKey(keyId: string, patch: Partial<KeySettings>): Promise<KeyChange[]> {
+  override updateKey(keyId: string, patch: Partial<KeySettings>): Promise<KeyChange[]> {
     return this.partOf(keyId).updateKey(keyId, patch);
   }
-  disableKey(keyId: string) {
+  override disableKey(keyId: string) {
     return this.partOf(keyId).disableKey(keyId);
   }
-  enableKey(keyId: string) {
+  override enableKey(keyId: string) {
     return this.partOf(keyId).enableKey(keyId);
   }
-  drainKey(keyId: string) {
+  override drainKey(keyId: string) {
     return this.partOf(keyId).drainKey(keyId);
   }
-  retireKey(keyId: string) {
+  override retireKey(keyId: string) {
     return this.partOf(keyId).retireKey(keyId);
   }
-  removeKey(keyId: string) {
+  override removeKey(keyId: string) {
     return this.partOf(keyId).removeKey(keyId);
   }
-  resetKey(keyId: string) {
+  override resetKey(keyId: string) {
     return this.partOf(keyId).resetKey(keyId);
   }
-  resetBudget(keyId: string) {
+  override resetBudget(keyId: string) {
     return this.partOf(keyId).resetBudget(keyId);
   }
-  heldKeyIds(): string[] {
+  override heldKeyIds(): string[] {
     return this.parts.flatMap((p) => p.heldKeyIds());
   }
-  isConfigKey(keyId: string): boolean {
+  override isConfigKey(keyId: string): boolean {
     return this.partOf(keyId).isConfigKey(keyId);
   }
 
   /** KeyPool.setSourceKeys, each partition given the keys that hash to it. */
-  async setSourceKeys(specs: readonly KeySpecInput[]): Promise<{ added: string[]; changed: string[]; dropped: string[] }> {
+  override async setSourceKeys(specs: readonly KeySpecInput[]): Promise<{ added: string[]; changed: string[]; dropped: string[] }> {
     const n = this.parts.length;
     const out = { added: [] as string[], changed: [] as string[], dropped: [] as string[] };
     for (let p = 0; p < n; p++) {
@@ -345,16 +405,16 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
 
   // ---- upkeep and status: every partition, one after another -------------------------------
 
-  async probeTargets(): Promise<ProbeTarget[]> {
+  override async probeTargets(): Promise<ProbeTarget[]> {
     const out: ProbeTarget[] = [];
     for (const p of this.parts) out.push(...(await p.probeTargets()));
     return out;
   }
-  reportProbe(keyId: string, outcome: Pick<Outcome, 'status' | 'error' | 'latencyMs' | 'headers'>) {
+  override reportProbe(keyId: string, outcome: Pick<Outcome, 'status' | 'error' | 'latencyMs' | 'headers'>) {
     return this.partOf(keyId).reportProbe(keyId, outcome);
   }
 
-  async housekeep(): Promise<Awaited<ReturnType<KeyPool['housekeep']>>> {
+  override async housekeep(): Promise<Awaited<ReturnType<KeyPool['housekeep']>>> {
     const out: Awaited<ReturnType<KeyPool['housekeep']>> = { leasesReaped: 0, periodsStarted: [], healthWindowsCleared: 0 };
     for (const p of this.parts) {
       const r = await p.housekeep();
@@ -370,45 +430,33 @@ export class PartitionedPool extends EventEmitter<KeyPoolEvents> {
    * and route added up, the version the sum of the partitions' (it moves when any moves), the
    * oldest snapshot's time; `partitions` says what each holds.
    */
-  async status(opts: { fresh?: boolean } = {}): Promise<PoolStatus & { partitions: PartitionStatus[] }> {
+  override async status(opts: { fresh?: boolean } = {}): Promise<PoolStatus & { partitions: PartitionStatus[] }> {
     const all = await Promise.all(this.parts.map((p) => p.status(opts)));
     return mergeStatus(this.name, all, this.parts.map((p) => p.keys));
   }
 
-  async readiness(): Promise<{ redis: PoolStatus['redis']; heldKeys: number }> {
+  override async readiness(): Promise<{ redis: PoolStatus['redis']; heldKeys: number }> {
     const all = await Promise.all(this.parts.map((p) => p.readiness()));
     return { redis: all.find((r) => !r.redis.ok)?.redis ?? all[0]!.redis, heldKeys: all.reduce((s, r) => s + r.heldKeys, 0) };
   }
 
-  /** The scheduler's jobs (kept in partition 0). */
-  scheduleStatus(): Promise<ScheduledJobStatus[]> {
-    return this.parts[0]!.scheduleStatus();
-  }
-
-  get redisAvailable(): boolean {
+  override get redisAvailable(): boolean {
     return this.parts.every((p) => p.redisAvailable);
   }
-  servesModel(model: string): boolean {
+  override servesModel(model: string): boolean {
     return this.parts.some((p) => p.servesModel(model));
   }
-  knownKeys(): ReturnType<KeyPool['knownKeys']> {
+  override knownKeys(): ReturnType<KeyPool['knownKeys']> {
     return this.parts.flatMap((p) => p.knownKeys());
   }
-  async refreshTopology(): Promise<void> {
+  override async refreshTopology(): Promise<void> {
     await Promise.all(this.parts.map((p) => p.refreshTopology()));
   }
-  priceOf(model: string): ModelPrice | null {
-    return this.parts[0]!.priceOf(model);
-  }
-  costUsd(model: string, input: number, output: number): number {
-    return this.parts[0]!.costUsd(model, input, output);
-  }
-
   /** Stop every partition; closes the Redis connection if this pool opened it. */
-  async close(): Promise<void> {
-    this.removeAllListeners();
-    await Promise.all(this.parts.map((p) => p.close()));
-    if (this.owns) await this.client.quit().catch(() => this.client.disconnect());
+  override async close(): Promise<void> {
+    await Promise.all(this.others.map((p) => p.close()));
+    await super.close();
+    if (this.ownsClient) await this.clientOf.quit().catch(() => this.clientOf.disconnect());
   }
 }
 

@@ -182,6 +182,29 @@ describe(`partitioned pool (${testTarget()})`, () => {
     const split = await PartitionedPool.connect({ redis, logger, config: { pool: plain, partitions: 3 } }).catch((e: unknown) => e);
     expect((split as Error).message).toContain('was created with partitions: 1 and this config says 3');
     const direct = await KeyPool.connect({ redis, logger, config: { pool: plain, partitions: 3 } }).catch((e: unknown) => e);
-    expect((direct as Error).message).toContain('PartitionedPool.connect');
+    expect((direct as Error).message).toContain('was created with partitions: 1 and this config says 3');
+  });
+
+  it('is what KeyPool.connect returns for partitions over 1, so every KeyPool caller takes it', async () => {
+    const redis = connectTestRedis();
+    clients.push(redis);
+    const keys = spreadKeys(6, 3, 2, { models: ['k'], rpm: 6000 });
+    const pool = await KeyPool.connect({ redis, logger: memoryLogger().logger, config: { pool: uniqueName('partkp'), partitions: 3, keys, status: { snapshotMs: 0 } } });
+    opened.push(pool);
+    expect(pool).toBeInstanceOf(PartitionedPool);
+    const seen = new Set<number>();
+    for (let i = 0; i < 40; i++) {
+      const l = await pool.acquire({ model: 'k' });
+      if (!l.ok) throw new Error(l.reason);
+      seen.add(partitionOf(l.keyId, 3));
+      // through the pool's release too, as the gateway's dispatcher does for some paths
+      expect((await (i % 2 ? l.release({ status: 200, latencyMs: 1 }) : pool.release(l, { status: 200, latencyMs: 1 }))).released).toBe(true);
+    }
+    expect(seen.size).toBe(3);
+    const st = await pool.status({ fresh: true });
+    expect(st.keys).toHaveLength(6);
+    expect(st.spend!.byModel['k']!.requests).toBe(40);
+    expect(pool.knownKeys()).toHaveLength(6);
+    expect(pool.heldKeyIds()).toHaveLength(6);
   });
 });
