@@ -184,8 +184,9 @@ export class PartitionedPool extends KeyPool {
   // ---- acquire / release ------------------------------------------------------------------
 
   /**
-   * Lease a key for one call to `model`, from the partition that advertises the most candidate keys
-   * among `candidates` sampled; another partition only when that one has nothing. With `maxWaitMs`,
+   * Lease a key for one call to `model`, from one of `candidates` partitions sampled, chosen with
+   * probability proportional to the candidate keys it advertises; another partition only when that
+   * one has nothing. With `maxWaitMs`,
    * the wait (or reservation) is taken in the partition that can serve first. With `admit`, the
    * gateway token is admitted first in partition 0 (its own call), and given back when no key could
    * be had. Same results and errors as KeyPool.acquire.
@@ -241,6 +242,8 @@ export class PartitionedPool extends KeyPool {
     if (serving.length === 0) {
       await Promise.all(this.parts.map((p) => p.refreshTopology().catch(() => undefined)));
       serving = this.serving(model);
+      // no key of the model held here: the partitions that know one answer as a KeyPool would
+      if (serving.length === 0) serving = this.parts.flatMap((p, i) => (p.knownKeys().some((k) => k.models.includes(model)) ? [i] : []));
       if (serving.length === 0) throw new UnknownModelError(model, [...new Set(this.parts.flatMap((p) => p.knownKeys().flatMap((k) => k.models)))].sort());
     }
     const now = this.clockOf.now();

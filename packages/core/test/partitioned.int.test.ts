@@ -206,5 +206,6 @@ describe(`partitioned pool (${testTarget()})`, () => {
     expect(st.spend!.byModel['k']!.requests).toBe(40);
     expect(pool.knownKeys()).toHaveLength(6);
     expect(pool.heldKeyIds()).toHaveLength(6);
+    await expect(pool.acquire({ model: 'nope' })).rejects.toThrow(/no key in the pool serves model "nope"; models served: k/);
   });
 });
