@@ -164,6 +164,25 @@ describe(`partitioned pool (${testTarget()})`, () => {
     expect((await pool.status({ fresh: true })).leasesInFlight).toBe(0);
   });
 
+  it('takes keys from a secret source into their partitions, and drops them there', async () => {
+    const pool = await partitioned({ pool: uniqueName('partsrc'), partitions: 3 });
+    const redis = clients.at(-1)!;
+    const specs = spreadKeys(6, 3, 2, { models: ['s'], rpm: 600 });
+    const first = await pool.setSourceKeys(specs);
+    expect(first.added.sort()).toEqual(specs.map((k) => keyIdOf(k.secret)).sort());
+    for (const id of first.added) expect(await redis.hexists(pool.keysOf(partitionOf(id, 3)).cfg, id)).toBe(1);
+    const kept = specs.slice(0, 3);
+    const second = await pool.setSourceKeys(kept);
+    expect(second.dropped.sort()).toEqual(specs.slice(3).map((k) => keyIdOf(k.secret)).sort());
+    expect(pool.heldKeyIds().sort()).toEqual(kept.map((k) => keyIdOf(k.secret)).sort());
+    for (let i = 0; i < 12; i++) {
+      const l = await pool.acquire({ model: 's' });
+      if (!l.ok) throw new Error(l.reason);
+      expect(pool.heldKeyIds()).toContain(l.keyId);
+      await l.release({ status: 200, latencyMs: 1 });
+    }
+  });
+
   it('refuses a partition count other than the one the pool was created with', async () => {
     const name = uniqueName('partn');
     await partitioned({ pool: name, partitions: 3, keys: spreadKeys(3, 3, 1, { models: ['x'] }) });
