@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { connectTestRedis, testTarget, uniqueName } from '@keypool/testkit';
 import type { Cluster } from 'ioredis';
 import { ConfigError, KeyPool, PartitionedPool, hashSlot, keyIdOf, partitionOf, partitionTag, type KeySpecInput, type Lease, type PoolConfigInput } from '../src/index.js';
-import { fakeSecret, memoryLogger } from './helpers.js';
+import { dumpPool, fakeSecret, memoryLogger, secretFragments } from './helpers.js';
 
 const opened: { close(): Promise<void> }[] = [];
 const clients: ReturnType<typeof connectTestRedis>[] = [];
@@ -181,6 +181,36 @@ describe(`partitioned pool (${testTarget()})`, () => {
       expect(pool.heldKeyIds()).toContain(l.keyId);
       await l.release({ status: 200, latencyMs: 1 });
     }
+  });
+
+  it('keeps key material out of every partition in Redis and out of its logs', async () => {
+    const name = uniqueName('partsec');
+    const keys = spreadKeys(6, 3, 2, { models: ['z'], rpm: 600, budget: { usd: 5 } });
+    const redis = connectTestRedis();
+    clients.push(redis);
+    const { logger, lines } = memoryLogger();
+    const pool = await PartitionedPool.connect({ redis, logger, config: { pool: name, partitions: 3, keys, status: { snapshotMs: 1000 } } });
+    opened.push(pool);
+    for (let i = 0; i < 12; i++) {
+      const l = await pool.acquire({ model: 'z', estimatedTokens: 5 });
+      if (!l.ok) throw new Error(l.reason);
+      await l.release(i % 3 ? { status: 200, latencyMs: 1 } : { status: 429, latencyMs: 1, headers: { 'retry-after-ms': '1' } });
+    }
+    await pool.status();
+    await pool.housekeep();
+    await pool.probeTargets();
+    const fragments = keys.flatMap((k) => secretFragments(k.secret!));
+    let seen = 0;
+    for (let p = 0; p < 3; p++) {
+      const dump = await dumpPool(redis, partitionTag(name, p, 3));
+      seen += dump.size;
+      for (const [key, parts] of dump) {
+        const text = Buffer.concat(parts).toString('latin1');
+        for (const f of fragments) expect(text.includes(f), `${key} holds key material`).toBe(false);
+      }
+    }
+    expect(seen).toBeGreaterThan(10);
+    for (const line of lines) for (const f of fragments) expect(line.includes(f)).toBe(false);
   });
 
   it('refuses a partition count other than the one the pool was created with', async () => {
