@@ -5,12 +5,16 @@
  * a partition count other than the pool's own refused. Runs on standalone Redis and on the 3-master
  * Cluster (there each partition is its own slot, so a CROSSSLOT error would fail every call).
  */
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { connectTestRedis, testTarget, uniqueName } from '@keypool/testkit';
+import { childEnv, connectTestRedis, testTarget, uniqueName } from '@keypool/testkit';
 import type { Cluster } from 'ioredis';
 import { ConfigError, KeyPool, PartitionedPool, hashSlot, keyIdOf, partitionOf, partitionTag, type KeySpecInput, type Lease, type PoolConfigInput } from '../src/index.js';
 import { dumpPool, fakeSecret, memoryLogger, secretFragments } from './helpers.js';
 
+const fixture = fileURLToPath(new URL('./fixtures/partitioned-child.ts', import.meta.url));
 const opened: { close(): Promise<void> }[] = [];
 const clients: ReturnType<typeof connectTestRedis>[] = [];
 afterAll(async () => {
@@ -106,6 +110,45 @@ describe(`partitioned pool (${testTarget()})`, () => {
     expect(inFirstSecond.length).toBe(12);
     expect(refused).toBe(60 - granted.length);
     for (const l of granted) await l.release({ status: 200, latencyMs: 1 });
+  });
+
+  it('keeps every key within its window with three OS processes leasing at once', async () => {
+    const name = uniqueName('partproc');
+    // 2 requests per rolling second per key, 6 keys over 3 partitions
+    const keys = spreadKeys(6, 3, 2, { models: ['p'], rpm: 120, window: 1 });
+    // registered first, so the children's starts do not race
+    await partitioned({ pool: name, partitions: 3, keys });
+    const spec = JSON.stringify({ pool: name, partitions: 3, keys, model: 'p', ms: 2500 });
+    const children = [0, 1, 2].map(() => {
+      const proc = spawn(process.execPath, ['--import', 'tsx', fixture], { env: { ...process.env, ...childEnv(), PARTITIONED: spec }, stdio: ['pipe', 'pipe', 'pipe'] });
+      let err = '';
+      proc.stderr!.on('data', (d) => (err += d));
+      const lines: string[] = [];
+      const ready = new Promise<void>((resolve, reject) => {
+        createInterface({ input: proc.stdout! }).on('line', (l) => (l === 'ready' ? resolve() : lines.push(l)));
+        proc.on('exit', (code) => reject(new Error(`partitioned-child exited ${code} before ready: ${err}`)));
+      });
+      const done = new Promise<string[]>((resolve, reject) => proc.on('exit', (code) => (code === 0 ? resolve(lines) : reject(new Error(`partitioned-child exited ${code}: ${err}`)))));
+      ready.catch(() => undefined);
+      done.catch(() => undefined);
+      return { proc, ready, done };
+    });
+    try {
+      await Promise.all(children.map((c) => c.ready));
+      for (const c of children) c.proc.stdin!.write('go\n');
+      const rows = (await Promise.all(children.map((c) => c.done))).flat().filter(Boolean).map((l) => JSON.parse(l) as { keyId: string; at: number });
+      const byKey = new Map<string, number[]>();
+      for (const r of rows) byKey.set(r.keyId, [...(byKey.get(r.keyId) ?? []), r.at]);
+      for (const times of byKey.values()) {
+        times.sort((x, y) => x - y);
+        for (let i = 2; i < times.length; i++) expect(times[i]! - times[i - 2]!).toBeGreaterThanOrEqual(1000);
+      }
+      // every key of every partition served, each at its limit: 2 a second for about 2.5 s
+      expect(byKey.size).toBe(6);
+      for (const times of byKey.values()) expect(times.length).toBeGreaterThanOrEqual(4);
+    } finally {
+      for (const c of children) if (c.proc.exitCode === null) c.proc.kill('SIGKILL');
+    }
   });
 
   it('waits for the partition that frees first when the caller will wait', async () => {
