@@ -84,6 +84,15 @@ export const PoolConfigSchema = z
       .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'use 1-64 letters, digits, "_", "." or "-"')
       .default('default')
       .describe('Pool name. Processes with the same pool name and Redis share one pool.'),
+    partitions: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .default(1)
+      .describe(
+        'Split the pool into this many partitions, each under its own Redis hash tag (so on a Cluster, its own slot and shard), keys spread across them by id: the lease rate grows with the shards. 1 (default): one hash tag, the layout of a pool without this setting. Over 1, KeyPool.connect returns a PartitionedPool (the same methods, over every partition); a pool keeps the number it was created with (another one is refused at connect).',
+      ),
     keys: z.array(KeySpecSchema).default([]).describe('The keys this process holds (secrets stay in memory).'),
     tokens: z
       .array(DeclaredTokenSchema)

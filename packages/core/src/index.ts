@@ -8,6 +8,8 @@
  *   await lease.release({ status: 200, latencyMs, usage: { promptTokens, completionTokens }, headers });
  */
 export { KeyPool, PRIORITY_CLASSES } from './pool.js';
+export { PartitionedPool, type PartitionStatus } from './partitioned-pool.js';
+export { hashSlot, partitionOf, partitionTag } from './partitions.js';
 export type {
   AcquireRequest,
   AcquireResult,

@@ -4,13 +4,14 @@ import { pino, type Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
 import { PoolCommands, REFUSAL_WARNINGS, refusalError, type AcquireReply, type AdmitArgs, type SettleArgs } from './commands.js';
 import { parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
-import { InvalidArgumentError, isRedisUnavailable } from './errors.js';
+import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.js';
 import { coolingMs, rateLimitHeaders, type RateLimitHeaders } from './headers.js';
 import { startHeartbeat } from './heartbeat.js';
 import { KeyAdmin, type HeldKey, type KeyChange } from './key-admin.js';
 import { PRIORITY_CLASSES, type AcquireRequest, type AcquireResult, type Admission, type Exhausted, type Lease, type PriorityClass, type ReleaseResult, type TokenAdmitRequest, type TokenRefused, type TokenSettlement } from './lease.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
+import { checkPartitionCount } from './partitions.js';
 import { PoolKeys } from './pool-keys.js';
 import { NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 import { recordOfSpec, type KeyRecord, type KeySettings } from './records.js';
@@ -37,6 +38,11 @@ export interface KeyPoolOptions {
    * scripts never read it: they keep Redis TIME.
    */
   clock?: Clock;
+  /**
+   * @internal One partition of a partitioned pool (PartitionedPool.connect): its hash tag, used in
+   * place of the pool name in every Redis key name.
+   */
+  partitionTag?: string;
 }
 
 export interface KeyPoolEvents {
@@ -93,11 +99,11 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
   /** Reservations just granted: how long until their start (acquire sleeps that long). */
   private readonly startsIn = new WeakMap<Lease, number>();
 
-  private constructor(client: Redis | Cluster, ownsClient: boolean, config: PoolConfig, logger: Logger, clock: Clock) {
+  protected constructor(client: Redis | Cluster, ownsClient: boolean, config: PoolConfig, logger: Logger, clock: Clock, tag = config.pool) {
     super();
     this.config = config;
     this.name = config.pool;
-    this.keys = new PoolKeys(config.pool);
+    this.keys = new PoolKeys(tag);
     this.clock = clock;
     this.log = logger.child({ component: 'keypool', pool: config.pool });
     this.prices = new PriceTable(config.prices);
@@ -129,28 +135,52 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
 
   /**
    * Validate the config, connect, register this process's keys (their settings, never their
-   * secrets) and load the pool's topology. Keys already in the pool keep their state.
+   * secrets) and load the pool's topology. Keys already in the pool keep their state. With
+   * `partitions` over 1 the pool returned is a PartitionedPool (partitioned-pool.ts): the same
+   * methods, over every partition.
    */
   static async connect(options: KeyPoolOptions): Promise<KeyPool> {
     const config = parsePoolConfig(options.config);
-    const redact = { paths: ['secret', '*.secret', 'apiKey', '*.apiKey', '*.authorization', '*.headers.authorization'], censor: '[redacted]' };
-    const logger = options.logger ?? pino({ name: 'keypool', level: process.env.KEYPOOL_LOG_LEVEL ?? 'info', redact }, pino.destination(2));
+    if (config.partitions > 1 && options.partitionTag === undefined) {
+      // loaded here, not imported above: it extends this class
+      const { PartitionedPool } = await import('./partitioned-pool.js');
+      return PartitionedPool.connect(options);
+    }
+    const logger = KeyPool.loggerOf(options);
     const { client, owns } = await openClient(options.redis, config);
-    const pool = new KeyPool(client, owns, config, logger, options.clock ?? systemClock);
-    pool.admin.holdConfigKeys(config.keys);
+    const pool = new KeyPool(client, owns, config, logger, options.clock ?? systemClock, options.partitionTag);
+    await KeyPool.start(pool, config.keys, options.partitionTag === undefined ? 1 : 0);
+    return pool;
+  }
+
+  /** The caller's logger, or pino to stderr with secrets redacted. */
+  protected static loggerOf(options: KeyPoolOptions): Logger {
+    const redact = { paths: ['secret', '*.secret', 'apiKey', '*.apiKey', '*.authorization', '*.headers.authorization'], censor: '[redacted]' };
+    return options.logger ?? pino({ name: 'keypool', level: process.env.KEYPOOL_LOG_LEVEL ?? 'info', redact }, pino.destination(2));
+  }
+
+  /**
+   * Hold `keys` (this process's config keys in this pool), check the pool's partition count
+   * (`partitions`, 0: the caller did), register the keys and read the topology, under the
+   * Redis-down policy.
+   */
+  protected static async start(pool: KeyPool, keys: PoolConfig['keys'], partitions: number): Promise<void> {
+    const { client, config } = { client: pool.link.client, config: pool.config };
+    pool.admin.holdConfigKeys(keys);
     try {
+      // a Redis that cannot answer now is the policy's business below, not a refusal
+      if (partitions > 0) await checkPartitionCount(client, config.pool, partitions).catch((e: unknown) => { if (e instanceof ConfigError) throw e; });
       await pool.admin.registerOwn();
       await pool.topology.refresh();
       await pool.tokens.checkStore();
     } catch (e) {
       if (!isRedisUnavailable(e) || config.redisDown.policy === 'fail-closed') {
-        if (owns) client.disconnect();
+        await pool.link.close();
         throw e;
       }
       // policy local: start on the keys this process holds
-      pool.topology.set(0, config.keys.map(recordOfSpec));
+      pool.topology.set(0, keys.map(recordOfSpec));
     }
-    return pool;
   }
 
   // ---- acquire / release ------------------------------------------------------------------

@@ -12,7 +12,8 @@ afterAll(async () => {
 
 const S = (t: string) => `sk-probe-${t}-0123456789abcdefghij`;
 
-describe('health probes (GET /models with the key)', () => {
+// partitions 3: the same over a partitioned pool (its keys spread over three hash tags)
+describe.each([1, 3])('health probes (GET /models with the key), partitions %i', (partitions) => {
   it('probes only keys that need it; a success heals, a failure keeps them out; secrets stay out of the log', async () => {
     const fake: FakeOpenAI = await startFakeOpenAI({ keys: ['healthy', 'open', 'revoked', 'fixed'].map((t) => ({ key: S(t), name: t })) });
     cleanups.push(() => fake.stop());
@@ -25,7 +26,7 @@ describe('health probes (GET /models with the key)', () => {
       models: [`m${i}`],
       baseURL: t === 'wrongurl' ? `${fake.origin}/nope` : fake.url,
     }));
-    const pool = await KeyPool.connect({ redis, config: { pool: uniqueName('probe'), breaker: { failures: 1, cooldownMs: 60_000 }, keys }, logger: sink.logger });
+    const pool = await KeyPool.connect({ redis, config: { pool: uniqueName('probe'), partitions, breaker: { failures: 1, cooldownMs: 60_000 }, keys }, logger: sink.logger });
     cleanups.push(() => pool.close());
     const fail = async (model: string, status: number) => {
       const l = await pool.acquire({ model });
