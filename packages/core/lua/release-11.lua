@@ -149,7 +149,7 @@ if ARGV[25] == '1' and not unused then
   learnLimits(winKey, st, id, now, outcome, tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23]), tonumber(ARGV[24]), arrivedAt, estTokens)
 end
 
-if not unused then seriesRelease(KEYS[11], now, id, outcome == 'rate_limited') end
+if not unused then seriesRelease(KEYS[11], now, st, id, outcome == 'rate_limited') end
 
 -- where the key sits now
 local nowWhole, nowMicros = timeReply(now)

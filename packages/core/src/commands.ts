@@ -451,16 +451,21 @@ export class PoolCommands {
   }
 
   /**
-   * seriesRead-1.lua: the traffic counters of the seconds ('p') or ten-second buckets ('k') from
-   * `first` to `last`, the first `done` of them (at least one; the call stops after
-   * SCRIPT_BUDGET_US); rows only for those that hold counts (see the script's header).
+   * seriesRead-1.lua: the pool-wide traffic counters of the seconds from `first` to `last`, the
+   * first `done` of them (at least one; the call stops after SCRIPT_BUDGET_US); rows only for
+   * the seconds that hold counts (see the script's header).
    */
-  async seriesRead(kind: 'p' | 'k', first: number, last: number): Promise<{ done: number; rows: (number | string)[][] }> {
-    const raw = JSON.parse((await this.link.script('seriesRead', [this.k.ser], [kind, SCRIPT_BUDGET_US, first, last])) as string) as {
+  async seriesRead(first: number, last: number): Promise<{ done: number; rows: (number | string)[][] }> {
+    const raw = JSON.parse((await this.link.script('seriesRead', [this.k.ser], ['p', SCRIPT_BUDGET_US, first, last])) as string) as {
       done: number;
       rows: (number | string)[][] | Record<string, never>;
     };
     return { done: raw.done, rows: Array.isArray(raw.rows) ? raw.rows : [] };
+  }
+
+  /** Fields of the traffic counters' hash (the keys' finished ten-second buckets), HMGET: a caller passes a page of them. */
+  async seriesFields(fields: readonly string[]): Promise<(string | null)[]> {
+    return (await this.link.call('HMGET', [this.k.ser, ...fields])) as (string | null)[];
   }
 
   /**

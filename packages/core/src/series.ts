@@ -18,6 +18,10 @@ export const KEY_STEP_SECONDS = 10;
 export const STATUS_TENANTS = 20;
 /** Keys charted (by requests over 15 minutes). */
 export const CHART_KEYS = 8;
+/** The ring of ten-second buckets per key in Redis (lua/includes/series.lua SER_KSLOTS). */
+const KEY_SLOTS = 96;
+/** Fields per HMGET of the keys' buckets. */
+const HMGET_PAGE = 256;
 
 /** One class's counts in a window, and its wait percentiles (reserved waits in Redis; an admission now is a wait of 0). */
 export interface ClassTraffic {
@@ -145,36 +149,56 @@ export class SeriesReader {
 
   constructor(private readonly cmd: PoolCommands) {}
 
-  /** Read what is new up to `nowMs` (Redis time), in small steps; drop what is older than 15 minutes. */
-  async refresh(nowMs: number): Promise<void> {
+  /**
+   * Read what is new up to `nowMs` (Redis time), in small steps, and drop what is older than 15
+   * minutes. `keys`: the pool's keys as statusPage read them just before (the current ten-second
+   * bucket of each is in its state; the finished ones are fields read HMGET_PAGE at a time).
+   */
+  async refresh(nowMs: number, keys: readonly { id: string; st: { sb?: number; sn?: number; se?: number } }[]): Promise<void> {
     const nowSec = Math.floor(nowMs / 1000);
     const firstSec = Math.max(this.secsFinal, nowSec - SERIES_SECONDS + 1);
     for (let at = firstSec; at <= nowSec; ) {
-      const r = await this.cmd.seriesRead('p', at, nowSec);
+      const r = await this.cmd.seriesRead(at, nowSec);
+      const seen = new Set<number>();
       for (const row of r.rows) {
         const [sec, data] = parseSecond(row);
         this.secs.set(sec, data);
+        seen.add(sec);
       }
-      // a second with no row in the range read has no counts (or they were overwritten)
-      for (let s = at; s < at + r.done; s++) if (!r.rows.some((row) => Number(row[0]) === s)) this.secs.delete(s);
+      // a second with no row has no counts (or they were overwritten)
+      for (let s = at; s < at + r.done; s++) if (!seen.has(s)) this.secs.delete(s);
       at += Math.max(1, r.done);
     }
     this.secsFinal = nowSec;
+
+    // per key: the finished buckets not read yet, from the ring of fields; the last one read here
+    // may have been finished after it was read: read again (a bucket still in a key's state is that key's latest)
     const nowB = Math.floor(nowSec / KEY_STEP_SECONDS);
-    const firstB = Math.max(this.bucketsFinal, nowB - SERIES_SECONDS / KEY_STEP_SECONDS + 1);
-    for (let at = firstB; at <= nowB; ) {
-      const r = await this.cmd.seriesRead('k', at, nowB);
-      for (let b = at; b < at + r.done; b++) this.buckets.delete(b);
-      for (const row of r.rows) {
-        const keys = new Map<string, { n: number; e: number }>();
-        for (let i = 1; i + 2 < row.length; i += 3) keys.set(String(row[i]), { n: Number(row[i + 1]), e: Number(row[i + 2]) });
-        this.buckets.set(Number(row[0]), keys);
-      }
-      at += Math.max(1, r.done);
+    const points = SERIES_SECONDS / KEY_STEP_SECONDS;
+    const firstB = Math.max(this.bucketsFinal, nowB - points + 1);
+    const wanted: { b: number; id: string; field: string }[] = [];
+    for (let b = firstB; b < nowB; b++) {
+      for (const k of keys) if (k.st.sb !== b) wanted.push({ b, id: k.id, field: `k${b % KEY_SLOTS}:${k.id}` });
     }
+    for (let b = firstB; b <= nowB; b++) this.buckets.set(b, new Map());
+    for (let i = 0; i < wanted.length; i += HMGET_PAGE) {
+      const page = wanted.slice(i, i + HMGET_PAGE);
+      const values = await this.cmd.seriesFields(page.map((w) => w.field));
+      page.forEach((w, j) => {
+        const v = values[j];
+        if (!v) return;
+        const [b, n, e] = v.split(':').map(Number) as [number, number, number];
+        if (b === w.b && n > 0) this.buckets.get(b)!.set(w.id, { n, e });
+      });
+    }
+    for (const k of keys) {
+      const { sb, sn, se } = k.st;
+      if (sb !== undefined && sb >= firstB && sb <= nowB && (sn ?? 0) > 0) this.buckets.get(sb)?.set(k.id, { n: sn ?? 0, e: se ?? 0 });
+    }
+    // the current bucket is read again next time
     this.bucketsFinal = nowB;
     for (const s of this.secs.keys()) if (s <= nowSec - SERIES_SECONDS) this.secs.delete(s);
-    for (const b of this.buckets.keys()) if (b <= nowB - SERIES_SECONDS / KEY_STEP_SECONDS) this.buckets.delete(b);
+    for (const b of this.buckets.keys()) if (b <= nowB - points) this.buckets.delete(b);
   }
 
   /** Totals over the last 60 s and 15 min ending at `nowMs`. */

@@ -142,7 +142,7 @@ export class StatusView {
     const shared: Shared = { takenAt: raw.now, status };
     if (this.traffic) {
       // the traffic counters: only the seconds this process has not read yet
-      await this.traffic.refresh(raw.now);
+      await this.traffic.refresh(raw.now, raw.keys);
       status.traffic = this.traffic.traffic(raw.now);
       const labels = new Map(status.keys.map((k) => [k.id, k.name ?? k.hint]));
       shared.series = this.traffic.series(raw.now, (id) => labels.get(id) ?? id);

@@ -62,6 +62,10 @@ interface RawState {
   /** limits the provider reported, per minute (-1 unknown) */
   rl: number;
   tl: number;
+  /** traffic of the current ten-second bucket: the bucket, requests that went upstream, 429s (lua/includes/series.lua) */
+  sb?: number;
+  sn?: number;
+  se?: number;
 }
 
 export type KeyState =

@@ -10,6 +10,9 @@ import { fakeSecret, poolsClosedAfterAll } from './helpers.js';
 
 const pool = poolsClosedAfterAll();
 
+/** A counter's value as the scripts write it for second `sec`: stamp (sec mod 2^21) x 2^31 + count. */
+const counter = (sec: number, n: number) => String(BigInt(sec % 2 ** 21) * 2n ** 31n + BigInt(n));
+
 describe('traffic counters', () => {
   it('admitted, waited, refused per class and tenant; 429s per key and pool-wide; stale slots cleared', async () => {
     const secret = fakeSecret('series');
@@ -22,9 +25,9 @@ describe('traffic counters', () => {
     const nowSec = Math.floor(Number((await redis.time())[0]));
     for (let s = nowSec; s < nowSec + 120; s++) {
       const slot = s % 960;
-      await redis.hset(keys.ser, `${slot}:t`, String(s - 960), `${slot}:normal:a`, '1000', `${slot}:u`, 'ghost', `${slot}:u:ghost`, '1', `${slot}:u:ghost:a`, '1000');
+      await redis.hset(keys.ser, `${slot}:normal:a`, counter(s - 960, 1000), `${slot}:u`, `${(s - 960) % 2 ** 21}\nghost\n`, `${slot}:u:ghost:a`, counter(s - 960, 1000));
     }
-    await redis.hset(keys.ser, `${(nowSec - 950) % 960}:t`, String(nowSec - 950), `${(nowSec - 950) % 960}:normal:a`, '100');
+    await redis.hset(keys.ser, `${(nowSec - 950) % 960}:normal:a`, counter(nowSec - 950, 100));
 
     const events: AdmissionEvent[] = [];
     p.on('admission', (e) => events.push(e));
@@ -90,14 +93,17 @@ describe('traffic counters', () => {
     expect(tail.points).toBeLessThanOrEqual(10 + 5);
     expect(tail.requests).toHaveLength(tail.points);
 
-    // stale slots: a slot that now counts a current second kept nothing of the old one
+    // stale slots: a slot whose tenants are now a current second's kept nothing of the old one's
     const all = await redis.hgetall(keys.ser);
+    let taken = 0;
     for (const [f, v] of Object.entries(all)) {
-      if (!/^\d+:t$/.test(f) || Number(v) < nowSec) continue;
+      if (!/^\d+:u$/.test(f) || Number(v.split('\n')[0]) < nowSec % 2 ** 21) continue;
+      taken++;
       const slot = f.split(':')[0];
+      expect(v).not.toContain('ghost');
       expect(Object.keys(all).filter((g) => g.startsWith(`${slot}:u:ghost`))).toEqual([]);
-      expect(Number(all[`${slot}:normal:a`] ?? 0)).toBeLessThan(1000);
     }
+    expect(taken).toBeGreaterThan(0);
     expect(JSON.stringify(st.traffic)).not.toContain('ghost');
 
     // no secret anywhere
@@ -114,13 +120,13 @@ describe('traffic counters', () => {
     const nowSec = Math.floor(Number((await redis.time())[0]));
     for (let s = nowSec - 880; s <= nowSec - 70; s += 1) {
       const p0 = `${s % 960}:`;
-      const f: string[] = [`${p0}t`, String(s), `${p0}normal:a`, '2', `${p0}low:w`, '1', `${p0}low:h3`, '1', `${p0}low:ms`, '40'];
+      const f: string[] = [`${p0}normal:a`, counter(s, 2), `${p0}low:w`, counter(s, 1), `${p0}low:h3`, counter(s, 1), `${p0}low:ms`, counter(s, 40)];
       const names: string[] = [];
       for (let t = 0; t < 32; t++) {
         names.push(`x${t}`);
-        f.push(`${p0}u:x${t}`, '1', `${p0}u:x${t}:a`, '1');
+        f.push(`${p0}u:x${t}:a`, counter(s, 1));
       }
-      f.push(`${p0}u`, names.join('\n'));
+      f.push(`${p0}u`, `${s % 2 ** 21}\n${names.join('\n')}\n`);
       await redis.hset(keys.ser, ...f);
     }
     const leases = await Promise.all(Array.from({ length: 40 }, (_, i) => p.acquire({ model: 'm', tenant: `ten${i}` })));
@@ -136,7 +142,7 @@ describe('traffic counters', () => {
     expect(st.traffic!.last15m.byTenant['x0']).toEqual({ admitted: 811, waited: 0, refused: 0, meanWaitMs: null });
     // in Redis, at most 32 tenants per second are named: the 40 new ones fell in one or two seconds
     const all = await redis.hgetall(keys.ser);
-    const named = Object.keys(all).filter((f) => /^\d+:u:ten\d+$/.test(f));
+    const named = Object.keys(all).filter((f) => /^\d+:u:ten\d+:a$/.test(f));
     expect(named.length).toBeGreaterThanOrEqual(32);
     expect(named.length).toBeLessThanOrEqual(40);
     if (named.length === 32) expect(Object.keys(all).some((f) => /^\d+:u:~:a$/.test(f))).toBe(true);
@@ -145,5 +151,51 @@ describe('traffic counters', () => {
     expect(st2.traffic!.last15m.byClass.normal.admitted).toBe(2 * 811 + 40);
     expect(st2.traffic!.last15m.byClass.low).toMatchObject({ waited: 811, waitP99Ms: 50, meanWaitMs: 40 });
     expect(Object.keys(st2.traffic!.last15m.byTenant).length).toBeLessThanOrEqual(21);
+  });
+
+  it('per key: the current ten-second bucket is in the key state, a finished one is written once to its ring field, a stale field is not read', async () => {
+    const secret = fakeSecret('series3');
+    const spec = { secret, name: 'kk', models: ['m'], rpm: 100_000 };
+    const { pool: p, redis, name } = await pool({ keys: [spec] });
+    const keys = new PoolKeys(name);
+    const keyId = (await p.status()).keys[0]!.id;
+    const bucketNow = async () => Math.floor(Number((await redis.time())[0]) / 10);
+    const use = async (status: number) => {
+      const l = await p.acquire({ model: 'm' });
+      if (!l.ok) throw new Error('no lease');
+      await l.release({ status, latencyMs: 1, ...(status === 429 ? { headers: { 'retry-after-ms': '1' } } : {}) });
+    };
+    // two requests (one 429) in a bucket, then one in the next
+    let b0 = await bucketNow();
+    await use(200);
+    await use(429);
+    if ((await bucketNow()) !== b0) {
+      // crossed a boundary between the two: start again in this bucket
+      b0 = await bucketNow();
+      await use(200);
+      await use(429);
+    }
+    while ((await bucketNow()) === b0) await new Promise((r) => setTimeout(r, 100));
+    await use(200);
+    const field = await redis.hget(keys.ser, `k${b0 % 96}:${keyId}`);
+    const [b, n, e] = field!.split(':').map(Number);
+    expect(b).toBe(b0);
+    expect(n).toBeGreaterThanOrEqual(2);
+    expect(e).toBeGreaterThanOrEqual(1);
+
+    // history seeded for an earlier bucket, and a stale field (a bucket from 16 minutes before) in the ring
+    await redis.hset(keys.ser, `k${(b0 - 5) % 96}:${keyId}`, `${b0 - 5}:7:2`, `k${(b0 - 6) % 96}:${keyId}`, `${b0 - 6 - 96}:100:0`);
+    // a process that reads it for the first time (its own reader)
+    const other = await pool({ pool: name, keys: [spec] });
+    const s = (await other.pool.series())!;
+    const top = s.keys.top.find((k) => k.id === keyId)!;
+    const at = (bucket: number) => top.requests[bucket - s.keys.from / 10]!;
+    expect(at(b0 - 5)).toBe(7);
+    expect(top.upstream429[b0 - 5 - s.keys.from / 10]).toBe(2);
+    expect(at(b0 - 6)).toBe(0);
+    expect(at(b0)).toBe(n);
+    expect(top.upstream429[b0 - s.keys.from / 10]).toBe(e);
+    const sum = top.requests.reduce((x, y) => x + y, 0);
+    expect(sum).toBe(7 + n! + 1);
   });
 });
