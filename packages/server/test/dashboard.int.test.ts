@@ -262,7 +262,8 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
       fakeKeys: [{ key: D, name: 'd', rpm: 1, latency: 100 }, { key: E, name: 'e' }],
       keys: [
         { secret: D, name: 'delta', models: ['gpt-4o'], rpm: 600 },
-        { secret: E, name: 'echo', models: ['gpt-4o-mini'], rpm: 600 },
+        // 2 a second (its 1 s window): back-to-back requests wait for their turn (a reservation)
+        { secret: E, name: 'echo', models: ['gpt-4o-mini'], rpm: 120 },
       ],
     });
     const tab = await context.newPage();
@@ -291,7 +292,10 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
       expect(t.requests).toBeGreaterThanOrEqual(7);
       expect(Number(await tab.getByTestId('chart-requests').locator('path[data-series="admitted"]').getAttribute('data-total'))).toBe(t.requests);
       expect(await total('chart-429')).toBe(fake['d']!.rate429);
+      expect(t.byClass.normal.waited).toBeGreaterThan(0);
       expect(await total('chart-waits')).toBe(t.byClass.normal.waited + t.byClass.low.waited + t.byClass.critical.waited);
+      expect(Number(await tab.getByTestId('chart-waits').locator('path[data-series="normal"]').getAttribute('data-total'))).toBe(t.byClass.normal.waited);
+      expect(t.byClass.normal.waitP99Ms).toBeGreaterThan(0);
       // the busiest keys: what went upstream on each, per the fake upstream's own counters
       const keys = tab.getByTestId('chart-keys');
       expect(Number(await keys.locator('path[data-series="echo"]').getAttribute('data-total'))).toBe(fake['e']!.requests);
