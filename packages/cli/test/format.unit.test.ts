@@ -107,6 +107,19 @@ describe('renderStatus', () => {
     expect(renderStatus({ ...STATUS, scheduler: [] }, { color: false, now: NOW })).toContain('scheduler:  no worker has run (keypool worker --config ...)\n');
   });
 
+  it('per class lines from the fleet-wide traffic, for the classes with traffic in 15 minutes', () => {
+    const c = (admitted: number, waited: number, refused: number, p50: number | null, p99: number | null) => ({ admitted, waited, refused, waitP50Ms: p50, waitP99Ms: p99, meanWaitMs: null });
+    const none = c(0, 0, 0, null, null);
+    const traffic = {
+      last60s: { seconds: 60, requests: 15, refused: 1, upstream429: 0, byClass: { critical: none, normal: c(12, 3, 1, 0, 250), low: c(0, 0, 0, null, null) }, byTenant: {} },
+      last15m: { seconds: 900, requests: 170, refused: 1, upstream429: 2, byClass: { critical: none, normal: c(100, 20, 1, 0, 500), low: c(40, 10, 0, 10, 2500) }, byTenant: {} },
+    };
+    const text = renderStatus({ ...STATUS, traffic }, { color: false, now: NOW });
+    expect(text).toContain('class normal:  60 s: 12 admitted, 3 waited, 1 refused, wait p50/p99 0/250 ms; 15 min: 100 admitted, 20 waited, 1 refused\n');
+    expect(text).toContain('class low:     60 s: 0 admitted, 0 waited, 0 refused, wait p50/p99 -/- ms; 15 min: 40 admitted, 10 waited, 0 refused\n');
+    expect(text).not.toContain('class critical');
+  });
+
   it('a key the pool holds below its configured limits shows what it enforces now, (eff N), in yellow', () => {
     const limits = { ...key({ id: 'x' }).limits, windowSeconds: 1 };
     const keys = [

@@ -312,11 +312,13 @@ export class Dispatcher {
     let lastError: unknown;
     // the token is admitted with the first key leased, and only then
     let token = c.admit ? { admit: c.admit, ...(c.refused ? { refused: c.refused } : {}) } : undefined;
+    // the tenant of every attempt: the one given, else the admitted token's (a retry is admitted without it)
+    let tenant = c.tenant;
     for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
       signal.throwIfAborted();
       let leased: { lease: Lease; model: string };
       try {
-        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs, token, c.tenant);
+        leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs, token, tenant);
       } catch (e) {
         // every key left was tried and failed: the upstream's own error says more than "exhausted"
         if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;
@@ -325,6 +327,7 @@ export class Dispatcher {
       const { lease, model } = leased;
       if (token && lease.admission) {
         token = undefined;
+        tenant ??= lease.tenant || undefined;
         c.admitted?.(lease.admission);
       }
       // renewed until released, however long the call (or the caller's stream) runs

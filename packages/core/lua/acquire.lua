@@ -10,11 +10,12 @@
   usable, nothing to reserve) is not taken either (nothing is written for it). A reservation ("start
   at T") counts as admitted: the caller holds a lease.
 
-  KEYS (8 + 2 per group, so the caller passes numkeys and the file name has no count):
+  KEYS (9 + 2 per group, so the caller passes numkeys and the file name has no count):
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases (zset lease -> deadline)  KEYS[4] meta  KEYS[5] win (the
   enforcement windows' log, see includes/window.lua)  KEYS[6] tok  KEYS[7] tok:st  KEYS[8] tok:res
   (see includes/tokens.lua); then two per key group that serves the model:
-  KEYS[7+2i] avail set, KEYS[8+2i] wait zset
+  KEYS[7+2i] avail set, KEYS[8+2i] wait zset; last, KEYS[#KEYS] ser (the traffic counters, see
+  includes/series.lua: admitted, waited and refused per class and tenant, counted here)
   ARGV[1] estimated tokens  ARGV[2] estimated cost (nano-dollars)  ARGV[3] lease timeout ms
   ARGV[4] concurrency recheck ms  ARGV[5] random number in [0,1) for the final choice
   ARGV[6] excluded key ids, comma-separated  ARGV[7] candidates per round (power of k choices)
@@ -41,6 +42,7 @@
 ]]
 --- @include "common"
 --- @include "tokens"
+--- @include "series"
 
 local cfgKey, stKey, leasesKey, metaKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local est = tonumber(ARGV[1])
@@ -56,6 +58,7 @@ local margin = tonumber(ARGV[10])
 local class = ARGV[16]
 local tenant = ARGV[17]
 local now = nowMs()
+local serKey = KEYS[#KEYS]
 
 -- 0. The gateway token first: a refusal touches no key.
 local admission = nil
@@ -64,12 +67,13 @@ if ARGV[11] and ARGV[11] ~= '' then
   admission, refusal = tokenCheck(KEYS[6], KEYS[7], KEYS[8], ARGV[11], ARGV[12], tonumber(ARGV[13]), recheckMs, now)
   if not admission then
     refusal[1] = 2
+    seriesAcquire(serKey, now, class, tenant, 'r', 0)
     return refusal
   end
 end
 if tenant == '' and admission then tenant = admission.id end
 
-local ngroups = (#KEYS - 8) / 2
+local ngroups = (#KEYS - 9) / 2
 local function avail(i) return KEYS[7 + 2 * i] end
 local function waitz(i) return KEYS[8 + 2 * i] end
 local RESERVABLE = { rate_limited = true, cooling = true }
@@ -232,6 +236,8 @@ if #usable == 0 and maxWait > 0 then
   end
 end
 
+-- refused (not 'busy': the caller tries again at once)
+if #usable == 0 and total <= nseen then seriesAcquire(serKey, now, class, tenant, 'r', 0) end
 if #usable == 0 then
   if total > nseen then
     -- sampling gave up with candidates left unexamined: try again at once
@@ -312,6 +318,7 @@ else
 end
 saveState(stKey, id, st)
 redis.call('ZADD', leasesKey, deadline, lease)
+seriesAcquire(serKey, now, class, tenant, start > now and 'w' or 'a', start - now)
 local nowWhole, nowMicros = timeReply(now)
 local reply = { 1, id, lease, deadline, nowWhole, nowMicros, version, probe, math.max(0, math.ceil(start - now)) }
 if admission then

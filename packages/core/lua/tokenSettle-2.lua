@@ -2,7 +2,7 @@
   Settle one admitted gateway request: drop its reservation, charge the real cost to the current
   budget period, count the request and when it was made; or give the request back to the bucket
   (the gateway answered 429 without calling a provider). For a request settled without a lease
-  (a lease's release settles in release-10.lua instead, in the same call).
+  (a lease's release settles in release-11.lua instead, in the same call).
 
   KEYS[1] tok:st  KEYS[2] tok:res
   ARGV[1] token id  ARGV[2] reservation ('' = none held in Redis: admitted by a process while

@@ -125,7 +125,7 @@ export interface AdmitArgs {
   wantSettings: boolean;
 }
 
-/** What release-10.lua settles a gateway token's admission with. */
+/** What release-11.lua settles a gateway token's admission with. */
 export interface SettleArgs {
   id: string;
   /** '' = none held in Redis (admitted by this process while Redis was down). */
@@ -262,7 +262,7 @@ async function following<R extends { ok: boolean }>(group: string, call: (group:
 
 /** KEYS of acquire for a model served by `groups` (sorted): built once per topology. */
 export function acquireKeys(k: PoolKeys, groups: readonly string[]): string[] {
-  return [k.cfg, k.st, k.leases, k.meta, k.win, k.tok, k.tokSt, k.tokRes, ...groups.flatMap((g) => [k.avail(g), k.wait(g)])];
+  return [k.cfg, k.st, k.leases, k.meta, k.win, k.tok, k.tokSt, k.tokRes, ...groups.flatMap((g) => [k.avail(g), k.wait(g)]), k.ser];
 }
 
 /** The candidate set and wait zset of each of `groups` (sorted), as the housekeeping scripts take them. */
@@ -365,7 +365,7 @@ export class PoolCommands {
   }
 
   /**
-   * release-10.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
+   * release-11.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
    * stands; coolMs: -1 the default) and the provider's rate-limit headers (learning); with
    * `settle`, settle that gateway token's admission in the same call. Follows the key to its new
    * group; `onMove` hears of each move.
@@ -383,7 +383,7 @@ export class PoolCommands {
       async (g) => {
         const r = (await this.link.script(
           'release',
-          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend, k.win, k.tokSt, k.tokRes],
+          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend, k.win, k.tokSt, k.tokRes, k.ser],
           [
             a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, ...this.breakerHealth, this.config.cooling.defaultMs, g, a.model, a.route,
             h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.config.limits.learn ? 1 : 0,
@@ -448,6 +448,24 @@ export class PoolCommands {
       keys: RawKeyStatus[] | Record<string, never>;
     };
     return { done: raw.done, keys: Array.isArray(raw.keys) ? raw.keys : [] };
+  }
+
+  /**
+   * seriesRead-1.lua: the pool-wide traffic counters of the seconds from `first` to `last`, the
+   * first `done` of them (at least one; the call stops after SCRIPT_BUDGET_US); rows only for
+   * the seconds that hold counts (see the script's header).
+   */
+  async seriesRead(first: number, last: number): Promise<{ done: number; rows: (number | string)[][] }> {
+    const raw = JSON.parse((await this.link.script('seriesRead', [this.k.ser], ['p', SCRIPT_BUDGET_US, first, last])) as string) as {
+      done: number;
+      rows: (number | string)[][] | Record<string, never>;
+    };
+    return { done: raw.done, rows: Array.isArray(raw.rows) ? raw.rows : [] };
+  }
+
+  /** Fields of the traffic counters' hash (the keys' finished ten-second buckets), HMGET: a caller passes a page of them. */
+  async seriesFields(fields: readonly string[]): Promise<(string | null)[]> {
+    return (await this.link.call('HMGET', [this.k.ser, ...fields])) as (string | null)[];
   }
 
   /**

@@ -17,6 +17,7 @@ export type {
   Exhausted,
   ExhaustedReason,
   KeyPoolEvents,
+  AdmissionEvent,
   KeyPoolOptions,
   Lease,
   PriorityClass,
@@ -52,6 +53,7 @@ export { groupOf, limitsOf, type KeyRecord, type KeySettings } from './records.j
 export { PoolKeys } from './pool-keys.js';
 export { scripts } from './scripts.js';
 export type { KeyState, KeyStatus, PoolStatus, SpendLine } from './status.js';
+export { WAIT_BOUNDS_MS, waitPercentile, type ClassTraffic, type PoolSeries, type PoolTraffic, type TenantTraffic, type TrafficWindow } from './series.js';
 export {
   DeclaredTokenSchema,
   GatewayTokenSpecSchema,

@@ -7,6 +7,8 @@ export class PoolKeys {
   readonly spend: string;
   /** Enforcement windows: every windowed key's admissions, ordered by member (lua/includes/window.lua). */
   readonly win: string;
+  /** Traffic counters of the last 16 minutes, per second, class, tenant and key (lua/includes/series.lua). */
+  readonly ser: string;
   /** The fleet's shared status snapshot (JSON, expires after 3 x status.snapshotMs). */
   readonly snap: string;
   /** When the snapshot was taken (Redis ms): what a process checks before using the copy it holds. */
@@ -41,6 +43,7 @@ export class PoolKeys {
     this.meta = `${this.prefix}meta`;
     this.spend = `${this.prefix}spend`;
     this.win = `${this.prefix}win`;
+    this.ser = `${this.prefix}ser`;
     this.snap = `${this.prefix}snap`;
     this.snapAt = `${this.prefix}snap:at`;
     this.snapLock = `${this.prefix}snap:lock`;

@@ -17,6 +17,7 @@ import { NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 import { recordOfSpec, type KeyRecord, type KeySettings } from './records.js';
 import { RedisLink, openClient } from './redis-link.js';
 import type { PoolStatus, ScheduledJobStatus } from './status.js';
+import type { PoolSeries } from './series.js';
 import { GatewayTokens } from './tokens.js';
 import { Topology } from './topology.js';
 import { Upkeep, type ProbeTarget } from './upkeep.js';
@@ -51,6 +52,22 @@ export interface KeyPoolEvents {
   transition: [event: { keyId: string; hint: string; transition: string }];
   /** Redis was found without the pool's gateway tokens (logged at error level once per loss). */
   'tokens:lost': [];
+  /**
+   * An acquire of this process ended: admitted at once, admitted after waiting (a reservation's
+   * sleep or retry sleeps: `waitMs`, this process's clock), or refused (a gateway token's refusal
+   * included). For the process's metrics; the fleet-wide counts are in status().traffic.
+   */
+  admission: [event: AdmissionEvent];
+}
+
+/** See KeyPoolEvents.admission. */
+export interface AdmissionEvent {
+  priority: PriorityClass;
+  /** '' = none. */
+  tenant: string;
+  result: 'admitted' | 'waited' | 'refused';
+  /** Time slept waiting for a key (reservation and retries), ms. */
+  waitMs: number;
 }
 /** Sampling gave up with candidates left: try again at once (acquire does, a bounded number of times). */
 type Busy = { ok: false; reason: 'busy'; retryAfterMs: number | null };
@@ -209,6 +226,13 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const exclude = new Set(req.exclude ?? []);
     const deadline = this.clock.now() + (req.maxWaitMs ?? 0);
     req.signal?.throwIfAborted();
+    let slept = 0;
+    const done = <R extends AcquireResult | TokenRefused>(r: R, tenant = who.tenant): R => {
+      if (this.listenerCount('admission') > 0) {
+        this.emit('admission', { priority: who.priority, tenant, result: !r.ok ? 'refused' : slept > 0 ? 'waited' : 'admitted', waitMs: slept });
+      }
+      return r;
+    };
     for (let busy = 0; ; ) {
       const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()), who, admit);
       if (r.ok) {
@@ -216,18 +240,22 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         const startIn = this.startsIn.get(r);
         if (startIn !== undefined) {
           this.startsIn.delete(r);
+          const t0 = this.clock.now();
           await this.untilStart(r, startIn, req.signal);
+          slept += Math.max(1, this.clock.now() - t0);
         }
-        return r;
+        return done(r, r.tenant ?? who.tenant);
       }
-      if (r.reason === 'token_refused') return r;
+      if (r.reason === 'token_refused') return done(r);
       if (r.reason === 'busy' && busy++ < 50) continue;
       const res: Exhausted = r.reason === 'busy' ? { ok: false, reason: 'rate_limited', retryAfterMs: 1 } : r;
       const wait = res.retryAfterMs;
-      if (wait === null || this.clock.now() + wait > deadline) return res;
+      if (wait === null || this.clock.now() + wait > deadline) return done(res);
       // a little jitter so a crowd of waiters does not arrive in the same millisecond
+      const t0 = this.clock.now();
       try {
         await this.clock.sleep(wait + Math.random() * Math.min(5, wait / 10 + 1), req.signal);
+        slept += Math.max(1, this.clock.now() - t0);
       } catch (e) {
         throw req.signal?.aborted ? req.signal.reason : e;
       }
@@ -553,6 +581,16 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    */
   status(opts: { fresh?: boolean } = {}): Promise<PoolStatus> {
     return this.upkeep.status(opts);
+  }
+
+  /**
+   * The charts' figures: requests, refusals, upstream 429s and waits per class, one point per
+   * second over the last 15 minutes, and the busiest keys per ten seconds, fleet-wide, from the
+   * counters the scripts keep (shared with the status snapshot: the same read, the same age).
+   * `sinceSec` (Unix s): only the points from then on. null: none could be read (Redis down).
+   */
+  series(opts: { sinceSec?: number; fresh?: boolean } = {}): Promise<PoolSeries | null> {
+    return this.upkeep.series(opts);
   }
 
   /**

@@ -27,6 +27,7 @@ export const SCRIPT_NAMES = [
   'statusHead',
   'statusPage',
   'snapshotSave',
+  'seriesRead',
   'probe',
   'housekeepLeases',
   'housekeepKeys',

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { PoolCommands } from './commands.js';
+import type { PoolSeries, SeriesReader } from './series.js';
 import { toPoolStatus, type PoolStatus, type RawKeyStatus, type RawStatus } from './status.js';
 
 /** Most ids per statusPage (and housekeepKeys) call; the script stops earlier when its time budget is spent. */
@@ -15,6 +16,8 @@ const POLL_MS = 25;
 interface Shared {
   takenAt: number;
   status: Omit<PoolStatus, 'redis' | 'snapshot'>;
+  /** The charts' per-second counts of the last 15 minutes (absent from a snapshot stored by an older version). */
+  series?: PoolSeries;
 }
 
 /**
@@ -73,6 +76,7 @@ export class StatusView {
     private readonly name: string,
     private readonly cmd: PoolCommands,
     private readonly snapshotMs: number,
+    private readonly traffic?: SeriesReader,
   ) {}
 
   /** The shared status and its age (ms). `fresh`: computed now (and shared). */
@@ -135,7 +139,14 @@ export class StatusView {
     const t0 = performance.now();
     const raw = await readStatus(this.cmd);
     const { redis: _redis, ...status } = toPoolStatus(this.name, { ok: true, policy: '' }, raw);
-    const shared = { takenAt: raw.now, status };
+    const shared: Shared = { takenAt: raw.now, status };
+    if (this.traffic) {
+      // the traffic counters: only the seconds this process has not read yet
+      await this.traffic.refresh(raw.now, raw.keys);
+      status.traffic = this.traffic.traffic(raw.now);
+      const labels = new Map(status.keys.map((k) => [k.id, k.name ?? k.hint]));
+      shared.series = this.traffic.series(raw.now, (id) => labels.get(id) ?? id);
+    }
     const ageMs = performance.now() - t0;
     if (token) await this.cmd.snapshotWrite(token, JSON.stringify(shared), shared.takenAt, ageMs, 3 * this.snapshotMs);
     return { shared, ageMs };

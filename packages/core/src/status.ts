@@ -1,5 +1,6 @@
 import { limitsOf, type KeyRecord } from './records.js';
 import { NANOS_PER_USD } from './pricing.js';
+import type { PoolTraffic } from './series.js';
 
 /** The pool-wide figures (lua/statusHead-3.lua; parsed by commands.ts). */
 export interface RawStatusHead {
@@ -61,6 +62,10 @@ interface RawState {
   /** limits the provider reported, per minute (-1 unknown) */
   rl: number;
   tl: number;
+  /** traffic of the current ten-second bucket: the bucket, requests that went upstream, 429s (lua/includes/series.lua) */
+  sb?: number;
+  sn?: number;
+  se?: number;
 }
 
 export type KeyState =
@@ -148,6 +153,12 @@ export interface PoolStatus {
    * status per `status.snapshotMs` (absent when Redis could not be read).
    */
   snapshot?: { takenAt: string; ageMs: number };
+  /**
+   * Fleet-wide requests over the last 60 s and 15 min, per priority class and per tenant:
+   * admitted at once, waited (admitted by a reservation), refused, and wait percentiles (from the
+   * counters the scripts keep per second, lua/includes/series.lua). Absent when Redis could not be read.
+   */
+  traffic?: PoolTraffic;
   keys: KeyStatus[];
 }
 

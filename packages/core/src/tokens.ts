@@ -471,7 +471,7 @@ export class GatewayTokens {
   }
 
   /**
-   * The settlement a lease's release carries to Redis (release-10.lua), `costUsd` undefined: what
+   * The settlement a lease's release carries to Redis (release-11.lua), `costUsd` undefined: what
    * the release charges the key. Null for a reservation this process made while Redis was down:
    * that one is settled on its own (settle). Throws InvalidArgumentError as settle does.
    */

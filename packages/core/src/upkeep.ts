@@ -12,6 +12,7 @@ import { limitsOf, recordOfSpec, type KeyRecord } from './records.js';
 import type { RedisLink } from './redis-link.js';
 import type { KeyStatus, PoolStatus, ScheduledJobStatus } from './status.js';
 import { inPages, readKeys, StatusView } from './status-view.js';
+import { SeriesReader, sliceSeries, type PoolSeries } from './series.js';
 import type { Topology } from './topology.js';
 
 
@@ -49,7 +50,7 @@ export class Upkeep {
   private readonly view: StatusView;
 
   constructor(private readonly p: UpkeepParts) {
-    this.view = new StatusView(p.name, p.cmd, p.config.status.snapshotMs);
+    this.view = new StatusView(p.name, p.cmd, p.config.status.snapshotMs, new SeriesReader(p.cmd));
   }
 
   /** See KeyPool.setSourceKeys. */
@@ -231,6 +232,14 @@ export class Upkeep {
         keys,
       };
     }
+  }
+
+  /** See KeyPool.series. */
+  async series(opts: { sinceSec?: number; fresh?: boolean } = {}): Promise<PoolSeries | null> {
+    const { shared } = await this.view.get(opts.fresh);
+    const s = shared.series;
+    if (!s || opts.sinceSec === undefined) return s ?? null;
+    return sliceSeries(s, opts.sinceSec);
   }
 
   /** See KeyPool.scheduleStatus. */

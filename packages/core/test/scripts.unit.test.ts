@@ -57,7 +57,7 @@ describe("the package's scripts", () => {
   it('acquire, upsertKey and the housekeeping scripts take a variable number of KEYS; the others a fixed one', () => {
     const variable = ['acquire', 'upsertKey', 'housekeepLeases', 'housekeepKeys'];
     const keys = Object.fromEntries(all.map((s) => [s.name, s.keys]));
-    expect(keys).toMatchObject({ acquire: undefined, upsertKey: undefined, housekeepLeases: undefined, housekeepKeys: undefined, release: 10, setState: 5, tokenRevoke: 1, statusHead: 3, statusPage: 3 });
+    expect(keys).toMatchObject({ acquire: undefined, upsertKey: undefined, housekeepLeases: undefined, housekeepKeys: undefined, release: 11, setState: 5, tokenRevoke: 1, statusHead: 3, statusPage: 3, seriesRead: 1 });
     for (const s of all) if (!variable.includes(s.name)) expect(s.keys).toBeGreaterThan(0);
   });
 

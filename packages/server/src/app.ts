@@ -125,6 +125,22 @@ export function createGateway(opts: GatewayOptions): Gateway {
     }
   });
 
+  // the dashboard's charts: the last 15 minutes per second (shared with the status snapshot)
+  app.get('/status/series', ops, async (req, res) => {
+    const since = req.query['since'];
+    if (since !== undefined && (typeof since !== 'string' || !/^\d{1,12}$/.test(since))) {
+      return sendError(res, new HttpError(400, 'since must be a Unix time in whole seconds, e.g. ?since=1765000000', 'invalid_request_error', 'invalid_since'));
+    }
+    try {
+      const series = await pool.series(since === undefined ? {} : { sinceSec: Number(since) });
+      if (!series) return sendError(res, new HttpError(503, 'The traffic series cannot be read now (Redis?); the gateway log has the details.', 'server_error', 'status_unavailable'));
+      res.json(series);
+    } catch (e) {
+      logger.warn({ err: (e as Error).message }, 'status series failed');
+      sendError(res, new HttpError(503, 'The traffic series cannot be read now (Redis?); the gateway log has the details.', 'server_error', 'status_unavailable'));
+    }
+  });
+
   app.get('/metrics', ops, async (_req, res) => {
     res.setHeader('content-type', metrics.registry.contentType);
     res.end(await metrics.scrape());

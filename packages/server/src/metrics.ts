@@ -1,5 +1,5 @@
 import client from 'prom-client';
-import type { KeyPool, KeyState, KeyStatus } from '@keypool/core';
+import type { KeyPool, KeyState, KeyStatus, PoolTraffic } from '@keypool/core';
 import type { SecretSync } from '@keypool/secrets';
 import type { QueueStatus } from './queue-status.js';
 
@@ -11,6 +11,10 @@ import type { QueueStatus } from './queue-status.js';
  */
 const STATES: KeyState[] = ['active', 'cooling', 'open', 'half_open', 'revoked', 'disabled', 'draining', 'out_of_budget', 'unknown'];
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+/** Client-side waits for a key (a reservation's sleep, retry sleeps), seconds. */
+const WAIT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+/** Distinct tenant labels this process gives its admission counter; later tenants count as '~'. */
+const TENANT_LABELS = 50;
 const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1];
 
 export class GatewayMetrics {
@@ -28,6 +32,9 @@ export class GatewayMetrics {
   readonly tokenStoreLost: client.Counter;
   readonly adminActions: client.Counter<'action'>;
   readonly inFlight: client.Gauge;
+  readonly admissions: client.Counter<'class' | 'tenant' | 'result'>;
+  readonly admissionWait: client.Histogram<'class'>;
+  private readonly tenantLabels = new Set<string>();
   private readonly collectFleet: () => Promise<void>;
 
   /** The per-key gauges of the last status read, as exposition text (see keyGauges). */
@@ -57,6 +64,19 @@ export class GatewayMetrics {
     this.inFlight = new client.Gauge({ name: 'keypool_gateway_in_flight_requests', help: 'Requests this process is serving now.', registers, collect() {
       this.set(inFlight());
     } });
+
+    // this process's acquires, by class and tenant (the fleet-wide counts: keypool_traffic_* below)
+    this.admissions = new client.Counter({ name: 'keypool_admissions_total', help: `Acquires of this process by priority class, tenant (at most ${TENANT_LABELS} named per process, then ~) and result: admitted (at once), waited (admitted after sleeping for a reservation or retries), refused.`, labelNames: ['class', 'tenant', 'result'], registers });
+    this.admissionWait = new client.Histogram({ name: 'keypool_admission_wait_seconds', help: "Time this process's admitted acquires slept waiting for a key (a reservation's start, retry sleeps; 0 when admitted at once), by priority class.", labelNames: ['class'], buckets: WAIT_BUCKETS, registers });
+    pool.on('admission', (e) => {
+      let tenant = e.tenant;
+      if (tenant && !this.tenantLabels.has(tenant)) {
+        if (this.tenantLabels.size < TENANT_LABELS) this.tenantLabels.add(tenant);
+        else tenant = '~';
+      }
+      this.admissions.inc({ class: e.priority, tenant, result: e.result });
+      if (e.result !== 'refused') this.admissionWait.observe({ class: e.priority }, e.waitMs / 1000);
+    });
 
     const redisErrors = this.redisErrors;
     // the scheduler (fleet-wide, as the workers recorded it in Redis)
@@ -127,12 +147,12 @@ export class GatewayMetrics {
       try {
         const st = await pool.status();
         // one text per snapshot: scrapes within an interval (several Prometheus servers) reuse it
-        if (st.snapshot?.takenAt !== this.keyText.takenAt || !st.snapshot) this.keyText = { takenAt: st.snapshot?.takenAt, text: keyGauges(st.keys) };
+        if (st.snapshot?.takenAt !== this.keyText.takenAt || !st.snapshot) this.keyText = { takenAt: st.snapshot?.takenAt, text: keyGauges(st.keys) + trafficGauges(st.traffic) };
         scrapeOk.set(st.redis.ok ? 1 : 0);
       } catch {
         redisErrors.inc({ operation: 'status' });
         scrapeOk.set(0);
-        this.keyText = { takenAt: undefined, text: keyGauges([]) };
+        this.keyText = { takenAt: undefined, text: keyGauges([]) + trafficGauges(undefined) };
       }
     };
   }
@@ -206,4 +226,32 @@ function keyGauges(keys: readonly KeyStatus[]): string {
     if (k.errorRate !== undefined) errors.add(id, k.errorRate);
   }
   return [state, inFlight, left, rate, spend, latency, errors].join('\n');
+}
+
+/**
+ * The fleet-wide traffic of the last minute and of the last 15 minutes, per priority class and
+ * per tenant (the 20 busiest; the others summed as ~), from the counters the scripts keep in
+ * Redis: gauges over a sliding window (the process counters above are the ones to rate()).
+ */
+function trafficGauges(t: PoolTraffic | undefined): string {
+  const requests = new GaugeText('keypool_traffic_requests', 'Fleet-wide acquires over the window (60s, 15m) by priority class and result: admitted (at once), waited (admitted by a reservation), refused.', ['window', 'class', 'result']);
+  const wait = new GaugeText('keypool_traffic_wait_seconds', 'Fleet-wide wait of admitted acquires over the window by priority class (reserved waits in Redis; 0 for those admitted at once): the upper bound of the histogram bucket holding the quantile.', ['window', 'class', 'quantile']);
+  const tenants = new GaugeText('keypool_traffic_tenant_requests', 'Fleet-wide acquires over the window by tenant (the 20 busiest over 15 minutes; the others as ~) and result.', ['window', 'tenant', 'result']);
+  const r429 = new GaugeText('keypool_traffic_upstream_429', 'Fleet-wide upstream 429 answers over the window.', ['window']);
+  for (const [window, w] of t ? ([['60s', t.last60s], ['15m', t.last15m]] as const) : []) {
+    r429.add([window], w.upstream429);
+    for (const [cls, c] of Object.entries(w.byClass)) {
+      requests.add([window, cls, 'admitted'], c.admitted);
+      requests.add([window, cls, 'waited'], c.waited);
+      requests.add([window, cls, 'refused'], c.refused);
+      if (c.waitP50Ms !== null) wait.add([window, cls, '0.5'], c.waitP50Ms / 1000);
+      if (c.waitP99Ms !== null) wait.add([window, cls, '0.99'], c.waitP99Ms / 1000);
+    }
+    for (const [tenant, c] of Object.entries(w.byTenant)) {
+      tenants.add([window, tenant, 'admitted'], c.admitted);
+      tenants.add([window, tenant, 'waited'], c.waited);
+      tenants.add([window, tenant, 'refused'], c.refused);
+    }
+  }
+  return '\n' + [requests, wait, tenants, r429].join('\n');
 }

@@ -111,6 +111,11 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     expect(await page.locator('#pwned').count()).toBe(0);
     expect(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
     expect(await page.getByTestId('banner').isHidden()).toBe(true);
+    // no traffic yet: the charts say so, axes and all
+    for (const chart of ['chart-requests', 'chart-429', 'chart-waits', 'chart-keys']) {
+      await expect.poll(() => page.getByTestId(chart).locator('svg .nodata').textContent()).toMatch(/^No (traffic in the last 15 minutes|data yet)$/);
+      expect(await page.getByTestId(chart).locator('svg text', { hasText: 'now' }).count()).toBe(1);
+    }
     // no worker runs for this pool: the scheduler panel says how to start one
     expect(await page.locator('#nosched').isVisible()).toBe(true);
     expect(await page.locator('#nosched').textContent()).toContain('keypool worker --config');
@@ -245,6 +250,77 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     } finally {
       await tab.close();
       await closed.stop();
+    }
+  });
+
+  it('charts the last 15 minutes from real requests: requests, upstream 429s, waits per class, busiest keys; and the class and tenant lines', async () => {
+    // a key whose provider allows 1 request a minute while the pool is told 600: requests sent at
+    // once, before an answer tells the pool, get 429s
+    const D = 'sk-test-dddddddddddddddddddddddd4444';
+    const E = 'sk-test-eeeeeeeeeeeeeeeeeeeeeeee5555';
+    const gw = await startGateway({
+      fakeKeys: [{ key: D, name: 'd', rpm: 1, latency: 100 }, { key: E, name: 'e' }],
+      keys: [
+        { secret: D, name: 'delta', models: ['gpt-4o'], rpm: 600 },
+        // 2 a second (its 1 s window): back-to-back requests wait for their turn (a reservation)
+        { secret: E, name: 'echo', models: ['gpt-4o-mini'], rpm: 120 },
+      ],
+    });
+    const tab = await context.newPage();
+    try {
+      const ask = (model: string) =>
+        fetch(`${gw.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${gw.token}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 }),
+        }).then((r) => r.status);
+      const statuses: number[] = [];
+      for (let i = 0; i < 6; i++) statuses.push(await ask('gpt-4o-mini'));
+      await Promise.all([0, 1, 2, 3].map(() => ask('gpt-4o')));
+      expect(statuses).toEqual([200, 200, 200, 200, 200, 200]);
+      const fake = await gw.fake.counters();
+      expect(fake['d']!.rate429).toBeGreaterThan(0);
+
+      await tab.goto(`${gw.url}/dashboard`);
+      await expect.poll(() => tab.getByTestId('pool').textContent(), { timeout: 5000 }).toBe(gw.pool.name);
+      const st = await gw.pool.status({ fresh: true });
+      const t = st.traffic!.last15m;
+      expect(t.upstream429).toBe(fake['d']!.rate429);
+      const total = (id: string) => tab.getByTestId(id).getAttribute('data-total').then(Number);
+      // the requests chart: every admission (admitted and waited) and every refusal, as counted in Redis
+      await expect.poll(() => total('chart-requests'), { timeout: 5000 }).toBe(t.requests + t.refused);
+      expect(t.requests).toBeGreaterThanOrEqual(7);
+      expect(Number(await tab.getByTestId('chart-requests').locator('path[data-series="admitted"]').getAttribute('data-total'))).toBe(t.requests);
+      expect(await total('chart-429')).toBe(fake['d']!.rate429);
+      expect(t.byClass.normal.waited).toBeGreaterThan(0);
+      expect(await total('chart-waits')).toBe(t.byClass.normal.waited + t.byClass.low.waited + t.byClass.critical.waited);
+      expect(Number(await tab.getByTestId('chart-waits').locator('path[data-series="normal"]').getAttribute('data-total'))).toBe(t.byClass.normal.waited);
+      expect(t.byClass.normal.waitP99Ms).toBeGreaterThan(0);
+      // the busiest keys: what went upstream on each, per the fake upstream's own counters
+      const keys = tab.getByTestId('chart-keys');
+      expect(Number(await keys.locator('path[data-series="echo"]').getAttribute('data-total'))).toBe(fake['e']!.requests);
+      expect(Number(await keys.locator('path[data-series="delta"]').getAttribute('data-total'))).toBe(fake['d']!.requests);
+      expect(await keys.locator('.keys-legend').textContent()).toContain('delta');
+      // a line drawn is not flat at the bottom: some point is above the x axis
+      const ys = await tab.getByTestId('chart-requests').locator('path[data-series="admitted"]').getAttribute('d');
+      expect(new Set([...ys!.matchAll(/[ML][\d.]+ ([\d.]+)/g)].map((m) => m[1])).size).toBeGreaterThan(1);
+      expect(await tab.getByTestId('chart-requests').locator('svg text', { hasText: 'req/s' }).count()).toBe(1);
+      // the class line and the gateway token's tenant line (60 s / 15 min)
+      const normal = tab.locator('#trafficrows tr[data-class="normal"] td');
+      expect(await normal.nth(1).textContent()).toBe(`${t.byClass.normal.admitted} / ${t.byClass.normal.admitted}`);
+      const tenant = Object.keys(t.byTenant)[0]!;
+      expect(await tab.locator(`#trafficrows tr[data-tenant="${tenant}"] td`).first().textContent()).toBe(`tenant ${tenant}`);
+      // nothing of a secret in what the page was given
+      const body = await (await fetch(`${gw.url}/status/series`)).text();
+      for (const secret of [D, E]) {
+        expect(body).not.toContain(secret);
+        expect(body).not.toContain(secret.slice(-8));
+      }
+      await tab.screenshot({ path: `${SHOTS}-charts.png`, fullPage: true });
+      expect(consoleErrors).toEqual([]);
+    } finally {
+      await tab.close();
+      await gw.stop();
     }
   });
 

@@ -18,7 +18,8 @@ export function registerStatus(program: Command, ctx: Context): void {
       'after',
       paragraphs(
         'Reads GET <url>/status. A gateway with server.statusToken set needs that token (KEYPOOL_STATUS_TOKEN or --status-token) or its admin token (KEYPOOL_ADMIN_TOKEN); one without needs none. Columns: requests and tokens left now (in the enforcement window of a key with one, else in the bucket) out of the configured rpm / tpm, followed by (eff N) when the pool enforces another limit now (lowered by 429s, by the limit the provider reports or by another application using the key; raised back as answers stay clean), budget left in the current period, spend, latency percentiles and error rate over the health window; - means no limit.',
-        'A state followed by (degraded) is a key slower or failing more than health.degradedP99Ms / health.degradedErrorRate allow: it gets less traffic. Colours only when stdout is a terminal (and NO_COLOR is not set).',
+        'The class lines (critical, normal, low: those with traffic in the last 15 minutes) count the whole fleet\'s acquires in the last 60 s and 15 min: admitted at once, waited (admitted by a reservation, started later), refused; wait p50/p99 is over the admitted ones (0 for those admitted at once), the upper bound of the histogram bucket.',
+      'A state followed by (degraded) is a key slower or failing more than health.degradedP99Ms / health.degradedErrorRate allow: it gets less traffic. Colours only when stdout is a terminal (and NO_COLOR is not set).',
       ) +
         examples('keypool status', 'keypool status --url http://gateway.internal:8080', 'KEYPOOL_URL=http://10.0.0.5:8080 keypool status --json | jq .keys'),
     );
@@ -71,6 +72,22 @@ export function renderStatus(st: GatewayStatus, opts: { color: boolean; now: num
         style: failing.length || behind ? 'yellow' : 'green',
       },
     ]);
+  }
+  // per priority class, fleet-wide: last minute, then last 15 minutes (classes with no traffic left out)
+  const t = st.traffic;
+  if (t) {
+    for (const [cls, m] of Object.entries(t.last60s.byClass)) {
+      const q = t.last15m.byClass[cls as keyof typeof t.last15m.byClass];
+      if (!q || q.admitted + q.waited + q.refused === 0) continue;
+      const ms = (v: number | null) => (v === null ? NONE : String(v));
+      lines.push([
+        `class ${cls}`,
+        {
+          text: `60 s: ${m.admitted} admitted, ${m.waited} waited, ${m.refused} refused, wait p50/p99 ${ms(m.waitP50Ms)}/${ms(m.waitP99Ms)} ms; 15 min: ${q.admitted} admitted, ${q.waited} waited, ${q.refused} refused`,
+          style: m.refused > 0 ? 'yellow' : undefined,
+        },
+      ]);
+    }
   }
   if (Array.isArray(st.scheduler)) {
     lines.push([

@@ -9,6 +9,7 @@
   KEYS[1] cfg  KEYS[2] st  KEYS[3] leases  KEYS[4] avail set of the key's group  KEYS[5] wait zset
   of the key's group  KEYS[6] meta  KEYS[7] spend (hash: nano-dollars and requests per model, per route)
   KEYS[8] win (the enforcement windows' log)  KEYS[9] tok:st  KEYS[10] tok:res (gateway tokens)
+  KEYS[11] ser (traffic counters, see includes/series.lua: requests and 429s per key, 429s pool-wide)
   ARGV[1] lease  ARGV[2] outcome: ok | client_error | rate_limited | auth | server_error | aborted
   | unused (nothing went upstream: the request, the tokens, the slot and the money all come back,
   nothing is charged nor recorded)
@@ -32,6 +33,7 @@
 --- @include "health"
 --- @include "learn"
 --- @include "tokens"
+--- @include "series"
 
 local cfgKey, stKey, leasesKey, availKey, waitKey, metaKey, spendKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local lease, outcome = ARGV[1], ARGV[2]
@@ -146,6 +148,8 @@ if ARGV[25] == '1' and not unused then
   if latency >= 0 and now - latency > arrivedAt then arrivedAt = now - latency end
   learnLimits(winKey, st, id, now, outcome, tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23]), tonumber(ARGV[24]), arrivedAt, estTokens)
 end
+
+if not unused then seriesRelease(KEYS[11], now, st, id, outcome == 'rate_limited') end
 
 -- where the key sits now
 local nowWhole, nowMicros = timeReply(now)
