@@ -13,6 +13,8 @@ import { PoolKeys } from './pool-keys.js';
 import { groupOf, type KeySettings } from './records.js';
 import { openClient } from './redis-link.js';
 import type { KeyStatus, PoolStatus, SpendLine } from './status.js';
+import { PRIORITY_CLASSES } from './lease.js';
+import { CHART_KEYS, type PoolSeries, type PoolTraffic, type TrafficWindow } from './series.js';
 import type { ProbeTarget } from './upkeep.js';
 
 /** How often a process reads each partition's free capacity (in the background of acquire). */
@@ -38,7 +40,7 @@ type Part = Pick<
   KeyPool,
   | 'acquire' | 'release' | 'addKey' | 'updateKey' | 'disableKey' | 'enableKey' | 'drainKey' | 'retireKey' | 'removeKey' | 'resetKey' | 'resetBudget'
   | 'heldKeyIds' | 'isConfigKey' | 'setSourceKeys' | 'probeTargets' | 'reportProbe' | 'housekeep' | 'status' | 'readiness' | 'servesModel' | 'knownKeys'
-  | 'refreshTopology' | 'keys'
+  | 'refreshTopology' | 'keys' | 'series'
 > & { readonly redisAvailable: boolean };
 
 /**
@@ -103,6 +105,7 @@ export class PartitionedPool extends KeyPool {
       reportProbe: (id, o) => super.reportProbe(id, o),
       housekeep: () => super.housekeep(),
       status: (opts) => super.status(opts),
+      series: (opts) => super.series(opts),
       readiness: () => super.readiness(),
       servesModel: (m) => super.servesModel(m),
       knownKeys: () => super.knownKeys(),
@@ -440,6 +443,11 @@ export class PartitionedPool extends KeyPool {
     return mergeStatus(this.name, all, this.parts.map((p) => p.keys));
   }
 
+  /** The chart points of every partition, summed (each partition's snapshot is shared by the fleet). */
+  override async series(opts: { sinceSec?: number; fresh?: boolean } = {}): Promise<PoolSeries | null> {
+    return mergeSeries(await Promise.all(this.parts.map((p) => p.series(opts))));
+  }
+
   override async readiness(): Promise<{ redis: PoolStatus['redis']; heldKeys: number }> {
     const all = await Promise.all(this.parts.map((p) => p.readiness()));
     return { redis: all.find((r) => !r.redis.ok)?.redis ?? all[0]!.redis, heldKeys: all.reduce((s, r) => s + r.heldKeys, 0) };
@@ -500,10 +508,116 @@ export function mergeStatus(pool: string, all: PoolStatus[], keys: PoolKeys[]): 
     ...(all.every((s) => s.spend) ? { spend: { byModel, byRoute } } : {}),
     ...(oldest ? { snapshot: oldest } : {}),
     keys: keyList,
+    ...(mergeTraffic(all.map((s) => s.traffic)) ? { traffic: mergeTraffic(all.map((s) => s.traffic))! } : {}),
     partitions: all.map((s, index) => ({ index, tag: tagOf(keys[index]!), keys: s.keys.length, leasesInFlight: s.leasesInFlight })),
   };
 }
 
 function tagOf(k: PoolKeys): string {
   return /\{(.*)\}/.exec(k.cfg)?.[1] ?? '';
+}
+
+/** The sum of the partitions' traffic windows; a class's wait percentiles are the partitions' highest (an upper bound: the histograms stay in each partition). */
+function mergeWindow(all: TrafficWindow[]): TrafficWindow {
+  const first = all[0]!;
+  const byClass = {} as TrafficWindow['byClass'];
+  for (const c of PRIORITY_CLASSES) {
+    const rows = all.map((w) => w.byClass[c]);
+    const waited = rows.reduce((s, r) => s + r.waited, 0);
+    const waitSum = rows.reduce((s, r) => s + (r.meanWaitMs ?? 0) * r.waited, 0);
+    byClass[c] = {
+      admitted: rows.reduce((s, r) => s + r.admitted, 0),
+      waited,
+      refused: rows.reduce((s, r) => s + r.refused, 0),
+      waitP50Ms: maxOrNull(rows.map((r) => r.waitP50Ms)),
+      waitP99Ms: maxOrNull(rows.map((r) => r.waitP99Ms)),
+      meanWaitMs: waited > 0 ? Math.round(waitSum / waited) : null,
+    };
+  }
+  const byTenant: TrafficWindow['byTenant'] = {};
+  const sums: Record<string, number> = {};
+  for (const w of all) {
+    for (const [name, t] of Object.entries(w.byTenant)) {
+      const into = (byTenant[name] ??= { admitted: 0, waited: 0, refused: 0, meanWaitMs: null });
+      into.admitted += t.admitted;
+      into.refused += t.refused;
+      into.waited += t.waited;
+      sums[name] = (sums[name] ?? 0) + (t.meanWaitMs ?? 0) * t.waited;
+    }
+  }
+  for (const [name, t] of Object.entries(byTenant)) t.meanWaitMs = t.waited > 0 ? Math.round(sums[name]! / t.waited) : null;
+  return {
+    seconds: first.seconds,
+    requests: all.reduce((s, w) => s + w.requests, 0),
+    refused: all.reduce((s, w) => s + w.refused, 0),
+    upstream429: all.reduce((s, w) => s + w.upstream429, 0),
+    byClass,
+    byTenant,
+  };
+}
+
+function maxOrNull(xs: (number | null)[]): number | null {
+  const known = xs.filter((x): x is number => x !== null);
+  return known.length ? Math.max(...known) : null;
+}
+
+/** The partitions' traffic summed (undefined while any partition has none yet). */
+export function mergeTraffic(all: (PoolTraffic | undefined)[]): PoolTraffic | undefined {
+  if (all.some((t) => t === undefined)) return undefined;
+  const ts = all as PoolTraffic[];
+  return { last60s: mergeWindow(ts.map((t) => t.last60s)), last15m: mergeWindow(ts.map((t) => t.last15m)) };
+}
+
+/** Add `from`'s values into `into` where their seconds meet (both start at a Unix second, one point per step). */
+function addAligned(into: number[], intoFrom: number, from: number[], fromFrom: number, step: number): void {
+  const shift = Math.round((fromFrom - intoFrom) / step);
+  for (let i = 0; i < from.length; i++) {
+    const j = i + shift;
+    if (j >= 0 && j < into.length) into[j]! += from[i]!;
+  }
+}
+
+/** The partitions' chart points summed on the latest partition's seconds; the charted keys are the busiest of all partitions. */
+export function mergeSeries(all: (PoolSeries | null)[]): PoolSeries | null {
+  const known = all.filter((s): s is PoolSeries => s !== null);
+  if (known.length === 0) return null;
+  const base = known.reduce((a, b) => (b.from > a.from ? b : a));
+  const zeros = () => new Array<number>(base.points).fill(0);
+  const out: PoolSeries = {
+    from: base.from,
+    points: base.points,
+    requests: zeros(),
+    refused: zeros(),
+    upstream429: zeros(),
+    byClass: {} as PoolSeries['byClass'],
+    keys: { ...base.keys, top: [] },
+  };
+  for (const c of PRIORITY_CLASSES) out.byClass[c] = { admitted: zeros(), waited: zeros(), refused: zeros(), waitP99Ms: new Array<number | null>(base.points).fill(null) };
+  for (const s of known) {
+    addAligned(out.requests, out.from, s.requests, s.from, 1);
+    addAligned(out.refused, out.from, s.refused, s.from, 1);
+    addAligned(out.upstream429, out.from, s.upstream429, s.from, 1);
+    for (const c of PRIORITY_CLASSES) {
+      const into = out.byClass[c];
+      const from = s.byClass[c];
+      addAligned(into.admitted, out.from, from.admitted, s.from, 1);
+      addAligned(into.waited, out.from, from.waited, s.from, 1);
+      addAligned(into.refused, out.from, from.refused, s.from, 1);
+      const shift = s.from - out.from;
+      from.waitP99Ms.forEach((v, i) => {
+        const j = i + shift;
+        if (v !== null && j >= 0 && j < out.points) into.waitP99Ms[j] = Math.max(into.waitP99Ms[j] ?? 0, v);
+      });
+    }
+    for (const k of s.keys.top) {
+      const requests = new Array<number>(base.keys.points).fill(0);
+      const upstream429 = new Array<number>(base.keys.points).fill(0);
+      addAligned(requests, base.keys.from, k.requests, s.keys.from, base.keys.stepSeconds);
+      addAligned(upstream429, base.keys.from, k.upstream429, s.keys.from, base.keys.stepSeconds);
+      out.keys.top.push({ id: k.id, label: k.label, requests, upstream429 });
+    }
+  }
+  const total = (k: { requests: number[] }) => k.requests.reduce((a, b) => a + b, 0);
+  out.keys.top = out.keys.top.sort((a, b) => total(b) - total(a)).slice(0, CHART_KEYS);
+  return out;
 }

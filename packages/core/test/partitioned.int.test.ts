@@ -81,6 +81,13 @@ describe(`partitioned pool (${testTarget()})`, () => {
     expect(st.spend!.byRoute['chat']!.requests).toBe(60);
     const perKey = st.keys.reduce((s, k) => s + (k.spendUsd ?? 0), 0);
     expect(st.spend!.byModel['gpt-4o-mini']!.usd).toBeCloseTo(perKey, 9);
+    // the traffic counters of every partition, summed: 60 admitted at once, all normal, no tenant
+    expect(st.traffic!.last60s).toMatchObject({ requests: 60, refused: 0 });
+    expect(st.traffic!.last60s.byClass.normal).toMatchObject({ admitted: 60, waited: 0, refused: 0 });
+    const s = (await pool.series({ fresh: true }))!;
+    expect(s.requests.reduce((a, b) => a + b, 0)).toBe(60);
+    expect(s.byClass.normal.admitted.reduce((a, b) => a + b, 0)).toBe(60);
+    expect(s.keys.top.reduce((n, k) => n + k.requests.reduce((a, b) => a + b, 0), 0)).toBeGreaterThan(0);
   });
 
   it('keeps every key within its window across partitions and two processes', async () => {
