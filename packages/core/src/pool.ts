@@ -17,6 +17,7 @@ import { recordOfSpec, type KeyRecord, type KeySettings } from './records.js';
 import { RedisLink, openClient } from './redis-link.js';
 import type { PoolStatus, ScheduledJobStatus } from './status.js';
 import { GatewayTokens } from './tokens.js';
+import type { RedisConnection } from './connect.js';
 import { Topology } from './topology.js';
 import { Upkeep, type ProbeTarget } from './upkeep.js';
 
@@ -24,8 +25,11 @@ export type { ExhaustedReason } from './commands.js';
 export type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
 
 export interface KeyPoolOptions {
-  /** A Redis URL, or an ioredis Redis or Cluster instance (kept open on close()). */
-  redis: string | Redis | Cluster;
+  /**
+   * A Redis URL, a {@link RedisConnection} (Sentinel, Cluster, TLS, ACL user), or an ioredis Redis
+   * or Cluster instance (kept open on close()).
+   */
+  redis: string | RedisConnection | Redis | Cluster;
   /** Pool configuration (validated; a bad one throws ConfigError listing every problem). */
   config: PoolConfigInput;
   /** A pino logger; the pool logs under `component: 'keypool'`. Default: pino to stderr at info. */
