@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadGatewayConfig, redisConnection } from '@keypool/config';
 import { isRedisUnavailable, KeyPool, type RedisConnection } from '@keypool/core';
 import {
+  connectionForChild,
   spawnTlsRedis,
   startFakeOpenAI,
   startSentinelGroup,
@@ -288,4 +289,40 @@ describe.skipIf(testTarget() === 'cluster')('Redis Sentinel', () => {
       for (const p of pools) await p.close();
     }
   }, 120_000);
+});
+
+describe.skipIf(testTarget() !== 'cluster')('Redis Cluster from the config (the cluster project: its 3-master cluster)', () => {
+  const seeds = () => connectionForChild().clusterNodes!.map((n) => `${n.host}:${n.port}`);
+
+  it('a pool, keypool serve, worker and queue on the cluster named by its seed nodes', async () => {
+    // one seed is enough: the rest of the cluster is discovered
+    const file = configFile(uniqueName('cluster'), `  cluster:\n    nodes: ["${seeds()[0]}"]`);
+    const conn = redisConnection(loadGatewayConfig({ file, env: { KP_TOPO_KEY: KEY } }).redis)!;
+    expect(conn.cluster?.nodes).toHaveLength(1);
+    const pool = await KeyPool.connect({
+      redis: conn,
+      config: { pool: uniqueName('cluster-pool'), keys: [{ secret: KEY, models: ['m'] }] },
+      logger: pino({ level: 'silent' }),
+    });
+    try {
+      const l = await pool.acquire({ model: 'm' });
+      expect(l.ok).toBe(true);
+      if (l.ok) expect((await l.release({ status: 200, latencyMs: 3 })).released).toBe(true);
+    } finally {
+      await pool.close();
+    }
+    const { child, url } = await served(file);
+    const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: TOKEN, maxRetries: 0 });
+    expect((await openai.chat.completions.create(ask)).choices.length).toBe(1);
+    const worker = startLongRunning('worker', ['--config', file], env);
+    children.push(worker);
+    await worker.waitForLog((l) => l.msg === 'scheduler started', 60_000);
+    const q = await keypool(['queue', 'add', '--model', 'gpt-4o-mini', '--prompt', 'on the cluster', '--wait', '60'], {
+      env: { REDIS_CLUSTER_SEEDS: seeds().join(','), KEYPOOL_POOL: /pool: (\S+)/.exec(readFileSync(file, 'utf8'))![1] },
+      timeoutMs: 90_000,
+    });
+    expect(q.code, q.stderr).toBe(0);
+    expect(JSON.parse(q.stdout)).toMatchObject({ model: 'gpt-4o-mini' });
+    await Promise.all([stop(child), stop(worker)]);
+  });
 });
