@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, createRedis, describeRedis, isConfigError } from '@keypool/core';
+import type { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadGatewayConfig, redisConnection, type GatewayConfig } from '../src/index.js';
 
@@ -244,6 +245,14 @@ redis:
       failoverDetector: true,
     });
     s.disconnect();
+    // a demoted master answers READONLY: the pool reconnects (its call fails under the Redis-down policy), BullMQ reconnects and resends
+    const readonly = new Error("READONLY You can't write against a read only replica.");
+    for (const [purpose, expected] of [['pool', 1], ['sync', 1], ['bullmq', 2], ['cli', 2]] as const) {
+      const c = createRedis({ url: 'redis://a:1' }, purpose) as Redis;
+      expect(c.options.reconnectOnError?.(readonly), purpose).toBe(expected);
+      expect(c.options.reconnectOnError?.(new Error('ERR unknown command')), purpose).toBe(false);
+      c.disconnect();
+    }
     expect(() => createRedis({ url: 'redis://a:1', cluster: { nodes: [{ host: 'b', port: 1 }] } }, 'pool')).toThrow(
       'a Redis connection needs exactly one of url, sentinel, cluster (got 2)'
     );
