@@ -134,7 +134,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       await pool.tokens.checkStore();
     } catch (e) {
       if (!isRedisUnavailable(e) || config.redisDown.policy === 'fail-closed') {
-        if (owns) client.disconnect();
+        pool.link.abandon();
         throw e;
       }
       // policy local: start on the keys this process holds

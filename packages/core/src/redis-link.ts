@@ -98,6 +98,19 @@ export class RedisLink implements CommandLink {
     });
     this.listen('ready', () => this.markUp());
     this.listen('error', (e: Error) => this.markDown(e));
+    // a client of ours that ioredis gave up on ('end' without close()) would never come back: start it again
+    if (owns) this.listen('end', () => this.revive());
+  }
+
+  private revive(): void {
+    if (this.closing) return;
+    this.markDown(new Error('connection to Redis ended'));
+    this.o.log.warn('Redis connection ended by the client library; connecting again');
+    const retry = setTimeout(() => {
+      if (this.closing || this.client.status !== 'end') return;
+      this.client.connect().catch(() => undefined);
+    }, REDIS_RETRY_MS);
+    retry.unref();
   }
 
   private listen(event: string, fn: (...args: never[]) => void): void {
@@ -201,6 +214,16 @@ export class RedisLink implements CommandLink {
     this.down = undefined;
     this.o.log.warn({ downMs }, 'Redis available again: shared limits back in force');
     this.o.onUp();
+  }
+
+  /** A start that failed: stop listening and drop the client if the pool opened it, at once. */
+  abandon(): void {
+    this.closing = true;
+    for (const [event, fn] of this.listeners) (this.client as unknown as EventEmitter).off(event, fn as (...args: unknown[]) => void);
+    if (this.owns) {
+      this.client.on('error', () => undefined);
+      this.client.disconnect();
+    }
   }
 
   /** Stop listening; close the client if the pool opened it. */
