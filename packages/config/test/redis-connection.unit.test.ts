@@ -242,7 +242,7 @@ redis:
       enableTLSForSentinelMode: true,
       sentinelTLS: { ca: 'CA' },
       maxRetriesPerRequest: null,
-      failoverDetector: true,
+      failoverDetector: false,
     });
     s.disconnect();
     // a demoted master answers READONLY: the pool reconnects (its call fails under the Redis-down policy), BullMQ reconnects and resends
