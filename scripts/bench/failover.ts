@@ -8,7 +8,7 @@
  * Processes (all children of this one, stopped with it): a Sentinel group started with redis-server
  * (packages/testkit topologies: one master, one replica, three sentinels; down-after-milliseconds
  * 1000 and failover-timeout 3000 instead of Sentinel's 30 s / 3 min defaults); the fake OpenAI
- * upstream (in this process) whose keys enforce their limit over rolling 10 s windows
+ * upstream (packages/testkit/src/fake-openai/cli.ts, a process of its own) whose keys enforce their limit over rolling 10 s windows
  * (`window-10s`, as Azure documents its quantization) and count what they refuse; two `keypool serve`
  * processes (the CLI, from one config file naming the sentinels, redisDown fail-closed).
  *
@@ -38,12 +38,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { startFakeOpenAI, type FakeOpenAI } from '@keypool/testkit/fake-openai';
+import { fakeOpenAIControl, type FakeOpenAIControl } from '@keypool/testkit/fake-openai';
 import { startSentinelGroup, type SentinelGroup } from '@keypool/testkit/topologies';
 import { list, logger, machine, printResult } from './lib/report.js';
 
 const log = logger('failover');
 const BIN = fileURLToPath(new URL('../../packages/cli/bin/keypool-dev.js', import.meta.url));
+const FAKE_CLI = fileURLToPath(new URL('../../packages/testkit/src/fake-openai/cli.ts', import.meta.url));
 const TOKEN = 'kpt_failoverBenchGatewayToken0123456789abcdefgh';
 const MODEL = 'gpt-4o-mini';
 const WINDOW_S = 10;
@@ -113,6 +114,24 @@ function startGateway(file: string, env: Record<string, string>, name: string, c
   });
 }
 
+/** The fake upstream in a process of its own: a stall of the load generator is not a burst at the upstream. */
+function startFake(keys: string[], children: ChildProcess[]): Promise<{ url: string; control: FakeOpenAIControl }> {
+  const spec = keys.map((k, i) => `${k}:rpm=${RPM}:limiter=window-10s:name=k${i}`).join(',');
+  const child = spawn(process.execPath, ['--import', 'tsx', FAKE_CLI, '--keys', spec, '--models', MODEL, '--latency', '5'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let err = '';
+  child.stderr!.on('data', (c: Buffer) => (err = (err + c).slice(-2000)));
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      out += c;
+      const i = out.indexOf('\n');
+      if (i >= 0) resolve({ url: out.slice(0, i).trim(), control: fakeOpenAIControl(out.slice(0, i).trim()) });
+    });
+    child.once('exit', (code) => reject(new Error(`the fake upstream exited (${code}): ${err}`)));
+  });
+}
+
 interface Sample {
   /** Scheduled send time. */
   at: number;
@@ -157,14 +176,13 @@ interface RunResult {
 async function oneRun(run: number): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), 'keypool-bench-failover-'));
   let group: SentinelGroup | undefined;
-  let fake: FakeOpenAI | undefined;
   const gateways: Gateway[] = [];
   const children: ChildProcess[] = [];
   try {
     log(`run ${run}: starting a Sentinel group (1 master, 1 replica, 3 sentinels)`);
     group = await startSentinelGroup({ downAfterMs: 1000, failoverTimeoutMs: 3000 });
     const secrets = Array.from({ length: KEYS }, (_, i) => `sk-bench-failover-${run}-${i}-${'x'.repeat(16)}`);
-    fake = await startFakeOpenAI({ keys: secrets.map((key, i) => ({ key, name: `k${i}`, rpm: RPM, limiter: 'window-10s' as const })), models: [MODEL], latency: 5 });
+    const fake = await startFake(secrets, children);
     const file = join(dir, 'keypool.yaml');
     writeFileSync(
       file,
@@ -180,7 +198,7 @@ tokens:
   - sha256: ${createHash('sha256').update(TOKEN).digest('hex')}
     name: bench
 keys:
-${secrets.map((_, i) => `  - { name: k${i}, secretEnv: KP_BENCH_KEY_${i}, baseURL: "${fake!.url}", models: [${MODEL}], rpm: ${RPM}, window: ${WINDOW_S}, limitHeaders: window }`).join('\n')}
+${secrets.map((_, i) => `  - { name: k${i}, secretEnv: KP_BENCH_KEY_${i}, baseURL: "${fake.url}", models: [${MODEL}], rpm: ${RPM}, window: ${WINDOW_S}, limitHeaders: window }`).join('\n')}
 `,
     );
     const env = Object.fromEntries(secrets.map((s, i) => [`KP_BENCH_KEY_${i}`, s]));
@@ -195,14 +213,14 @@ ${secrets.map((_, i) => `  - { name: k${i}, secretEnv: KP_BENCH_KEY_${i}, baseUR
     let killedAt = 0;
     let promotedAt = 0;
     let over429AtKill = 0;
-    const count429 = () =>
-      Object.entries(fake!.counters())
+    const count429 = async () =>
+      Object.entries(await fake.control.counters())
         .filter(([name]) => /^k\d+$/.test(name))
         .reduce((n, [, c]) => n + c.rate429, 0);
     const killing = (async () => {
       await new Promise((r) => setTimeout(r, BEFORE_S * 1000));
       killedAt = Date.now();
-      over429AtKill = count429();
+      over429AtKill = await count429();
       const { newMaster } = await group!.killMaster({ timeoutMs: 60_000 });
       promotedAt = Date.now();
       log(`run ${run}: master killed; sentinels promoted ${newMaster!.host}:${newMaster!.port} after ${promotedAt - killedAt} ms`);
@@ -225,7 +243,7 @@ ${secrets.map((_, i) => `  - { name: k${i}, secretEnv: KP_BENCH_KEY_${i}, baseUR
       const k = `${f.status}${f.code ? ` ${f.code}` : ''}`;
       failuresByStatus[k] = (failuresByStatus[k] ?? 0) + 1;
     }
-    const counters = fake.counters();
+    const counters = await fake.control.counters();
     const keyCounters = Object.entries(counters).filter(([name]) => /^k\d+$/.test(name));
     return {
       unavailableMs: refused.length ? Math.max(...refused) - Math.min(...refused) : 0,
@@ -243,7 +261,6 @@ ${secrets.map((_, i) => `  - { name: k${i}, secretEnv: KP_BENCH_KEY_${i}, baseUR
   } finally {
     for (const c of children) c.kill('SIGTERM');
     await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null || c.signalCode !== null ? r(null) : c.once('exit', r)))));
-    await fake?.stop();
     await group?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
