@@ -10,13 +10,33 @@ export const BIN = fileURLToPath(new URL('../bin/keypool-dev.js', import.meta.ur
 export const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 
 /** What the caller's environment must not leak into a child: every setting the CLI or the gateway reads. */
-const SCRUB = ['KEYPOOL_URL', 'KEYPOOL_ADMIN_TOKEN', 'KEYPOOL_STATUS_TOKEN', 'KEYPOOL_CONFIG', 'KEYPOOL_HOST', 'KEYPOOL_PORT', 'KEYPOOL_POOL', 'KEYPOOL_LOG_LEVEL', 'REDIS_URL', 'NO_COLOR', 'FORCE_COLOR'];
+const SCRUB = [
+  'KEYPOOL_URL',
+  'KEYPOOL_ADMIN_TOKEN',
+  'KEYPOOL_STATUS_TOKEN',
+  'KEYPOOL_CONFIG',
+  'KEYPOOL_HOST',
+  'KEYPOOL_PORT',
+  'KEYPOOL_POOL',
+  'KEYPOOL_LOG_LEVEL',
+  'REDIS_URL',
+  'REDIS_SENTINELS',
+  'REDIS_SENTINEL_MASTER',
+  'REDIS_SENTINEL_PASSWORD',
+  'REDIS_CLUSTER_SEEDS',
+  'REDIS_USERNAME',
+  'REDIS_PASSWORD',
+  'REDIS_TLS_CA',
+  'NO_COLOR',
+  'FORCE_COLOR',
+];
 
 export function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const k of SCRUB) delete env[k];
-  for (const [k, v] of Object.entries(extra)) if (v === undefined) delete env[k];
-  else env[k] = v;
+  for (const [k, v] of Object.entries(extra))
+    if (v === undefined) delete env[k];
+    else env[k] = v;
   return env;
 }
 
@@ -30,7 +50,11 @@ export interface Ran {
 /** `keypool <args>`; resolves when it exits (killed after timeoutMs). */
 export function keypool(args: string[], opts: { env?: Record<string, string | undefined>; timeoutMs?: number } = {}): Promise<Ran> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: REPO, env: childEnv(opts.env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], {
+      cwd: REPO,
+      env: childEnv(opts.env),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c) => (stdout += c));
@@ -64,7 +88,11 @@ export function startServe(args: string[], env: Record<string, string | undefine
 
 /** `keypool <command> <args>` left running (serve or worker), as {@link startServe}. */
 export function startLongRunning(command: 'serve' | 'worker', args: string[], env: Record<string, string | undefined>, cwd = REPO): ServeChild {
-  const child = spawn(process.execPath, [BIN, command, ...args], { cwd, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, command, ...args], {
+    cwd,
+    env: childEnv(env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const logs: Record<string, unknown>[] = [];
   let out = '';
   let err = '';
@@ -84,7 +112,10 @@ export function startLongRunning(command: 'serve' | 'worker', args: string[], en
     for (const w of waiters) w();
   });
   child.stderr!.on('data', (c) => (err += c));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+  const exited = new Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+  }>((resolve) => {
     child.once('exit', (code, signal) => {
       for (const w of waiters) w();
       resolve({ code, signal });

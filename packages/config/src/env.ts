@@ -1,9 +1,10 @@
-/** The environment variables that override the file (REDIS_URL, KEYPOOL_HOST, KEYPOOL_PORT...). */
+/** The environment variables that override the file (REDIS_URL, REDIS_SENTINELS, REDIS_PASSWORD, KEYPOOL_HOST, KEYPOOL_PORT...). */
+import { resolve } from 'node:path';
 import { PoolConfigSchema, type ConfigIssue } from '@keypool/core';
 import { isObject, type Json, type JsonObject } from './issues.js';
 import type { Section } from './schema.js';
 import { LOG_LEVEL_MESSAGE, LOG_LEVELS } from './sections/log-level.js';
-import { isRedisUrl, REDIS_URL_MESSAGE } from './sections/redis.js';
+import { isRedisUrl, parseNode, REDIS_NODE_MESSAGE, REDIS_URL_MESSAGE } from './sections/redis.js';
 import { ADMIN_TOKEN_MESSAGE, PORT_MESSAGE } from './sections/server.js';
 
 /** Env wins over the file. An invalid env value is reported under the env var's name and not applied. */
@@ -25,7 +26,38 @@ export function applyEnvOverrides(sections: Record<Section, Json | undefined>, p
     else put(v);
   };
 
-  override('REDIS_URL', (v) => (isRedisUrl(v) ? v : undefined), REDIS_URL_MESSAGE, (v) => (section('redis').url = v));
+  // Where Redis is: one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_SEEDS replaces the file's choice
+  const targets = ['REDIS_URL', 'REDIS_SENTINELS', 'REDIS_CLUSTER_SEEDS'].filter((n) => get(n) !== undefined);
+  if (targets.length > 1) issues.push({ path: targets[1]!, message: `set one of ${targets.join(', ')}: each names where Redis is` });
+  const target = (name: string, ok: (v: string) => Json | undefined, message: string, put: (v: Json) => void) => {
+    if (targets.length <= 1) override(name, ok, message, put);
+  };
+  const only = (keep: 'url' | 'sentinel' | 'cluster') => {
+    const r = section('redis');
+    for (const k of ['url', 'sentinel', 'cluster'] as const) if (k !== keep) delete r[k];
+    return r;
+  };
+  const sub = (name: 'sentinel' | 'cluster'): JsonObject => {
+    const r = section('redis');
+    const cur = r[name];
+    return isObject(cur) ? cur : (r[name] = {});
+  };
+  const nodeList = (v: string) => {
+    const list = v.split(',').map((n) => n.trim()).filter(Boolean);
+    return list.length > 0 && list.every((n) => parseNode(n)) ? list : undefined;
+  };
+  target('REDIS_URL', (v) => (isRedisUrl(v) ? v : undefined), REDIS_URL_MESSAGE, (v) => (only('url').url = v));
+  target('REDIS_SENTINELS', nodeList, `${REDIS_NODE_MESSAGE}, comma-separated`, (v) => (only('sentinel'), (sub('sentinel').nodes = v)));
+  override('REDIS_SENTINEL_MASTER', (v) => v, '', (v) => (sub('sentinel').masterName = v));
+  override('REDIS_SENTINEL_PASSWORD', (v) => v, '', (v) => (sub('sentinel').password = v));
+  target('REDIS_CLUSTER_SEEDS', nodeList, `${REDIS_NODE_MESSAGE}, comma-separated`, (v) => (only('cluster'), (sub('cluster').nodes = v)));
+  override('REDIS_USERNAME', (v) => v, '', (v) => (section('redis').username = v));
+  override('REDIS_PASSWORD', (v) => v, '', (v) => (section('redis').password = v));
+  // a path from the environment is relative to the working directory, not to the file
+  override('REDIS_TLS_CA', (v) => resolve(v), '', (v) => {
+    const r = section('redis');
+    r.tls = { ...(isObject(r.tls) ? r.tls : {}), ca: v };
+  });
   override('KEYPOOL_HOST', (v) => v, '', (v) => (section('server').host = v));
   override(
     'KEYPOOL_PORT',

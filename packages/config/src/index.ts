@@ -15,6 +15,7 @@ export { FileKeySchema } from './sections/keys.js';
 export { LOG_LEVELS, LogLevelSchema, type LogLevel } from './sections/log-level.js';
 export { LLM_QUEUE, QueueSectionSchema, type QueueSection } from './sections/queue.js';
 export { RedisSectionSchema, type RedisSection } from './sections/redis.js';
+export { redisConnection } from './redis-connection.js';
 export { RouteSchema, RoutesSchema, type Route } from './sections/routes.js';
 export { SchedulerSectionSchema, type SchedulerSection } from './sections/scheduler.js';
 export { BackoffSchema, parseByteSize, ServerSectionSchema, type ServerSection } from './sections/server.js';

@@ -23,6 +23,7 @@ import { checkRoutes, parsePool } from './pool.js';
 import { GATEWAY_SECTIONS, GatewayFileSchema, type GatewayConfig, type Section } from './schema.js';
 import type { LogLevel } from './sections/log-level.js';
 import type { QueueSection } from './sections/queue.js';
+import { resolveTlsFiles } from './redis-connection.js';
 import type { RedisSection } from './sections/redis.js';
 import type { Route } from './sections/routes.js';
 import type { SchedulerSection } from './sections/scheduler.js';
@@ -75,9 +76,9 @@ export function loadGatewayConfig(opts: LoadGatewayConfigOptions = {}): GatewayC
   // with secret sources, keys (and the models they serve) are only known once the sources are read
   if (sections.secrets === undefined) checkRoutes(sections.routes, poolPart.keys, issues);
 
+  const redisOut: RedisSection = resolveTlsFiles({ ...(out.redis as RedisSection | undefined) }, opts.file, issues);
   const all = issues.filter((issue, n) => n < interpolationIssues || !failedPaths.has(issue.path));
   if (all.length > 0) throw new ConfigError(all, source);
-  const redisOut: RedisSection = { ...(out.redis as RedisSection | undefined) };
   if (redisOut.embeddedDir !== undefined && opts.file !== undefined) redisOut.embeddedDir = resolve(dirname(opts.file), redisOut.embeddedDir);
   return {
     redis: redisOut,

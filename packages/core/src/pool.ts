@@ -19,6 +19,7 @@ import { RedisLink, openClient } from './redis-link.js';
 import type { PoolStatus, ScheduledJobStatus } from './status.js';
 import type { PoolSeries } from './series.js';
 import { GatewayTokens } from './tokens.js';
+import type { RedisConnection } from './connect.js';
 import { Topology } from './topology.js';
 import { Upkeep, type ProbeTarget } from './upkeep.js';
 
@@ -27,8 +28,11 @@ export type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, Priori
 export { PRIORITY_CLASSES } from './lease.js';
 
 export interface KeyPoolOptions {
-  /** A Redis URL, or an ioredis Redis or Cluster instance (kept open on close()). */
-  redis: string | Redis | Cluster;
+  /**
+   * A Redis URL, a {@link RedisConnection} (Sentinel, Cluster, TLS, ACL user), or an ioredis Redis
+   * or Cluster instance (kept open on close()).
+   */
+  redis: string | RedisConnection | Redis | Cluster;
   /** Pool configuration (validated; a bad one throws ConfigError listing every problem). */
   config: PoolConfigInput;
   /** A pino logger; the pool logs under `component: 'keypool'`. Default: pino to stderr at info. */
@@ -192,7 +196,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       await pool.tokens.checkStore();
     } catch (e) {
       if (!isRedisUnavailable(e) || config.redisDown.policy === 'fail-closed') {
-        await pool.link.close();
+        pool.link.abandon();
         throw e;
       }
       // policy local: start on the keys this process holds

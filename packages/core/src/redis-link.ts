@@ -1,7 +1,8 @@
 import type { EventEmitter } from 'node:events';
-import { Redis, type Cluster } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Clock } from './clock.js';
+import { createRedis, describeRedis, type RedisConnection } from './connect.js';
 import type { CommandLink, ScriptRun } from './commands.js';
 import type { PoolConfig } from './config.js';
 import { RedisUnavailableError, ScriptError } from './errors.js';
@@ -28,35 +29,21 @@ function waitReady(client: Redis | Cluster, ms: number): Promise<void> {
   });
 }
 
-/** Strip credentials from a Redis URL before it appears in a message. */
-function safeUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(unparseable REDIS URL)';
-  }
+/** True for a client (Redis or Cluster) rather than a description of where Redis is. */
+function isClient(redis: unknown): redis is Redis | Cluster {
+  return typeof redis === 'object' && redis !== null && typeof (redis as { sendCommand?: unknown }).sendCommand === 'function';
 }
 
-/** Open the client of a pool: from a URL (the pool owns it), or one the caller made (waited for, kept open on close). */
-export async function openClient(redis: string | Redis | Cluster, config: PoolConfig): Promise<{ client: Redis | Cluster; owns: boolean }> {
-  if (typeof redis !== 'string') {
+/**
+ * Open the client of a pool: from a URL or a {@link RedisConnection} (the pool owns it; made by
+ * {@link createRedis} with the `pool` options), or one the caller made (waited for, kept open on close).
+ */
+export async function openClient(redis: string | RedisConnection | Redis | Cluster, config: PoolConfig): Promise<{ client: Redis | Cluster; owns: boolean }> {
+  if (isClient(redis)) {
     if (redis.status !== 'ready') await waitReady(redis, config.redisDown.timeoutMs * 3).catch(() => undefined);
     return { client: redis, owns: false };
   }
-  const client = new Redis(redis, {
-    lazyConnect: true,
-    // no auto-pipelining: it keeps one pipeline in flight per connection, so Node and Redis
-    // take turns; plain writes let Redis read many callers' commands at once (bench: +55-80%)
-    enableAutoPipelining: false,
-    // fail fast while disconnected: a queued acquire that runs minutes later would leak a slot
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    commandTimeout: config.redisDown.timeoutMs,
-    connectTimeout: config.redisDown.timeoutMs * 3,
-    retryStrategy: (n) => Math.min(50 * 2 ** n, 2000),
-  });
+  const client = createRedis(redis, 'pool', { timeoutMs: config.redisDown.timeoutMs });
   // until the pool listens, connection errors are reported by the connect() below
   let cause: Error | undefined;
   const quiet = (e: Error) => void (cause ??= e);
@@ -68,7 +55,7 @@ export async function openClient(redis: string | Redis | Cluster, config: PoolCo
       client.disconnect();
       // ioredis rejects with "Connection is closed."; the error event said why (ECONNREFUSED...)
       const why = cause?.message ?? (e as Error).message;
-      throw new RedisUnavailableError(`cannot reach Redis at ${safeUrl(redis)} (${why}); start Redis or set REDIS_URL to a reachable server`, { cause: e });
+      throw new RedisUnavailableError(`cannot reach Redis at ${describeRedis(redis)} (${why}); start Redis or fix the redis section (or REDIS_URL) to name a reachable server`, { cause: e });
     }
   }
   client.removeAllListeners('error');
@@ -111,6 +98,19 @@ export class RedisLink implements CommandLink {
     });
     this.listen('ready', () => this.markUp());
     this.listen('error', (e: Error) => this.markDown(e));
+    // a client of ours that ioredis gave up on ('end' without close()) would never come back: start it again
+    if (owns) this.listen('end', () => this.revive());
+  }
+
+  private revive(): void {
+    if (this.closing) return;
+    this.markDown(new Error('connection to Redis ended'));
+    this.o.log.warn('Redis connection ended by the client library; connecting again');
+    const retry = setTimeout(() => {
+      if (this.closing || this.client.status !== 'end') return;
+      this.client.connect().catch(() => undefined);
+    }, REDIS_RETRY_MS);
+    retry.unref();
   }
 
   private listen(event: string, fn: (...args: never[]) => void): void {
@@ -214,6 +214,16 @@ export class RedisLink implements CommandLink {
     this.down = undefined;
     this.o.log.warn({ downMs }, 'Redis available again: shared limits back in force');
     this.o.onUp();
+  }
+
+  /** A start that failed: stop listening and drop the client if the pool opened it, at once. */
+  abandon(): void {
+    this.closing = true;
+    for (const [event, fn] of this.listeners) (this.client as unknown as EventEmitter).off(event, fn as (...args: unknown[]) => void);
+    if (this.owns) {
+      this.client.on('error', () => undefined);
+      this.client.disconnect();
+    }
   }
 
   /** Stop listening; close the client if the pool opened it. */

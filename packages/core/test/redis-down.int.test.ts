@@ -142,7 +142,7 @@ describe.skipIf(testTarget() === 'cluster')('Redis unavailable', () => {
     }).catch((e) => e);
     expect(err).toBeInstanceOf(RedisUnavailableError);
     expect(err.message).toContain(`cannot reach Redis at redis://user:***@127.0.0.1:${server.port}`);
-    expect(err.message).toContain('start Redis or set REDIS_URL');
+    expect(err.message).toContain('start Redis or fix the redis section (or REDIS_URL)');
     expect(err.message).not.toContain('hunter2secret');
   });
 

@@ -1,6 +1,6 @@
 import type { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
-import { PoolKeys, systemClock, type Clock } from '@keypool/core';
+import type { Cluster, Redis } from 'ioredis';
+import { createRedis, PoolKeys, systemClock, type Clock, type RedisConnection } from '@keypool/core';
 import { LLM_QUEUE } from '@keypool/config';
 
 /** The LLM job queue of the pool as /status, /metrics and the dashboard show it (fleet-wide, from Redis). */
@@ -22,14 +22,14 @@ export interface QueueStatus {
  */
 export class QueueStatusReader {
   private queue: Queue | undefined;
-  private client: Redis | undefined;
+  private client: Redis | Cluster | undefined;
   private connecting: Promise<void> | undefined;
   private readonly keys: PoolKeys;
   /** Names "the last whole minute" of the stats. */
   private readonly clock: Clock;
 
   constructor(
-    private readonly redisUrl: string,
+    private readonly redis: string | RedisConnection,
     pool: string,
     opts: { clock?: Clock } = {},
   ) {
@@ -44,7 +44,7 @@ export class QueueStatusReader {
         this.connecting ??= (async () => {
           // bullmq is loaded at the first read (a /status, a scrape), not when the gateway starts
           const { Queue } = await import('bullmq');
-          const client = new Redis(this.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 2000, lazyConnect: true });
+          const client = createRedis(this.redis, 'status');
           client.on('error', () => undefined);
           try {
             await client.connect();

@@ -1,8 +1,8 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { KeyPool, systemClock, type Clock } from '@keypool/core';
-import { rootLogger, startSecretSync, type GatewayConfig, type StartedSecretSync } from '@keypool/config';
+import { describeRedis, KeyPool, systemClock, type Clock, type RedisConnection } from '@keypool/core';
+import { redisConnection, rootLogger, startSecretSync, type GatewayConfig, type StartedSecretSync } from '@keypool/config';
 import type { SecretSync } from '@keypool/secrets';
 import { createGateway, type Gateway } from './app.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
@@ -49,8 +49,10 @@ export interface Serving {
   server: Server;
   /** Keys from secret sources, when the config has a secrets section. */
   sync: SecretSync | undefined;
-  /** The embedded Redis, when one was started. */
+  /** The Redis URL (the embedded one when one was started); a description without password for Sentinel/Cluster. */
   redisUrl: string;
+  /** Where the pool's Redis is (the embedded one when one was started). */
+  redis: RedisConnection;
   /** Shut down as on SIGTERM; resolves when everything is closed. Returns requests cut short. */
   close(): Promise<number>;
 }
@@ -69,14 +71,13 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
   const teardown = new Teardown();
   // a failed start leaves nothing running; the error that stopped it is the one thrown
   const abandon = (e: unknown) => teardown.run().then(() => Promise.reject(e), () => Promise.reject(e));
-  let redisUrl: string | undefined = config.redis.url;
+  let redis: RedisConnection | undefined = redisConnection(config.redis);
   let embedded: Awaited<ReturnType<typeof startEmbeddedRedis>> | undefined;
-  if (!redisUrl) {
+  if (!redis) {
     embedded = await startEmbeddedRedis({ ...(config.redis.embeddedDir ? { dir: config.redis.embeddedDir } : {}), logger, clock });
     teardown.add(() => embedded!.stop());
-    redisUrl = embedded.url;
+    redis = { url: embedded.url };
   }
-  const redis: string = redisUrl!;
   let pool: KeyPool;
   try {
     pool = await KeyPool.connect({ redis, config: config.pool, logger });
@@ -117,7 +118,7 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
   const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
   const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
   logger.info(
-    { url, pool: pool.name, keys: config.pool.keys.length, sourcedKeys: sync?.status().keys ?? 0, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', admin: Boolean(config.server.adminToken), statusToken: Boolean(config.server.statusToken) },
+    { url, pool: pool.name, keys: config.pool.keys.length, sourcedKeys: sync?.status().keys ?? 0, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', redisAt: describeRedis(redis), admin: Boolean(config.server.adminToken), statusToken: Boolean(config.server.statusToken) },
     `keypool gateway listening on ${url} (dashboard ${url}/dashboard)`,
   );
 
@@ -135,5 +136,5 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
       logger.info('gateway stopped');
       return cut;
     })());
-  return { url, port, pool, gateway, server, redisUrl: redis, sync, close };
+  return { url, port, pool, gateway, server, redisUrl: embedded?.url ?? redis.url ?? describeRedis(redis), redis, sync, close };
 }

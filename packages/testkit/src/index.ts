@@ -14,6 +14,7 @@ import './provided.js';
 
 export * from './child-connect.js';
 export * from './redis-server.js';
+export * from './topologies.js';
 export * from './fake-openai/index.js';
 export { LogSink } from './log-sink.js';
 

@@ -9,7 +9,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -27,6 +27,8 @@ export interface SpawnRedisOptions {
   port?: number;
   /** Extra redis-server arguments, or a function of the server's fresh temp dir returning them. */
   args?: string[] | ((dir: string) => string[]);
+  /** A config file to write in the temp dir and pass first (redis-server's config file must be its first argument; sentinels need one). */
+  configFile?: (dir: string) => { name: string; text: string };
 }
 
 /** A redis-server child process that answers commands. */
@@ -82,7 +84,7 @@ export async function spawnRedisServer(opts: SpawnRedisOptions = {}): Promise<Sp
   for (let attempt = 1; ; attempt++) {
     const port = opts.port ?? (await freePort());
     try {
-      return await spawnOnce(port, opts.args);
+      return await spawnOnce(port, opts.args, opts.configFile);
     } catch (err) {
       const portClash = String((err as Error).message).includes('Address already in use');
       if (opts.port !== undefined || attempt >= 3 || !portClash) throw err;
@@ -90,10 +92,12 @@ export async function spawnRedisServer(opts: SpawnRedisOptions = {}): Promise<Sp
   }
 }
 
-async function spawnOnce(port: number, args: SpawnRedisOptions['args']): Promise<SpawnedRedis> {
+async function spawnOnce(port: number, args: SpawnRedisOptions['args'], configFile: SpawnRedisOptions['configFile']): Promise<SpawnedRedis> {
   const dir = await mkdtemp(join(tmpdir(), 'keypool-redis-'));
   const extra = typeof args === 'function' ? args(dir) : (args ?? []);
-  const argv = ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir, ...extra];
+  const conf = configFile?.(dir);
+  if (conf) await writeFile(join(dir, conf.name), conf.text);
+  const argv = [...(conf ? [join(dir, conf.name)] : []), '--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir, ...extra];
   const child = spawn('redis-server', argv, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
 
   // Keep draining both pipes (a full pipe would block redis-server) and keep

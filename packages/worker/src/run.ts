@@ -1,6 +1,6 @@
-import { Redis, type Cluster } from 'ioredis';
-import { ConfigError, KeyPool, systemClock, type Clock } from '@keypool/core';
-import { startSecretSync, type GatewayConfig, type StartedSecretSync } from '@keypool/config';
+import type { Cluster, Redis } from 'ioredis';
+import { ConfigError, createRedis, KeyPool, systemClock, type Clock } from '@keypool/core';
+import { redisConnection, startSecretSync, type GatewayConfig, type StartedSecretSync } from '@keypool/config';
 import type { SecretSync } from '@keypool/secrets';
 import type { Logger } from 'pino';
 import { LlmWorker } from './llm-worker.js';
@@ -34,19 +34,23 @@ export interface StartWorkerOptions {
 export async function startWorker(config: GatewayConfig, opts: StartWorkerOptions): Promise<RunningWorker> {
   const log = opts.logger;
   const clock = opts.clock ?? systemClock;
-  if (!opts.redis && !config.redis.url) {
-    throw new ConfigError([{ path: 'redis.url', message: 'keypool worker needs the Redis its gateways use: set redis.url in the file or REDIS_URL' }], 'worker config');
+  const target = opts.redis ? undefined : redisConnection(config.redis);
+  if (!opts.redis && !target) {
+    throw new ConfigError(
+      [{ path: 'redis.url', message: 'keypool worker needs the Redis its gateways use: set redis.url, redis.sentinel or redis.cluster in the file, or REDIS_URL' }],
+      'worker config',
+    );
   }
   // BullMQ needs a connection that retries forever (its blocking reads must survive a Redis restart)
-  const connection: Redis | Cluster = opts.redis ?? new Redis(config.redis.url!, { maxRetriesPerRequest: null, lazyConnect: false });
+  const connection: Redis | Cluster = opts.redis ?? createRedis(target!, 'bullmq', { lazyConnect: false });
   connection.on('error', (e: Error) => log.warn({ err: e.message }, 'worker Redis connection error'));
   const owns = !opts.redis;
   let pool: KeyPool | undefined;
   let secrets: StartedSecretSync | undefined;
   try {
-    pool = await KeyPool.connect({ redis: opts.redis ?? config.redis.url!, config: config.pool, logger: log });
+    pool = await KeyPool.connect({ redis: opts.redis ?? target!, config: config.pool, logger: log });
     // the secret protocol gets a fail-fast connection of its own (BullMQ's waits for Redis forever)
-    if (config.secrets) secrets = await startSecretSync(config.secrets, { pool, redis: opts.redis ?? config.redis.url!, logger: log });
+    if (config.secrets) secrets = await startSecretSync(config.secrets, { pool, redis: opts.redis ?? target!, logger: log });
     const sync = secrets?.sync;
     const workerId = opts.workerId ? { workerId: opts.workerId } : {};
     const scheduler = new Scheduler({ pool, connection, ...(sync ? { sync } : {}), settings: config.scheduler, logger: log, clock, ...workerId });

@@ -10,7 +10,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
+import type { RedisConnection } from '@keypool/core';
 import type { LlmJobInfo, LlmJobInput, LlmJobKind, LlmJobResult, LlmQueue, LlmQueueOptions } from '@keypool/worker/queue';
 import type { Context } from '../context.js';
 import { CliError, usageError } from '../errors.js';
@@ -325,7 +326,7 @@ function withQueue<A extends unknown[]>(action: (q: Opened, lib: WorkerLib, ...a
     const opts = args[args.length - 1] as ConnOptions;
     const target = await targetOf(opts);
     const lib = await import('@keypool/worker/queue');
-    const conn = await connect(target.url);
+    const conn = await connect(target.conn);
     const llm = new lib.LlmQueue({ connection: conn.redis, pool: target.pool, ...target.settings });
     try {
       await action({ llm, pool: target.pool }, lib, ...args);
@@ -341,15 +342,17 @@ function withQueue<A extends unknown[]>(action: (q: Opened, lib: WorkerLib, ...a
 }
 
 interface Target {
-  url: string;
+  conn: RedisConnection;
   pool: string;
   settings: Partial<Pick<LlmQueueOptions, 'attempts' | 'backoffMs' | 'keepCompletedS' | 'keepCompleted' | 'keepFailedS'>>;
 }
 
 async function targetOf(opts: ConnOptions): Promise<Target> {
-  const file = opts.config !== undefined ? await producerConfig(opts.config) : undefined;
-  const url = opts.redis ?? file?.url;
-  if (!url) {
+  // without a file, REDIS_SENTINELS / REDIS_CLUSTER_SEEDS (and the credentials' env vars) still name a Redis
+  const fromEnvOnly = opts.config === undefined && opts.redis === undefined && (process.env.REDIS_SENTINELS || process.env.REDIS_CLUSTER_SEEDS);
+  const file = opts.config !== undefined || fromEnvOnly ? await producerConfig(opts.config) : undefined;
+  const conn: RedisConnection | undefined = opts.redis !== undefined ? { url: opts.redis } : file?.conn;
+  if (!conn) {
     throw usageError(
       `no Redis to reach: set REDIS_URL (or pass --redis redis://host:6379)${file ? ` or redis.url in ${opts.config}` : ', or name a config file with redis.url (--config or KEYPOOL_CONFIG)'}. keypool queue starts no embedded Redis: it needs the one the workers use`,
     );
@@ -358,7 +361,7 @@ async function targetOf(opts: ConnOptions): Promise<Target> {
   const { PoolConfigSchema } = await import('@keypool/core');
   const named = PoolConfigSchema.shape.pool.safeParse(pool);
   if (!named.success) throw usageError(`invalid pool name '${pool}': ${named.error.issues[0]?.message ?? 'invalid'}`);
-  return { url, pool, settings: file?.settings ?? {} };
+  return { conn, pool, settings: file?.settings ?? {} };
 }
 
 /**
@@ -367,12 +370,13 @@ async function targetOf(opts: ConnOptions): Promise<Target> {
  * key: a key whose secret comes from an environment variable not set here gets a placeholder (never
  * used: the keys of the file are not read), so that the file of the workers serves as it is.
  */
-async function producerConfig(file: string): Promise<{ url?: string; pool: string; settings: Target['settings'] }> {
-  const [{ loadGatewayConfig }, { isConfigError }] = await Promise.all([import('@keypool/config'), import('@keypool/core')]);
+async function producerConfig(file: string | undefined): Promise<{ conn?: RedisConnection; pool: string; settings: Target['settings'] }> {
+  const [{ loadGatewayConfig, redisConnection }, { isConfigError }] = await Promise.all([import('@keypool/config'), import('@keypool/core')]);
   const load = (env: NodeJS.ProcessEnv) => {
-    const c = loadGatewayConfig({ file, env });
+    const c = loadGatewayConfig({ ...(file !== undefined ? { file } : {}), env });
     const { attempts, backoffMs, keepCompletedS, keepCompleted, keepFailedS } = c.queue;
-    return { ...(c.redis.url ? { url: c.redis.url } : {}), pool: c.pool.pool, settings: { attempts, backoffMs, keepCompletedS, keepCompleted, keepFailedS } };
+    const conn = redisConnection(c.redis);
+    return { ...(conn ? { conn } : {}), pool: c.pool.pool, settings: { attempts, backoffMs, keepCompletedS, keepCompleted, keepFailedS } };
   };
   try {
     try {
@@ -399,14 +403,14 @@ async function producerConfig(file: string): Promise<{ url?: string; pool: strin
  * LlmQueue.wait duplicates it for its QueueEvents, and BullMQ never closes a connection it was
  * given: the duplicates are tracked here and closed with it.
  */
-async function connect(url: string): Promise<{ redis: Redis; close(): Promise<void> }> {
-  const { Redis } = await import('ioredis');
-  const redis = new Redis(url, { maxRetriesPerRequest: null, lazyConnect: true, connectTimeout: CONNECT_TIMEOUT_MS });
+async function connect(conn: RedisConnection): Promise<{ redis: Redis | Cluster; close(): Promise<void> }> {
+  const { createRedis } = await import('@keypool/core');
+  const redis = createRedis(conn, 'cli', { redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS } });
   let lastError: Error | undefined;
   redis.on('error', (e: Error) => (lastError = e));
-  const duplicates: Redis[] = [];
-  const duplicate = redis.duplicate.bind(redis);
-  redis.duplicate = ((override?: Parameters<Redis['duplicate']>[0]) => {
+  const duplicates: (Redis | Cluster)[] = [];
+  const duplicate = (redis as Redis).duplicate.bind(redis);
+  (redis as Redis).duplicate = ((override?: Parameters<Redis['duplicate']>[0]) => {
     const d = duplicate(override);
     duplicates.push(d);
     return d;
@@ -422,7 +426,8 @@ async function connect(url: string): Promise<{ redis: Redis; close(): Promise<vo
   } catch (e) {
     redis.disconnect();
     const why = lastError?.message || (e as Error).message;
-    throw new CliError('QUEUE_FAILED', `cannot reach Redis at ${redactUrl(url)}: ${why}`, { cause: e });
+    const { describeRedis } = await import('@keypool/core');
+    throw new CliError('QUEUE_FAILED', `cannot reach Redis at ${describeRedis(conn)}: ${why}`, { cause: e });
   } finally {
     clearTimeout(timer);
   }

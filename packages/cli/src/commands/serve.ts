@@ -23,7 +23,7 @@ export function registerServe(program: Command, _ctx: Context): void {
     .addHelpText(
       'after',
       paragraphs(
-        'Environment variables override the file: REDIS_URL, KEYPOOL_HOST, KEYPOOL_PORT, KEYPOOL_ADMIN_TOKEN, KEYPOOL_STATUS_TOKEN, KEYPOOL_POOL, KEYPOOL_LOG_LEVEL; ${VAR} in the file is replaced by the environment. Without REDIS_URL or redis.url an embedded redis-server is started (it must be on the PATH) and stopped with the gateway.',
+        'Environment variables override the file: REDIS_URL (or REDIS_SENTINELS with REDIS_SENTINEL_MASTER, or REDIS_CLUSTER_SEEDS; REDIS_USERNAME, REDIS_PASSWORD, REDIS_TLS_CA), KEYPOOL_HOST, KEYPOOL_PORT, KEYPOOL_ADMIN_TOKEN, KEYPOOL_STATUS_TOKEN, KEYPOOL_POOL, KEYPOOL_LOG_LEVEL; ${VAR} in the file is replaced by the environment. Without REDIS_URL or redis.url an embedded redis-server is started (it must be on the PATH) and stopped with the gateway.',
         'SIGTERM or SIGINT (Ctrl-C): stop taking requests, let those in flight finish (up to server.drainMs), exit 0. A second signal exits 1 at once. Logs: pino JSON on stdout (pipe them through pino-pretty to read them).',
         'Exit codes: 0 stopped by a signal; 1 could not start (port in use, Redis unreachable, no redis-server) or did not stop cleanly; 2 invalid config (every problem is listed with its path).',
       ) +

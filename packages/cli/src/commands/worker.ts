@@ -21,7 +21,7 @@ export function registerWorker(program: Command, _ctx: Context): void {
     .addHelpText(
       'after',
       paragraphs(
-        'Needs the Redis the gateways use (redis.url or REDIS_URL): no embedded Redis here. Run as many workers as you like; each periodic job runs once per interval across all of them. The schedule and the last runs show in the gateways\' /status and /metrics.',
+        'Needs the Redis the gateways use (the redis section: url, sentinel or cluster; or REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_SEEDS): no embedded Redis here. Run as many workers as you like; each periodic job runs once per interval across all of them. The schedule and the last runs show in the gateways\' /status and /metrics.',
         'SIGTERM or SIGINT: finish the jobs in progress, leave the fleet, exit 0. A second signal exits 1 at once.',
         'Exit codes: 0 stopped by a signal; 1 could not start (Redis unreachable, a secret source failed at the first load); 2 invalid config.',
       ) + examples('keypool worker --config keypool.yaml', 'REDIS_URL=redis://redis:6379 keypool worker -c /etc/keypool.yaml'),
