@@ -273,7 +273,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * first (a refused token takes nothing of a key), and without another try of Redis.
    */
   private acquireLocal(model: string, est: number, estCost: number, exclude: Set<string>, who: Who, admit?: Admit): Lease | Exhausted | TokenRefused {
-    const t = admit ? this.tokens.admitHere(admit.args) : undefined;
+    const t = admit ? this.tokens.admitHere(admit.args, who.priority) : undefined;
     if (t && !t.ok) return { ok: false, reason: 'token_refused', token: t };
     const r = this.local.acquire(this.topology.heldFor(model), est, exclude);
     if (!r.ok) {
