@@ -260,7 +260,7 @@ if #usable == 0 then
     -- sampling gave up with candidates left unexamined: try again at once
     return { 0, 'busy', 0, version }
   end
-  if keptAt then return classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt) - now)), version }) end
+  if keptAt then return classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt) - now)), version }, tenant, tenantW) end
   -- Nothing usable: say when the earliest waiting key becomes usable, and why it waits.
   local best, bestSt = nil, nil
   for i = 1, ngroups do
@@ -285,13 +285,16 @@ if #usable == 0 then
   local reason = 'rate_limited'
   if bestSt.wr ~= '' then reason = REPORTED[bestSt.wr] and bestSt.wr or 'unavailable' end
   if best >= PARKED then return { 0, reason, -1, version } end
-  return classRefused(metaKey, class, now, { 0, reason, math.max(0, math.ceil(best - now)), version })
+  return classRefused(metaKey, class, now, { 0, reason, math.max(0, math.ceil(best - now)), version }, tenant, tenantW)
 end
 
 if tenant ~= '' then
   local over
-  tenantQ, over = tenantShare(metaKey, class, now, tenant, tenantW, tonumber(ARGV[22]) or 2000)
-  if over then return classRefused(metaKey, class, now, { 0, 'tenant_share', over, version }) end
+  tenantQ, over = tenantShare(metaKey, class, now, tenant, tenantW, tonumber(ARGV[22]) or 2000, #usable == 1 and usable[1].t > now)
+  if over then
+    tenantWaited(metaKey, class, now, tenant, tenantW, tenantQ)
+    return classRefused(metaKey, class, now, { 0, 'tenant_share', over, version })
+  end
 end
 
 -- 4. Choose among the usable candidates with probability proportional to their score.

@@ -83,11 +83,11 @@ describe('priority classes', () => {
   }, 30_000);
 });
 
-/** Two tenants flood one key (20 per rolling second) with `loops` callers each; their admissions over ~3 s. */
+/** Two tenants flood one key (20 per rolling second) with `loops` callers each; their admissions over 6 s, once shares settled. */
 async function flood(weights: Record<string, number>, loops: Record<string, number>): Promise<Record<string, number>> {
-  const { pool: p, redis, name } = await pool({ keys: [{ secret: fakeSecret(`ten-${Object.values(weights).join('-')}`), models: ['t'], rpm: 1200, window: 1 }], priority: { weights } });
+  const { pool: p } = await pool({ keys: [{ secret: fakeSecret(`ten-${Object.values(weights).join('-')}`), models: ['t'], rpm: 1200, window: 1 }], priority: { weights } });
   const admitted: Record<string, number[]> = {};
-  const stopAt = Date.now() + 4000;
+  const stopAt = Date.now() + 9000;
   const loop = async (tenant: string) => {
     while (Date.now() < stopAt) {
       const r = await p.acquire({ model: 't', tenant, maxWaitMs: 10_000 });
@@ -96,12 +96,11 @@ async function flood(weights: Record<string, number>, loops: Record<string, numb
       await r.release({ status: 200, latencyMs: 1 });
     }
   };
-  setTimeout(() => void redis.hgetall(`kp:{${name}}:meta`).then((m) => console.log('META', m)), 2000);
   await Promise.all(Object.entries(loops).flatMap(([t, n]) => Array.from({ length: n }, () => loop(t))));
   // the steady part: after the first second (shares settle), before the end
   const all = Object.values(admitted).flat().sort((a, b) => a - b);
-  const from = all[0]! + 1000;
-  const to = from + 2500;
+  const from = all[0]! + 2000;
+  const to = from + 6000;
   return Object.fromEntries(Object.entries(admitted).map(([t, xs]) => [t, xs.filter((x) => x >= from && x < to).length]));
 }
 
@@ -120,5 +119,29 @@ describe('fair shares between tenants', () => {
     expect(n.heavy! + n.light!).toBeGreaterThan(20);
     expect(share).toBeGreaterThan(0.65);
     expect(share).toBeLessThan(0.85);
+  }, 30_000);
+
+  it('a tenant sending less than its share waits less than the one flooding', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('ten-quiet'), models: ['q'], rpm: 1200, window: 1 }] });
+    const waits: Record<string, number[]> = { flood: [], quiet: [] };
+    const stopAt = Date.now() + 5000;
+    const once = async (tenant: string) => {
+      const t0 = Date.now();
+      const r = await p.acquire({ model: 'q', tenant, maxWaitMs: 10_000 });
+      if (!r.ok) return;
+      if (Date.now() > stopAt - 3500) waits[tenant]!.push(Date.now() - t0);
+      await r.release({ status: 200, latencyMs: 1 });
+    };
+    const flood = async () => {
+      while (Date.now() < stopAt) await once('flood');
+    };
+    // 4 a second against a key of 20: a fifth of the key, far below half
+    const quiet = async () => {
+      while (Date.now() < stopAt) await Promise.all([once('quiet'), new Promise((r) => setTimeout(r, 250))]);
+    };
+    await Promise.all([...Array.from({ length: 24 }, flood), quiet()]);
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    expect(waits.quiet!.length).toBeGreaterThan(5);
+    expect(median(waits.quiet!)).toBeLessThan(median(waits.flood!) / 2);
   }, 30_000);
 });

@@ -16,20 +16,24 @@
 
   Tenants (within a class): while the class is contended (one of its requests was given a
   reservation or refused for capacity in the last `horizon` ms, priority.tenantWindowMs), a request
-  with a tenant (a gateway token's id, or the caller's `tenant`) is admitted, now or by
-  reservation, only while its tenant's admissions per weight do not exceed the other tenants':
-  mine x W <= others x w, counting admissions that started in the last `horizon` ms or start later
-  (W, others: the weights and counts of the other tenants counted). A tenant alone always may, and
-  the least served tenant per weight always may, so the keys are never left idle; a flooding
-  tenant is refused (tenant_share, retry within 100 ms: the others may catch up at any time)
-  until the others catch up, so admissions follow the weights whatever the number of callers.
-  The meta hash keeps tq:<class> = JSON {tenant: {w: weight, b: {100 ms slot: count}}}, trimmed at
-  each use (its size: tenants x buckets, not requests) and dropped when the class is no longer
-  contended.
+  with a tenant (a gateway token's id, or the caller's `tenant`) is held back (tenant_share, come
+  back within 100 ms) by the other tenants only:
+  - admissions, now or by reservation: while its admissions per weight (counted over the last
+    `horizon` ms and the reservations ahead) exceed those of the other *backlogged* tenants (those
+    that waited in the last BACKLOG_MS or hold reservations ahead): mine x W > others x w. A tenant
+    sending less than its share is served as it comes and limits nobody; the least served
+    backlogged tenant per weight always may go, so the keys are never left idle;
+  - reservations: while other tenants are active (counted at all), its reservations ahead per
+    weight must stay below theirs plus one (mine / w < (others + 1) / W): a flooding tenant holds
+    no deep queue of places that a tenant coming now and then would wait behind.
+  A tenant alone is never held back. The meta hash keeps tq:<class> = JSON {tenant: {w: weight,
+  lw: last waited ms, b: {100 ms slot: admissions}}}, trimmed at each use (tenants x buckets, not
+  requests) and dropped when the class is no longer contended.
 ]]
 
 local CLASS_ABOVE = { low = { 'hw:critical', 'hw:normal' }, normal = { 'hw:critical' }, critical = {} }
 local RETRY_SHARE_MS = 100
+local BACKLOG_MS = 1000
 local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = true, kept_free = true, tenant_share = true }
 
 -- The class's rule for this request: keep (share kept free by admissions now), keepRes (by
@@ -80,22 +84,41 @@ local function keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, k
   return nil, nil
 end
 
--- A refusal reply {0, reason, retryAfterMs, version}: a class refused for capacity is noted as
--- having waited.
-local function classRefused(metaKey, class, now, reply)
+-- A tenant waited (given a reservation, or refused for capacity): it counts as backlogged in
+-- its class for BACKLOG_MS (q: the class's tenants, read when nil).
+local function tenantWaited(metaKey, class, now, tenant, w, q)
+  if tenant == '' then return end
+  if not q then
+    local raw = redis.call('HGET', metaKey, 'tq:' .. class)
+    q = raw and cjson.decode(raw) or {}
+  end
+  local e = q[tenant] or { w = w, b = {} }
+  e.w, e.lw = w, math.floor(now)
+  q[tenant] = e
+  redis.call('HSET', metaKey, 'tq:' .. class, cjson.encode(q))
+end
+
+-- A refusal reply {0, reason, retryAfterMs, version}: a class (and the tenant) refused for
+-- capacity is noted as having waited.
+local function classRefused(metaKey, class, now, reply, tenant, w)
   if CAPACITY_REASONS[reply[2]] then
     redis.call('HSET', metaKey, 'hw:' .. class, string.format('%.0f', math.floor(now)))
+    if tenant then tenantWaited(metaKey, class, now, tenant, w, nil) end
   end
   return reply
 end
 
--- An admission given (start: now, or later for a reservation): a reservation notes the class as
--- having waited; a tenant counted (contended class) gets it in its 100 ms bucket.
+-- An admission given (start: now, or later for a reservation): a reservation notes the class
+-- and the tenant as having waited; a tenant counted (contended class) gets it in its 100 ms bucket.
 local function classAdmitted(metaKey, class, now, tenant, q, w, start)
-  if start > now then redis.call('HSET', metaKey, 'hw:' .. class, string.format('%.0f', math.floor(now))) end
-  if q then
+  if start > now then
+    redis.call('HSET', metaKey, 'hw:' .. class, string.format('%.0f', math.floor(now)))
+    if tenant ~= '' and not q then q = {} end
+  end
+  if q and tenant ~= '' then
     local e = q[tenant] or { w = w, b = {} }
     e.w = w
+    if start > now then e.lw = math.floor(now) end
     local slot = tostring(math.floor(start / 100))
     e.b[slot] = (e.b[slot] or 0) + 1
     q[tenant] = e
@@ -115,11 +138,13 @@ local function tenantWeight(arg, admission)
   return 1
 end
 
--- While the class is contended (one of its requests waited in the last `horizon` ms): the
--- admissions of its tenants that started in the last `horizon` ms or start later, in 100 ms
--- buckets, and nil when `tenant` (weight w) may take one more, else the ms until its oldest
--- bucket leaves the horizon. Not contended: no counting (nil, nil).
-local function tenantShare(metaKey, class, now, tenant, w, horizon)
+-- While the class is contended (one of its requests waited in the last `horizon` ms): its
+-- tenants' admissions that started in the last `horizon` ms or start later, in 100 ms buckets;
+-- and nil when `tenant` (weight w) may take one more, else the ms to wait. Only the other tenants
+-- that are backlogged (waited in the last BACKLOG_MS, or hold reservations ahead) hold it back: a
+-- tenant sending less than its share is served as it comes and limits nobody. Not contended: no
+-- counting (nil, nil).
+local function tenantShare(metaKey, class, now, tenant, w, horizon, reserving)
   local v = redis.call('HMGET', metaKey, 'hw:' .. class, 'tq:' .. class)
   local waited = tonumber(v[1])
   if not waited or waited <= now - horizon then
@@ -128,27 +153,41 @@ local function tenantShare(metaKey, class, now, tenant, w, horizon)
   end
   local q = v[2] and cjson.decode(v[2]) or {}
   local oldest = math.floor((now - horizon) / 100) -- buckets up to this one are over
-  local mine, others, W, first = 0, 0, 0, nil
+  local ahead = math.floor(now / 100)              -- this bucket and later ones: reservations (the current one counted whole)
+  local mine, others, W = 0, 0, 0                  -- admissions: mine, the backlogged others'
+  local myAhead, allAhead, Wactive = 0, 0, 0       -- reservations ahead; weights of the other active tenants
   for t, e in pairs(q) do
-    local n, b = 0, {}
+    local n, b, pend = 0, {}, 0
     for slot, c in pairs(e.b) do
       local sn = tonumber(slot)
       if sn > oldest then
         b[slot] = c
         n = n + c
-        if t == tenant and (first == nil or sn < first) then first = sn end
+        if sn >= ahead then pend = pend + c end
       end
     end
-    if n == 0 then
+    local backlogged = pend > 0 or (e.lw ~= nil and e.lw > now - BACKLOG_MS)
+    if n == 0 and not backlogged then
       q[t] = nil
     else
       e.b = b
-      if t == tenant then mine = n else others, W = others + n, W + e.w end
+      allAhead = allAhead + pend
+      if t == tenant then
+        mine, myAhead = n, pend
+      else
+        Wactive = Wactive + e.w
+        if backlogged then others, W = others + n, W + e.w end
+      end
     end
   end
-  -- one more is fine while the tenant's count per weight is not above the others' (a tenant
-  -- alone always may): the least served tenant per weight always can, so nothing stalls
-  if W == 0 or mine * W <= others * w then return q, nil end
-  -- back soon: the others may catch up at any admission (their next reservation is not known here)
-  return q, math.max(1, math.min(RETRY_SHARE_MS, math.ceil((first + 1) * 100 + horizon - now)))
+  -- one more is fine while the tenant's count per weight is not above the backlogged others'
+  -- (a tenant alone always may): the least served tenant per weight always can, so nothing stalls
+  if W > 0 and mine * W > others * w then return q, RETRY_SHARE_MS end
+  -- a reservation: while other tenants are active, its reservations ahead per weight stay below
+  -- the others' plus one (myAhead / w < (othersAhead + 1) / Wactive), so a tenant that comes now
+  -- and then finds no deep queue of another's ahead of it
+  if reserving and Wactive > 0 and myAhead * Wactive >= (allAhead - myAhead + 1) * w then
+    return q, RETRY_SHARE_MS
+  end
+  return q, nil
 end
