@@ -63,13 +63,14 @@ const USAGE = `Usage: tsx scripts/bench/mixed.ts [options]   (npm run bench:mixe
   --higher-waited-ms N   priority.higherWaitedMs (default 1000, keypool's default)
   --deadline-ms N        a caller gives up after this long: a client failure (default 30000)
   --seed N               seed of the arrivals (default 16)
+  --margin-ms N          keypool's limits.windowMarginMs (default 20, keypool's default)
+  --learn on|off         keypool learns limits from the provider's headers and 429s (default on)
   -h, --help             this text`;
 
 const log = logger('bench:mixed');
 const GATEWAY_CHILD = fileURLToPath(new URL('./gateway/child.ts', import.meta.url));
 const WORKER_CHILD = fileURLToPath(new URL('./queue/worker.ts', import.meta.url));
 const MODEL = 'gpt-4o-mini';
-const MARGIN_MS = 20; // limits.windowMarginMs default
 const TENANTS = ['tenant-a', 'tenant-b', 'tenant-flood'] as const;
 type Tenant = (typeof TENANTS)[number];
 
@@ -88,6 +89,8 @@ function options() {
     'higher-waited-ms': '1000',
     'deadline-ms': '30000',
     seed: '16',
+    'margin-ms': '20',
+    learn: 'on',
   });
   const seconds = num('seconds', v.seconds, 5, 600);
   return {
@@ -104,6 +107,8 @@ function options() {
     higherWaitedMs: int('higher-waited-ms', v['higher-waited-ms'], 0, 60_000),
     deadlineMs: int('deadline-ms', v['deadline-ms'], 100),
     seed: int('seed', v.seed, 0),
+    marginMs: int('margin-ms', v['margin-ms'], 0, 1000),
+    learn: v.learn !== 'off',
   };
 }
 type Options = ReturnType<typeof options>;
@@ -158,6 +163,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
   const keys = Array.from({ length: o.keys }, (_, i) => ({ secret: `sk-bench-mixed${i}-${runId}-${randomBytes(12).toString('hex')}`, name: `k${i}` }));
   const benchKeys = keys.map((k) => ({ ...k, provider: 'azure' as const, rpm: o.providerRpm }));
   const priority = { keepFree: { low: o.keepLow }, higherWaitedMs: o.higherWaitedMs };
+  const limits = { windowMarginMs: o.marginMs, learn: o.learn };
   const started: Child[] = [];
   const spawn = (script: string, role: string, config: unknown) => {
     const c = new Child(script, role, config);
@@ -170,7 +176,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
     const fake = spawn(GATEWAY_CHILD, 'fake', { keys: keys.map((k) => ({ key: k.secret, name: k.name, rpm: o.providerRpm, limiter: 'window-1s' })), model: MODEL, latencyMs: o.latencyMs, chunkDelayMs: 0 });
     const fakeUrl = (await fake.ready).url!;
     const adminToken = randomBytes(24).toString('hex');
-    const gws = [0, 1].map(() => spawn(GATEWAY_CHILD, 'gateway', { redisUrl, fakeUrl, pool, model: MODEL, keys: benchKeys, adminToken, priority }));
+    const gws = [0, 1].map(() => spawn(GATEWAY_CHILD, 'gateway', { redisUrl, fakeUrl, pool, model: MODEL, keys: benchKeys, adminToken, priority, limits }));
     const gateways = await Promise.all(gws.map((c) => c.ready));
     const tokens = Object.fromEntries(await Promise.all(TENANTS.map(async (t) => [t, await createToken(gateways[0]!.url!, adminToken, t)] as const))) as Record<Tenant, string>;
     const clients = Object.fromEntries(
@@ -187,6 +193,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
           workerId: `mixed-worker-${i + 1}`,
           keys: benchKeys,
           priority,
+          limits,
           queue: { concurrency: o.concurrency },
           scheduler: { probeMs: 3_600_000, housekeepingMs: 3_600_000, secretRefreshMs: 3_600_000 },
           logLevel: 'warn',
@@ -209,7 +216,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
       for (let at = 0; at < inputs.length; at += 500) await queue.addBulk(inputs.slice(at, at + 500));
       log(`mixed: ${jobs} jobs enqueued (class low, the default); draining 3 s before the schedule starts`);
       await new Promise((r) => setTimeout(r, 3000));
-    } else await new Promise((r) => setTimeout(r, 1000 + MARGIN_MS + 100));
+    } else await new Promise((r) => setTimeout(r, 1000 + o.marginMs + 100));
 
     const counters0 = await fake.request<Record<string, FakeKeyCounters>>('counters');
     const outcomes: Outcome[] = new Array(arrivals.length);
@@ -279,7 +286,7 @@ async function main(): Promise<void> {
   // interactive requests answered during the schedule's window: all but those still in flight at its end (few)
   const queueServed = Math.max(0, okUp - interactiveOk);
   const allowed = mixed.capacityPerSec * mixed.windowS;
-  const enforced = allowed * (1000 / (1000 + MARGIN_MS));
+  const enforced = allowed * (1000 / (1000 + o.marginMs));
   const queue = {
     servedDuringSchedule: queueServed,
     capacityShare: round(queueServed / (allowed - interactiveOk), 3),

@@ -195,8 +195,8 @@ export const PoolConfigSchema = z
           .int()
           .min(0)
           .max(60_000)
-          .default(1000)
-          .describe('The furthest ahead a class with a keepFree share may reserve (and only while nothing higher waits): how long a higher-class request arriving later can wait behind it.'),
+          .default(250)
+          .describe('The furthest ahead a class with a keepFree share may reserve (within the capacity that keeps its share free): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place.'),
         tenantWindowMs: z
           .number()
           .int()

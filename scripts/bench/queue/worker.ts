@@ -54,6 +54,8 @@ export interface WorkerChildConfig {
   model: string;
   workerId: string;
   keys: BenchKey[];
+  /** The pool's `limits` section (windowMarginMs, learn), default unless given. */
+  limits?: { windowMarginMs?: number; learn?: boolean };
   /** The pool's `priority` section, default unless given. */
   priority?: Record<string, unknown>;
   /** The `queue` section (QueueSectionSchema input). */

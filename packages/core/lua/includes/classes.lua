@@ -7,10 +7,10 @@
   - a request of that class is admitted now only if the key still has that share free after it,
     while a higher class waited in the last `higherWaitedMs` ("restricted"); with nothing higher
     waiting it may take the whole key (the share is not wasted when nobody needs it);
-  - it never takes a reservation while restricted (it is told when to come back instead), and
-    otherwise reserves at most `reserveAheadMs` ahead and only within the capacity that keeps the
-    share free: a higher-class caller arriving later finds the share free in every window to come
-    and waits behind at most `reserveAheadMs` of lower-class reservations.
+  - it reserves at most `reserveAheadMs` ahead, and only within the capacity that keeps the share
+    free: a higher-class caller arriving later finds the share free in every window to come and
+    waits behind at most `reserveAheadMs` of lower-class reservations (beyond that horizon the
+    lower caller is told when to come back: it holds no place).
   "Waited" means: was given a reservation, or was refused for capacity (rate_limited, cooling,
   concurrency, kept_free, tenant_share). acquire notes it in the meta hash: hw:<class> = ms.
 
@@ -49,7 +49,7 @@ local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveA
     end
   end
   if last and last > now - higherWaitedMs then
-    return keepFree, keepFree, 0, last + higherWaitedMs
+    return keepFree, keepFree, math.min(maxWait, reserveAheadMs), last + higherWaitedMs
   end
   return 0, keepFree, math.min(maxWait, reserveAheadMs), nil
 end
@@ -157,16 +157,19 @@ local function tenantShare(metaKey, class, now, tenant, w, horizon, reserving)
   local mine, others, W = 0, 0, 0                  -- admissions: mine, the backlogged others'
   local myAhead, allAhead, Wactive = 0, 0, 0       -- reservations ahead; weights of the other active tenants
   for t, e in pairs(q) do
-    local n, b, pend = 0, {}, 0
+    local n, b, pend, later = 0, {}, 0, false
     for slot, c in pairs(e.b) do
       local sn = tonumber(slot)
       if sn > oldest then
         b[slot] = c
         n = n + c
         if sn >= ahead then pend = pend + c end
+        if sn > ahead then later = true end
       end
     end
-    local backlogged = pend > 0 or (e.lw ~= nil and e.lw > now - BACKLOG_MS)
+    -- backlogged: waited lately, or holds a reservation beyond this 100 ms (an admission of now
+    -- is in this bucket: it does not make a tenant backlogged)
+    local backlogged = later or (e.lw ~= nil and e.lw > now - BACKLOG_MS)
     if n == 0 and not backlogged then
       q[t] = nil
     else
