@@ -196,7 +196,7 @@ export const PoolConfigSchema = z
           .min(0)
           .max(60_000)
           .default(250)
-          .describe('The furthest ahead a class with a keepFree share may reserve (within the capacity that keeps its share free): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place.'),
+          .describe('The furthest ahead a class with a keepFree share may reserve (while a higher class waits, only within the capacity that keeps its share free): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place.'),
         tenantWindowMs: z
           .number()
           .int()

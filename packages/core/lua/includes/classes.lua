@@ -7,10 +7,10 @@
   - a request of that class is admitted now only if the key still has that share free after it,
     while a higher class waited in the last `higherWaitedMs` ("restricted"); with nothing higher
     waiting it may take the whole key (the share is not wasted when nobody needs it);
-  - it reserves at most `reserveAheadMs` ahead, and only within the capacity that keeps the share
-    free: a higher-class caller arriving later finds the share free in every window to come and
-    waits behind at most `reserveAheadMs` of lower-class reservations (beyond that horizon the
-    lower caller is told when to come back: it holds no place).
+  - it reserves at most `reserveAheadMs` ahead (beyond that it is told when to come back: it holds
+    no place), and while restricted only within the capacity that keeps the share free: a
+    higher-class caller arriving later waits behind at most `reserveAheadMs` of lower-class
+    reservations, and while it keeps waiting finds the share free in every window to come.
   "Waited" means: was given a reservation, or was refused for capacity (rate_limited, cooling,
   concurrency, kept_free, tenant_share). acquire notes it in the meta hash: hw:<class> = ms.
 
@@ -38,6 +38,7 @@ local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = tr
 
 -- The class's rule for this request: keep (share kept free by admissions now), keepRes (by
 -- reservations), maxWait (bounded), liftAt (when the restriction ends, or nil when not restricted).
+-- Not restricted, a lower class uses the whole key (a pool of batch work alone is not held back).
 local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveAheadMs, maxWait)
   if keepFree <= 0 then return 0, 0, maxWait, nil end
   local above = CLASS_ABOVE[class]
@@ -51,7 +52,7 @@ local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveA
   if last and last > now - higherWaitedMs then
     return keepFree, keepFree, math.min(maxWait, reserveAheadMs), last + higherWaitedMs
   end
-  return 0, keepFree, math.min(maxWait, reserveAheadMs), nil
+  return 0, 0, math.min(maxWait, reserveAheadMs), nil
 end
 
 -- evaluate (common.lua) for a request that must leave `keep` of the key's capacity free: the
