@@ -156,6 +156,8 @@ describe('tokensTable', () => {
       hint: 'kpt_...wxyz',
       name: 'ci',
       rpm: 0,
+      weight: 1,
+      allowCritical: false,
       rpmBurst: 0,
       budget: null,
       models: [],

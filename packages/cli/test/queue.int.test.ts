@@ -203,17 +203,17 @@ describe.skipIf(testTarget() === 'cluster')('keypool queue', () => {
       expect(r.stdout).toMatch(/^\S+\n$/);
       const id = r.stdout.trim();
       early.push(id);
-      expect(r.stderr).toBe(`job ${id} (chat, gpt-4o-mini, priority normal) in pool ${pool}: waiting\n`);
+      expect(r.stderr).toBe(`job ${id} (chat, gpt-4o-mini, priority low) in pool ${pool}: waiting\n`);
 
       const got = await q(['get', id]);
       expect(got.code).toBe(0);
       const fields = Object.fromEntries(got.stdout.trimEnd().split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim()]));
-      expect(fields).toMatchObject({ id, state: 'waiting', kind: 'chat', model: 'gpt-4o-mini', priority: 'normal', attempts: '0' });
+      expect(fields).toMatchObject({ id, state: 'waiting', kind: 'chat', model: 'gpt-4o-mini', priority: 'low', attempts: '0' });
       expect(fields.enqueued).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/);
       expect(Object.keys(fields)).not.toContain('error');
 
       const json = JSON.parse((await q(['get', id, '--json'])).stdout);
-      expect(json).toMatchObject({ id, kind: 'chat', model: 'gpt-4o-mini', priority: 'normal', attemptsMade: 0 });
+      expect(json).toMatchObject({ id, kind: 'chat', model: 'gpt-4o-mini', priority: 'low', attemptsMade: 0 });
       expect(['waiting', 'prioritized']).toContain(json.state);
       // what was stored is the request --prompt built
       const job = await queue.queue.getJob(id);
@@ -332,7 +332,7 @@ describe.skipIf(testTarget() === 'cluster')('keypool queue', () => {
 
     it('add --wait prints the result JSON: the answer, the model, the key, the cost', async () => {
       const r = await q(['add', '--model', 'gpt-4o-mini', '--prompt', 'hi', '--max-tokens', '4', '--wait', '30']);
-      expect(r.stderr).toMatch(/^job \S+ \(chat, gpt-4o-mini, priority normal\) in pool \S+: waiting; waiting for its result\n$/);
+      expect(r.stderr).toMatch(/^job \S+ \(chat, gpt-4o-mini, priority low\) in pool \S+: waiting; waiting for its result\n$/);
       expect(r.code).toBe(0);
       const result = JSON.parse(r.stdout);
       expect(result).toMatchObject({ model: 'gpt-4o-mini', keyId: keyPool!.knownKeys()[0]!.id, attempts: 1, failovers: 0 });

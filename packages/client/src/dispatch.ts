@@ -35,7 +35,9 @@ export interface Route {
 /**
  * critical: the route's models in their order (strongest first), waiting for the strongest that can
  * serve. normal: cheapest first, falling back to dearer ones when the cheap one has no key free.
- * low: cheapest first like normal, but never waits: it yields when capacity is short.
+ * low: cheapest first like normal, but waits only as long as the caller names (keyWaitMs: the queue
+ * worker's), else yields at once when capacity is short; the pool keeps priority.keepFree of every key
+ * from it while a higher class waits, and never lets it hold a reservation then.
  */
 export type Priority = PriorityClass;
 
@@ -208,7 +210,7 @@ export class Dispatcher {
 
   /**
    * A lease on the first model of the plan that can serve. Only one model is waited for: the
-   * strongest for critical traffic, the last resort (the dearest) for normal; low never waits.
+   * strongest for critical traffic, the last resort (the dearest) for normal and, with a keyWaitMs, low.
    * A model no key serves (or too small for the request) is skipped.
    */
   private async lease(
@@ -224,7 +226,7 @@ export class Dispatcher {
   ): Promise<{ lease: Lease; model: string }> {
     let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
     let fault: unknown;
-    const waitOn = priority === 'low' ? -1 : priority === 'critical' ? 0 : plan.models.length - 1;
+    const waitOn = priority === 'low' && !Number.isFinite(keyWaitMs) ? -1 : priority === 'critical' ? 0 : plan.models.length - 1;
     for (let i = 0; i < plan.models.length; i++) {
       const model = plan.models[i]!;
       let r: AcquireResult | TokenRefused;

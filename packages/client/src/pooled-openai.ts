@@ -27,8 +27,10 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** Overall deadline of this call, ms. */
   timeout?: number;
-  /** How a route picks its model (default normal). */
+  /** How a route picks its model, and the class the pool admits the call in (default normal). */
   priority?: Priority;
+  /** Whose call this is, for the fair shares between tenants of a class (weight: the pool config's priority.weights). */
+  tenant?: string;
   /** Longest wait for a free key (default: the whole timeout); then PoolExhaustedError with its retryAfterMs. */
   keyWaitMs?: number;
   /**
@@ -220,6 +222,7 @@ export class PooledOpenAI {
       name,
       est,
       priority: options?.priority ?? 'normal',
+      ...(options?.tenant !== undefined ? { tenant: options.tenant } : {}),
       signal,
       deadline,
       ...(options?.keyWaitMs !== undefined ? { keyWaitMs: options.keyWaitMs } : {}),

@@ -28,11 +28,18 @@
   token's settings JSON back
   ARGV[16] priority class: critical | normal | low  ARGV[17] tenant ('' = the admitted token's
   id, else none)
+  ARGV[18] share of each key this class keeps free for higher classes (0..1, includes/classes.lua)
+  ARGV[19] ms a higher class's wait restricts this class  ARGV[20] furthest ahead this class
+  reserves when it keeps a share  ARGV[21] the tenant's weight ('' = the token's `weight`, or 1)
+  ARGV[22] ms of admissions the tenants' shares count  ARGV[23] ms the caller has slept between tries so far
+  (0: its first try; counted as its wait)
   Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
           [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
-      or {0, reason, retryAfterMs (-1: not by waiting), version}
+      or {0, reason, retryAfterMs (-1: not by waiting), version}; reasons of the classes
+         (includes/classes.lua): kept_free (the share kept for a higher class), tenant_share
       or {2, tokenRefusal, retryAfterMs (-1: not by waiting), tokenId ('' when unknown)}: the
-         token was refused (reasons of tokenAdmit-3.lua), nothing changed
+         token was refused (reasons of tokenAdmit-3.lua, and priority_not_allowed: class
+         critical for a token without allowCritical), nothing changed
   startInMs: 0 now; else the caller starts its request that much later (or gives the lease back
   unused, which frees its place for the next caller).
 
@@ -43,6 +50,7 @@
 --- @include "common"
 --- @include "tokens"
 --- @include "series"
+--- @include "classes"
 
 local cfgKey, stKey, leasesKey, metaKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local est = tonumber(ARGV[1])
@@ -72,6 +80,13 @@ if ARGV[11] and ARGV[11] ~= '' then
   end
 end
 if tenant == '' and admission then tenant = admission.id end
+if class == 'critical' and admission and not cjson.decode(admission.raw).allowCritical then
+  seriesAcquire(serKey, now, class, tenant, 'r', 0)
+  return { 2, 'priority_not_allowed', -1, admission.id }
+end
+local keep, keepRes, liftAt
+keep, keepRes, maxWait, liftAt = classRule(metaKey, class, now, tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0, tonumber(ARGV[20]) or 0, maxWait)
+local keptAt = nil -- a key free under the full rules, refused to keep the share: when it would take this
 
 local ngroups = (#KEYS - 9) / 2
 local function avail(i) return KEYS[7 + 2 * i] end
@@ -141,7 +156,8 @@ end
 local seen, usable, nseen = {}, {}, 0
 local reserve = nil -- the earliest reservation among the keys looked at: {id, st, t, slot, g}
 local function consider(id, st, g, t, slot)
-  if t - now <= maxWait and (reserve == nil or t < reserve.t) then
+  t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keepRes, t, slot)
+  if t and t - now <= maxWait and (reserve == nil or t < reserve.t) then
     reserve = { id = id, st = st, t = t, slot = slot, g = g }
   end
 end
@@ -179,7 +195,15 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
           total = total - 1
         else
           local kind, untilMs, reason, slot = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
-          if kind == 'ok' then
+          if kind == 'ok' and keep > 0 then
+            local t
+            t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, now, slot)
+            if t ~= now then kind, untilMs = 'kept', t or liftAt end
+          end
+          if kind == 'kept' then
+            nseen = nseen + 1
+            if keptAt == nil or untilMs < keptAt then keptAt = untilMs end
+          elseif kind == 'ok' then
             usable[#usable + 1] = { id = id, st = st, s = score(st), g = g, t = now, slot = slot }
           elseif kind == 'skip' then
             nseen = nseen + 1
@@ -210,6 +234,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
 end
 
 local version = tonumber(redis.call('HGET', metaKey, 'v') or '0')
+local tenantQ, tenantW = nil, tenant ~= '' and tenantWeight(ARGV[21], admission) or 1
 
 if #usable == 0 and maxWait > 0 then
   -- the keys that become usable first may take a reservation (their wait-set score is when they
@@ -236,13 +261,19 @@ if #usable == 0 and maxWait > 0 then
   end
 end
 
--- refused (not 'busy': the caller tries again at once)
-if #usable == 0 and total <= nseen then seriesAcquire(serKey, now, class, tenant, 'r', 0) end
+-- Refused (not 'busy': the caller tries again at once). A refusal the caller waits out (its retry
+-- comes within the wait it asked for, ARGV[9]) is not counted: the try that ends it is.
+local callerWait = tonumber(ARGV[9])
+local function refused(reply)
+  if not (reply[3] >= 0 and reply[3] <= callerWait) then seriesAcquire(serKey, now, class, tenant, 'r', 0) end
+  return reply
+end
 if #usable == 0 then
   if total > nseen then
     -- sampling gave up with candidates left unexamined: try again at once
     return { 0, 'busy', 0, version }
   end
+  if keptAt then return refused(classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt) - now)), version }, tenant, tenantW)) end
   -- Nothing usable: say when the earliest waiting key becomes usable, and why it waits.
   local best, bestSt = nil, nil
   for i = 1, ngroups do
@@ -258,16 +289,25 @@ if #usable == 0 then
     end
   end
   if budgetSkip and (best == nil or best >= PARKED or (bestSt.wr == 'budget' and budgetSkip < best)) then
-    return { 0, 'budget', budgetSkip >= PARKED and -1 or math.max(0, math.ceil(budgetSkip - now)), version }
+    return refused({ 0, 'budget', budgetSkip >= PARKED and -1 or math.max(0, math.ceil(budgetSkip - now)), version })
   end
   if best == nil then
-    if nseen > 0 and next(excluded) == nil then return { 0, 'too_large', -1, version } end
-    return { 0, 'unavailable', -1, version }
+    if nseen > 0 and next(excluded) == nil then return refused({ 0, 'too_large', -1, version }) end
+    return refused({ 0, 'unavailable', -1, version })
   end
   local reason = 'rate_limited'
   if bestSt.wr ~= '' then reason = REPORTED[bestSt.wr] and bestSt.wr or 'unavailable' end
-  if best >= PARKED then return { 0, reason, -1, version } end
-  return { 0, reason, math.max(0, math.ceil(best - now)), version }
+  if best >= PARKED then return refused({ 0, reason, -1, version }) end
+  return refused(classRefused(metaKey, class, now, { 0, reason, math.max(0, math.ceil(best - now)), version }, tenant, tenantW))
+end
+
+if tenant ~= '' then
+  local over
+  tenantQ, over = tenantShare(metaKey, class, now, tenant, tenantW, tonumber(ARGV[22]) or 2000, #usable == 1 and usable[1].t > now)
+  if over then
+    tenantWaited(metaKey, class, now, tenant, tenantW, tenantQ)
+    return refused(classRefused(metaKey, class, now, { 0, 'tenant_share', over, version }))
+  end
 end
 
 -- 4. Choose among the usable candidates with probability proportional to their score.
@@ -293,6 +333,7 @@ if chosen.slot then
 elseif st.rw > 0 or st.tw > 0 then
   windowAdmit(winKey, st, id, est, start, slot)
 end
+classAdmitted(metaKey, class, now, tenant, tenantQ, tenantW, start)
 local lease = seq .. ':' .. id .. ':' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
   .. string.format('%.0f', math.floor(start * 1000 + 0.5)) .. ':' .. slot
 local deadline = math.ceil(start + tonumber(ARGV[3]))
@@ -318,7 +359,9 @@ else
 end
 saveState(stKey, id, st)
 redis.call('ZADD', leasesKey, deadline, lease)
-seriesAcquire(serKey, now, class, tenant, start > now and 'w' or 'a', start - now)
+-- a caller that slept between tries (ARGV[23] ms) waited too, though this try admits it now
+local waited = (start - now) + (tonumber(ARGV[23]) or 0)
+seriesAcquire(serKey, now, class, tenant, waited > 0 and 'w' or 'a', waited)
 local nowWhole, nowMicros = timeReply(now)
 local reply = { 1, id, lease, deadline, nowWhole, nowMicros, version, probe, math.max(0, math.ceil(start - now)) }
 if admission then

@@ -18,10 +18,11 @@ import type { RawKeyStatus, RawStatusHead, ScheduledJobStatus } from './status.j
 // ---- refusals: every reason a script says no, and what each means ------------------------------
 
 /** Why acquire could not give a lease now. */
-export type ExhaustedReason = 'rate_limited' | 'concurrency' | 'cooling' | 'circuit_open' | 'budget' | 'unavailable';
+/** kept_free: the share a higher class keeps (pool config priority.keepFree); tenant_share: the tenant holds its weighted share of the class's reservations. */
+export type ExhaustedReason = 'rate_limited' | 'concurrency' | 'cooling' | 'circuit_open' | 'budget' | 'unavailable' | 'kept_free' | 'tenant_share';
 
 /** Why a gateway token was refused (over_budget: the request's estimate exceeds the token's whole budget, so no wait helps). */
-export type TokenRefusal = 'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted' | 'over_budget';
+export type TokenRefusal = 'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted' | 'over_budget' | 'priority_not_allowed';
 
 /**
  * Every reason a script gives in a 0-reply, all scripts together (bullmq's enums/error-code.ts).
@@ -280,7 +281,7 @@ export class PoolCommands {
   constructor(
     private readonly link: CommandLink,
     private readonly k: PoolKeys,
-    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates' | 'limits' | 'reservationTimeoutMs'>,
+    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates' | 'limits' | 'reservationTimeoutMs' | 'priority'>,
   ) {
     const b = config.breaker;
     const h = config.health;
@@ -336,7 +337,7 @@ export class PoolCommands {
    * earliest admission within `maxWaitMs` (0: now or not at all); with `admit`, admit that gateway
    * token first, in the same call.
    */
-  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs: number, who: { priority: string; tenant: string }, admit?: AdmitArgs): Promise<AcquireReply> {
+  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs: number, who: { priority: string; tenant: string; waitedMs?: number }, admit?: AdmitArgs): Promise<AcquireReply> {
     const c = this.config;
     const args: (string | number)[] = [
       tokens,
@@ -352,7 +353,8 @@ export class PoolCommands {
     ];
     if (admit) args.push(admit.hash, admit.name, admit.costNanos, c.reservationTimeoutMs, admit.wantSettings ? '1' : '0');
     else args.push('', '', 0, 0, '0');
-    args.push(who.priority, who.tenant);
+    const pr = c.priority;
+    args.push(who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], pr.higherWaitedMs, pr.reserveAheadMs, pr.weights[who.tenant] ?? '', pr.tenantWindowMs, who.waitedMs ?? 0);
     const r = (await this.link.script('acquire', scriptKeys, args)) as
       | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]
       | [0, AcquireRefusal, number, number]

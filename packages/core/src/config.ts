@@ -182,6 +182,45 @@ export const PoolConfigSchema = z
       })
       .prefault({})
       .describe('How keys\' rate limits are enforced and learnt.'),
+    priority: z
+      .object({
+        keepFree: z
+          .object({
+            low: z.number().min(0).max(0.9).default(0.2).describe('Share (0 to 0.9) of every key\'s window or bucket that low requests (queue jobs by default) leave free while a normal or critical request waited in the last higherWaitedMs.'),
+            normal: z.number().min(0).max(0.9).default(0).describe('Share (0 to 0.9) of every key\'s window or bucket that normal requests leave free while a critical request waited in the last higherWaitedMs.'),
+          })
+          .strict()
+          .prefault({})
+          .describe('What each class leaves free for the classes above it (critical keeps nothing: it is the highest).'),
+        higherWaitedMs: z
+          .number()
+          .int()
+          .min(0)
+          .max(60_000)
+          .default(1000)
+          .describe('A class keeps its share free for this long after a request of a higher class waited (was given a reservation or refused for capacity); with nothing higher waiting it may use the whole key.'),
+        reserveAheadMs: z
+          .number()
+          .int()
+          .min(0)
+          .max(60_000)
+          .default(250)
+          .describe('The furthest ahead a class with a keepFree share may reserve (while a higher class waits, only within the capacity that keeps its share free): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place.'),
+        tenantWindowMs: z
+          .number()
+          .int()
+          .min(100)
+          .max(60_000)
+          .default(2000)
+          .describe('While a class is contended (one of its requests waited in this many ms), each tenant\'s admissions of the last this many ms (and its reservations ahead) are counted, and a tenant above its weighted share waits: make it at least the keys\' window.'),
+        weights: z
+          .record(z.string().regex(/^[^\s,]{1,64}$/, 'a tenant name: 1-64 characters without spaces or commas'), z.number().positive().max(1000))
+          .default({})
+          .describe('Weights (0 to 1000, default 1) of the tenants named by callers (queue jobs\' tenant, acquire\'s tenant) in the fair shares between tenants of a class; a gateway token\'s weight is its own setting.'),
+      })
+      .strict()
+      .prefault({})
+      .describe('Priority classes and fair shares between tenants (docs/architecture.md, "Classes and tenants").'),
     status: z
       .object({
         snapshotMs: z

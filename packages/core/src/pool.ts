@@ -79,7 +79,8 @@ type Busy = { ok: false; reason: 'busy'; retryAfterMs: number | null };
 /** A gateway token to admit with the key: the request, and what goes to Redis. */
 type Admit = { req: TokenAdmitRequest; args: AdmitArgs };
 /** The class and tenant a request is admitted in (AcquireRequest.priority, tenant). */
-export type Who = { priority: PriorityClass; tenant: string };
+/** `waitedMs`: what this caller has slept so far between tries (the traffic counters count its admission as waited). */
+export type Who = { priority: PriorityClass; tenant: string; waitedMs?: number };
 
 /** The class and tenant of a request, checked: a typo in either would silently change who waits. */
 function whoOf(req: AcquireRequest): Who {
@@ -238,7 +239,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       return r;
     };
     for (let busy = 0; ; ) {
-      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()), who, admit);
+      const r = await this.tryAcquire(req.model, Math.ceil(est), estCost, exclude, Math.max(0, deadline - this.clock.now()), slept > 0 ? { ...who, waitedMs: Math.round(slept) } : who, admit);
       if (r.ok) {
         if (req.route !== undefined) r.route = req.route;
         const startIn = this.startsIn.get(r);
@@ -335,7 +336,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * first (a refused token takes nothing of a key), and without another try of Redis.
    */
   private acquireLocal(model: string, est: number, estCost: number, exclude: Set<string>, who: Who, admit?: Admit): Lease | Exhausted | TokenRefused {
-    const t = admit ? this.tokens.admitHere(admit.args) : undefined;
+    const t = admit ? this.tokens.admitHere(admit.args, who.priority) : undefined;
     if (t && !t.ok) return { ok: false, reason: 'token_refused', token: t };
     const r = this.local.acquire(this.topology.heldFor(model), est, exclude);
     if (!r.ok) {

@@ -155,4 +155,8 @@ export interface TokenRecord {
   per: 'day' | 'month' | 'total';
   models: string[];
   budget?: { usd: number; period: 'day' | 'month' | 'total' };
+  /** weight in the fair shares between tenants (absent: 1; acquire.lua reads it) */
+  weight?: number;
+  /** may ask for the critical class (absent: no; acquire.lua reads it) */
+  allowCritical?: boolean;
 }

@@ -30,6 +30,16 @@ const TOKEN_FIELDS = {
     .array(z.string().min(1))
     .default([])
     .describe('Model (or route) names the token may ask for. Empty: all.'),
+  weight: z
+    .number()
+    .positive()
+    .max(1000)
+    .default(1)
+    .describe("The token's weight in the fair shares between tenants of a class when the pool is the bottleneck (0 to 1000)."),
+  allowCritical: z
+    .boolean()
+    .default(false)
+    .describe('May ask for the critical class (x-keypool-priority: critical); refused with a 403 otherwise.'),
 };
 
 const burstNeedsRpm = (s: { rpm: number; rpmBurst?: number | undefined }, ctx: z.RefinementCtx) => {

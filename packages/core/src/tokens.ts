@@ -49,6 +49,10 @@ export interface GatewayTokenInfo {
   budget: { usd: number; period: string } | null;
   /** Names the token may ask for; empty: all. */
   models: string[];
+  /** Weight in the fair shares between tenants of a class. */
+  weight: number;
+  /** May ask for the critical class. */
+  allowCritical: boolean;
   createdAt: string;
   revokedAt: string | null;
   lastUsedAt: string | null;
@@ -187,6 +191,8 @@ function infoOf(rec: TokenRecord, c: Omit<TokenView, 'rec' | 'rt'> & { rt: numbe
     rpmBurst: rec.rb,
     budget: rec.budget ? { usd: rec.budget.usd, period: rec.budget.period } : null,
     models: rec.models,
+    weight: rec.weight ?? 1,
+    allowCritical: rec.allowCritical ?? false,
     createdAt: new Date(c.ca).toISOString(),
     revokedAt: iso(c.rv),
     lastUsedAt: iso(c.lu),
@@ -215,6 +221,8 @@ function recordOf(hash: string, hint: string, s: z.output<typeof GatewayTokenSpe
     per: s.budget?.period ?? 'total',
     models: [...new Set(s.models)].sort(),
     ...(s.budget ? { budget: s.budget } : {}),
+    weight: s.weight,
+    allowCritical: s.allowCritical,
   };
 }
 
@@ -514,7 +522,9 @@ export class GatewayTokens {
    * Admission by this process alone, for acquire's fallback (Redis down, policy local): never
    * tries Redis (acquire has just found it down and keeps its own retry timer).
    */
-  admitHere(a: AdmitArgs): TokenAdmission {
+  admitHere(a: AdmitArgs, priority?: string): TokenAdmission {
+    const s = this.seen.get(a.hash);
+    if (priority === 'critical' && s && !s.rec.allowCritical) return { ok: false, reason: 'priority_not_allowed', retryAfterMs: null, id: s.rec.id };
     return this.admitLocal(a.hash, a.name, a.costNanos);
   }
 

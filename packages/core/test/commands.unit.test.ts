@@ -40,8 +40,9 @@ describe('PoolCommands', () => {
     const [tokens, cost, timeout, recheck, pick, excluded, candidates] = calls[1]!.args;
     expect([tokens, cost, timeout, recheck, excluded, candidates]).toEqual([10, 0, config.leaseTimeoutMs, config.concurrencyRecheckMs, 'x,y', config.candidates]);
     expect(pick).toBeGreaterThanOrEqual(0);
-    // no token: its five arguments are placeholders, then the class and the tenant
-    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '']);
+    // no token: its five arguments are placeholders, then the class and the tenant, then the
+    // class's rule (keepFree of normal, higherWaitedMs, reserveAheadMs), the weight ('' = none named), tenantWindowMs
+    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 250, '', 2000, 0]);
     expect(calls[1]!.keys).toBe(scriptKeys);
   });
 

@@ -55,6 +55,8 @@ describe('gateway tokens: admin', () => {
       rpmBurst: 2,
       budget: { usd: 1, period: 'day' },
       models: ['fast', 'gpt-4o-mini'],
+      weight: 1,
+      allowCritical: false,
       createdAt: info.createdAt,
       revokedAt: null,
       lastUsedAt: null,

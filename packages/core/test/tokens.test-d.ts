@@ -19,6 +19,6 @@ if (a.ok) {
   expectTypeOf(a.retryAfterMs).toEqualTypeOf<number | null>();
   expectTypeOf(a.id).toEqualTypeOf<string | undefined>();
 }
-expectTypeOf<TokenRefusal>().toEqualTypeOf<'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted' | 'over_budget'>();
+expectTypeOf<TokenRefusal>().toEqualTypeOf<'unknown' | 'revoked' | 'model_not_allowed' | 'rate_limited' | 'budget_exhausted' | 'over_budget' | 'priority_not_allowed'>();
 // settle's options are optional
 expectTypeOf(pool.tokens.settle).toBeCallableWith('0123456789ab', '0123456789ab:1:0', 0.01);

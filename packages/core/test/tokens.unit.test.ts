@@ -140,8 +140,9 @@ describe('gateway tokens: helpers', () => {
     expect(budgetPeriodEnd('total', t)).toBe(-1);
   });
 
-  it('spec defaults: no rate limit, no budget, every model; budget period month', () => {
-    expect(parseGatewayTokenSpec({ name: 'x' })).toEqual({ name: 'x', rpm: 0, models: [] });
+  it('spec defaults: no rate limit, no budget, every model, weight 1, no critical; budget period month', () => {
+    expect(parseGatewayTokenSpec({ name: 'x' })).toEqual({ name: 'x', rpm: 0, models: [], weight: 1, allowCritical: false });
+    expect(() => parseGatewayTokenSpec({ name: 'x', weight: 0 })).toThrow(/weight/);
     expect(parseGatewayTokenSpec({ name: 'x', budget: { usd: 2 } }).budget).toEqual({ usd: 2, period: 'month' });
   });
 

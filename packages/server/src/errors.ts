@@ -94,6 +94,8 @@ export function tokenRefusal(reason: string, model: string, retryAfterMs: number
   switch (reason) {
     case 'model_not_allowed':
       return new HttpError(403, `This gateway token may not use '${model}'.`, 'permission_error', 'model_not_allowed', 'model');
+    case 'priority_not_allowed':
+      return new HttpError(403, "This gateway token may not ask for the critical class (x-keypool-priority: critical): its setting allowCritical is false (keypool tokens create --allow-critical, or the admin API's allowCritical).", 'permission_error', 'priority_not_allowed', null);
     case 'rate_limited':
       return new HttpError(429, `Rate limit of this gateway token reached; retry in ${after ?? 1} s.`, 'rate_limit_error', 'token_rate_limited', null, after ?? 1);
     case 'budget_exhausted':

@@ -98,7 +98,7 @@ export async function startGateway(opts: {
   const gateway = createGateway({ pool, logger: logs.logger, settings, routes: opts.routes ?? {} });
   const servers = [await listen(gateway)];
   if (opts.noAdmin) servers.push(await listen(createGateway({ pool, logger: logs.logger, settings: { ...settings, adminToken: undefined }, routes: opts.routes ?? {} })));
-  const { token } = await pool.tokens.create({ name: 'tests' });
+  const { token } = await pool.tokens.create({ name: 'tests', allowCritical: true });
   return {
     url: urlOf(servers[0]!),
     ...(servers[1] ? { noAdminUrl: urlOf(servers[1]) } : {}),

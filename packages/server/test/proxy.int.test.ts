@@ -324,6 +324,18 @@ describe('gateway: bad input never reaches a key', () => {
     const other = await post(g.url, '/v1/chat/completions', JSON.stringify({ ...ask, model: 'gpt-4o' }), { authorization: `Bearer ${limited}` });
     expect(other.status).toBe(403);
     expect(other.json.error.code).toBe('model_not_allowed');
+    // critical only for a token allowed it (allowCritical); nothing of a key is spent on a refusal
+    const before = served(g);
+    const { token: plain } = await g.pool.tokens.create({ name: 'plain' });
+    const crit = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { authorization: `Bearer ${plain}`, 'x-keypool-priority': 'critical' });
+    expect(crit.status).toBe(403);
+    expect(crit.json.error.type).toBe('permission_error');
+    expect(crit.json.error.code).toBe('priority_not_allowed');
+    expect(crit.json.error.message).toContain('allowCritical');
+    expect(served(g)).toBe(before);
+    const { token: boss } = await g.pool.tokens.create({ name: 'boss', allowCritical: true, weight: 3 });
+    const allowed = await post(g.url, '/v1/chat/completions', JSON.stringify(ask), { authorization: `Bearer ${boss}`, 'x-keypool-priority': 'critical' });
+    expect(allowed.status).toBe(200);
 
     const { token: t2, info } = await g.pool.tokens.create({ name: 'to-revoke' });
     await sdk(g, t2).chat.completions.create(ask);
@@ -331,7 +343,7 @@ describe('gateway: bad input never reaches a key', () => {
     // this process saw t2 admitted a moment ago, so its admission ran beside the acquire: the key
     // leased meanwhile goes back at once
     await expect(sdk(g, t2).chat.completions.create(ask)).rejects.toMatchObject({ status: 401 });
-    expect(served(g)).toBe(3);
+    expect(served(g)).toBe(4); // the two of limited, boss and t2
     expect((await g.pool.status()).keys.reduce((n, k) => n + k.inFlight, 0)).toBe(0);
     expect((await g.pool.status()).leasesInFlight).toBe(0);
   });

@@ -100,6 +100,7 @@ export class LlmWorker {
       // BullMQ aborts it when this worker lost the job's lock (another worker may run it): stop paying
       ...(signal ? { signal } : {}),
       priority: d.priority,
+      ...(d.tenant !== undefined ? { tenant: d.tenant } : {}),
       keyWaitMs: this.opts.settings.keyWaitMs,
       ...(d.deadline !== undefined ? { timeout: Math.max(1, d.deadline - now) } : {}),
       onServed: (i: typeof served) => (served = i),

@@ -24,7 +24,15 @@ export const LlmJobSchema = z
     request: z
       .record(z.string(), z.unknown())
       .describe('The request body as for the OpenAI API; `model` may name a route. No streaming: the result is stored whole.'),
-    priority: z.enum(['critical', 'normal', 'low']).default('normal').describe('critical runs first and takes the strongest model of a route; low uses the cheapest and yields when capacity is short.'),
+    priority: z
+      .enum(['critical', 'normal', 'low'])
+      .default('low')
+      .describe('critical runs first and takes the strongest model of a route; low (the default for jobs) uses the cheapest and leaves the pool\'s priority.keepFree share to interactive calls.'),
+    tenant: z
+      .string()
+      .regex(/^[^\s,]{1,64}$/, 'a tenant name: 1-64 characters without spaces or commas')
+      .optional()
+      .describe("Whose job this is, for the fair shares between tenants of a class when the pool is the bottleneck (weight: the pool config's priority.weights, else 1). Default: none."),
     idempotencyKey: z.string().min(1).max(256).optional().describe('Enqueueing again with the same key returns the same job (while it is retained) instead of adding a second.'),
     deadline: z
       .union([z.number().int().positive(), z.iso.datetime({ offset: true })])
@@ -49,6 +57,8 @@ export interface LlmJobData {
   kind: LlmJobKind;
   request: Record<string, unknown>;
   priority: JobPriority;
+  /** For the fair shares between tenants (absent: none). */
+  tenant?: string;
   /** Epoch ms. */
   deadline?: number;
   enqueuedAt: number;
@@ -77,6 +87,7 @@ export interface LlmJobInfo {
   kind: LlmJobKind;
   model: string;
   priority: JobPriority;
+  tenant?: string;
   enqueuedAt: string;
   attemptsMade: number;
   /** When it completed or (last) failed. */
@@ -141,6 +152,7 @@ export class LlmQueue {
         kind: j.kind,
         request: j.request,
         priority: j.priority,
+        ...(j.tenant !== undefined ? { tenant: j.tenant } : {}),
         ...(j.deadline !== undefined ? { deadline: typeof j.deadline === 'number' ? j.deadline : Date.parse(j.deadline) } : {}),
         enqueuedAt: (this.opts.clock ?? systemClock).now(),
       };
@@ -266,6 +278,7 @@ function infoOf(job: Job<LlmJobData, LlmJobResult>, state: string): LlmJobInfo {
     kind: d.kind,
     model: String(d.request.model),
     priority: d.priority,
+    ...(d.tenant !== undefined ? { tenant: d.tenant } : {}),
     enqueuedAt: new Date(d.enqueuedAt).toISOString(),
     attemptsMade: job.attemptsMade,
     ...(job.finishedOn ? { finishedAt: new Date(job.finishedOn).toISOString() } : {}),

@@ -36,7 +36,8 @@ describe('LLM job queue', () => {
   it('a job runs through the pool; its result, model, key and cost are kept on it', async () => {
     const { queue, pool } = await setup();
     const job = await queue.add(chat('hello'));
-    expect(job).toMatchObject({ kind: 'chat', model: 'gpt-4o-mini', priority: 'normal' });
+    expect(job).toMatchObject({ kind: 'chat', model: 'gpt-4o-mini', priority: 'low' });
+    expect(job.tenant).toBeUndefined();
     const result = await queue.wait(job.id, 10_000);
     expect(result.model).toBe('gpt-4o-mini');
     expect(result.keyId).toBe(pool.knownKeys()[0]!.id);
@@ -62,7 +63,7 @@ describe('LLM job queue', () => {
     expect(c).toMatchObject({ id: a.id, state: 'completed' });
     // the job as it is stored, not as the second add asked
     const d = await queue.add({ kind: 'embeddings', request: { model: 'other', input: 'x' }, priority: 'critical', idempotencyKey: 'order-42' });
-    expect(d).toMatchObject({ id: a.id, kind: 'chat', model: 'gpt-4o-mini', priority: 'normal' });
+    expect(d).toMatchObject({ id: a.id, kind: 'chat', model: 'gpt-4o-mini', priority: 'low' });
     expect(fake.counters().a!.served).toBe(1);
   });
 
@@ -125,6 +126,21 @@ describe('LLM job queue', () => {
     const more = await queue.addBulk(Array.from({ length: 3 }, (_, i) => chat(`m${i}`)));
     await expect(queue.wait(late.id, 10_000)).rejects.toThrow(/deadline/);
     await Promise.all(more.map((j) => queue.wait(j.id, 20_000)));
+  });
+
+  it('jobs are low by default; a tenant is kept on the job and reaches the pool with its class', async () => {
+    const { queue, pool } = await setup();
+    const asked: { priority?: string; tenant?: string }[] = [];
+    const acquire = pool.acquire.bind(pool);
+    // what the worker asks the pool for (the real pool answers)
+    pool.acquire = ((req: Parameters<typeof pool.acquire>[0]) => (asked.push({ priority: req.priority, tenant: req.tenant }), acquire(req))) as typeof pool.acquire;
+    const a = await queue.add({ ...chat('for acme'), tenant: 'acme' });
+    expect(a).toMatchObject({ priority: 'low', tenant: 'acme' });
+    await queue.wait(a.id, 10_000);
+    const b = await queue.add({ ...chat('urgent'), priority: 'normal' });
+    await queue.wait(b.id, 10_000);
+    expect(asked).toEqual([{ priority: 'low', tenant: 'acme' }, { priority: 'normal', tenant: undefined }]);
+    await expect(queue.add({ ...chat('x'), tenant: 'two words' })).rejects.toThrow('invalid job: tenant: a tenant name: 1-64 characters without spaces or commas');
   });
 
   it('a malformed job is refused before anything is added, with each problem and its path', async () => {

@@ -64,6 +64,7 @@ export interface GatewayChildConfig {
   keys: BenchKey[];
   adminToken: string;
   limits?: { windowMarginMs?: number; learn?: boolean };
+  priority?: Record<string, unknown>;
 }
 
 export interface BareChildConfig {

@@ -21,6 +21,8 @@ export interface BenchGatewayConfigInput {
   server?: { host?: string; port?: number; adminToken?: string; drainMs?: number };
   /** the pool's limits section (windowMarginMs, learn), default unless given */
   limits?: { windowMarginMs?: number; learn?: boolean };
+  /** the pool's priority section (classes and tenants' shares), default unless given */
+  priority?: Record<string, unknown>;
   /** section inputs (the schemas fill in the rest) */
   scheduler?: Record<string, unknown>;
   queue?: Record<string, unknown>;
@@ -40,6 +42,7 @@ export function benchGatewayConfig(o: BenchGatewayConfigInput): GatewayConfig {
     pool: parsePoolConfig({
       pool: o.pool,
       ...(o.limits ? { limits: o.limits } : {}),
+      ...(o.priority ? { priority: o.priority } : {}),
       keys: o.keys.map((k) => ({ provider: 'openai', ...k, baseURL: o.fakeUrl, models: [o.model] })),
     }),
   };

@@ -34,7 +34,7 @@ import type { GatewayConfig } from '@keypool/config';
 import { startFakeOpenAI, type LatencySpec } from '@keypool/testkit/fake-openai';
 import { startWorker } from '@keypool/worker';
 import { runChildRole, send, serveRequests, type Handler } from '../lib/child-ipc.js';
-import { benchGatewayConfig } from '../lib/gateway-config.js';
+import { benchGatewayConfig, type BenchKey } from '../lib/gateway-config.js';
 import { summary as distOf, type Summary as Dist } from '../lib/stats.js';
 
 /** The parent's requests; a worker's shutdown (BullMQ close) may take a little longer. */
@@ -53,7 +53,11 @@ export interface WorkerChildConfig {
   pool: string;
   model: string;
   workerId: string;
-  keys: { secret: string; name: string; rpm: number }[];
+  keys: BenchKey[];
+  /** The pool's `limits` section (windowMarginMs, learn), default unless given. */
+  limits?: { windowMarginMs?: number; learn?: boolean };
+  /** The pool's `priority` section, default unless given. */
+  priority?: Record<string, unknown>;
   /** The `queue` section (QueueSectionSchema input). */
   queue: Record<string, unknown>;
   /** The `scheduler` section (SchedulerSectionSchema input). */

@@ -47,6 +47,7 @@ interface AddOptions extends ConnOptions {
   request?: string;
   kind: LlmJobKind;
   priority?: (typeof PRIORITIES)[number];
+  tenant?: string;
   idempotencyKey?: string;
   deadline?: number;
   attempts?: number;
@@ -125,7 +126,8 @@ export function registerQueue(program: Command, ctx: Context): void {
     .addOption(new Option('--prompt <text>', 'the user message (chat) or the input (embeddings, responses)').conflicts('request'))
     .addOption(new Option('--request <file>', 'the request body as JSON, as for the OpenAI API; - reads it from stdin'))
     .addOption(new Option('--kind <kind>', 'which endpoint').choices(KINDS).default('chat'))
-    .addOption(new Option('--priority <priority>', 'critical runs first, low yields when keys are short (default normal)').choices(PRIORITIES))
+    .addOption(new Option('--priority <priority>', 'critical runs first, low (the default for jobs) leaves the share priority.keepFree to interactive calls').choices(PRIORITIES))
+    .option('--tenant <name>', "whose job it is: tenants of a class share the pool by weight (priority.weights) when it is the bottleneck")
     .option('--idempotency-key <key>', 'adding again with the same key returns the same job while it is kept')
     .option('--deadline <when>', 'fail the job if not done by then: +30s, +5m, +2h or an ISO date-time', (v: string) => deadline(v, ctx.clock.now()))
     .option('--attempts <n>', 'attempts for transient failures (default: the queue settings, 5)', integer(1))
@@ -472,6 +474,7 @@ async function jobOf(opts: AddOptions): Promise<LlmJobInput> {
     kind: opts.kind,
     request,
     ...(opts.priority !== undefined ? { priority: opts.priority } : {}),
+    ...(opts.tenant !== undefined ? { tenant: opts.tenant } : {}),
     ...(opts.idempotencyKey !== undefined ? { idempotencyKey: opts.idempotencyKey } : {}),
     ...(opts.deadline !== undefined ? { deadline: opts.deadline } : {}),
     ...(opts.attempts !== undefined ? { attempts: opts.attempts } : {}),
@@ -575,6 +578,7 @@ export function jobText(info: LlmJobInfo): string {
     ['kind', info.kind],
     ['model', info.model],
     ['priority', info.priority],
+    ...(info.tenant !== undefined ? ([['tenant', info.tenant]] as [string, string][]) : []),
     ['enqueued', utc(info.enqueuedAt)],
     ['attempts', String(info.attemptsMade)],
   ];

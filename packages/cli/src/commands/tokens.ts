@@ -19,6 +19,8 @@ interface CreateOptions extends GatewayOptions {
   budgetUsd?: number;
   budgetPeriod?: 'day' | 'month' | 'total';
   models?: string[];
+  weight?: number;
+  allowCritical?: boolean;
 }
 
 export function registerTokens(program: Command, ctx: Context): void {
@@ -63,6 +65,8 @@ export function registerTokens(program: Command, ctx: Context): void {
     .option('--budget-usd <x>', 'spend cap in USD per budget period (default: none)', positive)
     .addOption(new Option('--budget-period <period>', "budget period: UTC calendar day or month, or the token's whole life (default month)").choices(['day', 'month', 'total']))
     .option('--models <list>', 'model or route names the token may ask for, comma-separated (default: all)', list)
+    .option('--weight <x>', "the token's weight in the fair shares between tenants when the pool is the bottleneck (default 1, at most 1000)", positive)
+    .option('--allow-critical', 'may ask for the critical class (x-keypool-priority: critical); without it such requests get 403')
     .addHelpText(
       'after',
       paragraphs(
@@ -73,6 +77,7 @@ export function registerTokens(program: Command, ctx: Context): void {
           'keypool tokens create --name ci',
           "keypool tokens create --name batch-jobs --rpm 120 --rpm-burst 10 --budget-usd 20 --budget-period day --models gpt-4o-mini",
           "TOKEN=$(keypool tokens create --name notebook --budget-usd 5 --budget-period total)",
+          'keypool tokens create --name support-bot --weight 3 --allow-critical',
         ),
     );
   addAdminOptions(create).action(async (opts: CreateOptions) => {
@@ -83,6 +88,8 @@ export function registerTokens(program: Command, ctx: Context): void {
     if (opts.rpmBurst !== undefined) spec.rpmBurst = opts.rpmBurst;
     if (opts.budgetUsd !== undefined) spec.budget = { usd: opts.budgetUsd, period: opts.budgetPeriod ?? 'month' };
     if (opts.models !== undefined) spec.models = opts.models;
+    if (opts.weight !== undefined) spec.weight = opts.weight;
+    if (opts.allowCritical) spec.allowCritical = true;
     const created = await gatewayClient(opts, true).createToken(spec);
     ctx.out(opts.json ? `${JSON.stringify(created, null, 2)}\n` : `${created.token}\n`);
     ctx.err(`created gateway token ${created.id} (${created.name}). It will not be shown again: store it now.\n`);

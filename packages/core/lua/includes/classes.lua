@@ -1,0 +1,197 @@
+--[[
+  Priority classes and tenant shares, for acquire.lua (docs/architecture.md, "Classes and tenants").
+
+  Classes, highest first: critical, normal, low. A class may keep a share `keep` (0..1) of every
+  key's request and token capacity (its window's quota, or its bucket) free for the classes above
+  it (pool config priority.keepFree):
+  - a request of that class is admitted now only if the key still has that share free after it,
+    while a higher class waited in the last `higherWaitedMs` ("restricted"); with nothing higher
+    waiting it may take the whole key (the share is not wasted when nobody needs it);
+  - it reserves at most `reserveAheadMs` ahead (beyond that it is told when to come back: it holds
+    no place), and while restricted only within the capacity that keeps the share free: a
+    higher-class caller arriving later waits behind at most `reserveAheadMs` of lower-class
+    reservations, and while it keeps waiting finds the share free in every window to come.
+  "Waited" means: was given a reservation, or was refused for capacity (rate_limited, cooling,
+  concurrency, kept_free, tenant_share). acquire notes it in the meta hash: hw:<class> = ms.
+
+  Tenants (within a class): while the class is contended (one of its requests was given a
+  reservation or refused for capacity in the last `horizon` ms, priority.tenantWindowMs), a request
+  with a tenant (a gateway token's id, or the caller's `tenant`) is held back (tenant_share, come
+  back within 100 ms) by the other tenants only:
+  - admissions, now or by reservation: while its admissions per weight (counted over the last
+    `horizon` ms and the reservations ahead) exceed those of the other *backlogged* tenants (those
+    that waited in the last BACKLOG_MS or hold reservations ahead): mine x W > others x w. A tenant
+    sending less than its share is served as it comes and limits nobody; the least served
+    backlogged tenant per weight always may go, so the keys are never left idle;
+  - reservations: while other tenants are active (counted at all), its reservations ahead per
+    weight must stay below theirs plus one (mine / w < (others + 1) / W): a flooding tenant holds
+    no deep queue of places that a tenant coming now and then would wait behind.
+  A tenant alone is never held back. The meta hash keeps tq:<class> = JSON {tenant: {w: weight,
+  lw: last waited ms, b: {100 ms slot: admissions}}}, trimmed at each use (tenants x buckets, not
+  requests) and dropped when the class is no longer contended.
+]]
+
+local CLASS_ABOVE = { low = { 'hw:critical', 'hw:normal' }, normal = { 'hw:critical' }, critical = {} }
+local RETRY_SHARE_MS = 100
+local BACKLOG_MS = 1000
+local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = true, kept_free = true, tenant_share = true }
+
+-- The class's rule for this request: keep (share kept free by admissions now), keepRes (by
+-- reservations), maxWait (bounded), liftAt (when the restriction ends, or nil when not restricted).
+-- Not restricted, a lower class uses the whole key (a pool of batch work alone is not held back).
+local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveAheadMs, maxWait)
+  if keepFree <= 0 then return 0, 0, maxWait, nil end
+  local above = CLASS_ABOVE[class]
+  local last = nil
+  if #above > 0 then
+    for _, v in ipairs(redis.call('HMGET', metaKey, unpack(above))) do
+      local t = tonumber(v)
+      if t and (last == nil or t > last) then last = t end
+    end
+  end
+  if last and last > now - higherWaitedMs then
+    return keepFree, keepFree, math.min(maxWait, reserveAheadMs), last + higherWaitedMs
+  end
+  return 0, 0, math.min(maxWait, reserveAheadMs), nil
+end
+
+-- evaluate (common.lua) for a request that must leave `keep` of the key's capacity free: the
+-- windows' quotas shrink to (1 - keep), the buckets lose keep x their size. The state is as before
+-- on return (refilled to now).
+local function evaluateKept(st, now, est, estCost, recheckMs, id, winKey, margin, keep)
+  refill(st, now)
+  local erpm, etpm = st.erpm, st.etpm
+  local dr, dt = 0, 0
+  if erpm > 0 then
+    if st.rw > 0 then st.erpm = erpm * (1 - keep) else dr = keep * reqCap(st) end
+  end
+  if etpm > 0 then
+    if st.tw > 0 then st.etpm = etpm * (1 - keep) else dt = keep * tokCap(st) end
+  end
+  st.rt, st.tt = st.rt - dr, st.tt - dt
+  local kind, untilMs, reason, slot = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
+  st.erpm, st.etpm = erpm, etpm
+  st.rt, st.tt = st.rt + dr, st.tt + dt
+  return kind, untilMs, reason, slot
+end
+
+-- When a request keeping `keep` free may start on a key the full rules let start at `t`: the time
+-- and free slot, or nil (never while it keeps the share).
+local function keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, t, slot)
+  if keep <= 0 then return t, slot end
+  local kind, untilMs, _, s = evaluateKept(st, now, est, estCost, recheckMs, id, winKey, margin, keep)
+  if kind == 'ok' then return now, s end
+  if kind == 'wait' then return untilMs, s end
+  return nil, nil
+end
+
+-- A tenant waited (given a reservation, or refused for capacity): it counts as backlogged in
+-- its class for BACKLOG_MS (q: the class's tenants, read when nil).
+local function tenantWaited(metaKey, class, now, tenant, w, q)
+  if tenant == '' then return end
+  if not q then
+    local raw = redis.call('HGET', metaKey, 'tq:' .. class)
+    q = raw and cjson.decode(raw) or {}
+  end
+  local e = q[tenant] or { w = w, b = {} }
+  e.w, e.lw = w, math.floor(now)
+  q[tenant] = e
+  redis.call('HSET', metaKey, 'tq:' .. class, cjson.encode(q))
+end
+
+-- A refusal reply {0, reason, retryAfterMs, version}: a class (and the tenant) refused for
+-- capacity is noted as having waited.
+local function classRefused(metaKey, class, now, reply, tenant, w)
+  if CAPACITY_REASONS[reply[2]] then
+    redis.call('HSET', metaKey, 'hw:' .. class, string.format('%.0f', math.floor(now)))
+    if tenant then tenantWaited(metaKey, class, now, tenant, w, nil) end
+  end
+  return reply
+end
+
+-- An admission given (start: now, or later for a reservation): a reservation notes the class
+-- and the tenant as having waited; a tenant counted (contended class) gets it in its 100 ms bucket.
+local function classAdmitted(metaKey, class, now, tenant, q, w, start)
+  if start > now then
+    redis.call('HSET', metaKey, 'hw:' .. class, string.format('%.0f', math.floor(now)))
+    if tenant ~= '' and not q then q = {} end
+  end
+  if q and tenant ~= '' then
+    local e = q[tenant] or { w = w, b = {} }
+    e.w = w
+    if start > now then e.lw = math.floor(now) end
+    local slot = tostring(math.floor(start / 100))
+    e.b[slot] = (e.b[slot] or 0) + 1
+    q[tenant] = e
+    redis.call('HSET', metaKey, 'tq:' .. class, cjson.encode(q))
+  end
+end
+
+-- The weight of the request's tenant: ARGV's, else the admitted gateway token's (settings
+-- `weight`), else 1.
+local function tenantWeight(arg, admission)
+  local w = tonumber(arg)
+  if w and w > 0 then return w end
+  if admission then
+    local cfg = cjson.decode(admission.raw)
+    if type(cfg.weight) == 'number' and cfg.weight > 0 then return cfg.weight end
+  end
+  return 1
+end
+
+-- While the class is contended (one of its requests waited in the last `horizon` ms): its
+-- tenants' admissions that started in the last `horizon` ms or start later, in 100 ms buckets;
+-- and nil when `tenant` (weight w) may take one more, else the ms to wait. Only the other tenants
+-- that are backlogged (waited in the last BACKLOG_MS, or hold reservations ahead) hold it back: a
+-- tenant sending less than its share is served as it comes and limits nobody. Not contended: no
+-- counting (nil, nil).
+local function tenantShare(metaKey, class, now, tenant, w, horizon, reserving)
+  local v = redis.call('HMGET', metaKey, 'hw:' .. class, 'tq:' .. class)
+  local waited = tonumber(v[1])
+  if not waited or waited <= now - horizon then
+    if v[2] then redis.call('HDEL', metaKey, 'tq:' .. class) end
+    return nil, nil
+  end
+  local q = v[2] and cjson.decode(v[2]) or {}
+  local oldest = math.floor((now - horizon) / 100) -- buckets up to this one are over
+  local ahead = math.floor(now / 100)              -- this bucket and later ones: reservations (the current one counted whole)
+  local mine, others, W = 0, 0, 0                  -- admissions: mine, the backlogged others'
+  local myAhead, allAhead, Wactive = 0, 0, 0       -- reservations ahead; weights of the other active tenants
+  for t, e in pairs(q) do
+    local n, b, pend, later = 0, {}, 0, false
+    for slot, c in pairs(e.b) do
+      local sn = tonumber(slot)
+      if sn > oldest then
+        b[slot] = c
+        n = n + c
+        if sn >= ahead then pend = pend + c end
+        if sn > ahead then later = true end
+      end
+    end
+    -- backlogged: waited lately, or holds a reservation beyond this 100 ms (an admission of now
+    -- is in this bucket: it does not make a tenant backlogged)
+    local backlogged = later or (e.lw ~= nil and e.lw > now - BACKLOG_MS)
+    if n == 0 and not backlogged then
+      q[t] = nil
+    else
+      e.b = b
+      allAhead = allAhead + pend
+      if t == tenant then
+        mine, myAhead = n, pend
+      else
+        Wactive = Wactive + e.w
+        if backlogged then others, W = others + n, W + e.w end
+      end
+    end
+  end
+  -- one more is fine while the tenant's count per weight is not above the backlogged others'
+  -- (a tenant alone always may): the least served tenant per weight always can, so nothing stalls
+  if W > 0 and mine * W > others * w then return q, RETRY_SHARE_MS end
+  -- a reservation: while other tenants are active, its reservations ahead per weight stay below
+  -- the others' plus one (myAhead / w < (othersAhead + 1) / Wactive), so a tenant that comes now
+  -- and then finds no deep queue of another's ahead of it
+  if reserving and Wactive > 0 and myAhead * Wactive >= (allAhead - myAhead + 1) * w then
+    return q, RETRY_SHARE_MS
+  end
+  return q, nil
+end

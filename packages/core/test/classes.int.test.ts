@@ -1,0 +1,148 @@
+/**
+ * Priority classes and fair shares between tenants (issue 16; lua/includes/classes.lua): low
+ * keeps priority.keepFree of a key's window free while a higher class waited recently, and may
+ * take it when nothing higher waited; a normal caller that waits is served before low callers
+ * that waited longer; tenants of a class flooding the pool get admissions in proportion to their
+ * weights, not to how many callers they run.
+ */
+import { describe, expect, it } from 'vitest';
+import type { Lease, PoolConfigInput } from '../src/index.js';
+import { fakeSecret, poolsClosedAfterAll } from './helpers.js';
+
+const pool = poolsClosedAfterAll();
+
+/** Key a: 10 requests per 10 s window; key b: 1 per 10 s (a normal refused there has waited). */
+function twoKeys(priority: PoolConfigInput['priority']): PoolConfigInput {
+  return {
+    keys: [
+      { secret: fakeSecret('cls-a'), models: ['a'], rpm: 60, window: 10 },
+      { secret: fakeSecret('cls-b'), models: ['b'], rpm: 6, window: 10 },
+    ],
+    ...(priority ? { priority } : {}),
+  } as PoolConfigInput;
+}
+
+async function take(p: Awaited<ReturnType<typeof pool>>['pool'], model: string, priority: 'low' | 'normal', n: number): Promise<Lease[]> {
+  const out: Lease[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = await p.acquire({ model, priority });
+    if (!r.ok) throw new Error(`acquire ${i} of ${n} refused: ${r.reason}`);
+    out.push(r);
+  }
+  return out;
+}
+
+describe('priority classes', () => {
+  it('low cannot take the last 20% of a window while normal waited recently', async () => {
+    const { pool: p, redis, name } = await pool(twoKeys({ keepFree: { low: 0.2 }, higherWaitedMs: 60_000 }));
+    await take(p, 'a', 'low', 8);
+    // a normal request refused for capacity (on key b): normal has waited
+    await take(p, 'b', 'normal', 1);
+    const refused = await p.acquire({ model: 'b', priority: 'normal' });
+    expect(refused).toMatchObject({ ok: false, reason: 'rate_limited' });
+    expect(Number(await redis.hget(`kp:{${name}}:meta`, 'hw:normal'))).toBeGreaterThan(0);
+
+    const low = await p.acquire({ model: 'a', priority: 'low' });
+    expect(low).toMatchObject({ ok: false, reason: 'kept_free' });
+    expect((low as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(0);
+    // the kept share is there for normal
+    await take(p, 'a', 'normal', 2);
+    expect(await p.acquire({ model: 'a', priority: 'normal' })).toMatchObject({ ok: false, reason: 'rate_limited' });
+  });
+
+  it('low takes the whole window when nothing higher waited', async () => {
+    const { pool: p } = await pool(twoKeys({ keepFree: { low: 0.2 }, higherWaitedMs: 60_000 }));
+    await take(p, 'a', 'low', 10);
+    expect(await p.acquire({ model: 'a', priority: 'low' })).toMatchObject({ ok: false, reason: 'rate_limited' });
+  });
+
+  it('a normal caller that waits is served before low callers waiting longer', async () => {
+    // 10 per rolling second; low callers come first, then normal ones, all willing to wait 8 s
+    const { pool: p } = await pool({
+      keys: [
+        { secret: fakeSecret('cls-w'), models: ['w'], rpm: 600, window: 1 },
+        { secret: fakeSecret('cls-x'), models: ['x'], rpm: 6, window: 10 },
+      ],
+      priority: { keepFree: { low: 0.2 }, higherWaitedMs: 5000 },
+    });
+    await take(p, 'w', 'low', 10);
+    // normal waited (refused on x)
+    await take(p, 'x', 'normal', 1);
+    expect(await p.acquire({ model: 'x', priority: 'normal' })).toMatchObject({ ok: false });
+    const lows = Array.from({ length: 10 }, () => p.acquire({ model: 'w', priority: 'low', maxWaitMs: 8000 }));
+    // the low callers have been told to come back before the normal ones arrive
+    await new Promise((r) => setTimeout(r, 100));
+    const normals = Array.from({ length: 10 }, () => p.acquire({ model: 'w', priority: 'normal', maxWaitMs: 8000 }));
+    const started = async (all: Promise<unknown>[]) =>
+      (await Promise.all(all)).map((r) => {
+        expect(r).toMatchObject({ ok: true });
+        return (r as Lease).acquiredAt;
+      });
+    const [n, l] = await Promise.all([started(normals), started(lows)]);
+    expect(Math.max(...n)).toBeLessThanOrEqual(Math.min(...l));
+  }, 30_000);
+});
+
+/** Two tenants flood one key (20 per rolling second) with `loops` callers each; their admissions over 6 s, once shares settled. */
+async function flood(weights: Record<string, number>, loops: Record<string, number>): Promise<Record<string, number>> {
+  const { pool: p } = await pool({ keys: [{ secret: fakeSecret(`ten-${Object.values(weights).join('-')}`), models: ['t'], rpm: 1200, window: 1 }], priority: { weights } });
+  const admitted: Record<string, number[]> = {};
+  const stopAt = Date.now() + 9000;
+  const loop = async (tenant: string) => {
+    while (Date.now() < stopAt) {
+      const r = await p.acquire({ model: 't', tenant, maxWaitMs: 10_000 });
+      if (!r.ok) continue;
+      (admitted[tenant] ??= []).push(r.acquiredAt);
+      await r.release({ status: 200, latencyMs: 1 });
+    }
+  };
+  await Promise.all(Object.entries(loops).flatMap(([t, n]) => Array.from({ length: n }, () => loop(t))));
+  // the steady part: after the first second (shares settle), before the end
+  const all = Object.values(admitted).flat().sort((a, b) => a - b);
+  const from = all[0]! + 2000;
+  const to = from + 6000;
+  return Object.fromEntries(Object.entries(admitted).map(([t, xs]) => [t, xs.filter((x) => x >= from && x < to).length]));
+}
+
+describe('fair shares between tenants', () => {
+  it('weights 1 and 1: a tenant running three times the callers gets half, not three quarters', async () => {
+    const n = await flood({ big: 1, small: 1 }, { big: 24, small: 8 });
+    const share = n.big! / (n.big! + n.small!);
+    expect(n.big! + n.small!).toBeGreaterThan(20);
+    expect(share).toBeGreaterThan(0.35);
+    expect(share).toBeLessThan(0.62);
+  }, 30_000);
+
+  it('weights 3 and 1: admissions follow the weights with equal callers', async () => {
+    const n = await flood({ heavy: 3, light: 1 }, { heavy: 16, light: 16 });
+    const share = n.heavy! / (n.heavy! + n.light!);
+    expect(n.heavy! + n.light!).toBeGreaterThan(20);
+    expect(share).toBeGreaterThan(0.65);
+    expect(share).toBeLessThan(0.85);
+  }, 30_000);
+
+  it('a tenant sending less than its share is not queued behind the one flooding', async () => {
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('ten-quiet'), models: ['q'], rpm: 1200, window: 1 }] });
+    const waits: Record<string, number[]> = { flood: [], quiet: [] };
+    const stopAt = Date.now() + 5000;
+    const once = async (tenant: string) => {
+      const t0 = Date.now();
+      const r = await p.acquire({ model: 'q', tenant, maxWaitMs: 10_000 });
+      if (!r.ok) return;
+      if (Date.now() > stopAt - 3500) waits[tenant]!.push(Date.now() - t0);
+      await r.release({ status: 200, latencyMs: 1 });
+    };
+    const flood = async () => {
+      while (Date.now() < stopAt) await once('flood');
+    };
+    // 4 a second against a key of 20: a fifth of the key, far below half
+    const quiet = async () => {
+      while (Date.now() < stopAt) await Promise.all([once('quiet'), new Promise((r) => setTimeout(r, 250))]);
+    };
+    await Promise.all([...Array.from({ length: 24 }, flood), quiet()]);
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    expect(waits.quiet!.length).toBeGreaterThan(5);
+    // with full windows the next free place may be the next window's: no better than "less"
+    expect(median(waits.quiet!)).toBeLessThan(median(waits.flood!));
+  }, 30_000);
+});
