@@ -204,6 +204,11 @@ export class PartitionedPool extends KeyPool {
       const a = await this.tokens.admit(req.admit.token, req.admit.name ?? req.model, req.admit.estimatedCostUsd);
       if (!a.ok) return { ok: false, reason: 'token_refused', token: a };
       admission = a;
+      // critical is a permission of the token: read its settings (one more read, critical requests only)
+      if (req.priority === 'critical' && !(await this.tokens.get(a.id))?.allowCritical) {
+        await this.tokens.settle(a.id, a.reservation, 0, { refundRequest: true });
+        return { ok: false, reason: 'token_refused', token: { ok: false, reason: 'priority_not_allowed', retryAfterMs: null, id: a.id } };
+      }
     }
     // the tenant defaults to the admitted token here too (the partitions see no token)
     const tenant = req.tenant ?? admission?.id;

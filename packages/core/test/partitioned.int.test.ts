@@ -12,7 +12,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { childEnv, connectTestRedis, testTarget, uniqueName } from '@keypool/testkit';
 import type { Cluster } from 'ioredis';
 import { ConfigError, KeyPool, PartitionedPool, hashSlot, keyIdOf, partitionOf, partitionTag, type KeySpecInput, type Lease, type PoolConfigInput } from '../src/index.js';
-import { dumpPool, fakeSecret, memoryLogger, secretFragments } from './helpers.js';
+import { dumpPool, fakeSecret, memoryLogger, secretFragments, sleep } from './helpers.js';
 
 const fixture = fileURLToPath(new URL('./fixtures/partitioned-child.ts', import.meta.url));
 const opened: { close(): Promise<void> }[] = [];
@@ -188,6 +188,20 @@ describe(`partitioned pool (${testTarget()})`, () => {
     // no token state in the other partitions
     const redis = clients.at(-1)!;
     for (const k of [a.keysOf(1).tokSt, a.keysOf(2).tokSt, a.keysOf(1).tok, a.keysOf(2).tok]) expect(await redis.exists(k)).toBe(0);
+    // critical is the token's permission here too: refused, its request given back; allowed, served
+    const plain = await a.tokens.create({ name: 'plain' });
+    const boss = await a.tokens.create({ name: 'boss', allowCritical: true });
+    await sleep(1100);
+    expect(await a.acquire({ model: 't', priority: 'critical', admit: { token: plain.token, estimatedCostUsd: 0 } })).toEqual({
+      ok: false,
+      reason: 'token_refused',
+      token: { ok: false, reason: 'priority_not_allowed', retryAfterMs: null, id: plain.info.id },
+    });
+    expect((await a.tokens.get(plain.info.id))!.requests).toBe(0);
+    const ok = await a.acquire({ model: 't', priority: 'critical', admit: { token: boss.token, estimatedCostUsd: 0 } });
+    if (!ok.ok) throw new Error(`expected a lease, got ${JSON.stringify(ok)}`);
+    expect([ok.priority, ok.tenant]).toEqual(['critical', boss.info.id]);
+    await ok.release({ status: 200, latencyMs: 1 }, { settle: { admission: ok.admission! } });
   });
 
   it('adds, disables and housekeeps each key in its own partition', async () => {
