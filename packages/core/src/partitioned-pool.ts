@@ -142,7 +142,9 @@ export class PartitionedPool extends KeyPool {
       await checkPartitionCount(client, config.pool, n).catch((e: unknown) => {
         if (e instanceof ConfigError) throw e;
       });
-      pool = new PartitionedPool(client, false, config, logger, clock);
+      // partition 0's link owns the client when the pool opened it: it reconnects a client the
+      // library ended, and closes it last
+      pool = new PartitionedPool(client, owns, config, logger, clock);
       await KeyPool.start(pool, config.keys.filter((_, i) => partitionOf(ids[i]!, n) === 0), 0);
       for (let p = 1; p < n; p++) {
         const keys = specs.filter((_, i) => partitionOf(ids[i]!, n) === p);
@@ -153,18 +155,15 @@ export class PartitionedPool extends KeyPool {
     } catch (e) {
       await Promise.all(others.map((p) => p.close()));
       await pool?.closeOwn();
-      if (owns) client.disconnect();
+      if (owns && !pool) client.disconnect();
       throw e;
     }
-    pool.attach(others, owns);
+    pool.attach(others);
     return pool;
   }
 
-  private ownsClient = false;
-
-  private attach(others: KeyPool[], owns: boolean): void {
+  private attach(others: KeyPool[]): void {
     this.others = others;
-    this.ownsClient = owns;
     this.parts = [this.zero(), ...others];
     this.free = this.parts.map(() => new Map());
     for (const p of others) p.on('transition', (e) => this.emit('transition', e));
@@ -474,7 +473,6 @@ export class PartitionedPool extends KeyPool {
   override async close(): Promise<void> {
     await Promise.all(this.others.map((p) => p.close()));
     await super.close();
-    if (this.ownsClient) await this.clientOf.quit().catch(() => this.clientOf.disconnect());
   }
 }
 

@@ -17,11 +17,11 @@ afterEach(async () => {
 });
 
 describe.skipIf(testTarget() === 'cluster')('a Redis client ended by the library', () => {
-  it('is connected again: acquire answers within seconds, and the outage is logged', async () => {
+  it.each([1, 2])('partitions: %i: is connected again: acquire answers within seconds, and the outage is logged', async (partitions) => {
     const server = await spawnRedisServer();
     servers.push(server);
     const { logger, lines } = memoryLogger();
-    const pool = await KeyPool.connect({ redis: server.url, config: { pool: 'ended', keys: [{ secret: fakeSecret('end'), models: ['m'] }] }, logger });
+    const pool = await KeyPool.connect({ redis: server.url, config: { pool: `ended${partitions}`, partitions, keys: [1, 2, 3, 4].map((i) => ({ secret: fakeSecret(`end${i}`), models: ['m'] })) }, logger });
     pools.push(pool);
     const client = (pool as unknown as { link: { client: Redis } }).link.client;
     const ended = new Promise((resolve) => client.once('end', resolve));
