@@ -32,7 +32,8 @@
   ARGV[19] ms a higher class's wait restricts this class  ARGV[20] furthest ahead this class
   reserves when it keeps a share  ARGV[21] the tenant's weight ('' = the token's `weight`, or 1)
   ARGV[22] ms of admissions the tenants' shares count  ARGV[23] ms the caller has slept between tries so far
-  (0: its first try; counted as its wait)
+  (0: its first try; counted as its wait)  ARGV[24] '1': do not count a refusal (a partitioned pool's try
+  of one partition among several)
   Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
           [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
       or {0, reason, retryAfterMs (-1: not by waiting), version}; reasons of the classes
@@ -265,7 +266,7 @@ end
 -- comes within the wait it asked for, ARGV[9]) is not counted: the try that ends it is.
 local callerWait = tonumber(ARGV[9])
 local function refused(reply)
-  if not (reply[3] >= 0 and reply[3] <= callerWait) then seriesAcquire(serKey, now, class, tenant, 'r', 0) end
+  if ARGV[24] ~= '1' and not (reply[3] >= 0 and reply[3] <= callerWait) then seriesAcquire(serKey, now, class, tenant, 'r', 0) end
   return reply
 end
 if #usable == 0 then

@@ -8,7 +8,7 @@ import type { KeyChange } from './key-admin.js';
 import type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseResult, TokenRefused, TokenSettlement } from './lease.js';
 import type { Outcome } from './outcome.js';
 import { checkPartitionCount, partitionOf, partitionTag } from './partitions.js';
-import { KeyPool, type KeyPoolOptions } from './pool.js';
+import { KeyPool, innerAcquires, type KeyPoolOptions } from './pool.js';
 import { PoolKeys } from './pool-keys.js';
 import { groupOf, type KeySettings } from './records.js';
 import { openClient } from './redis-link.js';
@@ -197,24 +197,40 @@ export class PartitionedPool extends KeyPool {
   override acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused>;
   override async acquire(req: AcquireRequest): Promise<AcquireResult | TokenRefused> {
     if (typeof req?.model !== 'string' || req.model === '') throw new InvalidArgumentError('acquire needs a model name');
+    const sleep = { ms: 0 };
+    const r = await this.acquireParts(req, sleep);
+    // one 'admission' event per request (the partitions' own tries emit none)
+    if (this.listenerCount('admission') > 0) {
+      const tenant = r.ok ? r.tenant : (req.tenant ?? (r.reason === 'token_refused' ? (r.token.id ?? '') : ''));
+      this.emit('admission', { priority: req.priority ?? 'normal', tenant, result: !r.ok ? 'refused' : sleep.ms > 0 ? 'waited' : 'admitted', waitMs: sleep.ms });
+    }
+    return r;
+  }
+
+  /** `sleep.ms`: what the partition that served slept (reservation, retries). */
+  private async acquireParts(req: AcquireRequest, sleep: { ms: number }): Promise<AcquireResult | TokenRefused> {
     const order = await this.order(req.model);
     let admission: Lease['admission'];
     if (req.admit) {
       const a = await this.tokens.admit(req.admit.token, req.admit.name ?? req.model, req.admit.estimatedCostUsd);
       if (!a.ok) return { ok: false, reason: 'token_refused', token: a };
       admission = a;
-      // critical is a permission of the token: read its settings (one more read, critical requests only)
-      if (req.priority === 'critical' && !(await this.tokens.get(a.id))?.allowCritical) {
-        await this.tokens.settle(a.id, a.reservation, 0, { refundRequest: true });
-        return { ok: false, reason: 'token_refused', token: { ok: false, reason: 'priority_not_allowed', retryAfterMs: null, id: a.id } };
-      }
     }
-    // the tenant defaults to the admitted token here too (the partitions see no token)
-    const tenant = req.tenant ?? admission?.id;
-    const inner = { ...req, admit: undefined, maxWaitMs: 0, ...(tenant !== undefined ? { tenant } : {}) };
+    const wait = req.maxWaitMs ?? 0;
     let best: { p: number; res: Exhausted } | undefined;
     try {
-      for (const p of order) {
+      // critical is a permission of the token: read its settings (one more read, critical requests only)
+      if (admission && req.priority === 'critical' && !(await this.tokens.get(admission.id))?.allowCritical) {
+        await this.tokens.settle(admission.id, admission.reservation, 0, { refundRequest: true });
+        return { ok: false, reason: 'token_refused', token: { ok: false, reason: 'priority_not_allowed', retryAfterMs: null, id: admission.id } };
+      }
+      // the tenant defaults to the admitted token here too (the partitions see no token)
+      const tenant = req.tenant ?? admission?.id;
+      const base = { ...req, admit: undefined, maxWaitMs: 0, ...(tenant !== undefined ? { tenant } : {}) };
+      for (const [i, p] of order.entries()) {
+        // one refusal counted per request: the last partition's when the caller does not wait, else the waited one's
+        const inner = { ...base };
+        innerAcquires.set(inner, { uncounted: wait > 0 || i < order.length - 1 });
         let r: AcquireResult;
         try {
           r = await this.parts[p]!.acquire(inner);
@@ -228,10 +244,13 @@ export class PartitionedPool extends KeyPool {
         if (!best || earlier(r, best.res)) best = { p, res: r };
       }
       if (!best) throw new UnknownModelError(req.model, []);
-      const wait = req.maxWaitMs ?? 0;
       const res = best.res;
       if (wait > 0 && res.retryAfterMs !== null && res.retryAfterMs <= wait) {
-        const r = await this.parts[best!.p]!.acquire({ ...inner, maxWaitMs: wait });
+        const inner = { ...base, maxWaitMs: wait };
+        const note = { uncounted: false, sleptMs: 0 };
+        innerAcquires.set(inner, note);
+        const r = await this.parts[best!.p]!.acquire(inner);
+        sleep.ms = note.sleptMs;
         if (r.ok) return this.granted(best!.p, r, admission);
         this.exhausted(best!.p, req.model, r);
         best = { p: best!.p, res: r };

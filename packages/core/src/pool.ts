@@ -79,8 +79,18 @@ type Busy = { ok: false; reason: 'busy'; retryAfterMs: number | null };
 /** A gateway token to admit with the key: the request, and what goes to Redis. */
 type Admit = { req: TokenAdmitRequest; args: AdmitArgs };
 /** The class and tenant a request is admitted in (AcquireRequest.priority, tenant). */
-/** `waitedMs`: what this caller has slept so far between tries (the traffic counters count its admission as waited). */
-export type Who = { priority: PriorityClass; tenant: string; waitedMs?: number };
+/**
+ * `waitedMs`: what this caller has slept so far between tries (the traffic counters count its
+ * admission as waited); `uncounted`: the traffic counters do not count a refusal of this call.
+ */
+export type Who = { priority: PriorityClass; tenant: string; waitedMs?: number; uncounted?: boolean };
+
+/**
+ * Acquires a partitioned pool makes of its partitions for one caller's request: they emit no
+ * 'admission' event (the partitioned pool emits one per request), and with `uncounted` their
+ * refusals are not counted (the partitioned pool lets one partition count the request's refusal).
+ */
+export const innerAcquires = new WeakMap<AcquireRequest, { uncounted: boolean; sleptMs?: number }>();
 
 /** The class and tenant of a request, checked: a typo in either would silently change who waits. */
 function whoOf(req: AcquireRequest): Who {
@@ -221,7 +231,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     if (!Number.isFinite(est) || est < 0) throw new InvalidArgumentError(`estimatedTokens must be a number >= 0, got ${String(req.estimatedTokens)}`);
     const out = Math.min(est, req.estimatedOutputTokens ?? est);
     const estCost = this.priced(req.model) ? this.prices.costNanos(req.model, est - out, out) : 0;
-    const who = whoOf(req);
+    const inner = innerAcquires.get(req);
+    const who = inner?.uncounted ? { ...whoOf(req), uncounted: true } : whoOf(req);
     let admit: Admit | undefined;
     if (req.admit) {
       const args = this.tokens.admitArgs(req.admit.token, req.admit.name ?? req.model, req.admit.estimatedCostUsd);
@@ -233,7 +244,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     req.signal?.throwIfAborted();
     let slept = 0;
     const done = <R extends AcquireResult | TokenRefused>(r: R, tenant = who.tenant): R => {
-      if (this.listenerCount('admission') > 0) {
+      if (inner) inner.sleptMs = slept;
+      else if (this.listenerCount('admission') > 0) {
         this.emit('admission', { priority: who.priority, tenant, result: !r.ok ? 'refused' : slept > 0 ? 'waited' : 'admitted', waitMs: slept });
       }
       return r;

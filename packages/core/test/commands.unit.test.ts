@@ -42,7 +42,7 @@ describe('PoolCommands', () => {
     expect(pick).toBeGreaterThanOrEqual(0);
     // no token: its five arguments are placeholders, then the class and the tenant, then the
     // class's rule (keepFree of normal, higherWaitedMs, reserveAheadMs), the weight ('' = none named), tenantWindowMs
-    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 250, '', 2000, 0]);
+    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 250, '', 2000, 0, '0']);
     expect(calls[1]!.keys).toBe(scriptKeys);
   });
 

@@ -175,11 +175,19 @@ describe(`partitioned pool (${testTarget()})`, () => {
     const a = await partitioned({ pool: name, partitions: 3, keys });
     const b = await partitioned({ pool: name, partitions: 3, keys });
     const { token } = await a.tokens.create({ name: 'cap', rpm: 60, rpmBurst: 5 });
+    const events: string[] = [];
+    a.on('admission', (e) => events.push(e.result));
     // 3 keys with 1 request a second each: 3 leases, and the other requests' token admissions given back
     const results = await Promise.all(Array.from({ length: 8 }, (_, i) => (i % 2 ? a : b).acquire({ model: 't', admit: { token, estimatedCostUsd: 0 } })));
     const leases = results.filter((r): r is Lease => r.ok);
     expect(leases).toHaveLength(3);
     expect(leases.every((l) => l.admission?.ok)).toBe(true);
+    // one event per request of this process; in Redis one count per request a key refused (2: each
+    // tried every partition, and only the last one counted it); the 3 the token refused (in partition
+    // 0, outside acquire.lua) are only in the processes' events
+    expect(events).toHaveLength(4);
+    const traffic = (await a.status({ fresh: true })).traffic!.last60s;
+    expect([traffic.requests, traffic.refused]).toEqual([3, 2]);
     for (const l of leases) await l.release({ status: 200, latencyMs: 1 }, { settle: { admission: l.admission!, costUsd: 0.001 } });
     const [info] = await a.tokens.list();
     // the token's bucket of 5: 3 taken by leases, the refused ones refunded
