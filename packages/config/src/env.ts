@@ -48,8 +48,14 @@ export function applyEnvOverrides(sections: Record<Section, Json | undefined>, p
   };
   target('REDIS_URL', (v) => (isRedisUrl(v) ? v : undefined), REDIS_URL_MESSAGE, (v) => (only('url').url = v));
   target('REDIS_SENTINELS', nodeList, `${REDIS_NODE_MESSAGE}, comma-separated`, (v) => (only('sentinel'), (sub('sentinel').nodes = v)));
-  override('REDIS_SENTINEL_MASTER', (v) => v, '', (v) => (sub('sentinel').masterName = v));
-  override('REDIS_SENTINEL_PASSWORD', (v) => v, '', (v) => (sub('sentinel').password = v));
+  // the sentinel's own settings apply to a Sentinel target only: left over beside another one they say so
+  const sentinelVar = (name: string, field: 'masterName' | 'password') =>
+    override(name, (v) => v, '', (v) => {
+      if (isObject(section('redis').sentinel)) sub('sentinel')[field] = v;
+      else issues.push({ path: name, message: `applies to Redis Sentinel only, and Redis is not Sentinel here (REDIS_URL, REDIS_CLUSTER_SEEDS or the file's redis section say where it is): unset ${name}, or set REDIS_SENTINELS` });
+    });
+  sentinelVar('REDIS_SENTINEL_MASTER', 'masterName');
+  sentinelVar('REDIS_SENTINEL_PASSWORD', 'password');
   target('REDIS_CLUSTER_SEEDS', nodeList, `${REDIS_NODE_MESSAGE}, comma-separated`, (v) => (only('cluster'), (sub('cluster').nodes = v)));
   override('REDIS_USERNAME', (v) => v, '', (v) => (section('redis').username = v));
   override('REDIS_PASSWORD', (v) => v, '', (v) => (section('redis').password = v));

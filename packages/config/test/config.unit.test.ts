@@ -662,7 +662,7 @@ describe('declared gateway tokens (tokens:)', () => {
 
   it('takes tokens by their sha256 with the settings the admin API takes', () => {
     const c = load(`tokens:\n  - sha256: ${SHA}\n    name: billing\n    rpm: 600\n    budget: { usd: 50, period: day }\n    models: [gpt-4o-mini]\n`);
-    expect(c.pool.tokens).toEqual([{ sha256: SHA, name: 'billing', rpm: 600, budget: { usd: 50, period: 'day' }, models: ['gpt-4o-mini'] }]);
+    expect(c.pool.tokens).toEqual([{ sha256: SHA, name: 'billing', rpm: 600, budget: { usd: 50, period: 'day' }, models: ['gpt-4o-mini'], weight: 1, allowCritical: false }]);
   });
 
   it('refuses a token itself in place of its hash, and unknown fields, saying where', () => {

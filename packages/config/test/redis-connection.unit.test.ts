@@ -166,6 +166,10 @@ redis:
     expect(problems('pool: p\n', { REDIS_SENTINELS: 'b:2' }).lines).toEqual([
       'redis.sentinel.masterName: required: the master name the sentinels monitor (env REDIS_SENTINEL_MASTER)',
     ]);
+    // a Sentinel setting left over beside another target says so (it recreated a half sentinel section)
+    expect(problems('pool: p\n', { REDIS_URL: 'redis://a:1', REDIS_SENTINEL_MASTER: 'prod' }).lines).toEqual([
+      "REDIS_SENTINEL_MASTER: applies to Redis Sentinel only, and Redis is not Sentinel here (REDIS_URL, REDIS_CLUSTER_SEEDS or the file's redis section say where it is): unset REDIS_SENTINEL_MASTER, or set REDIS_SENTINELS",
+    ]);
     expect(problems('pool: p\n', { REDIS_CLUSTER_SEEDS: 'r1' }).lines).toEqual([
       'REDIS_CLUSTER_SEEDS: expected host:port (e.g. redis-1.internal:26379), comma-separated',
     ]);
