@@ -513,6 +513,18 @@ export class PoolCommands {
   }
 
   /**
+   * One HSCAN page of the traffic counters' per-key fields from `cursor`, and seriesSweep-2.lua on
+   * it: the fields of keys no longer in the pool are deleted. Returns the next cursor ('0': done).
+   */
+  async sweepSeries(cursor: string): Promise<{ cursor: string; dropped: number }> {
+    const [next, fields] = (await this.link.call('HSCAN', [this.k.ser, cursor, 'MATCH', 'k*', 'COUNT', 256])) as [string, string[]];
+    const names = fields.filter((_, i) => i % 2 === 0);
+    if (names.length === 0) return { cursor: next, dropped: 0 };
+    const dropped = (await this.link.script('seriesSweep', [this.k.cfg, this.k.ser], names)) as number;
+    return { cursor: next, dropped };
+  }
+
+  /**
    * housekeepKeys.lua: budget periods and stale health windows of the first `done` of `ids` (at
    * least one; the call stops after SCRIPT_BUDGET_US), whose groups are among `groups` (sorted).
    */

@@ -28,6 +28,7 @@ export const SCRIPT_NAMES = [
   'statusPage',
   'snapshotSave',
   'seriesRead',
+  'seriesSweep',
   'probe',
   'housekeepLeases',
   'housekeepKeys',

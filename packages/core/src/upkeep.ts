@@ -17,6 +17,9 @@ import type { Topology } from './topology.js';
 
 
 /** A key to probe: what the call needs (the secret stays in this process, as with a lease). */
+/** HSCAN pages of the traffic counters' per-key fields swept per housekeeping run (256 fields a page). */
+const SWEEP_PAGES = 8;
+
 export interface ProbeTarget {
   keyId: string;
   hint: string;
@@ -138,6 +141,9 @@ export class Upkeep {
    * See KeyPool.housekeep. In small steps, one call after another: expired leases 32 a call
    * (housekeepLeases) until none is left, then the keys a few at a time (housekeepKeys).
    */
+  /** Where the sweep of the traffic counters' per-key fields goes on (HSCAN cursor). */
+  private sweepCursor = '0';
+
   async housekeep(): Promise<{ leasesReaped: number; periodsStarted: { keyId: string; previousSpendUsd: number }[]; healthWindowsCleared: number }> {
     const { topology, log, cmd } = this.p;
     await topology.refresh();
@@ -154,6 +160,12 @@ export class Upkeep {
       periodsStarted.push(...r.periodsStarted.map((p) => ({ keyId: p.keyId, previousSpendUsd: p.spentNanos / NANOS_PER_USD })));
       healthWindowsCleared += r.healthWindowsCleared;
     });
+    // the traffic counters of keys gone from the pool: a few pages per run, where the last run stopped
+    for (let page = 0; page < SWEEP_PAGES; page++) {
+      const r = await cmd.sweepSeries(this.sweepCursor);
+      this.sweepCursor = r.cursor;
+      if (r.cursor === '0') break;
+    }
     for (const p of periodsStarted) {
       log.info({ keyId: p.keyId, hint: topology.key(p.keyId)?.hint, previousSpendUsd: p.previousSpendUsd }, 'budget period started');
     }

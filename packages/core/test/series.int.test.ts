@@ -199,3 +199,23 @@ describe('traffic counters', () => {
     expect(sum).toBe(7 + n! + 1);
   });
 });
+
+describe('traffic counters of keys gone from the pool', () => {
+  it('housekeeping deletes the per-key fields of a removed key, and keeps those of the others', async () => {
+    const { pool: p, redis, name } = await pool({
+      keys: [
+        { secret: fakeSecret('stays'), models: ['m'] },
+        { secret: fakeSecret('goes'), models: ['m'] },
+      ],
+    });
+    const keys = new PoolKeys(name);
+    const [stays, goes] = (await p.status({ fresh: true })).keys.map((k) => k.id);
+    // two finished ten-second buckets per key, as release-11.lua writes them
+    for (const id of [stays!, goes!]) await redis.hset(keys.ser, `k3:${id}`, '7', `k4:${id}`, '9');
+    await redis.hset(keys.ser, '12:normal:a', '5');
+    await p.removeKey(goes!);
+    await p.housekeep();
+    const left = Object.keys(await redis.hgetall(keys.ser)).sort();
+    expect(left).toEqual([`k3:${stays}`, `k4:${stays}`, '12:normal:a'].sort());
+  });
+});
