@@ -7,6 +7,8 @@
   ARGV: field names of ser
   Reply: fields deleted
 ]]
+--- @include "common"
+
 local cfgKey, serKey = KEYS[1], KEYS[2]
 local known, dropped = {}, 0
 for i = 1, #ARGV do
