@@ -49,9 +49,12 @@ export interface Serving {
   server: Server;
   /** Keys from secret sources, when the config has a secrets section. */
   sync: SecretSync | undefined;
-  /** The Redis URL (the embedded one when one was started); a description without password for Sentinel/Cluster. */
+  /**
+   * The Redis URL (the embedded one when one was started), password included as configured: for
+   * connecting another client, never for a log line; a description without password for Sentinel/Cluster.
+   */
   redisUrl: string;
-  /** Where the pool's Redis is (the embedded one when one was started). */
+  /** Where the pool's Redis is (the embedded one when one was started), credentials and TLS material included: do not log it (describeRedis does). */
   redis: RedisConnection;
   /** Shut down as on SIGTERM; resolves when everything is closed. Returns requests cut short. */
   close(): Promise<number>;

@@ -2,7 +2,7 @@ import { z } from 'zod';
 
 /** What an invalid Redis URL reads (file or REDIS_URL). */
 export const REDIS_URL_MESSAGE = 'expected a redis:// or rediss:// URL';
-/** What an invalid node list reads (file or REDIS_SENTINELS / REDIS_CLUSTER_NODES). */
+/** What an invalid node list reads (file or REDIS_SENTINELS / REDIS_CLUSTER_SEEDS). */
 export const REDIS_NODE_MESSAGE = 'expected host:port (e.g. redis-1.internal:26379)';
 
 /** True for a redis:// or rediss:// URL (the env override REDIS_URL is checked the same way). */
@@ -84,7 +84,7 @@ export const RedisSectionSchema = z
         nodes: z
           .array(NodeSchema)
           .min(1)
-          .describe('Seed nodes, host:port each; the rest is discovered. Env REDIS_CLUSTER_NODES (comma-separated) overrides it.'),
+          .describe('Seed nodes, host:port each; the rest is discovered. Env REDIS_CLUSTER_SEEDS (comma-separated) overrides it.'),
         natMap: z
           .record(NodeSchema, NodeSchema)
           .optional()
