@@ -126,8 +126,14 @@ describe.skipIf(testTarget() === 'cluster')('TLS with a private CA, a client cer
     });
     expect(added.code, added.stderr).toBe(0);
     expect(JSON.parse(added.stdout)).toMatchObject({ model: 'gpt-4o-mini' });
+    // REDIS_URL names where Redis is, as it does for serve: the file's user, password and TLS still apply
+    const counted = await keypool(['queue', 'counts'], {
+      env: { ...env, KEYPOOL_CONFIG: file, REDIS_URL: `rediss://127.0.0.1:${tls.tlsPort}` },
+      timeoutMs: 60_000,
+    });
+    expect(counted.code, counted.stderr).toBe(0);
     await Promise.all([stop(child), stop(worker)]);
-    for (const out of [child.stdout(), child.stderr(), worker.stdout(), worker.stderr(), added.stdout, added.stderr]) expect(out).not.toContain(PASSWORD);
+    for (const out of [child.stdout(), child.stderr(), worker.stdout(), worker.stderr(), added.stdout, added.stderr, counted.stdout, counted.stderr]) expect(out).not.toContain(PASSWORD);
     // the gateway says where Redis is, without the password
     expect(child.logs.find((l) => typeof l.redisAt === 'string')?.redisAt).toBe(`rediss://127.0.0.1:${tls.tlsPort} as user ${USER} (TLS)`);
   });

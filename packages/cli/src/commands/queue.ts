@@ -349,11 +349,24 @@ interface Target {
   settings: Partial<Pick<LlmQueueOptions, 'attempts' | 'backoffMs' | 'keepCompletedS' | 'keepCompleted' | 'keepFailedS'>>;
 }
 
+/** The user, password and TLS settings of a connection (the file's, else REDIS_USERNAME / REDIS_PASSWORD), without its target. */
+function credentialsOf(conn: RedisConnection | undefined): Pick<RedisConnection, 'username' | 'password' | 'tls'> {
+  const out: Pick<RedisConnection, 'username' | 'password' | 'tls'> = {};
+  const username = conn?.username ?? process.env.REDIS_USERNAME;
+  const password = conn?.password ?? process.env.REDIS_PASSWORD;
+  if (username) out.username = username;
+  if (password) out.password = password;
+  if (conn?.tls) out.tls = conn.tls;
+  return out;
+}
+
 async function targetOf(opts: ConnOptions): Promise<Target> {
   // without a file, REDIS_SENTINELS / REDIS_CLUSTER_SEEDS (and the credentials' env vars) still name a Redis
   const fromEnvOnly = opts.config === undefined && opts.redis === undefined && (process.env.REDIS_SENTINELS || process.env.REDIS_CLUSTER_SEEDS);
   const file = opts.config !== undefined || fromEnvOnly ? await producerConfig(opts.config) : undefined;
-  const conn: RedisConnection | undefined = opts.redis !== undefined ? { url: opts.redis } : file?.conn;
+  // --redis (or REDIS_URL) names where Redis is, as it does for serve and worker: the file's (or the
+  // environment's) user, password and TLS settings still apply
+  const conn: RedisConnection | undefined = opts.redis !== undefined ? { ...credentialsOf(file?.conn), url: opts.redis } : file?.conn;
   if (!conn) {
     throw usageError(
       `no Redis to reach: set REDIS_URL (or pass --redis redis://host:6379)${file ? ` or redis.url in ${opts.config}` : ', or name a config file with redis.url (--config or KEYPOOL_CONFIG)'}. keypool queue starts no embedded Redis: it needs the one the workers use`,
