@@ -61,6 +61,7 @@ const USAGE = `Usage: tsx scripts/bench/mixed.ts [options]   (npm run bench:mixe
   --concurrency N        jobs each worker runs at once (default 32)
   --keep-low X           priority.keepFree.low (default 0.2, keypool's default)
   --higher-waited-ms N   priority.higherWaitedMs (default 1000, keypool's default)
+  --reserve-ahead-ms N   priority.reserveAheadMs (default 250, keypool's default)
   --deadline-ms N        a caller gives up after this long: a client failure (default 30000)
   --seed N               seed of the arrivals (default 16)
   --margin-ms N          keypool's limits.windowMarginMs (default 20, keypool's default)
@@ -87,6 +88,7 @@ function options() {
     concurrency: '32',
     'keep-low': '0.2',
     'higher-waited-ms': '1000',
+    'reserve-ahead-ms': '250',
     'deadline-ms': '30000',
     seed: '16',
     'margin-ms': '20',
@@ -105,6 +107,7 @@ function options() {
     concurrency: int('concurrency', v.concurrency, 1, 1000),
     keepLow: num('keep-low', v['keep-low'], 0, 0.9),
     higherWaitedMs: int('higher-waited-ms', v['higher-waited-ms'], 0, 60_000),
+    reserveAheadMs: int('reserve-ahead-ms', v['reserve-ahead-ms'], 0, 60_000),
     deadlineMs: int('deadline-ms', v['deadline-ms'], 100),
     seed: int('seed', v.seed, 0),
     marginMs: int('margin-ms', v['margin-ms'], 0, 1000),
@@ -162,7 +165,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
   const pool = `bench-mixed-${phase}-${runId}`;
   const keys = Array.from({ length: o.keys }, (_, i) => ({ secret: `sk-bench-mixed${i}-${runId}-${randomBytes(12).toString('hex')}`, name: `k${i}` }));
   const benchKeys = keys.map((k) => ({ ...k, provider: 'azure' as const, rpm: o.providerRpm }));
-  const priority = { keepFree: { low: o.keepLow }, higherWaitedMs: o.higherWaitedMs };
+  const priority = { keepFree: { low: o.keepLow }, higherWaitedMs: o.higherWaitedMs, reserveAheadMs: o.reserveAheadMs };
   const limits = { windowMarginMs: o.marginMs, learn: o.learn };
   const started: Child[] = [];
   const spawn = (script: string, role: string, config: unknown) => {

@@ -121,6 +121,17 @@ describe('fair shares between tenants', () => {
     expect(share).toBeLessThan(0.85);
   }, 30_000);
 
+  it('while low is admitted, no tenant of normal is held back: its place would go to low, not to another tenant', async () => {
+    const { pool: p } = await pool(twoKeys(undefined));
+    // class normal contended: tenant y waited (refused for capacity on b) with one admission
+    expect(await p.acquire({ model: 'b', tenant: 'y' })).toMatchObject({ ok: true });
+    expect(await p.acquire({ model: 'b', tenant: 'y' })).toMatchObject({ ok: false, reason: 'rate_limited' });
+    // low takes what normal leaves on key a
+    expect(await p.acquire({ model: 'a', priority: 'low' })).toMatchObject({ ok: true });
+    // x goes past y's count (y backlogged): not held while low is taking the keys
+    for (let i = 0; i < 5; i++) expect(await p.acquire({ model: 'a', tenant: 'x' })).toMatchObject({ ok: true });
+  });
+
   it('a tenant sending less than its share is not queued behind the one flooding', async () => {
     const { pool: p } = await pool({ keys: [{ secret: fakeSecret('ten-quiet'), models: ['q'], rpm: 1200, window: 1 }] });
     const waits: Record<string, number[]> = { flood: [], quiet: [] };

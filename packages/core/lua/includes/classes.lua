@@ -26,12 +26,18 @@
   - reservations: while other tenants are active (counted at all), its reservations ahead per
     weight must stay below theirs plus one (mine / w < (others + 1) / W): a flooding tenant holds
     no deep queue of places that a tenant coming now and then would wait behind.
-  A tenant alone is never held back. The meta hash keeps tq:<class> = JSON {tenant: {w: weight,
+  A tenant alone is never held back, nor anyone while a lower class was admitted in the last
+  LOWER_ACTIVE_MS (ha:<class> in the meta hash, written at each admission of normal and low): the
+  lower class takes what this one leaves, so a held request's place would go to it, not to another
+  tenant (bench:mixed: a flooding tenant's requests waited seconds while low filled the keys); the
+  classes' rule serves the quiet tenants then. The meta hash keeps tq:<class> = JSON {tenant: {w: weight,
   lw: last waited ms, b: {100 ms slot: admissions}}}, trimmed at each use (tenants x buckets, not
   requests) and dropped when the class is no longer contended.
 ]]
 
 local CLASS_ABOVE = { low = { 'hw:critical', 'hw:normal' }, normal = { 'hw:critical' }, critical = {} }
+local CLASS_BELOW = { critical = { 'ha:normal', 'ha:low' }, normal = { 'ha:low' }, low = {} }
+local LOWER_ACTIVE_MS = 1000
 local RETRY_SHARE_MS = 100
 local BACKLOG_MS = 1000
 local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = true, kept_free = true, tenant_share = true }
@@ -112,6 +118,7 @@ end
 -- An admission given (start: now, or later for a reservation): a reservation notes the class
 -- and the tenant as having waited; a tenant counted (contended class) gets it in its 100 ms bucket.
 local function classAdmitted(metaKey, class, now, tenant, q, w, start)
+  if class ~= 'critical' then redis.call('HSET', metaKey, 'ha:' .. class, string.format('%.0f', math.floor(now))) end
   if start > now then
     redis.call('HSET', metaKey, 'hw:' .. class, string.format('%.0f', math.floor(now)))
     if tenant ~= '' and not q then q = {} end
@@ -146,11 +153,18 @@ end
 -- tenant sending less than its share is served as it comes and limits nobody. Not contended: no
 -- counting (nil, nil).
 local function tenantShare(metaKey, class, now, tenant, w, horizon, reserving)
-  local v = redis.call('HMGET', metaKey, 'hw:' .. class, 'tq:' .. class)
+  local v = redis.call('HMGET', metaKey, 'hw:' .. class, 'tq:' .. class, unpack(CLASS_BELOW[class]))
   local waited = tonumber(v[1])
   if not waited or waited <= now - horizon then
     if v[2] then redis.call('HDEL', metaKey, 'tq:' .. class) end
     return nil, nil
+  end
+  -- a lower class admitted lately takes what this class leaves: holding a tenant back would hand
+  -- its place to that class, not to another tenant (counted, never held)
+  local lowerActive = false
+  for i = 3, 2 + #CLASS_BELOW[class] do
+    local t = tonumber(v[i])
+    if t and t > now - LOWER_ACTIVE_MS then lowerActive = true end
   end
   local q = v[2] and cjson.decode(v[2]) or {}
   local oldest = math.floor((now - horizon) / 100) -- buckets up to this one are over
@@ -184,6 +198,7 @@ local function tenantShare(metaKey, class, now, tenant, w, horizon, reserving)
       end
     end
   end
+  if lowerActive then return q, nil end
   -- one more is fine while the tenant's count per weight is not above the backlogged others'
   -- (a tenant alone always may): the least served tenant per weight always can, so nothing stalls
   if W > 0 and mine * W > others * w then return q, RETRY_SHARE_MS end
