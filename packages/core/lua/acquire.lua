@@ -270,11 +270,14 @@ local function refused(reply)
   return reply
 end
 if #usable == 0 then
+  -- a key held only for the share kept free answers before "try again at once": such keys stay
+  -- candidates, and with many of them a lower class's every try would sample only those (a storm of
+  -- busy answers while the pool is full)
+  if keptAt then return refused(classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt) - now)), version }, tenant, tenantW)) end
   if total > nseen then
     -- sampling gave up with candidates left unexamined: try again at once
     return { 0, 'busy', 0, version }
   end
-  if keptAt then return refused(classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt) - now)), version }, tenant, tenantW)) end
   -- Nothing usable: say when the earliest waiting key becomes usable, and why it waits.
   local best, bestSt = nil, nil
   for i = 1, ngroups do

@@ -6,7 +6,7 @@
  * weights, not to how many callers they run.
  */
 import { describe, expect, it } from 'vitest';
-import type { Lease, PoolConfigInput } from '../src/index.js';
+import { PoolKeys, type Lease, type PoolConfigInput } from '../src/index.js';
 import { fakeSecret, poolsClosedAfterAll } from './helpers.js';
 
 const pool = poolsClosedAfterAll();
@@ -156,4 +156,39 @@ describe('fair shares between tenants', () => {
     // with full windows the next free place may be the next window's: no better than "less"
     expect(median(waits.quiet!)).toBeLessThan(median(waits.flood!));
   }, 30_000);
+});
+
+describe('bounded work', () => {
+  it('low over 40 keys all at their kept share: one kept_free answer, not a storm of busy tries', async () => {
+    const keys = Array.from({ length: 40 }, (_, i) => ({ secret: fakeSecret(`kept-${i}`), models: ['k'], rpm: 60, window: 10 }));
+    const { pool: p, redis, name } = await pool({ keys, priority: { keepFree: { low: 0.2 }, higherWaitedMs: 60_000 } } as PoolConfigInput);
+    // 9 of every key's 10 per window taken (normal keeps nothing free), over the 8 low may take; then normal waited
+    const ids = (await p.status({ fresh: true })).keys.map((k) => k.id);
+    for (const id of ids) {
+      for (let i = 0; i < 9; i++) {
+        const r = await p.acquire({ model: 'k', exclude: ids.filter((x) => x !== id) });
+        if (!r.ok) throw new Error(`fill ${id}: ${r.reason}`);
+      }
+    }
+    const [sec] = await redis.time();
+    await redis.hset(new PoolKeys(name).meta, 'hw:normal', String(Number(sec) * 1000));
+    const evalshas = async () => Number(/calls=(\d+)/.exec((await redis.info('commandstats')).split('\n').find((l) => l.startsWith('cmdstat_evalsha:')) ?? '')?.[1] ?? 0);
+    const before = await evalshas();
+    const r = await p.acquire({ model: 'k', priority: 'low' });
+    expect(r).toMatchObject({ ok: false, reason: 'kept_free' });
+    // other tests share this Redis: a bound, not an exact count (it was 51 calls, ending in rate_limited 1 ms)
+    expect((await evalshas()) - before).toBeLessThan(20);
+  }, 60_000);
+
+  it("a class's tenant record stays bounded whatever the number of tenants", async () => {
+    const { pool: p, redis, name } = await pool({ keys: [{ secret: fakeSecret('tq-cap'), models: ['t'], rpm: 1 }] } as PoolConfigInput);
+    const first = await p.acquire({ model: 't' });
+    expect(first.ok).toBe(true);
+    // every request refused for capacity, each from a new tenant
+    for (let i = 0; i < 300; i++) expect((await p.acquire({ model: 't', tenant: `tenant-${i}` })).ok).toBe(false);
+    const raw = (await redis.hget(new PoolKeys(name).meta, 'tq:normal'))!;
+    const q = JSON.parse(raw) as Record<string, unknown>;
+    expect(Object.keys(q).length).toBeLessThanOrEqual(65);
+    expect(q['~']).toBeDefined();
+  }, 60_000);
 });

@@ -40,6 +40,45 @@ local CLASS_BELOW = { critical = { 'ha:normal', 'ha:low' }, normal = { 'ha:low' 
 local LOWER_ACTIVE_MS = 1000
 local RETRY_SHARE_MS = 100
 local BACKLOG_MS = 1000
+-- Tenants a class's record (tq:<class>) names at most; more share the entry '~'. Tenants come from
+-- callers, so without a cap one record (read and written by every contended acquire) could grow
+-- without bound.
+local MAX_TENANTS = 64
+-- A tenant entry with no admission in this long and no recent wait is dropped when the record is written.
+local STALE_MS = 10000
+
+-- The entry of `tenant` in q, made when missing (as '~' once q names MAX_TENANTS tenants).
+local function tenantEntry(q, tenant, w)
+  local e = q[tenant]
+  if e then return e, tenant end
+  local n = 0
+  for _ in pairs(q) do n = n + 1 end
+  if n >= MAX_TENANTS then
+    tenant = '~'
+    e = q[tenant]
+    if e then return e, tenant end
+  end
+  e = { w = w, b = {} }
+  q[tenant] = e
+  return e, tenant
+end
+
+-- Drop the entries of q that neither waited lately nor hold an admission of the last STALE_MS.
+local function dropStale(q, now)
+  local oldest = math.floor((now - STALE_MS) / 100)
+  for t, e in pairs(q) do
+    local live = e.lw ~= nil and e.lw > now - BACKLOG_MS
+    if not live then
+      for slot in pairs(e.b) do
+        if tonumber(slot) > oldest then
+          live = true
+          break
+        end
+      end
+    end
+    if not live then q[t] = nil end
+  end
+end
 local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = true, kept_free = true, tenant_share = true }
 
 -- The class's rule for this request: keep (share kept free by admissions now), keepRes (by
@@ -99,9 +138,9 @@ local function tenantWaited(metaKey, class, now, tenant, w, q)
     local raw = redis.call('HGET', metaKey, 'tq:' .. class)
     q = raw and cjson.decode(raw) or {}
   end
-  local e = q[tenant] or { w = w, b = {} }
+  dropStale(q, now)
+  local e = tenantEntry(q, tenant, w)
   e.w, e.lw = w, math.floor(now)
-  q[tenant] = e
   redis.call('HSET', metaKey, 'tq:' .. class, cjson.encode(q))
 end
 
@@ -124,12 +163,11 @@ local function classAdmitted(metaKey, class, now, tenant, q, w, start)
     if tenant ~= '' and not q then q = {} end
   end
   if q and tenant ~= '' then
-    local e = q[tenant] or { w = w, b = {} }
+    local e = tenantEntry(q, tenant, w)
     e.w = w
     if start > now then e.lw = math.floor(now) end
     local slot = tostring(math.floor(start / 100))
     e.b[slot] = (e.b[slot] or 0) + 1
-    q[tenant] = e
     redis.call('HSET', metaKey, 'tq:' .. class, cjson.encode(q))
   end
 end
@@ -171,6 +209,13 @@ local function tenantShare(metaKey, class, now, tenant, w, horizon, reserving)
   local ahead = math.floor(now / 100)              -- this bucket and later ones: reservations (the current one counted whole)
   local mine, others, W = 0, 0, 0                  -- admissions: mine, the backlogged others'
   local myAhead, allAhead, Wactive = 0, 0, 0       -- reservations ahead; weights of the other active tenants
+  -- a tenant past the record's cap is counted as '~' (tenantEntry)
+  local me = tenant
+  if q[me] == nil then
+    local n = 0
+    for _ in pairs(q) do n = n + 1 end
+    if n >= MAX_TENANTS then me = '~' end
+  end
   for t, e in pairs(q) do
     local n, b, pend, later = 0, {}, 0, false
     for slot, c in pairs(e.b) do
@@ -190,7 +235,7 @@ local function tenantShare(metaKey, class, now, tenant, w, horizon, reserving)
     else
       e.b = b
       allAhead = allAhead + pend
-      if t == tenant then
+      if t == me then
         mine, myAhead = n, pend
       else
         Wactive = Wactive + e.w
