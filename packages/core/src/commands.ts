@@ -341,7 +341,7 @@ export class PoolCommands {
    * earliest admission within `maxWaitMs` (0: now or not at all); with `admit`, admit that gateway
    * token first, in the same call.
    */
-  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs: number, who: { priority: string; tenant: string; waitedMs?: number; uncounted?: boolean }, admit?: AdmitArgs): Promise<AcquireReply> {
+  async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs: number, who: { priority: string; tenant: string; waitedMs?: number; uncounted?: boolean; weight?: number }, admit?: AdmitArgs): Promise<AcquireReply> {
     const c = this.config;
     const args: (string | number)[] = [
       tokens,
@@ -358,7 +358,7 @@ export class PoolCommands {
     if (admit) args.push(admit.hash, admit.name, admit.costNanos, c.reservationTimeoutMs, admit.wantSettings ? '1' : '0');
     else args.push('', '', 0, 0, '0');
     const pr = c.priority;
-    args.push(who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], pr.higherWaitedMs, pr.reserveAheadMs, pr.weights[who.tenant] ?? '', pr.tenantWindowMs, who.waitedMs ?? 0, who.uncounted ? '1' : '0');
+    args.push(who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], pr.higherWaitedMs, pr.reserveAheadMs, pr.weights[who.tenant] ?? who.weight ?? '', pr.tenantWindowMs, who.waitedMs ?? 0, who.uncounted ? '1' : '0');
     const r = (await this.link.script('acquire', scriptKeys, args)) as
       | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]
       | [0, AcquireRefusal, number, number]

@@ -219,18 +219,21 @@ export class PartitionedPool extends KeyPool {
     const wait = req.maxWaitMs ?? 0;
     let best: { p: number; res: Exhausted } | undefined;
     try {
-      // critical is a permission of the token: read its settings (one more read, critical requests only)
-      if (admission && req.priority === 'critical' && !(await this.tokens.get(admission.id))?.allowCritical) {
+      // critical is a permission of the token: from the settings the admission brought back, else read them
+      const allowed = async (a: NonNullable<typeof admission>) => a.allowCritical ?? (await this.tokens.get(a.id))?.allowCritical ?? false;
+      if (admission && req.priority === 'critical' && !(await allowed(admission))) {
         await this.tokens.settle(admission.id, admission.reservation, 0, { refundRequest: true });
         return { ok: false, reason: 'token_refused', token: { ok: false, reason: 'priority_not_allowed', retryAfterMs: null, id: admission.id } };
       }
       // the tenant defaults to the admitted token here too (the partitions see no token)
       const tenant = req.tenant ?? admission?.id;
       const base = { ...req, admit: undefined, maxWaitMs: 0, ...(tenant !== undefined ? { tenant } : {}) };
+      // the token's weight in its class's fair shares (the partitions see no token)
+      const weightOf = admission?.weight !== undefined ? { weight: admission.weight } : {};
       for (const [i, p] of order.entries()) {
         // one refusal counted per request: the last partition's when the caller does not wait, else the waited one's
         const inner = { ...base };
-        innerAcquires.set(inner, { uncounted: wait > 0 || i < order.length - 1 });
+        innerAcquires.set(inner, { uncounted: wait > 0 || i < order.length - 1, ...weightOf });
         let r: AcquireResult;
         try {
           r = await this.parts[p]!.acquire(inner);
@@ -247,7 +250,7 @@ export class PartitionedPool extends KeyPool {
       const res = best.res;
       if (wait > 0 && res.retryAfterMs !== null && res.retryAfterMs <= wait) {
         const inner = { ...base, maxWaitMs: wait };
-        const note = { uncounted: false, sleptMs: 0 };
+        const note = { uncounted: false, sleptMs: 0, ...weightOf };
         innerAcquires.set(inner, note);
         const r = await this.parts[best!.p]!.acquire(inner);
         sleep.ms = note.sleptMs;

@@ -81,16 +81,18 @@ type Admit = { req: TokenAdmitRequest; args: AdmitArgs };
 /** The class and tenant a request is admitted in (AcquireRequest.priority, tenant). */
 /**
  * `waitedMs`: what this caller has slept so far between tries (the traffic counters count its
- * admission as waited); `uncounted`: the traffic counters do not count a refusal of this call.
+ * admission as waited); `uncounted`: the traffic counters do not count a refusal of this call;
+ * `weight`: the tenant's weight when no `priority.weights` entry names it (the partitioned pool
+ * passes its admitted token's, which the partitions do not see).
  */
-export type Who = { priority: PriorityClass; tenant: string; waitedMs?: number; uncounted?: boolean };
+export type Who = { priority: PriorityClass; tenant: string; waitedMs?: number; uncounted?: boolean; weight?: number };
 
 /**
  * Acquires a partitioned pool makes of its partitions for one caller's request: they emit no
  * 'admission' event (the partitioned pool emits one per request), and with `uncounted` their
  * refusals are not counted (the partitioned pool lets one partition count the request's refusal).
  */
-export const innerAcquires = new WeakMap<AcquireRequest, { uncounted: boolean; sleptMs?: number }>();
+export const innerAcquires = new WeakMap<AcquireRequest, { uncounted: boolean; sleptMs?: number; weight?: number }>();
 
 /** The class and tenant of a request, checked: a typo in either would silently change who waits. */
 function whoOf(req: AcquireRequest): Who {
@@ -232,7 +234,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const out = Math.min(est, req.estimatedOutputTokens ?? est);
     const estCost = this.priced(req.model) ? this.prices.costNanos(req.model, est - out, out) : 0;
     const inner = innerAcquires.get(req);
-    const who = inner?.uncounted ? { ...whoOf(req), uncounted: true } : whoOf(req);
+    const who = inner ? { ...whoOf(req), uncounted: inner.uncounted, ...(inner.weight !== undefined ? { weight: inner.weight } : {}) } : whoOf(req);
     let admit: Admit | undefined;
     if (req.admit) {
       const args = this.tokens.admitArgs(req.admit.token, req.admit.name ?? req.model, req.admit.estimatedCostUsd);

@@ -72,7 +72,15 @@ export interface GatewayTokenInfo {
  * again can succeed (null: not by waiting). `id` is set when the token is known.
  */
 export type TokenAdmission =
-  | { ok: true; id: string; name: string; reservation: string }
+  | {
+      ok: true;
+      id: string;
+      name: string;
+      reservation: string;
+      /** The token's settings as this process knows them (absent when it has not seen them). */
+      weight?: number;
+      allowCritical?: boolean;
+    }
   | { ok: false; reason: TokenRefusal; retryAfterMs: number | null; id?: string };
 
 /** What the tokens need from the pool: its script runner (with the Redis-down policy), keys and config. */
@@ -448,8 +456,9 @@ export class GatewayTokens {
     this.hadTokens = true;
     const seen = this.seen.get(hash);
     const rec = reply.settings ?? seen?.rec;
-    if (rec) this.remember(hash, rec, reply.spentNanos + reply.reservedNanos, reply.periodEnd);
-    return { ok: true, id, name: rec?.name ?? '', reservation };
+    if (!rec) return { ok: true, id, name: '', reservation };
+    this.remember(hash, rec, reply.spentNanos + reply.reservedNanos, reply.periodEnd);
+    return { ok: true, id, name: rec.name, reservation, weight: rec.weight ?? 1, allowCritical: rec.allowCritical ?? false };
   }
 
   /**
@@ -558,7 +567,7 @@ export class GatewayTokens {
       b.level -= 1;
     }
     s.local += est;
-    return { ok: true, id: rec.id, name: rec.name, reservation: `local:${rec.id}:${randomBytes(6).toString('hex')}:${est}` };
+    return { ok: true, id: rec.id, name: rec.name, reservation: `local:${rec.id}:${randomBytes(6).toString('hex')}:${est}`, weight: rec.weight ?? 1, allowCritical: rec.allowCritical ?? false };
   }
 
   /** A locally admitted request settles in this process's view too (its Redis record is best effort). */

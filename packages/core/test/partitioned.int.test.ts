@@ -212,6 +212,37 @@ describe(`partitioned pool (${testTarget()})`, () => {
     await ok.release({ status: 200, latencyMs: 1 }, { settle: { admission: ok.admission! } });
   });
 
+  it("counts a gateway token's weight in the tenant shares of the partitions, which never see the token", async () => {
+    const name = uniqueName('partw');
+    const keys = spreadKeys(2, 2, 1, { models: ['t'], rpm: 1 });
+    const pool = await partitioned({ pool: name, partitions: 2, keys });
+    const heavy = await pool.tokens.create({ name: 'heavy', weight: 4 });
+    const plain = await pool.tokens.create({ name: 'plain' });
+    // one request a minute per key: two leases, then each token's request refused for capacity in
+    // every partition, which notes the tenant (the token's id) with its weight in the class's record
+    const leases: Lease[] = [];
+    for (let i = 0; i < 2; i++) {
+      const l = await pool.acquire({ model: 't', admit: { token: heavy.token, estimatedCostUsd: 0 } });
+      if (!l.ok) throw new Error(`expected a lease, got ${JSON.stringify(l)}`);
+      leases.push(l);
+    }
+    expect((await pool.acquire({ model: 't', admit: { token: heavy.token, estimatedCostUsd: 0 } })).ok).toBe(false);
+    expect((await pool.acquire({ model: 't', admit: { token: plain.token, estimatedCostUsd: 0 } })).ok).toBe(false);
+    const redis = clients.at(-1)!;
+    // the partitions a refused request tried (a partition known to be out of keys may be skipped)
+    const seen = { heavy: [] as number[], plain: [] as number[] };
+    for (const p of [0, 1]) {
+      const raw = await redis.hget(pool.keysOf(p).meta, 'tq:normal');
+      const q = (raw ? JSON.parse(raw) : {}) as Record<string, { w: number }>;
+      if (q[heavy.info.id]) seen.heavy.push(q[heavy.info.id]!.w);
+      if (q[plain.info.id]) seen.plain.push(q[plain.info.id]!.w);
+    }
+    expect(seen.heavy.length).toBeGreaterThan(0);
+    expect(seen.plain.length).toBeGreaterThan(0);
+    expect([...new Set(seen.heavy), ...new Set(seen.plain)]).toEqual([4, 1]);
+    for (const l of leases) await l.release({ status: 200, latencyMs: 1 }, { settle: { admission: l.admission! } });
+  });
+
   it('adds, disables and housekeeps each key in its own partition', async () => {
     const pool = await partitioned({ pool: uniqueName('partadm'), partitions: 3, leaseTimeoutMs: 1000 });
     const redis = clients.at(-1)!;

@@ -144,7 +144,7 @@ describe('gateway tokens: admit and settle', () => {
     for (let i = 0; i < 5; i++) expect(await t.admit(token, 'gpt-4o', 0)).toEqual({ ok: false, reason: 'model_not_allowed', retryAfterMs: null, id: info.id });
     expect((await t.get(info.id))!.left.requests).toBe(2);
     const a = admitted(await t.admit(token, 'gpt-4o-mini', 0));
-    expect(a).toEqual({ ok: true, id: info.id, name: 'm', reservation: `${info.id}:1:0` });
+    expect(a).toEqual({ ok: true, id: info.id, name: 'm', reservation: `${info.id}:1:0`, weight: 1, allowCritical: false });
     admitted(await t.admit(token, 'cheap-route', 0));
     expect(await t.admit(token, 'cheap-route', 0)).toMatchObject({ ok: false, reason: 'rate_limited', id: info.id });
     await expect(t.admit(token, '', 0)).rejects.toBeInstanceOf(InvalidArgumentError);
