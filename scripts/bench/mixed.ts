@@ -30,6 +30,10 @@
  *   tenants { name: { p99Ms, admittedShare } }: p99 during the flood (and idleP99Ms, the same
  *     arrivals on the idle pool), admittedShare of all interactive requests served during the flood
  *   upstream429Share: 429s over all requests the provider saw during the mixed schedule
+ *   with --trace: trace (each key's effective rpm every 500 ms of the mixed schedule) and classes
+ *     (the pool's traffic counters summed over the mixed phase's fresh pool, per class: a admitted now, w
+ *     admitted after a reservation or after sleeping between tries, r refused, ms their waits,
+ *     h1..h12 the waits' buckets of lua/includes/series.lua)
  * Targets: interactive p99 <= idle p99 + 100 ms and no client failure; capacityShare >= 0.9;
  * during the flood the quiet tenants' p99 <= 2 x their idle p99; upstream429Share <= 0.002.
  */
@@ -39,6 +43,7 @@ import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import type { FakeKeyCounters } from '@keypool/testkit/fake-openai';
+import { PoolKeys } from '@keypool/core';
 import { LlmQueue, type LlmJobInput } from '@keypool/worker';
 import { int, num, parseBenchArgs } from './cli.js';
 import type { Ready } from './gateway/options.js';
@@ -66,6 +71,8 @@ const USAGE = `Usage: tsx scripts/bench/mixed.ts [options]   (npm run bench:mixe
   --seed N               seed of the arrivals (default 16)
   --margin-ms N          keypool's limits.windowMarginMs (default 20, keypool's default)
   --learn on|off         keypool learns limits from the provider's headers and 429s (default on)
+  --trace                the keys' effective rpm every 500 ms of the mixed phase (JSON: trace), and the
+                         pool's traffic counters per class over it (JSON: classes)
   -h, --help             this text`;
 
 const log = logger('bench:mixed');
@@ -79,6 +86,7 @@ function options() {
   const quick = process.argv.includes('--quick');
   const v = parseBenchArgs(USAGE, {
     quick: false,
+    trace: false,
     seconds: quick ? '20' : '60',
     'flood-seconds': quick ? '8' : '20',
     keys: '2',
@@ -112,6 +120,7 @@ function options() {
     seed: int('seed', v.seed, 0),
     marginMs: int('margin-ms', v['margin-ms'], 0, 1000),
     learn: v.learn !== 'off',
+    trace: process.argv.includes('--trace'),
   };
 }
 type Options = ReturnType<typeof options>;
@@ -175,6 +184,8 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
   };
   let producer: Redis | undefined;
   let queue: LlmQueue | undefined;
+  let reader: Redis | undefined; // --trace
+  let tracer: NodeJS.Timeout | undefined;
   try {
     const fake = spawn(GATEWAY_CHILD, 'fake', { keys: keys.map((k) => ({ key: k.secret, name: k.name, rpm: o.providerRpm, limiter: 'window-1s' })), model: MODEL, latencyMs: o.latencyMs, chunkDelayMs: 0 });
     const fakeUrl = (await fake.ready).url!;
@@ -222,7 +233,17 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
     } else await new Promise((r) => setTimeout(r, 1000 + o.marginMs + 100));
 
     const counters0 = await fake.request<Record<string, FakeKeyCounters>>('counters');
+    // --trace: each key's effective rpm (learnt: state field erpm), every 500 ms
+    const trace: { atMs: number; erpm: number[] }[] = [];
+    if (o.trace && phase === 'mixed') {
+      const stKey = new PoolKeys(pool).st;
+      const r = (reader = new Redis(redisUrl));
+      const tStart = Date.now();
+      const READ = "local r = {} for _, v in ipairs(redis.call('HVALS', KEYS[1])) do r[#r + 1] = cmsgpack.unpack(v).erpm end return r";
+      tracer = setInterval(() => void r.eval(READ, 1, stKey).then((erpm) => trace.push({ atMs: Date.now() - tStart, erpm: erpm as number[] }), () => undefined), 500);
+    }
     const outcomes: Outcome[] = new Array(arrivals.length);
+    const answeredAt: number[] = [];
     const inFlight: Promise<void>[] = [];
     const t0 = performance.now() + 100;
     const w0 = Date.now() + 100;
@@ -232,7 +253,10 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
       (i, at) =>
         inFlight.push(
           call(arrivals[i]!.tenant, i, `interactive ${i}`).then(
-            () => void (outcomes[i] = performance.now() - at),
+            () => {
+              outcomes[i] = performance.now() - at;
+              answeredAt.push(performance.now());
+            },
             (e: unknown) => void (outcomes[i] = e instanceof OpenAI.APIConnectionTimeoutError ? 'timeout' : e instanceof OpenAI.APIError && e.status ? `status ${e.status}` : 'network'),
           ),
         ),
@@ -241,14 +265,29 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
     const scheduleEnd = performance.now();
     // the queue's share is counted over the schedule's time, before the last answers come in
     const countersEnd = await fake.request<Record<string, FakeKeyCounters>>('counters');
+    const countedAt = performance.now();
     const windowS = (scheduleEnd - t0) / 1000;
     await Promise.all(inFlight);
+    // interactive requests the counters hold: those answered at most the provider's latency after they were read
+    // (not those still waiting for a key when the schedule ended: they never reached the provider in the window)
+    const interactiveUpstream = answeredAt.filter((t) => t - o.latencyMs <= countedAt).length;
     const stats = phase === 'mixed' ? await Promise.all(workers.map((w) => w.request<WorkerChildStats>('stats'))) : [];
     log(`${phase}: ${arrivals.length} interactive requests over ${fmt(windowS, 1)} s`);
-    return { outcomes, up: upstream(countersEnd, counters0), windowS, capacityPerSec, startedAt: w0, workerStats: stats };
+    if (tracer) clearInterval(tracer);
+    // --trace: the pool's traffic counters per class, summed (the phase's pool is fresh: warm-up and draining included)
+    let classes: Record<string, number> | undefined;
+    if (reader) {
+      const SUM = "local t = {} local h = redis.call('HGETALL', KEYS[1]) for i = 1, #h, 2 do local c, f = string.match(h[i], '^%d+:(%a+):(%w+)$') if c then local k = c .. ':' .. f t[k] = (t[k] or 0) + (tonumber(h[i + 1]) % 2147483648) end end local out = {} for k, v in pairs(t) do out[#out + 1] = k out[#out + 1] = tostring(v) end return out";
+      const flat = (await reader.eval(SUM, 1, new PoolKeys(pool).ser)) as string[];
+      classes = {};
+      for (let i = 0; i < flat.length; i += 2) classes[flat[i]!] = Number(flat[i + 1]);
+    }
+    return { outcomes, up: upstream(countersEnd, counters0), windowS, capacityPerSec, startedAt: w0, workerStats: stats, trace, classes, interactiveUpstream };
   } finally {
     await queue?.close().catch(() => undefined);
     producer?.disconnect();
+    if (tracer) clearInterval(tracer);
+    reader?.disconnect();
     await Promise.all(started.map((c) => c.stop().catch((e: Error) => log(`stopping a child: ${e.message}`))));
   }
 }
@@ -281,19 +320,21 @@ async function main(): Promise<void> {
   const d = dist(lat(mixed.outcomes, all));
   const di = dist(lat(idle.outcomes, all));
   const mixedFailures = failures(mixed.outcomes);
-  const interactiveOk = lat(mixed.outcomes, all).length;
   const interactive = { requests: arrivals.length, p50Ms: round(d.p50Ms, 1), p99Ms: round(d.p99Ms, 1), maxMs: round(d.maxMs, 1), clientFailures: Object.values(mixedFailures).reduce((a, b) => a + b, 0), failures: mixedFailures };
   const interactiveIdle = { p50Ms: round(di.p50Ms, 1), p99Ms: round(di.p99Ms, 1), maxMs: round(di.maxMs, 1), clientFailures: Object.values(failures(idle.outcomes)).reduce((a, b) => a + b, 0) };
 
   const okUp = mixed.up.requests - mixed.up.rate429;
-  // interactive requests answered during the schedule's window: all but those still in flight at its end (few)
-  const queueServed = Math.max(0, okUp - interactiveOk);
+  // interactive requests the provider served during the schedule's window (not all of them: with waits
+  // of a second or more, those still waiting for a key at its end were subtracted too, a bench bug)
+  const interactiveUp = mixed.interactiveUpstream;
+  const queueServed = Math.max(0, okUp - interactiveUp);
   const allowed = mixed.capacityPerSec * mixed.windowS;
   const enforced = allowed * (1000 / (1000 + o.marginMs));
   const queue = {
     servedDuringSchedule: queueServed,
-    capacityShare: round(queueServed / (allowed - interactiveOk), 3),
-    capacityShareEnforced: round(queueServed / (enforced - interactiveOk), 3),
+    interactiveServedDuringSchedule: interactiveUp,
+    capacityShare: round(queueServed / (allowed - interactiveUp), 3),
+    capacityShareEnforced: round(queueServed / (enforced - interactiveUp), 3),
     workerRunsDelayed: mixed.workerStats.reduce((n, s) => n + s.runsDelayed, 0),
     workerAcquireOutcomes: mixed.workerStats.reduce<Record<string, number>>((m, s) => {
       for (const [k, v] of Object.entries(s.acquireScriptOutcomes)) m[k] = (m[k] ?? 0) + v;
@@ -333,6 +374,7 @@ async function main(): Promise<void> {
     tenants,
     upstream429Share,
     upstream: { mixed: mixed.up, idle: idle.up },
+    ...(o.trace ? { trace: mixed.trace, classes: mixed.classes } : {}),
     targets,
     wallSeconds: round((performance.now() - wall0) / 1000, 1),
   };
