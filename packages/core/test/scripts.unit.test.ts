@@ -3,7 +3,7 @@
  * inlined once, and the errors a packaging mistake gets (a missing include, a cycle, two files for
  * one script). Then the package's own scripts against SCRIPT_NAMES.
  */
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { SCRIPT_NAMES, inlineIncludes, keypoolLibrary, loadScripts, scripts } from '../src/scripts.js';
@@ -75,6 +75,13 @@ describe("the package's scripts", () => {
     }
     // window.lua is used by common.lua: defined before common's first use of it
     expect(lib.code.indexOf('local function windowEarliest(')).toBeLessThan(lib.code.indexOf('local function evaluate('));
+  });
+
+  it("health.lua's written-out histogram format and empty histogram have one counter per bucket", () => {
+    const src = readFileSync(fileURLToPath(new URL('../lua/includes/health.lua', import.meta.url)), 'utf8');
+    const nb = /local BOUNDS = \{([^}]*)\}/.exec(src)![1]!.split(',').filter((x) => x.trim()).length + 1;
+    expect(/^local HFMT = '<((?:I4)*)'$/m.exec(src)![1]!.length).toBe(2 * nb);
+    expect(/^local EMPTY = '((?:\\0)*)'$/m.exec(src)![1]!.length).toBe(2 * 4 * nb);
   });
 
   it('have every include inlined, "common" once', () => {
