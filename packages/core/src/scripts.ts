@@ -220,9 +220,10 @@ export class ScriptRunner {
   private loading: Promise<void> | undefined;
   private current: ScriptMode | undefined;
 
+  /** `mode`: 'detect' (at the first call), or one forced; by default KEYPOOL_SCRIPT_MODE's, else 'detect'. */
   constructor(
     private readonly client: Client,
-    force: ScriptMode | undefined = forcedScriptMode(),
+    mode: ScriptMode | 'detect' = forcedScriptMode() ?? 'detect',
   ) {
     const c = client as unknown as Record<string, Caller | undefined>;
     const lib = keypoolLibrary();
@@ -235,7 +236,7 @@ export class ScriptRunner {
       const fn = lib.functions[s.name]!;
       this.fcallFns[s.name] = (keys, args) => client.fcall(fn, keys.length, ...keys, ...args);
     }
-    if (force) this.use(force);
+    if (mode !== 'detect') this.use(mode);
   }
 
   /** The mode found (undefined before the first call). */

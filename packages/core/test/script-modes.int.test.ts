@@ -40,7 +40,7 @@ describe('the scripts as Redis Functions', () => {
     const redis = client(connectTestRedis());
     // (a pool calls only once its client is ready: RedisLink)
     if (redis.status !== 'ready') await new Promise((resolve) => redis.once('ready', resolve));
-    const runner = new ScriptRunner(redis, undefined);
+    const runner = new ScriptRunner(redis, 'detect');
     expect(runner.mode).toBeUndefined();
     expect(await runner.call('tokenCount', [new PoolKeys(uniqueName('fn')).tok], [])).toBe(0);
     expect(runner.mode).toBe('fcall');
@@ -51,7 +51,7 @@ describe('the scripts as Redis Functions', () => {
 
   it('load the library again when the server lost it (a restart, a new master)', async () => {
     const redis = client(new Redis(server.url));
-    const runner = new ScriptRunner(redis, undefined);
+    const runner = new ScriptRunner(redis, 'detect');
     const tok = new PoolKeys(uniqueName('fn')).tok;
     expect(await runner.call('tokenCount', [tok], [])).toBe(0);
     await redis.call('FUNCTION', 'FLUSH');
@@ -69,7 +69,7 @@ describe('the scripts as Redis Functions', () => {
     const user = uniqueName('nofn');
     await admin.call('ACL', 'SETUSER', user, 'on', '>pw-for-test', '~*', '&*', '+@all', '-function');
     const redis = client(new Redis(server.url, { username: user, password: 'pw-for-test' }));
-    const runner = new ScriptRunner(redis, undefined);
+    const runner = new ScriptRunner(redis, 'detect');
     const tok = new PoolKeys(uniqueName('fn')).tok;
     const before = await scriptCalls(admin);
     expect(await runner.call('tokenCount', [tok], [])).toBe(0);
@@ -82,7 +82,7 @@ describe('the scripts as Redis Functions', () => {
     const user2 = uniqueName('fn');
     await admin.call('ACL', 'SETUSER', user2, 'on', '>pw-for-test', '~*', '&*', '+@all');
     const redis2 = client(new Redis(server.url, { username: user2, password: 'pw-for-test' }));
-    const runner2 = new ScriptRunner(redis2, undefined);
+    const runner2 = new ScriptRunner(redis2, 'detect');
     expect(await runner2.call('tokenCount', [tok], [])).toBe(0);
     expect(runner2.mode).toBe('fcall');
     await admin.call('ACL', 'SETUSER', user2, '-fcall');
