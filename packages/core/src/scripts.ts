@@ -195,7 +195,7 @@ export function keypoolLibrary(): ScriptLibrary {
 export type ScriptMode = 'fcall' | 'evalsha';
 
 /** FUNCTION refused: an unknown command (Redis 6) or one the ACL user may not run. */
-const NO_FUNCTIONS = /unknown command|^NOPERM/i;
+const NO_FUNCTIONS = /unknown command|^NOPERM.*'(?:fcall|function)/i;
 /** FCALL of a function the server does not have (restarted without it, a new master...). */
 const NOT_LOADED = /function not found/i;
 
@@ -295,12 +295,19 @@ export class ScriptRunner {
     const code = keypoolLibrary().code;
     const nodes: Redis[] = this.client.isCluster ? (this.client as Cluster).nodes('master') : [this.client as Redis];
     if (nodes.length === 0) throw new Error('no Cluster master known yet');
-    await Promise.all(
+    const results = await Promise.allSettled(
       nodes.map((n) =>
         n.call('FUNCTION', 'LOAD', code).catch((e: unknown) => {
           if (!(isReplyError(e) && /already exists/i.test(e.message))) throw e;
         }),
       ),
     );
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as unknown);
+    // a refusal (Redis 6, the ACL, a library that does not compile) is an answer; a master that
+    // cannot be reached gets the library at the first FCALL that finds it missing there, so one
+    // master down does not stop the pool's work on the others
+    const refused = failed.find(isReplyError);
+    if (refused) throw refused;
+    if (failed.length === nodes.length) throw failed[0];
   }
 }
