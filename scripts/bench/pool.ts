@@ -122,10 +122,10 @@ interface LeaseRun {
     /** CPU time of redis-server per wall second and per lease (INFO cpu; includes other clients of an env Redis) */
     redisCpuCores: number;
     redisCpuUsPerLease: number;
-    /** EVALSHA per lease (acquire + release = 2) and the server time of one, usec */
+    /** script calls (EVALSHA or FCALL) per lease (acquire + release = 2) and the server time of one, usec */
     evalshaPerLease: number;
     redisUsecPerEvalsha: number | null;
-    /** server usec of script work per lease (EVAL + EVALSHA) */
+    /** server usec of script work per lease (EVAL + EVALSHA + FCALL) */
     scriptUsecPerLease: number;
     /** commands run inside the scripts, per lease: calls and usec */
     innerCommandsPerLease: Record<string, { calls: number; usec: number }>;
@@ -213,11 +213,14 @@ async function leaseRun(
     const seconds = (m1 - m0) / 1000;
     const d = redisDelta(r0, r1);
     const per = (x: number) => (leases > 0 ? x / leases : NaN);
-    const evalsha = d.byCommand.evalsha ?? { calls: 0, usec: 0 };
+    // the script calls: EVALSHA, or FCALL where the scripts run as Redis Functions
+    const fc = d.byCommand.fcall ?? { calls: 0, usec: 0 };
+    const es = d.byCommand.evalsha ?? { calls: 0, usec: 0 };
+    const evalsha = { calls: es.calls + fc.calls, usec: es.usec + fc.usec };
     const ev = d.byCommand.eval ?? { calls: 0, usec: 0 };
     const inner: Record<string, { calls: number; usec: number }> = {};
     for (const [name, s] of Object.entries(d.byCommand)) {
-      if (name === 'evalsha' || name === 'eval') continue;
+      if (name === 'evalsha' || name === 'eval' || name === 'fcall' || name === 'function') continue;
       inner[name] = { calls: round(per(s.calls), 3), usec: round(per(s.usec), 3) };
     }
     const nodeCpuSeconds = (c1.user + c1.system) / 1e6;
@@ -461,7 +464,7 @@ function render(
     out.push('', 'where the time goes (per lease = acquire + release; cores = CPU seconds per wall second)');
     out.push(
       table([
-        ['run', 'leases/s', 'node cores', 'node us/lease', 'redis cores', 'redis us/lease', 'evalsha/lease', 'us/evalsha', 'failed'],
+        ['run', 'leases/s', 'node cores', 'node us/lease', 'redis cores', 'redis us/lease', 'scripts/lease', 'us/script', 'failed'],
         ...all.map((x) => [
           x.label,
           fmt(x.leasesPerSec),

@@ -147,7 +147,7 @@ function commandsOf(a: RedisSample, b: RedisSample): { calls: number; usec: numb
   return { calls, usec };
 }
 /** What the pool sends itself during a run: the scripts, the free-capacity reads, the topology reads. */
-const SENT_BY_CLIENT = new Set(['evalsha', 'eval', 'scard', 'hscan']);
+const SENT_BY_CLIENT = new Set(['evalsha', 'eval', 'fcall', 'scard', 'hscan']);
 
 async function throughputRun(client: Cluster, shards: Shard[], opts: Options, partitions: number, runId: string, log: (m: string) => void): Promise<Run> {
   const name = `bench-shards-${runId}-${partitions}`;

@@ -52,7 +52,7 @@ export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pr
 export { groupOf, limitsOf, type KeyRecord, type KeySettings } from './records.js';
 export { PoolKeys } from './pool-keys.js';
 export { createRedis, describeRedis, toConnection, type CreateRedisOptions, type RedisConnection, type RedisNodeAddress, type RedisPurpose, type RedisTlsOptions } from './connect.js';
-export { scripts } from './scripts.js';
+export { keypoolLibrary, scripts } from './scripts.js';
 export type { KeyState, KeyStatus, PoolStatus, SpendLine } from './status.js';
 export { WAIT_BOUNDS_MS, waitPercentile, type ClassTraffic, type PoolSeries, type PoolTraffic, type TenantTraffic, type TrafficWindow } from './series.js';
 export {

@@ -10,9 +10,14 @@ import { packageRoot } from './package-dir.js';
  * varies and the caller passes numkeys (bullmq's convention): the file name is the one place a
  * key count is written. `--- @include "x"` lines pull in `includes/x.lua`, each include once per
  * script (at its first mention); a missing include or a cycle is an error that names it.
- * Scripts are registered with ioredis `defineCommand` under a name carrying a hash of their text,
- * so two versions deployed side by side never run each other's code; ioredis handles EVALSHA and
- * NOSCRIPT. Only commands.ts calls them.
+ * On Redis 7 and later the scripts run as Redis Functions: one library (`keypoolLibrary`) holds
+ * every include once, at its top level, and each script as a function; its name and its functions'
+ * carry a hash of the library's text, so two versions deployed side by side never run each other's
+ * code. The library is loaded (FUNCTION LOAD) on every master at a client's first script call, and
+ * again when FCALL answers that it is missing (a restart or failover that lost it). Where FUNCTION
+ * is unknown (Redis 6) or not allowed (ACL), or with KEYPOOL_SCRIPT_MODE=evalsha, the scripts are
+ * registered with ioredis `defineCommand` under a name carrying a hash of their text; ioredis
+ * handles EVALSHA and NOSCRIPT. Only commands.ts calls them.
  */
 
 const LUA_DIR = fileURLToPath(new URL('lua/', packageRoot(import.meta.url)));
@@ -112,22 +117,197 @@ type Client = Redis | Cluster;
 type Caller = (...args: (string | number)[]) => Promise<unknown>;
 type Call = (keys: readonly string[], args: readonly (string | number)[]) => Promise<unknown>;
 
-/** The scripts defined on one client, called by name; replies are parsed in commands.ts. */
-export class ScriptRunner {
-  private readonly fns = {} as Record<ScriptName, Call>;
+export interface ScriptLibrary {
+  /** `keypool_<hash of the library's text>`. */
+  name: string;
+  /** The FUNCTION LOAD payload: `#!lua name=...`, every include once, then one function per script. */
+  code: string;
+  /** Script name -> its function's name (`<script>_<hash>`). */
+  functions: Record<string, string>;
+}
 
-  constructor(client: Client) {
+/**
+ * The Redis Functions library of `dir`'s scripts `list`: each include once at the library's top
+ * level (after every include a script names before it), each script's body wrapped as a function
+ * of (KEYS, ARGV), so the body reads its keys and arguments as it does under EVAL. An include's
+ * top level must only define (constants, local functions): it runs once, at FUNCTION LOAD, where
+ * redis.call is not allowed, and its tables are shared by every call.
+ */
+export function buildLibrary(dir: string, list: readonly LoadedScript[]): ScriptLibrary {
+  const seen: string[] = [];
+  const before = new Map<string, Set<string>>();
+  for (const s of list) {
+    // the includes the script pulls in, in the order its inlined source defines them
+    const mine: string[] = [];
+    const walk = (path: string) => {
+      for (const m of readFileSync(join(dir, path), 'utf8').matchAll(INCLUDE_RE)) {
+        const name = m[1]!;
+        if (mine.includes(name)) continue;
+        mine.push(name);
+        walk(`includes/${name}.lua`);
+      }
+    };
+    walk(s.file);
+    mine.forEach((name, i) => {
+      if (!seen.includes(name)) seen.push(name);
+      const set = before.get(name) ?? new Set<string>();
+      for (const earlier of mine.slice(0, i)) set.add(earlier);
+      before.set(name, set);
+    });
+  }
+  const order: string[] = [];
+  while (order.length < seen.length) {
+    const next = seen.find((n) => !order.includes(n) && [...before.get(n)!].every((b) => order.includes(b)));
+    if (!next) throw new Error(`the scripts of ${dir} name their includes in orders no library can keep: ${seen.filter((n) => !order.includes(n)).join(', ')}`);
+    order.push(next);
+  }
+  // an include's own includes are inlined where it names them (common's window), as in a script
+  const done = new Set<string>();
+  const expand = (name: string): string => {
+    done.add(name);
+    return readFileSync(join(dir, `includes/${name}.lua`), 'utf8').replace(INCLUDE_RE, (_, inner: string) => (done.has(inner) ? '' : expand(inner)));
+  };
+  const prelude = order.map((name) => (done.has(name) ? '' : expand(name))).join('\n');
+  const bodies = list.map((s) => ({ name: s.name, body: readFileSync(join(dir, s.file), 'utf8').replace(INCLUDE_RE, '') }));
+  const hash = createHash('sha1')
+    .update(prelude)
+    .update(bodies.map((b) => `${b.name}\0${b.body}`).join('\0'))
+    .digest('hex')
+    .slice(0, 10);
+  const functions: Record<string, string> = {};
+  const parts = [`#!lua name=keypool_${hash}`, prelude];
+  for (const b of bodies) {
+    const fn = `${b.name}_${hash}`;
+    functions[b.name] = fn;
+    parts.push(`redis.register_function('${fn}', function(KEYS, ARGV)\n${b.body}\nend)`);
+  }
+  return { name: `keypool_${hash}`, code: parts.join('\n'), functions };
+}
+
+let library: ScriptLibrary | undefined;
+
+/** The pool's scripts as one Redis Functions library. */
+export function keypoolLibrary(): ScriptLibrary {
+  return (library ??= buildLibrary(LUA_DIR, scripts()));
+}
+
+/** How the scripts run: `fcall` (Redis Functions, Redis >= 7) or `evalsha` (Redis 6, or FUNCTION not allowed). */
+export type ScriptMode = 'fcall' | 'evalsha';
+
+/** FUNCTION refused: an unknown command (Redis 6) or one the ACL user may not run. */
+const NO_FUNCTIONS = /unknown command|^NOPERM.*'(?:fcall|function)/i;
+/** FCALL of a function the server does not have (restarted without it, a new master...). */
+const NOT_LOADED = /function not found/i;
+
+const isReplyError = (e: unknown): e is Error => e instanceof Error && e.name === 'ReplyError';
+
+/** KEYPOOL_SCRIPT_MODE=evalsha: never use Redis Functions (tests run both modes with it). */
+export function forcedScriptMode(env: NodeJS.ProcessEnv = process.env): ScriptMode | undefined {
+  return env.KEYPOOL_SCRIPT_MODE === 'evalsha' ? 'evalsha' : undefined;
+}
+
+/**
+ * The scripts on one client, called by name; replies are parsed in commands.ts. The mode is found
+ * at the first call (FUNCTION LOAD on every master: `fcall`; refused: `evalsha`) and kept; an
+ * FCALL that finds its function missing loads the library again and calls once more, and one that
+ * is refused (the server or the ACL changed) turns the client to EVALSHA for good.
+ */
+export class ScriptRunner {
+  private readonly evalFns = {} as Record<ScriptName, Call>;
+  private readonly fcallFns = {} as Record<ScriptName, Call>;
+  private fns: Record<ScriptName, Call> | undefined;
+  private detecting: Promise<void> | undefined;
+  private loading: Promise<void> | undefined;
+  private current: ScriptMode | undefined;
+
+  /** `mode`: 'detect' (at the first call), or one forced; by default KEYPOOL_SCRIPT_MODE's, else 'detect'. */
+  constructor(
+    private readonly client: Client,
+    mode: ScriptMode | 'detect' = forcedScriptMode() ?? 'detect',
+  ) {
     const c = client as unknown as Record<string, Caller | undefined>;
+    const lib = keypoolLibrary();
     for (const s of scripts()) {
       if (typeof c[s.command] !== 'function') {
         client.defineCommand(s.command, s.keys === undefined ? { lua: s.lua } : { lua: s.lua, numberOfKeys: s.keys });
       }
-      this.fns[s.name] =
+      this.evalFns[s.name] =
         s.keys === undefined ? (keys, args) => c[s.command]!(keys.length, ...keys, ...args) : (keys, args) => c[s.command]!(...keys, ...args);
+      const fn = lib.functions[s.name]!;
+      this.fcallFns[s.name] = (keys, args) => client.fcall(fn, keys.length, ...keys, ...args);
     }
+    if (mode !== 'detect') this.use(mode);
+  }
+
+  /** The mode found (undefined before the first call). */
+  get mode(): ScriptMode | undefined {
+    return this.current;
   }
 
   call(name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
-    return this.fns[name](keys, args);
+    const fns = this.fns;
+    if (fns === this.evalFns) return fns[name](keys, args);
+    if (fns === undefined) return this.detectThenCall(name, keys, args);
+    return fns[name](keys, args).catch((e: unknown) => this.recover(e, name, keys, args));
+  }
+
+  private async detectThenCall(name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    await (this.detecting ??= this.detect().finally(() => (this.detecting = undefined)));
+    return this.call(name, keys, args);
+  }
+
+  /** An FCALL failed: load the library again and retry once when it is missing; turn to EVALSHA when FCALL is refused. */
+  private async recover(e: unknown, name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    if (!isReplyError(e)) throw e;
+    if (NOT_LOADED.test(e.message)) {
+      await this.load();
+      return this.fcallFns[name](keys, args);
+    }
+    if (NO_FUNCTIONS.test(e.message)) {
+      this.use('evalsha');
+      return this.evalFns[name](keys, args);
+    }
+    throw e;
+  }
+
+  private use(mode: ScriptMode): void {
+    this.current = mode;
+    this.fns = mode === 'fcall' ? this.fcallFns : this.evalFns;
+  }
+
+  private async detect(): Promise<void> {
+    if (this.fns) return;
+    try {
+      await this.load();
+      this.use('fcall');
+    } catch (e) {
+      if (isReplyError(e) && NO_FUNCTIONS.test(e.message)) this.use('evalsha');
+      else throw e;
+    }
+  }
+
+  /** FUNCTION LOAD the library on every master (one that has it already is fine: same name, same text). */
+  private load(): Promise<void> {
+    return (this.loading ??= this.loadAll().finally(() => (this.loading = undefined)));
+  }
+
+  private async loadAll(): Promise<void> {
+    const code = keypoolLibrary().code;
+    const nodes: Redis[] = this.client.isCluster ? (this.client as Cluster).nodes('master') : [this.client as Redis];
+    if (nodes.length === 0) throw new Error('no Cluster master known yet');
+    const results = await Promise.allSettled(
+      nodes.map((n) =>
+        n.call('FUNCTION', 'LOAD', code).catch((e: unknown) => {
+          if (!(isReplyError(e) && /already exists/i.test(e.message))) throw e;
+        }),
+      ),
+    );
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as unknown);
+    // a refusal (Redis 6, the ACL, a library that does not compile) is an answer; a master that
+    // cannot be reached gets the library at the first FCALL that finds it missing there, so one
+    // master down does not stop the pool's work on the others
+    const refused = failed.find(isReplyError);
+    if (refused) throw refused;
+    if (failed.length === nodes.length) throw failed[0];
   }
 }

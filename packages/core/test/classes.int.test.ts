@@ -6,6 +6,7 @@
  * weights, not to how many callers they run.
  */
 import { describe, expect, it } from 'vitest';
+import type { Cluster, Redis } from 'ioredis';
 import { PoolKeys, type Lease, type PoolConfigInput } from '../src/index.js';
 import { fakeSecret, poolsClosedAfterAll } from './helpers.js';
 
@@ -174,7 +175,14 @@ describe('bounded work', () => {
     }
     const [sec] = await redis.time();
     await redis.hset(new PoolKeys(name).meta, 'hw:normal', String(Number(sec) * 1000));
-    const evalshas = async () => Number(/calls=(\d+)/.exec((await redis.info('commandstats')).split('\n').find((l) => l.startsWith('cmdstat_evalsha:')) ?? '')?.[1] ?? 0);
+    // script calls: EVALSHA, or FCALL where the scripts run as Redis Functions
+    // (summed over every master of a Cluster: INFO alone goes to any one node)
+    const evalshas = async () => {
+      let n = 0;
+      const nodes = 'isCluster' in redis && redis.isCluster ? (redis as Cluster).nodes('master') : [redis as Redis];
+      for (const node of nodes) for (const m of (await node.info('commandstats')).matchAll(/^cmdstat_(?:evalsha|fcall):calls=(\d+)/gm)) n += Number(m[1]);
+      return n;
+    };
     const before = await evalshas();
     const r = await p.acquire({ model: 'k', priority: 'low' });
     expect(r).toMatchObject({ ok: false, reason: 'kept_free' });

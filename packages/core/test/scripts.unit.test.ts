@@ -3,10 +3,10 @@
  * inlined once, and the errors a packaging mistake gets (a missing include, a cycle, two files for
  * one script). Then the package's own scripts against SCRIPT_NAMES.
  */
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { SCRIPT_NAMES, inlineIncludes, loadScripts, scripts } from '../src/scripts.js';
+import { SCRIPT_NAMES, inlineIncludes, keypoolLibrary, loadScripts, scripts } from '../src/scripts.js';
 
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}/`, import.meta.url));
 const count = (text: string, needle: string) => text.split(needle).length - 1;
@@ -59,6 +59,29 @@ describe("the package's scripts", () => {
     const keys = Object.fromEntries(all.map((s) => [s.name, s.keys]));
     expect(keys).toMatchObject({ acquire: undefined, upsertKey: undefined, housekeepLeases: undefined, housekeepKeys: undefined, release: 11, setState: 5, tokenRevoke: 1, statusHead: 3, statusPage: 3, seriesRead: 1 });
     for (const s of all) if (!variable.includes(s.name)) expect(s.keys).toBeGreaterThan(0);
+  });
+
+  it('make one Functions library: every include once, one function per script, named by the hash of the text', () => {
+    const lib = keypoolLibrary();
+    expect(lib.code.startsWith(`#!lua name=${lib.name}\n`)).toBe(true);
+    const hash = lib.name.replace('keypool_', '');
+    expect(hash).toMatch(/^[0-9a-f]{10}$/);
+    expect(count(lib.code, 'local function nowMs()')).toBe(1);
+    expect(count(lib.code, 'local function windowEarliest(')).toBe(1);
+    expect(lib.code).not.toMatch(/^--- @include/m);
+    for (const s of all) {
+      expect(lib.functions[s.name]).toBe(`${s.name}_${hash}`);
+      expect(count(lib.code, `redis.register_function('${s.name}_${hash}', function(KEYS, ARGV)`)).toBe(1);
+    }
+    // window.lua is used by common.lua: defined before common's first use of it
+    expect(lib.code.indexOf('local function windowEarliest(')).toBeLessThan(lib.code.indexOf('local function evaluate('));
+  });
+
+  it("health.lua's written-out histogram format and empty histogram have one counter per bucket", () => {
+    const src = readFileSync(fileURLToPath(new URL('../lua/includes/health.lua', import.meta.url)), 'utf8');
+    const nb = /local BOUNDS = \{([^}]*)\}/.exec(src)![1]!.split(',').filter((x) => x.trim()).length + 1;
+    expect(/^local HFMT = '<((?:I4)*)'$/m.exec(src)![1]!.length).toBe(2 * nb);
+    expect(/^local EMPTY = '((?:\\0)*)'$/m.exec(src)![1]!.length).toBe(2 * 4 * nb);
   });
 
   it('have every include inlined, "common" once', () => {

@@ -54,7 +54,7 @@ describe.skipIf(testTarget() === 'cluster')('gateway round trips to Redis', () =
     await settled();
     const after = await commandCalls(redis);
     const delta = (cmd: string) => (after.get(cmd) ?? 0) - (before.get(cmd) ?? 0);
-    expect(delta('evalsha') + delta('eval')).toBe(2 * n);
+    expect(delta('evalsha') + delta('eval') + delta('fcall')).toBe(2 * n);
     expect((await pool.tokens.get(info.id))!.requests).toBe(n + 1);
   });
 });

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { scripts } from '@keypool/core';
+import { keypoolLibrary, scripts } from '@keypool/core';
 import { dist, quantile, round } from '../lib/stats.js';
 import { runLoad, type Mode } from './load.js';
 import { warm, type Env } from './measure.js';
@@ -188,7 +188,8 @@ export interface ScriptTime {
 /** Server time of every command Redis ran during one gateway slice, by keypool script (EVALSHA sha -> name). */
 export async function redisScriptTimes(env: Env, mode: Mode): Promise<{ mode: Mode; requests: number; scripts: ScriptTime[]; note: string }> {
   await warm(env, mode, env.opts.rate, 1);
-  const names = new Map(scripts().map((sc) => [createHash('sha1').update(sc.lua).digest('hex'), sc.name]));
+  const fns = keypoolLibrary().functions;
+  const names = new Map(scripts().flatMap((sc) => [[createHash('sha1').update(sc.lua).digest('hex'), sc.name] as const, [fns[sc.name]!, sc.name] as const]));
   const admin = env.admin;
   const [, threshold] = (await admin.config('GET', 'slowlog-log-slower-than')) as [string, string];
   const [, maxLen] = (await admin.config('GET', 'slowlog-max-len')) as [string, string];
@@ -214,7 +215,7 @@ export async function redisScriptTimes(env: Env, mode: Mode): Promise<{ mode: Mo
     const [, , us, args] = e as [number, number, number, string[]];
     const cmd = String(args?.[0] ?? '').toLowerCase();
     if (cmd === 'config' || cmd === 'slowlog') continue;
-    const name = cmd === 'evalsha' ? (names.get(String(args[1])) ?? `evalsha ${String(args[1]).slice(0, 8)}`) : cmd;
+    const name = cmd === 'evalsha' || cmd === 'fcall' ? (names.get(String(args[1])) ?? `${cmd} ${String(args[1]).slice(0, 8)}`) : cmd;
     const xs = by.get(name) ?? [];
     xs.push(us);
     by.set(name, xs);

@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { KeyPool, PoolKeys, type KeySpecInput } from '@keypool/core';
-import { loadScripts } from '../../../packages/core/src/scripts.js';
+import { buildLibrary, loadScripts } from '../../../packages/core/src/scripts.js';
 import { BenchChild } from '../lib/child-ipc.js';
 import { evenlySpaced } from '../lib/load.js';
 import { adminClient, deleteKeys, openRedis } from '../lib/redis.js';
@@ -72,9 +72,11 @@ export function opsKeySpecs(n: number, tag: string, model: string): KeySpecInput
   }));
 }
 
-/** A script's name by the sha1 ioredis calls it with (EVALSHA). */
+/** A script's name by the sha1 ioredis calls it with (EVALSHA), or by its function's name (FCALL). */
 function scriptNames(): Map<string, string> {
-  return new Map(loadScripts(LUA_DIR).map((s) => [createHash('sha1').update(s.lua).digest('hex'), s.file]));
+  const list = loadScripts(LUA_DIR);
+  const fns = buildLibrary(LUA_DIR, list).functions;
+  return new Map(list.flatMap((s) => [[createHash('sha1').update(s.lua).digest('hex'), s.file] as const, [fns[s.name]!, s.file] as const]));
 }
 
 /** `rate` acquire + release cycles per second for `seconds`, open loop; acquire latency from each call's start. */
@@ -138,7 +140,7 @@ export async function opsRun(o: OpsOptions & { runId: string; model: string; log
     let longest: OpsResult['slowlog']['longest'] = null;
     for (const [, , us, args] of raw) {
       const cmd = String(args[0] ?? '').toLowerCase();
-      const name = cmd === 'evalsha' ? `evalsha ${names.get(String(args[1])) ?? String(args[1]).slice(0, 10)}` : cmd;
+      const name = cmd === 'evalsha' || cmd === 'fcall' ? `${cmd} ${names.get(String(args[1])) ?? String(args[1]).slice(0, 10)}` : cmd;
       const c = (byCommand[name] ??= { n: 0, maxUs: 0 });
       c.n++;
       c.maxUs = Math.max(c.maxUs, us);

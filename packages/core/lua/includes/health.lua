@@ -10,8 +10,10 @@
 local BOUNDS = { 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1300, 1600, 2000,
   2500, 3200, 4000, 5000, 6500, 8000, 10000, 15000, 20000, 30000, 60000, 120000 }
 local NB = #BOUNDS + 1
-local HFMT = '<' .. string.rep('I4', NB)
-local EMPTY = string.rep('\0', 4 * NB)
+-- NB little-endian uint32s, and 4 x NB zero bytes: written out, as no library call can run at the top level
+-- (as a Redis Functions library this runs at FUNCTION LOAD, where only `redis` exists; scripts.ts)
+local HFMT = '<I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4I4'
+local EMPTY = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0'
 
 local function resetHealth(st, now)
   st.hw, st.hc, st.hp, st.hn, st.he, st.hpn, st.hpe = now, EMPTY, EMPTY, 0, 0, 0, 0
