@@ -8,8 +8,9 @@ const integrationFiles = ['packages/*/test/**/*.int.test.ts', 'test/**/*.int.tes
 const globalSetup = './packages/testkit/src/global-setup.ts';
 
 // Tests run the sources, never dist/: every @keypool/* package maps its exports to src/ under the
-// @keypool/source condition. Vite resolves with it; the children tests spawn (`node --import tsx`
-// fixtures, bin/keypool-dev.js) inherit it through NODE_OPTIONS.
+// @keypool/source condition. Vite resolves with it; the children tests spawn (bin/keypool-dev.js,
+// `node --import tsx` fixtures where they are not bundled: testkit fixtureArgs) inherit it through
+// NODE_OPTIONS. The global setup bundles the fixtures from the sources with the same condition.
 const SOURCE = '@keypool/source';
 const nodeOptions = [process.env.NODE_OPTIONS, `--conditions=${SOURCE}`].filter(Boolean).join(' ');
 
