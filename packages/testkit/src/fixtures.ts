@@ -61,7 +61,8 @@ export async function bundleFixtures(root: string, name: string): Promise<{ dir:
       format: 'esm',
       target: 'node20',
       conditions: ['@keypool/source'],
-      sourcemap: 'inline', // stack traces of a failing child name the sources
+      // no source map: under --enable-source-maps every error's stack is mapped, a cost the children
+      // of the timing tests should not pay; esbuild names each source file in a comment of the bundle
       logLevel: 'silent',
       plugins: [sourcesOnly(), ownImportMetaUrl()],
     });

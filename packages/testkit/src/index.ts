@@ -56,7 +56,7 @@ export function childEnv(): Record<string, string> {
 export function fixtureArgs(fixture: string): string[] {
   const dir = inject('fixtureBundles');
   const bundle = dir && join(dir, relative(REPO_ROOT, fixture).replace(/\.ts$/, '.mjs'));
-  return bundle && existsSync(bundle) ? ['--enable-source-maps', bundle] : ['--import', 'tsx', fixture];
+  return bundle && existsSync(bundle) ? [bundle] : ['--import', 'tsx', fixture];
 }
 const REPO_ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
