@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
-import { childEnv, startFakeOpenAI, uniqueName } from '@keypool/testkit';
+import { childEnv, fixtureArgs, startFakeOpenAI, uniqueName } from '@keypool/testkit';
 
 const fixture = fileURLToPath(new URL('./fixtures/caller.ts', import.meta.url));
 let stop: (() => Promise<void>) | undefined;
@@ -28,7 +28,7 @@ it('3 processes x 4 callers: the upstream sees no key exceed its RPM or TPM (no 
   const spec = { pool: uniqueName('client-fleet'), keys, durationMs: 4000, callers: 4 };
   const outs = await Promise.all(
     Array.from({ length: 3 }, () => {
-      const child = spawn(process.execPath, ['--import', 'tsx', fixture], { env: { ...process.env, ...childEnv(), CALLER: JSON.stringify(spec) }, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, fixtureArgs(fixture), { env: { ...process.env, ...childEnv(), CALLER: JSON.stringify(spec) }, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
       child.stdout.on('data', (d) => (out += d));

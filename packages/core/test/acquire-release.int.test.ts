@@ -169,25 +169,36 @@ describe('429, 401 and client errors', () => {
   it('429 cools the key for its Retry-After (not the longer x-ratelimit-reset-*), never shortening the current deadline', async () => {
     const { pool: p } = await pool({ keys: [{ secret: fakeSecret('cool'), models: ['m'] }] });
     const l = lease(await p.acquire({ model: 'm' }));
+    // the deadline is the release's time + 2 s: bounded by the clock read before and after the call
+    // (not by the clock at the next read, which a busy machine may delay by more than the margins)
+    const t0 = Date.now();
     const r = await l.release({ status: 429, latencyMs: 5, headers: { 'retry-after': '2', 'x-ratelimit-reset-tokens': '3s', 'x-ratelimit-reset-requests': '500ms' } });
+    const t1 = Date.now();
     expect(r.transition).toBe('cooling');
     let st = await p.status();
     expect(st.keys[0]!.state).toBe('cooling');
     const until = Date.parse(st.keys[0]!.coolingUntil!);
-    expect(until - Date.now()).toBeGreaterThan(1500);
-    expect(until - Date.now()).toBeLessThanOrEqual(2000); // retry-after 2 s, not reset-tokens 3 s
+    expect(until - t0).toBeGreaterThan(1500); // not reset-requests' 500 ms
+    expect(until - t1).toBeLessThanOrEqual(2000); // retry-after 2 s, not reset-tokens 3 s
+    const t2 = Date.now();
     const no = await p.acquire({ model: 'm' });
     expect(no).toMatchObject({ ok: false, reason: 'cooling' });
-    expect(!no.ok && no.retryAfterMs).toBeGreaterThan(1500);
+    // told to come back at the deadline (ms are rounded up: 1 ms of slack)
+    expect(!no.ok && no.retryAfterMs).toBeGreaterThanOrEqual(until - Date.now() - 1);
+    expect(!no.ok && no.retryAfterMs).toBeLessThanOrEqual(until - t2 + 1);
 
     // a later 429 asking for less does not shorten the deadline already set
     await p.resetKey(st.keys[0]!.id); // fresh cooling
     const l2 = lease(await p.acquire({ model: 'm' }));
     const l3 = lease(await p.acquire({ model: 'm' }));
+    const t3 = Date.now();
     await l2.release({ status: 429, headers: { 'retry-after-ms': '4000' } });
     await l3.release({ status: 429, headers: { 'retry-after': '1' } });
+    const t4 = Date.now();
     st = await p.status();
-    expect(Date.parse(st.keys[0]!.coolingUntil!) - Date.now()).toBeGreaterThan(3500);
+    // 4 s from l2's release; l3's 1 s would end by t4 + 1000
+    expect(Date.parse(st.keys[0]!.coolingUntil!) - t3).toBeGreaterThanOrEqual(4000);
+    expect(Date.parse(st.keys[0]!.coolingUntil!) - t4).toBeGreaterThan(1000);
   });
 
   it('a 429 without headers cools for cooling.defaultMs and the key comes back after it', async () => {
@@ -199,10 +210,13 @@ describe('429, 401 and client errors', () => {
 
   it('a 429 with only x-ratelimit-reset-* cools for that time, at most cooling.defaultMs', async () => {
     const { pool: p } = await pool({ cooling: { defaultMs: 400 }, keys: [{ secret: fakeSecret('rst'), models: ['m'] }] });
-    await lease(await p.acquire({ model: 'm' })).release({ status: 429, headers: { 'x-ratelimit-reset-tokens': '6m0s', 'x-ratelimit-remaining-tokens': '0' } });
+    const l = lease(await p.acquire({ model: 'm' }));
+    const t0 = Date.now();
+    await l.release({ status: 429, headers: { 'x-ratelimit-reset-tokens': '6m0s', 'x-ratelimit-remaining-tokens': '0' } });
+    const t1 = Date.now();
     const until = Date.parse((await p.status()).keys[0]!.coolingUntil!);
-    expect(until - Date.now()).toBeGreaterThan(200);
-    expect(until - Date.now()).toBeLessThanOrEqual(400); // not 6 minutes
+    expect(until - t0).toBeGreaterThanOrEqual(400); // cooling.defaultMs from the release
+    expect(until - t1).toBeLessThanOrEqual(400); // not 6 minutes
   });
 
   it('401/403 revoke the key until an operator enables it', async () => {

@@ -5,14 +5,14 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { childEnv, uniqueName } from '@keypool/testkit';
+import { childEnv, fixtureArgs, uniqueName } from '@keypool/testkit';
 import { keyIdOf, type Lease } from '../src/index.js';
 import { fakeSecret, makePool, type TestPool } from './helpers.js';
 
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
 function runChild(file: string, env: Record<string, string>): { done: Promise<string>; child: ReturnType<typeof spawn> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', fixture(file)], {
+  const child = spawn(process.execPath, fixtureArgs(fixture(file)), {
     env: { ...process.env, ...childEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { childEnv, connectTestRedis, testTarget, uniqueName } from '@keypool/testkit';
+import { childEnv, connectTestRedis, fixtureArgs, testTarget, uniqueName } from '@keypool/testkit';
 import type { Cluster } from 'ioredis';
 import { ConfigError, KeyPool, PartitionedPool, hashSlot, keyIdOf, partitionOf, partitionTag, type KeySpecInput, type Lease, type PoolConfigInput } from '../src/index.js';
 import { dumpPool, fakeSecret, memoryLogger, secretFragments, sleep } from './helpers.js';
@@ -127,7 +127,7 @@ describe(`partitioned pool (${testTarget()})`, () => {
     await partitioned({ pool: name, partitions: 3, keys });
     const spec = JSON.stringify({ pool: name, partitions: 3, keys, model: 'p', ms: 2500 });
     const children = [0, 1, 2].map(() => {
-      const proc = spawn(process.execPath, ['--import', 'tsx', fixture], { env: { ...process.env, ...childEnv(), PARTITIONED: spec }, stdio: ['pipe', 'pipe', 'pipe'] });
+      const proc = spawn(process.execPath, fixtureArgs(fixture), { env: { ...process.env, ...childEnv(), PARTITIONED: spec }, stdio: ['pipe', 'pipe', 'pipe'] });
       let err = '';
       proc.stderr!.on('data', (d) => (err += d));
       const lines: string[] = [];

@@ -11,7 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { childEnv, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
+import { childEnv, fixtureArgs, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
 import { keyIdOf, PoolKeys, type KeyPool, type KeySpecInput, type Lease } from '../src/index.js';
 import { fakeSecret, makePool, type TestPool } from './helpers.js';
 
@@ -30,7 +30,7 @@ interface Child {
 }
 
 function runChild(spec: unknown): Child {
-  const proc = spawn(process.execPath, ['--import', 'tsx', fixture], {
+  const proc = spawn(process.execPath, fixtureArgs(fixture), {
     env: { ...process.env, ...childEnv(), WINDOWS: JSON.stringify(spec) },
     stdio: ['pipe', 'pipe', 'pipe'],
   });

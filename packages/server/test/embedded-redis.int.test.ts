@@ -12,7 +12,7 @@ import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
-import { testTarget } from '@keypool/testkit';
+import { fixtureArgs, testTarget } from '@keypool/testkit';
 import { REDIS_SERVER_MISSING, startEmbeddedRedis, type EmbeddedRedis } from '../src/embedded-redis.js';
 
 /** A pino logger whose lines land in `lines`. */
@@ -181,7 +181,7 @@ describe.skipIf(testTarget() === 'cluster')('startEmbeddedRedis', () => {
   });
 
   it.each([['exit'], ['throw']])('does not outlive its parent (parent leaves by %s)', async (how) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./fixtures/embedded-redis-child.ts', import.meta.url)), how], {
+    const child = spawn(process.execPath, [...fixtureArgs(fileURLToPath(new URL('./fixtures/embedded-redis-child.ts', import.meta.url))), how], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
 import { afterAll, expect, it } from 'vitest';
-import { childEnv, connectTestRedis, startFakeOpenAI, uniqueName } from '@keypool/testkit';
+import { childEnv, connectTestRedis, fixtureArgs, startFakeOpenAI, uniqueName } from '@keypool/testkit';
 import { KeyPool } from '@keypool/core';
 import { pino } from 'pino';
 
@@ -21,7 +21,7 @@ afterAll(async () => {
 });
 
 function startChild(spec: object): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', fixture], { env: { ...process.env, ...childEnv(), GATEWAY: JSON.stringify(spec) }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, fixtureArgs(fixture), { env: { ...process.env, ...childEnv(), GATEWAY: JSON.stringify(spec) }, stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   return new Promise((resolve, reject) => {
     child.once('exit', (code) => reject(new Error(`gateway child exited ${code}`)));

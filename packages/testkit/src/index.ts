@@ -7,6 +7,9 @@
  * selects which one {@link connectTestRedis} talks to.
  */
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Cluster, Redis } from 'ioredis';
 import { inject } from 'vitest';
 import { connectTo, TEST_REDIS_ENV, type TestRedisConnection } from './child-connect.js';
@@ -43,6 +46,19 @@ export function connectionForChild(): TestRedisConnection {
 export function childEnv(): Record<string, string> {
   return { [TEST_REDIS_ENV]: JSON.stringify(connectionForChild()) };
 }
+
+/**
+ * The arguments of `node` that run the child-process fixture `fixture` (a .ts file of a
+ * packages/<pkg>/test/fixtures directory): its bundle made by the global setup (fixtures.ts: the
+ * same sources, started without tsx's cost), or `--import tsx` and the file where there is
+ * no bundle (a project without the global setup, a fixture added since the run started).
+ */
+export function fixtureArgs(fixture: string): string[] {
+  const dir = inject('fixtureBundles');
+  const bundle = dir && join(dir, relative(REPO_ROOT, fixture).replace(/\.ts$/, '.mjs'));
+  return bundle && existsSync(bundle) ? [bundle] : ['--import', 'tsx', fixture];
+}
+const REPO_ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
 /**
  * A new ioredis client (Redis or Cluster, per {@link testTarget}) for the

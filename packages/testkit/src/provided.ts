@@ -10,6 +10,8 @@ declare module 'vitest' {
     redisUrl: string;
     /** Seed nodes of the Redis Cluster for this run. */
     clusterNodes: RedisNode[];
+    /** Directory of this run's bundled child-process fixtures (fixtures.ts), if they could be made. */
+    fixtureBundles?: string;
   }
 }
 

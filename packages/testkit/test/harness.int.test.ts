@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Cluster } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { childEnv, connectTestRedis, testTarget, uniqueName } from '../src/index.js';
+import { childEnv, connectTestRedis, fixtureArgs, testTarget, uniqueName } from '../src/index.js';
 
 const childScript = fileURLToPath(new URL('./fixtures/child-get.ts', import.meta.url));
 
@@ -36,7 +36,10 @@ describe(`test Redis (${testTarget()})`, () => {
   it('lets a child process reach the same Redis via connectFromEnv()', async () => {
     const key = `{${uniqueName('harness-child')}}:probe`;
     await redis.set(key, 'from-parent', 'EX', 60);
-    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', childScript, key], {
+    // the global setup bundled the fixtures: children start without tsx (seconds of CPU each)
+    const args = fixtureArgs(childScript);
+    expect(args.at(-1)).toMatch(/keypool-fixtures\/.+\/packages\/testkit\/test\/fixtures\/child-get\.mjs$/);
+    const { stdout } = await promisify(execFile)(process.execPath, [...args, key], {
       env: { ...process.env, ...childEnv() },
     });
     expect(stdout).toBe('from-parent');
