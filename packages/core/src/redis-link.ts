@@ -8,6 +8,8 @@ import type { PoolConfig } from './config.js';
 import { RedisUnavailableError, ScriptError } from './errors.js';
 import { ScriptRunner } from './scripts.js';
 
+const runners = new WeakMap<Redis | Cluster, ScriptRunner>();
+
 /** Errors from a Redis that answers but cannot serve the pool: treated like Redis being down. */
 const CONNECTION_LOST = /^(LOADING|BUSY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|READONLY|OOM|MISCONF|NOAUTH|WRONGPASS|NOPERM)/;
 /** While down under policy local, how often acquire tries Redis again (a timeout alone does not reconnect). */
@@ -92,7 +94,16 @@ export class RedisLink implements CommandLink {
     this.client = client;
     this.owns = owns;
     this.o = options;
-    this.runner = new ScriptRunner(client);
+    // one runner per client: the partitions of a partitioned pool share their client, so one
+    // detection and one FUNCTION LOAD per master, not one per partition
+    let runner = runners.get(client);
+    if (!runner) {
+      runner = new ScriptRunner(client, undefined, (mode, why) =>
+        this.o.log.warn({ mode, reason: why }, 'Redis refused the scripts as Redis Functions: running them with EVALSHA from now on'),
+      );
+      runners.set(client, runner);
+    }
+    this.runner = runner;
     this.listen('close', () => {
       if (!this.closing) this.markDown(new Error('connection to Redis closed'));
     });

@@ -169,20 +169,47 @@ export function buildLibrary(dir: string, list: readonly LoadedScript[]): Script
   };
   const prelude = order.map((name) => (done.has(name) ? '' : expand(name))).join('\n');
   const bodies = list.map((s) => ({ name: s.name, body: readFileSync(join(dir, s.file), 'utf8').replace(INCLUDE_RE, '') }));
-  const hash = createHash('sha1')
-    .update(prelude)
-    .update(bodies.map((b) => `${b.name}\0${b.body}`).join('\0'))
-    .digest('hex')
-    .slice(0, 10);
-  const functions: Record<string, string> = {};
-  const parts = [`#!lua name=keypool_${hash}`, prelude];
+  // the names carry a hash of the whole library text (wrappers and flags included): a release that
+  // changes only how the library is put together gets a library of its own too
+  const parts = [`#!lua name=keypool_${HASH_MARK}`, prelude];
   for (const b of bodies) {
-    const fn = `${b.name}_${hash}`;
-    functions[b.name] = fn;
-    parts.push(`redis.register_function('${fn}', function(KEYS, ARGV)\n${b.body}\nend)`);
+    const flags = isScriptName(b.name) ? FLAGS[b.name] : undefined;
+    const fn = `'${b.name}_${HASH_MARK}'`;
+    parts.push(
+      flags
+        ? `redis.register_function{function_name=${fn}, flags={${flags.map((f) => `'${f}'`).join(', ')}}, callback=function(KEYS, ARGV)\n${b.body}\nend}`
+        : `redis.register_function(${fn}, function(KEYS, ARGV)\n${b.body}\nend)`,
+    );
   }
-  return { name: `keypool_${hash}`, code: parts.join('\n'), functions };
+  const template = parts.join('\n');
+  const hash = createHash('sha1').update(template).digest('hex').slice(0, 10);
+  const functions: Record<string, string> = {};
+  for (const b of bodies) functions[b.name] = `${b.name}_${hash}`;
+  return { name: `keypool_${hash}`, code: template.replaceAll(HASH_MARK, hash), functions };
 }
+
+/** Where the library's hash goes in its text, before it is known. */
+const HASH_MARK = '@HASH@';
+
+/**
+ * Function flags (scripts not named: none, as EVAL's scripts, except that Redis then refuses the
+ * whole call under OOM or on a read-only replica, where EVAL refused only a write that grows memory):
+ * - `no-writes`: the scripts that only read (status, series, token views) keep answering while
+ *   Redis refuses writes (OOM, MISCONF, min-replicas), as they did under EVAL;
+ * - `allow-oom`: the scripts that give capacity back (release, extend, lease housekeeping) still
+ *   run under OOM, as under EVAL (their first write, a ZREM, frees memory): else leases would pile
+ *   up until their deadlines while Redis is full.
+ */
+const FLAGS: Partial<Record<ScriptName, readonly string[]>> = {
+  statusHead: ['no-writes'],
+  statusPage: ['no-writes'],
+  seriesRead: ['no-writes'],
+  tokenInfo: ['no-writes'],
+  tokenCount: ['no-writes'],
+  release: ['allow-oom'],
+  extend: ['allow-oom'],
+  housekeepLeases: ['allow-oom'],
+};
 
 let library: ScriptLibrary | undefined;
 
@@ -196,10 +223,13 @@ export type ScriptMode = 'fcall' | 'evalsha';
 
 /** FUNCTION refused: an unknown command (Redis 6) or one the ACL user may not run. */
 const NO_FUNCTIONS = /unknown command|^NOPERM.*'(?:fcall|function)/i;
+/** The library itself refused (it does not compile or register on this server): EVALSHA runs the same scripts. */
+const BAD_LIBRARY = /Error (?:registering|compiling) function|Library .* doesn't exist|Missing library metadata/i;
 /** FCALL of a function the server does not have (restarted without it, a new master...). */
 const NOT_LOADED = /function not found/i;
 
 const isReplyError = (e: unknown): e is Error => e instanceof Error && e.name === 'ReplyError';
+const refusesLibrary = (e: Error): boolean => NO_FUNCTIONS.test(e.message) || BAD_LIBRARY.test(e.message);
 
 /** KEYPOOL_SCRIPT_MODE=evalsha: never use Redis Functions (tests run both modes with it). */
 export function forcedScriptMode(env: NodeJS.ProcessEnv = process.env): ScriptMode | undefined {
@@ -224,6 +254,8 @@ export class ScriptRunner {
   constructor(
     private readonly client: Client,
     mode: ScriptMode | 'detect' = forcedScriptMode() ?? 'detect',
+    /** Told when the client turns to EVALSHA after a refusal (for a warning in the log). */
+    private readonly onModeChange?: (mode: ScriptMode, why: string) => void,
   ) {
     const c = client as unknown as Record<string, Caller | undefined>;
     const lib = keypoolLibrary();
@@ -260,17 +292,28 @@ export class ScriptRunner {
   private async recover(e: unknown, name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
     if (!isReplyError(e)) throw e;
     if (NOT_LOADED.test(e.message)) {
-      await this.load();
-      return this.fcallFns[name](keys, args);
+      await this.reload();
+      return this.fns![name](keys, args);
     }
     if (NO_FUNCTIONS.test(e.message)) {
-      this.use('evalsha');
+      this.use('evalsha', e.message);
       return this.evalFns[name](keys, args);
     }
     throw e;
   }
 
-  private use(mode: ScriptMode): void {
+  /** Load the library again (it went missing): a server that now refuses it turns this client to EVALSHA. */
+  private async reload(): Promise<void> {
+    try {
+      await this.load();
+    } catch (e) {
+      if (!(isReplyError(e) && refusesLibrary(e))) throw e;
+      this.use('evalsha', e.message);
+    }
+  }
+
+  private use(mode: ScriptMode, why?: string): void {
+    if (why !== undefined && this.current !== mode) this.onModeChange?.(mode, why);
     this.current = mode;
     this.fns = mode === 'fcall' ? this.fcallFns : this.evalFns;
   }
@@ -281,7 +324,7 @@ export class ScriptRunner {
       await this.load();
       this.use('fcall');
     } catch (e) {
-      if (isReplyError(e) && NO_FUNCTIONS.test(e.message)) this.use('evalsha');
+      if (isReplyError(e) && refusesLibrary(e)) this.use('evalsha', e.message);
       else throw e;
     }
   }
@@ -303,10 +346,11 @@ export class ScriptRunner {
       ),
     );
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as unknown);
-    // a refusal (Redis 6, the ACL, a library that does not compile) is an answer; a master that
-    // cannot be reached gets the library at the first FCALL that finds it missing there, so one
-    // master down does not stop the pool's work on the others
-    const refused = failed.find(isReplyError);
+    // a refusal of the library (Redis 6, the ACL, a library this server cannot compile) is an
+    // answer: the client runs EVALSHA; a master that cannot take it now (unreachable, LOADING,
+    // READONLY after a failover, OOM...) gets it at the first FCALL that finds it missing there,
+    // so one such master does not stop the pool's work on the others
+    const refused = failed.find((e) => isReplyError(e) && refusesLibrary(e));
     if (refused) throw refused;
     if (failed.length === nodes.length) throw failed[0];
   }

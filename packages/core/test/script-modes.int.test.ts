@@ -138,6 +138,31 @@ describe('acquire and release in both modes', () => {
     }
   }
 
+  it('release and the status reads keep running while Redis refuses writes for memory, as EVAL scripts did', async () => {
+    for (const mode of ['evalsha', 'fcall'] as const) {
+      process.env.KEYPOOL_SCRIPT_MODE = mode === 'evalsha' ? 'evalsha' : '';
+      const admin = client(new Redis(server.url));
+      const tp = await makePool({ keys: [{ secret: fakeSecret(`oom-${mode}`), models: ['m'], rpm: 600 }] }, client(new Redis(server.url)));
+      try {
+        const a = await tp.pool.acquire({ model: 'm', estimatedTokens: 10 });
+        if (!a.ok) throw new Error(`acquire refused: ${a.reason}`);
+        await admin.config('SET', 'maxmemory-policy', 'noeviction');
+        await admin.config('SET', 'maxmemory', '1');
+        try {
+          // a function without flags would be refused whole (OOM) before its first command
+          expect((await a.release({ status: 200, latencyMs: 5 })).released).toBe(true);
+          const st = await tp.pool.status({ fresh: true });
+          expect([mode, st.keys[0]!.inFlight]).toEqual([mode, 0]);
+          expect(await tp.pool.tokens.list()).toEqual([]);
+        } finally {
+          await admin.config('SET', 'maxmemory', '0');
+        }
+      } finally {
+        await tp.pool.close();
+      }
+    }
+  });
+
   it('give the same answers, each through its own command', async () => {
     const e = await life('evalsha');
     const f = await life('fcall');

@@ -3,6 +3,7 @@
  * inlined once, and the errors a packaging mistake gets (a missing include, a cycle, two files for
  * one script). Then the package's own scripts against SCRIPT_NAMES.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -71,8 +72,14 @@ describe("the package's scripts", () => {
     expect(lib.code).not.toMatch(/^--- @include/m);
     for (const s of all) {
       expect(lib.functions[s.name]).toBe(`${s.name}_${hash}`);
-      expect(count(lib.code, `redis.register_function('${s.name}_${hash}', function(KEYS, ARGV)`)).toBe(1);
+      expect(count(lib.code, `'${s.name}_${hash}'`)).toBe(1);
     }
+    // flags where EVAL's behaviour must be kept: reads answer while Redis refuses writes, releases run under OOM
+    expect(lib.code).toContain(`redis.register_function{function_name='statusPage_${hash}', flags={'no-writes'}, callback=function(KEYS, ARGV)`);
+    expect(lib.code).toContain(`redis.register_function{function_name='release_${hash}', flags={'allow-oom'}, callback=function(KEYS, ARGV)`);
+    expect(lib.code).toContain(`redis.register_function('acquire_${hash}', function(KEYS, ARGV)`);
+    // the hash covers the whole text, wrappers and flags included
+    expect(createHash('sha1').update(lib.code.replaceAll(hash, '@HASH@')).digest('hex').slice(0, 10)).toBe(hash);
     // window.lua is used by common.lua: defined before common's first use of it
     expect(lib.code.indexOf('local function windowEarliest(')).toBeLessThan(lib.code.indexOf('local function evaluate('));
   });
@@ -82,6 +89,27 @@ describe("the package's scripts", () => {
     const nb = /local BOUNDS = \{([^}]*)\}/.exec(src)![1]!.split(',').filter((x) => x.trim()).length + 1;
     expect(/^local HFMT = '<((?:I4)*)'$/m.exec(src)![1]!.length).toBe(2 * nb);
     expect(/^local EMPTY = '((?:\\0)*)'$/m.exec(src)![1]!.length).toBe(2 * 4 * nb);
+  });
+
+  it('each name only its own includes: in the library every include is visible to every script, but EVALSHA (Redis 6, ACLs) runs a script alone', () => {
+    const code = (lua: string) => lua.replace(/--\[\[[\s\S]*?\]\]/g, '').replace(/--.*$/gm, '').replace(/'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"/g, "''");
+    const defined = (lua: string) => {
+      const names = new Set<string>();
+      for (const m of code(lua).matchAll(/^local (?:function ([A-Za-z_]\w*)|([A-Za-z_][\w, ]*?)\s*=)/gm)) {
+        for (const n of (m[1] ?? m[2]!).split(',')) names.add(n.trim());
+      }
+      return names;
+    };
+    const dir = fileURLToPath(new URL('../lua/includes/', import.meta.url));
+    const prelude = new Set(readdirSync(dir).flatMap((f) => [...defined(readFileSync(dir + f, 'utf8'))]));
+    expect(prelude.has('nowMs')).toBe(true);
+    const missing: string[] = [];
+    for (const s of all) {
+      const own = defined(s.lua);
+      const body = code(s.lua);
+      for (const n of prelude) if (!own.has(n) && new RegExp(`\\b${n}\\b`).test(body)) missing.push(`${s.file} uses ${n}`);
+    }
+    expect(missing).toEqual([]);
   });
 
   it('have every include inlined, "common" once', () => {
