@@ -1,0 +1,82 @@
+/**
+ * Script calls on the wire (scripts.ts ScriptRunner): what Redis receives is the script's own
+ * EVAL/EVALSHA with the values it was given, Packed runs included, and a background call (a
+ * release) waits for the next command to share its socket write, or COALESCE_MS at most.
+ */
+import { Redis } from 'ioredis';
+import type { Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnRedisServer, type SpawnedRedis } from '@keypool/testkit';
+import { COALESCE_MS, Packed, ScriptRunner } from '../src/scripts.js';
+
+let server: SpawnedRedis;
+beforeAll(async () => {
+  server = await spawnRedisServer();
+});
+afterAll(async () => {
+  await server?.stop();
+});
+
+/** Counts the writes (system calls, after Node's corking) of a client's socket. */
+function countWrites(client: Redis): { writes: number[] } {
+  const s = client.stream as Socket & { _write: (...a: unknown[]) => void; _writev: (...a: unknown[]) => void };
+  const seen = { writes: [] as number[] };
+  const write = s._write.bind(s);
+  const writev = s._writev.bind(s);
+  s._write = (...a: unknown[]) => {
+    seen.writes.push(1);
+    write(...a);
+  };
+  s._writev = (chunks: unknown, ...rest: unknown[]) => {
+    seen.writes.push((chunks as unknown[]).length);
+    writev(chunks, ...rest);
+  };
+  return seen;
+}
+
+describe('script calls on the wire', () => {
+  it('Packed runs go as their values; replies come back as for plain values', async () => {
+    const client = new Redis(server.port, '127.0.0.1');
+    try {
+      await client.hset('wire:{t}:tok', 'a', '1', 'b', '2');
+      const runner = new ScriptRunner(client);
+      // tokenCount-1.lua: HLEN of its one key
+      expect(await runner.call('tokenCount', new Packed(['wire:{t}:tok']), [])).toBe(2);
+      expect(await runner.call('tokenCount', ['wire:{t}:tok'], [])).toBe(2);
+      // an unsafe integer goes whole (as ioredis writes it), numbers and strings alike in a run
+      expect(new Packed([2 ** 60, 1.5, 'x']).resp).toBe('$19\r\n1152921504606846976\r\n$3\r\n1.5\r\n$1\r\nx\r\n');
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('a background call waits for the next command and goes out in the same write; alone, it goes within COALESCE_MS', async () => {
+    const client = new Redis(server.port, '127.0.0.1');
+    try {
+      await client.hset('wire:{t}:tok2', 'a', '1');
+      const runner = new ScriptRunner(client);
+      await runner.call('tokenCount', ['wire:{t}:tok2'], []); // EVAL once on this connection
+      const seen = countWrites(client);
+      const late = runner.call('tokenCount', ['wire:{t}:tok2'], [], true);
+      const now = runner.call('tokenCount', ['wire:{t}:tok2'], []);
+      expect(await Promise.all([late, now])).toEqual([1, 1]);
+      expect(seen.writes).toEqual([2]);
+
+      seen.writes.length = 0;
+      const t0 = performance.now();
+      expect(await runner.call('tokenCount', ['wire:{t}:tok2'], [], true)).toBe(1);
+      const took = performance.now() - t0;
+      expect(seen.writes).toEqual([1]);
+      expect(took).toBeGreaterThanOrEqual(COALESCE_MS - 1);
+      expect(took).toBeLessThan(COALESCE_MS + 200);
+
+      // a command that is not a script call is held too (it goes with the window), never lost
+      seen.writes.length = 0;
+      const bg = runner.call('tokenCount', ['wire:{t}:tok2'], [], true);
+      expect(await Promise.all([bg, client.hget('wire:{t}:tok2', 'a')])).toEqual([1, '1']);
+      expect(seen.writes).toEqual([2]);
+    } finally {
+      client.disconnect();
+    }
+  });
+});
