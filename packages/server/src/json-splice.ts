@@ -85,3 +85,70 @@ export function spliceMembers(body: Buffer, values: Record<string, string>): Buf
   parts.push(body.subarray(at));
   return Buffer.concat(parts);
 }
+
+/** `i` at a string's opening quote; just past its closing quote (found natively: a long string is not walked in JS); -1 if there is none. */
+function skipString(b: Buffer, i: number): number {
+  for (let q = b.indexOf(QUOTE, i + 1); q >= 0; q = b.indexOf(QUOTE, q + 1)) {
+    let slashes = 0;
+    while (b[q - 1 - slashes] === BACKSLASH) slashes++;
+    if (slashes % 2 === 0) return q + 1;
+  }
+  return -1;
+}
+
+/** `i` at a value's first byte; the index just past it, or -1 when the text ends first. */
+function skipValue(b: Buffer, i: number): number {
+  if (b[i] === QUOTE) return skipString(b, i);
+  if (OPEN.has(b[i]!)) {
+    for (let depth = 0; i < b.length; ) {
+      const c = b[i]!;
+      if (c === QUOTE) {
+        i = skipString(b, i);
+        if (i < 0) return -1;
+        continue;
+      }
+      if (OPEN.has(c)) depth++;
+      else if (CLOSE.has(c) && --depth === 0) return i + 1;
+      i++;
+    }
+    return -1;
+  }
+  while (i < b.length && b[i] !== 0x2c && !CLOSE.has(b[i]!) && !WS.has(b[i]!)) i++;
+  return i;
+}
+
+/**
+ * The value of a top-level member `key` of a JSON object in `b` (the last, as JSON.parse keeps),
+ * parsed, without parsing the rest: the gateway reads only `usage` of a provider's answer, whose
+ * content may be large. undefined when the member is absent or the text is not a JSON object.
+ */
+export function memberOf(b: Buffer, key: string): unknown {
+  const quoted = Buffer.from(JSON.stringify(key));
+  let i = skipWs(b, 0);
+  if (b[i] !== 0x7b) return undefined;
+  i++;
+  let found: [number, number] | undefined;
+  while (i < b.length) {
+    i = skipWs(b, i);
+    if (b[i] === 0x7d) break;
+    if (b[i] !== QUOTE) return undefined;
+    const keyEnd = skipString(b, i);
+    if (keyEnd < 0) return undefined;
+    const isKey = keyEnd - i === quoted.length && b.compare(quoted, 0, quoted.length, i, keyEnd) === 0;
+    i = skipWs(b, keyEnd);
+    if (b[i] !== 0x3a) return undefined; // ':'
+    const from = skipWs(b, i + 1);
+    const to = skipValue(b, from);
+    if (to < 0 || to === from) return undefined;
+    if (isKey) found = [from, to];
+    i = skipWs(b, to);
+    if (b[i] === 0x2c) i++;
+    else if (b[i] !== 0x7d) return undefined;
+  }
+  if (!found) return undefined;
+  try {
+    return JSON.parse(b.toString('utf8', found[0], found[1]));
+  } catch {
+    return undefined;
+  }
+}
