@@ -3,11 +3,12 @@
  * EVAL/EVALSHA with the values it was given, Packed runs included, and a background call (a
  * release) waits for the next command to share its socket write, or COALESCE_MS at most.
  */
+import { createHash } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnRedisServer, type SpawnedRedis } from '@keypool/testkit';
-import { COALESCE_MS, Packed, ScriptRunner } from '../src/scripts.js';
+import { COALESCE_MS, Packed, ScriptRunner, scripts } from '../src/scripts.js';
 
 let server: SpawnedRedis;
 beforeAll(async () => {
@@ -45,6 +46,28 @@ describe('script calls on the wire', () => {
       expect(await runner.call('tokenCount', ['wire:{t}:tok'], [])).toBe(2);
       // an unsafe integer goes whole (as ioredis writes it), numbers and strings alike in a run
       expect(new Packed([2 ** 60, 1.5, 'x']).resp).toBe('$19\r\n1152921504606846976\r\n$3\r\n1.5\r\n$1\r\nx\r\n');
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('writes EVALSHA with every value as a RESP bulk string, lengths in UTF-8 bytes, Packed runs in place', async () => {
+    const client = new Redis(server.port, '127.0.0.1');
+    try {
+      await client.hset('wire:{t}:tok3', 'a', '1');
+      const runner = new ScriptRunner(client);
+      await runner.call('tokenCount', ['wire:{t}:tok3'], []); // EVAL once on this connection
+      const s = client.stream as Socket & { _write: (chunk: Buffer, ...rest: unknown[]) => void };
+      const write = s._write.bind(s);
+      const sent: Buffer[] = [];
+      s._write = (chunk: Buffer, ...rest: unknown[]) => {
+        sent.push(Buffer.from(chunk));
+        write(chunk, ...rest);
+      };
+      // tokenCount reads no ARGV: these only travel
+      expect(await runner.call('tokenCount', ['wire:{t}:tok3'], ['é', 12, new Packed([1, 'x']), ''])).toBe(1);
+      const sha = createHash('sha1').update(scripts().find((x) => x.name === 'tokenCount')!.lua).digest('hex');
+      expect(Buffer.concat(sent).toString('utf8')).toBe(`*9\r\n$7\r\nevalsha\r\n$40\r\n${sha}\r\n$1\r\n1\r\n$13\r\nwire:{t}:tok3\r\n$2\r\né\r\n$2\r\n12\r\n$1\r\n1\r\n$1\r\nx\r\n$0\r\n\r\n`);
     } finally {
       client.disconnect();
     }

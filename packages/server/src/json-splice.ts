@@ -91,57 +91,81 @@ function skipString(b: Buffer, i: number): number {
   for (let q = b.indexOf(QUOTE, i + 1); q >= 0; q = b.indexOf(QUOTE, q + 1)) {
     let slashes = 0;
     while (b[q - 1 - slashes] === BACKSLASH) slashes++;
-    if (slashes % 2 === 0) return q + 1;
+    if ((slashes & 1) === 0) return q + 1;
   }
   return -1;
 }
 
+const isOpen = (c: number) => c === 0x7b || c === 0x5b;
+const isClose = (c: number) => c === 0x7d || c === 0x5d;
+const isWs = (c: number) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+
 /** `i` at a value's first byte; the index just past it, or -1 when the text ends first. */
 function skipValue(b: Buffer, i: number): number {
-  if (b[i] === QUOTE) return skipString(b, i);
-  if (OPEN.has(b[i]!)) {
-    for (let depth = 0; i < b.length; ) {
-      const c = b[i]!;
+  const n = b.length;
+  let c = b[i]!;
+  if (c === QUOTE) return skipString(b, i);
+  if (isOpen(c)) {
+    for (let depth = 0; i < n; ) {
+      c = b[i]!;
       if (c === QUOTE) {
         i = skipString(b, i);
         if (i < 0) return -1;
         continue;
       }
-      if (OPEN.has(c)) depth++;
-      else if (CLOSE.has(c) && --depth === 0) return i + 1;
+      if (isOpen(c)) depth++;
+      else if (isClose(c) && --depth === 0) return i + 1;
       i++;
     }
     return -1;
   }
-  while (i < b.length && b[i] !== 0x2c && !CLOSE.has(b[i]!) && !WS.has(b[i]!)) i++;
+  while (i < n && (c = b[i]!) !== 0x2c && !isClose(c) && !isWs(c)) i++;
   return i;
 }
 
+function skipSpace(b: Buffer, i: number): number {
+  while (isWs(b[i]!)) i++;
+  return i;
+}
+
+/** Smaller answers than this are parsed whole: JSON.parse is native, and walking them in JS costs more. */
+const WALK_FROM = 2048;
+const USAGE = Buffer.from('"usage"');
+
 /**
  * The value of a top-level member `key` of a JSON object in `b` (the last, as JSON.parse keeps),
- * parsed, without parsing the rest: the gateway reads only `usage` of a provider's answer, whose
- * content may be large. undefined when the member is absent or the text is not a JSON object.
+ * parsed, without parsing the rest when `b` is large: the gateway reads only `usage` of a
+ * provider's answer, whose content may be long. undefined when the member is absent or the text is
+ * not a JSON object. `walkFrom`: the size from which the bytes are walked (tests walk any size).
  */
-export function memberOf(b: Buffer, key: string): unknown {
-  const quoted = Buffer.from(JSON.stringify(key));
-  let i = skipWs(b, 0);
+export function memberOf(b: Buffer, key: string, walkFrom = WALK_FROM): unknown {
+  if (b.length < walkFrom) {
+    try {
+      const whole: unknown = JSON.parse(b.toString('utf8'));
+      return whole !== null && typeof whole === 'object' && !Array.isArray(whole) ? (whole as Record<string, unknown>)[key] : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const quoted = key === 'usage' ? USAGE : Buffer.from(JSON.stringify(key));
+  let i = skipSpace(b, 0);
   if (b[i] !== 0x7b) return undefined;
   i++;
   let found: [number, number] | undefined;
   while (i < b.length) {
-    i = skipWs(b, i);
+    i = skipSpace(b, i);
     if (b[i] === 0x7d) break;
     if (b[i] !== QUOTE) return undefined;
     const keyEnd = skipString(b, i);
     if (keyEnd < 0) return undefined;
     const isKey = keyEnd - i === quoted.length && b.compare(quoted, 0, quoted.length, i, keyEnd) === 0;
-    i = skipWs(b, keyEnd);
+    i = skipSpace(b, keyEnd);
     if (b[i] !== 0x3a) return undefined; // ':'
-    const from = skipWs(b, i + 1);
+    const from = skipSpace(b, i + 1);
     const to = skipValue(b, from);
     if (to < 0 || to === from) return undefined;
     if (isKey) found = [from, to];
-    i = skipWs(b, to);
+    i = skipSpace(b, to);
     if (b[i] === 0x2c) i++;
     else if (b[i] !== 0x7d) return undefined;
   }

@@ -54,7 +54,12 @@ describe('spliceMembers: top-level members changed, every other byte kept', () =
 });
 
 describe('memberOf: one top-level member read without parsing the rest', () => {
-  const member = (text: string, key = 'usage') => memberOf(Buffer.from(text), key);
+  // walked at any size (large answers are walked; small ones parsed whole: both must agree)
+  const member = (text: string, key = 'usage') => {
+    const walked = memberOf(Buffer.from(text), key, 0);
+    expect(memberOf(Buffer.from(text), key, Infinity)).toEqual(walked);
+    return walked;
+  };
 
   it('reads the top-level member, never one nested or quoted inside a string, the last of duplicates', () => {
     const answer = '{"id":"x","choices":[{"message":{"content":"say \\"usage\\": {\\"prompt_tokens\\": 9}","usage":{"prompt_tokens":1}}}],"usage" : {"prompt_tokens":12,"completion_tokens":3,"details":{"cached":1}},"x_groq":{"usage":{"prompt_tokens":99}}}';
@@ -94,6 +99,7 @@ describe('memberOf: one top-level member read without parsing the rest', () => {
     for (let n = 0; n < 300; n++) {
       const doc: Record<string, unknown> = Object.fromEntries(Array.from({ length: 1 + rnd(5) }, (_, i) => [['usage', 'model', 'choices'][rnd(3)]! + (i > 2 ? i : ''), value(0)]));
       const text = JSON.stringify(doc, null, rnd(2) ? 2 : undefined);
+      expect(memberOf(Buffer.from(text), 'usage', 0)).toEqual(doc.usage);
       expect(memberOf(Buffer.from(text), 'usage')).toEqual(doc.usage);
     }
   });
