@@ -6,7 +6,7 @@ import { InvalidArgumentError, KeyNotFoundError, RequestTooLargeError, type KeyP
 import type { OutcomeClass } from './outcome.js';
 import type { PoolKeys } from './pool-keys.js';
 import type { KeyRecord, TokenRecord } from './records.js';
-import type { ScriptName } from './scripts.js';
+import { Packed, type ScriptArg, type ScriptName } from './scripts.js';
 import type { RawKeyStatus, RawStatusHead, ScheduledJobStatus } from './status.js';
 
 /**
@@ -90,8 +90,12 @@ export const REFUSAL_WARNINGS = {
 
 // ---- how commands reach Redis ------------------------------------------------------------------
 
-/** Runs one script under the pool's Redis-down policy (RedisLink.script, or a test's stand-in). */
-export type ScriptRun = (name: ScriptName, keys: string[], args: (string | number)[]) => Promise<unknown>;
+/**
+ * Runs one script under the pool's Redis-down policy (RedisLink.script, or a test's stand-in).
+ * `background`: nobody waits for the reply on a request's path (a release), so the command may
+ * wait a moment to share a write with the next one (scripts.ts COALESCE_MS).
+ */
+export type ScriptRun = (name: ScriptName, keys: readonly string[] | Packed<string>, args: readonly ScriptArg[], background?: boolean) => Promise<unknown>;
 
 /** What the key commands need of the Redis link. */
 export interface CommandLink {
@@ -293,7 +297,29 @@ export class PoolCommands {
       b.failures, b.errorRate, b.minRequests, b.cooldownMs, b.maxCooldownMs,
       h.windowMs, h.degradedP99Ms, h.degradedErrorRate, h.minRequests, h.degradedScore,
     ];
+    const pr = config.priority;
+    this.fixed = {
+      lease: new Packed([config.leaseTimeoutMs, config.concurrencyRecheckMs]),
+      candidates: new Packed([config.candidates]),
+      margin: new Packed([config.limits.windowMarginMs]),
+      reservation: new Packed([config.reservationTimeoutMs]),
+      noAdmit: new Packed(['', '', 0, 0, '0']),
+      ahead: new Packed([pr.higherWaitedMs, pr.reserveAheadMs]),
+      tenantWindow: new Packed([pr.tenantWindowMs]),
+      release: new Packed([...this.breakerHealth, config.cooling.defaultMs]),
+      learn: new Packed([config.limits.learn ? 1 : 0]),
+    };
   }
+
+  /**
+   * The runs of acquire's and release's ARGV that are the pool's settings, encoded for the wire
+   * once (scripts.ts Packed): of their ~25 values a call converts only the dozen that change.
+   */
+  private readonly fixed: Record<'lease' | 'candidates' | 'margin' | 'reservation' | 'noAdmit' | 'ahead' | 'tenantWindow' | 'release' | 'learn', Packed>;
+  /** acquire's KEYS by the topology's arrays (one per model and group set), packed once. */
+  private readonly acquireKeys = new WeakMap<readonly string[], Packed<string>>();
+  /** release's KEYS by group, packed once. */
+  private readonly releaseKeys = new Map<string, Packed<string>>();
 
   /** A key's settings as stored (`raw`, for upsertKey's check) and parsed; null when there is no such key. */
   async record(keyId: string): Promise<{ raw: string; rec: KeyRecord } | null> {
@@ -342,24 +368,17 @@ export class PoolCommands {
    * token first, in the same call.
    */
   async acquire(scriptKeys: string[], tokens: number, costNanos: number, excluded: string, maxWaitMs: number, who: { priority: string; tenant: string; waitedMs?: number; uncounted?: boolean; weight?: number }, admit?: AdmitArgs): Promise<AcquireReply> {
-    const c = this.config;
-    const args: (string | number)[] = [
-      tokens,
-      costNanos,
-      c.leaseTimeoutMs,
-      c.concurrencyRecheckMs,
-      Math.random(),
-      excluded,
-      c.candidates,
-      Math.floor(Math.random() * 2 ** 31),
-      Math.max(0, Math.floor(maxWaitMs)),
-      c.limits.windowMarginMs,
+    const f = this.fixed;
+    const pr = this.config.priority;
+    let keys = this.acquireKeys.get(scriptKeys);
+    if (!keys) this.acquireKeys.set(scriptKeys, (keys = new Packed(scriptKeys)));
+    // the order of acquire.lua's header; the Packed runs are the pool's settings
+    const args: ScriptArg[] = [
+      tokens, costNanos, f.lease, Math.random(), excluded, f.candidates, Math.floor(Math.random() * 2 ** 31), Math.max(0, Math.floor(maxWaitMs)), f.margin,
+      ...(admit ? [admit.hash, admit.name, admit.costNanos, f.reservation, admit.wantSettings ? '1' : '0'] : [f.noAdmit]),
+      who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], f.ahead, pr.weights[who.tenant] ?? who.weight ?? '', f.tenantWindow, who.waitedMs ?? 0, who.uncounted ? '1' : '0',
     ];
-    if (admit) args.push(admit.hash, admit.name, admit.costNanos, c.reservationTimeoutMs, admit.wantSettings ? '1' : '0');
-    else args.push('', '', 0, 0, '0');
-    const pr = c.priority;
-    args.push(who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], pr.higherWaitedMs, pr.reserveAheadMs, pr.weights[who.tenant] ?? who.weight ?? '', pr.tenantWindowMs, who.waitedMs ?? 0, who.uncounted ? '1' : '0');
-    const r = (await this.link.script('acquire', scriptKeys, args)) as
+    const r = (await this.link.script('acquire', keys, args)) as
       | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]
       | [0, AcquireRefusal, number, number]
       | [2, TokenRefusal, number, string];
@@ -387,15 +406,13 @@ export class PoolCommands {
     return following(
       group,
       async (g) => {
-        const r = (await this.link.script(
-          'release',
-          [k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend, k.win, k.tokSt, k.tokRes, k.ser],
-          [
-            a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, ...this.breakerHealth, this.config.cooling.defaultMs, g, a.model, a.route,
-            h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.config.limits.learn ? 1 : 0,
-            t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0',
-          ],
-        )) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
+        let keys = this.releaseKeys.get(g);
+        if (!keys) this.releaseKeys.set(g, (keys = new Packed([k.cfg, k.st, k.leases, k.avail(g), k.wait(g), k.meta, k.spend, k.win, k.tokSt, k.tokRes, k.ser])));
+        const r = (await this.link.script('release', keys, [
+          a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, this.fixed.release, g, a.model, a.route,
+          h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.fixed.learn,
+          t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0',
+        ], true)) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
         if (r[0] === 1) return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000, settled: r[6] };
         return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2] } : { ok: false, reason: r[1], settled: r[2] };
       },

@@ -6,7 +6,7 @@ import { createRedis, describeRedis, type RedisConnection } from './connect.js';
 import type { CommandLink, ScriptRun } from './commands.js';
 import type { PoolConfig } from './config.js';
 import { RedisUnavailableError, ScriptError } from './errors.js';
-import { ScriptRunner } from './scripts.js';
+import { ScriptRunner, type Packed, type ScriptArg, type ScriptName } from './scripts.js';
 
 const runners = new WeakMap<Redis | Cluster, ScriptRunner>();
 
@@ -153,7 +153,34 @@ export class RedisLink implements CommandLink {
   }
 
   /** Run a script (bound: it can be handed on as a function). */
-  readonly script: ScriptRun = (name, keys, args) => this.guard(name, () => this.runner.call(name, keys, args));
+  readonly script: ScriptRun = (name, keys, args, background = false) =>
+    this.owns ? this.runScript(name, keys, args, background) : this.guard(name, () => this.resend(name, keys, args, background));
+
+  /**
+   * A script on a client of ours (ioredis' commandTimeout bounds the wait): guard() without a
+   * closure per call, since acquire and release come this way for every request.
+   */
+  private async runScript(name: ScriptName, keys: readonly string[] | Packed<string>, args: readonly ScriptArg[], background: boolean): Promise<unknown> {
+    try {
+      if (this.client.status !== 'ready') throw new Error(`connection is ${this.client.status}`);
+      let result: unknown;
+      try {
+        result = await this.runner.call(name, keys, args, background);
+      } catch (e) {
+        if (!this.runner.lost(name, e)) throw e;
+        result = await this.runner.call(name, keys, args, background);
+      }
+      if (this.down) this.markUp();
+      return result;
+    } catch (e) {
+      throw this.failure(name, e);
+    }
+  }
+
+  /** A script call, sent again (as EVAL) once when Redis says it does not know the script. */
+  private resend(name: ScriptName, keys: readonly string[] | Packed<string>, args: readonly ScriptArg[], background: boolean): Promise<unknown> {
+    return this.runner.call(name, keys, args, background).catch((e: unknown) => (this.runner.lost(name, e) ? this.runner.call(name, keys, args, background) : Promise.reject(e)));
+  }
 
   hget(key: string, field: string): Promise<string | null> {
     return this.guard('hget', () => this.client.hget(key, field));
@@ -191,19 +218,22 @@ export class RedisLink implements CommandLink {
       if (this.down) this.markUp();
       return result;
     } catch (e) {
-      const err = e as Error;
-      if (err.name === 'ReplyError' && !CONNECTION_LOST.test(err.message)) throw new ScriptError(name, { cause: e });
-      this.markDown(err);
-      throw new RedisUnavailableError(
-        `Redis unavailable for pool "${this.o.pool}" (${err.message}); ` +
-          (this.o.redisDown.policy === 'fail-closed'
-            ? 'failing closed (redisDown.policy=fail-closed)'
-            : 'using per-process limits (redisDown.policy=local)'),
-        { cause: e },
-      );
+      throw this.failure(name, e);
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** The error a failed call is: a script's own error, or Redis unavailable (marked down, logged). */
+  private failure(name: string, e: unknown): Error {
+    const err = e as Error;
+    if (err.name === 'ReplyError' && !CONNECTION_LOST.test(err.message)) return new ScriptError(name, { cause: e });
+    this.markDown(err);
+    return new RedisUnavailableError(
+      `Redis unavailable for pool "${this.o.pool}" (${err.message}); ` +
+        (this.o.redisDown.policy === 'fail-closed' ? 'failing closed (redisDown.policy=fail-closed)' : 'using per-process limits (redisDown.policy=local)'),
+      { cause: e },
+    );
   }
 
   private markDown(e: Error): void {

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import type { Cluster, Redis } from 'ioredis';
+import { Command, type Cluster, type Redis } from 'ioredis';
 import { packageRoot } from './package-dir.js';
 
 /**
@@ -15,9 +16,11 @@ import { packageRoot } from './package-dir.js';
  * carry a hash of the library's text, so two versions deployed side by side never run each other's
  * code. The library is loaded (FUNCTION LOAD) on every master at a client's first script call, and
  * again when FCALL answers that it is missing (a restart or failover that lost it). Where FUNCTION
- * is unknown (Redis 6) or not allowed (ACL), or with KEYPOOL_SCRIPT_MODE=evalsha, the scripts are
- * registered with ioredis `defineCommand` under a name carrying a hash of their text; ioredis
- * handles EVALSHA and NOSCRIPT. Only commands.ts calls them.
+ * is unknown (Redis 6) or not allowed (ACL), or with KEYPOOL_SCRIPT_MODE=evalsha, a script goes by
+ * the SHA-1 of its inlined text (EVALSHA; EVAL with the source the first time on each connection,
+ * and again after a NOSCRIPT); `command` (`kp_<name>_<hash>`) names a version in logs and tools.
+ * Either way the commands are written by ScriptCommand below, not by ioredis' own script commands
+ * (see there why). Only commands.ts calls them.
  */
 
 const LUA_DIR = fileURLToPath(new URL('lua/', packageRoot(import.meta.url)));
@@ -114,8 +117,148 @@ export function scripts(): LoadedScript<ScriptName>[] {
 }
 
 type Client = Redis | Cluster;
-type Caller = (...args: (string | number)[]) => Promise<unknown>;
-type Call = (keys: readonly string[], args: readonly (string | number)[]) => Promise<unknown>;
+
+/** One ARGV value or KEYS name as the wire carries it (ioredis' toArg: an unsafe integer goes whole). */
+const argText = (v: string | number): string => (typeof v === 'string' ? v : Number.isInteger(v) && !Number.isSafeInteger(v) ? BigInt(v).toString() : String(v));
+/** A RESP bulk string. */
+const bulk = (text: string): string => '$' + Buffer.byteLength(text) + '\r\n' + text + '\r\n';
+/** The same text as one flat string (a string built by + is a rope that every write would flatten again). */
+const flat = (text: string): string => Buffer.from(text, 'utf8').toString('utf8');
+
+/**
+ * Values that go with many calls alike (a pool's settings, a topology's KEYS), encoded for the
+ * wire once: a call writes them as one piece instead of converting and framing each value again.
+ */
+export class Packed<V extends string | number = string | number> {
+  /** Their RESP bulk strings, one after the other. */
+  readonly resp: string;
+
+  constructor(readonly values: readonly V[]) {
+    this.resp = flat(values.map((v) => bulk(argText(v))).join(''));
+  }
+
+  /** `list` with every Packed run put back as its values (for a reader of the arguments: tests, logs). */
+  static unpack<V extends string | number>(list: readonly (V | Packed<V>)[] | Packed<V>): V[] {
+    return list instanceof Packed ? [...list.values] : list.flatMap((v) => (v instanceof Packed ? v.values : [v]));
+  }
+}
+
+/** An ARGV entry: a value, or a run of values packed once. */
+export type ScriptArg = string | number | Packed;
+
+const NOSCRIPT = 'NOSCRIPT';
+const UTF8 = { replyEncoding: 'utf8' } as const;
+
+/**
+ * A script as the wire sends it: FCALL and its function's name; or EVALSHA and its sha, the first
+ * time on a connection EVAL and its source.
+ */
+interface Wire {
+  fn: string;
+  fnHead: string;
+  sha: string;
+  shaHead: string;
+  luaHead: string;
+  /** The connections (sockets) this script was sent to as EVAL: from then on, EVALSHA. */
+  loaded: WeakSet<object>;
+}
+
+/**
+ * One script call, written by hand: ioredis' own script commands convert and frame every value on
+ * every call, and a pool's acquire and release carry about 40 values each, most of them the same
+ * every time. Here a Packed run is written as it is. FCALL names the library's function; without
+ * Functions, like ioredis' Script, the source goes as EVAL the first time on each connection and
+ * EVALSHA after, and a NOSCRIPT reply (Redis lost its scripts) is answered by sending it again as
+ * EVAL (ScriptRunner.lost).
+ */
+class ScriptCommand extends Command {
+  constructor(
+    private readonly wire: Wire,
+    /** FCALL (the library's function), else EVALSHA. */
+    private readonly fcall: boolean,
+    keys: readonly string[] | Packed<string>,
+    private readonly argv: readonly ScriptArg[],
+    /** No caller waits on this reply on a request's path: it may share the next write (see Coalescer). */
+    private readonly background: boolean,
+  ) {
+    const names = keys instanceof Packed ? keys.values : keys;
+    // the real KEYS in args: a Cluster finds the slot from them
+    super(fcall ? 'fcall' : 'evalsha', [fcall ? wire.fn : wire.sha, names.length, ...names], UTF8);
+    this.keysResp = keys instanceof Packed ? keys.resp : null;
+  }
+
+  private readonly keysResp: string | null;
+
+  override toWritable(socket: object): string {
+    const w = this.wire;
+    let head: string;
+    if (this.fcall) head = w.fnHead;
+    else if (w.loaded.has(socket)) head = w.shaHead;
+    else {
+      w.loaded.add(socket);
+      this.name = 'eval';
+      head = w.luaHead;
+    }
+    const a = this.args as string[];
+    let count = a.length + 1;
+    for (let i = 0; i < this.argv.length; i++) {
+      const v = this.argv[i]!;
+      count += v instanceof Packed ? v.values.length : 1;
+    }
+    let out = '*' + count + '\r\n' + head + bulk(String(a[1]));
+    if (this.keysResp !== null) out += this.keysResp;
+    else for (let i = 2; i < a.length; i++) out += bulk(a[i]!);
+    for (let i = 0; i < this.argv.length; i++) {
+      const v = this.argv[i]!;
+      out += v instanceof Packed ? v.resp : bulk(argText(v));
+    }
+    // ioredis writes what this returns to `socket` as soon as it returns
+    if (this.background) coalescer.hold(socket as Writable);
+    else coalescer.release(socket as Writable);
+    return out;
+  }
+}
+
+/** How long a background command may wait for another to share its write with (ms). */
+export const COALESCE_MS = 2;
+
+/**
+ * Background commands (a lease's release: the answer went out already) wait on a corked socket
+ * for the next command or COALESCE_MS, whichever comes first, and go out in one write with it: a
+ * write to Redis is a system call that wakes the server, about as costly on a busy machine as the
+ * rest of a script call's client work. A command someone waits for (acquire) is never held: it
+ * takes the held ones with it.
+ */
+class Coalescer {
+  private readonly corked = new Set<Writable>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly flushAll = (): void => {
+    for (const s of this.corked) s.uncork();
+    this.corked.clear();
+  };
+
+  hold(socket: Writable): void {
+    if (this.corked.has(socket) || typeof socket.cork !== 'function') return;
+    socket.cork();
+    this.corked.add(socket);
+    // armed when the first socket is held (so a stream of held commands cannot push it back for
+    // ever); one timer, armed again rather than made again
+    if (this.corked.size > 1) return;
+    if (this.timer) this.timer.refresh();
+    else {
+      this.timer = setTimeout(this.flushAll, COALESCE_MS);
+      this.timer.unref();
+    }
+  }
+
+  release(socket: Writable): void {
+    if (!this.corked.delete(socket)) return;
+    // after this command's write (ioredis makes it when toWritable returns), in the same tick
+    process.nextTick(uncork, socket);
+  }
+}
+const uncork = (socket: Writable) => socket.uncork();
+const coalescer = new Coalescer();
 
 export interface ScriptLibrary {
   /** `keypool_<hash of the library's text>`. */
@@ -194,17 +337,17 @@ const HASH_MARK = '@HASH@';
 /**
  * Function flags (scripts not named: none, as EVAL's scripts, except that Redis then refuses the
  * whole call under OOM or on a read-only replica, where EVAL refused only a write that grows memory):
- * - `no-writes`: the scripts that only read (status, series, token views) keep answering while
+ * - `no-writes`: the scripts that only read (status, series, the token count) keep answering while
  *   Redis refuses writes (OOM, MISCONF, min-replicas), as they did under EVAL;
- * - `allow-oom`: the scripts that give capacity back (release, extend, lease housekeeping) still
- *   run under OOM, as under EVAL (their first write, a ZREM, frees memory): else leases would pile
- *   up until their deadlines while Redis is full.
+ * - `allow-oom`: the scripts that give capacity back (release, extend, lease housekeeping, the token
+ *   view that reaps expired reservations) still run under OOM, as under EVAL (their first write, a
+ *   ZREM, frees memory): else leases would pile up until their deadlines while Redis is full.
  */
 const FLAGS: Partial<Record<ScriptName, readonly string[]>> = {
   statusHead: ['no-writes'],
   statusPage: ['no-writes'],
   seriesRead: ['no-writes'],
-  tokenInfo: ['no-writes'],
+  tokenInfo: ['allow-oom'], // it reaps expired reservations as it reads
   tokenCount: ['no-writes'],
   release: ['allow-oom'],
   extend: ['allow-oom'],
@@ -243,9 +386,7 @@ export function forcedScriptMode(env: NodeJS.ProcessEnv = process.env): ScriptMo
  * is refused (the server or the ACL changed) turns the client to EVALSHA for good.
  */
 export class ScriptRunner {
-  private readonly evalFns = {} as Record<ScriptName, Call>;
-  private readonly fcallFns = {} as Record<ScriptName, Call>;
-  private fns: Record<ScriptName, Call> | undefined;
+  private readonly wires = {} as Record<ScriptName, Wire>;
   private detecting: Promise<void> | undefined;
   private loading: Promise<void> | undefined;
   private current: ScriptMode | undefined;
@@ -257,18 +398,20 @@ export class ScriptRunner {
     /** Told when the client turns to EVALSHA after a refusal (for a warning in the log). */
     private readonly onModeChange?: (mode: ScriptMode, why: string) => void,
   ) {
-    const c = client as unknown as Record<string, Caller | undefined>;
     const lib = keypoolLibrary();
     for (const s of scripts()) {
-      if (typeof c[s.command] !== 'function') {
-        client.defineCommand(s.command, s.keys === undefined ? { lua: s.lua } : { lua: s.lua, numberOfKeys: s.keys });
-      }
-      this.evalFns[s.name] =
-        s.keys === undefined ? (keys, args) => c[s.command]!(keys.length, ...keys, ...args) : (keys, args) => c[s.command]!(...keys, ...args);
+      const sha = createHash('sha1').update(s.lua).digest('hex');
       const fn = lib.functions[s.name]!;
-      this.fcallFns[s.name] = (keys, args) => client.fcall(fn, keys.length, ...keys, ...args);
+      this.wires[s.name] = {
+        fn,
+        fnHead: flat(bulk('fcall') + bulk(fn)),
+        sha,
+        shaHead: flat(bulk('evalsha') + bulk(sha)),
+        luaHead: flat(bulk('eval') + bulk(s.lua)),
+        loaded: new WeakSet(),
+      };
     }
-    if (mode !== 'detect') this.use(mode);
+    if (mode !== 'detect') this.current = mode;
   }
 
   /** The mode found (undefined before the first call). */
@@ -276,28 +419,43 @@ export class ScriptRunner {
     return this.current;
   }
 
-  call(name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
-    const fns = this.fns;
-    if (fns === this.evalFns) return fns[name](keys, args);
-    if (fns === undefined) return this.detectThenCall(name, keys, args);
-    return fns[name](keys, args).catch((e: unknown) => this.recover(e, name, keys, args));
+  /** Run `name` with `keys` and `args` (the number of keys goes with them). */
+  call(name: ScriptName, keys: readonly string[] | Packed<string>, args: readonly ScriptArg[], background = false): Promise<unknown> {
+    const mode = this.current;
+    if (mode === 'evalsha') return this.send(false, name, keys, args, background);
+    if (mode === undefined) return this.detectThenCall(name, keys, args, background);
+    return this.send(true, name, keys, args, background).catch((e: unknown) => this.recover(e, name, keys, args, background));
   }
 
-  private async detectThenCall(name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+  /**
+   * Whether `e` says Redis does not know the script (EVALSHA: restarted, SCRIPT FLUSH, a failover
+   * to a replica that never ran it); then the next call of `name` sends its source on every connection.
+   */
+  lost(name: ScriptName, e: unknown): boolean {
+    if (!(e instanceof Error) || !e.message.startsWith(NOSCRIPT)) return false;
+    this.wires[name].loaded = new WeakSet();
+    return true;
+  }
+
+  private send(fcall: boolean, name: ScriptName, keys: readonly string[] | Packed<string>, args: readonly ScriptArg[], background: boolean): Promise<unknown> {
+    return this.client.sendCommand(new ScriptCommand(this.wires[name], fcall, keys, args, background)) as Promise<unknown>;
+  }
+
+  private async detectThenCall(name: ScriptName, keys: readonly string[] | Packed<string>, args: readonly ScriptArg[], background: boolean): Promise<unknown> {
     await (this.detecting ??= this.detect().finally(() => (this.detecting = undefined)));
-    return this.call(name, keys, args);
+    return this.call(name, keys, args, background);
   }
 
   /** An FCALL failed: load the library again and retry once when it is missing; turn to EVALSHA when FCALL is refused. */
-  private async recover(e: unknown, name: ScriptName, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+  private async recover(e: unknown, name: ScriptName, keys: readonly string[] | Packed<string>, args: readonly ScriptArg[], background: boolean): Promise<unknown> {
     if (!isReplyError(e)) throw e;
     if (NOT_LOADED.test(e.message)) {
       await this.reload();
-      return this.fns![name](keys, args);
+      return this.send(this.current !== 'evalsha', name, keys, args, background);
     }
     if (NO_FUNCTIONS.test(e.message)) {
       this.use('evalsha', e.message);
-      return this.evalFns[name](keys, args);
+      return this.send(false, name, keys, args, background);
     }
     throw e;
   }
@@ -315,11 +473,10 @@ export class ScriptRunner {
   private use(mode: ScriptMode, why?: string): void {
     if (why !== undefined && this.current !== mode) this.onModeChange?.(mode, why);
     this.current = mode;
-    this.fns = mode === 'fcall' ? this.fcallFns : this.evalFns;
   }
 
   private async detect(): Promise<void> {
-    if (this.fns) return;
+    if (this.current) return;
     try {
       await this.load();
       this.use('fcall');

@@ -1,4 +1,6 @@
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
+import { spawnRedisServer, uniqueName } from '@keypool/testkit';
 import {
   KeyPool,
   PoolKeys,
@@ -9,7 +11,7 @@ import {
   keyIdOf,
   type Lease,
 } from '../src/index.js';
-import { dumpPool, fakeSecret, sleep, poolsClosedAfterAll } from './helpers.js';
+import { dumpPool, fakeSecret, memoryLogger, sleep, poolsClosedAfterAll } from './helpers.js';
 
 const pool = poolsClosedAfterAll();
 
@@ -581,5 +583,40 @@ describe('operators', () => {
     // second has no secret for the new key, but it knows the model is served
     const r = await second.pool.acquire({ model: 'new-model' }).catch((e) => e);
     expect(r).not.toBeInstanceOf(UnknownModelError);
+  });
+});
+
+describe('scripts on the wire', () => {
+  it('a Redis that lost its scripts (SCRIPT FLUSH) is sent them again, on a client of the pool and on one it was given', async () => {
+    const server = await spawnRedisServer();
+    const admin = new Redis(server.port, '127.0.0.1');
+    try {
+      for (const own of [true, false]) {
+        const given = own ? undefined : new Redis(server.port, '127.0.0.1');
+        const p = await KeyPool.connect({
+          redis: given ?? `redis://127.0.0.1:${server.port}`,
+          config: { pool: uniqueName('wire'), status: { snapshotMs: 0 }, keys: [{ secret: fakeSecret(`wire-${own}`), models: ['gpt-4o-mini'], rpm: 600 }] },
+          logger: memoryLogger().logger,
+        });
+        try {
+          const a = lease(await p.acquire({ model: 'gpt-4o-mini', estimatedTokens: 10 }));
+          // every script is gone: the next calls answer NOSCRIPT once, and are sent again with their source
+          await admin.script('FLUSH');
+          expect(await a.release({ status: 200, latencyMs: 5 })).toMatchObject({ released: true });
+          await admin.script('FLUSH');
+          const b = lease(await p.acquire({ model: 'gpt-4o-mini', estimatedTokens: 10 }));
+          expect(b.keyId).toBe(a.keyId);
+          expect(await b.release({ status: 200, latencyMs: 5 })).toMatchObject({ released: true });
+          expect((await p.status({ fresh: true })).keys[0]!.inFlight).toBe(0);
+          expect(p.redisAvailable).toBe(true);
+        } finally {
+          await p.close();
+          given?.disconnect();
+        }
+      }
+    } finally {
+      admin.disconnect();
+      await server.stop();
+    }
   });
 });

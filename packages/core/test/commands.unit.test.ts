@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { PoolCommands, TokenCommands, refusalError, type CommandLink } from '../src/commands.js';
+import { Packed } from '../src/scripts.js';
 import { InvalidArgumentError, KeyNotFoundError, PoolKeys, RequestTooLargeError, parsePoolConfig } from '../src/index.js';
 
 const keys = new PoolKeys('unit');
@@ -15,7 +16,7 @@ function fakeLink(...replies: unknown[]) {
   const calls: { name: string; keys: string[]; args: (string | number)[] }[] = [];
   const link: CommandLink = {
     script: async (name, k, args) => {
-      calls.push({ name, keys: k, args });
+      calls.push({ name, keys: Packed.unpack(k), args: Packed.unpack(args) });
       return replies.shift();
     },
     hget: async () => null,
@@ -43,7 +44,7 @@ describe('PoolCommands', () => {
     // no token: its five arguments are placeholders, then the class and the tenant, then the
     // class's rule (keepFree of normal, higherWaitedMs, reserveAheadMs), the weight ('' = none named), tenantWindowMs
     expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 250, '', 2000, 0, '0']);
-    expect(calls[1]!.keys).toBe(scriptKeys);
+    expect(calls[1]!.keys).toEqual(scriptKeys);
   });
 
   it('setState follows a key that moved to another group, at most 3 times', async () => {

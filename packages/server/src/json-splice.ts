@@ -85,3 +85,94 @@ export function spliceMembers(body: Buffer, values: Record<string, string>): Buf
   parts.push(body.subarray(at));
   return Buffer.concat(parts);
 }
+
+/** `i` at a string's opening quote; just past its closing quote (found natively: a long string is not walked in JS); -1 if there is none. */
+function skipString(b: Buffer, i: number): number {
+  for (let q = b.indexOf(QUOTE, i + 1); q >= 0; q = b.indexOf(QUOTE, q + 1)) {
+    let slashes = 0;
+    while (b[q - 1 - slashes] === BACKSLASH) slashes++;
+    if ((slashes & 1) === 0) return q + 1;
+  }
+  return -1;
+}
+
+const isOpen = (c: number) => c === 0x7b || c === 0x5b;
+const isClose = (c: number) => c === 0x7d || c === 0x5d;
+const isWs = (c: number) => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+
+/** `i` at a value's first byte; the index just past it, or -1 when the text ends first. */
+function skipValue(b: Buffer, i: number): number {
+  const n = b.length;
+  let c = b[i]!;
+  if (c === QUOTE) return skipString(b, i);
+  if (isOpen(c)) {
+    for (let depth = 0; i < n; ) {
+      c = b[i]!;
+      if (c === QUOTE) {
+        i = skipString(b, i);
+        if (i < 0) return -1;
+        continue;
+      }
+      if (isOpen(c)) depth++;
+      else if (isClose(c) && --depth === 0) return i + 1;
+      i++;
+    }
+    return -1;
+  }
+  while (i < n && (c = b[i]!) !== 0x2c && !isClose(c) && !isWs(c)) i++;
+  return i;
+}
+
+function skipSpace(b: Buffer, i: number): number {
+  while (isWs(b[i]!)) i++;
+  return i;
+}
+
+/** Smaller answers than this are parsed whole: JSON.parse is native, and walking them in JS costs more. */
+const WALK_FROM = 2048;
+const USAGE = Buffer.from('"usage"');
+
+/**
+ * The value of a top-level member `key` of a JSON object in `b` (the last, as JSON.parse keeps),
+ * parsed, without parsing the rest when `b` is large: the gateway reads only `usage` of a
+ * provider's answer, whose content may be long. undefined when the member is absent or the text is
+ * not a JSON object. `walkFrom`: the size from which the bytes are walked (tests walk any size).
+ */
+export function memberOf(b: Buffer, key: string, walkFrom = WALK_FROM): unknown {
+  if (b.length < walkFrom) {
+    try {
+      const whole: unknown = JSON.parse(b.toString('utf8'));
+      return whole !== null && typeof whole === 'object' && !Array.isArray(whole) ? (whole as Record<string, unknown>)[key] : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const quoted = key === 'usage' ? USAGE : Buffer.from(JSON.stringify(key));
+  let i = skipSpace(b, 0);
+  if (b[i] !== 0x7b) return undefined;
+  i++;
+  let found: [number, number] | undefined;
+  while (i < b.length) {
+    i = skipSpace(b, i);
+    if (b[i] === 0x7d) break;
+    if (b[i] !== QUOTE) return undefined;
+    const keyEnd = skipString(b, i);
+    if (keyEnd < 0) return undefined;
+    const isKey = keyEnd - i === quoted.length && b.compare(quoted, 0, quoted.length, i, keyEnd) === 0;
+    i = skipSpace(b, keyEnd);
+    if (b[i] !== 0x3a) return undefined; // ':'
+    const from = skipSpace(b, i + 1);
+    const to = skipValue(b, from);
+    if (to < 0 || to === from) return undefined;
+    if (isKey) found = [from, to];
+    i = skipSpace(b, to);
+    if (b[i] === 0x2c) i++;
+    else if (b[i] !== 0x7d) return undefined;
+  }
+  if (!found) return undefined;
+  try {
+    return JSON.parse(b.toString('utf8', found[0], found[1]));
+  } catch {
+    return undefined;
+  }
+}

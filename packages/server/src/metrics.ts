@@ -17,6 +17,40 @@ const WAIT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 const TENANT_LABELS = 50;
 const OVERHEAD_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1];
 
+/**
+ * A counter's increments on the request path, kept as plain numbers under a key made of the label
+ * values (label objects made once per series) and handed to prom-client when it collects, i.e. at
+ * each read of the metric: prom-client's inc() sorts, hashes and checks the labels on every call,
+ * a few times per request. Reads (a scrape, `metric.get()`) see every increment made before them.
+ */
+export class Tally<L extends string> {
+  private readonly series = new Map<string, { labels: Partial<Record<L, string>>; n: number }>();
+
+  constructor(private readonly names: readonly L[]) {}
+
+  /** Add `n` to the series of these label values (in the order of `names`). */
+  inc(n: number, a: string, b = '', c = '', d = ''): void {
+    const key = a + '\u0000' + b + '\u0000' + c + '\u0000' + d;
+    const s = this.series.get(key);
+    if (s) s.n += n;
+    else {
+      const values = [a, b, c, d];
+      const labels: Partial<Record<L, string>> = {};
+      this.names.forEach((name, i) => (labels[name] = values[i]));
+      this.series.set(key, { labels, n });
+    }
+  }
+
+  /** Hand what was counted since the last flush to `counter`. */
+  flush(counter: client.Counter<L>): void {
+    for (const s of this.series.values()) {
+      if (s.n === 0) continue;
+      counter.inc(s.labels, s.n);
+      s.n = 0;
+    }
+  }
+}
+
 export class GatewayMetrics {
   readonly registry = new client.Registry();
   readonly requests: client.Counter<'endpoint' | 'route' | 'model' | 'status'>;
@@ -32,6 +66,13 @@ export class GatewayMetrics {
   readonly tokenStoreLost: client.Counter;
   readonly adminActions: client.Counter<'action'>;
   readonly inFlight: client.Gauge;
+  /** The request path's increments of requests, upstream, tokens and spend (see Tally). */
+  readonly counts = {
+    requests: new Tally(['endpoint', 'route', 'model', 'status'] as const),
+    upstream: new Tally(['key_id', 'key_name', 'status'] as const),
+    tokens: new Tally(['key_id', 'model', 'kind'] as const),
+    spend: new Tally(['key_id', 'model'] as const),
+  };
   readonly admissions: client.Counter<'class' | 'tenant' | 'result'>;
   readonly admissionWait: client.Histogram<'class'>;
   private readonly tenantLabels = new Set<string>();
@@ -49,12 +90,12 @@ export class GatewayMetrics {
   constructor(pool: KeyPool, inFlight: () => number, sync?: SecretSync, queueStatus?: () => Promise<QueueStatus | null>) {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry, prefix: 'keypool_process_' });
-    this.requests = new client.Counter({ name: 'keypool_gateway_requests_total', help: 'Requests answered by the gateway, by endpoint, route (empty: a plain model), model asked for and HTTP status.', labelNames: ['endpoint', 'route', 'model', 'status'], registers });
+    this.requests = new client.Counter({ name: 'keypool_gateway_requests_total', help: 'Requests answered by the gateway, by endpoint, route (empty: a plain model), model asked for and HTTP status.', labelNames: ['endpoint', 'route', 'model', 'status'], registers, collect: () => this.counts.requests.flush(this.requests) });
     this.duration = new client.Histogram({ name: 'keypool_gateway_request_duration_seconds', help: 'Whole request time seen by the gateway (streams: until the last byte).', labelNames: ['endpoint'], buckets: LATENCY_BUCKETS, registers });
     this.overhead = new client.Histogram({ name: 'keypool_gateway_overhead_seconds', help: 'Time the gateway adds: request time minus the time spent in upstream attempts.', labelNames: ['endpoint'], buckets: OVERHEAD_BUCKETS, registers });
-    this.upstream = new client.Counter({ name: 'keypool_upstream_responses_total', help: 'Upstream attempts by key and result (HTTP status, or timeout/network/aborted/broken_stream).', labelNames: ['key_id', 'key_name', 'status'], registers });
-    this.tokens = new client.Counter({ name: 'keypool_tokens_total', help: 'Tokens reported by the provider, by key, model and kind (prompt, completion).', labelNames: ['key_id', 'model', 'kind'], registers });
-    this.spend = new client.Counter({ name: 'keypool_spend_usd_total', help: 'Dollars spent through this gateway process, by key and model.', labelNames: ['key_id', 'model'], registers });
+    this.upstream = new client.Counter({ name: 'keypool_upstream_responses_total', help: 'Upstream attempts by key and result (HTTP status, or timeout/network/aborted/broken_stream).', labelNames: ['key_id', 'key_name', 'status'], registers, collect: () => this.counts.upstream.flush(this.upstream) });
+    this.tokens = new client.Counter({ name: 'keypool_tokens_total', help: 'Tokens reported by the provider, by key, model and kind (prompt, completion).', labelNames: ['key_id', 'model', 'kind'], registers, collect: () => this.counts.tokens.flush(this.tokens) });
+    this.spend = new client.Counter({ name: 'keypool_spend_usd_total', help: 'Dollars spent through this gateway process, by key and model.', labelNames: ['key_id', 'model'], registers, collect: () => this.counts.spend.flush(this.spend) });
     this.transitions = new client.Counter({ name: 'keypool_key_transitions_total', help: 'Key state changes caused by this process (opened, reopened, closed, revoked, cooling, retired).', labelNames: ['key_id', 'transition'], registers });
     this.acquire = new client.Histogram({ name: 'keypool_acquire_duration_seconds', help: 'Time to get a key (or learn there is none), waiting included.', labelNames: ['result'], buckets: LATENCY_BUCKETS, registers });
     this.redisErrors = new client.Counter({ name: 'keypool_redis_errors_total', help: 'Redis failures by operation: pool (this process found Redis down), proxy (a request refused for want of Redis), status (a scrape could not read the key gauges).', labelNames: ['operation'], registers });
@@ -66,7 +107,8 @@ export class GatewayMetrics {
     } });
 
     // this process's acquires, by class and tenant (the fleet-wide counts: keypool_traffic_* below)
-    this.admissions = new client.Counter({ name: 'keypool_admissions_total', help: `Acquires of this process by priority class, tenant (at most ${TENANT_LABELS} named per process, then ~) and result: admitted (at once), waited (admitted after sleeping for a reservation or retries), refused.`, labelNames: ['class', 'tenant', 'result'], registers });
+    const admissions = new Tally(['class', 'tenant', 'result'] as const);
+    this.admissions = new client.Counter({ name: 'keypool_admissions_total', help: `Acquires of this process by priority class, tenant (at most ${TENANT_LABELS} named per process, then ~) and result: admitted (at once), waited (admitted after sleeping for a reservation or retries), refused.`, labelNames: ['class', 'tenant', 'result'], registers, collect: () => admissions.flush(this.admissions) });
     this.admissionWait = new client.Histogram({ name: 'keypool_admission_wait_seconds', help: "Time this process's admitted acquires slept waiting for a key (a reservation's start, retry sleeps; 0 when admitted at once), by priority class.", labelNames: ['class'], buckets: WAIT_BUCKETS, registers });
     pool.on('admission', (e) => {
       let tenant = e.tenant;
@@ -74,7 +116,7 @@ export class GatewayMetrics {
         if (this.tenantLabels.size < TENANT_LABELS) this.tenantLabels.add(tenant);
         else tenant = '~';
       }
-      this.admissions.inc({ class: e.priority, tenant, result: e.result });
+      admissions.inc(1, e.priority, tenant, e.result);
       if (e.result !== 'refused') this.admissionWait.observe({ class: e.priority }, e.waitMs / 1000);
     });
 

@@ -8,7 +8,7 @@ import { NANOS_PER_USD, isRedisUnavailable, type KeyPool, type Lease, type Outco
 import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
 import { ClientClosed, GatewayTimeout, HttpError, ShuttingDown, badRequest, sendError, shuttingDown, toHttpError, tokenRefusal, unknownUrl } from './errors.js';
 import type { Inflight } from './inflight.js';
-import { spliceMembers } from './json-splice.js';
+import { memberOf, spliceMembers } from './json-splice.js';
 import type { GatewayMetrics } from './metrics.js';
 import { SseTap, usageOf, type StreamKind } from './sse.js';
 import { UpstreamNetworkError, classifyUpstream, forward, readBody } from './upstream.js';
@@ -341,15 +341,15 @@ class ProxyCall {
   releaseAndSettle(lease: Lease, model: string, outcome: Outcome, localCost: number): void {
     const { metrics, inflight } = this.ctx;
     const usage = outcome.usage;
-    if (usage?.promptTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'prompt' }, usage.promptTokens);
-    if (usage?.completionTokens) metrics.tokens.inc({ key_id: lease.keyId, model, kind: 'completion' }, usage.completionTokens);
+    if (usage?.promptTokens) metrics.counts.tokens.inc(usage.promptTokens, lease.keyId, model, 'prompt');
+    if (usage?.completionTokens) metrics.counts.tokens.inc(usage.completionTokens, lease.keyId, model, 'completion');
     const a = this.settled ? undefined : this.admission;
     if (a) this.settled = true;
     inflight.track(
       lease.release(outcome, a ? { settle: { admission: a } } : undefined).then(
         (r) => {
           const cost = r.released ? r.costUsd : localCost;
-          if (cost > 0) metrics.spend.inc({ key_id: lease.keyId, model }, cost);
+          if (cost > 0) metrics.counts.spend.inc(cost, lease.keyId, model);
         },
         () => {
           if (!a) return;
@@ -363,7 +363,8 @@ class ProxyCall {
   finish(status: number): void {
     const { metrics } = this.ctx;
     this.labels.status = String(status);
-    metrics.requests.inc(this.labels);
+    const l = this.labels;
+    metrics.counts.requests.inc(1, l.endpoint, l.route, l.model, l.status);
     const total = performance.now() - this.t0;
     this.ctx.duration.get(this.ep.name)!.observe(total / 1000);
     this.ctx.overhead.get(this.ep.name)!.observe(Math.max(0, total - this.upstreamMs) / 1000);
@@ -481,7 +482,7 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
         timeoutError: (message) => new GatewayTimeout(message),
         released: (l, outcome, r) => {
           const cost = r?.costUsd ?? 0;
-          if (cost > 0) metrics.spend.inc({ key_id: l.keyId, model: l.model }, cost);
+          if (cost > 0) metrics.counts.spend.inc(cost, l.keyId, l.model);
           if (outcome.error === 'aborted') c.aborted.push(r ? cost : l.estimatedCostUsd);
         },
       });
@@ -491,7 +492,7 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
     const { lease, model, value } = d;
     const up = value.up;
     // a stream's result is known when it ends (200, broken_stream, timeout, aborted): counted then
-    if (!stream) metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: String(up.statusCode) });
+    if (!stream) metrics.counts.upstream.inc(1, lease.keyId, lease.name ?? '', String(up.statusCode));
     c.labels.model = model;
     res.setHeader('x-keypool-model', model);
     if (c.labels.route) res.setHeader('x-keypool-route', c.labels.route);
@@ -505,11 +506,9 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
     if (!stream) {
       const data = value.data!;
       let usage: Outcome['usage'];
-      try {
-        usage = ep.usage(JSON.parse(data.toString('utf8')) as Record<string, any>);
-      } catch {
-        usage = undefined;
-      }
+      // only the usage is read: the answer's content may be large, and it goes on as bytes
+      const u = memberOf(data, 'usage');
+      usage = u !== null && typeof u === 'object' ? ep.usage({ usage: u }) : undefined;
       const cost = costOf(ctx, model, usage);
       const status = up.statusCode ?? 200;
       res.statusCode = status;
@@ -547,7 +546,7 @@ async function attempt(c: ProxyCall, lease: Lease, signal: AbortSignal, body: Bu
     }
   } catch (e) {
     const f = classifyUpstream(e);
-    c.ctx.metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: f.kind === 'status' ? String(f.status) : signal.reason instanceof TimedOut ? 'timeout' : f.kind });
+    c.ctx.metrics.counts.upstream.inc(1, lease.keyId, lease.name ?? '', f.kind === 'status' ? String(f.status) : signal.reason instanceof TimedOut ? 'timeout' : f.kind);
     throw e;
   } finally {
     c.upstreamMs += performance.now() - s;
@@ -605,7 +604,7 @@ function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: stri
       clearTimeout(idle);
       abort.signal.removeEventListener('abort', onAbort);
       c.upstreamMs += performance.now() - s0;
-      metrics.upstream.inc({ key_id: lease.keyId, key_name: lease.name ?? '', status: o.error ?? String(up.statusCode ?? 200) });
+      metrics.counts.upstream.inc(1, lease.keyId, lease.name ?? '', o.error ?? String(up.statusCode ?? 200));
       if (tap.usage) o.usage = tap.usage;
       o.latencyMs = Date.now() - started;
       o.headers = up.headers as Record<string, string>;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { spliceMembers } from '../src/json-splice.js';
+import { memberOf, spliceMembers } from '../src/json-splice.js';
 
 const splice = (text: string, values: Record<string, string>) => spliceMembers(Buffer.from(text), values).toString('utf8');
 
@@ -49,6 +49,58 @@ describe('spliceMembers: top-level members changed, every other byte kept', () =
       const text = JSON.stringify(doc, null, rnd(2) ? 2 : undefined);
       const out = JSON.parse(splice(text, { model: '"m2"', stream_options: '{"include_usage":true}' }));
       expect(out).toEqual({ ...doc, model: 'm2', stream_options: { include_usage: true } });
+    }
+  });
+});
+
+describe('memberOf: one top-level member read without parsing the rest', () => {
+  // walked at any size (large answers are walked; small ones parsed whole: both must agree)
+  const member = (text: string, key = 'usage') => {
+    const walked = memberOf(Buffer.from(text), key, 0);
+    expect(memberOf(Buffer.from(text), key, Infinity)).toEqual(walked);
+    return walked;
+  };
+
+  it('reads the top-level member, never one nested or quoted inside a string, the last of duplicates', () => {
+    const answer = '{"id":"x","choices":[{"message":{"content":"say \\"usage\\": {\\"prompt_tokens\\": 9}","usage":{"prompt_tokens":1}}}],"usage" : {"prompt_tokens":12,"completion_tokens":3,"details":{"cached":1}},"x_groq":{"usage":{"prompt_tokens":99}}}';
+    expect(member(answer)).toEqual({ prompt_tokens: 12, completion_tokens: 3, details: { cached: 1 } });
+    expect(member('{"usage":{"a":1},"usage":{"a":2}}')).toEqual({ a: 2 });
+    expect(member('{"usage":null}')).toBeNull();
+    expect(member('{"model":"m"}')).toBeUndefined();
+    // a content ending in backslashes: the closing quote is the one after an even run of them
+    expect(member('{"c":"a\\\\","usage":{"t":5},"d":"\\\\\\""}')).toEqual({ t: 5 });
+  });
+
+  it('is undefined for text that is not a JSON object, and never loops or throws on a truncated one', () => {
+    for (const t of ['', '[]', '"usage"', '{"usage":', '{"usage":{"a":1}', '{"usage" {"a":1}}', '{"a":"unterminated', '{"usage":{"a":"x}', 'null']) {
+      expect(member(t)).toBeUndefined();
+    }
+  });
+
+  it('agrees with JSON.parse on random documents', () => {
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const value = (depth: number): unknown => {
+      switch (depth > 2 ? rnd(4) : rnd(6)) {
+        case 0:
+          return rnd(1000) / 7;
+        case 1:
+          return ['', 'a"b', '}]{[', '\\', 'é\n', ',', '"usage":{'][rnd(7)];
+        case 2:
+          return [true, false, null][rnd(3)];
+        case 3:
+          return -1 - rnd(100);
+        case 4:
+          return Array.from({ length: rnd(4) }, () => value(depth + 1));
+        default:
+          return Object.fromEntries(Array.from({ length: rnd(4) }, (_, i) => [`${['usage', 'k'][rnd(2)]!}${i}`, value(depth + 1)]));
+      }
+    };
+    for (let n = 0; n < 300; n++) {
+      const doc: Record<string, unknown> = Object.fromEntries(Array.from({ length: 1 + rnd(5) }, (_, i) => [['usage', 'model', 'choices'][rnd(3)]! + (i > 2 ? i : ''), value(0)]));
+      const text = JSON.stringify(doc, null, rnd(2) ? 2 : undefined);
+      expect(memberOf(Buffer.from(text), 'usage', 0)).toEqual(doc.usage);
+      expect(memberOf(Buffer.from(text), 'usage')).toEqual(doc.usage);
     }
   });
 });
