@@ -41,12 +41,32 @@ export function fixtureFiles(root: string): string[] {
   return files;
 }
 
+/** Bundle directories (`<project>-<pid>`) left by runs that were killed before their teardown. */
+async function removeOrphans(parent: string): Promise<void> {
+  let names: string[];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const pid = Number(/-(\d+)$/.exec(n)?.[1]);
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0); // still running: its bundles are in use
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ESRCH') await rm(join(parent, n), { recursive: true, force: true });
+    }
+  }
+}
+
 /**
  * Bundles every fixture of `root` into a fresh directory `name` of FIXTURE_BUNDLES, each at its path
  * relative to `root` with `.mjs` for `.ts` (where fixtureArgs in index.ts looks); returns it and its removal.
  */
 export async function bundleFixtures(root: string, name: string): Promise<{ dir: string; stop(): Promise<void> }> {
   const dir = join(root, FIXTURE_BUNDLES, name);
+  await removeOrphans(join(root, FIXTURE_BUNDLES));
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
   const remove = () => rm(dir, { recursive: true, force: true });

@@ -13,7 +13,10 @@ const REPO_ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
 /** Starts the servers and bundles the fixtures, provides `redisUrl`, `clusterNodes` and `fixtureBundles`, and returns the teardown. */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const [redis, cluster, bundles] = await Promise.allSettled([startRedis(), startCluster(), bundleFixtures(REPO_ROOT, `${project.name}-${process.pid}`)]);
+  // in watch mode the global setup does not run again when a source changes, so a bundle would go
+  // stale: children run the sources with tsx there
+  const bundle = project.globalConfig.watch ? Promise.reject(new Error('watch mode')) : bundleFixtures(REPO_ROOT, `${project.name}-${process.pid}`);
+  const [redis, cluster, bundles] = await Promise.allSettled([startRedis(), startCluster(), bundle]);
   const stopAll = async () => {
     await Promise.allSettled([redis, cluster, bundles].map((r) => (r.status === 'fulfilled' ? r.value.stop() : undefined)));
   };
