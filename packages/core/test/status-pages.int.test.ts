@@ -129,8 +129,9 @@ describe.skipIf(testTarget() === 'cluster')('no ops call stalls Redis', () => {
         if (l.ok && i % 4 !== 0) await l.release({ status: i % 7 === 0 ? 500 : 200, latencyMs: 100 + i });
       }
       await new Promise((r) => setTimeout(r, 1100));
-      // a script's first call sends its source (EVAL) and Redis compiles it: a one-time cost per
-      // Redis, not the per-call work this test bounds; load them all first
+      // under EVALSHA a script's first call sends its source (EVAL) and Redis compiles it: a
+      // one-time cost per Redis, not the per-call work this test bounds; load them all first (as
+      // Redis Functions the library was loaded at the pool's first call, above)
       for (const sc of scripts()) await admin.script('LOAD', sc.lua);
       await admin.config('SET', 'slowlog-log-slower-than', '5000');
       await admin.slowlog('RESET');
