@@ -393,12 +393,14 @@ export class PoolCommands {
    * release-11.lua: give a lease back with its outcome (tokens, costNanos: -1 unknown, the estimate
    * stands; coolMs: -1 the default) and the provider's rate-limit headers (learning); with
    * `settle`, settle that gateway token's admission in the same call. Follows the key to its new
-   * group; `onMove` hears of each move.
+   * group; `onMove` hears of each move. `background`: nobody waits for the reply (the gateway's
+   * releases), so it may share the next command's socket write (ScriptRunner, COALESCE_MS).
    */
   release(
     group: string,
     a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string; limits?: RateLimitHeaders; settle?: SettleArgs },
     onMove?: () => void,
+    background = false,
   ): Promise<ReleaseReply> {
     const k = this.k;
     const h = a.limits ?? NO_RATE_LIMIT_HEADERS;
@@ -412,7 +414,7 @@ export class PoolCommands {
           a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, this.fixed.release, g, a.model, a.route,
           h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.fixed.learn,
           t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0',
-        ], true)) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
+        ], background)) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
         if (r[0] === 1) return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000, settled: r[6] };
         return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2] } : { ok: false, reason: r[1], settled: r[2] };
       },

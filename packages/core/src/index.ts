@@ -21,6 +21,7 @@ export type {
   KeyPoolOptions,
   Lease,
   PriorityClass,
+  ReleaseOptions,
   ReleaseResult,
   TokenAdmitRequest,
   TokenRefused,

@@ -34,6 +34,12 @@ export interface TokenAdmitRequest {
 }
 
 /** Settle a gateway token's admission in the same Redis call as a release. */
+/** Options of `lease.release`. */
+export interface ReleaseOptions {
+  settle?: TokenSettlement;
+  background?: boolean;
+}
+
 export interface TokenSettlement {
   /** The admission (a lease's `admission`, or the one of an earlier attempt of the same request). */
   admission: Pick<Admission, 'id' | 'reservation'>;
@@ -107,8 +113,12 @@ export interface Lease {
   /** The class and tenant the lease was admitted in (AcquireRequest.priority, tenant). */
   priority: PriorityClass;
   tenant: string;
-  /** Give the lease back; with `settle`, settle a gateway token's admission in the same call. */
-  release(outcome: Outcome, opts?: { settle?: TokenSettlement }): Promise<ReleaseResult>;
+  /**
+   * Give the lease back; with `settle`, settle a gateway token's admission in the same call. With
+   * `background` (the caller does not wait for the result: the answer is out already), the call
+   * may wait up to 2 ms to share the socket write of the next command to Redis.
+   */
+  release(outcome: Outcome, opts?: ReleaseOptions): Promise<ReleaseResult>;
   /**
    * Push the deadline to `ms` from now (default leaseTimeoutMs), for calls that outlive it (long
    * streams). False when the lease had already expired or been released.

@@ -5,7 +5,7 @@ import { parsePoolConfig, type KeySpecInput, type PoolConfig } from './config.js
 import { ConfigError, InvalidArgumentError, UnknownModelError } from './errors.js';
 import { keyIdOf } from './fingerprint.js';
 import type { KeyChange } from './key-admin.js';
-import type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseResult, TokenRefused, TokenSettlement } from './lease.js';
+import type { AcquireRequest, AcquireResult, Exhausted, Lease, ReleaseOptions, ReleaseResult, TokenRefused } from './lease.js';
 import type { Outcome } from './outcome.js';
 import { checkPartitionCount, partitionOf, partitionTag } from './partitions.js';
 import { KeyPool, innerAcquires, type KeyPoolOptions } from './pool.js';
@@ -361,9 +361,9 @@ export class PartitionedPool extends KeyPool {
     if (p === 0) return lease;
     const release = lease.release;
     let settled: Promise<ReleaseResult> | undefined;
-    lease.release = (outcome: Outcome, opts?: { settle?: TokenSettlement }) =>
+    lease.release = (outcome: Outcome, opts?: ReleaseOptions) =>
       (settled ??= (async () => {
-        const r = await release(outcome);
+        const r = await release(outcome, opts?.background ? { background: true } : undefined);
         const t = opts?.settle;
         if (t) {
           const cls = outcome.error === 'unused' ? 0 : r.costUsd;
@@ -379,7 +379,7 @@ export class PartitionedPool extends KeyPool {
   }
 
   /** Return a lease with what happened (prefer `lease.release`, which makes a second call a no-op). */
-  override release(lease: Lease, outcome: Outcome, opts: { settle?: TokenSettlement } = {}): Promise<ReleaseResult> {
+  override release(lease: Lease, outcome: Outcome, opts: ReleaseOptions = {}): Promise<ReleaseResult> {
     // partition 0's leases call this from their own release(): KeyPool's, with the settlement fused
     if (partitionOf(lease.keyId, this.parts.length) === 0) return super.release(lease, outcome, opts);
     return lease.release(outcome, opts);

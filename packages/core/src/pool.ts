@@ -8,7 +8,7 @@ import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.
 import { coolingMs, rateLimitHeaders, type RateLimitHeaders } from './headers.js';
 import { startHeartbeat } from './heartbeat.js';
 import { KeyAdmin, type HeldKey, type KeyChange } from './key-admin.js';
-import { PRIORITY_CLASSES, type AcquireRequest, type AcquireResult, type Admission, type Exhausted, type Lease, type PriorityClass, type ReleaseResult, type TokenAdmitRequest, type TokenRefused, type TokenSettlement } from './lease.js';
+import { PRIORITY_CLASSES, type AcquireRequest, type AcquireResult, type Admission, type Exhausted, type Lease, type PriorityClass, type ReleaseOptions, type ReleaseResult, type TokenAdmitRequest, type TokenRefused, type TokenSettlement } from './lease.js';
 import { LocalLimiter } from './local-limiter.js';
 import { classify, realTokens, type Outcome, type OutcomeClass } from './outcome.js';
 import { checkPartitionCount } from './partitions.js';
@@ -24,7 +24,7 @@ import { Topology } from './topology.js';
 import { Upkeep, type ProbeTarget } from './upkeep.js';
 
 export type { ExhaustedReason } from './commands.js';
-export type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, PriorityClass, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
+export type { AcquireRequest, AcquireResult, Admission, Exhausted, Lease, PriorityClass, ReleaseOptions, ReleaseResult, TokenAdmitRequest, TokenRefused, TokenSettlement } from './lease.js';
 export { PRIORITY_CLASSES } from './lease.js';
 
 export interface KeyPoolOptions {
@@ -407,7 +407,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * usage, records latency and outcome, moves the breaker, cools on 429, revokes on 401/403.
    * Prefer `lease.release(outcome)`, which makes a second call a no-op.
    */
-  async release(lease: Lease, outcome: Outcome, opts: { settle?: TokenSettlement } = {}): Promise<ReleaseResult> {
+  async release(lease: Lease, outcome: Outcome, opts: ReleaseOptions = {}): Promise<ReleaseResult> {
     const cls = classify(outcome);
     const latency = outcome.latencyMs ?? -1;
     if (!Number.isFinite(latency)) throw new InvalidArgumentError('latencyMs must be a finite number');
@@ -428,7 +428,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd };
     }
     const limits = cls === 'ok' || cls === 'client_error' || cls === 'rate_limited' ? rateLimitHeaders(outcome.headers) : undefined;
-    const r = await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits, fused ?? undefined);
+    const r = await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits, fused ?? undefined, opts.background === true);
     await alone();
     return { ...r, costUsd };
   }
@@ -445,10 +445,10 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return true;
   }
 
-  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number, limits?: RateLimitHeaders, settle?: SettleArgs): Promise<ReleaseResult> {
+  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number, limits?: RateLimitHeaders, settle?: SettleArgs, background = false): Promise<ReleaseResult> {
     const args = { leaseId, outcome: cls, latencyMs: latency, tokens, costNanos: cost, coolMs, model, route, ...(limits ? { limits } : {}), ...(settle ? { settle } : {}) };
     // the key's models changed under us: its candidate sets are another group's now
-    const reply = await this.cmd.release(rec.g, args, () => void this.topology.refresh().catch(() => undefined));
+    const reply = await this.cmd.release(rec.g, args, () => void this.topology.refresh().catch(() => undefined), background);
     if (settle && 'settled' in reply) this.tokens.settled(settle.id, settle.reservation, reply.settled);
     // still moving after the retries: the script ran nothing, the settlement included. Settle it
     // alone when its cost is known; else its reservation expires and is charged its estimate.

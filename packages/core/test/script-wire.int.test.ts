@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnRedisServer, type SpawnedRedis } from '@keypool/testkit';
 import { COALESCE_MS, Packed, ScriptRunner, keypoolLibrary, scripts } from '../src/scripts.js';
+import { fakeSecret, makePool } from './helpers.js';
 
 let server: SpawnedRedis;
 beforeAll(async () => {
@@ -121,6 +122,30 @@ describe('script calls on the wire', () => {
       expect(await Promise.all([bg, client.hget('wire:{t}:tok2', 'a')])).toEqual([1, '1']);
       expect(seen.writes).toEqual([2]);
     } finally {
+      client.disconnect();
+    }
+  });
+  it("a lease's release goes at once unless the caller says nobody waits for it (the gateway's)", async () => {
+    const client = new Redis(server.port, '127.0.0.1');
+    const tp = await makePool({ keys: [{ secret: fakeSecret('wire-release'), models: ['m'], rpm: 600 }] }, client);
+    try {
+      // (a first acquire and release load the scripts on this connection)
+      const first = await tp.pool.acquire({ model: 'm' });
+      if (!first.ok) throw new Error(first.reason);
+      await first.release({ status: 200, latencyMs: 1 });
+      for (const background of [false, true]) {
+        const l = await tp.pool.acquire({ model: 'm' });
+        if (!l.ok) throw new Error(l.reason);
+        const seen = countWrites(client);
+        const done = l.release({ status: 200, latencyMs: 1 }, { background });
+        // a turn of the event loop, far below COALESCE_MS
+        await new Promise((r) => setImmediate(r));
+        expect([background, seen.writes.length]).toEqual([background, background ? 0 : 1]);
+        expect((await done).released).toBe(true);
+        expect(seen.writes.length).toBe(1);
+      }
+    } finally {
+      await tp.pool.close();
       client.disconnect();
     }
   });

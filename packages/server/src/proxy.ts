@@ -346,7 +346,7 @@ class ProxyCall {
     const a = this.settled ? undefined : this.admission;
     if (a) this.settled = true;
     inflight.track(
-      lease.release(outcome, a ? { settle: { admission: a } } : undefined).then(
+      lease.release(outcome, a ? { settle: { admission: a }, background: true } : BACKGROUND).then(
         (r) => {
           const cost = r.released ? r.costUsd : localCost;
           if (cost > 0) metrics.counts.spend.inc(cost, lease.keyId, model);
@@ -373,6 +373,9 @@ class ProxyCall {
     this.end();
   }
 }
+
+/** A release nobody waits for (the answer is out): it may share the next command's socket write. */
+const BACKGROUND = { background: true } as const;
 
 /** A request checked and ready to dispatch. */
 interface Checked {
