@@ -36,6 +36,18 @@ function countWrites(client: Redis): { writes: number[] } {
   return seen;
 }
 
+/** The bytes a client's socket writes from now on, one Buffer a write. */
+function captureWrites(client: Redis): Buffer[] {
+  const s = client.stream as Socket & { _write: (chunk: Buffer, ...rest: unknown[]) => void };
+  const write = s._write.bind(s);
+  const sent: Buffer[] = [];
+  s._write = (chunk: Buffer, ...rest: unknown[]) => {
+    sent.push(Buffer.from(chunk));
+    write(chunk, ...rest);
+  };
+  return sent;
+}
+
 describe('script calls on the wire', () => {
   it('Packed runs go as their values; replies come back as for plain values', async () => {
     const client = new Redis(server.port, '127.0.0.1');
@@ -58,13 +70,7 @@ describe('script calls on the wire', () => {
       await client.hset('wire:{t}:tok3', 'a', '1');
       const runner = new ScriptRunner(client, 'evalsha');
       await runner.call('tokenCount', ['wire:{t}:tok3'], []); // EVAL once on this connection
-      const s = client.stream as Socket & { _write: (chunk: Buffer, ...rest: unknown[]) => void };
-      const write = s._write.bind(s);
-      const sent: Buffer[] = [];
-      s._write = (chunk: Buffer, ...rest: unknown[]) => {
-        sent.push(Buffer.from(chunk));
-        write(chunk, ...rest);
-      };
+      const sent = captureWrites(client);
       // tokenCount reads no ARGV: these only travel
       expect(await runner.call('tokenCount', ['wire:{t}:tok3'], ['é', 12, new Packed([1, 'x']), ''])).toBe(1);
       const sha = createHash('sha1').update(scripts().find((x) => x.name === 'tokenCount')!.lua).digest('hex');
@@ -81,13 +87,7 @@ describe('script calls on the wire', () => {
       const runner = new ScriptRunner(client, 'detect');
       await runner.call('tokenCount', ['wire:{t}:tok4'], []); // loads the library
       expect(runner.mode).toBe('fcall');
-      const s = client.stream as Socket & { _write: (chunk: Buffer, ...rest: unknown[]) => void };
-      const write = s._write.bind(s);
-      const sent: Buffer[] = [];
-      s._write = (chunk: Buffer, ...rest: unknown[]) => {
-        sent.push(Buffer.from(chunk));
-        write(chunk, ...rest);
-      };
+      const sent = captureWrites(client);
       expect(await runner.call('tokenCount', new Packed(['wire:{t}:tok4']), ['é', new Packed([1, 'x'])])).toBe(1);
       const fn = keypoolLibrary().functions.tokenCount!;
       expect(Buffer.concat(sent).toString('utf8')).toBe(`*7\r\n$5\r\nfcall\r\n$${fn.length}\r\n${fn}\r\n$1\r\n1\r\n$13\r\nwire:{t}:tok4\r\n$2\r\né\r\n$1\r\n1\r\n$1\r\nx\r\n`);
