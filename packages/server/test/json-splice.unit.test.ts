@@ -3,6 +3,31 @@ import { memberOf, spliceMembers } from '../src/json-splice.js';
 
 const splice = (text: string, values: Record<string, string>) => spliceMembers(Buffer.from(text), values).toString('utf8');
 
+/**
+ * A random JSON value for the property tests below: numbers, tricky strings (`strings`), literals,
+ * arrays and objects (keys drawn from `keys`, numbered), nested at most 3 deep.
+ */
+function randomValue(rnd: (n: number) => number, strings: readonly string[], keys: readonly string[]): (depth: number) => unknown {
+  const value = (depth: number): unknown => {
+    switch (rnd(depth > 2 ? 4 : 6)) {
+      case 0:
+        return rnd(1e6) / 7;
+      case 1:
+        return strings[rnd(strings.length)];
+      case 2:
+        return [true, false, null][rnd(3)];
+      case 3:
+        return -1 - rnd(100);
+      case 4:
+        return Array.from({ length: rnd(4) }, () => value(depth + 1));
+      default:
+        return Object.fromEntries(Array.from({ length: rnd(4) }, (_, i) => [`${keys[rnd(keys.length)]!}${i}`, value(depth + 1)]));
+    }
+  };
+  return value;
+}
+const TRICKY = ['', 'a"b', '}]{[', '\\', 'é\n', ','];
+
 describe('spliceMembers: top-level members changed, every other byte kept', () => {
   it('replaces a value in place and keeps numbers, escapes and spacing as sent', () => {
     const raw = '{ "model" : "smart", "seed":12345678901234567891, "t":1.0, "s":"caf\\u00e9 \\"model\\": x", "n":{"model":"inner"} }';
@@ -28,22 +53,7 @@ describe('spliceMembers: top-level members changed, every other byte kept', () =
 
   it('agrees with JSON.parse on random documents', () => {
     const rnd = (n: number) => Math.floor(Math.random() * n);
-    const value = (depth: number): unknown => {
-      switch (rnd(depth > 2 ? 4 : 6)) {
-        case 0:
-          return rnd(1e6) / 7;
-        case 1:
-          return ['', 'a"b', '}]{[', '\\', 'é\n', ','][rnd(6)];
-        case 2:
-          return [true, false, null][rnd(3)];
-        case 3:
-          return -1 - rnd(100);
-        case 4:
-          return Array.from({ length: rnd(4) }, () => value(depth + 1));
-        default:
-          return Object.fromEntries(Array.from({ length: rnd(4) }, (_, i) => [`k${i}`, value(depth + 1)]));
-      }
-    };
+    const value = randomValue(rnd, TRICKY, ['k']);
     for (let n = 0; n < 300; n++) {
       const doc: Record<string, unknown> = Object.fromEntries(Array.from({ length: 1 + rnd(5) }, (_, i) => [['model', 'stream_options', 'x', 'y', 'z'][rnd(5)]! + (i > 2 ? i : ''), value(0)]));
       const text = JSON.stringify(doc, null, rnd(2) ? 2 : undefined);
@@ -80,22 +90,7 @@ describe('memberOf: one top-level member read without parsing the rest', () => {
   it('agrees with JSON.parse on random documents', () => {
     let seed = 7;
     const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
-    const value = (depth: number): unknown => {
-      switch (depth > 2 ? rnd(4) : rnd(6)) {
-        case 0:
-          return rnd(1000) / 7;
-        case 1:
-          return ['', 'a"b', '}]{[', '\\', 'é\n', ',', '"usage":{'][rnd(7)];
-        case 2:
-          return [true, false, null][rnd(3)];
-        case 3:
-          return -1 - rnd(100);
-        case 4:
-          return Array.from({ length: rnd(4) }, () => value(depth + 1));
-        default:
-          return Object.fromEntries(Array.from({ length: rnd(4) }, (_, i) => [`${['usage', 'k'][rnd(2)]!}${i}`, value(depth + 1)]));
-      }
-    };
+    const value = randomValue(rnd, [...TRICKY, '"usage":{'], ['usage', 'k']);
     for (let n = 0; n < 300; n++) {
       const doc: Record<string, unknown> = Object.fromEntries(Array.from({ length: 1 + rnd(5) }, (_, i) => [['usage', 'model', 'choices'][rnd(3)]! + (i > 2 ? i : ''), value(0)]));
       const text = JSON.stringify(doc, null, rnd(2) ? 2 : undefined);
