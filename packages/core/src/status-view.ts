@@ -8,8 +8,11 @@ import { toPoolStatus, type PoolStatus, type RawKeyStatus, type RawStatus } from
 export const KEY_PAGE = 16;
 /** How long the process that took the lock may take to compute a snapshot before another may. */
 const LOCK_MS = 5000;
-/** A process that finds no snapshot while another computes one waits this long for it, then computes its own. */
-const WAIT_MS = 2000;
+/**
+ * A process that finds no snapshot while another computes one waits for it as long as the lock may be held
+ * (a slow computation under load is not done twice), then computes its own.
+ */
+const WAIT_MS = LOCK_MS;
 const POLL_MS = 25;
 
 /** What the fleet shares: the status with no per-process part (Redis link, destinations), and when it was read. */
