@@ -21,17 +21,25 @@ const effectiveRpm = async (p: KeyPool) => (await p.status()).keys[0]!.effective
 const KEY = { provider: 'azure', models: ['m'], rpm: 540 };
 const counted = (used: number) => ({ 'x-ratelimit-limit-requests': '10', 'x-ratelimit-remaining-requests': String(10 - used) });
 
+/** Redis's clock (ms): the pool's windows are in its time. */
+async function redisNow(redis: { time(): Promise<[string, string] | (string | number)[]> }): Promise<number> {
+  const [s, us] = await redis.time();
+  return Number(s) * 1000 + Number(us) / 1000;
+}
+
+/** Until Redis's clock is past `ms` after now. */
+async function redisWait(redis: Parameters<typeof redisNow>[0], ms: number): Promise<void> {
+  const t0 = await redisNow(redis);
+  await vi.waitFor(async () => expect(await redisNow(redis)).toBeGreaterThan(t0 + ms), { timeout: 5000 + ms, interval: 50 });
+}
+
 describe('learning from remaining', () => {
   it('an answer back 1.1 s after it was sent, counting only the pool\'s own requests, leaves the key alone', async () => {
     const { pool: p, redis } = await pool({ keys: [{ secret: fakeSecret('slow'), ...KEY }] });
     const sent = [];
     for (let i = 0; i < 3; i++) sent.push(lease(await p.acquire({ model: 'm' })));
     const t0 = sent[2]!.acquiredAt;
-    const redisNow = async () => {
-      const [s, us] = await redis.time();
-      return Number(s) * 1000 + Number(us) / 1000;
-    };
-    await vi.waitFor(async () => expect(await redisNow()).toBeGreaterThan(t0 + 1100), { timeout: 5000, interval: 50 });
+    await vi.waitFor(async () => expect(await redisNow(redis)).toBeGreaterThan(t0 + 1100), { timeout: 5000, interval: 50 });
     // the pool goes on admitting (and tidying its log) while the first answers are still out
     await lease(await p.acquire({ model: 'm' })).release({ status: 200, latencyMs: 20, headers: counted(1) });
     // when the third arrived the provider had counted our three and nothing else
@@ -39,12 +47,33 @@ describe('learning from remaining', () => {
     expect(await effectiveRpm(p)).toBe(540);
   });
 
-  it('a timely answer showing another application beside the pool\'s quota still lowers the key', async () => {
-    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('other'), ...KEY }] });
-    const sent = [];
-    for (let i = 0; i < 3; i++) sent.push(lease(await p.acquire({ model: 'm' })));
-    // the provider counted 6 where the pool sent 3: 3 others; the pool's 9 would not fit beside them, so it keeps the 7 they leave (420 rpm)
-    await sent[2]!.release({ status: 200, latencyMs: 20, headers: counted(6) });
+  it('timely answers showing another application over a whole window lower the key', async () => {
+    const { pool: p, redis } = await pool({ keys: [{ secret: fakeSecret('other'), ...KEY }] });
+    // in each of two windows the pool sends 3 and the provider counts 6: 3 others
+    const first = [];
+    for (let i = 0; i < 3; i++) first.push(lease(await p.acquire({ model: 'm' })));
+    await first[2]!.release({ status: 200, latencyMs: 5, headers: counted(6) });
+    // one answer is not enough: it may be the pool's own request that reached the provider late
+    expect(await effectiveRpm(p)).toBe(540);
+    await redisWait(redis, 1050);
+    const second = [];
+    for (let i = 0; i < 3; i++) second.push(lease(await p.acquire({ model: 'm' })));
+    await second[2]!.release({ status: 200, latencyMs: 5, headers: counted(6) });
+    // the pool's 9 would not fit beside them, so it keeps the 7 they leave (420 rpm)
     expect(await effectiveRpm(p)).toBe(420);
+  });
+
+  it('one answer counting more than the pool\'s, among answers of the same window counting only its own, leaves the key alone', async () => {
+    const { pool: p, redis } = await pool({ keys: [{ secret: fakeSecret('late'), ...KEY }] });
+    const first = [];
+    for (let i = 0; i < 3; i++) first.push(lease(await p.acquire({ model: 'm' })));
+    // 3 more than the pool's own (a late request of its own, seen as someone else's) ...
+    await first[2]!.release({ status: 200, latencyMs: 5, headers: counted(6) });
+    // ... and in the same window an answer that counts exactly the pool's three
+    await first[1]!.release({ status: 200, latencyMs: 5, headers: counted(3) });
+    await redisWait(redis, 1050);
+    const next = lease(await p.acquire({ model: 'm' }));
+    await next.release({ status: 200, latencyMs: 5, headers: counted(7) });
+    expect(await effectiveRpm(p)).toBe(540);
   });
 });
