@@ -65,3 +65,9 @@ export function subset<const T extends string>(name: string, v: string, allowed:
   for (const o of out) if (!(allowed as readonly string[]).includes(o)) throw new Error(`--${name}: unknown part "${o}" (use ${allowed.join(', ')})`);
   return out as Set<T>;
 }
+
+/** An on|off flag. */
+export function onOff(name: string, v: string): boolean {
+  if (v === 'on' || v === 'off') return v === 'on';
+  throw new Error(`--${name} must be on or off, got "${v}"`);
+}

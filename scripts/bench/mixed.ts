@@ -45,7 +45,7 @@ import OpenAI from 'openai';
 import type { FakeKeyCounters } from '@keypool/testkit/fake-openai';
 import { PoolKeys } from '@keypool/core';
 import { LlmQueue, type LlmJobInput } from '@keypool/worker';
-import { int, num, parseBenchArgs } from './cli.js';
+import { int, num, onOff, parseBenchArgs } from './cli.js';
 import type { Ready } from './gateway/options.js';
 import { BenchChild, children } from './lib/child-ipc.js';
 import { atTimes, poissonArrivals } from './lib/load.js';
@@ -66,7 +66,8 @@ const USAGE = `Usage: tsx scripts/bench/mixed.ts [options]   (npm run bench:mixe
   --concurrency N        jobs each worker runs at once (default 32)
   --keep-low X           priority.keepFree.low (default 0.2, keypool's default)
   --higher-waited-ms N   priority.higherWaitedMs (default 1000, keypool's default)
-  --reserve-ahead-ms N   priority.reserveAheadMs (default 250, keypool's default)
+  --reserve-ahead-ms N   priority.reserveAheadMs (default 0, keypool's default)
+  --spread on|off        priority.spread: low's requests spread over each key's window (default on, keypool's default)
   --deadline-ms N        a caller gives up after this long: a client failure (default 30000)
   --seed N               seed of the arrivals (default 16)
   --margin-ms N          keypool's limits.windowMarginMs (default 20, keypool's default)
@@ -96,11 +97,12 @@ function options() {
     concurrency: '32',
     'keep-low': '0.2',
     'higher-waited-ms': '1000',
-    'reserve-ahead-ms': '250',
+    'reserve-ahead-ms': '0',
     'deadline-ms': '30000',
     seed: '16',
     'margin-ms': '20',
     learn: 'on',
+    spread: 'on',
   });
   const seconds = num('seconds', v.seconds, 5, 600);
   return {
@@ -119,7 +121,8 @@ function options() {
     deadlineMs: int('deadline-ms', v['deadline-ms'], 100),
     seed: int('seed', v.seed, 0),
     marginMs: int('margin-ms', v['margin-ms'], 0, 1000),
-    learn: v.learn !== 'off',
+    learn: onOff('learn', v.learn),
+    spread: onOff('spread', v.spread),
     trace: process.argv.includes('--trace'),
   };
 }
@@ -174,7 +177,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
   const pool = `bench-mixed-${phase}-${runId}`;
   const keys = Array.from({ length: o.keys }, (_, i) => ({ secret: `sk-bench-mixed${i}-${runId}-${randomBytes(12).toString('hex')}`, name: `k${i}` }));
   const benchKeys = keys.map((k) => ({ ...k, provider: 'azure' as const, rpm: o.providerRpm }));
-  const priority = { keepFree: { low: o.keepLow }, higherWaitedMs: o.higherWaitedMs, reserveAheadMs: o.reserveAheadMs };
+  const priority = { keepFree: { low: o.keepLow }, higherWaitedMs: o.higherWaitedMs, reserveAheadMs: o.reserveAheadMs, spread: o.spread };
   const limits = { windowMarginMs: o.marginMs, learn: o.learn };
   const started: Child[] = [];
   const spawn = (script: string, role: string, config: unknown) => {

@@ -33,7 +33,8 @@
   reserves when it keeps a share  ARGV[21] the tenant's weight ('' = the token's `weight`, or 1)
   ARGV[22] ms of admissions the tenants' shares count  ARGV[23] ms the caller has slept between tries so far
   (0: its first try; counted as its wait)  ARGV[24] '1': do not count a refusal (a partitioned pool's try
-  of one partition among several)
+  of one partition among several)  ARGV[25] 1: a class that keeps a share spreads its requests over
+  each key's window (includes/classes.lua spacedStart; priority.spread)
   Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
           [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
       or {0, reason, retryAfterMs (-1: not by waiting), version}; reasons of the classes
@@ -87,6 +88,9 @@ if class == 'critical' and admission and not cjson.decode(admission.raw).allowCr
 end
 local keep, keepRes, liftAt
 keep, keepRes, maxWait, liftAt = classRule(metaKey, class, now, tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0, tonumber(ARGV[20]) or 0, maxWait)
+-- a class that keeps a share free for those above it spreads its requests (classes.lua spacedStart)
+local keepCfg = tonumber(ARGV[18]) or 0
+local spaced = ARGV[25] == '1' and keepCfg > 0
 local keptAt = nil -- a key free under the full rules, refused to keep the share: when it would take this
 
 local ngroups = (#KEYS - 9) / 2
@@ -157,8 +161,15 @@ end
 local seen, usable, nseen = {}, {}, 0
 local reserve = nil -- the earliest reservation among the keys looked at: {id, st, t, slot, g}
 local function consider(id, st, g, t, slot)
-  t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keepRes, t, slot)
-  if t and t - now <= maxWait and (reserve == nil or t < reserve.t) then
+  t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keepRes, t, slot, class)
+  -- a spaced class holds at most one place ahead per key: a higher class waits behind one gap at most
+  local horizon = maxWait
+  if spaced then
+    t = spacedStart(st, t, slot)
+    local gap = spacing(st)
+    if gap > 0 then horizon = math.min(horizon, gap) end
+  end
+  if t and t - now <= horizon and (reserve == nil or t < reserve.t) then
     reserve = { id = id, st = st, t = t, slot = slot, g = g }
   end
 end
@@ -196,14 +207,17 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
           total = total - 1
         else
           local kind, untilMs, reason, slot = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
-          if kind == 'ok' and keep > 0 then
+          if kind == 'ok' and (keep > 0 or spaced) then
             local t
-            t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, now, slot)
+            t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, now, slot, class)
+            if spaced then t = spacedStart(st, t, slot) end
             if t ~= now then kind, untilMs = 'kept', t or liftAt end
           end
           if kind == 'kept' then
             nseen = nseen + 1
             if keptAt == nil or untilMs < keptAt then keptAt = untilMs end
+            -- free soon under the class's rules: a place there, if nothing is free now
+            if spaced and maxWait > 0 then consider(id, st, g, untilMs, slot) end
           elseif kind == 'ok' then
             usable[#usable + 1] = { id = id, st = st, s = score(st), g = g, t = now, slot = slot }
           elseif kind == 'skip' then
@@ -273,7 +287,7 @@ if #usable == 0 then
   -- a key held only for the share kept free answers before "try again at once": such keys stay
   -- candidates, and with many of them a lower class's every try would sample only those (a storm of
   -- busy answers while the pool is full)
-  if keptAt then return refused(classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt) - now)), version }, tenant, tenantW)) end
+  if keptAt then return refused(classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt or keptAt) - now)), version }, tenant, tenantW)) end
   if total > nseen then
     -- sampling gave up with candidates left unexamined: try again at once
     return { 0, 'busy', 0, version }
@@ -337,6 +351,7 @@ if chosen.slot then
 elseif st.rw > 0 or st.tw > 0 then
   windowAdmit(winKey, st, id, est, start, slot)
 end
+classAdmit(winKey, st, id, class, keepCfg, margin, start, slot)
 classAdmitted(metaKey, class, now, tenant, tenantQ, tenantW, start)
 local lease = seq .. ':' .. id .. ':' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
   .. string.format('%.0f', math.floor(start * 1000 + 0.5)) .. ':' .. slot

@@ -306,6 +306,7 @@ export class PoolCommands {
       noAdmit: new Packed(['', '', 0, 0, '0']),
       ahead: new Packed([pr.higherWaitedMs, pr.reserveAheadMs]),
       tenantWindow: new Packed([pr.tenantWindowMs]),
+      spread: new Packed([pr.spread ? 1 : 0]),
       release: new Packed([...this.breakerHealth, config.cooling.defaultMs]),
       learn: new Packed([config.limits.learn ? 1 : 0]),
     };
@@ -315,7 +316,7 @@ export class PoolCommands {
    * The runs of acquire's and release's ARGV that are the pool's settings, encoded for the wire
    * once (scripts.ts Packed): of their ~25 values a call converts only the dozen that change.
    */
-  private readonly fixed: Record<'lease' | 'candidates' | 'margin' | 'reservation' | 'noAdmit' | 'ahead' | 'tenantWindow' | 'release' | 'learn', Packed>;
+  private readonly fixed: Record<'lease' | 'candidates' | 'margin' | 'reservation' | 'noAdmit' | 'ahead' | 'tenantWindow' | 'spread' | 'release' | 'learn', Packed>;
   /** acquire's KEYS by the topology's arrays (one per model and group set), packed once. */
   private readonly acquireKeys = new WeakMap<readonly string[], Packed<string>>();
   /** release's KEYS by group, packed once. */
@@ -376,7 +377,7 @@ export class PoolCommands {
     const args: ScriptArg[] = [
       tokens, costNanos, f.lease, Math.random(), excluded, f.candidates, Math.floor(Math.random() * 2 ** 31), Math.max(0, Math.floor(maxWaitMs)), f.margin,
       ...(admit ? [admit.hash, admit.name, admit.costNanos, f.reservation, admit.wantSettings ? '1' : '0'] : [f.noAdmit]),
-      who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], f.ahead, pr.weights[who.tenant] ?? who.weight ?? '', f.tenantWindow, who.waitedMs ?? 0, who.uncounted ? '1' : '0',
+      who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], f.ahead, pr.weights[who.tenant] ?? who.weight ?? '', f.tenantWindow, who.waitedMs ?? 0, who.uncounted ? '1' : '0', f.spread,
     ];
     const r = (await this.link.script('acquire', keys, args)) as
       | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]

@@ -204,8 +204,12 @@ export const PoolConfigSchema = z
           .int()
           .min(0)
           .max(60_000)
-          .default(250)
-          .describe('The furthest ahead a class with a keepFree share may reserve (while a higher class waits, only within the capacity that keeps its share free): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place.'),
+          .default(0)
+          .describe('The furthest ahead a class with a keepFree share may reserve (while a higher class waits, only within the capacity that keeps its share free; with spread, at most one place per key): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place. 0 (the default): it holds none, so a higher class takes every slot as it frees; its callers come back when told (more acquire calls while the pool is full).'),
+        spread: z
+          .boolean()
+          .default(true)
+          .describe('A class with a keepFree share starts its requests on a windowed key one window / quota apart (600 RPM over 1 s: one per 100 ms) and holds at most one place ahead per key, so slots free up all the time and a higher-class request waits about that long for the next one, not for a burst to leave the window. The key still admits its whole quota.'),
         tenantWindowMs: z
           .number()
           .int()

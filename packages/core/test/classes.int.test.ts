@@ -34,7 +34,8 @@ async function take(p: Awaited<ReturnType<typeof pool>>['pool'], model: string, 
 
 describe('priority classes', () => {
   it('low cannot take the last 20% of a window while normal waited recently', async () => {
-    const { pool: p, redis, name } = await pool(twoKeys({ keepFree: { low: 0.2 }, higherWaitedMs: 60_000 }));
+    // spread off: low takes its 8 at once (the spreading has its own test below)
+    const { pool: p, redis, name } = await pool(twoKeys({ keepFree: { low: 0.2 }, higherWaitedMs: 60_000, spread: false }));
     await take(p, 'a', 'low', 8);
     // a normal request refused for capacity (on key b): normal has waited
     await take(p, 'b', 'normal', 1);
@@ -51,7 +52,7 @@ describe('priority classes', () => {
   });
 
   it('low takes the whole window when nothing higher waited', async () => {
-    const { pool: p } = await pool(twoKeys({ keepFree: { low: 0.2 }, higherWaitedMs: 60_000 }));
+    const { pool: p } = await pool(twoKeys({ keepFree: { low: 0.2 }, higherWaitedMs: 60_000, spread: false }));
     await take(p, 'a', 'low', 10);
     expect(await p.acquire({ model: 'a', priority: 'low' })).toMatchObject({ ok: false, reason: 'rate_limited' });
   });
@@ -63,7 +64,7 @@ describe('priority classes', () => {
         { secret: fakeSecret('cls-w'), models: ['w'], rpm: 600, window: 1 },
         { secret: fakeSecret('cls-x'), models: ['x'], rpm: 6, window: 10 },
       ],
-      priority: { keepFree: { low: 0.2 }, higherWaitedMs: 5000 },
+      priority: { keepFree: { low: 0.2 }, higherWaitedMs: 5000, spread: false },
     });
     await take(p, 'w', 'low', 10);
     // normal waited (refused on x)
@@ -81,6 +82,62 @@ describe('priority classes', () => {
     const [n, l] = await Promise.all([started(normals), started(lows)]);
     expect(Math.max(...n)).toBeLessThanOrEqual(Math.min(...l));
   }, 30_000);
+
+  it('low spreads its requests over the window (spread, the default): no burst to wait behind, the whole quota used', async () => {
+    // 10 per rolling second: low starts one per 100 ms at most, holding at most one place ahead
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('cls-s'), models: ['s'], rpm: 600, window: 1 }], priority: { keepFree: { low: 0.2 } } });
+    const starts: number[] = [];
+    const stopAt = Date.now() + 3200;
+    const loop = async () => {
+      while (Date.now() < stopAt) {
+        const r = await p.acquire({ model: 's', priority: 'low', maxWaitMs: 3000 });
+        if (!r.ok) continue;
+        starts.push(r.acquiredAt);
+        await r.release({ status: 200, latencyMs: 1 });
+      }
+    };
+    // 8 callers at once: without the spreading, 10 start together and the next 10 a window later
+    await Promise.all(Array.from({ length: 8 }, loop));
+    starts.sort((a, b) => a - b);
+    const gaps = starts.slice(1).map((t, i) => t - starts[i]!);
+    expect(Math.min(...gaps)).toBeGreaterThanOrEqual(99);
+    // at most 2 starts in any 150 ms (a burst put all 10 in one)
+    for (let i = 0; i + 2 < starts.length; i++) expect(starts[i + 2]! - starts[i]!).toBeGreaterThanOrEqual(150);
+    // and the key's quota is used: 10 a second (a little under it with the 20 ms margin and the caller's
+    // own lateness when no place was held)
+    const span = (starts.at(-1)! - starts[0]!) / 1000;
+    expect(starts.length - 1).toBeGreaterThanOrEqual(Math.floor(0.8 * 10 * span));
+  }, 20_000);
+
+  it('a normal caller arriving while low keeps a key full waits about one gap, not for the window', async () => {
+    // low at the whole quota (10 a second, nothing higher waited yet), then a normal caller every 250 ms
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('cls-n'), models: ['n'], rpm: 600, window: 1 }], priority: { keepFree: { low: 0.2 } } });
+    const stopAt = Date.now() + 3500;
+    const loop = async () => {
+      while (Date.now() < stopAt) {
+        const r = await p.acquire({ model: 'n', priority: 'low', maxWaitMs: 3000 });
+        if (r.ok) await r.release({ status: 200, latencyMs: 1 });
+      }
+    };
+    const lows = Promise.all(Array.from({ length: 8 }, loop));
+    await new Promise((r) => setTimeout(r, 1500));
+    const waits: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const t0 = performance.now();
+      const r = await p.acquire({ model: 'n', priority: 'normal', maxWaitMs: 3000 });
+      expect(r).toMatchObject({ ok: true });
+      if (!r.ok) break;
+      // its wait: until its start (a reservation sleeps until then)
+      waits.push(performance.now() - t0);
+      await r.release({ status: 200, latencyMs: 1 });
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    await lows;
+    // one gap (100 ms) and one low place ahead at most, plus the machine's scheduling; a burst of low would
+    // hold the key up to a window (1 s)
+    waits.sort((a, b) => a - b);
+    expect(waits[Math.floor(waits.length / 2)]!).toBeLessThan(300);
+  }, 20_000);
 });
 
 /** Two tenants flood one key (20 per rolling second) with `loops` callers each; their admissions over 6 s, once shares settled. */

@@ -42,8 +42,9 @@ describe('PoolCommands', () => {
     expect([tokens, cost, timeout, recheck, excluded, candidates]).toEqual([10, 0, config.leaseTimeoutMs, config.concurrencyRecheckMs, 'x,y', config.candidates]);
     expect(pick).toBeGreaterThanOrEqual(0);
     // no token: its five arguments are placeholders, then the class and the tenant, then the
-    // class's rule (keepFree of normal, higherWaitedMs, reserveAheadMs), the weight ('' = none named), tenantWindowMs
-    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 250, '', 2000, 0, '0']);
+    // class's rule (keepFree of normal, higherWaitedMs, reserveAheadMs), the weight ('' = none named), tenantWindowMs,
+    // the caller's wait so far, counted, spread
+    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 0, '', 2000, 0, '0', 1]);
     expect(calls[1]!.keys).toEqual(scriptKeys);
   });
 
