@@ -58,7 +58,7 @@ elseif action == 'reset' then
   st.hs, st.p50, st.p99, st.er, st.deg = 1, 0, 0, 0, 0
   st.hw, st.hc, st.hp, st.hn, st.he, st.hpn, st.hpe = nil, nil, nil, 0, 0, 0, 0
   st.erpm, st.etpm, st.rl, st.tl, st.ld, st.li = st.rpm, st.tpm, -1, -1, 0, 0
-  st.om, st.op, st.os = nil, nil, nil
+  st.om, st.op, st.os, st.oc, st.ox = nil, nil, nil, nil, nil
   if st.adm == 'active' then
     st.wr = ''
     redis.call('ZREM', waitKey, id)

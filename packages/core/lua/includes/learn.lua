@@ -10,7 +10,7 @@
     the provider's own headers show room for the pool's quota and no other use (the requests only
     arrived closer together than admitted: the key cools, its limit stays);
   - `remaining` shows the provider counting more in its window than the pool admitted (another
-    application uses the key: every answer of a whole window showed it, see steadyOthers; a 429's
+    application uses the key: most answers of a whole window showed it, see steadyOthers; a 429's
     own count at once) and the pool's quota per window no longer fits beside that use:
     down to what the other application leaves, at most once per window (providers that report per
     window only, `lh` = 'window', since a per-minute bucket's remaining cannot be compared with a
@@ -82,26 +82,38 @@ local function learnDim(st, now, eff, cfg, rep, window, limit, others, limited)
 end
 
 --[[
-  Another application's use shows in every answer of a window; the pool's own timing in a few (an
+  Another application's use shows in most answers of a window; the pool's own timing in a few (an
   arrival estimated a little late, a request of the pool's that reached the provider late and so
   counts in a window the pool's log has it before: bench:mixed read 2 to 4 "others" in 9 of ~900
   answers, nothing else using the keys, and lowered the keys by a tenth each time). So the use by
-  others that lowers a key, or holds it down, is the least that any answer showed over a whole
-  window (st.om, the least since st.op; st.os, that of the last whole window; -1 none yet): one
-  window later than a single answer would tell it, and never from the pool's own stragglers.
-  Returns st.os after this answer (others: its count, -1 unknown).
+  others that lowers a key, or holds it down, is judged over a whole window of answers (from st.op):
+  st.oc answers, st.ox of them showing others beyond the slack, st.om the least those showed. When
+  the window is over, st.os (the use that counts until the next one) is st.om if at least 2 answers
+  came and more than half showed others, else 0; a window followed by a gap of another window with no
+  answer leaves nothing (-1). One window later than a single answer would tell it, and never from
+  the pool's own stragglers. Returns st.os after this answer (others: its count, -1 unknown: then -1,
+  such an answer says nothing of others).
 ]]
 local function steadyOthers(st, now, others)
-  if others < 0 then return st.os or -1 end
+  if others < 0 then return -1 end
   local span = math.max(st.rw, 1000)
-  if not st.op or st.op <= 0 then
-    st.om, st.op, st.os = others, now, st.os or -1
-  elseif now - st.op >= span then
-    st.os, st.om, st.op = st.om, others, now
-  elseif others < st.om then
-    st.om = others
+  if st.op and st.op > 0 and now - st.op >= span then
+    if now - st.op >= 2 * span then
+      st.os = -1
+    elseif (st.oc or 0) >= 2 and 2 * (st.ox or 0) > st.oc then
+      st.os = st.om
+    else
+      st.os = 0
+    end
+    st.op = nil
   end
-  return st.os
+  if not st.op or st.op <= 0 then st.op, st.oc, st.ox, st.om = now, 0, 0, -1 end
+  st.oc = st.oc + 1
+  if others > LEARN_SLACK then
+    st.ox = st.ox + 1
+    if st.om < 0 or others < st.om then st.om = others end
+  end
+  return st.os or -1
 end
 
 --[[
