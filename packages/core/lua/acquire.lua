@@ -350,8 +350,9 @@ if chosen.slot then
   table.remove(st.fs, chosen.slot)
 elseif st.rw > 0 or st.tw > 0 then
   windowAdmit(winKey, st, id, est, start, slot)
+  spaceAdmitted(st, start)
 end
-classAdmit(winKey, st, id, class, keepCfg, margin, start, slot)
+classAdmit(winKey, st, id, class, keepCfg, margin, now, start, slot)
 classAdmitted(metaKey, class, now, tenant, tenantQ, tenantW, start)
 local lease = seq .. ':' .. id .. ':' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
   .. string.format('%.0f', math.floor(start * 1000 + 0.5)) .. ':' .. slot

@@ -186,8 +186,8 @@ export const PoolConfigSchema = z
       .object({
         keepFree: z
           .object({
-            low: z.number().min(0).max(0.9).default(0.2).describe('Share (0 to 0.9) of every key\'s window or bucket that low requests (queue jobs by default) leave free while a normal or critical request waited in the last higherWaitedMs.'),
-            normal: z.number().min(0).max(0.9).default(0).describe('Share (0 to 0.9) of every key\'s window or bucket that normal requests leave free while a critical request waited in the last higherWaitedMs.'),
+            low: z.number().min(0).max(0.9).default(0.2).describe('Share (0 to 0.9) of every key\'s window or bucket kept for normal and critical requests while one of them waited in the last higherWaitedMs: low requests (queue jobs by default) may hold at most the rest of a window themselves, and those above use what they leave.'),
+            normal: z.number().min(0).max(0.9).default(0).describe('Share (0 to 0.9) of every key\'s window or bucket kept for critical requests while one waited in the last higherWaitedMs (above 0, normal requests are also spread and hold no place ahead: see spread, reserveAheadMs).'),
           })
           .strict()
           .prefault({})

@@ -99,14 +99,13 @@ describe('priority classes', () => {
     // 8 callers at once: without the spreading, 10 start together and the next 10 a window later
     await Promise.all(Array.from({ length: 8 }, loop));
     starts.sort((a, b) => a - b);
-    const gaps = starts.slice(1).map((t, i) => t - starts[i]!);
-    expect(Math.min(...gaps)).toBeGreaterThanOrEqual(99);
-    // at most 2 starts in any 150 ms (a burst put all 10 in one)
-    for (let i = 0; i + 2 < starts.length; i++) expect(starts[i + 2]! - starts[i]!).toBeGreaterThanOrEqual(150);
-    // and the key's quota is used: 10 a second (a little under it with the 20 ms margin and the caller's
-    // own lateness when no place was held)
+    // on a schedule of one per 100 ms, a late caller catching up once: any 3 starts span at least one
+    // gap and any 4 at least two (a burst put all 10 at one instant)
+    for (let i = 0; i + 2 < starts.length; i++) expect(starts[i + 2]! - starts[i]!).toBeGreaterThanOrEqual(99);
+    for (let i = 0; i + 3 < starts.length; i++) expect(starts[i + 3]! - starts[i]!).toBeGreaterThanOrEqual(199);
+    // and the key's quota is used: 10 a second (a little under it with the 20 ms margin)
     const span = (starts.at(-1)! - starts[0]!) / 1000;
-    expect(starts.length - 1).toBeGreaterThanOrEqual(Math.floor(0.8 * 10 * span));
+    expect(starts.length - 1).toBeGreaterThanOrEqual(Math.floor(0.85 * 10 * span));
   }, 20_000);
 
   it('a normal caller arriving while low keeps a key full waits about one gap, not for the window', async () => {

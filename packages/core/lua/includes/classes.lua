@@ -4,9 +4,12 @@
   Classes, highest first: critical, normal, low. A class may keep a share `keep` (0..1) of every
   key's request and token capacity (its window's quota, or its bucket) free for the classes above
   it (pool config priority.keepFree):
-  - a request of that class is admitted now only if the key still has that share free after it,
-    while a higher class waited in the last `higherWaitedMs` ("restricted"); with nothing higher
-    waiting it may take the whole key (the share is not wasted when nobody needs it);
+  - while a higher class waited in the last `higherWaitedMs` ("restricted"), the class may hold at
+    most (1 - keep) of a request window's quota itself (its own log, classEarliest; a bucket or a token
+    window must keep the share free after it); with nothing higher waiting it may take the whole key
+    (the share is not wasted when nobody needs it);
+  - with priority.spread its requests follow a schedule of one per window / quota on each key
+    (spacedStart), and it holds at most one place ahead per key;
   - it reserves at most `reserveAheadMs` ahead (beyond that it is told when to come back: it holds
     no place), and while restricted only within the capacity that keeps the share free: a
     higher-class caller arriving later waits behind at most `reserveAheadMs` of lower-class
@@ -157,12 +160,12 @@ end
 
 -- Log an admission of a class that keeps a share (keepCfg > 0: whether restricted or not, so the
 -- count is right when a restriction begins).
-local function classAdmit(winKey, st, id, class, keepCfg, margin, start, slot)
+local function classAdmit(winKey, st, id, class, keepCfg, margin, now, start, slot)
   if keepCfg <= 0 then return end
   local q, w = classQuota(st, margin, keepCfg)
   if q <= 0 then return end
   local lo = classLo(id, class)
-  redis.call('ZREMRANGEBYLEX', winKey, '[' .. lo, '(' .. lo .. pad16(start - 2 * w))
+  redis.call('ZREMRANGEBYLEX', winKey, '[' .. lo, '(' .. lo .. pad16(math.min(now, start) - w))
   redis.call('ZADD', winKey, 0, lo .. pad16(start) .. '|' .. slot)
 end
 
@@ -175,16 +178,26 @@ local function spacing(st)
 end
 
 -- A lower class (one that keeps a share free for those above it) starts a request on a windowed key
--- no sooner than W / N after the key's latest admission: its admissions spread over the window
--- instead of coming in bursts, so slots free up all the time and a higher-class caller waits about
--- W / N for the next one, not for the last burst to leave the window (a burst of N repeats every W
--- when waiting callers take each slot as it frees). The key still admits N per W. A free slot (a
--- reservation given back) is taken as it is. Returns the start, or nil when `t` is nil.
+-- on a schedule of one per W / N: its admissions spread over the window instead of coming in
+-- bursts, so slots free up all the time and a higher-class caller waits about W / N for the next
+-- one, not for the last burst to leave the window (a burst of N repeats every W when waiting
+-- callers take each slot as it frees). The schedule (st.sg, GCRA-style: the next start on time) moves
+-- on by one gap at every admission of the key, whatever its class (spaceAdmitted), and a caller may
+-- start one gap early: one that came late catches up once instead of pushing every later start back
+-- (spaced from the latest real start, a few ms of lateness per start cost the key a tenth of its
+-- quota). The key still admits N per W. A free slot (a reservation given back) is taken as it is.
+-- Returns the start, or nil when `t` is nil.
 local function spacedStart(st, t, slot)
   if not t or slot then return t end
   local gap = spacing(st)
-  if gap > 0 and st.wl + gap > t then return st.wl + gap end
+  if gap > 0 and st.sg and st.sg - gap > t then return st.sg - gap end
   return t
+end
+
+-- Move the key's schedule on by one gap for an admission starting at `start` (not a free slot's).
+local function spaceAdmitted(st, start)
+  local gap = spacing(st)
+  if gap > 0 then st.sg = math.max(st.sg or 0, start) + gap end
 end
 
 -- When a request of `class` keeping `keep` free may start on a key the full rules let start at
@@ -203,8 +216,11 @@ local function keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, k
   end
   if q > 0 then
     local c = classEarliest(winKey, id, class, now, q, w)
-    -- later than the free slot found: the windows' own next place
-    if c > at then at, s = c, nil end
+    if c > at then
+      -- later than the free slot found: no earlier than the windows' own next place without it
+      if s then c = math.max(c, windowEarliest(winKey, st, id, est, now, margin)) end
+      at, s = c, nil
+    end
   end
   return at, s
 end

@@ -10,6 +10,9 @@
   it touches is still one it was given:
     <id>|r|<start, us, 16 digits>|<slot>                        one per admitted request
     <id>|t|<tokens so far, 15 digits>|<start, us>|<slot>        one per admitted request with tokens
+    <id>|c|<class>|<start, us>|<slot>                         one per admission of a class that keeps a
+                                                              share (classes.lua: its own count; trimmed
+                                                              to the window at each look and admission)
   Admissions are appended in time order (a new one never starts before the key's last, st.wl), so
   "the N-th most recent admission + W" is exactly when one more fits, and the token entries' running
   sums (st.wc) make "when do `est` more tokens fit" one range lookup. Request entries older than
