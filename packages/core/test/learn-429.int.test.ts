@@ -30,6 +30,16 @@ describe('a 429 and the effective limit', () => {
     expect(s.state).toBe('cooling');
   });
 
+  it('a 429 at a quota equal to the limit, counting only the pool\'s own: one request a window less, not a fifth', async () => {
+    // 600 RPM: the pool's 10 a window is the provider's 10
+    const { pool: p } = await pool({ keys: [{ ...key('equal'), rpm: 600 }] });
+    const sent = [];
+    for (let i = 0; i < 10; i++) sent.push(lease(await p.acquire({ model: 'm' })));
+    // the provider counted 10, all the pool's: timing as likely as someone else hidden in the count
+    await sent[9]!.release({ status: 429, headers: { 'retry-after-ms': '50', 'x-ratelimit-limit-requests': '10', 'x-ratelimit-remaining-requests': '0' } });
+    expect(await effectiveRpm(p)).toBe(540);
+  });
+
   it('lowers the limit on a 429 whose headers say nothing', async () => {
     const { pool: p } = await pool({ keys: [key('bare')] });
     await lease(await p.acquire({ model: 'm' })).release({ status: 429, headers: { 'retry-after-ms': '50' } });

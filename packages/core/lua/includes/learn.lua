@@ -8,7 +8,9 @@
   - a 429 the pool did not expect (it admitted the request within its limits): multiplicative
     decrease, at most once per window (a burst of 429s from one cause lowers it once); not when
     the provider's own headers show room for the pool's quota and no other use (the requests only
-    arrived closer together than admitted: the key cools, its limit stays);
+    arrived closer together than admitted: the key cools, its limit stays); one request a window
+    less when they show no other use at a quota equal to the limit (timing, or another application
+    hidden by the pool's own refused requests in its log);
   - `remaining` shows the provider counting more in its window than the pool admitted (another
     application uses the key: most answers of a whole window showed it, see steadyOthers; a 429's
     own count at once) and the pool's quota per window no longer fits beside that use:
