@@ -38,7 +38,8 @@
   Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
           [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
       or {0, reason, retryAfterMs (-1: not by waiting), version}; reasons of the classes
-         (includes/classes.lua): kept_free (the share kept for a higher class), tenant_share
+         (includes/classes.lua): kept_free (the share kept for a higher class, or the spread
+         schedule's next start not come yet), tenant_share
       or {2, tokenRefusal, retryAfterMs (-1: not by waiting), tokenId ('' when unknown)}: the
          token was refused (reasons of tokenAdmit-3.lua, and priority_not_allowed: class
          critical for a token without allowCritical), nothing changed

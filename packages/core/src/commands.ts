@@ -19,7 +19,7 @@ import type { RawKeyStatus, RawStatusHead, ScheduledJobStatus } from './status.j
 // ---- refusals: every reason a script says no, and what each means ------------------------------
 
 /** Why acquire could not give a lease now. */
-/** kept_free: the share a higher class keeps (pool config priority.keepFree); tenant_share: the tenant holds its weighted share of the class's reservations. */
+/** kept_free: the share a higher class keeps (pool config priority.keepFree), or a spread class's next start on every key not come yet (priority.spread); tenant_share: the tenant holds its weighted share of the class's reservations. */
 /** A stored status snapshot that starts with this is base64 of its deflated JSON (one without: the JSON itself). */
 const PACKED = 'z1:';
 
