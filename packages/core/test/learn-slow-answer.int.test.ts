@@ -21,6 +21,13 @@ const effectiveRpm = async (p: KeyPool) => (await p.status()).keys[0]!.effective
 const KEY = { provider: 'azure', models: ['m'], rpm: 540 };
 const counted = (used: number) => ({ 'x-ratelimit-limit-requests': '10', 'x-ratelimit-remaining-requests': String(10 - used) });
 
+/** Three leases of the pool's one key, one after the other (within one window). */
+async function acquireThree(p: KeyPool): Promise<Lease[]> {
+  const out: Lease[] = [];
+  for (let i = 0; i < 3; i++) out.push(lease(await p.acquire({ model: 'm' })));
+  return out;
+}
+
 /** Redis's clock (ms): the pool's windows are in its time. */
 async function redisNow(redis: { time(): Promise<[string, string] | (string | number)[]> }): Promise<number> {
   const [s, us] = await redis.time();
@@ -36,8 +43,7 @@ async function redisWait(redis: Parameters<typeof redisNow>[0], ms: number): Pro
 describe('learning from remaining', () => {
   it('an answer back 1.1 s after it was sent, counting only the pool\'s own requests, leaves the key alone', async () => {
     const { pool: p, redis } = await pool({ keys: [{ secret: fakeSecret('slow'), ...KEY }] });
-    const sent = [];
-    for (let i = 0; i < 3; i++) sent.push(lease(await p.acquire({ model: 'm' })));
+    const sent = await acquireThree(p);
     const t0 = sent[2]!.acquiredAt;
     await vi.waitFor(async () => expect(await redisNow(redis)).toBeGreaterThan(t0 + 1100), { timeout: 5000, interval: 50 });
     // the pool goes on admitting (and tidying its log) while the first answers are still out
@@ -50,8 +56,7 @@ describe('learning from remaining', () => {
   it('timely answers showing another application over a whole window lower the key', async () => {
     const { pool: p, redis } = await pool({ keys: [{ secret: fakeSecret('other'), ...KEY }] });
     // the pool sends 3 and the provider counts 6 at two answers: 3 others
-    const first = [];
-    for (let i = 0; i < 3; i++) first.push(lease(await p.acquire({ model: 'm' })));
+    const first = await acquireThree(p);
     await first[2]!.release({ status: 200, latencyMs: 5, headers: counted(6) });
     await first[1]!.release({ status: 200, latencyMs: 5, headers: counted(6) });
     // not yet: it may be the pool's own requests that reached the provider late
@@ -65,8 +70,7 @@ describe('learning from remaining', () => {
 
   it('one answer counting more than the pool\'s, among answers of the same window counting only its own, leaves the key alone', async () => {
     const { pool: p, redis } = await pool({ keys: [{ secret: fakeSecret('late'), ...KEY }] });
-    const first = [];
-    for (let i = 0; i < 3; i++) first.push(lease(await p.acquire({ model: 'm' })));
+    const first = await acquireThree(p);
     // 3 more than the pool's own (a late request of its own, seen as someone else's) ...
     await first[2]!.release({ status: 200, latencyMs: 5, headers: counted(6) });
     // ... and in the same window an answer that counts exactly the pool's three
