@@ -600,6 +600,14 @@ export class PoolCommands {
     return (await this.link.script('snapshotSave', [k.snap, k.snapAt, k.snapLock], [token, packed, `${takenAt}:${ttl}:${Math.round(offsetMs)}`, ttl])) === 1;
   }
 
+  /**
+   * Give back the right to compute the snapshot, just taken (snapshotLock) and not used: a plain DEL,
+   * as the caller holds the lock (it lives LOCK_MS, far longer than between the two calls).
+   */
+  async snapshotUnlock(): Promise<void> {
+    await this.link.call('DEL', [this.k.snapLock]);
+  }
+
   /** Forget the snapshot (a key changed: the next reader computes a new one). */
   async snapshotForget(): Promise<void> {
     await this.link.call('DEL', [this.k.snapAt, this.k.snap, this.k.snapLock]);

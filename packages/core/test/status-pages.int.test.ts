@@ -103,6 +103,27 @@ describe('the shared status snapshot', () => {
     expect(fresh.snapshot!.ageMs).toBeLessThan(1000);
   });
 
+  it('a snapshot stored between a reader\'s look and its lock is used, not computed again', async () => {
+    const name = uniqueName('race');
+    const keys = specs(2, 'r');
+    const { pool: a } = await pool({ pool: name, keys, status: { snapshotMs: 3000 } });
+    const { pool: b, redis } = await pool({ pool: name, keys, status: { snapshotMs: 3000 } });
+    const warm = await Promise.all([a.status(), b.status()]);
+    await a.enableKey(warm[0].keys[0]!.id); // forgotten: nothing stored
+    // b looks (nothing there); just before it takes the lock, a computes one, stores it and frees the lock
+    const cmd = (b as unknown as { cmd: { snapshotLock(ms: number): Promise<string | null> } }).cmd;
+    const lock = cmd.snapshotLock.bind(cmd);
+    let stored: Awaited<ReturnType<KeyPool['status']>> | undefined;
+    cmd.snapshotLock = async (ms) => {
+      stored ??= await a.status();
+      return lock(ms);
+    };
+    const read = await b.status();
+    expect(read.snapshot!.takenAt).toBe(stored!.snapshot!.takenAt);
+    // and the lock it took is given back: the next computation is not held up
+    expect(await redis.exists(b.keys.snapLock)).toBe(0);
+  });
+
   it('the snapshot in Redis holds no secret', async () => {
     const { pool: p, redis } = await pool({ keys: [spec('secretive')], status: { snapshotMs: 1000 } });
     await p.status();
