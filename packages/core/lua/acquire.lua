@@ -281,6 +281,8 @@ end
 -- comes within the wait it asked for, ARGV[9]) is not counted: the try that ends it is.
 local callerWait = tonumber(ARGV[9])
 local function refused(reply)
+  -- a caller that waits but may hold no place is given its own turn (classes.lua classTurn)
+  if maxWait < callerWait and ARGV[24] ~= '1' then reply = classTurn(metaKey, serKey, class, now, reply, callerWait) end
   if ARGV[24] ~= '1' and not (reply[3] >= 0 and reply[3] <= callerWait) then seriesAcquire(serKey, now, class, tenant, 'r', 0) end
   return reply
 end
