@@ -93,6 +93,7 @@ keep, keepRes, maxWait, liftAt = classRule(metaKey, class, now, tonumber(ARGV[18
 local keepCfg = tonumber(ARGV[18]) or 0
 local spaced = ARGV[25] == '1' and keepCfg > 0
 local keptAt = nil -- a key free under the full rules, refused to keep the share: when it would take this
+local keptSt, keptG = nil, 1 -- that key's state and group
 
 local ngroups = (#KEYS - 9) / 2
 local function avail(i) return KEYS[7 + 2 * i] end
@@ -216,7 +217,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
           end
           if kind == 'kept' then
             nseen = nseen + 1
-            if keptAt == nil or untilMs < keptAt then keptAt = untilMs end
+            if keptAt == nil or untilMs < keptAt then keptAt, keptSt, keptG = untilMs, st, g end
             -- free soon under the class's rules: a place there, if nothing is free now
             if spaced and maxWait > 0 then consider(id, st, g, untilMs, slot) end
           elseif kind == 'ok' then
@@ -280,9 +281,12 @@ end
 -- Refused (not 'busy': the caller tries again at once). A refusal the caller waits out (its retry
 -- comes within the wait it asked for, ARGV[9]) is not counted: the try that ends it is.
 local callerWait = tonumber(ARGV[9])
-local function refused(reply)
+-- st, g: the key whose time a refusal names, and its group
+local function refused(reply, st, g)
   -- a caller that waits but may hold no place is given its own turn (classes.lua classTurn)
-  if maxWait < callerWait and ARGV[24] ~= '1' then reply = classTurn(metaKey, serKey, class, now, reply, callerWait) end
+  if maxWait < callerWait and st then
+    reply = classTurn(metaKey, class, now, reply, callerWait, st, redis.call('SCARD', avail(g)) + redis.call('ZCARD', waitz(g)), tonumber(ARGV[5]))
+  end
   if ARGV[24] ~= '1' and not (reply[3] >= 0 and reply[3] <= callerWait) then seriesAcquire(serKey, now, class, tenant, 'r', 0) end
   return reply
 end
@@ -290,20 +294,20 @@ if #usable == 0 then
   -- a key held only for the share kept free answers before "try again at once": such keys stay
   -- candidates, and with many of them a lower class's every try would sample only those (a storm of
   -- busy answers while the pool is full)
-  if keptAt then return refused(classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt or keptAt) - now)), version }, tenant, tenantW)) end
+  if keptAt then return refused(classRefused(metaKey, class, now, { 0, 'kept_free', math.max(1, math.ceil(math.min(keptAt, liftAt or keptAt) - now)), version }, tenant, tenantW), keptSt, keptG) end
   if total > nseen then
     -- sampling gave up with candidates left unexamined: try again at once
     return { 0, 'busy', 0, version }
   end
   -- Nothing usable: say when the earliest waiting key becomes usable, and why it waits.
-  local best, bestSt = nil, nil
+  local best, bestSt, bestG = nil, nil, 1
   for i = 1, ngroups do
     for _ = 1, 8 do
       local first = redis.call('ZRANGE', waitz(i), 0, 0, 'WITHSCORES')
       if not first[1] then break end
       local st = loadState(stKey, first[1])
       if st then
-        if best == nil or tonumber(first[2]) < best then best, bestSt = tonumber(first[2]), st end
+        if best == nil or tonumber(first[2]) < best then best, bestSt, bestG = tonumber(first[2]), st, i end
         break
       end
       redis.call('ZREM', waitz(i), first[1]) -- a removed key
@@ -319,7 +323,7 @@ if #usable == 0 then
   local reason = 'rate_limited'
   if bestSt.wr ~= '' then reason = REPORTED[bestSt.wr] and bestSt.wr or 'unavailable' end
   if best >= PARKED then return refused({ 0, reason, -1, version }) end
-  return refused(classRefused(metaKey, class, now, { 0, reason, math.max(0, math.ceil(best - now)), version }, tenant, tenantW))
+  return refused(classRefused(metaKey, class, now, { 0, reason, math.max(0, math.ceil(best - now)), version }, tenant, tenantW), bestSt, bestG)
 end
 
 if tenant ~= '' then

@@ -268,6 +268,32 @@ describe('bounded work', () => {
     expect(scriptCalls).toBeLessThan(50);
   }, 20_000);
 
+  it("turns follow the keys' capacity, per key group: a fast key's waiting callers are not paced by a slow one's", async () => {
+    // f: 100 a second from a bucket of 1 (one every 10 ms); s: 10 per rolling second, filled by normal
+    const { pool: p } = await pool({
+      keys: [
+        { secret: fakeSecret('cls-turn-f'), models: ['f'], rpm: 6000, rpmBurst: 1 },
+        { secret: fakeSecret('cls-turn-s'), models: ['s'], rpm: 600, window: 1 },
+      ],
+      priority: { keepFree: { low: 0.2 } },
+    });
+    await take(p, 's', 'normal', 10);
+    const one = async (model: string) => {
+      const r = await p.acquire({ model, priority: 'low', maxWaitMs: 5000 });
+      if (r.ok) await r.release({ status: 200, latencyMs: 1 });
+      return r.ok;
+    };
+    const slow = Promise.all(Array.from({ length: 30 }, () => one('s')));
+    const t0 = performance.now();
+    const fast = await Promise.all(Array.from({ length: 20 }, () => one('f')));
+    const took = performance.now() - t0;
+    expect(fast.every(Boolean)).toBe(true);
+    // 20 at one every 10 ms: about 0.2 s; turns paced pool-wide at the slow key's rate (or 10 a
+    // second after a quiet second) took 1.8 to 2.4 s
+    expect(took).toBeLessThan(1000);
+    await slow;
+  }, 20_000);
+
   it("a class's tenant record stays bounded whatever the number of tenants", async () => {
     const { pool: p, redis, name } = await pool({ keys: [{ secret: fakeSecret('tq-cap'), models: ['t'], rpm: 1 }] } as PoolConfigInput);
     const first = await p.acquire({ model: 't' });

@@ -250,37 +250,44 @@ local function classRefused(metaKey, class, now, reply, tenant, w)
 end
 
 --[[
-  Turns for callers that wait but hold no place (their class reserves less ahead than they wait:
-  low, reserveAheadMs 0). Told "come back when the earliest key frees", every such caller came back
-  in the same millisecond, one was admitted and the others were refused again: with 64 queue jobs
-  waiting, about 1,800 refused tries a second (bench:mixed) for ~28 admissions. Instead each refused
-  caller is given its own time: the later of when a key frees and one step after the last turn
-  given (meta wt:<class>), the step giving TURN_GROWTH times as many turns a second as the class had
-  admissions in the last full second (series counters), plus 2: turns paced by the class's own
-  admissions alone would hold it at whatever rate it had (fewer turns, fewer admissions), this way
-  its rate grows by a quarter a second until the keys are full. At most TURN_STEP_MAX ms; turns reach at most TURN_HORIZON_MS
-  ahead (beyond it they bunch: a step misjudged after a quiet second cannot idle the keys for long).
-  A turn holds nothing: a caller of any class may take the capacity meanwhile, and a caller that
-  finds it taken is given a new turn; one whose turn comes after its wait ends is told to try once
-  more as its wait ends (no turn taken) instead of polling until then. Returns the reply with its retry moved to the turn.
+  Turns for callers that wait but hold no place: their class reserves less ahead than they wait
+  (priority.reserveAheadMs, 0 by default, caps the reservations of a class that keeps a share:
+  low, and normal when keepFree.normal > 0). Told "come back when the earliest key frees", every such
+  caller came back in the same millisecond, one was admitted and the others were refused again:
+  with 64 queue jobs waiting, about 1,800 refused tries a second (bench:mixed) for ~28 admissions.
+  Instead each refused caller is given its own time: the later of when a key frees and one step
+  after the last turn given for the key group (meta wt:<class>:<group>), turns reaching at most
+  TURN_HORIZON_MS ahead unless no key frees before. The step is the time the group needs to free
+  one request at its keys' limits: the refusing key's interval between requests (its window over
+  its quota, or its rate) over the number of keys in the group; turns are never fewer than the
+  group can admit, so no key idles while callers sleep on turns (a key limited only by concurrency
+  or by tokens gets no turns: its caller comes back when the key frees, as before). A turn holds
+  nothing: a caller of any class may take the capacity meanwhile, and a caller that finds it taken
+  is given a new turn. A caller whose turn would come after its wait ends takes none: it comes back
+  at a random time between when a key frees and the end of its wait (those callers do not all come
+  back in the same millisecond either). `st` is the state of the key whose time the reply names,
+  `g` its group's index in KEYS, `rnd` a random number in [0, 1) from the caller. Returns the reply
+  with its retry moved.
 ]]
-local TURN_STEP_MAX = 100
 local TURN_HORIZON_MS = 1000
-local TURN_GROWTH = 1.25
-local function classTurn(metaKey, serKey, class, now, reply, callerWait)
-  if reply[3] < 0 or not CAPACITY_REASONS[reply[2]] or reply[2] == 'tenant_share' then return reply end
-  local sec = math.floor(now / 1000) - 1
-  local p = tostring(sec % SER_SLOTS) .. ':' .. class .. ':'
-  local got = redis.call('HMGET', serKey, p .. 'a', p .. 'w')
-  local stamp = sec % SER_STAMPS
-  local n = serCount(got[1], stamp) + serCount(got[2], stamp)
-  local step = math.min(TURN_STEP_MAX, 1000 / (n * TURN_GROWTH + 2))
-  local f = 'wt:' .. class
+-- the round trip a caller needs to see the answer: a retry at the very end of its wait would be past it
+local TURN_SLACK_MS = 5
+local function classTurn(metaKey, class, now, reply, callerWait, st, groupSize, rnd)
+  if reply[3] < 0 or not CAPACITY_REASONS[reply[2]] or reply[2] == 'tenant_share' or not st then return reply end
+  local interval = 0
+  if st.rw > 0 then
+    interval = spacing(st)
+  elseif st.erpm > 0 then
+    interval = 60000 / st.erpm
+  end
+  if interval <= 0 then return reply end
+  local step = interval / math.max(1, groupSize)
+  local f = 'wt:' .. class .. ':' .. tostring(st.g)
   local last = tonumber(redis.call('HGET', metaKey, f)) or 0
   local t = math.max(now + reply[3], math.min(last + step, now + TURN_HORIZON_MS))
   if t - now > callerWait then
-    -- its turn comes after its wait ends: one last try as its wait ends (callers' deadlines differ)
-    if reply[3] <= callerWait then reply[3] = math.floor(callerWait) end
+    local room = callerWait - TURN_SLACK_MS - reply[3]
+    if room > 0 then reply[3] = reply[3] + math.floor(rnd * room) end
     return reply
   end
   redis.call('HSET', metaKey, f, string.format('%.0f', math.ceil(t)))
