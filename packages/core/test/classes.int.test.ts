@@ -32,6 +32,18 @@ async function take(p: Awaited<ReturnType<typeof pool>>['pool'], model: string, 
   return out;
 }
 
+/** `callers` low callers that acquire and release `model` in a loop for `ms`, each waiting up to `maxWaitMs`. */
+function keepBusy(p: Awaited<ReturnType<typeof pool>>['pool'], model: string, callers: number, ms: number, maxWaitMs: number): Promise<void[]> {
+  const stopAt = Date.now() + ms;
+  const loop = async () => {
+    while (Date.now() < stopAt) {
+      const r = await p.acquire({ model, priority: 'low', maxWaitMs });
+      if (r.ok) await r.release({ status: 200, latencyMs: 1 });
+    }
+  };
+  return Promise.all(Array.from({ length: callers }, loop));
+}
+
 describe('priority classes', () => {
   it('low cannot take the last 20% of a window while normal waited recently', async () => {
     // spread off: low takes its 8 at once (the spreading has its own test below)
@@ -111,14 +123,7 @@ describe('priority classes', () => {
   it('a normal caller arriving while low keeps a key full waits about one gap, not for the window', async () => {
     // low at the whole quota (10 a second, nothing higher waited yet), then a normal caller every 250 ms
     const { pool: p } = await pool({ keys: [{ secret: fakeSecret('cls-n'), models: ['n'], rpm: 600, window: 1 }], priority: { keepFree: { low: 0.2 } } });
-    const stopAt = Date.now() + 3500;
-    const loop = async () => {
-      while (Date.now() < stopAt) {
-        const r = await p.acquire({ model: 'n', priority: 'low', maxWaitMs: 3000 });
-        if (r.ok) await r.release({ status: 200, latencyMs: 1 });
-      }
-    };
-    const lows = Promise.all(Array.from({ length: 8 }, loop));
+    const lows = keepBusy(p, 'n', 8, 3500, 3000);
     await new Promise((r) => setTimeout(r, 1500));
     const waits: number[] = [];
     for (let i = 0; i < 6; i++) {
@@ -292,6 +297,28 @@ describe('bounded work', () => {
     // second after a quiet second) took 1.8 to 2.4 s
     expect(took).toBeLessThan(1000);
     await slow;
+  }, 20_000);
+
+  it('a caller whose turn would come after its wait still tries within its wait instead of giving up at once', async () => {
+    // 10 per rolling second kept busy by 24 low callers, whose turns reach about a second ahead
+    const { pool: p } = await pool({ keys: [{ secret: fakeSecret('cls-late'), models: ['l'], rpm: 600, window: 1 }], priority: { keepFree: { low: 0.2 } } });
+    const loops = keepBusy(p, 'l', 24, 3000, 2000);
+    await new Promise((r) => setTimeout(r, 1200));
+    // 5 callers that wait 600 ms: their turn would be past it, a key frees sooner
+    const took = await Promise.all(
+      Array.from({ length: 5 }, async () => {
+        const t0 = performance.now();
+        const r = await p.acquire({ model: 'l', priority: 'low', maxWaitMs: 600 });
+        if (r.ok) await r.release({ status: 200, latencyMs: 1 });
+        return performance.now() - t0;
+      }),
+    );
+    await loops;
+    // told to come back exactly as its wait ended, a caller saw that moment already past on the
+    // answer's return and gave up within a few ms (5 of 5); each now comes back at a random time
+    // within its wait: the longest of five waits well over 100 ms (all five under: about 1 in 10,000)
+    expect(Math.max(...took)).toBeGreaterThan(100);
+    expect(Math.max(...took)).toBeLessThan(1500);
   }, 20_000);
 
   it("a class's tenant record stays bounded whatever the number of tenants", async () => {
