@@ -205,7 +205,7 @@ export const PoolConfigSchema = z
           .min(0)
           .max(60_000)
           .default(0)
-          .describe('The furthest ahead a class with a keepFree share may reserve (while a higher class waits, only within the capacity that keeps its share free; with spread, at most one place per key): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place. 0 (the default): it holds none, so a higher class takes every slot as it frees; its callers come back when told (more acquire calls while the pool is full).'),
+          .describe('The furthest ahead a class with a keepFree share may reserve (while a higher class waits, only within the capacity that keeps its share free; with spread, at most one place per key): how long a higher-class request arriving later can wait behind it. Further, it is told when to come back and holds no place. 0 (the default): it holds none, so a higher class takes every slot as it frees; its waiting callers are each given a turn to come back, paced by the keys\' capacity (a few refused tries per admission while the pool is full, not one per waiting caller).'),
         spread: z
           .boolean()
           .default(true)
