@@ -20,9 +20,10 @@
  *     (longestRedisCommandUs).
  * Each window is `--seconds` (default 5) after `--warmup` (default 1) seconds of warm-up.
  *
- * Noise is spread evenly: redis-benchmark runs first and last (the mean is used, both are shown),
- * the pool sizes run twice in mirrored order (1,10,100,1000 ... 1000,100,10,1; the mean per size
- * is used) and the 4-key run sits in the middle. Each run has a fresh pool name.
+ * Noise is spread evenly: redis-benchmark runs right before and right after the 4-key run (the
+ * mean is used, both are shown: the ratio's baseline is measured next to what it divides, as this
+ * host's speed drifts within a run), the pool sizes run twice in mirrored order (1,10,100,1000 ...
+ * 1000,100,10,1; the mean per size is used) around them. Each run has a fresh pool name.
  *
  * Redis: REDIS_URL if set (never flushed: only this run's pool keys `kp:{bench-<id>-...}:*` are
  * deleted), else a private redis-server on a free port (packages/testkit), stopped at the end.
@@ -320,15 +321,17 @@ async function main() {
     const orderOf = (pass: number) => (pass % 2 === 1 ? [...POOL_SIZES] : [...POOL_SIZES].reverse());
     const half = Math.ceil(opts.passes / 2);
 
-    // eval, sizes (first half of the passes), 4-key run, sizes (second half), eval
-    if (opts.only.has('eval')) await runEval('before');
+    // sizes (first half of the passes), eval, 4-key run, eval, sizes (second half): the ratio's
+    // baseline is measured right before and right after the run it divides (this host's speed drifts
+    // within a run: a 1-key pool gave 14,050 leases/s in one pass and 8,850 in the next, ~40 s later)
     if (opts.only.has('sizes')) for (let p = 1; p <= half; p++) for (const n of orderOf(p)) if (!interrupted()) await runSize(n, p);
+    if (opts.only.has('eval') && !interrupted()) await runEval('before');
     if (opts.only.has('main') && !interrupted()) {
       mainRun = await leaseRun(ctx, 'main', MAIN_KEYS, true);
       if (!interrupted()) log(`main run, ${MAIN_KEYS} keys: ${fmt(mainRun.leasesPerSec)} leases/s, acquire p50 ${mainRun.latency?.p50Ms} ms p99 ${mainRun.latency?.p99Ms} ms`);
     }
-    if (opts.only.has('sizes')) for (let p = half + 1; p <= opts.passes; p++) for (const n of orderOf(p)) if (!interrupted()) await runSize(n, p);
     if (opts.only.has('eval') && !interrupted()) await runEval('after');
+    if (opts.only.has('sizes')) for (let p = half + 1; p <= opts.passes; p++) for (const n of orderOf(p)) if (!interrupted()) await runSize(n, p);
     let ops: OpsResult | undefined;
     if (opts.only.has('ops') && !interrupted()) {
       ops = await opsRun({ ...OPS, rate: opts.opsRate, seconds: opts.opsSeconds, runId, model: MODEL, logger, log, stopped: interrupted });
