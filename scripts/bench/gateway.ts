@@ -106,6 +106,7 @@ import { measureSides, meanTelemetry, overheadOf, warm, type Env, type SideFigur
 import { Child, interrupt, interrupted, log, MAX_TOKENS, MODEL, parseCli } from './gateway/options.js';
 import { allocationsOfGateway, profileGateway, redisScriptTimes } from './gateway/profile.js';
 import { render } from './gateway/render.js';
+import { assertBuildIsFresh, shippedCodeEnv } from './lib/shipped-code.js';
 
 const TARGETS = { overheadP50Ms: 0.5, overheadP99Ms: 3, cpuGatewayOverBare: 2, scriptCallsPerRequest: 2 } as const;
 
@@ -132,6 +133,7 @@ function perRequest(sides: Record<Side, SideFigures>) {
 
 async function main(): Promise<void> {
   const opts = parseCli();
+  if (opts.gatewayCode === 'dist') assertBuildIsFresh();
   const started = performance.now();
   const runId = randomBytes(4).toString('hex');
   const loadStart = os.loadavg();
@@ -179,7 +181,7 @@ async function main(): Promise<void> {
     fake = new Child('fake', { keys: [{ key: directKey, name: 'direct' }, { key: bareKey, name: 'bare' }, ...keys.map((k) => ({ key: k.secret, name: k.name }))], model: MODEL, latencyMs: opts.latencyMs, chunkDelayMs: opts.chunkDelayMs });
     const fakeReady = await fake.ready;
     log(`fake upstream at ${fakeReady.url} (pid ${fake.pid}), latency ${opts.latencyMs} ms, chunk delay ${opts.chunkDelayMs} ms`);
-    gateway = new Child('gateway', { redisUrl: redis.url, fakeUrl: fakeReady.url, pool: `bench-gw-${runId}`, model: MODEL, keys, adminToken: randomBytes(24).toString('hex') }, opts.gatewayNodeFlags);
+    gateway = new Child('gateway', { redisUrl: redis.url, fakeUrl: fakeReady.url, pool: `bench-gw-${runId}`, model: MODEL, keys, adminToken: randomBytes(24).toString('hex') }, opts.gatewayNodeFlags, opts.gatewayCode === 'dist' ? shippedCodeEnv() : undefined);
     const gwReady = await gateway.ready;
     log(`gateway at ${gwReady.url} (pid ${gateway.pid}), ${opts.keys} keys, gateway token made`);
     bareProxy = new Child('bare', { fakeUrl: fakeReady.url, key: bareKey });
@@ -336,6 +338,7 @@ async function main(): Promise<void> {
         client: 'node:http, one keep-alive agent (lifo), same code for both targets',
         maxRpsRule: `overhead p99 < ${opts.maxOverheadMs} ms and no errors; a failing step is measured ${opts.stepRetries} more time(s)`,
         redis: `spawned redis-server ${redisVersion}`,
+        gatewayCode: opts.gatewayCode === 'dist' ? "the packages' dist/ (as built by npm run build and run by keypool serve)" : 'the TypeScript sources through tsx (keepNames: not what ships)',
         gatewayNodeFlags: opts.gatewayNodeFlags.join(' ') || null,
       },
       chat,

@@ -31,6 +31,9 @@ const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:ga
   --step-retries N       measure a failing step again this many times (default 1)
   --max-overhead-ms N    overhead p99 bound of a maxRps step (default 10)
   --no-max-rps           skip the maxRps search
+  --gateway-code C       dist (default): the gateway runs the packages' dist/ as they ship (run
+                         \`npm run build\` first; a stale build is refused); src: their TypeScript
+                         through tsx (its keepNames wraps every closure: slower, not what ships)
   --gateway-node-flags S what-if: extra node flags for the gateway process only, e.g.
                          "--max-semi-space-size=64" (shown in the output; default none)
   --profile              also profile the gateway (V8 CPU profile during one chat and one stream
@@ -39,11 +42,16 @@ const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:ga
   -h, --help             this text`;
 
 
+function oneOf<T extends string>(name: string, value: string, choices: readonly T[]): T {
+  if (!(choices as readonly string[]).includes(value)) throw new Error(`--${name}: one of ${choices.join(', ')} (got '${value}')`);
+  return value as T;
+}
+
 export function parseCli() {
   const v = parseBenchArgs(USAGE, {
     rate: '500', seconds: '10', warmup: '3', 'latency-ms': '20', 'chunk-delay-ms': '1', keys: '4',
     rates: DEFAULT_RATES, 'step-seconds': '6', 'step-retries': '1', 'max-overhead-ms': '10',
-    'no-max-rps': false, profile: false, quick: false, 'overhead-rates': '200,500,1000', 'gateway-node-flags': '', 'timeout-ms': '10000',
+    'no-max-rps': false, profile: false, quick: false, 'overhead-rates': '200,500,1000', 'gateway-code': 'dist', 'gateway-node-flags': '', 'timeout-ms': '10000',
   });
   const rates = numList('rates', v.rates, 1, 100_000);
   if (rates.length === 0) throw new Error('--rates: give at least one rate');
@@ -66,6 +74,7 @@ export function parseCli() {
     maxOverheadMs: num('max-overhead-ms', v['max-overhead-ms'], 0.1, 10_000),
     maxRps: !v['no-max-rps'] && !v.quick,
     profile: v.profile,
+    gatewayCode: oneOf('gateway-code', v['gateway-code'], ['dist', 'src'] as const),
     gatewayNodeFlags: v['gateway-node-flags'].split(/\s+/).filter(Boolean),
     timeoutMs: int('timeout-ms', v['timeout-ms'], 100, 600_000),
   };
@@ -91,7 +100,8 @@ export class Child extends BenchChild<Ready> {
     readonly role: 'fake' | 'gateway' | 'bare',
     config: FakeChildConfig | GatewayChildConfig | BareChildConfig,
     nodeFlags: string[] = [],
+    env?: NodeJS.ProcessEnv,
   ) {
-    super({ script: CHILD, role, config, nodeFlags, onUnexpectedExit: (m) => void (interrupted() || log(m)) });
+    super({ script: CHILD, role, config, nodeFlags, env, onUnexpectedExit: (m) => void (interrupted() || log(m)) });
   }
 }

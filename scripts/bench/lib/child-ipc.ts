@@ -20,6 +20,8 @@ export interface BenchChildOptions {
   /** Passed to the child as its second argument (JSON, base64). */
   config: unknown;
   nodeFlags?: string[];
+  /** The child's environment (default: the parent's). */
+  env?: NodeJS.ProcessEnv;
   /** Called when the child exits before stop() was asked (not while the run is being interrupted). */
   onUnexpectedExit?: (message: string) => void;
   /** SIGTERM and SIGKILL after stop() asked and the child has not exited (ms). Default 5000, 8000. */
@@ -41,7 +43,7 @@ export class BenchChild<Ready extends { type: 'ready'; pid: number }> {
     const label = (this.label = opts.label ?? opts.role);
     this.stopAfterMs = opts.stopAfterMs ?? [5000, 8000];
     const arg = Buffer.from(JSON.stringify(opts.config)).toString('base64');
-    this.proc = spawn(process.execPath, [...(opts.nodeFlags ?? []), '--import', 'tsx', opts.script, opts.role, arg], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    this.proc = spawn(process.execPath, [...(opts.nodeFlags ?? []), '--import', 'tsx', opts.script, opts.role, arg], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: opts.env ?? process.env });
     children.add(this.proc);
     // stdout must stay the parent's (--json): whatever a child prints goes to stderr, prefixed
     for (const s of [this.proc.stdout!, this.proc.stderr!]) createInterface({ input: s }).on('line', (l) => process.stderr.write(`[${label}] ${l}\n`));
