@@ -9,7 +9,7 @@ import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmb
 import { ClientClosed, GatewayTimeout, HttpError, ShuttingDown, badRequest, sendError, shuttingDown, toHttpError, tokenRefusal, unknownUrl } from './errors.js';
 import type { Inflight } from './inflight.js';
 import { memberOf, spliceMembers } from './json-splice.js';
-import type { GatewayMetrics } from './metrics.js';
+import { boundObserver, type GatewayMetrics } from './metrics.js';
 import { SseTap, usageOf, type StreamKind } from './sse.js';
 import { UpstreamNetworkError, classifyUpstream, forward, readBody } from './upstream.js';
 
@@ -123,6 +123,8 @@ interface ProxyContext extends Required<Omit<ProxyDeps, 'logger'>> {
   log: Logger;
   duration: Map<string, { observe(v: number): void }>;
   overhead: Map<string, { observe(v: number): void }>;
+  acquired: { observe(v: number): void };
+  acquireFailed: { observe(v: number): void };
 }
 
 /**
@@ -133,8 +135,10 @@ export function createProxy(deps: ProxyDeps): (req: IncomingMessage, res: Server
   const ctx: ProxyContext = {
     ...deps,
     log: deps.logger.child({ component: 'proxy' }),
-    duration: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.duration.labels({ endpoint: ep.name })])),
-    overhead: new Map(ENDPOINTS.map((ep) => [ep.name, deps.metrics.overhead.labels({ endpoint: ep.name })])),
+    duration: new Map(ENDPOINTS.map((ep) => [ep.name, boundObserver(deps.metrics.duration, { endpoint: ep.name })])),
+    overhead: new Map(ENDPOINTS.map((ep) => [ep.name, boundObserver(deps.metrics.overhead, { endpoint: ep.name })])),
+    acquired: boundObserver(deps.metrics.acquire, { result: 'ok' }),
+    acquireFailed: boundObserver(deps.metrics.acquire, { result: 'failed' }),
   };
   return (req, res) => {
     const url = req.url ?? '/';
@@ -490,7 +494,7 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
         },
       });
     } finally {
-      metrics.acquire.observe({ result: d ? 'ok' : 'failed' }, (performance.now() - a0 - c.upstreamMs) / 1000);
+      (d ? ctx.acquired : ctx.acquireFailed).observe((performance.now() - a0 - c.upstreamMs) / 1000);
     }
     const { lease, model, value } = d;
     const up = value.up;

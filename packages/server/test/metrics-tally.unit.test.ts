@@ -1,10 +1,11 @@
 /**
  * Tally: counter increments of the request path kept as plain numbers and handed to prom-client at
- * each read; a read sees every increment made before it, once.
+ * each read; a read sees every increment made before it, once. boundObserver: a histogram child
+ * that adds in place and reads exactly as prom-client's own observe would.
  */
 import client from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { Tally } from '../src/metrics.js';
+import { Tally, boundObserver } from '../src/metrics.js';
 
 describe('Tally', () => {
   it('hands its counts to the counter at each read, by series, and counts nothing twice', async () => {
@@ -31,5 +32,50 @@ describe('Tally', () => {
       ['x', 'yz', 1],
       ['xy', 'z', 1],
     ]);
+  });
+});
+
+describe('boundObserver', () => {
+  const BUCKETS = [0.001, 0.01, 0.1, 1];
+  const make = (registry: client.Registry) => new client.Histogram({ name: 'h_seconds', help: 'h', labelNames: ['endpoint'], buckets: BUCKETS, registers: [registry] });
+
+  it("reads exactly as prom-client's observe, across series, values past the last bucket and a reset", async () => {
+    const plainRegistry = new client.Registry();
+    const fastRegistry = new client.Registry();
+    const plain = make(plainRegistry);
+    const fast = make(fastRegistry);
+    const a = boundObserver(fast, { endpoint: 'chat' });
+    const b = boundObserver(fast, { endpoint: 'embeddings' });
+    const values = [0.0004, 0.001, 0.0011, 0.05, 0.1, 0.7, 3, 0, 0.01, 250];
+    const feed = () => {
+      values.forEach((v, i) => {
+        const endpoint = i % 3 === 0 ? 'embeddings' : 'chat';
+        plain.observe({ endpoint }, v);
+        (endpoint === 'chat' ? a : b).observe(v);
+      });
+    };
+    feed();
+    const first = await plainRegistry.metrics();
+    expect(first).toContain('h_seconds_bucket{le="0.01",endpoint="chat"}');
+    expect(await fastRegistry.metrics()).toBe(first);
+    // a reset (prom-client replaces its series): the bound children start over, as plain ones do
+    plain.reset();
+    fast.reset();
+    feed();
+    feed();
+    expect(await fastRegistry.metrics()).toBe(await plainRegistry.metrics());
+    expect(await fastRegistry.metrics()).toContain('h_seconds_count{endpoint="chat"} 12');
+  });
+
+  it('drops a value that is not a finite number (prom-client would throw on the request path)', async () => {
+    const registry = new client.Registry();
+    const h = make(registry);
+    const o = boundObserver(h, { endpoint: 'chat' });
+    o.observe(0.5);
+    o.observe(Number.NaN);
+    o.observe(Number.POSITIVE_INFINITY);
+    const text = await registry.metrics();
+    expect(text).toContain('h_seconds_count{endpoint="chat"} 1');
+    expect(text).toContain('h_seconds_sum{endpoint="chat"} 0.5');
   });
 });
