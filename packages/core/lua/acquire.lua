@@ -201,7 +201,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
       if excluded[id] then
         nseen = nseen + 1
       else
-        local st = stateOf(rawOf[id])
+        local st = stateFrom(stKey, id, rawOf[id])
         if not st then
           -- removed key left in a set
           redis.call('SREM', avail(g), id)
@@ -230,7 +230,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
               if st.wr ~= 'budget' then
                 -- status shows it out of budget until a request fits again
                 st.wr = 'budget'
-                saveState(stKey, id, st)
+                saveChanging(stKey, id, st)
               end
             end
           else
@@ -239,7 +239,8 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
             total = total - 1
             redis.call('ZADD', waitz(g), kind == 'wait' and math.ceil(untilMs) or PARKED, id)
             st.wr = reason
-            saveState(stKey, id, st)
+            -- it may still become this request's reservation (consider), changed then
+            saveChanging(stKey, id, st)
             if kind == 'wait' and RESERVABLE[reason] then consider(id, st, g, untilMs, slot) end
           end
         end

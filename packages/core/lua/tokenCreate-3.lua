@@ -18,5 +18,6 @@ local now = nowMs()
 local st = newTokenState(cjson.decode(raw), now)
 redis.call('HSET', tokKey, hash, raw)
 redis.call('HSET', idKey, id, hash)
-saveState(stKey, id, st)
+-- the view below refills and rolls the period of `st` (not saved): nothing kept (common.lua)
+saveChanging(stKey, id, st)
 return { 1, cjson.encode(tokenView(raw, st, now)) }

@@ -62,6 +62,15 @@ export interface LoadedScript<N extends string = string> {
   command: string;
 }
 
+/**
+ * A Lua file's text. With KEYPOOL_VERIFY_STATE_CACHE=1 (tests), common.lua's kept states are
+ * compared with a fresh decode each time one is handed out (a different library, by its hash).
+ */
+function readLua(path: string): string {
+  const text = readFileSync(path, 'utf8');
+  return process.env.KEYPOOL_VERIFY_STATE_CACHE === '1' ? text.replace('local VERIFY_STATE_CACHE = false', 'local VERIFY_STATE_CACHE = true') : text;
+}
+
 const FILE_RE = /^([A-Za-z][A-Za-z0-9]*)(?:-(\d+))?\.lua$/;
 const INCLUDE_RE = /^--- @include "([\w-]+)"$/gm;
 
@@ -72,7 +81,7 @@ const INCLUDE_RE = /^--- @include "([\w-]+)"$/gm;
 export function inlineIncludes(dir: string, file: string): string {
   const done = new Set<string>();
   const expand = (path: string, chain: string[]): string =>
-    readFileSync(join(dir, path), 'utf8').replace(INCLUDE_RE, (_, name: string) => {
+    readLua(join(dir, path)).replace(INCLUDE_RE, (_, name: string) => {
       if (chain.includes(name)) throw new Error(`circular @include in ${file}: ${[...chain, name].join(' -> ')}`);
       if (done.has(name)) return '';
       const inc = `includes/${name}.lua`;
@@ -283,7 +292,7 @@ export function buildLibrary(dir: string, list: readonly LoadedScript[]): Script
     // the includes the script pulls in, in the order its inlined source defines them
     const mine: string[] = [];
     const walk = (path: string) => {
-      for (const m of readFileSync(join(dir, path), 'utf8').matchAll(INCLUDE_RE)) {
+      for (const m of readLua(join(dir, path)).matchAll(INCLUDE_RE)) {
         const name = m[1]!;
         if (mine.includes(name)) continue;
         mine.push(name);
@@ -308,10 +317,10 @@ export function buildLibrary(dir: string, list: readonly LoadedScript[]): Script
   const done = new Set<string>();
   const expand = (name: string): string => {
     done.add(name);
-    return readFileSync(join(dir, `includes/${name}.lua`), 'utf8').replace(INCLUDE_RE, (_, inner: string) => (done.has(inner) ? '' : expand(inner)));
+    return readLua(join(dir, `includes/${name}.lua`)).replace(INCLUDE_RE, (_, inner: string) => (done.has(inner) ? '' : expand(inner)));
   };
   const prelude = order.map((name) => (done.has(name) ? '' : expand(name))).join('\n');
-  const bodies = list.map((s) => ({ name: s.name, body: readFileSync(join(dir, s.file), 'utf8').replace(INCLUDE_RE, '') }));
+  const bodies = list.map((s) => ({ name: s.name, body: readLua(join(dir, s.file)).replace(INCLUDE_RE, '') }));
   // the names carry a hash of the whole library text (wrappers and flags included): a release that
   // changes only how the library is put together gets a library of its own too
   const parts = [`#!lua name=keypool_${HASH_MARK}`, prelude];

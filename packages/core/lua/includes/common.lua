@@ -90,12 +90,86 @@ local function stateOf(raw)
   return st
 end
 
-local function loadState(stKey, id)
-  return stateOf(redis.call('HGET', stKey, id))
+--[[
+  Decoded states, kept between calls: a state a script saved is kept decoded, with the bytes it
+  saved, so that the next script that reads those same bytes takes the table instead of decoding
+  them again (an unpack of a key's 56 fields costs about 5 us; three per lease). Only the Redis
+  Functions library keeps it: its top level runs once, at FUNCTION LOAD, and every call shares its
+  tables; under EVAL each call starts empty (no gain, nothing changes).
+
+  Rules that keep a kept table equal to its bytes:
+  - it is compared by its bytes: anything that wrote the state otherwise (another script version,
+    HSET by hand, a replica promoted) makes different bytes, and the bytes are decoded again;
+  - a table handed out is no longer kept (the script may change it and not save it);
+  - a script does not change a state after saving it with saveState (saveChanging, for a table it
+    keeps changing and may not save again, keeps nothing); KEYPOOL_VERIFY_STATE_CACHE=1 (tests)
+    compares every table handed out with a fresh decode and fails the call on a difference.
+  At most KEPT_MAX tables (about 3 kB of Lua memory each) are kept; past that, all are dropped.
+]]
+local VERIFY_STATE_CACHE = false
+local KEPT_MAX = 4096
+local kept, keptN = {}, 0
+
+local function sameValue(a, b)
+  if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end
+  for k, v in pairs(a) do
+    if not sameValue(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
 end
 
-local function saveState(stKey, id, st)
+-- The state of `id` in hash `stKey` from its bytes `raw` (HGET / HMGET's reply): the table kept for
+-- those bytes, else decoded.
+local function stateFrom(stKey, id, raw)
+  local byKey = kept[stKey]
+  local k = byKey and byKey[id]
+  if k then
+    byKey[id] = nil
+    keptN = keptN - 1
+    if k[1] == raw then
+      if VERIFY_STATE_CACHE and not sameValue(k[2], stateOf(raw)) then
+        error('keypool: the kept state of ' .. id .. ' in ' .. stKey .. ' differs from its bytes (changed after saveState)')
+      end
+      return k[2]
+    end
+  end
+  return stateOf(raw)
+end
+
+local function loadState(stKey, id)
+  return stateFrom(stKey, id, redis.call('HGET', stKey, id))
+end
+
+-- Save a state the script may still change (and not save again): nothing is kept.
+local function saveChanging(stKey, id, st)
+  local byKey = kept[stKey]
+  if byKey and byKey[id] then
+    byKey[id] = nil
+    keptN = keptN - 1
+  end
   redis.call('HSET', stKey, id, cmsgpack.pack(st))
+end
+
+-- Save a state; the script does not change it afterwards (see above): kept for the next reader.
+local function saveState(stKey, id, st)
+  local raw = cmsgpack.pack(st)
+  redis.call('HSET', stKey, id, raw)
+  local byKey = kept[stKey]
+  if not byKey then
+    byKey = {}
+    kept[stKey] = byKey
+  end
+  if not byKey[id] then
+    if keptN >= KEPT_MAX then
+      kept, keptN, byKey = {}, 0, {}
+      kept[stKey] = byKey
+    end
+    keptN = keptN + 1
+  end
+  byKey[id] = { raw, st }
 end
 
 -- "<seq>:<keyId>:<tokens>:<nano-dollars>:<start, us>:<window slot>" -> seq, keyId, tokens, cost,

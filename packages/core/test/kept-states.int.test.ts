@@ -1,0 +1,98 @@
+/**
+ * Kept states (includes/common.lua): the scripts keep the key and token states they saved, decoded,
+ * with the bytes they saved, and hand the table to the next script that reads those same bytes
+ * instead of decoding them again. This file runs with KEYPOOL_VERIFY_STATE_CACHE=1: every kept
+ * table handed out is compared with a fresh decode of its bytes, and a difference fails the call.
+ */
+import { describe, expect, it } from 'vitest';
+import { PoolKeys, keyIdOf, type Lease, type Outcome } from '../src/index.js';
+import { keypoolLibrary } from '../src/scripts.js';
+import { fakeSecret, poolsClosedAfterAll } from './helpers.js';
+
+// before any pool loads the scripts (they are read at the first connect)
+process.env.KEYPOOL_VERIFY_STATE_CACHE = '1';
+
+const pool = poolsClosedAfterAll();
+const MODEL = 'gpt-4o-mini';
+
+describe('kept states', () => {
+  it('a state written by another hand is read as written, not as kept', async () => {
+    const secret = fakeSecret('kept');
+    const tp = await pool({ keys: [{ secret, models: [MODEL], rpm: 6000 }] });
+    const id = keyIdOf(secret);
+    // a lease and its release: the release saved the state, so it is kept
+    const l = await tp.pool.acquire({ model: MODEL, estimatedTokens: 10 });
+    if (!l.ok) throw new Error(`expected a lease, got ${JSON.stringify(l)}`);
+    await l.release({ status: 200, latencyMs: 20 });
+    // another hand (here: a script of its own, in Redis's other Lua VM) disables the key in its state
+    // bytes, without telling anyone
+    const st = new PoolKeys(tp.name).st;
+    await tp.redis.eval("local s = cmsgpack.unpack(redis.call('HGET', KEYS[1], ARGV[1])); s.adm = 'disabled'; redis.call('HSET', KEYS[1], ARGV[1], cmsgpack.pack(s)); return 1", 1, st, id);
+    // the next acquire reads those bytes: the key is disabled (a table kept from before would say active)
+    const r = await tp.pool.acquire({ model: MODEL, estimatedTokens: 10 });
+    expect(r).toMatchObject({ ok: false, reason: 'unavailable' });
+  });
+
+  it('leases, reservations, failures, breakers, budgets and gateway tokens: every kept table equals its bytes', async () => {
+    expect(keypoolLibrary().code).toContain('local VERIFY_STATE_CACHE = true');
+    const keys = [
+      // a windowed key: requests reserve places ahead
+      { secret: fakeSecret('kw'), models: [MODEL], rpm: 600, window: 1 },
+      // a bucket with a token limit counting usage
+      { secret: fakeSecret('kb'), models: [MODEL], rpm: 6000, tpm: 600_000, tpmCounts: 'usage' as const },
+      // a small concurrency cap and a budget
+      { secret: fakeSecret('kc'), models: [MODEL], rpm: 6000, maxConcurrent: 2, budget: { usd: 50, period: 'day' as const } },
+    ];
+    const tp = await pool({ keys, breaker: { failures: 3, cooldownMs: 200 } });
+    const { token } = await tp.pool.tokens.create({ name: 'kept', rpm: 6000, budget: { usd: 100, period: 'month' } });
+    const outcomes: Outcome[] = [
+      { status: 200, latencyMs: 30, usage: { promptTokens: 50, completionTokens: 20 } },
+      { status: 200, latencyMs: 900 },
+      { status: 429, latencyMs: 10, headers: { 'retry-after-ms': '50' } },
+      { status: 500, latencyMs: 15 },
+      { status: 400, latencyMs: 5 },
+      { error: 'aborted' },
+      { error: 'unused' },
+      { error: 'timeout' },
+      { status: 200, latencyMs: 40, headers: { 'x-ratelimit-limit-requests': '1200', 'x-ratelimit-remaining-requests': '1100' } },
+    ];
+    let leased = 0;
+    let refused = 0;
+    /** Refusals by reason (shown if too few were leased). */
+    const reasons: Record<string, number> = {};
+    const errors: string[] = [];
+    const worker = async (w: number) => {
+      for (let i = 0; i < 40; i++) {
+        try {
+          const withToken = (i + w) % 3 === 0;
+          const r = await tp.pool.acquire({
+            model: MODEL,
+            estimatedTokens: 100,
+            estimatedOutputTokens: 50,
+            maxWaitMs: 1000,
+            ...(withToken ? { admit: { token, estimatedCostUsd: 0.001 } } : {}),
+          });
+          if (!r.ok) {
+            refused++;
+            reasons[r.reason] = (reasons[r.reason] ?? 0) + 1;
+            continue;
+          }
+          leased++;
+          const lease: Lease = r;
+          const outcome = outcomes[(i * 7 + w) % outcomes.length]!;
+          await lease.release(outcome, lease.admission ? { settle: { admission: lease.admission } } : undefined);
+        } catch (e) {
+          errors.push((e as Error).message);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 6 }, (_, w) => worker(w)));
+    // status and token reads go through the same loads
+    await tp.pool.status();
+    await tp.pool.tokens.list();
+    expect(errors).toEqual([]);
+    // most are leased: the workload is the scripts' paths, not refusals (239 and 240 of 240 here)
+    expect(leased, JSON.stringify(reasons)).toBeGreaterThan(150);
+    expect(leased + refused).toBe(240);
+  }, 60_000);
+});
