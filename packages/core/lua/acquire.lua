@@ -34,12 +34,16 @@
   ARGV[22] ms of admissions the tenants' shares count  ARGV[23] ms the caller has slept between tries so far
   (0: its first try; counted as its wait)  ARGV[24] '1': do not count a refusal (a partitioned pool's try
   of one partition among several)  ARGV[25] 1: a class that keeps a share spreads its requests over
-  each key's window (includes/classes.lua spacedStart; priority.spread)
+  each key's window (includes/classes.lua spacedStart; priority.spread)  ARGV[26] Redis time (ms)
+  after which the caller no longer waits for this call (0: none): run later (Redis stalled with the
+  call already on its socket), it takes nothing and answers 'expired'
   Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
           [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
       or {0, reason, retryAfterMs (-1: not by waiting), version}; reasons of the classes
          (includes/classes.lua): kept_free (the share kept for a higher class, or the spread
          schedule's next start not come yet), tenant_share
+      or {0, 'expired', 0, version, nowMs, nowMicros}: ARGV[26] had passed; nothing was read or
+         written (the caller, if it still waits, tries again)
       or {2, tokenRefusal, retryAfterMs (-1: not by waiting), tokenId ('' when unknown)}: the
          token was refused (reasons of tokenAdmit-3.lua, and priority_not_allowed: class
          critical for a token without allowCritical), nothing changed
@@ -70,6 +74,14 @@ local class = ARGV[16]
 local tenant = ARGV[17]
 local now = nowMs()
 local serKey = KEYS[#KEYS]
+-- A call its caller stopped waiting for (its Redis timeout passed while Redis stalled, the call
+-- already on the socket) takes nothing: nobody would release the lease, the token's request or
+-- its reservation.
+local validUntil = tonumber(ARGV[26]) or 0
+if validUntil > 0 and now > validUntil then
+  local whole, micros = timeReply(now)
+  return { 0, 'expired', 0, tonumber(redis.call('HGET', metaKey, 'v') or '0'), whole, micros }
+end
 
 -- 0. The gateway token first: a refusal touches no key.
 local admission = nil

@@ -248,6 +248,8 @@ function viewOf(v: RawView): TokenView {
 }
 
 const orNull = (ms: number) => (ms < 0 ? null : ms);
+/** Margin of acquire's ARGV[26] over the Redis timeout: the estimate of Redis's clock is off by a return trip. */
+const VALID_SLACK_MS = 100;
 
 /** An admission's reply fields, as tokenAdmit-3.lua and acquire.lua send them: id, reservation, settings JSON | '', spent, reserved, period end. */
 type AdmittedTail = [string, string, string, number, number, number];
@@ -289,7 +291,7 @@ export class PoolCommands {
   constructor(
     private readonly link: CommandLink,
     private readonly k: PoolKeys,
-    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates' | 'limits' | 'reservationTimeoutMs' | 'priority'>,
+    private readonly config: Pick<PoolConfig, 'breaker' | 'health' | 'cooling' | 'leaseTimeoutMs' | 'concurrencyRecheckMs' | 'candidates' | 'limits' | 'reservationTimeoutMs' | 'priority' | 'redisDown'>,
   ) {
     const b = config.breaker;
     const h = config.health;
@@ -317,6 +319,23 @@ export class PoolCommands {
    * once (scripts.ts Packed): of their ~25 values a call converts only the dozen that change.
    */
   private readonly fixed: Record<'lease' | 'candidates' | 'margin' | 'reservation' | 'noAdmit' | 'ahead' | 'tenantWindow' | 'spread' | 'release' | 'learn', Packed>;
+  /** Redis's clock minus this process's (ms), from the last acquire or release answer; null: none yet. */
+  private redisAheadMs: number | null = null;
+
+  private sawRedisTime(redisMs: number): void {
+    this.redisAheadMs = redisMs - Date.now();
+  }
+
+  /**
+   * acquire's ARGV[26]: the Redis time after which this process no longer waits for the call (its
+   * Redis timeout, plus VALID_SLACK_MS for the estimate of Redis's clock), or 0 before any answer.
+   * A call Redis runs later (it stalled with the call on the socket) takes nothing: the lease, the
+   * token's request and reservation would be held by nobody until their timeouts, and charged.
+   * The real clock, not the pool's: it bounds a wait on the network, as the timeout does.
+   */
+  private validUntil(): number {
+    return this.redisAheadMs === null ? 0 : Math.ceil(Date.now() + this.redisAheadMs + this.config.redisDown.timeoutMs + VALID_SLACK_MS);
+  }
   /** acquire's KEYS by the topology's arrays (one per model and group set), packed once. */
   private readonly acquireKeys = new WeakMap<readonly string[], Packed<string>>();
   /** release's KEYS by group, packed once. */
@@ -378,14 +397,22 @@ export class PoolCommands {
       tokens, costNanos, f.lease, Math.random(), excluded, f.candidates, Math.floor(Math.random() * 2 ** 31), Math.max(0, Math.floor(maxWaitMs)), f.margin,
       ...(admit ? [admit.hash, admit.name, admit.costNanos, f.reservation, admit.wantSettings ? '1' : '0'] : [f.noAdmit]),
       who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], f.ahead, pr.weights[who.tenant] ?? who.weight ?? '', f.tenantWindow, who.waitedMs ?? 0, who.uncounted ? '1' : '0', f.spread,
+      this.validUntil(),
     ];
     const r = (await this.link.script('acquire', keys, args)) as
       | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]
       | [0, AcquireRefusal, number, number]
+      | [0, 'expired', number, number, number, number]
       | [2, TokenRefusal, number, string];
     if (r[0] === 2) return { ok: false, reason: 'token_refused', token: { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), id: r[3] || undefined } };
-    if (r[0] === 0) return { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), version: r[3] };
+    if (r[0] === 0) {
+      if (r[1] !== 'expired') return { ok: false, reason: r[1], retryAfterMs: orNull(r[2]), version: r[3] };
+      // our estimate of Redis's clock was off (the answer came in time): learn it, try again at once
+      this.sawRedisTime(r[4]! + r[5]! / 1000);
+      return { ok: false, reason: 'busy', retryAfterMs: 0, version: r[3] };
+    }
     const reply: AcquireReply = { ok: true, keyId: r[1], leaseId: r[2], deadline: r[3], at: r[4] + r[5] / 1000, version: r[6], probe: r[7] === 1, startInMs: r[8] };
+    this.sawRedisTime(reply.at);
     if (r.length > 9) reply.admitted = admittedOf(r.slice(9) as AdmittedTail);
     return reply;
   }
@@ -416,7 +443,10 @@ export class PoolCommands {
           h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.fixed.learn,
           t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0',
         ], background)) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
-        if (r[0] === 1) return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000, settled: r[6] };
+        if (r[0] === 1) {
+          this.sawRedisTime(r[4] + r[5] / 1000);
+          return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000, settled: r[6] };
+        }
         return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2] } : { ok: false, reason: r[1], settled: r[2] };
       },
       onMove,

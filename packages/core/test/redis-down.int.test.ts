@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { spawnRedisServer, testTarget, type SpawnedRedis } from '@keypool/testkit';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { KeyPool, RedisUnavailableError, isRedisUnavailable, type Lease } from '../src/index.js';
+import { KeyPool, PoolKeys, RedisUnavailableError, isRedisUnavailable, type Lease } from '../src/index.js';
 import { fakeSecret, memoryLogger, sleep } from './helpers.js';
 
 const servers: SpawnedRedis[] = [];
@@ -99,6 +99,41 @@ describe.skipIf(testTarget() === 'cluster')('Redis unavailable', () => {
       return r.ok && !r.local;
     }, 3000);
     expect(pool.redisAvailable).toBe(true);
+    admin.disconnect();
+  });
+
+  it('an acquire Redis runs after its caller stopped waiting (Redis stalled with it on the socket) takes nothing', async () => {
+    const server = await spawnRedisServer({ args: ['--enable-debug-command', 'yes'] });
+    servers.push(server);
+    const pool = await KeyPool.connect({
+      redis: server.url,
+      config: { pool: 'stall', redisDown: { timeoutMs: 200 }, keys: [{ secret: fakeSecret('stall'), models: ['m'], rpm: 600, maxConcurrent: 4 }] },
+      logger: pino({ level: 'silent' }),
+    });
+    pools.push(pool);
+    const { token, info } = await pool.tokens.create({ name: 'stall', rpm: 600, budget: { usd: 10, period: 'total' } });
+    // a lease first: the pool learns Redis's clock from its answers
+    const first = await pool.acquire({ model: 'm', admit: { token, estimatedCostUsd: 0.01 } });
+    if (!first.ok) throw new Error(`expected a lease, got ${JSON.stringify(first)}`);
+    await first.release({ status: 200 }, { settle: { admission: first.admission!, costUsd: 0.01 } });
+
+    const admin = new Redis(server.url);
+    await admin.ping();
+    void admin.debug('SLEEP', '0.8').catch(() => undefined);
+    await sleep(30);
+    // three callers give up after 200 ms, their acquires written to Redis's socket
+    const tried = await Promise.allSettled([1, 2, 3].map(() => pool.acquire({ model: 'm', admit: { token, estimatedCostUsd: 0.01 } })));
+    expect(tried.map((t) => (t.status === 'rejected' ? (t.reason as Error).name : 'answered'))).toEqual(['RedisUnavailableError', 'RedisUnavailableError', 'RedisUnavailableError']);
+    // Redis wakes up and runs them: they take no slot, no token request, no money
+    await until(async () => (await admin.ping()) === 'PONG');
+    const keys = new PoolKeys('stall');
+    expect(await admin.zcard(keys.leases)).toBe(0);
+    expect(await admin.zcard(keys.tokRes)).toBe(0);
+    await until(() => pool.status().then(() => true, () => false));
+    expect((await pool.status()).keys[0]!.inFlight).toBe(0);
+    const [t] = (await pool.tokens.list()).filter((x) => x.id === info.id);
+    expect(t).toMatchObject({ requests: 1, reservedUsd: 0 });
+    expect(t!.spendUsd).toBeCloseTo(0.01, 9);
     admin.disconnect();
   });
 
