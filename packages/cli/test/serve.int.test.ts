@@ -96,7 +96,7 @@ describe.skipIf(testTarget() === 'cluster')('keypool serve (a child process, RED
     const gw = serve(configFile('drain', pool), { REDIS_URL: redisUrl });
     const url = await gw.listening();
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    expect(gw.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('keypool gateway listening'))).toMatchObject({ level: 30, pool, keys: 2, redis: 'configured', admin: true });
+    expect(gw.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('keypool gateway listening'))).toMatchObject({ level: 30, pool, keys: 2, redis: 'configured', admin: true, statusProtected: false });
 
     const health = await fetch(`${url}/healthz`);
     expect(health.status).toBe(200);

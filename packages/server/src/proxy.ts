@@ -399,6 +399,7 @@ function check(ctx: ProxyContext, c: ProxyCall, req: IncomingMessage, raw: Buffe
   const ep = c.ep;
   const token = bearer(req);
   const body = parseBody(raw);
+  if (body.model !== undefined && body.model !== null && typeof body.model !== 'string') throw badRequest(`'model' must be a string: a model name or a route name (got ${Array.isArray(body.model) ? 'an array' : typeof body.model}; GET /v1/models lists them).`, 'model');
   if (typeof body.model !== 'string' || body.model.length === 0) throw badRequest("'model' is required: a model name or a route name (GET /v1/models lists them).", 'model');
   const name = body.model;
   // a name the gateway serves, else '': callers' strings must not grow the metric series

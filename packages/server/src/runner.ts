@@ -121,7 +121,7 @@ export async function serve(config: GatewayConfig, opts: ServeOptions = {}): Pro
   const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
   const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
   logger.info(
-    { url, pool: pool.name, keys: config.pool.keys.length, sourcedKeys: sync?.status().keys ?? 0, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', redisAt: describeRedis(redis), admin: Boolean(config.server.adminToken), statusToken: Boolean(config.server.statusToken) },
+    { url, pool: pool.name, keys: config.pool.keys.length, sourcedKeys: sync?.status().keys ?? 0, routes: Object.keys(config.routes), redis: embedded ? 'embedded' : 'configured', redisAt: describeRedis(redis), admin: Boolean(config.server.adminToken), statusProtected: Boolean(config.server.statusToken) },
     `keypool gateway listening on ${url} (dashboard ${url}/dashboard)`,
   );
 

@@ -271,6 +271,10 @@ describe('gateway: bad input never reaches a key', () => {
       if (code) expect.soft(r.json?.error?.code, path).toBe(code);
       expect.soft(r.text).not.toMatch(/at .*\.ts:\d+/); // no stack traces
     }
+    // a model that is not a string says so (not "is required")
+    const numeric = await post(g.url, '/v1/chat/completions', JSON.stringify({ ...ask, model: 42 }), auth);
+    expect(numeric.status).toBe(400);
+    expect(numeric.json.error).toMatchObject({ param: 'model', message: expect.stringContaining("'model' must be a string") });
     expect(served(g)).toBe(0);
     expect((await g.pool.tokens.list()).map((t) => t.name)).toEqual(['tests']);
   });
