@@ -180,16 +180,24 @@ export class KeyAdmin {
     for (const rec of recs) {
       for (let attempt = 0; ; attempt++) {
         const found = await this.cmd.record(rec.id);
-        if (await this.upsertOne(rec, found?.raw ?? '')) break;
+        if (await this.upsertOne(rec, found?.raw ?? '', found?.rec)) break;
         if (attempt >= 5) throw refusalError({ reason: 'conflict', keyId: rec.id, doing: 'registered' });
       }
     }
   }
 
-  private async upsertOne(rec: KeyRecord, expected: string): Promise<boolean> {
+  private async upsertOne(rec: KeyRecord, expected: string, before?: KeyRecord): Promise<boolean> {
     const reply = await this.cmd.upsertKey(rec, expected);
     if (!reply.ok) return false;
-    if (reply.change !== 'unchanged') this.log.info({ keyId: rec.id, hint: rec.hint, change: reply.change }, `key ${reply.change}`);
+    const changes = reply.change === 'updated' && before ? changesOf(settingsOf(before), settingsOf(rec)) : [];
+    if (changes.length > 0) {
+      // what Redis held differs from this process's config: an admin change (keys set, the admin
+      // API) or another process's config, overwritten now; the config is what a start applies
+      this.log.warn(
+        { keyId: rec.id, hint: rec.hint, change: reply.change, changes },
+        `key ${rec.name ?? rec.hint}: this process's config replaced its settings in Redis (${changes.map((c) => `${c.field} ${JSON.stringify(c.from)} -> ${JSON.stringify(c.to)}`).join(', ')}); keep lasting changes in the config of every process that holds the key`,
+      );
+    } else if (reply.change !== 'unchanged') this.log.info({ keyId: rec.id, hint: rec.hint, change: reply.change }, `key ${reply.change}`);
     if (this.own.has(rec.id)) this.epoch = reply.epoch;
     return true;
   }
