@@ -104,10 +104,13 @@ end
   - a script does not change a state after saving it with saveState (saveChanging, for a table it
     keeps changing and may not save again, keeps nothing); KEYPOOL_VERIFY_STATE_CACHE=1 (tests)
     compares every table handed out with a fresh decode and fails the call on a difference.
-  At most KEPT_MAX tables (about 3 kB of Lua memory each) are kept; past that, all are dropped.
+  At most KEPT_MAX tables (about 3 kB of Lua memory each) are kept; past that, all are dropped:
+  the keys in use right now. With 4,096 kept, an acquire on a 1,000-key pool took 65 us against
+  57 without any (measured side by side on one Redis; probably Lua's collector walking the kept
+  tables); with 64, the same, while a 4-key pool's acquire and release take 8 and 11% less.
 ]]
 local VERIFY_STATE_CACHE = false
-local KEPT_MAX = 4096
+local KEPT_MAX = 64
 local kept, keptN = {}, 0
 
 local function sameValue(a, b)
