@@ -248,8 +248,8 @@ function viewOf(v: RawView): TokenView {
 }
 
 const orNull = (ms: number) => (ms < 0 ? null : ms);
-/** Margin of acquire's ARGV[26] over the Redis timeout: the estimate of Redis's clock is off by a return trip. */
-const VALID_SLACK_MS = 100;
+/** How long a sample of Redis's clock counts as the best (the highest) one: the clocks may move apart. */
+const REDIS_CLOCK_SAMPLE_MS = 10_000;
 
 /** An admission's reply fields, as tokenAdmit-3.lua and acquire.lua send them: id, reservation, settings JSON | '', spent, reserved, period end. */
 type AdmittedTail = [string, string, string, number, number, number];
@@ -319,22 +319,34 @@ export class PoolCommands {
    * once (scripts.ts Packed): of their ~25 values a call converts only the dozen that change.
    */
   private readonly fixed: Record<'lease' | 'candidates' | 'margin' | 'reservation' | 'noAdmit' | 'ahead' | 'tenantWindow' | 'spread' | 'release' | 'learn', Packed>;
-  /** Redis's clock minus this process's (ms), from the last acquire or release answer; null: none yet. */
+  /**
+   * Redis's clock minus this process's (ms), from acquire and release answers; null: none yet. Each
+   * answer gives a value at most the true one (its Redis time was read before the answer came
+   * back), so the highest of the last REDIS_CLOCK_SAMPLE_MS is kept: an answer read late (a pause
+   * of this process) does not pull it down.
+   */
   private redisAheadMs: number | null = null;
+  private redisAheadAt = 0;
 
   private sawRedisTime(redisMs: number): void {
-    this.redisAheadMs = redisMs - Date.now();
+    const now = Date.now();
+    const ahead = redisMs - now;
+    if (this.redisAheadMs === null || ahead > this.redisAheadMs || now - this.redisAheadAt > REDIS_CLOCK_SAMPLE_MS) {
+      this.redisAheadMs = ahead;
+      this.redisAheadAt = now;
+    }
   }
 
   /**
    * acquire's ARGV[26]: the Redis time after which this process no longer waits for the call (its
-   * Redis timeout, plus VALID_SLACK_MS for the estimate of Redis's clock), or 0 before any answer.
-   * A call Redis runs later (it stalled with the call on the socket) takes nothing: the lease, the
-   * token's request and reservation would be held by nobody until their timeouts, and charged.
-   * The real clock, not the pool's: it bounds a wait on the network, as the timeout does.
+   * Redis timeout), or 0 before any answer. A call Redis runs later (it stalled with the call on the
+   * socket) takes nothing: the lease, the token's request and reservation would be held by nobody
+   * until their timeouts, and charged. The estimate of Redis's clock errs early (a call judged late
+   * that was not is answered 'expired' and tried again at once), never late. The real clock, not
+   * the pool's: it bounds a wait on the network, as the timeout does.
    */
   private validUntil(): number {
-    return this.redisAheadMs === null ? 0 : Math.ceil(Date.now() + this.redisAheadMs + this.config.redisDown.timeoutMs + VALID_SLACK_MS);
+    return this.redisAheadMs === null ? 0 : Math.floor(Date.now() + this.redisAheadMs + this.config.redisDown.timeoutMs);
   }
   /** acquire's KEYS by the topology's arrays (one per model and group set), packed once. */
   private readonly acquireKeys = new WeakMap<readonly string[], Packed<string>>();

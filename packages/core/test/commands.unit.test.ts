@@ -44,8 +44,28 @@ describe('PoolCommands', () => {
     // no token: its five arguments are placeholders, then the class and the tenant, then the
     // class's rule (keepFree of normal, higherWaitedMs, reserveAheadMs), the weight ('' = none named), tenantWindowMs,
     // the caller's wait so far, counted, spread
-    expect(calls[1]!.args.slice(10)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 0, '', 2000, 0, '0', 1]);
+    expect(calls[1]!.args.slice(10, 25)).toEqual(['', '', 0, 0, '0', 'normal', '', 0, 1000, 0, '', 2000, 0, '0', 1]);
     expect(calls[1]!.keys).toEqual(scriptKeys);
+    // ARGV[26]: the Redis time after which the caller no longer waits: none before any answer, then
+    // the Redis clock learnt from the first answer (1,000.25 ms) plus the Redis timeout, and the
+    // time gone since
+    expect(calls[0]!.args[25]).toBe(0);
+    const until = calls[1]!.args[25] as number;
+    expect(until).toBeGreaterThanOrEqual(1_000 + config.redisDown.timeoutMs);
+    expect(until).toBeLessThan(1_000 + config.redisDown.timeoutMs + 1_000);
+  });
+
+  it("acquire: 'expired' (Redis ran the call after its caller stopped waiting) is tried again at once, on the clock it tells", async () => {
+    const redisNow = Date.now() + 60_000; // Redis's clock a minute ahead of ours
+    const { link, calls } = fakeLink([0, 'rate_limited', 50, 3], [0, 'expired', 0, 3, Math.floor(redisNow), 0], [0, 'rate_limited', 50, 3]);
+    const cmd = new PoolCommands(link, keys, config);
+    const scriptKeys = [keys.cfg, keys.st, keys.leases, keys.meta, keys.avail('g'), keys.wait('g')];
+    await cmd.acquire(scriptKeys, 10, 0, '', 0, NORMAL);
+    expect(await cmd.acquire(scriptKeys, 10, 0, '', 0, NORMAL)).toEqual({ ok: false, reason: 'busy', retryAfterMs: 0, version: 3 });
+    await cmd.acquire(scriptKeys, 10, 0, '', 0, NORMAL);
+    const until = calls[2]!.args[25] as number;
+    expect(until).toBeGreaterThanOrEqual(redisNow + config.redisDown.timeoutMs - 5);
+    expect(until).toBeLessThan(redisNow + config.redisDown.timeoutMs + 1_000);
   });
 
   it('setState follows a key that moved to another group, at most 3 times', async () => {
