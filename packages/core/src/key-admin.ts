@@ -191,11 +191,11 @@ export class KeyAdmin {
     if (!reply.ok) return false;
     const changes = reply.change === 'updated' && before ? changesOf(settingsOf(before), settingsOf(rec)) : [];
     if (changes.length > 0) {
-      // what Redis held differs from this process's config: an admin change (keys set, the admin
-      // API) or another process's config, overwritten now; the config is what a start applies
-      this.log.warn(
+      // each field replaced, old and new: an edited config, or an admin change (keys set, the admin
+      // API) or another process's config overwritten by this one (the config is what a start applies)
+      this.log.info(
         { keyId: rec.id, hint: rec.hint, change: reply.change, changes },
-        `key ${rec.name ?? rec.hint}: this process's config replaced its settings in Redis (${changes.map((c) => `${c.field} ${JSON.stringify(c.from)} -> ${JSON.stringify(c.to)}`).join(', ')}); keep lasting changes in the config of every process that holds the key`,
+        `key ${rec.name ?? rec.hint}: settings from this process's config (${changes.map((c) => `${c.field} ${JSON.stringify(c.from)} -> ${JSON.stringify(c.to)}`).join(', ')})`,
       );
     } else if (reply.change !== 'unchanged') this.log.info({ keyId: rec.id, hint: rec.hint, change: reply.change }, `key ${reply.change}`);
     if (this.own.has(rec.id)) this.epoch = reply.epoch;

@@ -69,7 +69,13 @@ interface HistogramSeries {
  * dropped (prom-client would throw on the request path).
  */
 export function boundObserver<L extends string>(histogram: client.Histogram<L>, labels: Partial<Record<L, string>>): { observe(v: number): void } {
-  const h = histogram as unknown as { hashMap: Record<string, HistogramSeries>; upperBounds: number[] };
+  const h = histogram as unknown as { hashMap?: Record<string, HistogramSeries>; upperBounds?: number[]; enableExemplars?: boolean };
+  // another prom-client than the one this was written against (15.x), or exemplars on: its own child
+  if (typeof h.hashMap !== 'object' || h.hashMap === null || !Array.isArray(h.upperBounds) || h.enableExemplars) return histogram.labels(labels as client.LabelValues<L>);
+  return inPlace(histogram, labels, h as { hashMap: Record<string, HistogramSeries>; upperBounds: number[] });
+}
+
+function inPlace<L extends string>(histogram: client.Histogram<L>, labels: Partial<Record<L, string>>, h: { hashMap: Record<string, HistogramSeries>; upperBounds: number[] }): { observe(v: number): void } {
   let key: string | undefined;
   let series: HistogramSeries | undefined;
   return {
