@@ -456,8 +456,9 @@ export class PoolCommands {
           t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0',
         ], background)) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
         if (r[0] === 1) {
-          this.sawRedisTime(r[4] + r[5] / 1000);
-          return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at: r[4] + r[5] / 1000, settled: r[6] };
+          const at = r[4] + r[5] / 1000;
+          this.sawRedisTime(at);
+          return { ok: true, keyState: r[1], breaker: r[2], transition: r[3], at, settled: r[6] };
         }
         return r[1] === 'moved' ? { ok: false, reason: 'moved', group: r[2] } : { ok: false, reason: r[1], settled: r[2] };
       },

@@ -11,26 +11,22 @@ import { fileURLToPath } from 'node:url';
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const SOURCE_CONDITION = '--conditions=@keypool/source';
 
-/** Newest modification time (ms) of the files under dir whose names match. */
-function newest(dir: string, match: (name: string) => boolean): number {
-  let t = 0;
+/** The oldest and newest modification times (ms) of the files under dir whose names match. */
+function mtimes(dir: string, match: (name: string) => boolean): { oldest: number; newest: number } {
+  const out = { oldest: Infinity, newest: 0 };
   for (const e of readdirSync(dir, { withFileTypes: true })) {
     const p = join(dir, e.name);
-    if (e.isDirectory()) t = Math.max(t, newest(p, match));
-    else if (match(e.name)) t = Math.max(t, statSync(p).mtimeMs);
+    if (e.isDirectory()) {
+      const inner = mtimes(p, match);
+      out.oldest = Math.min(out.oldest, inner.oldest);
+      out.newest = Math.max(out.newest, inner.newest);
+    } else if (match(e.name)) {
+      const t = statSync(p).mtimeMs;
+      out.oldest = Math.min(out.oldest, t);
+      out.newest = Math.max(out.newest, t);
+    }
   }
-  return t;
-}
-
-/** Oldest modification time (ms) of the .js files under dir (Infinity if none). */
-function oldestJs(dir: string): number {
-  let t = Infinity;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) t = Math.min(t, oldestJs(p));
-    else if (e.name.endsWith('.js')) t = Math.min(t, statSync(p).mtimeMs);
-  }
-  return t;
+  return out;
 }
 
 /**
@@ -45,8 +41,8 @@ export function assertBuildIsFresh(): void {
     const manifest = join(dir, 'package.json');
     if (!existsSync(manifest) || (JSON.parse(readFileSync(manifest, 'utf8')) as { private?: boolean }).private) continue;
     const esm = join(dir, 'dist', 'esm');
-    const src = newest(join(dir, 'src'), (n) => n.endsWith('.ts') || n.endsWith('.html'));
-    if (!existsSync(esm) || src > oldestJs(esm)) stale.push(name);
+    const src = mtimes(join(dir, 'src'), (n) => n.endsWith('.ts') || n.endsWith('.html')).newest;
+    if (!existsSync(esm) || src > mtimes(esm, (n) => n.endsWith('.js')).oldest) stale.push(name);
   }
   if (stale.length > 0) throw new Error(`the build of ${stale.join(', ')} is missing or older than its sources: run \`npm run build\` first (or pass --gateway-code src)`);
 }

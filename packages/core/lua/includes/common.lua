@@ -124,14 +124,22 @@ local function sameValue(a, b)
   return true
 end
 
--- The state of `id` in hash `stKey` from its bytes `raw` (HGET / HMGET's reply): the table kept for
--- those bytes, else decoded.
-local function stateFrom(stKey, id, raw)
+-- Stop keeping the state of `id` in `stKey`: what was kept ({bytes, table}), or nil.
+local function unkeep(stKey, id)
   local byKey = kept[stKey]
   local k = byKey and byKey[id]
   if k then
     byKey[id] = nil
     keptN = keptN - 1
+  end
+  return k
+end
+
+-- The state of `id` in hash `stKey` from its bytes `raw` (HGET / HMGET's reply): the table kept for
+-- those bytes, else decoded.
+local function stateFrom(stKey, id, raw)
+  local k = unkeep(stKey, id)
+  if k then
     if k[1] == raw then
       if VERIFY_STATE_CACHE and not sameValue(k[2], stateOf(raw)) then
         error('keypool: the kept state of ' .. id .. ' in ' .. stKey .. ' differs from its bytes (changed after saveState)')
@@ -148,11 +156,7 @@ end
 
 -- Save a state the script may still change (and not save again): nothing is kept.
 local function saveChanging(stKey, id, st)
-  local byKey = kept[stKey]
-  if byKey and byKey[id] then
-    byKey[id] = nil
-    keptN = keptN - 1
-  end
+  unkeep(stKey, id)
   redis.call('HSET', stKey, id, cmsgpack.pack(st))
 end
 
