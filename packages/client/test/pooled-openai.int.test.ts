@@ -5,7 +5,7 @@
 import { getEventListeners } from 'node:events';
 import OpenAI from 'openai';
 import { pino } from 'pino';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { connectTestRedis, startFakeOpenAI, uniqueName, type FakeOpenAI } from '@keypool/testkit';
 import { KeyPool, PoolExhaustedError, keyIdOf, type KeySpecInput } from '@keypool/core';
 import { PooledOpenAI } from '../src/index.js';
@@ -61,6 +61,22 @@ describe('PooledOpenAI', () => {
     const used = c.promptTokens + c.completionTokens;
     expect(s.left!.tokens).toBeGreaterThanOrEqual(s.limits.tpmBurst - used);
     expect(s.left!.tokens).toBeLessThan(s.limits.tpmBurst - used + 30);
+  });
+
+  it('every release says when its request left (Outcome.sentAt), plain, streamed and failed over', async () => {
+    const { fake, pool, openai } = await setup([{ key: A, name: 'a' }, { key: B, name: 'b' }], both());
+    const release = vi.spyOn(pool, 'release');
+    const t0 = Date.now();
+    await openai.chat.completions.create(ask);
+    for await (const _ of await openai.chat.completions.create({ ...ask, stream: true }));
+    fake.setFault({ kind: 'error', status: 500, count: 1 });
+    await openai.chat.completions.create(ask);
+    const t1 = Date.now();
+    expect(release.mock.calls.map(([, o]) => o.status)).toEqual([200, 200, 500, 200]);
+    for (const [, outcome] of release.mock.calls) {
+      expect(outcome.sentAt).toBeGreaterThanOrEqual(t0);
+      expect(outcome.sentAt).toBeLessThanOrEqual(t1 - outcome.latencyMs!);
+    }
   });
 
   it('fails over on 5xx to another key; the failing key feeds its breaker', async () => {

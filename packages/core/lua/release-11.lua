@@ -22,6 +22,8 @@
   ARGV[26] gateway token id to settle ('' = none)  ARGV[27] its reservation ('' = none held in
   Redis)  ARGV[28] the token's cost, nano-dollars (-1: what this release charges the key: the real
   cost, else the estimate; 0 when unused)  ARGV[29] '1' = give the token's request back
+  ARGV[30] when the request left for the provider, Redis ms (-1 or absent: unknown); on a windowed
+  key a send later than the admission moves its request entry there (window.lua windowSent)
   Reply: {1, adminState, breakerState, transition, nowMs, nowMicros, settled}
       or {0, 'unknown_lease' | 'removed', settled}
       or {0, 'moved', group}: the key's models changed since the caller looked; nothing was done
@@ -37,6 +39,8 @@
 
 local cfgKey, stKey, leasesKey, availKey, waitKey, metaKey, spendKey, winKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local lease, outcome = ARGV[1], ARGV[2]
+-- absent from processes older than ARGV[30] (a rolling upgrade)
+local sentAt = tonumber(ARGV[30] or '-1') or -1
 local latency, realTokens, realCost, coolMs =
   tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
@@ -143,9 +147,11 @@ elseif outcome == 'aborted' or unused then
   end
 end
 if st.hc then summarizeHealth(st, hopts) end
+if not unused and sentAt > 0 and startMs then windowSent(winKey, st, id, startMs, slot, sentAt, now) end
 if ARGV[25] == '1' and not unused then
   local arrivedAt = startMs or now
   if latency >= 0 and now - latency > arrivedAt then arrivedAt = now - latency end
+  if sentAt > arrivedAt then arrivedAt = math.min(sentAt, now) end
   learnLimits(winKey, st, id, now, outcome, tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23]), tonumber(ARGV[24]), arrivedAt, estTokens)
 end
 

@@ -338,6 +338,15 @@ export class PoolCommands {
   }
 
   /**
+   * release's ARGV[30]: a time of this process's real clock (Date.now()) on Redis's, or -1 (none
+   * given, or no answer yet to learn the clock from). Errs early like the estimate it uses: a send
+   * placed early moves its window entry less than it could, never further than the truth.
+   */
+  private redisTimeOf(localMs: number | undefined): number {
+    return localMs === undefined || this.redisAheadMs === null ? -1 : Math.floor(localMs + this.redisAheadMs);
+  }
+
+  /**
    * acquire's ARGV[26]: the Redis time after which this process no longer waits for the call (its
    * Redis timeout), or 0 before any answer. A call Redis runs later (it stalled with the call on the
    * socket) takes nothing: the lease, the token's request and reservation would be held by nobody
@@ -438,7 +447,7 @@ export class PoolCommands {
    */
   release(
     group: string,
-    a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string; limits?: RateLimitHeaders; settle?: SettleArgs },
+    a: { leaseId: string; outcome: OutcomeClass; latencyMs: number; tokens: number; costNanos: number; coolMs: number; model: string; route: string; limits?: RateLimitHeaders; settle?: SettleArgs; sentAt?: number },
     onMove?: () => void,
     background = false,
   ): Promise<ReleaseReply> {
@@ -453,7 +462,7 @@ export class PoolCommands {
         const r = (await this.link.script('release', keys, [
           a.leaseId, a.outcome, a.latencyMs, a.tokens, a.costNanos, a.coolMs, this.fixed.release, g, a.model, a.route,
           h.limitRequests, h.remainingRequests, h.limitTokens, h.remainingTokens, this.fixed.learn,
-          t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0',
+          t ? t.id : '', t ? t.reservation : '', t ? t.costNanos : -1, t?.refund ? '1' : '0', this.redisTimeOf(a.sentAt),
         ], background)) as [1, string, string, string, number, number, SettleResult] | [0, 'unknown_lease' | 'removed', SettleResult] | [0, 'moved', string];
         if (r[0] === 1) {
           const at = r[4] + r[5] / 1000;

@@ -411,6 +411,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const cls = classify(outcome);
     const latency = outcome.latencyMs ?? -1;
     if (!Number.isFinite(latency)) throw new InvalidArgumentError('latencyMs must be a finite number');
+    if (outcome.sentAt !== undefined && !Number.isFinite(outcome.sentAt)) throw new InvalidArgumentError('sentAt must be a finite number (Date.now() when the request was sent)');
     const real = realTokens(outcome, cls);
     const realTotal = real ? real.input + real.output : -1;
     const costNanos = real ? this.prices.costNanos(lease.model, real.input, real.output) : -1;
@@ -428,7 +429,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd };
     }
     const limits = cls === 'ok' || cls === 'client_error' || cls === 'rate_limited' ? rateLimitHeaders(outcome.headers) : undefined;
-    const r = await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits, fused ?? undefined, opts.background === true);
+    const r = await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits, fused ?? undefined, opts.background === true, outcome.sentAt);
     await alone();
     return { ...r, costUsd };
   }
@@ -445,8 +446,8 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     return true;
   }
 
-  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number, limits?: RateLimitHeaders, settle?: SettleArgs, background = false): Promise<ReleaseResult> {
-    const args = { leaseId, outcome: cls, latencyMs: latency, tokens, costNanos: cost, coolMs, model, route, ...(limits ? { limits } : {}), ...(settle ? { settle } : {}) };
+  private async releaseRaw(rec: KeyRecord, leaseId: string, model: string, route: string, cls: OutcomeClass, latency: number, tokens: number, cost: number, coolMs: number, limits?: RateLimitHeaders, settle?: SettleArgs, background = false, sentAt?: number): Promise<ReleaseResult> {
+    const args = { leaseId, outcome: cls, latencyMs: latency, tokens, costNanos: cost, coolMs, model, route, ...(limits ? { limits } : {}), ...(settle ? { settle } : {}), ...(sentAt !== undefined ? { sentAt } : {}) };
     // the key's models changed under us: its candidate sets are another group's now
     const reply = await this.cmd.release(rec.g, args, () => void this.topology.refresh().catch(() => undefined), background);
     if (settle && 'settled' in reply) this.tokens.settled(settle.id, settle.reservation, reply.settled);

@@ -93,6 +93,24 @@ describe('PoolCommands', () => {
     expect(await cmd.release('g2', args)).toEqual({ ok: false, reason: 'unknown_lease' });
   });
 
+  it("release's ARGV[30]: the send time on Redis's clock, -1 when not given or before any answer", async () => {
+    const redisNow = Date.now() + 60_000; // Redis's clock a minute ahead of ours
+    const { link, calls } = fakeLink([1, 'active', 'closed', '', Math.floor(redisNow), 0], [1, 'active', 'closed', '', Math.floor(redisNow), 0], [1, 'active', 'closed', '', Math.floor(redisNow), 0]);
+    const cmd = new PoolCommands(link, keys, config);
+    const args = { leaseId: '1:k:0:0:5:1', outcome: 'ok' as const, latencyMs: 5, tokens: -1, costNanos: -1, coolMs: -1, model: 'm', route: '' };
+    const sentAt = Date.now() - 40;
+    await cmd.release('g', { ...args, sentAt }); // no answer yet: the clock is unknown
+    await cmd.release('g', { ...args, sentAt });
+    await cmd.release('g', args);
+    expect(calls.map((c) => c.args.length)).toEqual([30, 30, 30]);
+    expect(calls[0]!.args[29]).toBe(-1);
+    // 40 ms before our now, on Redis's clock (a minute ahead); the estimate errs early, never late
+    const sent = calls[1]!.args[29] as number;
+    expect(sent).toBeLessThanOrEqual(redisNow - 40 + 1);
+    expect(sent).toBeGreaterThan(redisNow - 40 - 1_000);
+    expect(calls[2]!.args[29]).toBe(-1);
+  });
+
   it('housekeepLeases and housekeepKeys: KEYS for every group, the ids after the settings, the periods started read as numbers', async () => {
     const { link, calls } = fakeLink([32, 1], [['k1:1500000000', 'k2:0'], 1, 2], [[], 0, 1]);
     const cmd = new PoolCommands(link, keys, config);

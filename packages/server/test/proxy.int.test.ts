@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import OpenAI from 'openai';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { keyIdOf } from '@keypool/core';
 import { MODELS, post, sdkFor, twoKeyGateways, type TestGateway } from './helpers.js';
 
@@ -67,6 +67,21 @@ describe('gateway: the official SDK through /v1', () => {
     // both streams were charged their real usage (8 completion tokens each)
     const counted = Object.values(g.fake.counters()).reduce((n, c) => n + c.completionTokens, 0);
     expect(counted).toBe(16);
+  });
+
+  it('every release says when its request left (Outcome.sentAt: a windowed key counts it from then), plain and streamed', async () => {
+    const g = await gw();
+    const release = vi.spyOn(g.pool, 'release');
+    const t0 = Date.now();
+    await sdk(g).chat.completions.create(ask);
+    for await (const _ of await sdk(g).chat.completions.create({ ...ask, stream: true }));
+    await expect.poll(() => release.mock.calls.length).toBe(2);
+    const t1 = Date.now();
+    for (const [, outcome] of release.mock.calls) {
+      expect(outcome.status).toBe(200);
+      expect(outcome.sentAt).toBeGreaterThanOrEqual(t0);
+      expect(outcome.sentAt).toBeLessThanOrEqual(t1 - outcome.latencyMs!);
+    }
   });
 
   it('stream bytes arrive as the upstream sends them, not at the end', async () => {

@@ -14,7 +14,8 @@
                                                               share (classes.lua: its own count; trimmed
                                                               to the window at each look and admission)
   Admissions are appended in time order (a new one never starts before the key's last, st.wl), so
-  "the N-th most recent admission + W" is exactly when one more fits, and the token entries' running
+  "the N-th most recent admission + W" is exactly when one more fits (a request sent late moves its
+  entry to when it was sent, windowSent: entries stay ordered by time, members sort by start), and the token entries' running
   sums (st.wc) make "when do `est` more tokens fit" one range lookup. Request entries older than
   the window (two windows for a provider that reports per window, for learning; token entries:
   than the window) are trimmed when the key is next looked at.
@@ -132,6 +133,21 @@ local function windowCancel(winKey, st, id, tokens, startMs, slot, now)
     if #st.fs > 32 then table.remove(st.fs, 1) end
   else
     redis.call('ZREM', winKey, id .. '|r|' .. pad16(startMs) .. '|' .. slot)
+  end
+end
+
+-- A windowed request that left for the provider later than it was admitted (its process stalled
+-- between the admission and the send, or did other work first; the caller says when it sent):
+-- its entry moves to that time, where the provider counts it, so the admissions of the next
+-- window wait for it instead of reaching the provider inside the window it still fills (a 429).
+-- Later only, never past `now`, and only by more than 1 ms; an entry trimmed already stays
+-- trimmed. Moving an entry later can only delay admissions that come after it: never more than the
+-- provider allows. Token entries stay where they are (their order is their running sums').
+local function windowSent(winKey, st, id, startMs, slot, sentMs, now)
+  if st.rw <= 0 or st.erpm <= 0 or not slot or sentMs <= startMs + 1 then return end
+  local lo = id .. '|r|'
+  if redis.call('ZREM', winKey, lo .. pad16(startMs) .. '|' .. slot) == 1 then
+    redis.call('ZADD', winKey, 0, lo .. pad16(math.min(sentMs, now)) .. '|' .. slot)
   end
 end
 
