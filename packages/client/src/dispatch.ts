@@ -155,8 +155,6 @@ export interface Dispatched<T> {
   model: string;
   /** Epoch ms at which the successful attempt started. */
   started: number;
-  /** Date.now() just before the successful attempt's call: its release's Outcome.sentAt. */
-  sentAt: number;
   /** Keys tried before this one. */
   failovers: number;
 }
@@ -337,18 +335,19 @@ export class Dispatcher {
       // renewed until released, however long the call (or the caller's stream) runs
       lease.keepAlive();
       const started = this.clock.now();
-      const sentAt = Date.now();
       // this attempt's own timeout, inside the call's deadline
       const ac = callController(signal, Math.min(this.attemptTimeoutMs, deadline - started), 'attempt');
       const callersCut = c.keyDeadline !== undefined && deadline < Math.min(started + this.attemptTimeoutMs, c.keyDeadline);
       try {
+        // the request leaves now: a windowed key counts one sent late (a stalled process) from here
+        lease.sent();
         const value = await c.call(lease, ac.controller.signal, model);
-        return { lease, value, model, started, sentAt, failovers: attempt };
+        return { lease, value, model, started, failovers: attempt };
       } catch (e) {
         const failure = c.classify(e);
         const j = this.judge(failure, ac.controller.signal);
         if (callersCut && j.outcome.error === 'timeout') j.outcome = { error: 'aborted' };
-        const outcome: Outcome = { ...j.outcome, latencyMs: this.clock.now() - started, sentAt };
+        const outcome: Outcome = { ...j.outcome, latencyMs: this.clock.now() - started };
         const released = await lease.release(outcome).catch(() => undefined);
         c.released?.(lease, outcome, released);
         const why = ac.controller.signal.reason;

@@ -239,7 +239,7 @@ export class PooledOpenAI {
       const r = await this.attempt(model, est, options, call.controller.signal, this.clock.now() + deadlineMs, a.call);
       const { data, response } = r.value;
       // the answer is paid for: a release that fails (Redis away) must not turn it into an error
-      const released = await r.lease.release({ status: response.status, latencyMs: this.clock.now() - r.started, sentAt: r.sentAt, usage: a.usage(data), headers: response.headers }).catch(() => undefined);
+      const released = await r.lease.release({ status: response.status, latencyMs: this.clock.now() - r.started, usage: a.usage(data), headers: response.headers }).catch(() => undefined);
       options?.onServed?.({ keyId: r.lease.keyId, model: r.model, costUsd: released?.costUsd ?? r.lease.estimatedCostUsd, failovers: r.failovers });
       return data;
     } catch (e) {
@@ -269,10 +269,10 @@ export class PooledOpenAI {
     const deadlineMs = options?.timeout ?? this.deadlineMs;
     const call = callController(options?.signal, deadlineMs);
     const controller = call.controller;
-    let r: { lease: Lease; data: AsyncIterable<any> & { controller: AbortController }; response: Response; started: number; sentAt: number };
+    let r: { lease: Lease; data: AsyncIterable<any> & { controller: AbortController }; response: Response; started: number };
     try {
       const d = await this.attempt(model, est, options, controller.signal, this.clock.now() + deadlineMs, (c, signal, chosen) => open(c, { ...shape.body, model: chosen }, signal));
-      r = { lease: d.lease, data: d.value.data, response: d.value.response, started: d.started, sentAt: d.sentAt };
+      r = { lease: d.lease, data: d.value.data, response: d.value.response, started: d.started };
     } catch (e) {
       call.done();
       throw asTimeout(e, controller.signal);
@@ -290,7 +290,7 @@ export class PooledOpenAI {
       released = true;
       idle.stop();
       call.done();
-      await r.lease.release({ ...o, latencyMs: this.clock.now() - r.started, sentAt: r.sentAt, headers: r.response.headers }).catch(() => undefined);
+      await r.lease.release({ ...o, latencyMs: this.clock.now() - r.started, headers: r.response.headers }).catch(() => undefined);
     };
     const idleMs = this.attemptTimeoutMs;
     const idle = {

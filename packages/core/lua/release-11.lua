@@ -147,6 +147,7 @@ elseif outcome == 'aborted' or unused then
   end
 end
 if st.hc then summarizeHealth(st, hopts) end
+-- moved at the send already (sent-1.lua) unless that call was lost
 if not unused and sentAt > 0 and startMs then windowSent(winKey, st, id, startMs, slot, sentAt, now) end
 if ARGV[25] == '1' and not unused then
   local arrivedAt = startMs or now

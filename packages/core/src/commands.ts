@@ -248,6 +248,8 @@ function viewOf(v: RawView): TokenView {
 }
 
 const orNull = (ms: number) => (ms < 0 ? null : ms);
+/** A send later than this after its admission (ms) moves its window entry (window.lua WINDOW_SENT_LATE_MS). */
+export const SENT_LATE_MS = 5;
 /** How long a sample of Redis's clock counts as the best (the highest) one: the clocks may move apart. */
 const REDIS_CLOCK_SAMPLE_MS = 10_000;
 
@@ -338,9 +340,10 @@ export class PoolCommands {
   }
 
   /**
-   * release's ARGV[30]: a time of this process's real clock (Date.now()) on Redis's, or -1 (none
-   * given, or no answer yet to learn the clock from). Errs early like the estimate it uses: a send
-   * placed early moves its window entry less than it could, never further than the truth.
+   * A time of this process's real clock (Date.now()) on Redis's, or -1 (none given, or no answer
+   * yet to learn the clock from): release's ARGV[30], sent-1.lua's ARGV[2]. It errs early by up to
+   * a return trip, like the estimate it uses: a late send's entry moves a little less far than it
+   * could (the margin covers the rest), never past the send.
    */
   private redisTimeOf(localMs: number | undefined): number {
     return localMs === undefined || this.redisAheadMs === null ? -1 : Math.floor(localMs + this.redisAheadMs);
@@ -473,6 +476,18 @@ export class PoolCommands {
       },
       onMove,
     );
+  }
+
+  /**
+   * sent-1.lua, in the background (nobody waits for it), for a request that left more than
+   * SENT_LATE_MS after its admission `admittedAt` (Redis ms): its window entry moves to its send at
+   * once, before the next window's admissions. Nothing before the first answer (Redis's clock not
+   * known yet); lost, the release moves it (ARGV[30]).
+   */
+  sentLate(leaseId: string, admittedAt: number, sentAt: number): void {
+    const at = this.redisTimeOf(sentAt);
+    if (at < 0 || at - admittedAt <= SENT_LATE_MS) return;
+    this.link.script('sent', [this.k.win], [leaseId, at], true).catch(() => undefined);
   }
 
   /** extend-2.lua: a lease's deadline `ms` from now. */

@@ -4,6 +4,7 @@
  *   const pool = await KeyPool.connect({ redis: process.env.REDIS_URL, config });
  *   const lease = await pool.acquire({ model: 'gpt-4o-mini', estimatedTokens: 900, maxWaitMs: 2000 });
  *   if (!lease.ok) return retryLater(lease.retryAfterMs);
+ *   lease.sent(); // just before the call: a windowed key counts a request sent late from then
  *   ... call the provider with lease.secret and lease.baseURL ...
  *   await lease.release({ status: 200, latencyMs, usage: { promptTokens, completionTokens }, headers });
  */

@@ -16,14 +16,6 @@ export interface Outcome {
   error?: ErrorKind;
   /** Time the upstream call took, ms. */
   latencyMs?: number;
-  /**
-   * When the request left for the provider: this process's Date.now() just before the call. On a
-   * key whose provider counts requests over short windows (`window`), a request sent later than its
-   * admission (the process stalled in between) then counts in the pool's log where the provider
-   * counts it, and the next window's admissions wait for it instead of meeting a 429. Optional:
-   * without it the request counts at its admission.
-   */
-  sentAt?: number;
   /** Real usage reported by the provider. When absent the estimate stands (or 0 for failures that are not billed). */
   usage?: { promptTokens?: number; completionTokens?: number };
   /** Response headers: Retry-After and x-ratelimit-reset-* set how long a 429 cools the key. */

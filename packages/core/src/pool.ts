@@ -391,6 +391,12 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
         if (released) return () => undefined;
         return (beat ??= startHeartbeat(lease as Lease, Math.max(100, Math.floor(this.config.leaseTimeoutMs / 3)), this.log));
       },
+      sent: (at?: number) => {
+        if (lease.sentAt !== undefined) return;
+        lease.sentAt = at ?? Date.now();
+        if (!local && rec.rw > 0) this.cmd.sentLate(leaseId, acquiredAt, lease.sentAt);
+      },
+      sentAt: undefined as number | undefined,
       release: (outcome: Outcome, opts?: { settle?: TokenSettlement }) =>
         (released ??= (beat?.(), this.release(lease as Lease, outcome, opts)).catch((e: unknown) => {
           released = undefined;
@@ -411,7 +417,6 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
     const cls = classify(outcome);
     const latency = outcome.latencyMs ?? -1;
     if (!Number.isFinite(latency)) throw new InvalidArgumentError('latencyMs must be a finite number');
-    if (outcome.sentAt !== undefined && !Number.isFinite(outcome.sentAt)) throw new InvalidArgumentError('sentAt must be a finite number (Date.now() when the request was sent)');
     const real = realTokens(outcome, cls);
     const realTotal = real ? real.input + real.output : -1;
     const costNanos = real ? this.prices.costNanos(lease.model, real.input, real.output) : -1;
@@ -429,7 +434,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
       return { released: true, transition: cls === 'auth' ? 'revoked' : '', costUsd };
     }
     const limits = cls === 'ok' || cls === 'client_error' || cls === 'rate_limited' ? rateLimitHeaders(outcome.headers) : undefined;
-    const r = await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits, fused ?? undefined, opts.background === true, outcome.sentAt);
+    const r = await this.releaseRaw(rec, lease.id, lease.model, lease.route ?? '', cls, latency, realTotal, costNanos, coolMs, limits, fused ?? undefined, opts.background === true, lease.sentAt);
     await alone();
     return { ...r, costUsd };
   }

@@ -30,6 +30,7 @@ export const SCRIPT_NAMES = [
   'acquire',
   'release',
   'extend',
+  'sent',
   'upsertKey',
   'setState',
   'statusHead',
@@ -360,6 +361,7 @@ const FLAGS: Partial<Record<ScriptName, readonly string[]>> = {
   tokenCount: ['no-writes'],
   release: ['allow-oom'],
   extend: ['allow-oom'],
+  sent: ['allow-oom'], // its ZADD follows a ZREM of the same size
   housekeepLeases: ['allow-oom'],
 };
 

@@ -111,6 +111,23 @@ describe('PoolCommands', () => {
     expect(calls[2]!.args[29]).toBe(-1);
   });
 
+  it('sentLate: sent-1.lua only for a send more than 5 ms after the admission, on Redis\'s clock, and not before it is known', async () => {
+    const redisNow = Date.now() + 60_000;
+    const r = fakeLink([1, 'active', 'closed', '', Math.floor(redisNow), 0], 1);
+    const c2 = new PoolCommands(r.link, keys, config);
+    c2.sentLate('1:k:0:0:5:1', redisNow - 100, Date.now()); // Redis's clock not known yet: nothing
+    expect(r.calls).toHaveLength(0);
+    await c2.release('g', { leaseId: '1:k:0:0:5:1', outcome: 'ok', latencyMs: 1, tokens: -1, costNanos: -1, coolMs: -1, model: 'm', route: '' });
+    const now = Date.now();
+    c2.sentLate('2:k:0:0:5:2', redisNow, now); // on time (within 5 ms of the admission)
+    c2.sentLate('3:k:0:0:5:3', redisNow - 100, now); // 100 ms late
+    expect(r.calls.map((c) => c.name)).toEqual(['release', 'sent']);
+    expect(r.calls[1]!.keys).toEqual([keys.win]);
+    expect(r.calls[1]!.args[0]).toBe('3:k:0:0:5:3');
+    expect(r.calls[1]!.args[1]).toBeLessThanOrEqual(redisNow + 1);
+    expect(r.calls[1]!.args[1]).toBeGreaterThan(redisNow - 1_000);
+  });
+
   it('housekeepLeases and housekeepKeys: KEYS for every group, the ids after the settings, the periods started read as numbers', async () => {
     const { link, calls } = fakeLink([32, 1], [['k1:1500000000', 'k2:0'], 1, 2], [[], 0, 1]);
     const cmd = new PoolCommands(link, keys, config);

@@ -459,7 +459,7 @@ describe('limits learnt from the provider', () => {
 });
 
 describe('a request sent late counts where the provider counts it', () => {
-  it('its window entry moves to its send time (Outcome.sentAt), and the next window waits for it: no 429', async () => {
+  it('Lease.sent() moves its window entry to the send at once: the next window waits for it, its calls still running: no 429', async () => {
     const secrets = { moved: fakeSecret('late-a'), control: fakeSecret('late-b') };
     const fake = await startFakeOpenAI({
       keys: [{ key: secrets.moved, name: 'late-a', rpm: 600, limiter: 'window-1s' }, { key: secrets.control, name: 'late-b', rpm: 600, limiter: 'window-1s' }, 'sk-warm-up-connections'],
@@ -469,34 +469,42 @@ describe('a request sent late counts where the provider counts it', () => {
     await warmUp(fake, 10);
     const STALL_MS = 200;
     const margin = 50; // wider than the 20 ms default: a busy CI host's own delays are not what this measures
-    const call = async (l: Lease, secret: string, withSentAt: boolean) => {
-      const sentAt = Date.now();
+    const call = async (l: Lease, secret: string, mark: boolean) => {
+      if (mark) l.sent();
       const res = await ask(l.baseURL, secret);
       await res.arrayBuffer();
-      await l.release({ status: res.status, latencyMs: Date.now() - sentAt, headers: res.headers, ...(withSentAt ? { sentAt } : {}) });
-      return res.status;
+      return res;
     };
-    /** One window's 10 admissions, 5 of them sent STALL_MS late (a stalled process); then 10 callers wait for the next window's and send at once. */
-    const run = async (secret: string, withSentAt: boolean) => {
+    /**
+     * One window's 10 admissions, 5 of them sent STALL_MS late (a stalled process), all held (long
+     * calls: no release before the next window); then 10 callers wait for the next window's
+     * admissions and send at once. `mark`: the callers say when they send.
+     */
+    const run = async (secret: string, mark: boolean) => {
       const tp = await makePool({ limits: { windowMarginMs: margin }, keys: [{ secret, baseURL: fake.url, provider: 'azure', rpm: 600, models: ['gpt-4o-mini'] }] });
       opened.push(tp);
+      // one answer first: Redis's clock, which Lease.sent() needs, is learnt from answers
+      await ((await tp.pool.acquire({ model: 'gpt-4o-mini' })) as Lease).release({ error: 'unused' });
       const first = await Promise.all(Array.from({ length: 10 }, () => tp.pool.acquire({ model: 'gpt-4o-mini' })));
       expect(first.every((l) => l.ok)).toBe(true);
       const admittedAt = leaseParts((first[0] as Lease).id).start;
-      const firstStatus = await Promise.all(
+      const firstAnswers = await Promise.all(
         (first as Lease[]).map(async (l, i) => {
           if (i >= 5) await new Promise((r) => setTimeout(r, STALL_MS));
-          return call(l, secret, withSentAt);
+          return call(l, secret, mark);
         }),
       );
       const second = await Promise.all(
         Array.from({ length: 10 }, async () => {
           const l = await tp.pool.acquire({ model: 'gpt-4o-mini', maxWaitMs: 5000 });
           if (!l.ok) throw new Error(`not admitted: ${l.reason}`);
-          return { status: await call(l, secret, withSentAt), startAfterMs: leaseParts(l.id).start - admittedAt };
+          const res = await call(l, secret, mark);
+          await l.release({ status: res.status, headers: res.headers });
+          return { status: res.status, startAfterMs: leaseParts(l.id).start - admittedAt };
         }),
       );
-      return { firstStatus, second };
+      await Promise.all((first as Lease[]).map((l, i) => l.release({ status: firstAnswers[i]!.status, headers: firstAnswers[i]!.headers })));
+      return { firstStatus: firstAnswers.map((r) => r.status), second };
     };
     const moved = await run(secrets.moved, true);
     const control = await run(secrets.control, false);
@@ -505,10 +513,30 @@ describe('a request sent late counts where the provider counts it', () => {
     expect(moved.firstStatus.every((s) => s === 200)).toBe(true);
     // moved: half the next window waits for the late sends; the provider refuses nothing
     expect(moved.second.filter((s) => s.status === 429)).toHaveLength(0);
-    expect(late(moved)[9]!).toBeGreaterThanOrEqual(1000 + margin + STALL_MS);
-    // without sentAt the pool admits all ten a window after their admission, while the late five
-    // still fill the provider's window: the same schedule meets 429s (this test can fail)
+    expect(late(moved)[9]!).toBeGreaterThanOrEqual(1000 + margin + STALL_MS - 5);
+    // unmarked, the pool admits all ten a window after their admission, while the late five still
+    // fill the provider's window: the same schedule meets 429s (this test can fail)
     expect(late(control)[9]!).toBeLessThan(1000 + margin + STALL_MS / 2);
     expect(control.second.filter((s) => s.status === 429).length).toBeGreaterThan(0);
   }, 30_000);
+
+  it("a send the pool did not hear of at once (its call lost) moves at the release; one on time stays where it was admitted", async () => {
+    const k = { secret: fakeSecret('late-r'), models: ['r'], rpm: 600, window: 1 };
+    const tp = await makePool({ keys: [k] });
+    opened.push(tp);
+    const id = keyIdOf(k.secret);
+    const entries = async () => (await tp.redis.zrange(new PoolKeys(tp.name).win, `[${id}|r|`, `[${id}|r|~`, 'BYLEX')).map((m) => Number(m.split('|')[2]) / 1000);
+    await ((await tp.pool.acquire({ model: 'r' })) as Lease).release({ error: 'unused' }); // Redis's clock learnt
+    const onTime = (await tp.pool.acquire({ model: 'r' })) as Lease;
+    onTime.sent();
+    await onTime.release({ status: 200 });
+    const l = (await tp.pool.acquire({ model: 'r' })) as Lease;
+    await new Promise((r) => setTimeout(r, 100));
+    l.sentAt = Date.now(); // as if sent() ran and its call to Redis was lost
+    await l.release({ status: 200 });
+    const [a, b] = await entries();
+    expect(Math.abs(a! - leaseParts(onTime.id).start)).toBeLessThan(0.01);
+    expect(b! - leaseParts(l.id).start).toBeGreaterThanOrEqual(90);
+    expect(b! - leaseParts(l.id).start).toBeLessThan(1000);
+  });
 });

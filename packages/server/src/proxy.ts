@@ -524,14 +524,14 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
       res.setHeader('content-type', up.headers['content-type'] ?? 'application/json');
       res.setHeader('content-length', data.length);
       res.end(data);
-      c.releaseAndSettle(lease, model, { status, latencyMs: Date.now() - d.started, sentAt: d.sentAt, usage, headers: up.headers as Record<string, string> }, cost);
+      c.releaseAndSettle(lease, model, { status, latencyMs: Date.now() - d.started, usage, headers: up.headers as Record<string, string> }, cost);
       c.finish(status);
       return;
     }
 
     // streaming: the deadline is over, an idle timeout takes over
     c.call.disarm();
-    const ended = await pipeStream(c, up, lease, model, d.started, d.sentAt, !wantsUsage && inject);
+    const ended = await pipeStream(c, up, lease, model, d.started, !wantsUsage && inject);
     // the status went out as 200; the metric tells how the stream really ended
     c.finish(ended);
   } catch (thrown) {
@@ -588,7 +588,7 @@ async function fail(c: ProxyCall, thrown: unknown): Promise<void> {
  * sent already). The lease's heartbeat (started by the Dispatcher) keeps it however long the
  * stream runs; it is released with the usage. Resolves with the status the metrics count.
  */
-function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: string, started: number, sentAt: number, dropUsage: boolean): Promise<number> {
+function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: string, started: number, dropUsage: boolean): Promise<number> {
   const { ctx, ep, res } = c;
   const { settings, metrics } = ctx;
   const abort = c.call.controller;
@@ -615,7 +615,6 @@ function pipeStream(c: ProxyCall, up: IncomingMessage, lease: Lease, model: stri
       metrics.counts.upstream.inc(1, lease.keyId, lease.name ?? '', o.error ?? String(up.statusCode ?? 200));
       if (tap.usage) o.usage = tap.usage;
       o.latencyMs = Date.now() - started;
-      o.sentAt = sentAt;
       o.headers = up.headers as Record<string, string>;
       c.releaseAndSettle(lease, model, o, costOf(ctx, model, tap.usage));
       if (brokenMessage && !res.destroyed) {

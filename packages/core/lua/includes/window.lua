@@ -2,7 +2,8 @@
   Enforcement windows: a key whose provider counts requests (or tokens) over a short rolling window
   (OpenAI's and Azure's quantized limits: "600 RPM" is at most 10 requests in any rolling second)
   admits at most N = floor(rpm x W / 60) requests, and T = floor(tpm x W / 60) tokens, in any rolling
-  window of W + margin ms (the margin absorbs the skew between admission here and arrival upstream).
+  window of W + margin ms (the margin absorbs the skew between admission here and arrival upstream;
+  a request sent more than WINDOW_SENT_LATE_MS late counts from its send, windowSent).
   When rpm x W / 60 < 1 the window stretches to one request per 60 / rpm s.
 
   The log of admissions lives in one pool-wide sorted set (KEYS: `win`), all scores 0, ordered by
@@ -137,18 +138,26 @@ local function windowCancel(winKey, st, id, tokens, startMs, slot, now)
 end
 
 -- A windowed request that left for the provider later than it was admitted (its process stalled
--- between the admission and the send, or did other work first; the caller says when it sent):
--- its entry moves to that time, where the provider counts it, so the admissions of the next
--- window wait for it instead of reaching the provider inside the window it still fills (a 429).
--- Later only, never past `now`, and only by more than 1 ms; an entry trimmed already stays
--- trimmed. Moving an entry later can only delay admissions that come after it: never more than the
--- provider allows. Token entries stay where they are (their order is their running sums').
+-- between the admission and the send; the caller says when it sent: Lease.sent()): its entry moves
+-- to that time, where the provider counts it, so the admissions of the next window wait for it
+-- instead of reaching the provider inside the window it still fills (a 429). sent-1.lua does it at
+-- once, release as a fallback. Later only, never past `now`, and only when more than
+-- WINDOW_SENT_LATE_MS late (most sends are a few ms after their admission: left to the margin);
+-- an entry moved or trimmed already stays where it is. Moving an entry later can only delay
+-- admissions that come after it: never more than the provider allows; the moved entry is never
+-- after `now`, and a new admission never starts before `now`, so the log stays ordered by time.
+-- Not moved: token entries (their order is their running sums'), class entries (classes.lua: a
+-- class's own share counts from the admission). `st` nil: not checked (sent-1.lua; a key that is
+-- not windowed has no request entry to move). Returns whether it moved.
+local WINDOW_SENT_LATE_MS = 5
 local function windowSent(winKey, st, id, startMs, slot, sentMs, now)
-  if st.rw <= 0 or st.erpm <= 0 or not slot or sentMs <= startMs + 1 then return end
+  if (st and (st.rw <= 0 or st.erpm <= 0)) or not slot then return false end
+  local at = math.min(sentMs, now)
+  if at <= startMs + WINDOW_SENT_LATE_MS then return false end
   local lo = id .. '|r|'
-  if redis.call('ZREM', winKey, lo .. pad16(startMs) .. '|' .. slot) == 1 then
-    redis.call('ZADD', winKey, 0, lo .. pad16(math.min(sentMs, now)) .. '|' .. slot)
-  end
+  if redis.call('ZREM', winKey, lo .. pad16(startMs) .. '|' .. slot) == 0 then return false end
+  redis.call('ZADD', winKey, 0, lo .. pad16(at) .. '|' .. slot)
+  return true
 end
 
 -- Requests the key admitted in the rolling window (W, margin excluded) ending at `now`, for status
