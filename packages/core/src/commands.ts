@@ -248,7 +248,7 @@ function viewOf(v: RawView): TokenView {
 }
 
 const orNull = (ms: number) => (ms < 0 ? null : ms);
-/** A send later than this after its admission (ms) moves its window entry (window.lua WINDOW_SENT_LATE_MS). */
+/** A send later than this after its admission (ms) moves its window entry at its release (window.lua WINDOW_SENT_LATE_MS). */
 export const SENT_LATE_MS = 5;
 /** How long a sample of Redis's clock counts as the best (the highest) one: the clocks may move apart. */
 const REDIS_CLOCK_SAMPLE_MS = 10_000;
@@ -479,14 +479,16 @@ export class PoolCommands {
   }
 
   /**
-   * sent-1.lua, in the background (nobody waits for it), for a request that left more than
-   * SENT_LATE_MS after its admission `admittedAt` (Redis ms): its window entry moves to its send at
-   * once, before the next window's admissions. Nothing before the first answer (Redis's clock not
+   * sent-1.lua, in the background (nobody waits for it), for a request that left more than half
+   * the window margin (and SENT_LATE_MS) after its admission `admittedAt` (Redis ms): its window
+   * entry moves to its send at once, before the next window's admissions. A send less late is left
+   * to the margin (and to its release, which moves it past SENT_LATE_MS): no call of its own, the
+   * request path stays at two script calls. Nothing before the first answer (Redis's clock not
    * known yet); lost, the release moves it (ARGV[30]).
    */
   sentLate(leaseId: string, admittedAt: number, sentAt: number): void {
     const at = this.redisTimeOf(sentAt);
-    if (at < 0 || at - admittedAt <= SENT_LATE_MS) return;
+    if (at < 0 || at - admittedAt <= Math.max(SENT_LATE_MS, this.config.limits.windowMarginMs / 2)) return;
     this.link.script('sent', [this.k.win], [leaseId, at], true).catch(() => undefined);
   }
 

@@ -172,7 +172,7 @@ export const PoolConfigSchema = z
           .min(0)
           .max(1000)
           .default(20)
-          .describe('Added to every enforcement window (window, tokenWindow): the skew between admission here and arrival at the provider. A request sent more than 5 ms after its admission is counted from its send when its caller says so (lease.sent(): the pooled client, the gateway and the queue worker do), so for request windows the margin covers the network and the provider\'s own queueing; token windows count from the admission.'),
+          .describe('Added to every enforcement window (window, tokenWindow): the skew between admission here and arrival at the provider. A request sent more than half this margin after its admission is counted from its send at once when its caller says so (lease.sent(): the pooled client, the gateway and the queue worker do; one extra Redis call for such a request), so for request windows the margin covers a send a few ms late, the network and the provider\'s own queueing; token windows count from the admission.'),
         learn: z
           .boolean()
           .default(true)

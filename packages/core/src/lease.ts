@@ -122,11 +122,13 @@ export interface Lease {
   /**
    * Say the request is leaving for the provider (call it just before the call; `at` defaults to
    * Date.now()). On a key whose provider counts requests over short windows (`window`), a request
-   * sent more than 5 ms after its admission (its process stalled in between: a GC pause, a starved
-   * core) is then counted from its send at once, by one extra Redis call that only such a request
-   * makes: the next window's admissions wait for it instead of reaching the provider while it still
-   * fills the provider's window (a 429). Without it the request counts from its admission. The
-   * Dispatcher (pooled client, gateway, queue worker) calls it; a second call is a no-op.
+   * sent more than half of limits.windowMarginMs (10 ms by default) after its admission (its
+   * process stalled in between: a GC pause, a starved core) is then counted from its send at once,
+   * by one extra Redis call that only such a request makes: the next window's admissions wait for
+   * it instead of reaching the provider while it still fills the provider's window (a 429). Its
+   * release also moves a send more than 5 ms late. Without it the request counts from its
+   * admission. The Dispatcher (pooled client, gateway, queue worker) calls it; a second call is a
+   * no-op.
    */
   sent(at?: number): void;
   /** When `sent` said the request left (Date.now()), if it did. */

@@ -111,7 +111,7 @@ describe('PoolCommands', () => {
     expect(calls[2]!.args[29]).toBe(-1);
   });
 
-  it('sentLate: sent-1.lua only for a send more than 5 ms after the admission, on Redis\'s clock, and not before it is known', async () => {
+  it('sentLate: sent-1.lua only for a send more than half the window margin after the admission, on Redis\'s clock, and not before it is known', async () => {
     const redisNow = Date.now() + 60_000;
     const r = fakeLink([1, 'active', 'closed', '', Math.floor(redisNow), 0], 1);
     const c2 = new PoolCommands(r.link, keys, config);
@@ -119,7 +119,8 @@ describe('PoolCommands', () => {
     expect(r.calls).toHaveLength(0);
     await c2.release('g', { leaseId: '1:k:0:0:5:1', outcome: 'ok', latencyMs: 1, tokens: -1, costNanos: -1, coolMs: -1, model: 'm', route: '' });
     const now = Date.now();
-    c2.sentLate('2:k:0:0:5:2', redisNow, now); // on time (within 5 ms of the admission)
+    c2.sentLate('2:k:0:0:5:2', redisNow, now); // on time
+    c2.sentLate('4:k:0:0:5:4', redisNow - 8, now); // 8 ms late: left to the margin (20 ms) and the release
     c2.sentLate('3:k:0:0:5:3', redisNow - 100, now); // 100 ms late
     expect(r.calls.map((c) => c.name)).toEqual(['release', 'sent']);
     expect(r.calls[1]!.keys).toEqual([keys.win]);

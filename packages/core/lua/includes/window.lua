@@ -141,7 +141,7 @@ end
 -- between the admission and the send; the caller says when it sent: Lease.sent()): its entry moves
 -- to that time, where the provider counts it, so the admissions of the next window wait for it
 -- instead of reaching the provider inside the window it still fills (a 429). sent-1.lua does it at
--- once, release as a fallback. Later only, never past `now`, and only when more than
+-- once for a send later than half the margin (commands.ts sentLate), release for any. Later only, never past `now`, and only when more than
 -- WINDOW_SENT_LATE_MS late (most sends are a few ms after their admission: left to the margin);
 -- an entry moved or trimmed already stays where it is. Moving an entry later can only delay
 -- admissions that come after it: never more than the provider allows; the moved entry is never
