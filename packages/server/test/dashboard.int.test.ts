@@ -92,9 +92,10 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     const res = await page.goto(`${g.url}/dashboard`);
     expect(res!.status()).toBe(200);
     expect(res!.headers()['content-security-policy']).toContain("default-src 'self'");
-    await expect.poll(() => page.getByTestId('pool').textContent()).toBe(g.pool.name);
+    // the first load: a cold browser and the first status read (CI once took over the default 1 s)
+    await expect.poll(() => page.getByTestId('pool').textContent(), { timeout: 10_000 }).toBe(g.pool.name);
     for (const [i, id] of IDS.entries()) {
-      await expect.poll(() => stateOf(id)).toBe('active');
+      await expect.poll(() => stateOf(id), { timeout: 5000 }).toBe('active');
       expect(await row(id).locator('.kname').textContent()).toBe(NAMES[i]);
     }
     expect(await page.getByTestId('redis').textContent()).toContain('ok');
@@ -113,7 +114,7 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     expect(await page.getByTestId('banner').isHidden()).toBe(true);
     // no traffic yet: the charts say so, axes and all
     for (const chart of ['chart-requests', 'chart-429', 'chart-waits', 'chart-keys']) {
-      await expect.poll(() => page.getByTestId(chart).locator('svg .nodata').textContent()).toMatch(/^No (traffic in the last 15 minutes|data yet)$/);
+      await expect.poll(() => page.getByTestId(chart).locator('svg .nodata').textContent(), { timeout: 5000 }).toMatch(/^No (traffic in the last 15 minutes|data yet)$/);
       expect(await page.getByTestId(chart).locator('svg text', { hasText: 'now' }).count()).toBe(1);
     }
     // no worker runs for this pool: the scheduler panel says how to start one
@@ -203,7 +204,7 @@ describe.skipIf(!haveBrowser)('dashboard in a browser', () => {
     await expect.poll(() => banner.isVisible(), { timeout: 5000 }).toBe(true);
     expect(await banner.textContent()).toMatch(/Redis is down since .*ECONNREFUSED.*fail-closed.*refuses new requests \(503\)/);
     expect(await page.getByTestId('redis').textContent()).toContain('DOWN');
-    await expect.poll(() => stateOf(IDS[0]!)).toBe('unknown');
+    await expect.poll(() => stateOf(IDS[0]!), { timeout: 5000 }).toBe('unknown');
     await page.screenshot({ path: `${SHOTS}-redis-down.png`, fullPage: true });
     await page.unroute('**/status');
     await expect.poll(() => banner.isHidden(), { timeout: 5000 }).toBe(true);
