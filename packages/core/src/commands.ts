@@ -249,7 +249,7 @@ function viewOf(v: RawView): TokenView {
 
 const orNull = (ms: number) => (ms < 0 ? null : ms);
 /** A send later than this after its admission (ms) moves its window entry at its release (window.lua WINDOW_SENT_LATE_MS). */
-export const SENT_LATE_MS = 5;
+const SENT_LATE_MS = 5;
 /** How long a sample of Redis's clock counts as the best (the highest) one: the clocks may move apart. */
 const REDIS_CLOCK_SAMPLE_MS = 10_000;
 

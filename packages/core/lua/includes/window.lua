@@ -16,8 +16,8 @@
                                                               to the window at each look and admission)
   Admissions are appended in time order (a new one never starts before the key's last, st.wl), so
   "the N-th most recent admission + W" is exactly when one more fits (a request sent late moves its
-  entry to when it was sent, windowSent: entries stay ordered by time, members sort by start), and the token entries' running
-  sums (st.wc) make "when do `est` more tokens fit" one range lookup. Request entries older than
+  entry to when it was sent, windowSent: entries stay ordered by time, members sort by start), and
+  the token entries' running sums (st.wc) make "when do `est` more tokens fit" one range lookup. Request entries older than
   the window (two windows for a provider that reports per window, for learning; token entries:
   than the window) are trimmed when the key is next looked at.
   Cost: O(log entries) per key examined.
@@ -141,9 +141,9 @@ end
 -- between the admission and the send; the caller says when it sent: Lease.sent()): its entry moves
 -- to that time, where the provider counts it, so the admissions of the next window wait for it
 -- instead of reaching the provider inside the window it still fills (a 429). sent-1.lua does it at
--- once for a send later than half the margin (commands.ts sentLate), release for any. Later only, never past `now`, and only when more than
--- WINDOW_SENT_LATE_MS late (most sends are a few ms after their admission: left to the margin);
--- an entry moved or trimmed already stays where it is. Moving an entry later can only delay
+-- once for a send later than half the margin (commands.ts sentLate), release for any other. Later
+-- only, never past `now`, and only when more than WINDOW_SENT_LATE_MS late (most sends are a few
+-- ms after their admission: left to the margin); an entry moved or trimmed already stays put. Moving an entry later can only delay
 -- admissions that come after it: never more than the provider allows; the moved entry is never
 -- after `now`, and a new admission never starts before `now`, so the log stays ordered by time.
 -- Not moved: token entries (their order is their running sums'), class entries (classes.lua: a
