@@ -65,6 +65,7 @@ const USAGE = `Usage: tsx scripts/bench/mixed.ts [options]   (npm run bench:mixe
   --workers N            queue worker processes (default 2)
   --concurrency N        jobs each worker runs at once (default 32)
   --keep-low X           priority.keepFree.low (default 0.2, keypool's default)
+  --headroom-low N       priority.headroom.low (default 1, keypool's default)
   --higher-waited-ms N   priority.higherWaitedMs (default 1000, keypool's default)
   --reserve-ahead-ms N   priority.reserveAheadMs (default 0, keypool's default)
   --spread on|off        priority.spread: low's requests spread over each key's window (default on, keypool's default)
@@ -96,6 +97,7 @@ function options() {
     workers: '2',
     concurrency: '32',
     'keep-low': '0.2',
+    'headroom-low': '1',
     'higher-waited-ms': '1000',
     'reserve-ahead-ms': '0',
     'deadline-ms': '30000',
@@ -116,6 +118,7 @@ function options() {
     workers: int('workers', v.workers, 1, 8),
     concurrency: int('concurrency', v.concurrency, 1, 1000),
     keepLow: num('keep-low', v['keep-low'], 0, 0.9),
+    headroomLow: int('headroom-low', v['headroom-low'], 0, 1000),
     higherWaitedMs: int('higher-waited-ms', v['higher-waited-ms'], 0, 60_000),
     reserveAheadMs: int('reserve-ahead-ms', v['reserve-ahead-ms'], 0, 60_000),
     deadlineMs: int('deadline-ms', v['deadline-ms'], 100),
@@ -177,7 +180,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
   const pool = `bench-mixed-${phase}-${runId}`;
   const keys = Array.from({ length: o.keys }, (_, i) => ({ secret: `sk-bench-mixed${i}-${runId}-${randomBytes(12).toString('hex')}`, name: `k${i}` }));
   const benchKeys = keys.map((k) => ({ ...k, provider: 'azure' as const, rpm: o.providerRpm }));
-  const priority = { keepFree: { low: o.keepLow }, higherWaitedMs: o.higherWaitedMs, reserveAheadMs: o.reserveAheadMs, spread: o.spread };
+  const priority = { keepFree: { low: o.keepLow }, headroom: { low: o.headroomLow }, higherWaitedMs: o.higherWaitedMs, reserveAheadMs: o.reserveAheadMs, spread: o.spread };
   const limits = { windowMarginMs: o.marginMs, learn: o.learn };
   const started: Child[] = [];
   const spawn = (script: string, role: string, config: unknown) => {

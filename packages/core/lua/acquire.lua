@@ -36,7 +36,9 @@
   of one partition among several)  ARGV[25] 1: a class that keeps a share spreads its requests over
   each key's window (includes/classes.lua spacedStart; priority.spread)  ARGV[26] Redis time (ms)
   after which the caller no longer waits for this call (0: none): run later (Redis stalled with the
-  call already on its socket), it takes nothing and answers 'expired'
+  call already on its socket), it takes nothing and answers 'expired'  ARGV[27] requests of each
+  windowed key's window this class leaves unused while a higher class waited long (priority.headroom,
+  includes/classes.lua; absent: 0)
   Reply: {1, keyId, lease, deadlineMs, nowMs, nowMicros, version, probe 0|1, startInMs
           [, tokenId, reservation, settingsJSON | '', spentNanos, reservedNanos, periodEndMs]}
       or {0, reason, retryAfterMs (-1: not by waiting), version}; reasons of the classes
@@ -99,8 +101,8 @@ if class == 'critical' and admission and not cjson.decode(admission.raw).allowCr
   seriesAcquire(serKey, now, class, tenant, 'r', 0)
   return { 2, 'priority_not_allowed', -1, admission.id }
 end
-local keep, keepRes, liftAt
-keep, keepRes, maxWait, liftAt = classRule(metaKey, class, now, tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0, tonumber(ARGV[20]) or 0, maxWait)
+local keep, keepRes, liftAt, room
+keep, keepRes, maxWait, liftAt, room = classRule(metaKey, class, now, tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0, tonumber(ARGV[20]) or 0, maxWait, tonumber(ARGV[27]) or 0)
 -- a class that keeps a share free for those above it spreads its requests (classes.lua spacedStart)
 local keepCfg = tonumber(ARGV[18]) or 0
 local spaced = ARGV[25] == '1' and keepCfg > 0
@@ -175,7 +177,7 @@ end
 local seen, usable, nseen = {}, {}, 0
 local reserve = nil -- the earliest reservation among the keys looked at: {id, st, t, slot, g}
 local function consider(id, st, g, t, slot)
-  t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keepRes, t, slot, class)
+  t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keepRes, room, t, slot, class)
   -- a spaced class holds at most one place ahead per key: a higher class waits behind one gap at most
   local horizon = maxWait
   if spaced then
@@ -223,7 +225,7 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
           local kind, untilMs, reason, slot = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
           if kind == 'ok' and (keep > 0 or spaced) then
             local t
-            t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, now, slot, class)
+            t, slot = keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, room, now, slot, class)
             if spaced then t = spacedStart(st, t, slot) end
             if t ~= now then kind, untilMs = 'kept', t or liftAt end
           end
@@ -402,6 +404,7 @@ redis.call('ZADD', leasesKey, deadline, lease)
 -- a caller that slept between tries (ARGV[23] ms) waited too, though this try admits it now
 local waited = (start - now) + (tonumber(ARGV[23]) or 0)
 seriesAcquire(serKey, now, class, tenant, waited > 0 and 'w' or 'a', waited)
+if waited > 0 then classWaitedLong(metaKey, class, now, waited, st) end
 local nowWhole, nowMicros = timeReply(now)
 local reply = { 1, id, lease, deadline, nowWhole, nowMicros, version, probe, math.max(0, math.ceil(start - now)) }
 if admission then

@@ -421,7 +421,7 @@ export class PoolCommands {
       tokens, costNanos, f.lease, Math.random(), excluded, f.candidates, Math.floor(Math.random() * 2 ** 31), Math.max(0, Math.floor(maxWaitMs)), f.margin,
       ...(admit ? [admit.hash, admit.name, admit.costNanos, f.reservation, admit.wantSettings ? '1' : '0'] : [f.noAdmit]),
       who.priority, who.tenant, who.priority === 'critical' ? 0 : pr.keepFree[who.priority as 'low' | 'normal'], f.ahead, pr.weights[who.tenant] ?? who.weight ?? '', f.tenantWindow, who.waitedMs ?? 0, who.uncounted ? '1' : '0', f.spread,
-      this.validUntil(),
+      this.validUntil(), who.priority === 'critical' ? 0 : pr.headroom[who.priority as 'low' | 'normal'],
     ];
     const r = (await this.link.script('acquire', keys, args)) as
       | [1, string, string, number, number, number, number, number, number, ...AdmittedTail]

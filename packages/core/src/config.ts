@@ -192,6 +192,14 @@ export const PoolConfigSchema = z
           .strict()
           .prefault({})
           .describe('What each class leaves free for the classes above it (critical keeps nothing: it is the highest).'),
+        headroom: z
+          .object({
+            low: z.number().int().min(0).max(1000).default(1).describe('Requests of every windowed key\'s window (a provider that reports per window, limits.windows) that low requests leave unused while a normal or critical request waited longer than one slot of its key (the window over its quota) in the last higherWaitedMs: a higher request arriving then starts at once instead of queueing for the next slot to free. It costs low that many requests of every window while it lasts; never leaves a key under one request a window. 0: off.'),
+            normal: z.number().int().min(0).max(1000).default(0).describe('The same for normal requests, while a critical request waited long (applies only with keepFree.normal above 0).'),
+          })
+          .strict()
+          .prefault({})
+          .describe('What a class with a keepFree share also leaves unused of each windowed key\'s window while a higher class\'s requests queue (docs/architecture.md, "Headroom").'),
         higherWaitedMs: z
           .number()
           .int()

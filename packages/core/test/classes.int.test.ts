@@ -69,6 +69,42 @@ describe('priority classes', () => {
     expect(await p.acquire({ model: 'a', priority: 'low' })).toMatchObject({ ok: false, reason: 'rate_limited' });
   });
 
+  it('after a normal request waited longer than a slot, low leaves priority.headroom.low of a window unused: the next normal starts at once', async () => {
+    // three keys of 10 per rolling second; spread off so low takes what it may at once
+    const run = async (headroom: number) => {
+      const { pool: p } = await pool({
+        keys: ['a', 'b', 'c'].map((m) => ({ secret: fakeSecret(`cls-h${headroom}-${m}`), models: [m], rpm: 600, window: 1 })),
+        priority: { keepFree: { low: 0.2 }, headroom: { low: headroom }, higherWaitedMs: 60_000, spread: false },
+      });
+      /** low acquires on `model` until refused: how many it got, and why the next was refused */
+      const lowUntilRefused = async (model: string) => {
+        for (let n = 0; n < 20; n++) {
+          const r = await p.acquire({ model, priority: 'low' });
+          if (!r.ok) return `${n} ${r.reason}`;
+        }
+        return 'never refused';
+      };
+      await take(p, 'a', 'low', 10); // nothing higher waited: the whole window
+      // a normal request refused at once has waited, not long: low keeps its share (8, not binding
+      // here) and leaves no headroom
+      expect(await p.acquire({ model: 'a', priority: 'normal' })).toMatchObject({ ok: false, reason: 'rate_limited' });
+      await take(p, 'b', 'normal', 3);
+      const lowB = await lowUntilRefused('b');
+      // a normal request that waits for a place: about a window here, longer than one slot (100 ms)
+      const t0 = performance.now();
+      const waited = await p.acquire({ model: 'a', priority: 'normal', maxWaitMs: 3000 });
+      expect(waited).toMatchObject({ ok: true });
+      expect(performance.now() - t0).toBeGreaterThan(500);
+      await (waited as Lease).release({ status: 200, latencyMs: 1 });
+      await take(p, 'c', 'normal', 3);
+      const lowC = await lowUntilRefused('c');
+      const next = await p.acquire({ model: 'c', priority: 'normal' });
+      return { lowB, lowC, nextNormalNow: next.ok };
+    };
+    expect(await run(1)).toEqual({ lowB: '7 rate_limited', lowC: '6 kept_free', nextNormalNow: true });
+    expect(await run(0)).toEqual({ lowB: '7 rate_limited', lowC: '7 rate_limited', nextNormalNow: false });
+  }, 20_000);
+
   it('a normal caller that waits is served before low callers waiting longer', async () => {
     // 10 per rolling second; low callers come first, then normal ones, all willing to wait 8 s
     const { pool: p } = await pool({

@@ -31,7 +31,7 @@ const NORMAL = { priority: 'normal', tenant: '' };
 
 describe('PoolCommands', () => {
   it('acquire: a lease reply and a refusal, -1 read as "not by waiting"', async () => {
-    const { link, calls } = fakeLink([1, 'k1', '7:k1:10:0', 1_000_300, 1_000, 250, 4, 1], [0, 'circuit_open', -1, 5], [0, 'cooling', 1200, 5]);
+    const { link, calls } = fakeLink([1, 'k1', '7:k1:10:0', 1_000_300, 1_000, 250, 4, 1], [0, 'circuit_open', -1, 5], [0, 'cooling', 1200, 5], [0, 'cooling', 1200, 5]);
     const cmd = new PoolCommands(link, keys, config);
     const scriptKeys = [keys.cfg, keys.st, keys.leases, keys.meta, keys.avail('g'), keys.wait('g')];
     expect(await cmd.acquire(scriptKeys, 10, 0, '', 0, NORMAL)).toEqual({ ok: true, keyId: 'k1', leaseId: '7:k1:10:0', deadline: 1_000_300, at: 1_000.25, version: 4, probe: true });
@@ -53,6 +53,11 @@ describe('PoolCommands', () => {
     const until = calls[1]!.args[25] as number;
     expect(until).toBeGreaterThanOrEqual(1_000 + config.redisDown.timeoutMs);
     expect(until).toBeLessThan(1_000 + config.redisDown.timeoutMs + 1_000);
+    // ARGV[27]: the class's headroom (priority.headroom; normal's is 0 by default, low's 1)
+    expect(calls[1]!.args[26]).toBe(0);
+    await cmd.acquire(scriptKeys, 10, 0, '', 0, { priority: 'low', tenant: '' });
+    expect(calls[3]!.args[26]).toBe(config.priority.headroom.low);
+    expect(config.priority.headroom.low).toBe(1);
   });
 
   it("acquire: 'expired' (Redis ran the call after its caller stopped waiting) is tried again at once, on the clock it tells", async () => {

@@ -72,10 +72,10 @@ describe('parsePoolConfig defaults', () => {
 });
 
 describe('parsePoolConfig errors (the message the user reads)', () => {
-  it('priority: a share over 0.9, a tenant name with a space, a weight of 0', () => {
-    const e = errorOf({ priority: { keepFree: { low: 1.5 }, weights: { 'two words': 1, ok: 0 } } });
-    expect(e.issues.map((i) => i.path)).toEqual(['priority.keepFree.low', 'priority.weights.two words', 'priority.weights.ok']);
-    expect(parsePoolConfig({}).priority).toEqual({ keepFree: { low: 0.2, normal: 0 }, higherWaitedMs: 1000, reserveAheadMs: 0, spread: true, tenantWindowMs: 2000, weights: {} });
+  it('priority: a share over 0.9, half a request of headroom, a tenant name with a space, a weight of 0', () => {
+    const e = errorOf({ priority: { keepFree: { low: 1.5 }, headroom: { low: 0.5 }, weights: { 'two words': 1, ok: 0 } } });
+    expect(e.issues.map((i) => i.path)).toEqual(['priority.keepFree.low', 'priority.headroom.low', 'priority.weights.two words', 'priority.weights.ok']);
+    expect(parsePoolConfig({}).priority).toEqual({ keepFree: { low: 0.2, normal: 0 }, headroom: { low: 1, normal: 0 }, higherWaitedMs: 1000, reserveAheadMs: 0, spread: true, tenantWindowMs: 2000, weights: {} });
   });
 
   it('lists several problems at once, each with its path', () => {

@@ -39,6 +39,10 @@
 ]]
 
 local CLASS_ABOVE = { low = { 'hw:critical', 'hw:normal' }, normal = { 'hw:critical' }, critical = {} }
+-- the same classes' long waits (classWaitedLong): hw fields first, then hl, in one HMGET
+local CLASS_ABOVE_LONG = {
+  low = { 'hw:critical', 'hw:normal', 'hl:critical', 'hl:normal' }, normal = { 'hw:critical', 'hl:critical' }, critical = {},
+}
 local CLASS_BELOW = { critical = { 'ha:normal', 'ha:low' }, normal = { 'ha:low' }, low = {} }
 local LOWER_ACTIVE_MS = 1000
 local RETRY_SHARE_MS = 100
@@ -85,34 +89,50 @@ end
 local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = true, kept_free = true, tenant_share = true }
 
 -- The class's rule for this request: keep (share kept free by admissions now), keepRes (by
--- reservations), maxWait (bounded), liftAt (when the restriction ends, or nil when not restricted).
+-- reservations), maxWait (bounded), liftAt (when the restriction ends, or nil when not restricted),
+-- room (requests of each windowed key's window left unused: `headroom` while a higher class's
+-- request waited longer than a slot in the last `higherWaitedMs`, see classWaitedLong; else 0).
 -- Not restricted, a lower class uses the whole key (a pool of batch work alone is not held back).
-local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveAheadMs, maxWait)
-  if keepFree <= 0 then return 0, 0, maxWait, nil end
-  local above = CLASS_ABOVE[class]
-  local last = nil
-  if #above > 0 then
-    for _, v in ipairs(redis.call('HMGET', metaKey, unpack(above))) do
-      local t = tonumber(v)
-      if t and (last == nil or t > last) then last = t end
+local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveAheadMs, maxWait, headroom)
+  if keepFree <= 0 then return 0, 0, maxWait, nil, 0 end
+  local fields = CLASS_ABOVE_LONG[class]
+  local last, long = nil, nil
+  if #fields > 0 then
+    local v = redis.call('HMGET', metaKey, unpack(fields))
+    local half = #fields / 2
+    for i = 1, #fields do
+      local t = tonumber(v[i])
+      if t then
+        if i <= half then
+          if last == nil or t > last then last = t end
+        elseif long == nil or t > long then
+          long = t
+        end
+      end
     end
   end
   if last and last > now - higherWaitedMs then
-    return keepFree, keepFree, math.min(maxWait, reserveAheadMs), last + higherWaitedMs
+    local room = (long and long > now - higherWaitedMs) and headroom or 0
+    return keepFree, keepFree, math.min(maxWait, reserveAheadMs), last + higherWaitedMs, room
   end
-  return 0, 0, math.min(maxWait, reserveAheadMs), nil
+  return 0, 0, math.min(maxWait, reserveAheadMs), nil, 0
 end
 
 -- evaluate (common.lua) for a request that must leave `keep` of the key's capacity free: the
 -- windows' quotas shrink to (1 - keep), the buckets lose keep x their size; with `ownReq` the
 -- request window is left whole (the class's own count is checked instead: classEarliest). The state
 -- is as before on return (refilled to now).
-local function evaluateKept(st, now, est, estCost, recheckMs, id, winKey, margin, keep, ownReq)
+local function evaluateKept(st, now, est, estCost, recheckMs, id, winKey, margin, keep, ownReq, room)
   refill(st, now)
   local erpm, etpm = st.erpm, st.etpm
   local dr, dt = 0, 0
   if erpm > 0 and not ownReq then
     if st.rw > 0 then st.erpm = erpm * (1 - keep) else dr = keep * reqCap(st) end
+  end
+  if room > 0 and st.rw > 0 and st.erpm > 0 then
+    -- the whole key's window less `room` requests (never under one)
+    local n = math.floor(st.erpm * st.rw / 60000)
+    if n - room >= 1 then st.erpm = math.min(st.erpm, (n - room + 1e-6) * 60000 / st.rw) end
   end
   if etpm > 0 then
     if st.tw > 0 then st.etpm = etpm * (1 - keep) else dt = keep * tokCap(st) end
@@ -200,12 +220,34 @@ local function spaceAdmitted(st, start)
   if gap > 0 then st.sg = math.max(st.sg or 0, start) + gap end
 end
 
--- When a request of `class` keeping `keep` free may start on a key the full rules let start at
--- `t`: the time and free slot, or nil (never while it keeps the share).
-local function keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, t, slot, class)
+--[[
+  Headroom: a share kept as a count of a window does not bind once the classes above use more than
+  it (with keepFree.low 0.2 and interactive traffic at 30% of the keys, low fills the rest of every
+  window), so a higher-class request that finds the window full waits for the next slot to free,
+  and a burst of them queues one slot apart (bench:mixed: normal requests' waits up to 50-100 ms
+  in a flood, for a tenant's p99 twice its idle one). While a higher class's request waited longer
+  than one slot of the key that admitted it (its window over its quota) in the last
+  higherWaitedMs, a lower class also leaves `room` requests of each windowed key's window unused
+  (priority.headroom): a higher request arriving then starts at once, and the next slot that frees
+  refills the room instead of going to the lower class. It costs the lower class those requests of
+  every window while it lasts (1 of 20 per key in bench:mixed).
+]]
+
+-- A request of `class` admitted after waiting `waited` ms on a key (state st): a wait longer than
+-- one slot of the key's window makes the classes below leave their headroom (hl:<class> = now).
+local function classWaitedLong(metaKey, class, now, waited, st)
+  if class == 'low' then return end
+  local gap = spacing(st)
+  if gap > 0 and waited > gap then redis.call('HSET', metaKey, 'hl:' .. class, string.format('%.0f', math.floor(now))) end
+end
+
+-- When a request of `class` keeping `keep` free (and `room` requests of a windowed key's window
+-- unused) may start on a key the full rules let start at `t`: the time and free slot, or nil (never
+-- while it keeps the share).
+local function keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, keep, room, t, slot, class)
   if keep <= 0 then return t, slot end
   local q, w = classQuota(st, margin, keep)
-  local kind, untilMs, _, s = evaluateKept(st, now, est, estCost, recheckMs, id, winKey, margin, keep, q > 0)
+  local kind, untilMs, _, s = evaluateKept(st, now, est, estCost, recheckMs, id, winKey, margin, keep, q > 0, room)
   local at
   if kind == 'ok' then
     at = now
