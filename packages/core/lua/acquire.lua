@@ -404,7 +404,7 @@ redis.call('ZADD', leasesKey, deadline, lease)
 -- a caller that slept between tries (ARGV[23] ms) waited too, though this try admits it now
 local waited = (start - now) + (tonumber(ARGV[23]) or 0)
 seriesAcquire(serKey, now, class, tenant, waited > 0 and 'w' or 'a', waited)
-if waited > 0 then classWaitedLong(metaKey, class, now, waited, st) end
+classWaitedLong(metaKey, class, now, start - now, st, margin)
 local nowWhole, nowMicros = timeReply(now)
 local reply = { 1, id, lease, deadline, nowWhole, nowMicros, version, probe, math.max(0, math.ceil(start - now)) }
 if admission then

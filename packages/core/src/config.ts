@@ -194,7 +194,7 @@ export const PoolConfigSchema = z
           .describe('What each class leaves free for the classes above it (critical keeps nothing: it is the highest).'),
         headroom: z
           .object({
-            low: z.number().int().min(0).max(1000).default(1).describe('Requests of every windowed key\'s window (a provider that reports per window, limits.windows) that low requests leave unused while a normal or critical request waited longer than one slot of its key (the window over its quota) in the last higherWaitedMs: a higher request arriving then starts at once instead of queueing for the next slot to free. It costs low that many requests of every window while it lasts; never leaves a key under one request a window. 0: off.'),
+            low: z.number().int().min(0).max(1000).default(1).describe('Requests of every windowed key\'s request window (keys[].window above 0) that low requests leave unused while a normal or critical request was given a place more than one slot of its key ahead (the window over its quota) in the last higherWaitedMs: a higher request arriving then starts at once instead of queueing for the next slot to free. It costs low that many requests of every window while it lasts; never leaves a key under one request a window; applies only with keepFree.low above 0. 0: off.'),
             normal: z.number().int().min(0).max(1000).default(0).describe('The same for normal requests, while a critical request waited long (applies only with keepFree.normal above 0).'),
           })
           .strict()

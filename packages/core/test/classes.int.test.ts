@@ -70,10 +70,16 @@ describe('priority classes', () => {
   });
 
   it('after a normal request waited longer than a slot, low leaves priority.headroom.low of a window unused: the next normal starts at once', async () => {
-    // three keys of 10 per rolling second; spread off so low takes what it may at once
+    // key a: 10 per rolling second (a normal request waits there about a window, ten slots); b and
+    // c: 10 per 10 s (long enough that a slow host does not see their entries expire mid-test);
+    // spread off so low takes what it may at once
     const run = async (headroom: number) => {
       const { pool: p } = await pool({
-        keys: ['a', 'b', 'c'].map((m) => ({ secret: fakeSecret(`cls-h${headroom}-${m}`), models: [m], rpm: 600, window: 1 })),
+        keys: [
+          { secret: fakeSecret(`cls-h${headroom}-a`), models: ['a'], rpm: 600, window: 1 },
+          { secret: fakeSecret(`cls-h${headroom}-b`), models: ['b'], rpm: 60, window: 10 },
+          { secret: fakeSecret(`cls-h${headroom}-c`), models: ['c'], rpm: 60, window: 10 },
+        ],
         priority: { keepFree: { low: 0.2 }, headroom: { low: headroom }, higherWaitedMs: 60_000, spread: false },
       });
       /** low acquires on `model` until refused: how many it got, and why the next was refused */

@@ -91,7 +91,8 @@ local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = tr
 -- The class's rule for this request: keep (share kept free by admissions now), keepRes (by
 -- reservations), maxWait (bounded), liftAt (when the restriction ends, or nil when not restricted),
 -- room (requests of each windowed key's window left unused: `headroom` while a higher class's
--- request waited longer than a slot in the last `higherWaitedMs`, see classWaitedLong; else 0).
+-- request was given a place more than a slot ahead in the last `higherWaitedMs`, see
+-- classWaitedLong; else 0).
 -- Not restricted, a lower class uses the whole key (a pool of batch work alone is not held back).
 local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveAheadMs, maxWait, headroom)
   if keepFree <= 0 then return 0, 0, maxWait, nil, 0 end
@@ -118,6 +119,15 @@ local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveA
   return 0, 0, math.min(maxWait, reserveAheadMs), nil, 0
 end
 
+-- A windowed key's request window counted as `room` requests smaller (never under one): st.erpm
+-- lowered, which the caller puts back.
+local function leaveRoom(st, room)
+  if room > 0 and st.rw > 0 and st.erpm > 0 then
+    local n = math.floor(st.erpm * st.rw / 60000)
+    if n - room >= 1 then st.erpm = math.min(st.erpm, (n - room + 1e-6) * 60000 / st.rw) end
+  end
+end
+
 -- evaluate (common.lua) for a request that must leave `keep` of the key's capacity free: the
 -- windows' quotas shrink to (1 - keep), the buckets lose keep x their size; with `ownReq` the
 -- request window is left whole (the class's own count is checked instead: classEarliest). The state
@@ -129,11 +139,7 @@ local function evaluateKept(st, now, est, estCost, recheckMs, id, winKey, margin
   if erpm > 0 and not ownReq then
     if st.rw > 0 then st.erpm = erpm * (1 - keep) else dr = keep * reqCap(st) end
   end
-  if room > 0 and st.rw > 0 and st.erpm > 0 then
-    -- the whole key's window less `room` requests (never under one)
-    local n = math.floor(st.erpm * st.rw / 60000)
-    if n - room >= 1 then st.erpm = math.min(st.erpm, (n - room + 1e-6) * 60000 / st.rw) end
-  end
+  leaveRoom(st, room)
   if etpm > 0 then
     if st.tw > 0 then st.etpm = etpm * (1 - keep) else dt = keep * tokCap(st) end
   end
@@ -225,20 +231,21 @@ end
   it (with keepFree.low 0.2 and interactive traffic at 30% of the keys, low fills the rest of every
   window), so a higher-class request that finds the window full waits for the next slot to free,
   and a burst of them queues one slot apart (bench:mixed: normal requests' waits up to 50-100 ms
-  in a flood, for a tenant's p99 twice its idle one). While a higher class's request waited longer
-  than one slot of the key that admitted it (its window over its quota) in the last
-  higherWaitedMs, a lower class also leaves `room` requests of each windowed key's window unused
+  in a flood, for a tenant's p99 twice its idle one). While a higher class's request was given a place
+  more than one slot ahead on its key (the window over its quota) in the last higherWaitedMs, a lower class also leaves `room` requests of each windowed key's window unused
   (priority.headroom): a higher request arriving then starts at once, and the next slot that frees
   refills the room instead of going to the lower class. It costs the lower class those requests of
   every window while it lasts (1 of 20 per key in bench:mixed).
 ]]
 
--- A request of `class` admitted after waiting `waited` ms on a key (state st): a wait longer than
--- one slot of the key's window makes the classes below leave their headroom (hl:<class> = now).
-local function classWaitedLong(metaKey, class, now, waited, st)
-  if class == 'low' then return end
-  local gap = spacing(st)
-  if gap > 0 and waited > gap then redis.call('HSET', metaKey, 'hl:' .. class, string.format('%.0f', math.floor(now))) end
+-- A request of `class` given a place `ahead` ms from now on a key (state st): a place more than one
+-- slot of the key's window ahead (the window, margin included, over its quota) makes the classes
+-- below leave their headroom (hl:<class> = now). Only the reservation counts, not a caller's sleep
+-- between tries (a circuit, a budget or a tenant's share, which headroom does not help).
+local function classWaitedLong(metaKey, class, now, ahead, st, margin)
+  if class == 'low' or ahead <= 0 then return end
+  local n, w = reqQuota(st, margin)
+  if n > 0 and ahead > w / n then redis.call('HSET', metaKey, 'hl:' .. class, string.format('%.0f', math.floor(now))) end
 end
 
 -- When a request of `class` keeping `keep` free (and `room` requests of a windowed key's window
@@ -260,7 +267,13 @@ local function keptStart(st, now, est, estCost, recheckMs, id, winKey, margin, k
     local c = classEarliest(winKey, id, class, now, q, w)
     if c > at then
       -- later than the free slot found: no earlier than the windows' own next place without it
-      if s then c = math.max(c, windowEarliest(winKey, st, id, est, now, margin)) end
+      -- (less the room left)
+      if s then
+        local erpm = st.erpm
+        leaveRoom(st, room)
+        c = math.max(c, windowEarliest(winKey, st, id, est, now, margin))
+        st.erpm = erpm
+      end
       at, s = c, nil
     end
   end
