@@ -27,7 +27,8 @@
  *   queue { capacityShare }: jobs served upstream during the schedule over what the keys allow
  *     in that time (keys x rpm/60 per second) minus what interactive used; capacityShareEnforced
  *     the same over what keypool may send (its windows are 1 s + limits.windowMarginMs)
- *   tenants { name: { p99Ms, admittedShare } }: p99 during the flood (and idleP99Ms, the same
+ *   tenants { name: { p99Ms, admittedShare, slowestInFlood } }: p99 during the flood (slowestInFlood: its
+ *     three slowest requests there, each with the gateway's x-keypool-acquire-ms and attempts; and idleP99Ms, the same
  *     arrivals on the idle pool), admittedShare of all interactive requests served during the flood
  *   upstream429Share: 429s over all requests the provider saw during the mixed schedule
  *   with --trace: trace (each key's effective rpm every 500 ms of the mixed schedule) and classes
@@ -222,7 +223,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
       }
       await Promise.all(workers.map((w) => w.ready));
     }
-    const call = (t: Tenant, i: number, content: string) => clients[t][i % 2]!.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content }], max_tokens: 16 });
+    const call = (t: Tenant, i: number, content: string) => clients[t][i % 2]!.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content }], max_tokens: 16 }).withResponse();
     // warm-up: each tenant through each gateway (tokens admitted, connections open)
     await Promise.all(TENANTS.flatMap((t) => [0, 1].map((i) => call(t, i, 'warm-up'))));
 
@@ -249,6 +250,8 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
       tracer = setInterval(() => void r.eval(READ, 1, stKey).then((erpm) => trace.push({ atMs: Date.now() - tStart, erpm: erpm as number[] }), () => undefined), 500);
     }
     const outcomes: Outcome[] = new Array(arrivals.length);
+    // what the gateway said of each answered request: its wait for a key, and its attempts
+    const told: { acquireMs: number; attempts: number }[] = new Array(arrivals.length);
     const answeredAt: number[] = [];
     const inFlight: Promise<void>[] = [];
     const t0 = performance.now() + 100;
@@ -259,8 +262,9 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
       (i, at) =>
         inFlight.push(
           call(arrivals[i]!.tenant, i, `interactive ${i}`).then(
-            () => {
+            ({ response }) => {
               outcomes[i] = performance.now() - at;
+              told[i] = { acquireMs: Number(response.headers.get('x-keypool-acquire-ms')), attempts: Number(response.headers.get('x-keypool-attempts')) };
               answeredAt.push(performance.now());
             },
             (e: unknown) => void (outcomes[i] = e instanceof OpenAI.APIConnectionTimeoutError ? 'timeout' : e instanceof OpenAI.APIError && e.status ? `status ${e.status}` : 'network'),
@@ -288,7 +292,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
       classes = {};
       for (let i = 0; i < flat.length; i += 2) classes[flat[i]!] = Number(flat[i + 1]);
     }
-    return { outcomes, up: upstream(countersEnd, counters0), windowS, capacityPerSec, startedAt: w0, workerStats: stats, trace, classes, interactiveUpstream };
+    return { outcomes, told, up: upstream(countersEnd, counters0), windowS, capacityPerSec, startedAt: w0, workerStats: stats, trace, classes, interactiveUpstream };
   } finally {
     await queue?.close().catch(() => undefined);
     producer?.disconnect();
@@ -355,7 +359,14 @@ async function main(): Promise<void> {
       const m = dist(lat(mixed.outcomes, mine));
       const i = dist(lat(idle.outcomes, mine));
       const whole = dist(lat(mixed.outcomes, (a) => a.tenant === t));
-      return [t, { p99Ms: round(m.p99Ms, 1), idleP99Ms: round(i.p99Ms, 1), wholeRunP99Ms: round(whole.p99Ms, 1), admittedShare: round(lat(mixed.outcomes, mine).length / servedInFlood, 3), arrivalShare: round(arrivals.filter(mine).length / arrivals.filter(inFlood).length, 3) }];
+      // the three slowest in the flood: how much of each was the wait for a key (x-keypool-acquire-ms)
+      const slowest = arrivals
+        .map((a, k) => ({ a, k, ms: mixed.outcomes[k] }))
+        .filter((x): x is { a: Arrival; k: number; ms: number } => mine(x.a) && typeof x.ms === 'number')
+        .sort((x, y) => y.ms - x.ms)
+        .slice(0, 3)
+        .map((x) => ({ ms: round(x.ms, 1), acquireMs: mixed.told[x.k]?.acquireMs ?? null, attempts: mixed.told[x.k]?.attempts ?? null }));
+      return [t, { p99Ms: round(m.p99Ms, 1), idleP99Ms: round(i.p99Ms, 1), wholeRunP99Ms: round(whole.p99Ms, 1), admittedShare: round(lat(mixed.outcomes, mine).length / servedInFlood, 3), arrivalShare: round(arrivals.filter(mine).length / arrivals.filter(inFlood).length, 3), slowestInFlood: slowest }];
     }),
   );
   const upstream429Share = round(mixed.up.rate429 / Math.max(1, mixed.up.requests), 4);

@@ -473,6 +473,7 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
     const a0 = performance.now();
     const now = Date.now();
     let d;
+    let acquireMs = 0;
     try {
       d = await dispatcher.dispatch<Answer>({
         name,
@@ -495,7 +496,8 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
         },
       });
     } finally {
-      (d ? ctx.acquired : ctx.acquireFailed).observe((performance.now() - a0 - c.upstreamMs) / 1000);
+      acquireMs = performance.now() - a0 - c.upstreamMs;
+      (d ? ctx.acquired : ctx.acquireFailed).observe(acquireMs / 1000);
     }
     const { lease, model, value } = d;
     const up = value.up;
@@ -506,6 +508,7 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
     if (c.labels.route) res.setHeader('x-keypool-route', c.labels.route);
     res.setHeader('x-keypool-key-id', lease.keyId);
     res.setHeader('x-keypool-attempts', String(d.failovers + 1));
+    res.setHeader('x-keypool-acquire-ms', acquireMs.toFixed(1));
     for (const h of RETURN_HEADERS) {
       const v = up.headers[h];
       if (typeof v === 'string') res.setHeader(h === 'x-request-id' ? 'x-upstream-request-id' : h, v);

@@ -20,6 +20,29 @@ const served = (g: TestGateway) => Object.values(g.fake.counters()).reduce((n, c
 const keyOf = async (g: TestGateway, secret: string) => (await g.pool.status()).keys.find((k) => k.id === keyIdOf(secret, g.fake.url))!;
 
 describe('gateway: the official SDK through /v1', () => {
+  it('x-keypool-acquire-ms: the time a request waited for its key, the provider\'s time left out', async () => {
+    // one request per rolling second on each key: the third request waits about a window for a slot
+    const g = await gw({
+      keys: [
+        { secret: A, name: 'a', models: MODELS, rpm: 60, window: 1 },
+        { secret: B, name: 'b', models: MODELS, rpm: 60, window: 1 },
+      ],
+      fake: { latency: 150 },
+    });
+    const openai = sdk(g);
+    const waits: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const { response } = await openai.chat.completions.create(ask).withResponse();
+      waits.push(Number(response.headers.get('x-keypool-acquire-ms')));
+    }
+    // the first two found a key free (the 150 ms of the provider not counted); the third waited
+    // for the first's slot: a window (1 s plus the margin) after its start, less the two calls
+    expect(waits[0]).toBeLessThan(100);
+    expect(waits[1]).toBeLessThan(100);
+    expect(waits[2]).toBeGreaterThan(500);
+    expect(waits[2]).toBeLessThan(1200);
+  });
+
   it('chat, completions, embeddings and responses are served, priced and reconciled', async () => {
     const g = await gw();
     const openai = sdk(g);
