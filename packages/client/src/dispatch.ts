@@ -287,7 +287,8 @@ export class Dispatcher {
         if (status === 429) {
           // "Request too large": no key of this size will ever take it; not the key's fault either
           if (!(headers && headerValue(headers, 'retry-after')) && /too large/i.test(failure.message)) return { outcome: { status: 413 }, retry: false, waitMs: 0 };
-          // the pool now cools this key as long as the provider says; another key can serve at once
+          // the pool now cools this key as long as the provider says; another key can serve at once,
+          // or this one when its cooling ends
           return { outcome, retry: true, waitMs: 0 };
         }
         if (status === 401 || status === 403) return { outcome, retry: true, waitMs: 0 };
@@ -353,7 +354,11 @@ export class Dispatcher {
         const why = ac.controller.signal.reason;
         lastError = why instanceof TimedOut && failure.kind !== 'status' ? c.timeoutError(why.message) : e;
         if (!j.retry || this.clock.now() >= deadline) throw lastError;
-        exclude.add(lease.keyId);
+        // a 429's key is not left out: the pool cools it for as long as the provider said, so the
+        // next attempt takes another key if one is free, else waits for the first to be (with few
+        // keys, two 429s in a row, each key's one late request, no longer fail a call that has
+        // seconds left); any other failure leaves the key out of this call
+        if (!(failure.kind === 'status' && failure.status === 429)) exclude.add(lease.keyId);
         const wait = j.waitMs >= 0 ? j.waitMs : this.backoffMs(attempt);
         if (this.clock.now() + wait >= deadline) throw lastError;
         if (wait > 0) await this.clock.sleep(wait, signal);

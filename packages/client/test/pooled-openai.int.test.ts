@@ -112,6 +112,25 @@ describe('PooledOpenAI', () => {
     expect((await keyStatus(pool, A)).state).toBe('cooling');
   });
 
+  it('a 429 on every key: the call waits for the first key to cool down instead of failing', async () => {
+    // the provider allows each key 1 request in any rolling second (its 429 says when there is room);
+    // another application has just used both keys' second, and the pool does not know (no limits,
+    // learning off): the call meets a 429 on both keys, then is served by the first to cool down
+    const [ka, kb] = both();
+    const { fake, openai } = await setup([{ key: A, name: 'a', rpm: 60, limiter: 'window-1s' }, { key: B, name: 'b', rpm: 60, limiter: 'window-1s' }], [ka!, kb!], { limits: { learn: false } });
+    for (const key of [A, B]) {
+      const r = await fetch(`${fake.url}/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify(ask) });
+      expect(r.status).toBe(200);
+    }
+    const t0 = performance.now();
+    expect((await openai.chat.completions.create(ask)).choices).toHaveLength(1);
+    const c = fake.counters();
+    expect([c.a!.rate429, c.b!.rate429]).toEqual([1, 1]);
+    expect(c.a!.served + c.b!.served).toBe(3);
+    // it waited for a key's second to pass
+    expect(performance.now() - t0).toBeGreaterThan(500);
+  });
+
   it('a hung upstream times out and the call is served by another key; the timeout counts against the key', async () => {
     const [ka, kb] = both();
     const { fake, pool, openai } = await setup([{ key: A, name: 'a' }, { key: B, name: 'b' }], [{ ...ka!, weight: 1000 }, kb!], {}, { attemptTimeoutMs: 200 });
