@@ -3,6 +3,7 @@ import {
   isPoolExhausted,
   isRequestTooLarge,
   isUnknownModel,
+  cooldownHint,
   headerValue,
   systemClock,
   type AcquireResult,
@@ -155,7 +156,7 @@ export interface Dispatched<T> {
   model: string;
   /** Epoch ms at which the successful attempt started. */
   started: number;
-  /** Keys tried before this one. */
+  /** Attempts before this one (a key that answered a 429 may be among them twice). */
   failovers: number;
 }
 
@@ -304,7 +305,8 @@ export class Dispatcher {
 
   /**
    * Lease a key and make the call, failing over to another key on 429, 5xx, timeouts, connection
-   * errors and 401/403, within maxAttempts and the call's deadline. On success the lease is
+   * errors and 401/403 (after a 429 with a Retry-After, to the first key free again, that one
+   * included), within maxAttempts and the call's deadline. On success the lease is
    * returned still held, its heartbeat running (see Lease.keepAlive): the caller releases it with
    * the real usage, which stops the heartbeat.
    */
@@ -312,6 +314,8 @@ export class Dispatcher {
     const { signal, deadline } = c;
     const plan = this.plan(c.name, c.priority);
     const exclude = new Set<string>();
+    // keys that answered this call a 429 (one may be tried again once, see below)
+    const refused429 = new Set<string>();
     let lastError: unknown;
     // the token is admitted with the first key leased, and only then
     let token = c.admit ? { admit: c.admit, ...(c.refused ? { refused: c.refused } : {}) } : undefined;
@@ -323,8 +327,9 @@ export class Dispatcher {
       try {
         leased = await this.lease(plan, c.est, exclude, deadline, c.priority, signal, c.keyWaitMs, token, tenant);
       } catch (e) {
-        // every key left was tried and failed: the upstream's own error says more than "exhausted"
-        if (lastError !== undefined && isPoolExhausted(e) && e.reason === 'unavailable') throw lastError;
+        // every key left was tried and failed (or is cooling after this call's own 429s, longer than
+        // it may wait): the upstream's own error says more than "exhausted"
+        if (lastError !== undefined && isPoolExhausted(e) && (e.reason === 'unavailable' || (e.reason === 'cooling' && refused429.size > 0))) throw lastError;
         throw e;
       }
       const { lease, model } = leased;
@@ -354,11 +359,16 @@ export class Dispatcher {
         const why = ac.controller.signal.reason;
         lastError = why instanceof TimedOut && failure.kind !== 'status' ? c.timeoutError(why.message) : e;
         if (!j.retry || this.clock.now() >= deadline) throw lastError;
-        // a 429's key is not left out: the pool cools it for as long as the provider said, so the
-        // next attempt takes another key if one is free, else waits for the first to be (with few
-        // keys, two 429s in a row, each key's one late request, no longer fail a call that has
-        // seconds left); any other failure leaves the key out of this call
-        if (!(failure.kind === 'status' && failure.status === 429)) exclude.add(lease.keyId);
+        // A 429 that says when to come back (Retry-After, above 0) leaves its key in once: the pool
+        // cools it that long, so the next attempt takes another key if one is free, else waits for
+        // the first to cool down (with two keys, one late request on each no longer fails a call
+        // that has seconds left). A second 429 from it, a 429 without that hint (the pool cools
+        // 1 s by default: a per-minute limit or a spent quota would only answer 429 again), one
+        // whose release failed (not cooled) and every other failure leave the key out of the call.
+        const hint = j.outcome.status === 429 ? cooldownHint(j.outcome.headers) : undefined;
+        const again = hint !== undefined && hint.from === 'retry-after' && hint.ms > 0 && released !== undefined && !refused429.has(lease.keyId);
+        if (j.outcome.status === 429) refused429.add(lease.keyId);
+        if (!again) exclude.add(lease.keyId);
         const wait = j.waitMs >= 0 ? j.waitMs : this.backoffMs(attempt);
         if (this.clock.now() + wait >= deadline) throw lastError;
         if (wait > 0) await this.clock.sleep(wait, signal);

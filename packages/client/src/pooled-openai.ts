@@ -35,7 +35,7 @@ export interface CallOptions {
   keyWaitMs?: number;
   /**
    * Told, for a plain (non-stream) call that succeeded, which key and model served it, what it cost
-   * (the real usage priced, or the estimate when the provider sent none) and how many keys were tried
+   * (the real usage priced, or the estimate when the provider sent none) and how many attempts came
    * before (the job queue keeps this on its jobs).
    */
   onServed?: (info: { keyId: string; model: string; costUsd: number; failovers: number }) => void;

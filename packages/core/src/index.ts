@@ -48,7 +48,7 @@ export {
 export * from './errors.js';
 export { ManualClock, systemClock, type Clock } from './clock.js';
 export { DEFAULT_BASE_URL, destinationOf, hintOf, keyIdOf, originOf } from './fingerprint.js';
-export { cooldownFromHeaders, headerValue, parseDuration, type HeadersLike } from './headers.js';
+export { cooldownFromHeaders, cooldownHint, headerValue, parseDuration, type HeadersLike } from './headers.js';
 export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './outcome.js';
 export { DEFAULT_PRICES, NANOS_PER_USD, PriceTable, type ModelPrice } from './pricing.js';
 export { groupOf, limitsOf, type KeyRecord, type KeySettings } from './records.js';

@@ -21,7 +21,7 @@ export function parseByteSize(value: string | number): number | undefined {
 export const BackoffSchema = z
   .object({
     baseMs: z.number().int().min(0).default(100).describe('Pause before the second attempt; doubles with each further attempt (with jitter).'),
-    maxMs: z.number().int().min(0).default(5000).describe('Longest pause between two attempts after a 5xx, a timeout or a network error. A 429 is not waited out: the pool cools that key as long as the provider says and the next attempt goes to another key at once.'),
+    maxMs: z.number().int().min(0).default(5000).describe('Longest pause between two attempts after a 5xx, a timeout or a network error. A 429 is not backed off: the pool cools that key as long as the provider says and the next attempt takes another key at once, or, after a 429 with a Retry-After, waits for the first key to cool down (that one included) when none is free.'),
   })
   .strict()
   .superRefine((b, ctx) => {
