@@ -251,7 +251,11 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
     }
     const outcomes: Outcome[] = new Array(arrivals.length);
     // what the gateway said of each answered request: its wait for a key, and its attempts
-    const told: { acquireMs: number; attempts: number }[] = new Array(arrivals.length);
+    const told: { acquireMs: number | null; attempts: number | null }[] = new Array(arrivals.length);
+    const header = (h: Headers, name: string) => {
+      const v = h.get(name);
+      return v === null ? null : Number(v);
+    };
     const answeredAt: number[] = [];
     const inFlight: Promise<void>[] = [];
     const t0 = performance.now() + 100;
@@ -264,7 +268,7 @@ async function runPhase(o: Options, phase: 'idle' | 'mixed', redisUrl: string, a
           call(arrivals[i]!.tenant, i, `interactive ${i}`).then(
             ({ response }) => {
               outcomes[i] = performance.now() - at;
-              told[i] = { acquireMs: Number(response.headers.get('x-keypool-acquire-ms')), attempts: Number(response.headers.get('x-keypool-attempts')) };
+              told[i] = { acquireMs: header(response.headers, 'x-keypool-acquire-ms'), attempts: header(response.headers, 'x-keypool-attempts') };
               answeredAt.push(performance.now());
             },
             (e: unknown) => void (outcomes[i] = e instanceof OpenAI.APIConnectionTimeoutError ? 'timeout' : e instanceof OpenAI.APIError && e.status ? `status ${e.status}` : 'network'),
