@@ -38,9 +38,9 @@
   requests) and dropped when the class is no longer contended.
 ]]
 
-local CLASS_ABOVE = { low = { 'hw:critical', 'hw:normal' }, normal = { 'hw:critical' }, critical = {} }
--- the same classes' long waits (classWaitedLong): hw fields first, then hl, in one HMGET
-local CLASS_ABOVE_LONG = {
+-- the meta fields of the classes above: when one waited (hw), then when one waited long (hl,
+-- classWaitedLong), read in one HMGET
+local CLASS_ABOVE = {
   low = { 'hw:critical', 'hw:normal', 'hl:critical', 'hl:normal' }, normal = { 'hw:critical', 'hl:critical' }, critical = {},
 }
 local CLASS_BELOW = { critical = { 'ha:normal', 'ha:low' }, normal = { 'ha:low' }, low = {} }
@@ -96,7 +96,7 @@ local CAPACITY_REASONS = { rate_limited = true, cooling = true, concurrency = tr
 -- Not restricted, a lower class uses the whole key (a pool of batch work alone is not held back).
 local function classRule(metaKey, class, now, keepFree, higherWaitedMs, reserveAheadMs, maxWait, headroom)
   if keepFree <= 0 then return 0, 0, maxWait, nil, 0 end
-  local fields = CLASS_ABOVE_LONG[class]
+  local fields = CLASS_ABOVE[class]
   local last, long = nil, nil
   if #fields > 0 then
     local v = redis.call('HMGET', metaKey, unpack(fields))
@@ -231,8 +231,9 @@ end
   it (with keepFree.low 0.2 and interactive traffic at 30% of the keys, low fills the rest of every
   window), so a higher-class request that finds the window full waits for the next slot to free,
   and a burst of them queues one slot apart (bench:mixed: normal requests' waits up to 50-100 ms
-  in a flood, for a tenant's p99 twice its idle one). While a higher class's request was given a place
-  more than one slot ahead on its key (the window over its quota) in the last higherWaitedMs, a lower class also leaves `room` requests of each windowed key's window unused
+  in a flood, for a tenant's p99 twice its idle one). While a higher class's request was given a
+  place more than one slot ahead on its key (the window over its quota) in the last
+  higherWaitedMs, a lower class also leaves `room` requests of each windowed key's window unused
   (priority.headroom): a higher request arriving then starts at once, and the next slot that frees
   refills the room instead of going to the lower class. It costs the lower class those requests of
   every window while it lasts (1 of 20 per key in bench:mixed).
