@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import * as crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { systemClock } from './clock.js';
@@ -125,9 +125,15 @@ const REDIS_RETRY_MS = 1000;
 /** At most one warning per this long about settles dropped while Redis is down. */
 const DROP_LOG_MS = 10_000;
 
+/**
+ * Node's one-shot digest (Node 20.12 and later): about a third of createHash's cost, which showed
+ * in the gateway's profile (one hash per request); earlier Node 20 releases use createHash.
+ */
+const oneShot = typeof crypto.hash === 'function' ? crypto.hash : undefined;
+
 /** sha256 hex of a token: the only form in which Redis knows it (and the config declares it). */
 export function tokenHashOf(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
+  return oneShot ? oneShot('sha256', token, 'hex') : crypto.createHash('sha256').update(token).digest('hex');
 }
 const hashOf = tokenHashOf;
 
@@ -288,7 +294,7 @@ export class GatewayTokens {
     const s = parseGatewayTokenSpec(spec);
     // 48-bit ids of random tokens do not collide in practice; the script checks anyway
     for (let attempt = 0; attempt < 3; attempt++) {
-      const token = `kpt_${randomBytes(32).toString('base64url')}`;
+      const token = `kpt_${crypto.randomBytes(32).toString('base64url')}`;
       const hash = hashOf(token);
       const rec = recordOf(hash, tokenHintOf(token), s);
       const reply = await this.cmd.create(hash, rec);
@@ -567,7 +573,7 @@ export class GatewayTokens {
       b.level -= 1;
     }
     s.local += est;
-    return { ok: true, id: rec.id, name: rec.name, reservation: `local:${rec.id}:${randomBytes(6).toString('hex')}:${est}`, weight: rec.weight ?? 1, allowCritical: rec.allowCritical ?? false };
+    return { ok: true, id: rec.id, name: rec.name, reservation: `local:${rec.id}:${crypto.randomBytes(6).toString('hex')}:${est}`, weight: rec.weight ?? 1, allowCritical: rec.allowCritical ?? false };
   }
 
   /** A locally admitted request settles in this process's view too (its Redis record is best effort). */

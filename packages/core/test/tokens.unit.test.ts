@@ -3,7 +3,7 @@
  * it still knows, its share of rate and budget, its budget periods) on an injected clock, behind
  * a script runner that answers like the admit script or fails like a Redis that is down.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import {
@@ -14,6 +14,7 @@ import {
   parseGatewayTokenSpec,
   parsePoolConfig,
   tokenHintOf,
+  tokenHashOf,
   tokenIdOf,
 } from '../src/index.js';
 
@@ -150,5 +151,14 @@ describe('gateway tokens: helpers', () => {
     const token = `kpt_${'a'.repeat(39)}WXYZ`;
     expect(tokenHintOf(token)).toBe('kpt_...WXYZ');
     expect(tokenIdOf(token)).toMatch(/^[0-9a-f]{12}$/);
+  });
+});
+
+describe('tokenHashOf', () => {
+  it('is the sha256 hex of the token (what Redis and the config know it by), with the one-shot digest or without', () => {
+    for (const token of ['kpt_' + 'a'.repeat(43), `kpt_${randomBytes(32).toString('base64url')}`, 'ünïcödé']) {
+      expect(tokenHashOf(token)).toBe(createHash('sha256').update(token).digest('hex'));
+    }
+    expect(tokenHashOf('abc')).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
   });
 });
