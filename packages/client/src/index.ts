@@ -6,6 +6,6 @@
  *   const reply = await openai.chat.completions.create({ model: 'gpt-4o-mini', messages });
  */
 export { PooledOpenAI, type CallOptions, type PooledOpenAIOptions } from './pooled-openai.js';
-export { Dispatcher, TimedOut, TokenRefusedError, callController, type DispatchCall, type DispatchOptions, type Dispatched, type Failure, type Priority, type Route } from './dispatch.js';
+export { CallAbort, CallSignal, Dispatcher, TimedOut, TokenRefusedError, callController, type CallControl, type DispatchCall, type DispatchOptions, type Dispatched, type Failure, type Priority, type Route } from './dispatch.js';
 export { PoolExhaustedError, isPoolExhausted } from '@keypool/core';
 export { estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, textTokens, type Estimate } from './estimate.js';

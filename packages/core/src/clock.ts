@@ -3,11 +3,23 @@
  * renewal schedules, "down since"). Injected so that tests can drive it instead of sleeping;
  * the Lua scripts never use it: they read Redis TIME, the one clock the fleet shares.
  */
+/**
+ * What the pool, the Dispatcher and the gateway use of an abort signal: an AbortSignal is one, and
+ * so is the gateway's lighter CallSignal (@keypool/client), which is not an EventTarget.
+ */
+export interface AbortLike {
+  readonly aborted: boolean;
+  readonly reason: unknown;
+  addEventListener(type: 'abort', listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
+  throwIfAborted(): void;
+}
+
 export interface Clock {
   /** Milliseconds since the epoch, like Date.now(). */
   now(): number;
   /** Resolve after `ms`; reject with the signal's reason when it aborts first. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+  sleep(ms: number, signal?: AbortLike): Promise<void>;
 }
 
 /** The real clock: Date.now() and timers. */
@@ -44,7 +56,7 @@ export class ManualClock implements Clock {
     return this.t;
   }
 
-  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  sleep(ms: number, signal?: AbortLike): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason);
       const entry = { at: this.t + Math.max(0, ms), resolve: () => resolve() };

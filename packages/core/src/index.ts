@@ -46,7 +46,7 @@ export {
   type PoolConfigInput,
 } from './config.js';
 export * from './errors.js';
-export { ManualClock, systemClock, type Clock } from './clock.js';
+export { ManualClock, systemClock, type AbortLike, type Clock } from './clock.js';
 export { DEFAULT_BASE_URL, destinationOf, hintOf, keyIdOf, originOf } from './fingerprint.js';
 export { cooldownFromHeaders, cooldownHint, headerValue, parseDuration, type HeadersLike } from './headers.js';
 export { classify, type ErrorKind, type Outcome, type OutcomeClass } from './outcome.js';

@@ -2,6 +2,7 @@
  * What acquire takes and gives: the request, the Lease a caller holds for one upstream call, and
  * what its release reports. KeyPool (pool.ts) makes and settles them.
  */
+import type { AbortLike } from './clock.js';
 import type { ExhaustedReason } from './commands.js';
 import type { Outcome } from './outcome.js';
 import type { TokenAdmission } from './tokens.js';
@@ -63,7 +64,7 @@ export interface AcquireRequest {
   /** Wait up to this long for the time the pool names instead of returning `{ ok: false }` (default 0). */
   maxWaitMs?: number;
   /** Aborts a wait; the promise rejects with the signal's reason. */
-  signal?: AbortSignal;
+  signal?: AbortLike;
   /**
    * Admit this gateway token in the same call: a refused token gets `{ ok: false, reason:
    * 'token_refused' }` and no key is touched; when no key can be had the token is not taken

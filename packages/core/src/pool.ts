@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Cluster, Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
-import { systemClock, type Clock } from './clock.js';
+import { systemClock, type AbortLike, type Clock } from './clock.js';
 import { PoolCommands, REFUSAL_WARNINGS, refusalError, type AcquireReply, type AdmitArgs, type SettleArgs } from './commands.js';
 import { parsePoolConfig, type KeySpecInput, type PoolConfig, type PoolConfigInput } from './config.js';
 import { ConfigError, InvalidArgumentError, isRedisUnavailable } from './errors.js';
@@ -287,7 +287,7 @@ export class KeyPool extends EventEmitter<KeyPoolEvents> {
    * hands the lease back unused, which frees its place for the next caller (and gives its gateway
    * token's request back), then sees the abort.
    */
-  private async untilStart(lease: Lease, ms: number, signal: AbortSignal | undefined): Promise<void> {
+  private async untilStart(lease: Lease, ms: number, signal: AbortLike | undefined): Promise<void> {
     try {
       await this.clock.sleep(ms, signal);
     } catch (e) {

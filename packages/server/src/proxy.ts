@@ -5,7 +5,7 @@ import type { Readable, Transform } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Logger } from 'pino';
 import { NANOS_PER_USD, isRedisUnavailable, type KeyPool, type Lease, type Outcome } from '@keypool/core';
-import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
+import { TimedOut, callController, estimateChat, type CallAbort, type CallControl, type CallSignal, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
 import { ClientClosed, GatewayTimeout, HttpError, ShuttingDown, badRequest, sendError, shuttingDown, toHttpError, tokenRefusal, unknownUrl } from './errors.js';
 import type { Inflight } from './inflight.js';
 import { memberOf, spliceMembers } from './json-splice.js';
@@ -295,7 +295,8 @@ class ProxyCall {
   readonly requestId = randomUUID();
   readonly labels: { endpoint: string; route: string; model: string; status: string };
   upstreamMs = 0;
-  readonly call: ReturnType<typeof callController>;
+  /** Light (no EventTarget): one per request, and the attempts' signals are of its kind. */
+  readonly call: CallControl<CallAbort>;
   /** The token's admission (its reservation is settled once, whatever happens). */
   admission: { id: string; reservation: string } | undefined;
   /** What the pool charged the keys for attempts released as aborted (the caller left, its own short deadline, a shutdown). */
@@ -311,13 +312,13 @@ class ProxyCall {
     readonly res: ServerResponse,
   ) {
     this.labels = { endpoint: ep.name, route: '', model: '', status: '' };
-    this.call = callController(undefined, ctx.settings.deadlineMs);
+    this.call = callController(undefined, ctx.settings.deadlineMs, 'deadline', true);
     res.setHeader('x-keypool-request-id', this.requestId);
     res.on('close', this.onClose);
     this.end = ctx.inflight.begin(this.abort);
   }
 
-  get signal(): AbortSignal {
+  get signal(): CallSignal {
     return this.call.controller.signal;
   }
 
@@ -475,7 +476,7 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
     let d;
     let acquireMs = 0;
     try {
-      d = await dispatcher.dispatch<Answer>({
+      d = await dispatcher.dispatch<Answer, CallSignal>({
         name,
         est,
         priority,
@@ -543,7 +544,7 @@ async function handle(ctx: ProxyContext, ep: Endpoint, req: IncomingMessage, res
 }
 
 /** One attempt on one key: forward the bytes, and for a whole answer read its body. */
-async function attempt(c: ProxyCall, lease: Lease, signal: AbortSignal, body: Buffer, headers: Record<string, string>, stream: boolean): Promise<Answer> {
+async function attempt(c: ProxyCall, lease: Lease, signal: CallSignal, body: Buffer, headers: Record<string, string>, stream: boolean): Promise<Answer> {
   const s = performance.now();
   c.sent = true;
   try {

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Failure } from '@keypool/client';
+import type { AbortLike } from '@keypool/core';
 
 /**
  * Raw HTTP to an OpenAI-compatible provider: the request body goes out as the caller sent it and
@@ -58,7 +59,7 @@ export interface ForwardRequest {
   body?: Buffer;
   /** Extra request headers passed on from the caller (already filtered). */
   headers?: Record<string, string>;
-  signal: AbortSignal;
+  signal: AbortLike;
 }
 
 /** The largest error body kept from a provider. */
