@@ -75,42 +75,57 @@ export class TimedOut extends Error {
   }
 }
 
+/** How a CallAbort fires its signal (not exported: only the controller aborts). */
+const FIRE = Symbol('fire');
+
 /**
- * An abort signal without EventTarget, for a request path that makes one or two per request (the
- * gateway): the few members the pool, the Dispatcher and the gateway use of an AbortSignal, with
- * the same behaviour (listeners run once, in the order added, a listener added twice runs once, one
- * that throws is reported as an uncaught exception and the others still run; `reason` defaults to
- * an AbortError). On Node 20 every AbortSignal the gateway made per request was promoted out of the
- * young generation with what it reached (scripts/bench measured about 0.7 MB per scavenge at 500
- * requests/s, and the gateway's CPU per request fell 5 to 10% without them). Anything that hands
- * its signal to code outside keypool (fetch, the OpenAI SDK) uses a real AbortSignal.
+ * An abort signal without EventTarget, for a request path that makes one per request and one per
+ * attempt (the gateway): the members of an AbortSignal that keypool uses, behaving as an
+ * AbortSignal's do (listeners run once, in the order added; one added twice runs once; one removed
+ * while the abort runs its listeners is skipped; one added after the abort never runs; one that
+ * throws is reported as an uncaught exception and the others still run; `reason` defaults to an
+ * AbortError). On Node 20 the AbortSignals the gateway made per request were promoted out of the
+ * young generation (docs/benchmarks.md, "late night"). Not an AbortSignal: code that hands a signal
+ * outside keypool (fetch, the OpenAI SDK, AbortSignal.any, which never fires for it) needs a real one.
  */
 export class CallSignal implements AbortLike {
-  aborted = false;
-  reason: unknown = undefined;
-  private listeners: (() => void)[] = [];
+  #aborted = false;
+  #reason: unknown = undefined;
+  /** While the abort runs them, a removed listener's slot is null. */
+  #listeners: ((() => void) | null)[] = [];
+
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  get reason(): unknown {
+    return this.#reason;
+  }
 
   addEventListener(_type: 'abort', listener: () => void, _options?: { once?: boolean }): void {
-    if (!this.aborted && !this.listeners.includes(listener)) this.listeners.push(listener);
+    if (!this.#aborted && !this.#listeners.includes(listener)) this.#listeners.push(listener);
   }
 
   removeEventListener(_type: 'abort', listener: () => void): void {
-    const i = this.listeners.indexOf(listener);
-    if (i >= 0) this.listeners.splice(i, 1);
+    const i = this.#listeners.indexOf(listener);
+    if (i < 0) return;
+    if (this.#aborted) this.#listeners[i] = null;
+    else this.#listeners.splice(i, 1);
   }
 
   throwIfAborted(): void {
-    if (this.aborted) throw this.reason;
+    if (this.#aborted) throw this.#reason;
   }
 
-  /** CallAbort's: abort once, then run the listeners. */
-  fire(reason: unknown): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.reason = reason === undefined ? new DOMException('This operation was aborted', 'AbortError') : reason;
-    const ls = this.listeners;
-    this.listeners = [];
-    for (const l of ls) {
+  [FIRE](reason: unknown): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#reason = reason === undefined ? new DOMException('This operation was aborted', 'AbortError') : reason;
+    const ls = this.#listeners;
+    for (let i = 0; i < ls.length; i++) {
+      const l = ls[i];
+      if (!l) continue;
+      ls[i] = null;
       try {
         l();
       } catch (e) {
@@ -120,6 +135,7 @@ export class CallSignal implements AbortLike {
         });
       }
     }
+    this.#listeners = [];
   }
 }
 
@@ -127,7 +143,7 @@ export class CallSignal implements AbortLike {
 export class CallAbort {
   readonly signal = new CallSignal();
   abort(reason?: unknown): void {
-    this.signal.fire(reason);
+    this.signal[FIRE](reason);
   }
 }
 
@@ -146,8 +162,10 @@ export interface CallControl<C extends { readonly signal: AbortLike; abort(reaso
  * listening on a long-lived caller signal once the call is over. An AbortController, unless `light`
  * (by default when the parent is a CallSignal): then a {@link CallAbort}.
  */
-export function callController(parent: AbortLike | undefined, deadlineMs: number, what?: 'deadline' | 'attempt'): CallControl<AbortController>;
-export function callController(parent: AbortLike | undefined, deadlineMs: number, what: 'deadline' | 'attempt', light: true): CallControl<CallAbort>;
+export function callController(parent: CallSignal, deadlineMs: number, what?: 'deadline' | 'attempt'): CallControl<CallAbort>;
+export function callController(parent: AbortSignal | undefined, deadlineMs: number, what?: 'deadline' | 'attempt'): CallControl<AbortController>;
+export function callController(parent: AbortSignal | CallSignal | undefined, deadlineMs: number, what: 'deadline' | 'attempt', light: true): CallControl<CallAbort>;
+export function callController(parent: AbortSignal | CallSignal | undefined, deadlineMs: number, what?: 'deadline' | 'attempt'): CallControl<AbortController | CallAbort>;
 export function callController(parent: AbortLike | undefined, deadlineMs: number, what: 'deadline' | 'attempt' = 'deadline', light = parent instanceof CallSignal): CallControl<AbortController | CallAbort> {
   const controller = light ? new CallAbort() : new AbortController();
   const onAbort = () => controller.abort(parent!.reason);
@@ -175,7 +193,7 @@ export class TokenRefusedError extends Error {
  * One call's failover: what to try and within which limits. `S`: the kind of signal the call's
  * attempts get, the call's own (an AbortSignal, or the gateway's CallSignal).
  */
-export interface DispatchCall<T, S extends AbortLike = AbortSignal> {
+export interface DispatchCall<T, S extends AbortSignal | CallSignal = AbortSignal> {
   /** A model or a route name. */
   name: string;
   est: Estimate;
@@ -293,7 +311,7 @@ export class Dispatcher {
     priority: Priority,
     signal: AbortLike,
     keyWaitMs = Infinity,
-    token?: Pick<DispatchCall<unknown, AbortLike>, 'admit' | 'refused'>,
+    token?: Pick<DispatchCall<unknown>, 'admit' | 'refused'>,
     tenant?: string,
   ): Promise<{ lease: Lease; model: string }> {
     let last: { model: string; reason: string; retryAfterMs: number | null } | undefined;
@@ -381,7 +399,7 @@ export class Dispatcher {
    * returned still held, its heartbeat running (see Lease.keepAlive): the caller releases it with
    * the real usage, which stops the heartbeat.
    */
-  async dispatch<T, S extends AbortLike = AbortSignal>(c: DispatchCall<T, S>): Promise<Dispatched<T>> {
+  async dispatch<T, S extends AbortSignal | CallSignal = AbortSignal>(c: DispatchCall<T, S>): Promise<Dispatched<T>> {
     const { signal, deadline } = c;
     const plan = this.plan(c.name, c.priority);
     const exclude = new Set<string>();
@@ -413,8 +431,9 @@ export class Dispatcher {
       lease.keepAlive();
       const started = this.clock.now();
       // this attempt's own timeout, inside the call's deadline
-      // of the call's kind: the attempt's signal goes where the call's would (an SDK needs an AbortSignal)
-      const ac = callController(signal, Math.min(this.attemptTimeoutMs, deadline - started), 'attempt') as unknown as CallControl<{ signal: S; abort(reason?: unknown): void }>;
+      // of the call's kind (S: AbortSignal or CallSignal): the attempt's signal goes where the
+      // call's would (an SDK needs an AbortSignal)
+      const ac = callController(signal, Math.min(this.attemptTimeoutMs, deadline - started), 'attempt') as CallControl<{ signal: S; abort(reason?: unknown): void }>;
       const callersCut = c.keyDeadline !== undefined && deadline < Math.min(started + this.attemptTimeoutMs, c.keyDeadline);
       try {
         // the request leaves now: a windowed key counts one sent late (a stalled process) from here
