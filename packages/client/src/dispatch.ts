@@ -162,7 +162,6 @@ export interface CallControl<C extends { readonly signal: AbortLike; abort(reaso
  * listening on a long-lived caller signal once the call is over. An AbortController, unless `light`
  * (by default when the parent is a CallSignal): then a {@link CallAbort}.
  */
-export function callController(parent: CallSignal, deadlineMs: number, what?: 'deadline' | 'attempt'): CallControl<CallAbort>;
 export function callController(parent: AbortSignal | undefined, deadlineMs: number, what?: 'deadline' | 'attempt'): CallControl<AbortController>;
 export function callController(parent: AbortSignal | CallSignal | undefined, deadlineMs: number, what: 'deadline' | 'attempt', light: true): CallControl<CallAbort>;
 export function callController(parent: AbortSignal | CallSignal | undefined, deadlineMs: number, what?: 'deadline' | 'attempt'): CallControl<AbortController | CallAbort>;

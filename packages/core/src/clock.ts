@@ -1,9 +1,4 @@
 /**
- * The time the TypeScript side reads for its own decisions (deadlines of waits, cooling and
- * renewal schedules, "down since"). Injected so that tests can drive it instead of sleeping;
- * the Lua scripts never use it: they read Redis TIME, the one clock the fleet shares.
- */
-/**
  * What the pool, the Dispatcher and the gateway use of an abort signal: an AbortSignal is one, and
  * so is the gateway's lighter CallSignal (@keypool/client), which is not an EventTarget.
  */
@@ -15,6 +10,11 @@ export interface AbortLike {
   throwIfAborted(): void;
 }
 
+/**
+ * The time the TypeScript side reads for its own decisions (deadlines of waits, cooling and
+ * renewal schedules, "down since"). Injected so that tests can drive it instead of sleeping;
+ * the Lua scripts never use it: they read Redis TIME, the one clock the fleet shares.
+ */
 export interface Clock {
   /** Milliseconds since the epoch, like Date.now(). */
   now(): number;

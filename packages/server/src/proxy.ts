@@ -5,7 +5,7 @@ import type { Readable, Transform } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Logger } from 'pino';
 import { NANOS_PER_USD, isRedisUnavailable, type KeyPool, type Lease, type Outcome } from '@keypool/core';
-import { TimedOut, callController, estimateChat, type CallAbort, type CallControl, type CallSignal, estimateCompletion, estimateEmbedding, estimateResponse, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
+import { TimedOut, callController, estimateChat, estimateCompletion, estimateEmbedding, estimateResponse, type CallAbort, type CallControl, type CallSignal, type Dispatcher, type Estimate, type Priority } from '@keypool/client';
 import { ClientClosed, GatewayTimeout, HttpError, ShuttingDown, badRequest, sendError, shuttingDown, toHttpError, tokenRefusal, unknownUrl } from './errors.js';
 import type { Inflight } from './inflight.js';
 import { memberOf, spliceMembers } from './json-splice.js';
