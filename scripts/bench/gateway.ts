@@ -21,6 +21,11 @@
  *     body read, forwarded with one fixed key through a keep-alive agent set like the gateway's,
  *     answer piped back. It tells what any Node proxy hop costs on this machine; gateway minus bare
  *     is keypool's own work (tokens, Redis, express, metrics, failover...);
+ *   - the floor (gateway/child.ts bare given the Redis URL): the bare proxy plus one trivial script
+ *     call (an INCR) awaited before forwarding and one (a DECR) sent after the answer, through
+ *     ioredis. The least any proxy that keeps its shared state in Redis pays per request on this
+ *     machine: a Redis round trip on the path and two script calls. Gateway minus floor is what
+ *     keypool does beyond that;
  *   - the load generator: this process, node:http with one keep-alive agent, the same code for
  *     every target. Direct requests carry a fake upstream key, gateway requests the gateway token.
  *
@@ -34,14 +39,14 @@
  * is to the end of the body; streaming latency to the LAST byte, and time to the first body byte.
  *
  * Order (noise hits every side alike): warm-up of each target and mode; then per mode (chat,
- * stream) six slices direct, bare, gateway, gateway, bare, direct (ABCCBA) of --seconds/2 each, so
- * each side gets --seconds at --rate; the samples of a side's two slices are pooled. Overhead at a
- * percentile = that percentile of gateway latency minus the same percentile of direct latency (the
- * bare proxy's own overhead, bare minus direct, beside it). The same is measured at every rate of
+ * stream) eight slices direct, bare, floor, gateway, gateway, floor, bare, direct (ABCDDCBA) of
+ * --seconds/2 each, so each side gets --seconds at --rate; the samples of a side's two slices are
+ * pooled. Overhead at a percentile = that percentile of gateway latency minus the same percentile of
+ * direct latency (the bare proxy's and the floor's own overheads, each minus direct, beside it). The same is measured at every rate of
  * --overhead-rates (200, 500, 1000 by default; --rate among them): overheadByRate.
  *
  * Per request (top-level fields, chat at --rate; stream... for streams): cpuUsPerRequest of the
- * gateway and of the bare proxy (/proc, each over its own slices) and their ratio;
+ * gateway, of the bare proxy and of the floor (/proc, each over its own slices) and the ratios;
  * allocatedBytesPerRequest of each (bytes its V8 heap allocated over its slices, lib/heap-allocations.ts);
  * redisCommandsPerRequest (commands inside scripts included) and scriptCallsPerRequest (INFO
  * commandstats deltas, lib/redis-counts.ts).
@@ -118,13 +123,15 @@ const TARGETS = { overheadP50Ms: 0.5, overheadP99Ms: 3, cpuGatewayOverBare: 2, s
 function perRequest(sides: Record<Side, SideFigures>) {
   const g = meanTelemetry(sides.gateway.slices);
   const b = meanTelemetry(sides.bare.slices);
-  const cpu = { gateway: g.cpuUsPerRequest.gateway, bare: b.cpuUsPerRequest.bare };
+  const f = meanTelemetry(sides.floor.slices);
+  const cpu = { gateway: g.cpuUsPerRequest.gateway, bare: b.cpuUsPerRequest.bare, floor: f.cpuUsPerRequest.floor };
   return {
     overhead: overheadOf(sides.direct.latency, sides.gateway.latency),
     bareOverhead: overheadOf(sides.direct.latency, sides.bare.latency),
+    floorOverhead: overheadOf(sides.direct.latency, sides.floor.latency),
     keypoolOverhead: overheadOf(sides.bare.latency, sides.gateway.latency),
-    cpuUsPerRequest: { ...cpu, gatewayOverBare: round(cpu.gateway / cpu.bare, 2) },
-    allocatedBytesPerRequest: { gateway: g.heap?.allocatedBytesPerRequest ?? NaN, bare: b.heap?.allocatedBytesPerRequest ?? NaN },
+    cpuUsPerRequest: { ...cpu, gatewayOverBare: round(cpu.gateway / cpu.bare, 2), floorOverBare: round(cpu.floor / cpu.bare, 2), gatewayOverFloor: round(cpu.gateway / cpu.floor, 2) },
+    allocatedBytesPerRequest: { gateway: g.heap?.allocatedBytesPerRequest ?? NaN, bare: b.heap?.allocatedBytesPerRequest ?? NaN, floor: f.heap?.allocatedBytesPerRequest ?? NaN },
     ...redisCounts(g.redis.commandsPerRequest),
   };
 }
@@ -144,11 +151,12 @@ async function main(): Promise<void> {
   let fake: Child | undefined;
   let gateway: Child | undefined;
   let bareProxy: Child | undefined;
+  let floorProxy: Child | undefined;
   let cleaned: Promise<void> | undefined;
   const cleanup = () =>
     (cleaned ??= (async () => {
       agent.destroy();
-      await Promise.all([gateway?.stop(), bareProxy?.stop(), fake?.stop()].map((p) => p?.catch((e: Error) => log(`stopping a child: ${e.message}`))));
+      await Promise.all([gateway?.stop(), bareProxy?.stop(), floorProxy?.stop(), fake?.stop()].map((p) => p?.catch((e: Error) => log(`stopping a child: ${e.message}`))));
       admin?.disconnect();
       await redis?.stop();
     })());
@@ -177,8 +185,9 @@ async function main(): Promise<void> {
 
     const directKey = `sk-bench-direct-${runId}-${randomBytes(12).toString('hex')}`;
     const bareKey = `sk-bench-bare-${runId}-${randomBytes(12).toString('hex')}`;
+    const floorKey = `sk-bench-floor-${runId}-${randomBytes(12).toString('hex')}`;
     const keys = Array.from({ length: opts.keys }, (_, i) => ({ secret: `sk-bench-gw${i}-${runId}-${randomBytes(12).toString('hex')}`, name: `gw${i}` }));
-    fake = new Child('fake', { keys: [{ key: directKey, name: 'direct' }, { key: bareKey, name: 'bare' }, ...keys.map((k) => ({ key: k.secret, name: k.name }))], model: MODEL, latencyMs: opts.latencyMs, chunkDelayMs: opts.chunkDelayMs });
+    fake = new Child('fake', { keys: [{ key: directKey, name: 'direct' }, { key: bareKey, name: 'bare' }, { key: floorKey, name: 'floor' }, ...keys.map((k) => ({ key: k.secret, name: k.name }))], model: MODEL, latencyMs: opts.latencyMs, chunkDelayMs: opts.chunkDelayMs });
     const fakeReady = await fake.ready;
     log(`fake upstream at ${fakeReady.url} (pid ${fake.pid}), latency ${opts.latencyMs} ms, chunk delay ${opts.chunkDelayMs} ms`);
     gateway = new Child('gateway', { redisUrl: redis.url, fakeUrl: fakeReady.url, pool: `bench-gw-${runId}`, model: MODEL, keys, adminToken: randomBytes(24).toString('hex') }, opts.gatewayNodeFlags, opts.gatewayCode === 'dist' ? shippedCodeEnv() : undefined);
@@ -188,6 +197,10 @@ async function main(): Promise<void> {
     const bareReady = await bareProxy.ready;
     log(`bare proxy (baseline) at ${bareReady.url} (pid ${bareProxy.pid})`);
     const bu = new URL(bareReady.url);
+    floorProxy = new Child('bare', { fakeUrl: fakeReady.url, key: floorKey, redisUrl: redis.url });
+    const floorReady = await floorProxy.ready;
+    log(`floor (bare proxy + a script call each way) at ${floorReady.url} (pid ${floorProxy.pid})`);
+    const flu = new URL(floorReady.url);
 
     const fu = new URL(fakeReady.url);
     const gu = new URL(gwReady.url);
@@ -198,15 +211,17 @@ async function main(): Promise<void> {
       fake,
       gateway,
       bareProxy,
+      floorProxy,
       gatewayUrl: gwReady.url,
       direct: { side: 'direct', host: fu.hostname, port: Number(fu.port), path: `${fu.pathname.replace(/\/+$/, '')}/chat/completions`, authorization: `Bearer ${directKey}` },
       bare: { side: 'bare', host: bu.hostname, port: Number(bu.port), path: '/v1/chat/completions', authorization: 'Bearer unused' },
+      floor: { side: 'floor', host: flu.hostname, port: Number(flu.port), path: '/v1/chat/completions', authorization: 'Bearer unused' },
       gw: { side: 'gateway', host: gu.hostname, port: Number(gu.port), path: '/v1/chat/completions', authorization: `Bearer ${gwReady.token}` },
     };
 
     // ---- warm-up, then the main measurement at --rate
     log(`warm-up: ${opts.warmup} s per side and mode at ${opts.rate} req/s`);
-    const MAIN_SIDES: Side[] = ['direct', 'bare', 'gateway'];
+    const MAIN_SIDES: Side[] = ['direct', 'bare', 'floor', 'gateway'];
     for (const mode of ['chat', 'stream'] as const) await warm(env, mode, opts.rate, opts.warmup, MAIN_SIDES);
     // every rate of --overhead-rates (the main --rate among them), lowest first
     const byRate = new Map<number, Partial<Record<Mode, Record<Side, SideFigures>>>>();
@@ -261,6 +276,7 @@ async function main(): Promise<void> {
       ...main.chat,
       overhead: overheadOf(main.chat.direct.latency, main.chat.gateway.latency),
       bareOverhead: overheadOf(main.chat.direct.latency, main.chat.bare.latency),
+      floorOverhead: overheadOf(main.chat.direct.latency, main.chat.floor.latency),
       /** gateway minus the bare proxy: keypool's own work */
       keypoolOverhead: overheadOf(main.chat.bare.latency, main.chat.gateway.latency),
     };
@@ -268,13 +284,14 @@ async function main(): Promise<void> {
       ...main.stream,
       overhead: overheadOf(main.stream.direct.latency, main.stream.gateway.latency),
       bareOverhead: overheadOf(main.stream.direct.latency, main.stream.bare.latency),
+      floorOverhead: overheadOf(main.stream.direct.latency, main.stream.floor.latency),
       keypoolOverhead: overheadOf(main.stream.bare.latency, main.stream.gateway.latency),
       firstByteOverhead: overheadOf(main.stream.direct.firstByte, main.stream.gateway.firstByte),
       bareFirstByteOverhead: overheadOf(main.stream.direct.firstByte, main.stream.bare.firstByte),
     };
     const overheadByRate = [...byRate].filter(([, at]) => at.chat && at.stream).map(([rate, at]) => ({ rate, chat: perRequest(at.chat!), stream: perRequest(at.stream!) }));
     const errors =
-      [...byRate.values()].flatMap((at) => [at.chat, at.stream]).reduce((n, m) => n + (m ? m.direct.errors + m.bare.errors + m.gateway.errors : 0), 0) +
+      [...byRate.values()].flatMap((at) => [at.chat, at.stream]).reduce((n, m) => n + (m ? m.direct.errors + m.bare.errors + m.floor.errors + m.gateway.errors : 0), 0) +
       steps.reduce((n, s) => n + s.direct.errors + s.gateway.errors, 0);
     const perReq = { chat: perRequest(main.chat), stream: perRequest(main.stream) };
     const check = (value: number, max: number) => ({ max, value, pass: Number.isFinite(value) && value <= max });
@@ -305,6 +322,11 @@ async function main(): Promise<void> {
       bareProxyOverheadP99Ms: chat.bareOverhead.p99Ms,
       bareProxyStreamOverheadP50Ms: stream.bareOverhead.p50Ms,
       bareProxyStreamOverheadP99Ms: stream.bareOverhead.p99Ms,
+      /** the bare proxy plus one script call each way: what any proxy with its state in Redis pays here */
+      floorOverheadP50Ms: chat.floorOverhead.p50Ms,
+      floorOverheadP99Ms: chat.floorOverhead.p99Ms,
+      floorStreamOverheadP50Ms: stream.floorOverhead.p50Ms,
+      floorStreamOverheadP99Ms: stream.floorOverhead.p99Ms,
       cpuUsPerRequest: perReq.chat.cpuUsPerRequest,
       streamCpuUsPerRequest: perReq.stream.cpuUsPerRequest,
       redisCommandsPerRequest: perReq.chat.redisCommandsPerRequest,
@@ -332,8 +354,9 @@ async function main(): Promise<void> {
         keys: opts.keys,
         model: MODEL,
         maxTokens: MAX_TOKENS,
-        order: 'per mode: direct, bare, gateway, gateway, bare, direct (ABCCBA), seconds/2 each; maxRps steps (direct and gateway only) alternate ABBA / BAAB',
+        order: 'per mode: direct, bare, floor, gateway, gateway, floor, bare, direct (ABCDDCBA), seconds/2 each; maxRps steps (direct and gateway only) alternate ABBA / BAAB',
         bareProxy: 'baseline, not keypool: node:http server -> read body -> node:http request with one fixed key through a keep-alive agent (the gateway upstream agent settings) -> pipe the answer back',
+        floor: 'the bare proxy plus one ioredis script call (INCR of one key) awaited before forwarding and one (DECR) sent unawaited after the answer',
         arrivals: 'open loop, evenly spaced send times fixed in advance; latency from the scheduled send time',
         client: 'node:http, one keep-alive agent (lifo), same code for both targets',
         maxRpsRule: `overhead p99 < ${opts.maxOverheadMs} ms and no errors; a failing step is measured ${opts.stepRetries} more time(s)`,
@@ -345,8 +368,8 @@ async function main(): Promise<void> {
       stream,
       maxRpsSteps: steps,
       whereTheTimeGoes: {
-        chat: { direct: meanTelemetry(chat.direct.slices), bare: meanTelemetry(chat.bare.slices), gateway: meanTelemetry(chat.gateway.slices) },
-        stream: { direct: meanTelemetry(stream.direct.slices), bare: meanTelemetry(stream.bare.slices), gateway: meanTelemetry(stream.gateway.slices) },
+        chat: { direct: meanTelemetry(chat.direct.slices), bare: meanTelemetry(chat.bare.slices), floor: meanTelemetry(chat.floor.slices), gateway: meanTelemetry(chat.gateway.slices) },
+        stream: { direct: meanTelemetry(stream.direct.slices), bare: meanTelemetry(stream.bare.slices), floor: meanTelemetry(stream.floor.slices), gateway: meanTelemetry(stream.gateway.slices) },
       },
       ...(profile ? { profile } : {}),
       environment: {

@@ -13,6 +13,10 @@
  *            body, forward it with one fixed key through a keep-alive agent like the gateway's,
  *            pipe the answer back). Gateway minus bare = what keypool's own work costs. Given
  *            several keys it takes them in turn (bench:realistic's naive round-robin proxy).
+ *            Given a Redis URL it is bench:gateway's floor: before forwarding it waits for one
+ *            trivial script call (INCR of one key) and after the answer it sends one more (DECR),
+ *            unawaited, through ioredis: the least any proxy that keeps its shared state in Redis
+ *            pays per request (a Redis round trip on the path, two script calls, an ioredis client).
  *
  * The configuration comes base64-encoded JSON in argv; the child answers `{ type: 'ready', ... }` on
  * the IPC channel once it serves. Requests from the parent, each `{ id, type }`, answered
@@ -42,6 +46,7 @@ import { Session } from 'node:inspector/promises';
 import { writeFile } from 'node:fs/promises';
 import { SourceMap } from 'node:module';
 import { performance } from 'node:perf_hooks';
+import { Redis } from 'ioredis';
 import { serve } from '@keypool/server';
 import { startFakeOpenAI, type LimiterMode } from '@keypool/testkit/fake-openai';
 import { runChildRole, send, serveRequests } from '../lib/child-ipc.js';
@@ -72,6 +77,14 @@ export interface BareChildConfig {
   key: string;
   /** several keys: each request goes with the next one in turn (no retries, no state shared) */
   keys?: string[];
+  /** the floor: one script call to this Redis before forwarding and one after the answer */
+  redisUrl?: string;
+}
+
+/** The floor's two script calls: a counter taken before forwarding and given back after. */
+interface FloorRedis {
+  floorTake(key: string): Promise<number>;
+  floorGive(key: string): Promise<number>;
 }
 
 export interface CallTimings {
@@ -114,10 +127,12 @@ async function bareRole(cfg: BareChildConfig): Promise<void> {
   const base = up.pathname.replace(/\/+$/, '');
   const authorizations = (cfg.keys ?? [cfg.key]).map((k) => `Bearer ${k}`);
   let turn = 0;
+  const floor = cfg.redisUrl ? await floorRedis(cfg.redisUrl) : undefined;
+  const FLOOR_KEY = `bench:floor:${process.pid}`;
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
+    const forward = () => {
       const body = Buffer.concat(chunks);
       const authorization = authorizations[turn++ % authorizations.length];
       const out = http.request(
@@ -139,6 +154,19 @@ async function bareRole(cfg: BareChildConfig): Promise<void> {
         res.end();
       });
       out.end(body);
+    };
+    if (!floor) return void req.on('end', forward);
+    req.on('end', () => {
+      floor.floorTake(FLOOR_KEY).then(
+        () => {
+          res.once('finish', () => void floor.floorGive(FLOOR_KEY).catch(() => {}));
+          forward();
+        },
+        () => {
+          res.writeHead(503);
+          res.end();
+        },
+      );
     });
   });
   server.keepAliveTimeout = 65_000;
@@ -151,8 +179,17 @@ async function bareRole(cfg: BareChildConfig): Promise<void> {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
     agent.destroy();
+    floor?.disconnect();
   });
   send({ type: 'ready', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, pid: process.pid });
+}
+
+async function floorRedis(url: string): Promise<Redis & FloorRedis> {
+  const r = new Redis(url, { lazyConnect: true }) as Redis & FloorRedis;
+  r.defineCommand('floorTake', { numberOfKeys: 1, lua: "return redis.call('INCR', KEYS[1])" });
+  r.defineCommand('floorGive', { numberOfKeys: 1, lua: "return redis.call('DECR', KEYS[1])" });
+  await r.connect();
+  return r;
 }
 
 /** heap-start / heap-stop: what this process allocated in between. */

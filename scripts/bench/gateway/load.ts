@@ -13,14 +13,14 @@ import type { GatewayChildStats } from './child.js';
 /** What was measured around one load slice: CPU, run-queue waits, Redis, and the gateway's own histograms. */
 export interface SliceTelemetry {
   /** CPU cores (CPU seconds per wall second) of each process over the slice */
-  cores: { gateway: number; bare: number; fake: number; redis: number; loadgen: number; machineBusy: number | null; machineSteal: number | null; others: number | null };
+  cores: { gateway: number; bare: number; floor: number; fake: number; redis: number; loadgen: number; machineBusy: number | null; machineSteal: number | null; others: number | null };
   /** CPU microseconds per request sent (gatewayKernel: the part of gateway's in the kernel: syscalls, loopback TCP) */
-  cpuUsPerRequest: { gateway: number; gatewayKernel: number; bare: number; fake: number; redis: number; loadgen: number };
+  cpuUsPerRequest: { gateway: number; gatewayKernel: number; bare: number; floor: number; fake: number; redis: number; loadgen: number };
   /** ms per second each process's main thread was runnable but waited for a CPU (2 cores, 5 processes + others) */
-  runqueueWaitMsPerS: Record<'gateway' | 'bare' | 'fake' | 'redis' | 'loadgen', number>;
+  runqueueWaitMsPerS: Record<'gateway' | 'bare' | 'floor' | 'fake' | 'redis' | 'loadgen', number>;
   /** Redis commands per request and server usec per call (script commands included) */
   redis: { commandsPerRequest: Record<string, number>; usecPerCall: Record<string, number> };
-  /** bare and gateway slices: what that proxy process allocated on its V8 heap (lib/heap-allocations.ts) */
+  /** bare, floor and gateway slices: what that proxy process allocated on its V8 heap (lib/heap-allocations.ts) */
   heap?: { allocatedBytesPerRequest: number; youngGcs: number; fullGcs: number };
   /** gateway slices only */
   gateway?: {
@@ -43,8 +43,12 @@ export interface Target {
 }
 
 export type Mode = 'chat' | 'stream';
-/** direct: the fake upstream itself; bare: a minimal Node proxy (baseline); gateway: keypool */
-export type Side = 'direct' | 'bare' | 'gateway';
+/**
+ * direct: the fake upstream itself; bare: a minimal Node proxy (baseline); floor: the bare proxy plus
+ * one trivial script call to Redis before forwarding and one after (the least any proxy with shared
+ * state in Redis pays); gateway: keypool
+ */
+export type Side = 'direct' | 'bare' | 'floor' | 'gateway';
 
 /** Raw samples of one slice (ms, from each request's scheduled send time). */
 export interface Slice {

@@ -1,5 +1,5 @@
 /**
- * The gateway benchmark's slices: one side (direct, bare, gateway) at one rate, with the telemetry
+ * The gateway benchmark's slices: one side (direct, bare, floor, gateway) at one rate, with the telemetry
  * taken around it (CPU of every process from /proc, Redis command statistics, the gateway's own
  * metrics and timers), and a side's slices pooled into its figures.
  */
@@ -23,8 +23,10 @@ export interface Env {
   fake: Child;
   gateway: Child;
   bareProxy: Child;
+  floorProxy: Child;
   direct: Target;
   bare: Target;
+  floor: Target;
   gw: Target;
   gatewayUrl: string;
 }
@@ -48,8 +50,8 @@ function gcDelta(before: Scrape, after: Scrape): Record<string, { count: number;
 
 interface Sample {
   t: number;
-  cpu: { gateway: number; gatewayKernel: number; bare: number; fake: number; redis: number; loadgen: number };
-  waitNs: Record<'gateway' | 'bare' | 'fake' | 'redis' | 'loadgen', number>;
+  cpu: { gateway: number; gatewayKernel: number; bare: number; floor: number; fake: number; redis: number; loadgen: number };
+  waitNs: Record<'gateway' | 'bare' | 'floor' | 'fake' | 'redis' | 'loadgen', number>;
   machine: MachineCpu | null;
   cmd: Map<string, CmdStat>;
 }
@@ -66,11 +68,12 @@ async function sample(env: Env): Promise<Sample> {
   const gw = procCpuSeconds(env.gateway.pid);
   return {
     t: performance.now(),
-    cpu: { gateway: gw.total, gatewayKernel: gw.kernel, bare: procCpuSeconds(env.bareProxy.pid).total, fake: procCpuSeconds(env.fake.pid).total, redis: procCpuSeconds(env.redis.process.pid!).total, loadgen: (self.user + self.system) / 1e6 },
+    cpu: { gateway: gw.total, gatewayKernel: gw.kernel, bare: procCpuSeconds(env.bareProxy.pid).total, floor: procCpuSeconds(env.floorProxy.pid).total, fake: procCpuSeconds(env.fake.pid).total, redis: procCpuSeconds(env.redis.process.pid!).total, loadgen: (self.user + self.system) / 1e6 },
     machine: machineCpu(),
     waitNs: {
       gateway: procRunqueueWaitNs(env.gateway.pid),
       bare: procRunqueueWaitNs(env.bareProxy.pid),
+      floor: procRunqueueWaitNs(env.floorProxy.pid),
       fake: procRunqueueWaitNs(env.fake.pid),
       redis: procRunqueueWaitNs(env.redis.process.pid!),
       loadgen: procRunqueueWaitNs(process.pid),
@@ -101,16 +104,17 @@ function telemetryOf(a: Sample, b: Sample, requests: number): SliceTelemetry {
     machineBusy = round(shares.busy, 3);
     machineSteal = round(shares.steal, 3);
     // cores busy with processes that are not this benchmark's (other work on a shared machine)
-    const ours = (d('gateway') + d('bare') + d('fake') + d('redis') + d('loadgen')) / wall;
+    const ours = (d('gateway') + d('bare') + d('floor') + d('fake') + d('redis') + d('loadgen')) / wall;
     others = round(Math.max(0, machineBusy * CORES - ours), 3);
   }
   return {
-    cores: { gateway: round(d('gateway') / wall, 3), bare: round(d('bare') / wall, 3), fake: round(d('fake') / wall, 3), redis: round(d('redis') / wall, 3), loadgen: round(d('loadgen') / wall, 3), machineBusy, machineSteal, others },
-    cpuUsPerRequest: { gateway: per(d('gateway')), gatewayKernel: per(d('gatewayKernel')), bare: per(d('bare')), fake: per(d('fake')), redis: per(d('redis')), loadgen: per(d('loadgen')) },
+    cores: { gateway: round(d('gateway') / wall, 3), bare: round(d('bare') / wall, 3), floor: round(d('floor') / wall, 3), fake: round(d('fake') / wall, 3), redis: round(d('redis') / wall, 3), loadgen: round(d('loadgen') / wall, 3), machineBusy, machineSteal, others },
+    cpuUsPerRequest: { gateway: per(d('gateway')), gatewayKernel: per(d('gatewayKernel')), bare: per(d('bare')), floor: per(d('floor')), fake: per(d('fake')), redis: per(d('redis')), loadgen: per(d('loadgen')) },
     redis: { commandsPerRequest, usecPerCall },
     runqueueWaitMsPerS: {
       gateway: round((b.waitNs.gateway - a.waitNs.gateway) / 1e6 / wall, 2),
       bare: round((b.waitNs.bare - a.waitNs.bare) / 1e6 / wall, 2),
+      floor: round((b.waitNs.floor - a.waitNs.floor) / 1e6 / wall, 2),
       fake: round((b.waitNs.fake - a.waitNs.fake) / 1e6 / wall, 2),
       redis: round((b.waitNs.redis - a.waitNs.redis) / 1e6 / wall, 2),
       loadgen: round((b.waitNs.loadgen - a.waitNs.loadgen) / 1e6 / wall, 2),
@@ -118,15 +122,19 @@ function telemetryOf(a: Sample, b: Sample, requests: number): SliceTelemetry {
   };
 }
 
+function targetOf(env: Env, side: Side): Target {
+  return side === 'direct' ? env.direct : side === 'bare' ? env.bare : side === 'floor' ? env.floor : env.gw;
+}
+
 /** One slice with its telemetry, taken between slices (the scrapes never overlap the load). */
 async function slice(env: Env, side: Side, mode: Mode, rate: number, seconds: number): Promise<Slice> {
-  const target = side === 'direct' ? env.direct : side === 'bare' ? env.bare : env.gw;
+  const target = targetOf(env, side);
   let m0: Scrape | undefined;
   if (side === 'gateway') {
     m0 = await scrapeGateway(env); // also resets the event-loop delay histogram
     await env.gateway.request('stats'); // and the call timers
   }
-  const proxy = side === 'gateway' ? env.gateway : side === 'bare' ? env.bareProxy : undefined;
+  const proxy = side === 'gateway' ? env.gateway : side === 'bare' ? env.bareProxy : side === 'floor' ? env.floorProxy : undefined;
   await sleep(50);
   const s0 = await sample(env);
   await proxy?.request('heap-start');
@@ -204,12 +212,13 @@ export function meanTelemetry(slices: SideFigures['slices']): SliceTelemetry {
     return out;
   };
   const out: SliceTelemetry = {
-    cores: { gateway: avg((t) => t.cores.gateway), bare: avg((t) => t.cores.bare), fake: avg((t) => t.cores.fake), redis: avg((t) => t.cores.redis), loadgen: avg((t) => t.cores.loadgen), machineBusy: avg((t) => t.cores.machineBusy), machineSteal: avg((t) => t.cores.machineSteal), others: avg((t) => t.cores.others) },
-    cpuUsPerRequest: { gateway: avg((t) => t.cpuUsPerRequest.gateway), gatewayKernel: avg((t) => t.cpuUsPerRequest.gatewayKernel), bare: avg((t) => t.cpuUsPerRequest.bare), fake: avg((t) => t.cpuUsPerRequest.fake), redis: avg((t) => t.cpuUsPerRequest.redis), loadgen: avg((t) => t.cpuUsPerRequest.loadgen) },
+    cores: { gateway: avg((t) => t.cores.gateway), bare: avg((t) => t.cores.bare), floor: avg((t) => t.cores.floor), fake: avg((t) => t.cores.fake), redis: avg((t) => t.cores.redis), loadgen: avg((t) => t.cores.loadgen), machineBusy: avg((t) => t.cores.machineBusy), machineSteal: avg((t) => t.cores.machineSteal), others: avg((t) => t.cores.others) },
+    cpuUsPerRequest: { gateway: avg((t) => t.cpuUsPerRequest.gateway), gatewayKernel: avg((t) => t.cpuUsPerRequest.gatewayKernel), bare: avg((t) => t.cpuUsPerRequest.bare), floor: avg((t) => t.cpuUsPerRequest.floor), fake: avg((t) => t.cpuUsPerRequest.fake), redis: avg((t) => t.cpuUsPerRequest.redis), loadgen: avg((t) => t.cpuUsPerRequest.loadgen) },
     redis: { commandsPerRequest: avgRecord((t) => t.redis.commandsPerRequest), usecPerCall: avgRecord((t) => t.redis.usecPerCall) },
     runqueueWaitMsPerS: {
       gateway: avg((t) => t.runqueueWaitMsPerS.gateway),
       bare: avg((t) => t.runqueueWaitMsPerS.bare),
+      floor: avg((t) => t.runqueueWaitMsPerS.floor),
       fake: avg((t) => t.runqueueWaitMsPerS.fake),
       redis: avg((t) => t.runqueueWaitMsPerS.redis),
       loadgen: avg((t) => t.runqueueWaitMsPerS.loadgen),
@@ -278,7 +287,7 @@ export async function measureSides(env: Env, mode: Mode, rate: number, seconds: 
 }
 
 export async function warm(env: Env, mode: Mode, rate: number, seconds: number, sides: Side[] = ['direct', 'gateway']): Promise<void> {
-  for (const t of sides.map((sd) => (sd === 'direct' ? env.direct : sd === 'bare' ? env.bare : env.gw))) {
+  for (const t of sides.map((sd) => targetOf(env, sd))) {
     if (interrupted() || seconds <= 0) return;
     const r = await runLoad(t, mode, rate, seconds, env.opts.timeoutMs);
     if (r.errors && !interrupted()) log(`warm-up ${t.side} ${mode}: ${r.errors} errors ${JSON.stringify(r.errorKinds)}`);

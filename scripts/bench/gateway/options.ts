@@ -18,7 +18,7 @@ export const log = logger('bench:gateway');
 const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:gateway -- [options])
   --json                 print one JSON object on stdout (progress and logs go to stderr)
   --rate N               requests per second of the main measurement (default 500)
-  --overhead-rates LIST  also measure overhead (direct, bare proxy, gateway; chat and stream) at
+  --overhead-rates LIST  also measure overhead (direct, bare proxy, floor, gateway; chat and stream) at
                          these rates, requests/s (default 200,500,1000; --rate is always measured)
   --quick                a short run (under 2 minutes): --seconds 2 --warmup 1 --no-max-rps
   --seconds N            measured seconds per side (direct, gateway) and mode (default 10)

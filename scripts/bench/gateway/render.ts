@@ -20,7 +20,7 @@ export function render(r: Result): string {
   const pf = (p: boolean) => (p ? 'PASS' : 'FAIL');
   out.push(
     `keypool gateway benchmark: node ${e.node}, ${e.cores} cores (${e.cpuModel}), ${r.timestamp}`,
-    `open loop at ${s.rate} req/s, ${s.secondsPerSide} s per side and mode (direct, bare proxy, gateway: ABCCBA), warm-up ${s.warmupSeconds} s; fake upstream latency ${s.upstreamLatencyMs} ms, stream chunk delay ${s.streamChunkDelayMs} ms; ${s.keys} keys; ${s.redis}`,
+    `open loop at ${s.rate} req/s, ${s.secondsPerSide} s per side and mode (direct, bare proxy, floor, gateway: ABCDDCBA), warm-up ${s.warmupSeconds} s; fake upstream latency ${s.upstreamLatencyMs} ms, stream chunk delay ${s.streamChunkDelayMs} ms; ${s.keys} keys; ${s.redis}`,
     ...(s.gatewayNodeFlags ? [`WHAT-IF: the gateway runs with node ${s.gatewayNodeFlags}`] : []),
     `NOTE: ${e.note}`,
     `      loadavg ${e.loadavgStart.join(' ')} at start, ${e.loadavgEnd.join(' ')} at end; machine busy ${fmt(e.machineBusyShare * 100, 0)}%, steal ${fmt(e.machineStealShare * 100, 1)}% over the run`,
@@ -34,6 +34,7 @@ export function render(r: Result): string {
       ['stream first-byte overhead p50', fmt(r.streamFirstByteOverheadP50Ms, 3), '', ''],
       ['stream first-byte overhead p99', fmt(r.streamFirstByteOverheadP99Ms, 3), '', ''],
       ['baseline: bare Node proxy p50 / p99 (chat)', `${fmt(r.bareProxyOverheadP50Ms, 3)} / ${fmt(r.bareProxyOverheadP99Ms, 3)}`, '', ''],
+      ['floor: bare proxy + a script call each way p50 / p99 (chat)', `${fmt(r.floorOverheadP50Ms, 3)} / ${fmt(r.floorOverheadP99Ms, 3)}`, '', ''],
       ['maxRps (overhead p99 < bound)', r.maxRps === null ? 'none' : fmt(r.maxRps), '', r.maxRpsLimitedBy ? 'see below' : ''],
       ['errors', String(r.errors), '== 0', pf(r.targets.errors.pass)],
       ['scriptCallsPerRequest (chat)', fmt(r.scriptCallsPerRequest, 3), `<= ${r.targets.scriptCallsPerRequest.max}`, pf(r.targets.scriptCallsPerRequest.pass)],
@@ -42,30 +43,32 @@ export function render(r: Result): string {
     '',
     `targets: ${r.targets.allPass ? 'all PASS' : 'NOT all pass'}`,
     '',
-    `per request at ${s.rate} req/s (chat / stream): gateway CPU ${fmt(r.cpuUsPerRequest.gateway)} / ${fmt(r.streamCpuUsPerRequest.gateway)} us, bare proxy ${fmt(r.cpuUsPerRequest.bare)} / ${fmt(r.streamCpuUsPerRequest.bare)} us ` +
+    `per request at ${s.rate} req/s (chat / stream): gateway CPU ${fmt(r.cpuUsPerRequest.gateway)} / ${fmt(r.streamCpuUsPerRequest.gateway)} us, bare proxy ${fmt(r.cpuUsPerRequest.bare)} / ${fmt(r.streamCpuUsPerRequest.bare)} us, floor ${fmt(r.cpuUsPerRequest.floor)} / ${fmt(r.streamCpuUsPerRequest.floor)} us ` +
       `(gateway / bare ${fmt(r.cpuUsPerRequest.gatewayOverBare, 2)} / ${fmt(r.streamCpuUsPerRequest.gatewayOverBare, 2)}, target <= ${r.targets.cpuGatewayOverBare.max}: ${pf(r.targets.cpuGatewayOverBare.pass)})`,
-    `  allocated on the V8 heap: gateway ${fmt(r.allocatedBytesPerRequest.gateway / 1024, 1)} / ${fmt(r.streamAllocatedBytesPerRequest.gateway / 1024, 1)} kB, bare proxy ${fmt(r.allocatedBytesPerRequest.bare / 1024, 1)} / ${fmt(r.streamAllocatedBytesPerRequest.bare / 1024, 1)} kB`,
+    `  allocated on the V8 heap: gateway ${fmt(r.allocatedBytesPerRequest.gateway / 1024, 1)} / ${fmt(r.streamAllocatedBytesPerRequest.gateway / 1024, 1)} kB, bare proxy ${fmt(r.allocatedBytesPerRequest.bare / 1024, 1)} / ${fmt(r.streamAllocatedBytesPerRequest.bare / 1024, 1)} kB, floor ${fmt(r.allocatedBytesPerRequest.floor / 1024, 1)} / ${fmt(r.streamAllocatedBytesPerRequest.floor / 1024, 1)} kB`,
     `  Redis commands (those inside scripts included) ${fmt(r.redisCommandsPerRequest, 2)} / ${fmt(r.streamRedisCommandsPerRequest, 2)}, script calls ${fmt(r.scriptCallsPerRequest, 2)} / ${fmt(r.streamScriptCallsPerRequest, 2)} (target <= ${r.targets.scriptCallsPerRequest.max}: ${pf(r.targets.scriptCallsPerRequest.pass)})`,
     '',
-    'overhead by rate, ms (gateway - direct; bare: bare proxy - direct), p50 / p99; CPU us per request',
+    'overhead by rate, ms (gateway - direct; bare: bare proxy - direct; floor: floor - direct), p50 / p99; CPU us per request',
     table([
-      ['rate', 'chat gateway', 'chat bare', 'stream gateway', 'stream bare', 'chat CPU gw / bare', 'stream CPU gw / bare'],
+      ['rate', 'chat gateway', 'chat bare', 'chat floor', 'stream gateway', 'stream bare', 'stream floor', 'chat CPU gw / bare / floor', 'stream CPU gw / bare / floor'],
       ...r.overheadByRate.map((x: Result) => [
         fmt(x.rate),
         `${fmt(x.chat.overhead.p50Ms, 3)} / ${fmt(x.chat.overhead.p99Ms, 3)}`,
         `${fmt(x.chat.bareOverhead.p50Ms, 3)} / ${fmt(x.chat.bareOverhead.p99Ms, 3)}`,
+        `${fmt(x.chat.floorOverhead.p50Ms, 3)} / ${fmt(x.chat.floorOverhead.p99Ms, 3)}`,
         `${fmt(x.stream.overhead.p50Ms, 3)} / ${fmt(x.stream.overhead.p99Ms, 3)}`,
         `${fmt(x.stream.bareOverhead.p50Ms, 3)} / ${fmt(x.stream.bareOverhead.p99Ms, 3)}`,
-        `${fmt(x.chat.cpuUsPerRequest.gateway)} / ${fmt(x.chat.cpuUsPerRequest.bare)}`,
-        `${fmt(x.stream.cpuUsPerRequest.gateway)} / ${fmt(x.stream.cpuUsPerRequest.bare)}`,
+        `${fmt(x.stream.floorOverhead.p50Ms, 3)} / ${fmt(x.stream.floorOverhead.p99Ms, 3)}`,
+        `${fmt(x.chat.cpuUsPerRequest.gateway)} / ${fmt(x.chat.cpuUsPerRequest.bare)} / ${fmt(x.chat.cpuUsPerRequest.floor)}`,
+        `${fmt(x.stream.cpuUsPerRequest.gateway)} / ${fmt(x.stream.cpuUsPerRequest.bare)} / ${fmt(x.stream.cpuUsPerRequest.floor)}`,
       ]),
     ]),
     '',
   );
   const row = (label: string, d: Dist) => [label, fmt(d.p50Ms, 2), fmt(d.p90Ms, 2), fmt(d.p99Ms, 2), fmt(d.p999Ms, 2), fmt(d.maxMs, 2), fmt(d.meanMs, 2), String(d.samples)];
   const orow = (label: string, o: ReturnType<typeof overheadOf>) => [label, fmt(o.p50Ms, 3), fmt(o.p90Ms, 3), fmt(o.p99Ms, 3), fmt(o.p999Ms, 3), '', fmt(o.meanMs, 3), ''];
-  const SIDES = ['direct', 'bare', 'gateway'] as const;
-  const label = { direct: 'direct', bare: 'bare proxy', gateway: 'gateway' } as const;
+  const SIDES = ['direct', 'bare', 'floor', 'gateway'] as const;
+  const label = { direct: 'direct', bare: 'bare proxy', floor: 'floor', gateway: 'gateway' } as const;
   out.push(
     'latency from the scheduled send time, ms (overhead: gateway - direct at each percentile; bare: the baseline proxy - direct; keypool: gateway - bare)',
     table([
@@ -73,10 +76,12 @@ export function render(r: Result): string {
       ...SIDES.map((sd) => row(`chat ${label[sd]}`, r.chat[sd].latency)),
       orow('  overhead', r.chat.overhead),
       orow('  bare proxy overhead', r.chat.bareOverhead),
+      orow('  floor overhead', r.chat.floorOverhead),
       orow('  keypool (gateway - bare)', r.chat.keypoolOverhead),
       ...SIDES.map((sd) => row(`stream ${label[sd]}, last byte`, r.stream[sd].latency)),
       orow('  overhead', r.stream.overhead),
       orow('  bare proxy overhead', r.stream.bareOverhead),
+      orow('  floor overhead', r.stream.floorOverhead),
       orow('  keypool (gateway - bare)', r.stream.keypoolOverhead),
       ...SIDES.map((sd) => row(`stream ${label[sd]}, first byte`, r.stream[sd].firstByte)),
       orow('  overhead', r.stream.firstByteOverhead),
@@ -96,7 +101,7 @@ export function render(r: Result): string {
   const w = r.whereTheTimeGoes;
   const tele = (m: Mode, sd: Side): SliceTelemetry => w[m][sd];
   const cols = (['chat', 'stream'] as const).flatMap((m) => SIDES.map((sd) => [m, sd] as const));
-  const own = (m: Mode, sd: Side, p: 'gateway' | 'bare') => (sd === p ? `${fmt(tele(m, sd).cores[p], 2)} / ${fmt(tele(m, sd).cpuUsPerRequest[p])}` : '-');
+  const own = (m: Mode, sd: Side, p: 'gateway' | 'bare' | 'floor') => (sd === p ? `${fmt(tele(m, sd).cores[p], 2)} / ${fmt(tele(m, sd).cpuUsPerRequest[p])}` : '-');
   out.push(
     '',
     'where the time goes (mean over the slices of each side; cores = CPU s per wall s; us/req = CPU per request)',
@@ -105,11 +110,13 @@ export function render(r: Result): string {
       ['gateway cores / us/req', ...cols.map(([m, sd]) => own(m, sd, 'gateway'))],
       ['  of which kernel us/req', ...cols.map(([m, sd]) => (sd === 'gateway' ? fmt(tele(m, sd).cpuUsPerRequest.gatewayKernel) : '-'))],
       ['bare proxy cores / us/req', ...cols.map(([m, sd]) => own(m, sd, 'bare'))],
+      ['floor cores / us/req', ...cols.map(([m, sd]) => own(m, sd, 'floor'))],
       ...(['fake', 'redis', 'loadgen'] as const).map((p) => [`${p} cores / us/req`, ...cols.map(([m, sd]) => `${fmt(tele(m, sd).cores[p], 2)} / ${fmt(tele(m, sd).cpuUsPerRequest[p])}`)]),
       ['machine busy / steal', ...cols.map(([m, sd]) => `${fmt((tele(m, sd).cores.machineBusy ?? NaN) * 100)}% / ${fmt((tele(m, sd).cores.machineSteal ?? NaN) * 100, 1)}%`)],
       ['other processes, cores', ...cols.map(([m, sd]) => fmt(tele(m, sd).cores.others, 2))],
       ['waited for a CPU, ms/s: gateway', ...cols.map(([m, sd]) => (sd === 'gateway' ? fmt(tele(m, sd).runqueueWaitMsPerS.gateway, 1) : '-'))],
       ['  bare proxy', ...cols.map(([m, sd]) => (sd === 'bare' ? fmt(tele(m, sd).runqueueWaitMsPerS.bare, 1) : '-'))],
+      ['  floor', ...cols.map(([m, sd]) => (sd === 'floor' ? fmt(tele(m, sd).runqueueWaitMsPerS.floor, 1) : '-'))],
       ...(['fake', 'redis', 'loadgen'] as const).map((p) => [`  ${p}`, ...cols.map(([m, sd]) => fmt(tele(m, sd).runqueueWaitMsPerS[p], 1))]),
     ]),
   );
