@@ -116,7 +116,8 @@ import { assertBuildIsFresh, shippedCodeEnv } from './lib/shipped-code.js';
 const TARGETS = { overheadP50Ms: 0.5, overheadP99Ms: 3, cpuGatewayOverBare: 2, scriptCallsPerRequest: 2 } as const;
 
 /**
- * One rate and mode in figures: overhead (gateway - direct; bare proxy - direct; gateway - bare),
+ * One rate and mode in figures: overhead (gateway - direct; bare proxy - direct; floor - direct;
+ * gateway - bare; gateway - floor),
  * CPU per request of each proxy process (/proc, over its own slices), bytes each allocated per
  * request (its V8 heap), and Redis commands and script calls per gateway request (INFO commandstats).
  */
@@ -130,6 +131,7 @@ function perRequest(sides: Record<Side, SideFigures>) {
     bareOverhead: overheadOf(sides.direct.latency, sides.bare.latency),
     floorOverhead: overheadOf(sides.direct.latency, sides.floor.latency),
     keypoolOverhead: overheadOf(sides.bare.latency, sides.gateway.latency),
+    keypoolOverFloor: overheadOf(sides.floor.latency, sides.gateway.latency),
     cpuUsPerRequest: { ...cpu, gatewayOverBare: round(cpu.gateway / cpu.bare, 2), floorOverBare: round(cpu.floor / cpu.bare, 2), gatewayOverFloor: round(cpu.gateway / cpu.floor, 2) },
     allocatedBytesPerRequest: { gateway: g.heap?.allocatedBytesPerRequest ?? NaN, bare: b.heap?.allocatedBytesPerRequest ?? NaN, floor: f.heap?.allocatedBytesPerRequest ?? NaN },
     ...redisCounts(g.redis.commandsPerRequest),
@@ -279,6 +281,8 @@ async function main(): Promise<void> {
       floorOverhead: overheadOf(main.chat.direct.latency, main.chat.floor.latency),
       /** gateway minus the bare proxy: keypool's own work */
       keypoolOverhead: overheadOf(main.chat.bare.latency, main.chat.gateway.latency),
+      /** gateway minus the floor: what keypool does beyond a Redis round trip on the path */
+      keypoolOverFloor: overheadOf(main.chat.floor.latency, main.chat.gateway.latency),
     };
     const stream = {
       ...main.stream,
@@ -286,8 +290,10 @@ async function main(): Promise<void> {
       bareOverhead: overheadOf(main.stream.direct.latency, main.stream.bare.latency),
       floorOverhead: overheadOf(main.stream.direct.latency, main.stream.floor.latency),
       keypoolOverhead: overheadOf(main.stream.bare.latency, main.stream.gateway.latency),
+      keypoolOverFloor: overheadOf(main.stream.floor.latency, main.stream.gateway.latency),
       firstByteOverhead: overheadOf(main.stream.direct.firstByte, main.stream.gateway.firstByte),
       bareFirstByteOverhead: overheadOf(main.stream.direct.firstByte, main.stream.bare.firstByte),
+      floorFirstByteOverhead: overheadOf(main.stream.direct.firstByte, main.stream.floor.firstByte),
     };
     const overheadByRate = [...byRate].filter(([, at]) => at.chat && at.stream).map(([rate, at]) => ({ rate, chat: perRequest(at.chat!), stream: perRequest(at.stream!) }));
     const errors =
@@ -358,7 +364,7 @@ async function main(): Promise<void> {
         bareProxy: 'baseline, not keypool: node:http server -> read body -> node:http request with one fixed key through a keep-alive agent (the gateway upstream agent settings) -> pipe the answer back',
         floor: 'the bare proxy plus one ioredis script call (INCR of one key) awaited before forwarding and one (DECR) sent unawaited after the answer',
         arrivals: 'open loop, evenly spaced send times fixed in advance; latency from the scheduled send time',
-        client: 'node:http, one keep-alive agent (lifo), same code for both targets',
+        client: 'node:http, one keep-alive agent (lifo), same code for every target',
         maxRpsRule: `overhead p99 < ${opts.maxOverheadMs} ms and no errors; a failing step is measured ${opts.stepRetries} more time(s)`,
         redis: `spawned redis-server ${redisVersion}`,
         gatewayCode: opts.gatewayCode === 'dist' ? "the packages' dist/ (as built by npm run build and run by keypool serve)" : 'the TypeScript sources through tsx (keepNames: not what ships)',

@@ -16,7 +16,7 @@ export interface SliceTelemetry {
   cores: { gateway: number; bare: number; floor: number; fake: number; redis: number; loadgen: number; machineBusy: number | null; machineSteal: number | null; others: number | null };
   /** CPU microseconds per request sent (gatewayKernel: the part of gateway's in the kernel: syscalls, loopback TCP) */
   cpuUsPerRequest: { gateway: number; gatewayKernel: number; bare: number; floor: number; fake: number; redis: number; loadgen: number };
-  /** ms per second each process's main thread was runnable but waited for a CPU (2 cores, 5 processes + others) */
+  /** ms per second each process's main thread was runnable but waited for a CPU (2 cores, 6 processes + others) */
   runqueueWaitMsPerS: Record<'gateway' | 'bare' | 'floor' | 'fake' | 'redis' | 'loadgen', number>;
   /** Redis commands per request and server usec per call (script commands included) */
   redis: { commandsPerRequest: Record<string, number>; usecPerCall: Record<string, number> };

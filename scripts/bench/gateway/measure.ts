@@ -267,7 +267,7 @@ export function meanTelemetry(slices: SideFigures['slices']): SliceTelemetry {
 }
 
 /**
- * The sides in `sides` order, then in reverse (ABBA, or ABCCBA), each slice seconds/2, so each side
+ * The sides in `sides` order, then in reverse (ABBA, ABCCBA or ABCDDCBA), each slice seconds/2, so each side
  * gets `seconds` and a drift in machine load hits every side alike. Samples of a side are pooled.
  */
 export async function measureSides(env: Env, mode: Mode, rate: number, seconds: number, label: string, sides: Side[]): Promise<Partial<Record<Side, SideFigures>> | null> {

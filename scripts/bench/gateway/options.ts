@@ -21,7 +21,7 @@ const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:ga
   --overhead-rates LIST  also measure overhead (direct, bare proxy, floor, gateway; chat and stream) at
                          these rates, requests/s (default 200,500,1000; --rate is always measured)
   --quick                a short run (under 2 minutes): --seconds 2 --warmup 1 --no-max-rps
-  --seconds N            measured seconds per side (direct, gateway) and mode (default 10)
+  --seconds N            measured seconds per side (direct, bare, floor, gateway) and mode (default 10)
   --warmup N             warm-up seconds per side and mode before measuring (default 3)
   --latency-ms N         fixed latency of the fake upstream (default 20)
   --chunk-delay-ms N     delay between stream chunks of the fake (default 1)

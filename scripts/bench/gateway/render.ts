@@ -70,7 +70,7 @@ export function render(r: Result): string {
   const SIDES = ['direct', 'bare', 'floor', 'gateway'] as const;
   const label = { direct: 'direct', bare: 'bare proxy', floor: 'floor', gateway: 'gateway' } as const;
   out.push(
-    'latency from the scheduled send time, ms (overhead: gateway - direct at each percentile; bare: the baseline proxy - direct; keypool: gateway - bare)',
+    'latency from the scheduled send time, ms (overhead: gateway - direct at each percentile; bare: the baseline proxy - direct; floor: the floor - direct; keypool: gateway - bare, and gateway - floor)',
     table([
       ['', 'p50', 'p90', 'p99', 'p99.9', 'max', 'mean', 'samples'],
       ...SIDES.map((sd) => row(`chat ${label[sd]}`, r.chat[sd].latency)),
@@ -78,14 +78,17 @@ export function render(r: Result): string {
       orow('  bare proxy overhead', r.chat.bareOverhead),
       orow('  floor overhead', r.chat.floorOverhead),
       orow('  keypool (gateway - bare)', r.chat.keypoolOverhead),
+      orow('  keypool over the floor (gateway - floor)', r.chat.keypoolOverFloor),
       ...SIDES.map((sd) => row(`stream ${label[sd]}, last byte`, r.stream[sd].latency)),
       orow('  overhead', r.stream.overhead),
       orow('  bare proxy overhead', r.stream.bareOverhead),
       orow('  floor overhead', r.stream.floorOverhead),
       orow('  keypool (gateway - bare)', r.stream.keypoolOverhead),
+      orow('  keypool over the floor (gateway - floor)', r.stream.keypoolOverFloor),
       ...SIDES.map((sd) => row(`stream ${label[sd]}, first byte`, r.stream[sd].firstByte)),
       orow('  overhead', r.stream.firstByteOverhead),
       orow('  bare proxy overhead', r.stream.bareFirstByteOverhead),
+      orow('  floor overhead', r.stream.floorFirstByteOverhead),
     ]),
     '',
     table([

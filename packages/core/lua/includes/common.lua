@@ -114,7 +114,8 @@ end
 ]]
 local VERIFY_STATE_CACHE = false
 local KEPT_MAX = 64
--- kept[stKey][id] = { bytes, table }: the newer generation (keptN tables), then the older one
+-- kept[stKey][id] = { bytes, table }: the newer generation (keptN: its tables, a pool's own
+-- table of them included), then the older one
 local kept, keptN, older = {}, 0, {}
 
 local function sameValue(a, b)
@@ -184,8 +185,11 @@ local function saveState(stKey, id, st)
     byKey = nil
   end
   if not byKey then
+    -- counted too, so a generation that never fills with states still turns over and lets go of
+    -- the tables of pools no longer used
     byKey = {}
     kept[stKey] = byKey
+    keptN = keptN + 1
   end
   keptN = keptN + 1
   byKey[id] = { raw, st }
