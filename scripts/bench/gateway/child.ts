@@ -46,7 +46,7 @@ import { Session } from 'node:inspector/promises';
 import { writeFile } from 'node:fs/promises';
 import { SourceMap } from 'node:module';
 import { performance } from 'node:perf_hooks';
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
 import { serve } from '@keypool/server';
 import { startFakeOpenAI, type LimiterMode } from '@keypool/testkit/fake-openai';
 import { runChildRole, send, serveRequests } from '../lib/child-ipc.js';
@@ -186,8 +186,6 @@ async function bareRole(cfg: BareChildConfig): Promise<void> {
 }
 
 async function floorRedis(url: string): Promise<Redis & FloorRedis> {
-  // loaded here: the fake and the plain bare proxy do not load ioredis at all
-  const { Redis } = await import('ioredis');
   const r = new Redis(url, { lazyConnect: true }) as Redis & FloorRedis;
   r.defineCommand('floorTake', { numberOfKeys: 1, lua: "return redis.call('INCR', KEYS[1])" });
   r.defineCommand('floorGive', { numberOfKeys: 1, lua: "return redis.call('DECR', KEYS[1])" });
