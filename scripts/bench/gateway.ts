@@ -42,8 +42,9 @@
  * stream) eight slices direct, bare, floor, gateway, gateway, floor, bare, direct (ABCDDCBA) of
  * --seconds/2 each, so each side gets --seconds at --rate; the samples of a side's two slices are
  * pooled. Overhead at a percentile = that percentile of gateway latency minus the same percentile of
- * direct latency (the bare proxy's and the floor's own overheads, each minus direct, beside it). The same is measured at every rate of
- * --overhead-rates (200, 500, 1000 by default; --rate among them): overheadByRate.
+ * direct latency (the bare proxy's and the floor's own overheads, each minus direct, beside it).
+ * The same is measured at every rate of --overhead-rates (200, 500, 1000 by default; --rate among
+ * them): overheadByRate.
  *
  * Per request (top-level fields, chat at --rate; stream... for streams): cpuUsPerRequest of the
  * gateway, of the bare proxy and of the floor (/proc, each over its own slices) and the ratios;
