@@ -57,9 +57,11 @@ describe('fake OpenAI upstream: streaming /v1/responses', () => {
     // instructions 4 + 2, input 4 + 3: the same count as without streaming
     expect(completed.response.usage).toMatchObject({ input_tokens: 13, output_tokens: 4, total_tokens: 17 });
 
-    // tokens arrive as they are produced
+    // tokens arrive as they are produced: four gaps of the chunk delay (30 ms) at the fake. The span
+    // is compared, not each gap: one event held up on a busy host makes the next gap short (14 ms
+    // once in CI), while the span only shrinks by how late its first event was. All at once: ~0 ms
     const times = seen.map((s) => s.at);
-    for (let i = 5; i <= 8; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThan(15);
+    expect(times[8]! - times[4]!).toBeGreaterThan(60);
     expect(fake.counters().a).toMatchObject({ served: 1, promptTokens: 13, completionTokens: 4, status: { 200: 1 } });
   });
 

@@ -103,9 +103,10 @@ describe('fake OpenAI upstream, driven by the official SDK', () => {
     expect(last.choices).toEqual([]);
     expect(last.usage).toMatchObject({ prompt_tokens: 4 + 5, completion_tokens: 4, total_tokens: 13 });
 
-    // content arrives as it is produced, not all at the end
+    // content arrives as it is produced, not all at the end: the span, not each gap (one chunk held
+    // up on a busy host makes the next gap short; see the Responses stream's test)
     const times = seen.map((s) => s.at);
-    for (let i = 2; i <= 5; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThan(25);
+    expect(times[5]! - times[1]!).toBeGreaterThan(80);
     expect(times[6]! - times[1]!).toBeGreaterThan(100);
 
     // without include_usage: no usage chunk
