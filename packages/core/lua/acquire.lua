@@ -215,13 +215,15 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
       if excluded[id] then
         nseen = nseen + 1
       else
-        local st = stateFrom(stKey, id, rawOf[id])
+        local st, wasKept = stateFrom(stKey, id, rawOf[id])
         if not st then
           -- removed key left in a set
           redis.call('SREM', avail(g), id)
           sizes[g] = sizes[g] - 1
           total = total - 1
         else
+          -- what evaluate may change, to give the table back as decoded if it is not chosen
+          local rt, tt, ts, pid, sp, wr, fs, erpm, etpm = st.rt, st.tt, st.ts, st.pid, st.sp, st.wr, st.fs, st.erpm, st.etpm
           local kind, untilMs, reason, slot = evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
           if kind == 'ok' and (keep > 0 or spaced) then
             local t
@@ -235,7 +237,8 @@ while #usable < k and total > nseen + #usable and rounds < 8 do
             -- free soon under the class's rules: a place there, if nothing is free now
             if spaced and maxWait > 0 then consider(id, st, g, untilMs, slot) end
           elseif kind == 'ok' then
-            usable[#usable + 1] = { id = id, st = st, s = score(st), g = g, t = now, slot = slot }
+            usable[#usable + 1] = { id = id, st = st, s = score(st), g = g, t = now, slot = slot,
+              was = wasKept and { rawOf[id], rt, tt, ts, pid, sp, wr, fs, erpm, etpm } or nil }
           elseif kind == 'skip' then
             nseen = nseen + 1
             if reason == 'budget' then
@@ -362,6 +365,20 @@ if #usable > 1 then
   end
 end
 
+-- The candidates not chosen were not saved: put back as they were decoded (evaluate changed only
+-- the fields in `was`, after the bytes: refill, rollBudget, freeSlot; evaluateKept puts erpm and
+-- etpm back), their tables are kept for the bytes the hash still holds (common.lua keepState), so
+-- the next script to read them (a release, the next acquire) does not decode them again. Only
+-- those that were kept already: a key read often; on a large pool most candidates are read once in
+-- a while, and keeping them would push out the states their releases will read.
+for _, c in ipairs(usable) do
+  local w = c.was
+  if c ~= chosen and w then
+    local s = c.st
+    s.rt, s.tt, s.ts, s.pid, s.sp, s.wr, s.fs, s.erpm, s.etpm = w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10]
+    keepState(stKey, c.id, w[1], s)
+  end
+end
 local st, id, start = chosen.st, chosen.id, chosen.t
 local seq = redis.call('HINCRBY', metaKey, 'seq', 1)
 local slot = seq

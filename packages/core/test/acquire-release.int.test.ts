@@ -10,6 +10,7 @@ import {
   isUnknownModel,
   keyIdOf,
   type Lease,
+  type Outcome,
 } from '../src/index.js';
 import { dumpPool, fakeSecret, memoryLogger, sleep, poolsClosedAfterAll } from './helpers.js';
 
@@ -338,6 +339,29 @@ describe('health and selection', () => {
     expect(s.degraded).toBe(true);
     expect(s.healthScore).toBeLessThan(0.25);
     expect(s.state).toBe('active'); // degraded is not blocked
+  });
+
+  it('on a busy key the percentiles follow new latencies once they are 1/256 of the samples; the error rate follows every release', async () => {
+    const { pool: p } = await pool({ breaker: { failures: 1000 }, health: { minRequests: 20 }, keys: [{ secret: fakeSecret('busy'), models: ['m'], rpm: 600_000 }] });
+    const releases = async (n: number, outcome: Outcome) => {
+      const worker = async (count: number) => {
+        for (let i = 0; i < count; i++) await lease(await p.acquire({ model: 'm' })).release(outcome);
+      };
+      await Promise.all(Array.from({ length: 8 }, (_, w) => worker(Math.floor(n / 8) + (w < n % 8 ? 1 : 0))));
+    };
+    await releases(600, { status: 200, latencyMs: 20 });
+    let s = (await p.status()).keys[0]!;
+    expect(s.latency!.p99Ms).toBeLessThanOrEqual(25);
+    // one error: the error rate says so at once (it is not kept from an earlier summary)
+    await releases(1, { status: 500, latencyMs: 20 });
+    s = (await p.status()).keys[0]!;
+    expect(s.errorRate).toBeCloseTo(1 / 601, 6);
+    // 3% of the samples now slow (more than 1/256 of those counted): p99 is computed again
+    await releases(19, { status: 200, latencyMs: 1500 });
+    s = (await p.status()).keys[0]!;
+    expect(s.latency!.p99Ms).toBeGreaterThan(1300);
+    expect(s.latency!.p50Ms).toBeLessThanOrEqual(25);
+    expect(s.degraded).toBe(true);
   });
 
   it('an error rate over 2% degrades a key', async () => {

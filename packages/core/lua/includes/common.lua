@@ -145,7 +145,7 @@ local function unkeep(stKey, id)
 end
 
 -- The state of `id` in hash `stKey` from its bytes `raw` (HGET / HMGET's reply): the table kept for
--- those bytes, else decoded.
+-- those bytes, else decoded; and true when it was kept.
 local function stateFrom(stKey, id, raw)
   local k = unkeep(stKey, id)
   if k then
@@ -153,10 +153,10 @@ local function stateFrom(stKey, id, raw)
       if VERIFY_STATE_CACHE and not sameValue(k[2], stateOf(raw)) then
         error('keypool: the kept state of ' .. id .. ' in ' .. stKey .. ' differs from its bytes (changed after saveState)')
       end
-      return k[2]
+      return k[2], true
     end
   end
-  return stateOf(raw)
+  return stateOf(raw), false
 end
 
 local function loadState(stKey, id)
@@ -169,10 +169,10 @@ local function saveChanging(stKey, id, st)
   redis.call('HSET', stKey, id, cmsgpack.pack(st))
 end
 
--- Save a state; the script does not change it afterwards (see above): kept for the next reader.
-local function saveState(stKey, id, st)
-  local raw = cmsgpack.pack(st)
-  redis.call('HSET', stKey, id, raw)
+-- Keep `st` as the decoded table of the bytes `raw` the hash holds for `id` (see above): from
+-- saveState, or for a table handed out that the script gave back as it was decoded (acquire's
+-- candidates that were not chosen).
+local function keepState(stKey, id, raw, st)
   local byKey = kept[stKey]
   if byKey and byKey[id] then
     byKey[id] = { raw, st }
@@ -193,6 +193,13 @@ local function saveState(stKey, id, st)
   end
   keptN = keptN + 1
   byKey[id] = { raw, st }
+end
+
+-- Save a state; the script does not change it afterwards (see above): kept for the next reader.
+local function saveState(stKey, id, st)
+  local raw = cmsgpack.pack(st)
+  redis.call('HSET', stKey, id, raw)
+  keepState(stKey, id, raw, st)
 end
 
 -- "<seq>:<keyId>:<tokens>:<nano-dollars>:<start, us>:<window slot>" -> seq, keyId, tokens, cost,
