@@ -344,11 +344,29 @@ if #usable == 0 then
   return refused(classRefused(metaKey, class, now, { 0, reason, math.max(0, math.ceil(best - now)), version }, tenant, tenantW), bestSt, bestG)
 end
 
+-- The usable candidates not chosen (all of them, for a refusal) were not saved: put back as they
+-- were decoded (evaluate changed only the fields in `was`, after the bytes: refill, rollBudget,
+-- freeSlot; evaluateKept puts erpm and etpm back), their tables are kept for the bytes the hash
+-- still holds (common.lua keepState), so the next script to read them (a release, the next
+-- acquire) does not decode them again. Only those that were kept already: a key read often; on a
+-- large pool most candidates are read once in a while, and keeping them would push out the states
+-- their releases will read.
+local function giveBack(chosen)
+  for _, c in ipairs(usable) do
+    local w = c.was
+    if c ~= chosen and w then
+      local s = c.st
+      s.rt, s.tt, s.ts, s.pid, s.sp, s.wr, s.fs, s.erpm, s.etpm = w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10]
+      keepState(stKey, c.id, w[1], s)
+    end
+  end
+end
 if tenant ~= '' then
   local over
   tenantQ, over = tenantShare(metaKey, class, now, tenant, tenantW, tonumber(ARGV[22]) or 2000, #usable == 1 and usable[1].t > now)
   if over then
     tenantWaited(metaKey, class, now, tenant, tenantW, tenantQ)
+    giveBack(nil)
     return refused(classRefused(metaKey, class, now, { 0, 'tenant_share', over, version }))
   end
 end
@@ -365,20 +383,7 @@ if #usable > 1 then
   end
 end
 
--- The candidates not chosen were not saved: put back as they were decoded (evaluate changed only
--- the fields in `was`, after the bytes: refill, rollBudget, freeSlot; evaluateKept puts erpm and
--- etpm back), their tables are kept for the bytes the hash still holds (common.lua keepState), so
--- the next script to read them (a release, the next acquire) does not decode them again. Only
--- those that were kept already: a key read often; on a large pool most candidates are read once in
--- a while, and keeping them would push out the states their releases will read.
-for _, c in ipairs(usable) do
-  local w = c.was
-  if c ~= chosen and w then
-    local s = c.st
-    s.rt, s.tt, s.ts, s.pid, s.sp, s.wr, s.fs, s.erpm, s.etpm = w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10]
-    keepState(stKey, c.id, w[1], s)
-  end
-end
+giveBack(chosen)
 local st, id, start = chosen.st, chosen.id, chosen.t
 local seq = redis.call('HINCRBY', metaKey, 'seq', 1)
 local slot = seq

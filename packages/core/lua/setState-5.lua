@@ -57,6 +57,7 @@ elseif action == 'reset' then
   st.br, st.bf, st.bo, st.bu, st.bc, st.bp, st.bd, st.cu = 'closed', 0, 0, 0, 0, '', 0, 0
   st.hs, st.p50, st.p99, st.er, st.deg = 1, 0, 0, 0, 0
   st.hw, st.hc, st.hp, st.hn, st.he, st.hpn, st.hpe = nil, nil, nil, 0, 0, 0, 0
+  st.hq, st.ht, st.hk = nil, nil, nil
   st.erpm, st.etpm, st.rl, st.tl, st.ld, st.li = st.rpm, st.tpm, -1, -1, 0, 0
   st.om, st.op, st.os, st.oc, st.ox = nil, nil, nil, nil, nil
   if st.adm == 'active' then

@@ -59,9 +59,9 @@ for i = 2, #ARGV do
       end
       if tq > 0 then win.tu = windowTokens(winKey, st, id, now) end
     end
-    -- binary histograms are not JSON: the summary fields carry what they say (hq, ht: when to compute
+    -- binary histograms are not JSON: the summary fields carry what they say (hq, ht, hk: when to compute
     -- them again, health.lua); free slots are in win
-    st.hc, st.hp, st.fs, st.hq, st.ht = nil, nil, nil, nil, nil
+    st.hc, st.hp, st.fs, st.hq, st.ht, st.hk = nil, nil, nil, nil, nil, nil
     keys[#keys + 1] = { id = id, cfg = cfg, st = st, state = state, periodEnd = pend, win = win }
   end
   done = done + 1

@@ -146,4 +146,59 @@ describe('kept states', () => {
       expect(r, `${between} leases of other keys in between`).toMatchObject({ ok: false, reason: 'unavailable' });
     }
   }, 60_000);
+  it('classes that keep a share free: the candidates acquire judges and does not choose are kept as their bytes decode', async () => {
+    // low requests judged with a share kept free, spread and headroom (evaluateKept, spacedStart,
+    // leaveRoom change a candidate while judging it, then put it back), beside normal ones, on
+    // windowed keys and a budgeted bucket: every candidate not chosen is kept again, and VERIFY
+    // compares it with its bytes at its next read
+    const keys = [
+      ...[0, 1, 2].map((i) => ({ secret: fakeSecret(`cw${i}`), models: [MODEL], rpm: 1200, window: 1 })),
+      { secret: fakeSecret('cb'), models: [MODEL], rpm: 6000, tpm: 600_000, budget: { usd: 50, period: 'day' as const } },
+    ];
+    const tp = await pool({ keys, priority: { keepFree: { low: 0.3, normal: 0.1 }, headroom: { low: 1 }, higherWaitedMs: 2000, reserveAheadMs: 300, spread: true } });
+    const errors: string[] = [];
+    let leased = 0;
+    const worker = async (w: number) => {
+      for (let i = 0; i < 30; i++) {
+        try {
+          const priority = (['low', 'normal', 'critical'] as const)[(i + w) % 3]!;
+          const r = await tp.pool.acquire({ model: MODEL, estimatedTokens: 100, priority, maxWaitMs: 400 });
+          if (!r.ok) continue;
+          leased++;
+          await r.release({ status: 200, latencyMs: 20 + i, usage: { promptTokens: 60, completionTokens: 20 } });
+        } catch (e) {
+          errors.push((e as Error).message);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 6 }, (_, w) => worker(w)));
+    expect(errors).toEqual([]);
+    expect(leased).toBeGreaterThan(60);
+  }, 60_000);
+
+  it('percentiles are computed again after another version turned the health window over', async () => {
+    const secret = fakeSecret('hk');
+    const tp = await pool({ keys: [{ secret, models: [MODEL], rpm: 60_000 }] });
+    for (let i = 0; i < 30; i++) {
+      const l = await tp.pool.acquire({ model: MODEL, estimatedTokens: 10 });
+      if (!l.ok) throw new Error(`expected a lease, got ${JSON.stringify(l)}`);
+      await l.release({ status: 200, latencyMs: 20 });
+    }
+    // what an older version's release does when two windows have passed: empty histograms, a new
+    // window start, and the percentiles' bookkeeping it does not know left as it was (here: counted
+    // on a busy window)
+    await tp.redis.eval(
+      "local s = cmsgpack.unpack(redis.call('HGET', KEYS[1], ARGV[1])); local e = string.rep('\\0', #s.hc); s.hc, s.hp, s.hn, s.he, s.hpn, s.hpe = e, e, 0, 0, 0, 0; s.hw = s.hw + 1; s.hq, s.ht = 0, 100000; redis.call('HSET', KEYS[1], ARGV[1], cmsgpack.pack(s)); return 1",
+      1,
+      new PoolKeys(tp.name).st,
+      keyIdOf(secret),
+    );
+    for (let i = 0; i < 5; i++) {
+      const l = await tp.pool.acquire({ model: MODEL, estimatedTokens: 10 });
+      if (!l.ok) throw new Error(`expected a lease, got ${JSON.stringify(l)}`);
+      await l.release({ status: 200, latencyMs: 1500 });
+    }
+    const s = (await tp.pool.status()).keys[0]!;
+    expect(s.latency!.p99Ms).toBeGreaterThan(1300);
+  });
 });

@@ -100,7 +100,10 @@ end
   Rules that keep a kept table equal to its bytes:
   - it is compared by its bytes: anything that wrote the state otherwise (another script version,
     HSET by hand, a replica promoted) makes different bytes, and the bytes are decoded again;
-  - a table handed out is no longer kept (the script may change it and not save it);
+  - a table handed out is no longer kept (the script may change it and not save it), unless the
+    script puts back what it changed and keeps it again with the bytes it read (keepState: acquire,
+    for the candidates it judged and did not choose; the fields evaluate may change are listed
+    there);
   - a script does not change a state after saving it with saveState (saveChanging, for a table it
     keeps changing and may not save again, keeps nothing); KEYPOOL_VERIFY_STATE_CACHE=1 (tests)
     compares every table handed out with a fresh decode and fails the call on a difference.
@@ -357,6 +360,8 @@ end
   freeSlot: the index in st.fs of a reservation given back that this request takes over, or nil.
   Order matters: the reason reported is the first that blocks.
 ]]
+-- A field this (or evaluateKept, keptStart: classes.lua) comes to change must be added to the
+-- ones acquire puts back in the candidates it does not choose (acquire.lua, `was`).
 local function evaluate(st, now, est, estCost, recheckMs, id, winKey, margin)
   if st.adm ~= 'active' then return 'park', -1, st.adm end
   if st.br == 'open' then

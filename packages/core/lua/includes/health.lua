@@ -6,11 +6,12 @@
   bounds in ms; 800 is one of them so the default degraded threshold (p99 > 800 ms) is exact.
     st.hw window start  st.hc / st.hp current / previous histogram
     st.hn, st.he / st.hpn, st.hpe requests and errors, current / previous window
-    st.hq, st.ht latency samples since the percentiles were last computed, and how many the
-                 histograms held then (nil: compute them at the next summary)
+    st.hq, st.ht, st.hk latency samples since the percentiles were last computed, how many the
+                 histograms held then, and the window (hw) they were in (nil, or another
+                 window: compute them at the next summary)
   The percentiles are computed again once the samples added since the last computation reach
   1/PCT_STALE of those it counted (at once while the histograms hold fewer than PCT_STALE; after a
-  window turns over or a reset): unpacking both histograms was the largest single cost of a release
+  window turns over or a reset, whichever version's script did it: hk ~= hw): unpacking both histograms was the largest single cost of a release
   (about 4 us of 23 on a busy key), and the value it keeps is off by less than 1/PCT_STALE in rank
   (the p99 kept is at worst the current p98.6). The error rate, degradation and health score are
   computed every time.
@@ -26,7 +27,7 @@ local EMPTY = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\
 
 local function resetHealth(st, now)
   st.hw, st.hc, st.hp, st.hn, st.he, st.hpn, st.hpe = now, EMPTY, EMPTY, 0, 0, 0, 0
-  st.hq, st.ht = nil, nil
+  st.hq, st.ht, st.hk = nil, nil, nil
 end
 
 -- Move to a new window when the current one is over; two windows gone means no history.
@@ -41,7 +42,7 @@ local function rotateHealth(st, now, windowMs)
   end
   st.hc, st.hn, st.he = EMPTY, 0, 0
   st.hw = now - (age % windowMs)
-  st.hq, st.ht = nil, nil
+  st.hq, st.ht, st.hk = nil, nil, nil
 end
 
 local function bucketOf(ms)
@@ -68,7 +69,7 @@ end
 
 -- p50, p99, error rate, degraded and the health score the selection uses.
 local function summarizeHealth(st, opts)
-  if st.hq == nil or st.hq * PCT_STALE >= st.ht then
+  if st.hq == nil or st.hk ~= st.hw or st.hq * PCT_STALE >= st.ht then
     local c = { struct.unpack(HFMT, st.hc) }
     local p = { struct.unpack(HFMT, st.hp) }
     local total = 0
@@ -88,7 +89,7 @@ local function summarizeHealth(st, opts)
       return BOUNDS[#BOUNDS]
     end
     st.p50, st.p99 = pct(0.5), pct(0.99)
-    st.hq, st.ht = 0, total
+    st.hq, st.ht, st.hk = 0, total, st.hw
   end
   local n, e = st.hn + st.hpn, st.he + st.hpe
   st.er = n > 0 and e / n or 0
