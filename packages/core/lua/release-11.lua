@@ -15,7 +15,8 @@
   nothing is charged nor recorded)
   ARGV[3] latency ms (-1: none)  ARGV[4] real tokens (-1: unknown, the estimate stands)
   ARGV[5] real cost, nano-dollars (-1: unknown, the estimate stands)  ARGV[6] cool ms for a 429
-  (-1: use the default)  ARGV[7..17] breaker and health settings, in the order read below
+  (-1: use the default)  ARGV[7..16] breaker and health settings (includes/health.lua releaseSettings)
+  ARGV[17] default cooling after a 429, ms
   ARGV[18] the key's group as the caller knows it  ARGV[19] model  ARGV[20] route ('' = none)
   ARGV[21..24] x-ratelimit-limit-requests, -remaining-requests, -limit-tokens, -remaining-tokens
   (-1: absent)  ARGV[25] 1 to learn limits from them, 0 not to
@@ -61,14 +62,7 @@ local keyCharge = outcome == 'unused' and 0 or (realCost >= 0 and realCost or es
 if redis.call('ZREM', leasesKey, lease) == 0 then return { 0, 'unknown_lease', settle(keyCharge) } end
 -- the key was removed (and maybe added again: then this lease is not the new key's)
 if not st or seq <= st.cs then return { 0, 'removed', settle(keyCharge) } end
-local brk = {
-  failures = tonumber(ARGV[7]), errorRate = tonumber(ARGV[8]), minRequests = tonumber(ARGV[9]),
-  cooldownMs = tonumber(ARGV[10]), maxCooldownMs = tonumber(ARGV[11]),
-}
-local hopts = {
-  windowMs = tonumber(ARGV[12]), p99Ms = tonumber(ARGV[13]), errorRate = tonumber(ARGV[14]),
-  minRequests = tonumber(ARGV[15]), degradedScore = tonumber(ARGV[16]),
-}
+local brk, hopts = releaseSettings(ARGV)
 
 -- slot, tokens, money
 st.inf = math.max(0, st.inf - 1)

@@ -301,6 +301,29 @@ describe('circuit breaker', () => {
     expect(results.filter((r) => !r.ok).every((r) => !r.ok && r.reason === 'circuit_open')).toBe(true);
   });
 
+  it('pools with their own breaker and health settings, released in turn on one Redis, each follow their own', async () => {
+    // the scripts keep the last settings they parsed (health.lua releaseSettings): each release must
+    // use its own pool's. Breaker: the two pools differ only in failures (the first setting).
+    const strict = await pool({ breaker: { failures: 2, cooldownMs: 5000 }, keys: [{ secret: fakeSecret('strict'), models: ['m'] }] });
+    const lax = await pool({ breaker: { failures: 100, cooldownMs: 5000 }, keys: [{ secret: fakeSecret('lax'), models: ['m'] }] });
+    const transitions: Record<string, string[]> = { strict: [], lax: [] };
+    for (let i = 0; i < 2; i++) {
+      for (const [name, p] of [['strict', strict.pool], ['lax', lax.pool]] as const) {
+        transitions[name]!.push((await lease(await p.acquire({ model: 'm' })).release({ status: 500, latencyMs: 10 })).transition);
+      }
+    }
+    expect(transitions).toEqual({ strict: ['', 'opened'], lax: ['', ''] });
+    // health: two pools that differ only in degradedP99Ms (a later setting), 400 ms answers in turn
+    const health = { minRequests: 5, windowMs: 60_000 };
+    const tight = await pool({ health: { ...health, degradedP99Ms: 100 }, keys: [{ secret: fakeSecret('tight'), models: ['m'] }] });
+    const loose = await pool({ health: { ...health, degradedP99Ms: 5000 }, keys: [{ secret: fakeSecret('loose'), models: ['m'] }] });
+    for (let i = 0; i < 6; i++) {
+      for (const p of [tight.pool, loose.pool]) await lease(await p.acquire({ model: 'm' })).release({ status: 200, latencyMs: 400 });
+    }
+    expect((await tight.pool.status()).keys[0]!.degraded).toBe(true);
+    expect((await loose.pool.status()).keys[0]!.degraded).toBe(false);
+  });
+
   it('opens on an error rate over the window once it holds minRequests', async () => {
     const { pool: p } = await pool({ breaker: { failures: 100, errorRate: 0.5, minRequests: 10, cooldownMs: 5000 }, keys: [{ secret: fakeSecret('rate'), models: ['m'] }] });
     const transitions: string[] = [];
