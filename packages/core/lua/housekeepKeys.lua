@@ -19,11 +19,8 @@
 
 local stKey = KEYS[1]
 local groups = groupIndexes(ARGV[1])
-local windowMs = tonumber(ARGV[2])
-local hopts = {
-  windowMs = windowMs, p99Ms = tonumber(ARGV[3]), errorRate = tonumber(ARGV[4]),
-  minRequests = tonumber(ARGV[5]), degradedScore = tonumber(ARGV[6]),
-}
+local hopts = healthSettings(ARGV, 2)
+local windowMs = hopts.windowMs
 local now = nowMs()
 
 local budget = tonumber(ARGV[7])

@@ -27,10 +27,7 @@ local now = nowMs()
 local brk = {
   cooldownMs = tonumber(ARGV[8]), maxCooldownMs = tonumber(ARGV[9]),
 }
-local hopts = {
-  windowMs = tonumber(ARGV[10]), p99Ms = tonumber(ARGV[11]), errorRate = tonumber(ARGV[12]),
-  minRequests = tonumber(ARGV[13]), degradedScore = tonumber(ARGV[14]),
-}
+local hopts = healthSettings(ARGV, 10)
 local transition = ''
 
 if outcome == 'ok' or outcome == 'rate_limited' then
