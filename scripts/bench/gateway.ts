@@ -8,6 +8,7 @@
  *   npm run bench:gateway -- --quick              under 2 minutes: 2 s per side, no maxRps search
  *   npm run bench:gateway -- --profile            also a CPU profile of the gateway (hot spots)
  *   npm run bench:gateway -- --gateway-node-flags="--max-semi-space-size=64"   a what-if
+ *   npm run bench:gateway -- --quick --proxy-node-flags=--trace-gc-nvp   the three proxies' GC, side by side
  *
  * Processes (each its own OS process, so one's CPU does not show up as another's latency; all are
  * children of this one and stopped with it, on errors and Ctrl-C too):
@@ -193,14 +194,14 @@ async function main(): Promise<void> {
     fake = new Child('fake', { keys: [{ key: directKey, name: 'direct' }, { key: bareKey, name: 'bare' }, { key: floorKey, name: 'floor' }, ...keys.map((k) => ({ key: k.secret, name: k.name }))], model: MODEL, latencyMs: opts.latencyMs, chunkDelayMs: opts.chunkDelayMs });
     const fakeReady = await fake.ready;
     log(`fake upstream at ${fakeReady.url} (pid ${fake.pid}), latency ${opts.latencyMs} ms, chunk delay ${opts.chunkDelayMs} ms`);
-    gateway = new Child('gateway', { redisUrl: redis.url, fakeUrl: fakeReady.url, pool: `bench-gw-${runId}`, model: MODEL, keys, adminToken: randomBytes(24).toString('hex') }, opts.gatewayNodeFlags, opts.gatewayCode === 'dist' ? shippedCodeEnv() : undefined);
+    gateway = new Child('gateway', { redisUrl: redis.url, fakeUrl: fakeReady.url, pool: `bench-gw-${runId}`, model: MODEL, keys, adminToken: randomBytes(24).toString('hex') }, [...opts.proxyNodeFlags, ...opts.gatewayNodeFlags], opts.gatewayCode === 'dist' ? shippedCodeEnv() : undefined);
     const gwReady = await gateway.ready;
     log(`gateway at ${gwReady.url} (pid ${gateway.pid}), ${opts.keys} keys, gateway token made`);
-    bareProxy = new Child('bare', { fakeUrl: fakeReady.url, key: bareKey });
+    bareProxy = new Child('bare', { fakeUrl: fakeReady.url, key: bareKey }, opts.proxyNodeFlags);
     const bareReady = await bareProxy.ready;
     log(`bare proxy (baseline) at ${bareReady.url} (pid ${bareProxy.pid})`);
     const bu = new URL(bareReady.url);
-    floorProxy = new Child('bare', { fakeUrl: fakeReady.url, key: floorKey, redisUrl: redis.url });
+    floorProxy = new Child('bare', { fakeUrl: fakeReady.url, key: floorKey, redisUrl: redis.url }, opts.proxyNodeFlags, undefined, 'floor');
     const floorReady = await floorProxy.ready;
     log(`floor (bare proxy + a script call each way) at ${floorReady.url} (pid ${floorProxy.pid})`);
     const flu = new URL(floorReady.url);
@@ -370,6 +371,7 @@ async function main(): Promise<void> {
         redis: `spawned redis-server ${redisVersion}`,
         gatewayCode: opts.gatewayCode === 'dist' ? "the packages' dist/ (as built by npm run build and run by keypool serve)" : 'the TypeScript sources through tsx (keepNames: not what ships)',
         gatewayNodeFlags: opts.gatewayNodeFlags.join(' ') || null,
+        proxyNodeFlags: opts.proxyNodeFlags.join(' ') || null,
       },
       chat,
       stream,

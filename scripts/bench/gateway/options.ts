@@ -36,6 +36,9 @@ const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:ga
                          through tsx (its keepNames wraps every closure: slower, not what ships)
   --gateway-node-flags S what-if: extra node flags for the gateway process only, e.g.
                          "--max-semi-space-size=64" (shown in the output; default none)
+  --proxy-node-flags S   extra node flags for the gateway, the bare proxy and the floor alike, e.g.
+                         "--trace-gc-nvp" to compare their young generations in one run (their
+                         output goes to stderr, prefixed [gateway] [bare] [floor]; default none)
   --profile              also profile the gateway (V8 CPU profile during one chat and one stream
                          slice at --rate, not part of the figures) and list its hot spots
   --timeout-ms N         a request unanswered after this long is an error (default 10000)
@@ -51,7 +54,7 @@ export function parseCli() {
   const v = parseBenchArgs(USAGE, {
     rate: '500', seconds: '10', warmup: '3', 'latency-ms': '20', 'chunk-delay-ms': '1', keys: '4',
     rates: DEFAULT_RATES, 'step-seconds': '6', 'step-retries': '1', 'max-overhead-ms': '10',
-    'no-max-rps': false, profile: false, quick: false, 'overhead-rates': '200,500,1000', 'gateway-code': 'dist', 'gateway-node-flags': '', 'timeout-ms': '10000',
+    'no-max-rps': false, profile: false, quick: false, 'overhead-rates': '200,500,1000', 'gateway-code': 'dist', 'gateway-node-flags': '', 'proxy-node-flags': '', 'timeout-ms': '10000',
   });
   const rates = numList('rates', v.rates, 1, 100_000);
   if (rates.length === 0) throw new Error('--rates: give at least one rate');
@@ -76,6 +79,7 @@ export function parseCli() {
     profile: v.profile,
     gatewayCode: oneOf('gateway-code', v['gateway-code'], ['dist', 'src'] as const),
     gatewayNodeFlags: v['gateway-node-flags'].split(/\s+/).filter(Boolean),
+    proxyNodeFlags: v['proxy-node-flags'].split(/\s+/).filter(Boolean),
     timeoutMs: int('timeout-ms', v['timeout-ms'], 100, 600_000),
   };
 }
@@ -101,7 +105,8 @@ export class Child extends BenchChild<Ready> {
     config: FakeChildConfig | GatewayChildConfig | BareChildConfig,
     nodeFlags: string[] = [],
     env?: NodeJS.ProcessEnv,
+    label?: string,
   ) {
-    super({ script: CHILD, role, config, nodeFlags, env, onUnexpectedExit: (m) => void (interrupted() || log(m)) });
+    super({ script: CHILD, role, config, nodeFlags, env, label, onUnexpectedExit: (m) => void (interrupted() || log(m)) });
   }
 }

@@ -22,6 +22,7 @@ export function render(r: Result): string {
     `keypool gateway benchmark: node ${e.node}, ${e.cores} cores (${e.cpuModel}), ${r.timestamp}`,
     `open loop at ${s.rate} req/s, ${s.secondsPerSide} s per side and mode (direct, bare proxy, floor, gateway: ABCDDCBA), warm-up ${s.warmupSeconds} s; fake upstream latency ${s.upstreamLatencyMs} ms, stream chunk delay ${s.streamChunkDelayMs} ms; ${s.keys} keys; ${s.redis}`,
     ...(s.gatewayNodeFlags ? [`WHAT-IF: the gateway runs with node ${s.gatewayNodeFlags}`] : []),
+    ...(s.proxyNodeFlags ? [`WHAT-IF: the gateway, the bare proxy and the floor run with node ${s.proxyNodeFlags}`] : []),
     `NOTE: ${e.note}`,
     `      loadavg ${e.loadavgStart.join(' ')} at start, ${e.loadavgEnd.join(' ')} at end; machine busy ${fmt(e.machineBusyShare * 100, 0)}%, steal ${fmt(e.machineStealShare * 100, 1)}% over the run`,
     '',
