@@ -240,20 +240,25 @@ export const COALESCE_MS = 2;
  * takes the held ones with it.
  */
 class Coalescer {
-  private readonly corked = new Set<Writable>();
+  /**
+   * The corked sockets (one per Redis connection in use, most often one). An array, not a Set: a
+   * Set that takes and drops a socket at every release rehashes every few calls, each time into a
+   * new table in the old generation (garbage for the next full collection).
+   */
+  private readonly corked: Writable[] = [];
   private timer: NodeJS.Timeout | undefined;
   private readonly flushAll = (): void => {
-    for (const s of this.corked) s.uncork();
-    this.corked.clear();
+    const c = this.corked;
+    while (c.length > 0) c.pop()!.uncork();
   };
 
   hold(socket: Writable): void {
-    if (this.corked.has(socket) || typeof socket.cork !== 'function') return;
+    if (this.corked.includes(socket) || typeof socket.cork !== 'function') return;
     socket.cork();
-    this.corked.add(socket);
+    this.corked.push(socket);
     // armed when the first socket is held (so a stream of held commands cannot push it back for
     // ever); one timer, armed again rather than made again
-    if (this.corked.size > 1) return;
+    if (this.corked.length > 1) return;
     if (this.timer) this.timer.refresh();
     else {
       this.timer = setTimeout(this.flushAll, COALESCE_MS);
@@ -262,7 +267,11 @@ class Coalescer {
   }
 
   release(socket: Writable): void {
-    if (!this.corked.delete(socket)) return;
+    const c = this.corked;
+    const i = c.indexOf(socket);
+    if (i < 0) return;
+    const last = c.pop()!;
+    if (i < c.length) c[i] = last;
     // after this command's write (ioredis makes it when toWritable returns), in the same tick
     process.nextTick(uncork, socket);
   }

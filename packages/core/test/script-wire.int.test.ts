@@ -125,6 +125,28 @@ describe('script calls on the wire', () => {
       client.disconnect();
     }
   });
+  it('background calls held on two connections: a command on one sends its own, the other still goes within COALESCE_MS', async () => {
+    const clients = [new Redis(server.port, '127.0.0.1'), new Redis(server.port, '127.0.0.1')];
+    try {
+      await clients[0]!.hset('wire:{t}:tok3', 'a', '1');
+      const runners = clients.map((c) => new ScriptRunner(c));
+      for (const r of runners) await r.call('tokenCount', ['wire:{t}:tok3'], []); // EVAL once on each connection
+      // either connection first: the one a foreground command releases is taken out of the held
+      // ones, the other stays held until the window ends
+      for (const first of [0, 1]) {
+        const seen = clients.map(countWrites);
+        const held = runners.map((r) => r.call('tokenCount', ['wire:{t}:tok3'], [], true));
+        const now = runners[first]!.call('tokenCount', ['wire:{t}:tok3'], []);
+        expect(await now).toBe(1);
+        expect(seen[first]!.writes).toEqual([2]);
+        expect(await Promise.all(held)).toEqual([1, 1]);
+        expect(seen[1 - first]!.writes).toEqual([1]);
+      }
+    } finally {
+      for (const c of clients) c.disconnect();
+    }
+  });
+
   it("a lease's release goes at once unless the caller says nobody waits for it (the gateway's)", async () => {
     const client = new Redis(server.port, '127.0.0.1');
     const tp = await makePool({ keys: [{ secret: fakeSecret('wire-release'), models: ['m'], rpm: 600 }] }, client);

@@ -1,5 +1,52 @@
 import { systemClock, type Clock } from '@keypool/core';
 
+/** An entry of a {@link Chain}: unlinked entries point nowhere. */
+interface Link<T> {
+  value: T | undefined;
+  prev: Link<T> | undefined;
+  next: Link<T> | undefined;
+}
+
+/**
+ * A list with O(1) add and remove that holds its entries only while they are in it. Not a Set: a
+ * Set that takes and drops an entry per request rehashes every few dozen of them, and V8 leaves the
+ * replaced table in the old generation with its entries still in it (it only links it to the new
+ * one). Until the next full collection that dead table keeps the requests it held alive through
+ * every young-generation collection, so they are promoted: measured on the gateway at 500 requests/s
+ * (docs/benchmarks.md, "nepotism"), most of what survived a scavenge.
+ */
+export class Chain<T> {
+  private head: Link<T> | undefined;
+  private tail: Link<T> | undefined;
+  size = 0;
+
+  add(value: T): Link<T> {
+    const link: Link<T> = { value, prev: this.tail, next: undefined };
+    if (this.tail) this.tail.next = link;
+    else this.head = link;
+    this.tail = link;
+    this.size++;
+    return link;
+  }
+
+  /** Remove `link` (once; again is a no-op) and clear it, so nothing it pointed to stays reachable through it. */
+  remove(link: Link<T>): void {
+    if (link.value === undefined) return;
+    if (link.prev) link.prev.next = link.next;
+    else this.head = link.next;
+    if (link.next) link.next.prev = link.prev;
+    else this.tail = link.prev;
+    link.value = link.prev = link.next = undefined;
+    this.size--;
+  }
+
+  values(): T[] {
+    const out: T[] = [];
+    for (let l = this.head; l; l = l.next) out.push(l.value!);
+    return out;
+  }
+}
+
 /**
  * Requests in flight and the background work they leave (lease releases, token settlements), so a
  * shutdown can wait for them: stop taking requests, let those in flight finish within the drain
@@ -9,8 +56,8 @@ export class Inflight {
   /** `clock` times the drain period and the wait for background work (tests drive a ManualClock). */
   constructor(private readonly clock: Clock = systemClock) {}
 
-  private readonly requests = new Set<(why: unknown) => void>();
-  private readonly background = new Set<Promise<unknown>>();
+  private readonly requests = new Chain<(why: unknown) => void>();
+  private readonly background = new Chain<Promise<unknown>>();
   private idle: (() => void) | undefined;
   /** Set when a drain starts: new requests are refused from then on. */
   closing = false;
@@ -23,22 +70,20 @@ export class Inflight {
 
   /** A request starts; `abort` cuts it short at the end of a drain. Returns its end(). */
   begin(abort: (why: unknown) => void): () => void {
-    this.requests.add(abort);
+    const link = this.requests.add(abort);
     // it got past the door before the drain (its body was still arriving) but starts after the cut
     if (this.cut) abort(this.cut.why);
-    let ended = false;
     return () => {
-      if (ended) return;
-      ended = true;
-      this.requests.delete(abort);
+      if (link.value === undefined) return;
+      this.requests.remove(link);
       if (this.requests.size === 0) this.idle?.();
     };
   }
 
   /** Work that must finish before the process exits (a release, a settlement). */
   track(p: Promise<unknown>): void {
-    this.background.add(p);
-    void p.finally(() => this.background.delete(p));
+    const link = this.background.add(p);
+    void p.finally(() => this.background.remove(link));
   }
 
   /**
@@ -60,12 +105,12 @@ export class Inflight {
     }
     const cut = this.requests.size;
     this.cut = { why };
-    for (const abort of [...this.requests]) abort(why);
+    for (const abort of this.requests.values()) abort(why);
     // the aborted requests release their leases as they unwind
     const deadline = this.clock.now() + settleMs;
     while ((this.requests.size > 0 || this.background.size > 0) && this.clock.now() < deadline) {
       const tick = new AbortController();
-      await Promise.race([Promise.allSettled([...this.background]), this.clock.sleep(20, tick.signal).catch(() => undefined)]);
+      await Promise.race([Promise.allSettled(this.background.values()), this.clock.sleep(20, tick.signal).catch(() => undefined)]);
       tick.abort();
     }
     return cut;

@@ -1,6 +1,6 @@
 import { ManualClock } from '@keypool/core';
 import { describe, expect, it } from 'vitest';
-import { Inflight } from '../src/inflight.js';
+import { Chain, Inflight } from '../src/inflight.js';
 
 /** Lets the code under test run until it sleeps on the clock (no real time passes). */
 async function untilAsleep(clock: ManualClock, sleepers = 1): Promise<void> {
@@ -62,5 +62,76 @@ describe('Inflight', () => {
     await clock.advance(20);
     await draining;
     expect(drained).toBe(0);
+  });
+
+  it('counts requests that begin and end in any order (an end called twice counts once), and a drain cuts exactly those left', async () => {
+    const clock = new ManualClock();
+    const inflight = new Inflight(clock);
+    const cut: number[] = [];
+    const ends = Array.from({ length: 50 }, (_, i) => inflight.begin(() => cut.push(i)));
+    expect(inflight.size).toBe(50);
+    // first, last, middle, every third: the list's head, tail and inner links
+    const gone = new Set([0, 49, 25, ...Array.from({ length: 17 }, (_, k) => k * 3)]);
+    for (const i of gone) ends[i]!();
+    for (const i of gone) ends[i]!();
+    expect(inflight.size).toBe(50 - gone.size);
+    const left = ends.map((_, i) => i).filter((i) => !gone.has(i));
+    const draining = inflight.drain(0, 'bye', 0);
+    await untilAsleep(clock); // the drain period, on the clock
+    await clock.advance(1);
+    expect(await draining).toBe(left.length);
+    expect(cut).toEqual(left); // in the order they began
+    for (const i of left) ends[i]!();
+    expect(inflight.size).toBe(0);
+    // a new request after everything ended is counted again
+    const end = inflight.begin(() => undefined);
+    expect(inflight.size).toBe(1);
+    end();
+    expect(inflight.size).toBe(0);
+  });
+
+  it('a drain waits for background work tracked in any order, and forgets what settled', async () => {
+    const clock = new ManualClock();
+    const inflight = new Inflight(clock);
+    const settles: (() => void)[] = [];
+    for (let i = 0; i < 5; i++) inflight.track(new Promise<void>((r) => settles.push(r)));
+    settles[2]!();
+    settles[0]!();
+    let drained: number | undefined;
+    const draining = inflight.drain(0, 'bye', 1000).then((n) => (drained = n));
+    await untilAsleep(clock);
+    expect(drained).toBeUndefined(); // 1, 3 and 4 still run
+    settles[4]!();
+    settles[1]!();
+    settles[3]!();
+    await draining;
+    expect(drained).toBe(0);
+  });
+
+  it("Chain: any order of adds and removes (twice too) leaves exactly the values not removed, in the order they were added", () => {
+    // a seeded walk against an array as the model: adjacent removals, head and tail, emptying it
+    let seed = 12345;
+    const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const chain = new Chain<number>();
+    let model: { v: number; link: ReturnType<Chain<number>['add']> }[] = [];
+    const removed: ReturnType<Chain<number>['add']>[] = [];
+    for (let step = 0, next = 0; step < 3000; step++) {
+      const r = rand(10);
+      if (r < 5 || model.length === 0) {
+        model.push({ v: next, link: chain.add(next) });
+        next++;
+      } else if (r < 9) {
+        const i = r === 5 ? 0 : r === 6 ? model.length - 1 : rand(model.length);
+        chain.remove(model[i]!.link);
+        removed.push(model[i]!.link);
+        model = model.filter((_, j) => j !== i);
+      } else if (removed.length > 0) {
+        chain.remove(removed[rand(removed.length)]!); // again: nothing changes
+      }
+      expect(chain.size).toBe(model.length);
+      expect(chain.values()).toEqual(model.map((m) => m.v));
+    }
+    // a removed link keeps nothing
+    for (const l of removed) expect([l.value, l.prev, l.next]).toEqual([undefined, undefined, undefined]);
   });
 });
