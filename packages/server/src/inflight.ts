@@ -1,7 +1,7 @@
 import { systemClock, type Clock } from '@keypool/core';
 
 /** An entry of a {@link Chain}: unlinked entries point nowhere. */
-interface Link<T> {
+export interface Link<T> {
   value: T | undefined;
   prev: Link<T> | undefined;
   next: Link<T> | undefined;
@@ -12,10 +12,11 @@ interface Link<T> {
  * Set that takes and drops an entry per request rehashes every few dozen of them, and V8 leaves the
  * replaced table in the old generation with its entries still in it (it only links it to the new
  * one). Until the next full collection that dead table keeps the requests it held alive through
- * every young-generation collection, so they are promoted: measured on the gateway at 500 requests/s
- * (docs/benchmarks.md, "nepotism"), most of what survived a scavenge.
+ * every young-generation collection, so they are promoted. Measured on the gateway at 500
+ * requests/s (docs/benchmarks.md, "2026-12-07, evening: requests kept alive by V8's replaced hash
+ * tables"): about half of what was promoted per scavenge.
  */
-export class Chain<T> {
+export class Chain<T extends {}> {
   private head: Link<T> | undefined;
   private tail: Link<T> | undefined;
   size = 0;
@@ -29,15 +30,19 @@ export class Chain<T> {
     return link;
   }
 
-  /** Remove `link` (once; again is a no-op) and clear it, so nothing it pointed to stays reachable through it. */
-  remove(link: Link<T>): void {
-    if (link.value === undefined) return;
+  /**
+   * Remove `link` and clear it, so nothing it pointed to stays reachable through it. False when it
+   * was removed already (nothing changes).
+   */
+  remove(link: Link<T>): boolean {
+    if (link.value === undefined) return false;
     if (link.prev) link.prev.next = link.next;
     else this.head = link.next;
     if (link.next) link.next.prev = link.prev;
     else this.tail = link.prev;
     link.value = link.prev = link.next = undefined;
     this.size--;
+    return true;
   }
 
   values(): T[] {
@@ -74,9 +79,7 @@ export class Inflight {
     // it got past the door before the drain (its body was still arriving) but starts after the cut
     if (this.cut) abort(this.cut.why);
     return () => {
-      if (link.value === undefined) return;
-      this.requests.remove(link);
-      if (this.requests.size === 0) this.idle?.();
+      if (this.requests.remove(link) && this.requests.size === 0) this.idle?.();
     };
   }
 

@@ -1,6 +1,6 @@
 import { ManualClock } from '@keypool/core';
 import { describe, expect, it } from 'vitest';
-import { Chain, Inflight } from '../src/inflight.js';
+import { Chain, Inflight, type Link } from '../src/inflight.js';
 
 /** Lets the code under test run until it sleeps on the clock (no real time passes). */
 async function untilAsleep(clock: ManualClock, sleepers = 1): Promise<void> {
@@ -109,28 +109,35 @@ describe('Inflight', () => {
   });
 
   it("Chain: any order of adds and removes (twice too) leaves exactly the values not removed, in the order they were added", () => {
-    // a seeded walk against an array as the model: adjacent removals, head and tail, emptying it
+    // a seeded walk (Park-Miller: exact in doubles) against an array as the model: head, tail and
+    // inner removals, removals again, the list emptied and filled again
     let seed = 12345;
-    const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    const rand = (n: number) => (seed = (seed * 48271) % 2147483647) % n;
     const chain = new Chain<number>();
-    let model: { v: number; link: ReturnType<Chain<number>['add']> }[] = [];
-    const removed: ReturnType<Chain<number>['add']>[] = [];
-    for (let step = 0, next = 0; step < 3000; step++) {
-      const r = rand(10);
-      if (r < 5 || model.length === 0) {
+    let model: { v: number; link: Link<number> }[] = [];
+    const removed: Link<number>[] = [];
+    const seen = { head: 0, tail: 0, inner: 0, again: 0, emptied: 0 };
+    for (let step = 0, next = 0; step < 4000; step++) {
+      const r = rand(20);
+      if (r < 9 || model.length === 0) {
         model.push({ v: next, link: chain.add(next) });
         next++;
-      } else if (r < 9) {
-        const i = r === 5 ? 0 : r === 6 ? model.length - 1 : rand(model.length);
-        chain.remove(model[i]!.link);
+      } else if (r < 18) {
+        const i = r === 9 ? 0 : r === 10 ? model.length - 1 : rand(model.length);
+        seen[i === 0 ? 'head' : i === model.length - 1 ? 'tail' : 'inner']++;
+        expect(chain.remove(model[i]!.link)).toBe(true);
         removed.push(model[i]!.link);
         model = model.filter((_, j) => j !== i);
+        if (model.length === 0) seen.emptied++;
       } else if (removed.length > 0) {
-        chain.remove(removed[rand(removed.length)]!); // again: nothing changes
+        seen.again++;
+        expect(chain.remove(removed[rand(removed.length)]!)).toBe(false); // again: nothing changes
       }
       expect(chain.size).toBe(model.length);
       expect(chain.values()).toEqual(model.map((m) => m.v));
     }
+    // every kind of step happened, many times
+    for (const [kind, n] of Object.entries(seen)) expect([kind, n > 10]).toEqual([kind, true]);
     // a removed link keeps nothing
     for (const l of removed) expect([l.value, l.prev, l.next]).toEqual([undefined, undefined, undefined]);
   });

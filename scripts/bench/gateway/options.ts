@@ -37,8 +37,10 @@ const USAGE = `Usage: tsx scripts/bench/gateway.ts [options]   (npm run bench:ga
   --gateway-node-flags S what-if: extra node flags for the gateway process only, e.g.
                          "--max-semi-space-size=64" (shown in the output; default none)
   --proxy-node-flags S   extra node flags for the gateway, the bare proxy and the floor alike, e.g.
-                         "--trace-gc-nvp" to compare their young generations in one run (their
-                         output goes to stderr, prefixed [gateway] [bare] [floor]; default none)
+                         --proxy-node-flags=--trace-gc-nvp to compare their young generations in one
+                         run (their output goes to stderr, prefixed [gateway] [bare] [floor];
+                         default none). A value that starts with -- needs the = form, as for
+                         --gateway-node-flags
   --profile              also profile the gateway (V8 CPU profile during one chat and one stream
                          slice at --rate, not part of the figures) and list its hot spots
   --timeout-ms N         a request unanswered after this long is an error (default 10000)
