@@ -11,10 +11,10 @@
                  window: compute them at the next summary)
   The percentiles are computed again once the samples added since the last computation reach
   1/PCT_STALE of those it counted (at once while the histograms hold fewer than PCT_STALE; after a
-  window turns over or a reset, whichever version's script did it: hk ~= hw): unpacking both histograms was the largest single cost of a release
-  (about 4 us of 23 on a busy key), and the value it keeps is off by less than 1/PCT_STALE in rank
-  (the p99 kept is at worst the current p98.6). The error rate, degradation and health score are
-  computed every time.
+  window turns over or a reset, whichever version's script did it: hk ~= hw). Unpacking both
+  histograms was the largest single cost of a release (about 4 us of 23 on a busy key), and the
+  value it keeps is off by less than 1/PCT_STALE in rank (the p99 kept is at worst the current
+  p98.6). The error rate, degradation and health score are computed every time.
 ]]
 local BOUNDS = { 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1300, 1600, 2000,
   2500, 3200, 4000, 5000, 6500, 8000, 10000, 15000, 20000, 30000, 60000, 120000 }
